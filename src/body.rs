@@ -1,0 +1,168 @@
+//! The body wrappers: every frame passes through untouched while a bounded
+//! copy is taken on the side.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+use crate::exchange::RequestCapture;
+use crate::recorder::Recorder;
+
+pin_project! {
+    /// The request body as the inner service sees it: the same frames, in the
+    /// same order, with the same timing; the layer keeps the first
+    /// characters of it (up to the capture limit) as the span's input.
+    pub struct RequestBody<B> {
+        #[pin]
+        inner: B,
+        capture: Option<Arc<Mutex<RequestCapture>>>,
+    }
+}
+
+impl<B> RequestBody<B> {
+    pub(crate) fn new(inner: B, capture: Option<Arc<Mutex<RequestCapture>>>) -> Self {
+        Self { inner, capture }
+    }
+
+    /// The wrapped body.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for RequestBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let (Some(Ok(frame)), Some(capture)) = (&frame, this.capture.as_ref())
+            && let Some(data) = frame.data_ref()
+        {
+            capture
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .capture
+                .push(data);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// The response body as the client receives it: the inner service's
+    /// frames, untouched and unbuffered. The layer reads a bounded copy to
+    /// find the JSON-RPC response and ends the span when it was seen, when
+    /// the body ends or fails, or when it is dropped early (the client went away).
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: B,
+        recorder: Option<Recorder>,
+    }
+
+    impl<B> PinnedDrop for ResponseBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(recorder) = this.project().recorder.take() {
+                recorder.on_drop();
+            }
+        }
+    }
+}
+
+impl<B: Body> ResponseBody<B> {
+    pub(crate) fn new(inner: B, recorder: Option<Recorder>) -> Self {
+        // A body that is already over (e.g. a 202 with no content) will not be polled.
+        let recorder = match recorder {
+            Some(recorder) if inner.is_end_stream() => {
+                recorder.on_end();
+                None
+            }
+            other => other,
+        };
+        Self { inner, recorder }
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                let answered = match (frame.data_ref(), this.recorder.as_mut()) {
+                    (Some(data), Some(recorder)) => recorder.on_data(data),
+                    _ => false,
+                };
+                // The consumer may not poll again once the length is reached.
+                if (answered || this.inner.is_end_stream())
+                    && let Some(recorder) = this.recorder.take()
+                {
+                    recorder.on_end();
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(recorder) = this.recorder.take() {
+                    recorder.on_error();
+                }
+            }
+            None => {
+                if let Some(recorder) = this.recorder.take() {
+                    recorder.on_end();
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,352 @@
+//! A bounded text capture of a byte stream (a request or response body).
+//!
+//! Limits are in characters (Unicode scalar values), as the Trodo wire cuts
+//! `input`/`output` by characters. Only the bytes of the first `limit_chars`
+//! characters are kept, so memory stays bounded (at most `4 * limit_chars`
+//! bytes) whatever the size of the stream; the rest is only counted.
+
+/// Collects the first `limit` characters of a byte stream as text, counting the rest.
+///
+/// Characters are counted the way [`String::from_utf8_lossy`] decodes them:
+/// a valid UTF-8 sequence is one character and so is every maximal invalid
+/// subpart (which becomes one U+FFFD), so [`Capture::text`] holds exactly the
+/// characters counted here.
+#[derive(Debug)]
+pub(crate) struct Capture {
+    /// The most characters kept.
+    limit: usize,
+    /// The kept bytes: a prefix of the stream.
+    kept: Vec<u8>,
+    /// Characters started in `kept` (the last one may still be incomplete).
+    chars: usize,
+    /// Continuation bytes still expected by the last character in `kept`.
+    need: u8,
+    /// Lowest byte allowed as the next continuation byte.
+    lo: u8,
+    /// Highest byte allowed as the next continuation byte.
+    hi: u8,
+    /// Total bytes seen.
+    total: u64,
+    /// Whether bytes were dropped because of the limit.
+    truncated: bool,
+}
+
+impl Capture {
+    /// A capture that keeps at most `limit_chars` characters.
+    pub(crate) fn new(limit_chars: usize) -> Self {
+        Self {
+            limit: limit_chars,
+            kept: Vec::new(),
+            chars: 0,
+            need: 0,
+            lo: 0,
+            hi: 0,
+            total: 0,
+            truncated: false,
+        }
+    }
+
+    /// Appends a chunk. Never stores more than the bytes of the first
+    /// `limit_chars` characters; once the limit is passed, only counts.
+    ///
+    /// A character split across chunks is completed by the next chunk.
+    pub(crate) fn push(&mut self, chunk: &[u8]) {
+        self.total += chunk.len() as u64;
+        if self.truncated {
+            return;
+        }
+        let mut keep = chunk.len();
+        for (i, &b) in chunk.iter().enumerate() {
+            if self.need > 0 && (self.lo..=self.hi).contains(&b) {
+                self.need -= 1;
+                (self.lo, self.hi) = (0x80, 0xBF);
+                continue;
+            }
+            if self.chars == self.limit {
+                self.truncated = true;
+                keep = i;
+                break;
+            }
+            self.chars += 1;
+            (self.need, self.lo, self.hi) = lead(b);
+        }
+        self.reserve(keep);
+        self.kept.extend_from_slice(&chunk[..keep]);
+    }
+
+    /// Total bytes seen (including those not kept).
+    pub(crate) fn total_bytes(&self) -> u64 {
+        self.total
+    }
+
+    /// True when bytes were dropped because of the limit.
+    pub(crate) fn is_truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// The kept bytes (a prefix of the stream), for JSON parsing when not truncated.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.kept
+    }
+
+    /// The captured text: valid UTF-8 is kept as is; invalid UTF-8 is replaced lossily
+    /// (U+FFFD). At most `limit_chars` characters, cut on a character boundary.
+    pub(crate) fn text(&self) -> String {
+        let text = String::from_utf8_lossy(&self.kept);
+        truncate_chars(&text, self.limit).0.to_owned()
+    }
+
+    /// Grows `kept` for `additional` bytes, amortised but never past the
+    /// most bytes `limit` characters can take.
+    fn reserve(&mut self, additional: usize) {
+        let needed = self.kept.len() + additional;
+        if needed <= self.kept.capacity() {
+            return;
+        }
+        let target = (self.kept.capacity() * 2)
+            .min(self.limit.saturating_mul(4))
+            .max(needed);
+        self.kept.reserve_exact(target - self.kept.len());
+    }
+}
+
+/// For the first byte of a character: how many continuation bytes it expects
+/// and the allowed range of the first of them (as in the UTF-8 table of
+/// well-formed byte sequences). ASCII and invalid bytes expect none.
+fn lead(b: u8) -> (u8, u8, u8) {
+    match b {
+        0xC2..=0xDF => (1, 0x80, 0xBF),
+        0xE0 => (2, 0xA0, 0xBF),
+        0xE1..=0xEC | 0xEE..=0xEF => (2, 0x80, 0xBF),
+        0xED => (2, 0x80, 0x9F),
+        0xF0 => (3, 0x90, 0xBF),
+        0xF1..=0xF3 => (3, 0x80, 0xBF),
+        0xF4 => (3, 0x80, 0x8F),
+        _ => (0, 0, 0),
+    }
+}
+
+/// Cuts `s` to at most `max_chars` characters on a char boundary; returns
+/// `(text, was_cut)`. The text is a prefix of `s` (borrowed, no copy); call
+/// `.to_owned()` for a `String`.
+pub(crate) fn truncate_chars(s: &str, max_chars: usize) -> (&str, bool) {
+    if s.len() <= max_chars {
+        return (s, false);
+    }
+    match s.char_indices().nth(max_chars) {
+        Some((at, _)) => (&s[..at], true),
+        None => (s, false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_under_the_limit_is_kept_whole() {
+        let mut c = Capture::new(10);
+        c.push(b"hello");
+        c.push(b" you");
+        assert_eq!(c.text(), "hello you");
+        assert_eq!(c.bytes(), b"hello you");
+        assert_eq!(c.total_bytes(), 9);
+        assert!(!c.is_truncated());
+    }
+
+    #[test]
+    fn ascii_exactly_at_the_limit_is_not_truncated() {
+        let mut c = Capture::new(5);
+        c.push(b"hel");
+        c.push(b"lo");
+        c.push(b"");
+        assert_eq!(c.text(), "hello");
+        assert_eq!(c.total_bytes(), 5);
+        assert!(!c.is_truncated());
+    }
+
+    #[test]
+    fn ascii_over_the_limit_is_cut_and_counted() {
+        let mut c = Capture::new(5);
+        c.push(b"hel");
+        c.push(b"lo world");
+        c.push(b"!!");
+        assert_eq!(c.text(), "hello");
+        assert_eq!(c.bytes(), b"hello");
+        assert_eq!(c.total_bytes(), 13);
+        assert!(c.is_truncated());
+    }
+
+    #[test]
+    fn zero_limit_keeps_nothing() {
+        let mut c = Capture::new(0);
+        assert!(!c.is_truncated());
+        c.push(b"x");
+        assert_eq!(c.text(), "");
+        assert_eq!(c.bytes(), b"");
+        assert_eq!(c.total_bytes(), 1);
+        assert!(c.is_truncated());
+    }
+
+    #[test]
+    fn multi_byte_chars_are_cut_on_a_boundary() {
+        // "é" is 2 bytes, "😀" is 4 bytes.
+        let mut c = Capture::new(3);
+        c.push("aé😀b".as_bytes());
+        assert_eq!(c.text(), "aé😀");
+        assert_eq!(c.bytes(), "aé😀".as_bytes());
+        assert_eq!(c.bytes().len(), 7);
+        assert_eq!(c.total_bytes(), 8);
+        assert!(c.is_truncated());
+    }
+
+    #[test]
+    fn emoji_split_over_two_pushes_is_completed() {
+        let emoji = "😀".as_bytes();
+        let mut c = Capture::new(2);
+        c.push(b"a");
+        c.push(&emoji[..2]);
+        assert_eq!(c.bytes(), &[b'a', emoji[0], emoji[1]]);
+        assert!(!c.is_truncated());
+        c.push(&emoji[2..]);
+        assert_eq!(c.text(), "a😀");
+        assert!(!c.is_truncated());
+        c.push("é".as_bytes());
+        assert_eq!(c.text(), "a😀");
+        assert_eq!(c.bytes().len(), 5);
+        assert_eq!(c.total_bytes(), 7);
+        assert!(c.is_truncated());
+    }
+
+    #[test]
+    fn every_split_of_a_multi_byte_text_gives_the_same_capture() {
+        let text = "é😀x€";
+        let bytes = text.as_bytes();
+        for limit in 0..=5 {
+            let expected: String = text.chars().take(limit).collect();
+            for at in 0..=bytes.len() {
+                let mut c = Capture::new(limit);
+                c.push(&bytes[..at]);
+                c.push(&bytes[at..]);
+                assert_eq!(c.text(), expected, "limit {limit}, split at {at}");
+                assert_eq!(c.bytes(), expected.as_bytes());
+                assert_eq!(c.is_truncated(), limit < 4);
+                assert_eq!(c.total_bytes(), 10);
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_lossily() {
+        let mut c = Capture::new(10);
+        c.push(b"a\xFFb\xE2\x82");
+        c.push(b"c");
+        assert_eq!(c.text(), "a\u{FFFD}b\u{FFFD}c");
+        assert_eq!(c.bytes(), b"a\xFFb\xE2\x82c");
+        assert!(!c.is_truncated());
+    }
+
+    #[test]
+    fn invalid_bytes_count_as_one_character_each() {
+        // Each stray continuation byte is one U+FFFD.
+        let mut c = Capture::new(3);
+        c.push(&[0x80; 100]);
+        assert_eq!(c.text(), "\u{FFFD}\u{FFFD}\u{FFFD}");
+        assert_eq!(c.bytes(), &[0x80; 3]);
+        assert_eq!(c.total_bytes(), 100);
+        assert!(c.is_truncated());
+    }
+
+    #[test]
+    fn invalid_second_bytes_start_a_new_character() {
+        // 0xE0 0x80 is not a valid start: two replacement characters.
+        let mut c = Capture::new(2);
+        c.push(b"\xE0\x80z");
+        assert_eq!(c.text(), "\u{FFFD}\u{FFFD}");
+        assert_eq!(c.bytes(), b"\xE0\x80");
+        assert!(c.is_truncated());
+    }
+
+    #[test]
+    fn counts_match_lossy_decoding_on_arbitrary_bytes() {
+        const POOL: [u8; 16] = [
+            b'a', 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC2, 0xE0, 0xED, 0xEF, 0xF0, 0xF4,
+            0xF5, 0xFF,
+        ];
+        let mut seed: u32 = 0x1234_5678;
+        for _ in 0..2000 {
+            let mut bytes = Vec::new();
+            for _ in 0..12 {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                bytes.push(POOL[(seed >> 28) as usize]);
+            }
+            let lossy = String::from_utf8_lossy(&bytes).into_owned();
+            let total = lossy.chars().count();
+            let mut c = Capture::new(usize::MAX);
+            c.push(&bytes);
+            assert_eq!(c.chars, total, "{bytes:x?}");
+            for limit in 0..total {
+                let mut c = Capture::new(limit);
+                c.push(&bytes);
+                let expected: String = lossy.chars().take(limit).collect();
+                assert_eq!(c.text(), expected, "{bytes:x?} limit {limit}");
+                assert!(c.is_truncated());
+            }
+        }
+    }
+
+    #[test]
+    fn memory_stays_bounded_for_a_large_stream() {
+        let chunk = [b'x'; 8192];
+        let mut c = Capture::new(64_000);
+        let mut fed = 0u64;
+        while fed < 10_000_000 {
+            c.push(&chunk);
+            fed += chunk.len() as u64;
+            assert!(c.kept.capacity() <= 4 * 64_000);
+        }
+        assert_eq!(c.bytes().len(), 64_000);
+        assert_eq!(c.text().len(), 64_000);
+        assert_eq!(c.total_bytes(), fed);
+        assert!(c.is_truncated());
+    }
+
+    #[test]
+    fn memory_stays_bounded_for_multi_byte_text() {
+        let chunk = "😀".repeat(2048);
+        let mut c = Capture::new(1000);
+        for _ in 0..100 {
+            c.push(chunk.as_bytes());
+        }
+        assert_eq!(c.bytes().len(), 4000);
+        assert!(c.kept.capacity() <= 4000);
+        assert_eq!(c.text().chars().count(), 1000);
+        assert_eq!(c.total_bytes(), 819_200);
+    }
+
+    #[test]
+    fn truncate_chars_keeps_short_text() {
+        assert_eq!(truncate_chars("", 4000), ("", false));
+        assert_eq!(truncate_chars("abc", 3), ("abc", false));
+        let s = "é".repeat(4000);
+        assert_eq!(truncate_chars(&s, 4000), (s.as_str(), false));
+    }
+
+    #[test]
+    fn truncate_chars_cuts_on_a_char_boundary() {
+        assert_eq!(truncate_chars("abcdef", 4), ("abcd", true));
+        assert_eq!(truncate_chars("aé😀b", 2), ("aé", true));
+        assert_eq!(truncate_chars("aé😀b", 0), ("", true));
+
+        let s = "😀".repeat(64_001);
+        let (cut, was_cut) = truncate_chars(&s, 64_000);
+        assert!(was_cut);
+        assert_eq!(cut.chars().count(), 64_000);
+        assert_eq!(cut.len(), 256_000);
+
+        let s = "x".repeat(4001);
+        let (cut, was_cut) = truncate_chars(&s, 4000);
+        assert!(was_cut);
+        assert_eq!(cut.len(), 4000);
+    }
+}

@@ -1,0 +1,379 @@
+//! [`TrodoConfig`]: every setting of the layer, validated when it is set.
+
+use http::HeaderName;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::span_kind::SpanKind;
+use crate::state::Shared;
+use crate::wire::MAX_IO_CHARS;
+
+/// The Trodo ingest API used when `TRODO_API_BASE` is not set.
+pub const DEFAULT_API_BASE: &str = "https://sdkapi.trodo.ai";
+/// The agent name used when `TRODO_AGENT_NAME` is not set.
+pub const DEFAULT_AGENT_NAME: &str = "mcp_server";
+/// How long a session may go without a request before its run is ended:
+/// 300 s, rmcp's own session keep-alive.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The MCP session header (header names are case-insensitive).
+pub const DEFAULT_SESSION_HEADER: &str = "mcp-session-id";
+/// Most characters of a request or response body kept as a span's input or output.
+pub const DEFAULT_CAPTURE_LIMIT: usize = MAX_IO_CHARS;
+
+/// The settings of [`TrodoLayer`](crate::TrodoLayer).
+///
+/// Start from [`TrodoConfig::from_env`] (or [`TrodoConfig::new`] for the
+/// defaults) and refine with the `with_*` methods. Settings that can be wrong
+/// are checked when they are set and return a [`ConfigError`] naming the
+/// setting, so a misconfigured server fails at startup.
+///
+/// Without a site id the layer prints each run and span to standard output
+/// instead of sending it: the embedded default, handy before you have a Trodo
+/// account.
+///
+/// Layers built from one config (or from clones of it) share one state: the
+/// same sessions and the same delivery worker. A `with_*` call makes a config
+/// with a state of its own.
+///
+/// ```
+/// use std::time::Duration;
+/// use trodo_tower::{SpanKind, TrodoConfig};
+///
+/// let config = TrodoConfig::new()
+///     .with_site_id("site_123")
+///     .with_agent_name("weather_mcp")
+///     .with_idle_timeout(Duration::from_secs(600))?
+///     .with_tool_kind("search_docs", SpanKind::Retrieval)
+///     .with_method_kind("prompts/get", SpanKind::Llm);
+/// # Ok::<(), trodo_tower::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct TrodoConfig {
+    pub(crate) settings: Settings,
+    /// The state shared by every layer built from this config.
+    pub(crate) state: Arc<OnceLock<Arc<Shared>>>,
+}
+
+/// The plain settings, without the shared state.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) enabled: bool,
+    pub(crate) site_id: Option<String>,
+    pub(crate) api_base: String,
+    pub(crate) agent_name: String,
+    pub(crate) session_header: HeaderName,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) capture_limit: usize,
+    pub(crate) method_kinds: HashMap<String, SpanKind>,
+    pub(crate) tool_kinds: HashMap<String, SpanKind>,
+}
+
+impl Default for TrodoConfig {
+    fn default() -> Self {
+        Self {
+            settings: Settings {
+                enabled: true,
+                site_id: None,
+                api_base: DEFAULT_API_BASE.to_owned(),
+                agent_name: DEFAULT_AGENT_NAME.to_owned(),
+                session_header: HeaderName::from_static(DEFAULT_SESSION_HEADER),
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                capture_limit: DEFAULT_CAPTURE_LIMIT,
+                method_kinds: HashMap::new(),
+                tool_kinds: HashMap::new(),
+            },
+            state: Arc::default(),
+        }
+    }
+}
+
+impl fmt::Debug for TrodoConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrodoConfig")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrodoConfig {
+    /// The defaults: no site id (runs are printed to the console), the
+    /// default API base, agent `mcp_server`, idle timeout 300 s.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads the settings from the environment:
+    ///
+    /// | variable | meaning | default |
+    /// |---|---|---|
+    /// | `TRODO_SITE_ID` | your Trodo site id; unset or empty: print to the console | unset |
+    /// | `TRODO_API_BASE` | base URL of the ingest API | `https://sdkapi.trodo.ai` |
+    /// | `TRODO_AGENT_NAME` | `agent_name` of every run | `mcp_server` |
+    /// | `TRODO_IDLE_TIMEOUT_SECS` | seconds without a request before a session's run ends | `300` |
+    /// | `TRODO_ENABLED` | `false` turns the layer into a pass-through | `true` |
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the variable whose value cannot work.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`from_env`](Self::from_env) over any source of variables.
+    pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = Self::new();
+        if let Some(site) = get("TRODO_SITE_ID").filter(|s| !s.trim().is_empty()) {
+            config = config.with_site_id(site.trim());
+        }
+        if let Some(base) = get("TRODO_API_BASE") {
+            config = config
+                .with_api_base(&base)
+                .map_err(|e| ConfigError::new("TRODO_API_BASE", e.value(), EXPECTED_URL))?;
+        }
+        if let Some(name) = get("TRODO_AGENT_NAME") {
+            config = config
+                .with_agent_name(&name)
+                .map_err(|e| ConfigError::new("TRODO_AGENT_NAME", e.value(), EXPECTED_NAME))?;
+        }
+        if let Some(secs) = get("TRODO_IDLE_TIMEOUT_SECS") {
+            let seconds = secs
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or_else(|| {
+                    ConfigError::new("TRODO_IDLE_TIMEOUT_SECS", &secs, EXPECTED_SECONDS)
+                })?;
+            config = config.with_idle_timeout(Duration::from_secs(seconds))?;
+        }
+        if let Some(enabled) = get("TRODO_ENABLED") {
+            let on = match enabled.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(ConfigError::new("TRODO_ENABLED", enabled, EXPECTED_BOOL)),
+            };
+            config = config.with_enabled(on);
+        }
+        Ok(config)
+    }
+
+    /// Sets the Trodo site id sent as `X-Trodo-Site-Id`; with it, runs go to
+    /// the ingest API instead of the console. Defaults to `TRODO_SITE_ID`, else none.
+    #[must_use]
+    pub fn with_site_id(self, site_id: impl Into<String>) -> Self {
+        self.edit(|s| s.site_id = Some(site_id.into()))
+    }
+
+    /// Sets the base URL of the ingest API (`http` or `https`).
+    /// Defaults to `TRODO_API_BASE`, else [`DEFAULT_API_BASE`].
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for `api_base` when the URL does not parse or is not HTTP.
+    pub fn with_api_base(self, api_base: &str) -> Result<Self, ConfigError> {
+        let url = reqwest::Url::parse(api_base.trim())
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| ConfigError::new("api_base", api_base, EXPECTED_URL))?;
+        let base = url.as_str().trim_end_matches('/').to_owned();
+        Ok(self.edit(|s| s.api_base = base))
+    }
+
+    /// Sets the `agent_name` of every run.
+    /// Defaults to `TRODO_AGENT_NAME`, else [`DEFAULT_AGENT_NAME`].
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for `agent_name` when the name is empty.
+    pub fn with_agent_name(self, agent_name: &str) -> Result<Self, ConfigError> {
+        let name = agent_name.trim();
+        if name.is_empty() {
+            return Err(ConfigError::new("agent_name", agent_name, EXPECTED_NAME));
+        }
+        Ok(self.edit(|s| s.agent_name = name.to_owned()))
+    }
+
+    /// Sets how long a session may go without a request before its run is
+    /// ended with `closed_via: "idle_timeout"`. Keep it at least as long as
+    /// your MCP server's own session keep-alive.
+    /// Defaults to `TRODO_IDLE_TIMEOUT_SECS`, else [`DEFAULT_IDLE_TIMEOUT`].
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for `idle_timeout` when it is zero.
+    pub fn with_idle_timeout(self, idle_timeout: Duration) -> Result<Self, ConfigError> {
+        if idle_timeout.is_zero() {
+            return Err(ConfigError::new("idle_timeout", "0s", EXPECTED_SECONDS));
+        }
+        Ok(self.edit(|s| s.idle_timeout = idle_timeout))
+    }
+
+    /// Sets the name of the session header. Defaults to [`DEFAULT_SESSION_HEADER`].
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for `session_header` when the name is not a valid header name.
+    pub fn with_session_header(self, name: &str) -> Result<Self, ConfigError> {
+        let header = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| ConfigError::new("session_header", name, "a valid HTTP header name"))?;
+        Ok(self.edit(|s| s.session_header = header))
+    }
+
+    /// Sets the most characters of a request or response body kept as a span's
+    /// `input` or `output`; the rest is cut, and the span says so in its
+    /// attributes. Memory per request stays bounded by this whatever the body size.
+    /// Defaults to [`DEFAULT_CAPTURE_LIMIT`] (64,000, the most the ingest API keeps).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for `capture_limit` when it is zero or above 64,000.
+    pub fn with_capture_limit(self, chars: usize) -> Result<Self, ConfigError> {
+        if chars == 0 || chars > MAX_IO_CHARS {
+            return Err(ConfigError::new(
+                "capture_limit",
+                chars.to_string(),
+                "a number of characters from 1 to 64000",
+            ));
+        }
+        Ok(self.edit(|s| s.capture_limit = chars))
+    }
+
+    /// Sets the kind of the spans of one MCP method, e.g. `prompts/get` as
+    /// [`SpanKind::Llm`]. Defaults: `tools/call` is `tool`, others `generic`.
+    #[must_use]
+    pub fn with_method_kind(self, method: impl Into<String>, kind: SpanKind) -> Self {
+        self.edit(|s| {
+            s.method_kinds.insert(method.into(), kind);
+        })
+    }
+
+    /// Sets the kind of the spans of one tool (`tools/call` with that name),
+    /// e.g. a search tool as [`SpanKind::Retrieval`]. Wins over
+    /// [`with_method_kind`](Self::with_method_kind).
+    #[must_use]
+    pub fn with_tool_kind(self, tool: impl Into<String>, kind: SpanKind) -> Self {
+        self.edit(|s| {
+            s.tool_kinds.insert(tool.into(), kind);
+        })
+    }
+
+    /// Turns the layer on or off; off, it passes every request through
+    /// untouched and records nothing, so you can measure its overhead.
+    /// Defaults to `TRODO_ENABLED`, else on.
+    #[must_use]
+    pub fn with_enabled(self, enabled: bool) -> Self {
+        self.edit(|s| s.enabled = enabled)
+    }
+
+    /// Applies a change and detaches the result from the state of the old config.
+    fn edit(mut self, change: impl FnOnce(&mut Settings)) -> Self {
+        change(&mut self.settings);
+        self.state = Arc::default();
+        self
+    }
+}
+
+const EXPECTED_URL: &str = "an http:// or https:// URL";
+const EXPECTED_NAME: &str = "a non-empty name";
+const EXPECTED_SECONDS: &str = "a whole number of seconds greater than zero";
+const EXPECTED_BOOL: &str = "true or false";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<TrodoConfig, ConfigError> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        TrodoConfig::from_lookup(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn defaults_without_environment() {
+        let c = env(&[]).unwrap().settings;
+        assert_eq!(c.site_id, None);
+        assert_eq!(c.api_base, "https://sdkapi.trodo.ai");
+        assert_eq!(c.agent_name, "mcp_server");
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.session_header, "mcp-session-id");
+        assert!(c.enabled);
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let c = env(&[
+            ("TRODO_SITE_ID", " site-1 "),
+            ("TRODO_API_BASE", "http://127.0.0.1:9000/"),
+            ("TRODO_AGENT_NAME", "calc"),
+            ("TRODO_IDLE_TIMEOUT_SECS", "42"),
+            ("TRODO_ENABLED", "false"),
+        ])
+        .unwrap()
+        .settings;
+        assert_eq!(c.site_id.as_deref(), Some("site-1"));
+        assert_eq!(c.api_base, "http://127.0.0.1:9000");
+        assert_eq!(c.agent_name, "calc");
+        assert_eq!(c.idle_timeout, Duration::from_secs(42));
+        assert!(!c.enabled);
+    }
+
+    #[test]
+    fn empty_site_id_means_console() {
+        assert_eq!(
+            env(&[("TRODO_SITE_ID", "")]).unwrap().settings.site_id,
+            None
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            ("TRODO_IDLE_TIMEOUT_SECS", "soon"),
+            ("TRODO_IDLE_TIMEOUT_SECS", "0"),
+            ("TRODO_API_BASE", "sdkapi.trodo.ai"),
+            ("TRODO_API_BASE", "ftp://x"),
+            ("TRODO_AGENT_NAME", "  "),
+            ("TRODO_ENABLED", "maybe"),
+        ] {
+            let err = env(&[(var, value)]).unwrap_err();
+            assert_eq!(err.setting(), var);
+            assert_eq!(err.value(), value);
+            assert!(
+                err.to_string().starts_with(&format!("invalid {var} = ")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn builder_errors_name_the_setting() {
+        assert_eq!(
+            TrodoConfig::new()
+                .with_capture_limit(0)
+                .unwrap_err()
+                .setting(),
+            "capture_limit"
+        );
+        assert_eq!(
+            TrodoConfig::new()
+                .with_session_header("bad header")
+                .unwrap_err()
+                .setting(),
+            "session_header"
+        );
+    }
+
+    #[test]
+    fn clones_share_state_and_edits_detach() {
+        let a = TrodoConfig::new();
+        let b = a.clone();
+        assert!(Arc::ptr_eq(&a.state, &b.state));
+        let c = b.with_agent_name("other").unwrap();
+        assert!(!Arc::ptr_eq(&a.state, &c.state));
+    }
+}

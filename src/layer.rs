@@ -1,0 +1,60 @@
+//! [`TrodoLayer`]: the one line a server adds.
+
+use std::sync::Arc;
+use tower_layer::Layer;
+
+use crate::config::TrodoConfig;
+use crate::service::TrodoService;
+use crate::state::{Shared, Trodo};
+
+/// A tower [`Layer`] that records the MCP traffic of the service it wraps as
+/// Trodo runs and spans. See the [crate docs](crate) for the run model.
+///
+/// Not generic and cheap to clone; works with axum's `Router::layer`,
+/// `Router::route_layer` and `nest_service`, and with
+/// `tower::ServiceBuilder` around any `Service<http::Request<B>>`. Layers
+/// built from one config share one state.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use trodo_tower::{TrodoConfig, TrodoLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let app: Router = Router::new()
+///     .route("/health", get(|| async { "ok" }))
+///     .layer(TrodoLayer::new(TrodoConfig::from_env()?));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct TrodoLayer {
+    shared: Arc<Shared>,
+}
+
+impl TrodoLayer {
+    /// A layer with the given settings. Delivery and the idle sweep run as
+    /// background tasks on the Tokio runtime, started now if one is running,
+    /// else on the first request.
+    pub fn new(config: TrodoConfig) -> Self {
+        Self {
+            shared: Shared::of(&config),
+        }
+    }
+
+    /// The handle on this layer's state: flush, shutdown, counters.
+    pub fn trodo(&self) -> Trodo {
+        Trodo {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S> Layer<S> for TrodoLayer {
+    type Service = TrodoService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TrodoService::new(inner, Arc::clone(&self.shared))
+    }
+}

@@ -1,0 +1,85 @@
+//! Agent analytics for MCP servers in [Trodo], with one line.
+//!
+//! Put [`TrodoLayer`] in front of your MCP server (any tower HTTP service,
+//! e.g. rmcp's `StreamableHttpService` in an axum router) and every MCP
+//! session becomes one Trodo run, every request in it one span whose input
+//! and output are the request and response bodies.
+//!
+//! ```no_run
+//! use axum::Router;
+//! use trodo_tower::{TrodoConfig, TrodoLayer};
+//!
+//! # async fn run(mcp_service: axum::routing::MethodRouter) -> Result<(), Box<dyn std::error::Error>> {
+//! let layer = TrodoLayer::new(TrodoConfig::from_env()?);
+//! let trodo = layer.trodo();
+//! let app = Router::new()
+//!     .route_service("/mcp", mcp_service) // e.g. rmcp's StreamableHttpService
+//!     .layer(layer);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! trodo.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The run model
+//!
+//! - The run opens when the response to a POSTed `initialize` carries a new
+//!   `Mcp-Session-Id`; `conversation_id` is that session id, `input` the
+//!   initialize request, `metadata` the client and server names and
+//!   versions and the negotiated protocol version.
+//! - Every later JSON-RPC request of the session is a span: `tools/call` is
+//!   `tool.<name>` (kind `tool`), `resources/read` `resource.<uri>`,
+//!   `prompts/get` `prompt.<name>`, others `mcp.<method>` (kind `generic`).
+//!   Requests on other routes of the same router that carry the session
+//!   header are spans `http.<METHOD> <route>` (kind `tool`). Notifications
+//!   and client responses (answered 202) make no span.
+//! - A span's `output` is the JSON-RPC response: the JSON body, or the SSE
+//!   event that carries the response to the request's id. It is an error for
+//!   a JSON-RPC error (`caller_error` or `server_error`), a tool result with
+//!   `isError: true` (`tool_error`), an HTTP 5xx (`http_error`), a broken
+//!   stream (`stream_error`) or a client that went away (`cancelled`).
+//! - The run ends once, with the totals of all its spans and
+//!   `metadata.closed_via`: `session_deleted` (DELETE answered 2xx),
+//!   `idle_timeout`, `session_expired` (the server answered 404) or
+//!   `server_shutdown` ([`Trodo::shutdown`]).
+//! - A session this process does not know (after a restart, or on another
+//!   worker) opens its run on the fly with `metadata.resumed: true`.
+//!
+//! The client receives byte for byte what the inner service sent, as it was
+//! sent; delivery runs in a background task, so no request waits on the
+//! ingest API and no failure of it reaches a client.
+//!
+//! [Trodo]: https://trodo.ai
+
+mod body;
+mod capture;
+mod config;
+mod error;
+mod exchange;
+mod export;
+mod future;
+mod layer;
+mod mcp;
+mod recorder;
+mod route_kind;
+mod run;
+mod service;
+mod span_kind;
+mod state;
+mod wire;
+
+pub use body::{RequestBody, ResponseBody};
+pub use config::{
+    DEFAULT_AGENT_NAME, DEFAULT_API_BASE, DEFAULT_CAPTURE_LIMIT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_SESSION_HEADER, TrodoConfig,
+};
+pub use error::ConfigError;
+pub use export::DeliveryCounters;
+pub use future::ResponseFuture;
+pub use layer::TrodoLayer;
+pub use route_kind::{SetSpanKind, SetSpanKindFuture, SpanKindLayer};
+pub use service::TrodoService;
+pub use span_kind::{SpanKind, UnknownSpanKind};
+pub use state::Trodo;
+pub use wire::{MAX_ERROR_CHARS, MAX_IO_CHARS};

@@ -1,0 +1,368 @@
+//! The JSON-RPC envelope of MCP messages: what a request asks and how a response ended.
+//!
+//! Only the few fields the layer needs are deserialised (method, id, the
+//! tool/prompt name or resource URI, client and server identity, the
+//! protocol version, the outcome); the rest of a message is skipped without
+//! building a tree. serde_json's recursion limit turns absurdly nested input
+//! into "not JSON-RPC", which then passes through untouched.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The `_meta` key that carries the protocol version in MCP 2026-07-28 requests.
+pub(crate) const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// The `_meta` key that carries the client's identity in MCP 2026-07-28 requests.
+pub(crate) const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+/// The `_meta` key that carries the server's identity in MCP 2026-07-28 results.
+pub(crate) const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+
+/// A client or server identity (`clientInfo` / `serverInfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub(crate) struct Implementation {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) version: Option<String>,
+}
+
+/// A message a client POSTs, as far as the layer cares.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ClientMessage {
+    /// A request: it gets an answer and becomes a span.
+    Request(Request),
+    /// A notification (no `id`): answered 202, no span.
+    Notification { method: String },
+    /// The client's answer to a server request (no `method`): answered 202, no span.
+    Response,
+}
+
+/// A JSON-RPC request from the client.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Request {
+    pub(crate) id: Value,
+    pub(crate) method: String,
+    /// `params.name` (tools/call, prompts/get) or `params.uri` (resources/read).
+    pub(crate) target: Option<String>,
+    /// `params.clientInfo` (initialize) or `params._meta[clientInfo]` (2026-07-28).
+    pub(crate) client: Option<Implementation>,
+    /// The version the client asks for (`params.protocolVersion` or `_meta`).
+    pub(crate) protocol_version: Option<String>,
+}
+
+/// How a JSON-RPC response ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outcome {
+    /// A result that is not a tool error.
+    Success,
+    /// A JSON-RPC error object.
+    Error { code: i64, message: String },
+    /// A tool result with `isError: true`; `message` is its first text block.
+    ToolError { message: String },
+}
+
+/// A JSON-RPC response from the server.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Response {
+    pub(crate) id: Value,
+    pub(crate) outcome: Outcome,
+    /// `result.protocolVersion`: the negotiated version of an initialize.
+    pub(crate) protocol_version: Option<String>,
+    /// `result.serverInfo` or `result._meta[serverInfo]`.
+    pub(crate) server: Option<Implementation>,
+}
+
+#[derive(Deserialize)]
+struct RawMessage {
+    #[serde(default)]
+    jsonrpc: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Value>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    params: Option<RawParams>,
+    #[serde(default)]
+    result: Option<RawResult>,
+    #[serde(default)]
+    error: Option<RawError>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawParams {
+    #[serde(default)]
+    name: Option<Value>,
+    #[serde(default)]
+    uri: Option<Value>,
+    #[serde(default, rename = "clientInfo")]
+    client_info: Option<Implementation>,
+    #[serde(default, rename = "protocolVersion")]
+    protocol_version: Option<String>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct RawResult {
+    #[serde(default, rename = "isError")]
+    is_error: Option<bool>,
+    #[serde(default)]
+    content: Option<Vec<RawContent>>,
+    #[serde(default, rename = "protocolVersion")]
+    protocol_version: Option<String>,
+    #[serde(default, rename = "serverInfo")]
+    server_info: Option<Implementation>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct RawContent {
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawError {
+    #[serde(default)]
+    code: i64,
+    #[serde(default)]
+    message: String,
+}
+
+/// Keeps `"id": null` apart from a missing id.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+fn parse_raw(bytes: &[u8]) -> Option<RawMessage> {
+    let raw: RawMessage = serde_json::from_slice(bytes).ok()?;
+    (raw.jsonrpc.as_deref() == Some("2.0")).then_some(raw)
+}
+
+fn meta_implementation(meta: Option<&Map<String, Value>>, key: &str) -> Option<Implementation> {
+    serde_json::from_value(meta?.get(key)?.clone()).ok()
+}
+
+/// Reads what a client POSTed; `None` when it is not one JSON-RPC 2.0 message
+/// (invalid JSON, invalid UTF-8, a batch, something else).
+pub(crate) fn parse_client_message(bytes: &[u8]) -> Option<ClientMessage> {
+    let raw = parse_raw(bytes)?;
+    match (raw.method, raw.id) {
+        (Some(method), Some(id)) => {
+            let params = raw.params.unwrap_or_default();
+            let target = params
+                .name
+                .or(params.uri)
+                .and_then(|v| v.as_str().map(str::to_owned));
+            let meta = params.meta.as_ref();
+            let client = params
+                .client_info
+                .or_else(|| meta_implementation(meta, META_CLIENT_INFO));
+            let protocol_version = params.protocol_version.or_else(|| {
+                meta?
+                    .get(META_PROTOCOL_VERSION)?
+                    .as_str()
+                    .map(str::to_owned)
+            });
+            Some(ClientMessage::Request(Request {
+                id,
+                method,
+                target,
+                client,
+                protocol_version,
+            }))
+        }
+        (Some(method), None) => Some(ClientMessage::Notification { method }),
+        (None, Some(_)) if raw.result.is_some() || raw.error.is_some() => {
+            Some(ClientMessage::Response)
+        }
+        (None, _) => None,
+    }
+}
+
+/// Reads a server message; `Some` only for a JSON-RPC response (a result or
+/// an error), `None` for requests, notifications and anything else.
+pub(crate) fn parse_response(bytes: &[u8]) -> Option<Response> {
+    let raw = parse_raw(bytes)?;
+    if raw.method.is_some() {
+        return None;
+    }
+    let id = raw.id.unwrap_or(Value::Null);
+    if let Some(error) = raw.error {
+        return Some(Response {
+            id,
+            outcome: Outcome::Error {
+                code: error.code,
+                message: error.message,
+            },
+            protocol_version: None,
+            server: None,
+        });
+    }
+    let result = raw.result?;
+    let outcome = if result.is_error == Some(true) {
+        let message = result
+            .content
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|c| c.text)
+            .unwrap_or_else(|| "tool returned isError: true".to_owned());
+        Outcome::ToolError { message }
+    } else {
+        Outcome::Success
+    };
+    let server = result
+        .server_info
+        .or_else(|| meta_implementation(result.meta.as_ref(), META_SERVER_INFO));
+    Some(Response {
+        id,
+        outcome,
+        protocol_version: result.protocol_version,
+        server,
+    })
+}
+
+/// Whether the start of a message too large to parse reads like a response
+/// (a `result` or `error` member and no `method` in its first bytes).
+pub(crate) fn looks_like_response(prefix: &str) -> bool {
+    let head = prefix.get(..prefix.len().min(512)).unwrap_or(prefix);
+    (head.contains("\"result\"") || head.contains("\"error\"")) && !head.contains("\"method\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ts_initialize_request() {
+        let body = br#"{"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"ts-v1-client","version":"1.0.0"}},"jsonrpc":"2.0","id":0}"#;
+        let Some(ClientMessage::Request(r)) = parse_client_message(body) else {
+            panic!("not a request")
+        };
+        assert_eq!(r.id, json!(0));
+        assert_eq!(r.method, "initialize");
+        assert_eq!(r.protocol_version.as_deref(), Some("2025-11-25"));
+        assert_eq!(
+            r.client,
+            Some(Implementation {
+                name: "ts-v1-client".into(),
+                version: Some("1.0.0".into())
+            })
+        );
+    }
+
+    #[test]
+    fn tool_call_names_its_tool_and_2026_meta_is_read() {
+        let body = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"sum","arguments":{"a":2,"b":3},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"mcp","version":"0.1.0"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+        let Some(ClientMessage::Request(r)) = parse_client_message(body) else {
+            panic!("not a request")
+        };
+        assert_eq!(r.target.as_deref(), Some("sum"));
+        assert_eq!(r.protocol_version.as_deref(), Some("2026-07-28"));
+        assert_eq!(r.client.unwrap().name, "mcp");
+    }
+
+    #[test]
+    fn resource_read_target_is_the_uri() {
+        let body =
+            br#"{"jsonrpc":"2.0","id":"a","method":"resources/read","params":{"uri":"file:///x"}}"#;
+        let Some(ClientMessage::Request(r)) = parse_client_message(body) else {
+            panic!("not a request")
+        };
+        assert_eq!(r.id, json!("a"));
+        assert_eq!(r.target.as_deref(), Some("file:///x"));
+    }
+
+    #[test]
+    fn notifications_and_client_responses() {
+        assert_eq!(
+            parse_client_message(br#"{"method":"notifications/initialized","jsonrpc":"2.0"}"#),
+            Some(ClientMessage::Notification {
+                method: "notifications/initialized".into()
+            })
+        );
+        assert_eq!(
+            parse_client_message(br#"{"jsonrpc":"2.0","id":0,"result":{"roots":[]}}"#),
+            Some(ClientMessage::Response)
+        );
+    }
+
+    #[test]
+    fn not_json_rpc() {
+        for body in [
+            &b"{not json"[..],
+            b"\xff\xfe\x00garbage",
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+            br#"{"id":1,"method":"ping"}"#,
+            br#"{"jsonrpc":"2.0"}"#,
+            b"",
+        ] {
+            assert_eq!(parse_client_message(body), None, "{body:?}");
+        }
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(parse_client_message(deep.as_bytes()), None);
+    }
+
+    #[test]
+    fn initialize_result_gives_version_and_server() {
+        let body = br#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"calc","version":"0.1.0"}}}"#;
+        let r = parse_response(body).unwrap();
+        assert_eq!(r.outcome, Outcome::Success);
+        assert_eq!(r.protocol_version.as_deref(), Some("2025-11-25"));
+        assert_eq!(r.server.unwrap().name, "calc");
+    }
+
+    #[test]
+    fn discover_result_server_from_meta() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"complete","supportedVersions":["2026-07-28"],"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"calc","version":"0.1.0"}}}}"#;
+        assert_eq!(
+            parse_response(body)
+                .unwrap()
+                .server
+                .unwrap()
+                .version
+                .as_deref(),
+            Some("0.1.0")
+        );
+    }
+
+    #[test]
+    fn prefix_of_a_large_response() {
+        assert!(looks_like_response(
+            r#"{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"xxxx"#
+        ));
+        assert!(!looks_like_response(
+            r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"xxx"#
+        ));
+    }
+
+    #[test]
+    fn outcomes() {
+        let err = parse_response(
+            br#"{"jsonrpc":"2.0","id":5,"error":{"code":-32602,"message":"tool not found"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            err.outcome,
+            Outcome::Error {
+                code: -32602,
+                message: "tool not found".into()
+            }
+        );
+        let tool = parse_response(br#"{"jsonrpc":"2.0","id":6,"result":{"content":[{"type":"text","text":"boom"}],"isError":true}}"#).unwrap();
+        assert_eq!(
+            tool.outcome,
+            Outcome::ToolError {
+                message: "boom".into()
+            }
+        );
+        let ok =
+            parse_response(br#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"isError":false}}"#)
+                .unwrap();
+        assert_eq!(ok.outcome, Outcome::Success);
+        assert_eq!(
+            parse_response(br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#),
+            None
+        );
+    }
+}

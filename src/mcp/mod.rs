@@ -1,0 +1,67 @@
+//! MCP knowledge: the JSON-RPC envelope, SSE decoding, span names and kinds.
+//! Pure functions, no I/O.
+
+pub(crate) mod envelope;
+pub(crate) mod sse;
+
+use crate::span_kind::SpanKind;
+
+/// The MCP method that opens a session.
+pub(crate) const INITIALIZE: &str = "initialize";
+/// The MCP method that calls a tool.
+pub(crate) const TOOLS_CALL: &str = "tools/call";
+
+/// The span name of an MCP request: `tool.<name>` for `tools/call`,
+/// `resource.<uri>` for `resources/read`, `prompt.<name>` for `prompts/get`,
+/// `mcp.<method>` otherwise.
+pub(crate) fn span_name(method: &str, target: Option<&str>) -> String {
+    match (method, target) {
+        (TOOLS_CALL, Some(name)) => format!("tool.{name}"),
+        ("resources/read", Some(uri)) => format!("resource.{uri}"),
+        ("prompts/get", Some(name)) => format!("prompt.{name}"),
+        _ => format!("mcp.{method}"),
+    }
+}
+
+/// The kind of an MCP request's span when the config says nothing else.
+pub(crate) fn default_kind(method: &str) -> SpanKind {
+    if method == TOOLS_CALL {
+        SpanKind::Tool
+    } else {
+        SpanKind::Generic
+    }
+}
+
+/// The span `error_type` of a JSON-RPC error code: `caller_error` for the
+/// codes that say the request was wrong (parse error, invalid request, method
+/// not found, invalid params, resource not found), `server_error` for the rest.
+pub(crate) fn error_type(code: i64) -> &'static str {
+    match code {
+        -32700 | -32600 | -32601 | -32602 | -32002 => "caller_error",
+        _ => "server_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn span_names() {
+        assert_eq!(span_name("tools/call", Some("add")), "tool.add");
+        assert_eq!(
+            span_name("resources/read", Some("file:///a")),
+            "resource.file:///a"
+        );
+        assert_eq!(span_name("prompts/get", Some("greet")), "prompt.greet");
+        assert_eq!(span_name("tools/list", None), "mcp.tools/list");
+        assert_eq!(span_name("tools/call", None), "mcp.tools/call");
+    }
+
+    #[test]
+    fn error_types() {
+        assert_eq!(error_type(-32602), "caller_error");
+        assert_eq!(error_type(-32603), "server_error");
+        assert_eq!(error_type(-32000), "server_error");
+    }
+}

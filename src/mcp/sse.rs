@@ -1,0 +1,686 @@
+//! An incremental, bounded decoder for Server-Sent Events (`text/event-stream`).
+//!
+//! The middleware tees every frame of an event-stream response body into a
+//! [`SseDecoder`] while passing the frame on untouched, and gets each complete
+//! event as soon as its blank line arrives.
+//!
+//! Why hand-written: the SSE crates (`sse-stream`, `eventsource-stream`) are
+//! pull-style streams that own the body, and they hold a whole event in memory
+//! without bound. Here decoding is push-style (fed from the side of a body we
+//! do not own) and every buffer is bounded: one event keeps at most
+//! `max_event_bytes` data bytes, plus [`MAX_META_BYTES`] for each of its
+//! `event` and `id` values, however long the lines on the wire are.
+//!
+//! Parsing follows the WHATWG event-stream rules, with one deliberate
+//! difference: an event whose data is empty is not reported (the spec would
+//! dispatch `data:` alone as an empty message). MCP servers send such
+//! "priming" events (`data: \nid: 0\nretry: 3000\n\n`) to set a resumption
+//! id; they carry no JSON-RPC message.
+
+/// The most bytes kept of an `event` or `id` value; longer values are cut.
+pub(crate) const MAX_META_BYTES: usize = 1024;
+
+/// The UTF-8 byte order mark, ignored once at the start of the stream.
+const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+
+/// One decoded SSE event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SseEvent {
+    /// The `event` type; `None` when not set (the spec's default, `message`).
+    pub(crate) event: Option<String>,
+    /// The last event id when dispatched (it persists across events, per the
+    /// spec); `None` while unset or empty.
+    pub(crate) id: Option<String>,
+    /// The `data` lines joined with `\n`, decoded as UTF-8 lossily.
+    pub(crate) data: String,
+    /// True when data bytes past `max_event_bytes` were dropped.
+    pub(crate) data_truncated: bool,
+}
+
+/// Which field the current line sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// `data`: appended to the data buffer.
+    Data,
+    /// `event`: sets the event type.
+    Event,
+    /// `id`: sets the last event id.
+    Id,
+    /// `retry`, unknown fields and comments: ignored.
+    Ignored,
+}
+
+/// Where in the current line the decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading the field name, before any `:`.
+    Name,
+    /// Just after the `:`: one leading space is still to be stripped.
+    ValueStart,
+    /// Reading the value.
+    Value,
+}
+
+/// Decodes an event stream fed chunk by chunk, with bounded buffers.
+#[derive(Debug)]
+pub(crate) struct SseDecoder {
+    /// The most data bytes kept for one event.
+    max_event_bytes: usize,
+    /// Bytes of the BOM matched at the start of the stream so far.
+    bom_matched: usize,
+    /// Whether the start of the stream (and so a BOM) is behind us.
+    started: bool,
+    /// Whether the last byte seen was a `\r` (so a `\n` next is part of it).
+    after_cr: bool,
+    /// Whether the current line has any byte.
+    line_started: bool,
+    /// Where in the current line the decoder is.
+    phase: Phase,
+    /// The field name read so far (only the length of the longest known name).
+    name: [u8; 5],
+    /// Bytes in `name`.
+    name_len: usize,
+    /// Whether the field name is longer than any known field.
+    name_overflow: bool,
+    /// The field of the current line, once its name is complete.
+    field: Field,
+    /// The data buffer (lines joined with `\n`), at most `max_event_bytes`.
+    data: Vec<u8>,
+    /// Whether the event has had a `data` line.
+    has_data: bool,
+    /// Whether data bytes were dropped for this event.
+    data_truncated: bool,
+    /// The event type buffer.
+    event: Vec<u8>,
+    /// The last event id buffer.
+    last_id: Vec<u8>,
+    /// The value of the `id` line being read.
+    id_line: Vec<u8>,
+}
+
+impl SseDecoder {
+    /// `max_event_bytes`: the most data bytes kept for one event; more is dropped
+    /// and the event is marked `data_truncated`.
+    pub(crate) fn new(max_event_bytes: usize) -> Self {
+        Self {
+            max_event_bytes,
+            bom_matched: 0,
+            started: false,
+            after_cr: false,
+            line_started: false,
+            phase: Phase::Name,
+            name: [0; 5],
+            name_len: 0,
+            name_overflow: false,
+            field: Field::Ignored,
+            data: Vec::new(),
+            has_data: false,
+            data_truncated: false,
+            event: Vec::new(),
+            last_id: Vec::new(),
+            id_line: Vec::new(),
+        }
+    }
+
+    /// Feeds a chunk; calls `on_event` for every event completed by it, in order.
+    ///
+    /// An event is complete at its blank line: a last event without one is
+    /// never dispatched (per the spec), so there is nothing to do at the end
+    /// of the stream.
+    pub(crate) fn push(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent)) {
+        let mut chunk = chunk;
+        while !self.started {
+            let Some((&b, rest)) = chunk.split_first() else {
+                return;
+            };
+            if b == BOM[self.bom_matched] {
+                chunk = rest;
+                self.bom_matched += 1;
+                self.started = self.bom_matched == BOM.len();
+            } else {
+                self.started = true;
+                let matched = self.bom_matched;
+                self.feed(&BOM[..matched], &mut on_event);
+            }
+        }
+        self.feed(chunk, &mut on_event);
+    }
+
+    /// Splits `input` into line contents and line ends.
+    fn feed(&mut self, mut input: &[u8], on_event: &mut impl FnMut(SseEvent)) {
+        while let Some(&first) = input.first() {
+            if self.after_cr {
+                self.after_cr = false;
+                if first == b'\n' {
+                    input = &input[1..];
+                    continue;
+                }
+            }
+            let Some(end) = input.iter().position(|&b| b == b'\n' || b == b'\r') else {
+                self.line_content(input);
+                return;
+            };
+            self.line_content(&input[..end]);
+            self.after_cr = input[end] == b'\r';
+            input = &input[end + 1..];
+            self.end_line(on_event);
+        }
+    }
+
+    /// Takes bytes of the current line (no line end among them).
+    fn line_content(&mut self, mut bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.line_started = true;
+        if self.phase == Phase::Name {
+            let Some(colon) = bytes.iter().position(|&b| b == b':') else {
+                self.push_name(bytes);
+                return;
+            };
+            self.push_name(&bytes[..colon]);
+            self.begin_value();
+            self.phase = Phase::ValueStart;
+            bytes = &bytes[colon + 1..];
+        }
+        if self.phase == Phase::ValueStart {
+            let Some(&first) = bytes.first() else {
+                return;
+            };
+            if first == b' ' {
+                bytes = &bytes[1..];
+            }
+            self.phase = Phase::Value;
+        }
+        match self.field {
+            Field::Data => self.push_data(bytes),
+            Field::Event => push_bounded(&mut self.event, bytes, MAX_META_BYTES),
+            Field::Id => push_bounded(&mut self.id_line, bytes, MAX_META_BYTES),
+            Field::Ignored => {}
+        }
+    }
+
+    /// Adds bytes to the field name, remembering only a known name's length.
+    fn push_name(&mut self, bytes: &[u8]) {
+        let end = self.name_len + bytes.len();
+        if self.name_overflow || end > self.name.len() {
+            self.name_overflow = true;
+            return;
+        }
+        self.name[self.name_len..end].copy_from_slice(bytes);
+        self.name_len = end;
+    }
+
+    /// The field name is complete: picks the field and starts its value.
+    fn begin_value(&mut self) {
+        self.field = match &self.name[..self.name_len] {
+            _ if self.name_overflow => Field::Ignored,
+            b"data" => Field::Data,
+            b"event" => Field::Event,
+            b"id" => Field::Id,
+            _ => Field::Ignored,
+        };
+        match self.field {
+            Field::Data => {
+                if self.has_data {
+                    self.push_data(b"\n");
+                }
+                self.has_data = true;
+            }
+            Field::Event => self.event.clear(),
+            Field::Id => self.id_line.clear(),
+            Field::Ignored => {}
+        }
+    }
+
+    /// Appends to the data buffer, dropping (and flagging) what passes the limit.
+    fn push_data(&mut self, bytes: &[u8]) {
+        let room = self.max_event_bytes - self.data.len();
+        if bytes.len() > room {
+            self.data_truncated = true;
+        }
+        push_bounded(&mut self.data, bytes, self.max_event_bytes);
+    }
+
+    /// A line end: finishes the line's field, or dispatches on a blank line.
+    fn end_line(&mut self, on_event: &mut impl FnMut(SseEvent)) {
+        if !self.line_started {
+            self.dispatch(on_event);
+            return;
+        }
+        if self.phase == Phase::Name {
+            // A field name without a colon: the value is empty.
+            self.begin_value();
+        }
+        if self.field == Field::Id && !self.id_line.contains(&0) {
+            std::mem::swap(&mut self.last_id, &mut self.id_line);
+        }
+        self.line_started = false;
+        self.phase = Phase::Name;
+        self.name_len = 0;
+        self.name_overflow = false;
+        self.field = Field::Ignored;
+    }
+
+    /// A blank line: reports the event when it has data, and resets it.
+    fn dispatch(&mut self, on_event: &mut impl FnMut(SseEvent)) {
+        let data = std::mem::take(&mut self.data);
+        let data_truncated = std::mem::replace(&mut self.data_truncated, false);
+        let event = std::mem::take(&mut self.event);
+        self.has_data = false;
+        if data.is_empty() && !data_truncated {
+            return;
+        }
+        let data = if data_truncated {
+            lossy(&data[..complete_prefix(&data)])
+        } else {
+            lossy(&data)
+        };
+        on_event(SseEvent {
+            event: (!event.is_empty()).then(|| lossy(&event)),
+            id: (!self.last_id.is_empty()).then(|| lossy(&self.last_id)),
+            data,
+            data_truncated,
+        });
+    }
+
+    /// Bytes held in the decoder's buffers (their capacities), for tests.
+    #[cfg(test)]
+    fn buffered_bytes(&self) -> usize {
+        self.name.len()
+            + self.data.capacity()
+            + self.event.capacity()
+            + self.last_id.capacity()
+            + self.id_line.capacity()
+    }
+}
+
+/// Appends to `buf` what fits under `max` bytes, growing it amortised but
+/// never past `max`.
+fn push_bounded(buf: &mut Vec<u8>, bytes: &[u8], max: usize) {
+    let take = bytes.len().min(max - buf.len());
+    let needed = buf.len() + take;
+    if needed > buf.capacity() {
+        let target = (buf.capacity() * 2).min(max).max(needed);
+        buf.reserve_exact(target - buf.len());
+    }
+    buf.extend_from_slice(&bytes[..take]);
+}
+
+/// The length of `bytes` without an incomplete UTF-8 sequence at its end
+/// (left by a cut).
+fn complete_prefix(bytes: &[u8]) -> usize {
+    let len = bytes.len();
+    for back in 1..=len.min(4) {
+        let b = bytes[len - back];
+        if b & 0xC0 == 0x80 {
+            continue;
+        }
+        let width = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if width > back { len - back } else { len };
+    }
+    len
+}
+
+/// Decodes bytes as UTF-8, replacing invalid sequences with U+FFFD.
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RMCP: &str = concat!(
+        "data: \nid: 0/0\nretry: 3000\n\n",
+        "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"message\":\"step 1\",\"progress\":1.0,\"progressToken\":\"tok-1\",\"total\":2.0}}\nid: 1/0\n\n",
+        "data: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"5\"}],\"isError\":false}}\nid: 2/0\n\n",
+    );
+
+    fn rmcp_events() -> Vec<SseEvent> {
+        vec![
+            SseEvent {
+                event: None,
+                id: Some("1/0".into()),
+                data: r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"message":"step 1","progress":1.0,"progressToken":"tok-1","total":2.0}}"#.into(),
+                data_truncated: false,
+            },
+            SseEvent {
+                event: None,
+                id: Some("2/0".into()),
+                data: r#"{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"5"}],"isError":false}}"#.into(),
+                data_truncated: false,
+            },
+        ]
+    }
+
+    /// Decodes `chunks` in order with a decoder keeping `max` data bytes.
+    fn decode_chunks(max: usize, chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut decoder = SseDecoder::new(max);
+        let mut events = Vec::new();
+        for chunk in chunks {
+            decoder.push(chunk, |e| events.push(e));
+        }
+        events
+    }
+
+    fn decode(input: &str) -> Vec<SseEvent> {
+        decode_chunks(1 << 20, &[input.as_bytes()])
+    }
+
+    fn data_event(data: &str) -> SseEvent {
+        SseEvent {
+            event: None,
+            id: None,
+            data: data.into(),
+            data_truncated: false,
+        }
+    }
+
+    #[test]
+    fn rmcp_capture_decodes_to_two_events() {
+        assert_eq!(decode(RMCP), rmcp_events());
+    }
+
+    #[test]
+    fn rmcp_capture_split_at_every_byte_gives_the_same_events() {
+        let bytes = RMCP.as_bytes();
+        for at in 0..=bytes.len() {
+            let events = decode_chunks(1 << 20, &[&bytes[..at], &bytes[at..]]);
+            assert_eq!(events, rmcp_events(), "split at {at}");
+        }
+        for (a, b) in [(1, 2), (5, 7), (6, 40), (27, 28), (28, 29)] {
+            let events =
+                decode_chunks(1 << 20, &[&bytes[..a], &bytes[a..b], &bytes[b..], b"", b""]);
+            assert_eq!(events, rmcp_events(), "split at {a} and {b}");
+        }
+    }
+
+    #[test]
+    fn rmcp_capture_fed_byte_by_byte_gives_the_same_events() {
+        let chunks: Vec<&[u8]> = RMCP.as_bytes().chunks(1).collect();
+        assert_eq!(decode_chunks(1 << 20, &chunks), rmcp_events());
+    }
+
+    #[test]
+    fn events_are_reported_as_their_blank_line_arrives() {
+        let mut decoder = SseDecoder::new(1024);
+        let mut events = Vec::new();
+        decoder.push(b"data: a\n", |e| events.push(e));
+        assert!(events.is_empty());
+        decoder.push(b"\ndata: b\n", |e| events.push(e));
+        assert_eq!(events, vec![data_event("a")]);
+        decoder.push(b"\n", |e| events.push(e));
+        assert_eq!(events, vec![data_event("a"), data_event("b")]);
+    }
+
+    #[test]
+    fn priming_event_with_empty_data_is_dropped() {
+        assert_eq!(decode("data: \nid: 0\nretry: 3000\n\n"), vec![]);
+        assert_eq!(decode("data\n\n"), vec![]);
+        assert_eq!(decode("id: 7\n\n"), vec![]);
+        // The id still becomes the last event id.
+        let events = decode("data: \nid: 0\nretry: 3000\n\ndata: x\n\n");
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].id.as_deref(), Some("0"));
+        assert_eq!(events[0].data, "x");
+    }
+
+    #[test]
+    fn crlf_line_endings() {
+        let events = decode("event: ping\r\ndata: a\r\ndata: b\r\n\r\ndata: c\r\n\r\n");
+        assert_eq!(
+            events,
+            vec![
+                SseEvent {
+                    event: Some("ping".into()),
+                    ..data_event("a\nb")
+                },
+                data_event("c"),
+            ]
+        );
+    }
+
+    #[test]
+    fn cr_line_endings() {
+        let events = decode("data: a\rdata: b\r\rdata: c\r\r");
+        assert_eq!(events, vec![data_event("a\nb"), data_event("c")]);
+    }
+
+    #[test]
+    fn crlf_split_across_chunks_is_one_line_end() {
+        let events = decode_chunks(1024, &[b"data: a\r", b"\ndata: b\r", b"\n\r", b"\n"]);
+        assert_eq!(events, vec![data_event("a\nb")]);
+        let events = decode_chunks(1024, &[b"data: a\r", b"", b"\n", b"\r", b"\n", b"x"]);
+        assert_eq!(events, vec![data_event("a")]);
+    }
+
+    #[test]
+    fn cr_then_cr_is_a_blank_line() {
+        let events = decode_chunks(1024, &[b"data: a\r", b"\r", b"data: b\n\n"]);
+        assert_eq!(events, vec![data_event("a"), data_event("b")]);
+    }
+
+    #[test]
+    fn comments_are_ignored() {
+        let events = decode(": keep-alive\n\n:\n\ndata: a\n: in the middle\ndata: b\n\n");
+        assert_eq!(events, vec![data_event("a\nb")]);
+    }
+
+    #[test]
+    fn multi_line_data_is_joined_with_newlines() {
+        let events = decode("data: one\ndata:two\ndata\ndata:  three\n\n");
+        assert_eq!(events, vec![data_event("one\ntwo\n\n three")]);
+    }
+
+    #[test]
+    fn only_one_leading_space_is_stripped_even_across_chunks() {
+        let events = decode_chunks(1024, &[b"data:", b" ", b" x\n\n"]);
+        assert_eq!(events, vec![data_event(" x")]);
+        let events = decode_chunks(1024, &[b"data:", b"", b"x\n\n"]);
+        assert_eq!(events, vec![data_event("x")]);
+    }
+
+    #[test]
+    fn event_type_resets_and_id_persists() {
+        let events = decode("event: a\nid: 1\ndata: x\n\ndata: y\n\nid\ndata: z\n\n");
+        assert_eq!(
+            events,
+            vec![
+                SseEvent {
+                    event: Some("a".into()),
+                    id: Some("1".into()),
+                    ..data_event("x")
+                },
+                SseEvent {
+                    id: Some("1".into()),
+                    ..data_event("y")
+                },
+                data_event("z"),
+            ]
+        );
+    }
+
+    #[test]
+    fn event_type_is_reset_by_a_dropped_event_too() {
+        assert_eq!(decode("event: a\n\ndata: x\n\n"), vec![data_event("x")]);
+    }
+
+    #[test]
+    fn id_with_nul_is_ignored() {
+        let events = decode("id: 1\ndata: x\n\nid: 2\0\ndata: y\n\n");
+        assert_eq!(events[1].id.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn unknown_fields_and_retry_are_ignored() {
+        let events = decode("retry: 10\nfoo: bar\ndatax: no\nDATA: no\nidentifier: 3\ndata: a\n\n");
+        assert_eq!(events, vec![data_event("a")]);
+    }
+
+    #[test]
+    fn final_event_without_blank_line_is_not_dispatched() {
+        assert_eq!(decode("data: a\n\ndata: b\n"), vec![data_event("a")]);
+        assert_eq!(decode("data: a"), vec![]);
+    }
+
+    #[test]
+    fn leading_bom_is_ignored() {
+        assert_eq!(decode("\u{FEFF}data: a\n\n"), vec![data_event("a")]);
+        let bom = "\u{FEFF}data: a\n\n".as_bytes();
+        for at in 0..=3 {
+            let events = decode_chunks(1024, &[&bom[..at], &bom[at..]]);
+            assert_eq!(events, vec![data_event("a")], "split at {at}");
+        }
+        let events = decode_chunks(1024, &[&bom[..1], &bom[1..2], &bom[2..3], &bom[3..]]);
+        assert_eq!(events, vec![data_event("a")]);
+    }
+
+    #[test]
+    fn only_the_first_bom_is_ignored() {
+        // A second BOM is part of the field name, which is then unknown.
+        assert_eq!(decode("\u{FEFF}\u{FEFF}data: a\n\n"), vec![]);
+        // A BOM later in the stream is too.
+        assert_eq!(
+            decode("data: a\n\n\u{FEFF}data: b\n\n"),
+            vec![data_event("a")]
+        );
+    }
+
+    #[test]
+    fn partial_bom_is_kept_as_data() {
+        // "\xEF\xBB" then "x": not a BOM, so the bytes are part of the line.
+        let events = decode_chunks(1024, &[b"\xEF", b"\xBB:x\ndata: a\n\n"]);
+        assert_eq!(events, vec![data_event("a")]);
+        let events = decode_chunks(1024, &[b"\xEF", b"data: a\n\n"]);
+        assert_eq!(events, vec![]);
+    }
+
+    #[test]
+    fn invalid_utf8_data_is_decoded_lossily() {
+        let events = decode_chunks(1024, &[b"data: a\xFFb\n\n"]);
+        assert_eq!(events, vec![data_event("a\u{FFFD}b")]);
+    }
+
+    #[test]
+    fn oversized_data_is_truncated_and_flagged() {
+        let events = decode_chunks(8, &[b"data: 0123\ndata: 456789\n\ndata: ok\n\n"]);
+        assert_eq!(
+            events,
+            vec![
+                SseEvent {
+                    data_truncated: true,
+                    ..data_event("0123\n456")
+                },
+                data_event("ok"),
+            ]
+        );
+    }
+
+    #[test]
+    fn data_exactly_at_the_limit_is_not_truncated() {
+        let events = decode_chunks(8, &[b"data: 0123\ndata: 456\n\n"]);
+        assert_eq!(events, vec![data_event("0123\n456")]);
+    }
+
+    #[test]
+    fn truncation_does_not_leave_half_a_character() {
+        // "é" is 2 bytes: a cut after 3 bytes keeps "ab" only.
+        let events = decode_chunks(3, &["data: abé\n\n".as_bytes()]);
+        assert_eq!(
+            events,
+            vec![SseEvent {
+                data_truncated: true,
+                ..data_event("ab")
+            }]
+        );
+        let events = decode_chunks(4, &["data: a😀\n\n".as_bytes()]);
+        assert_eq!(events[0].data, "a");
+        let events = decode_chunks(5, &["data: a😀b\n\n".as_bytes()]);
+        assert_eq!(events[0].data, "a😀");
+    }
+
+    #[test]
+    fn complete_prefix_drops_only_an_incomplete_tail() {
+        assert_eq!(complete_prefix(b""), 0);
+        assert_eq!(complete_prefix(b"abc"), 3);
+        assert_eq!(complete_prefix("é".as_bytes()), 2);
+        assert_eq!(complete_prefix(&"é".as_bytes()[..1]), 0);
+        assert_eq!(complete_prefix(&"a😀".as_bytes()[..4]), 1);
+        assert_eq!(complete_prefix("a😀".as_bytes()), 5);
+        assert_eq!(complete_prefix(b"a\x80\x80\x80\x80"), 5);
+    }
+
+    #[test]
+    fn one_huge_data_line_keeps_max_bytes_in_bounded_memory() {
+        const MAX: usize = 64 * 1024;
+        const SLACK: usize = 64;
+        let mut decoder = SseDecoder::new(MAX);
+        let mut events = Vec::new();
+        decoder.push(b"id: 9\ndata: ", |e| events.push(e));
+        let chunk = [b'x'; 8192];
+        let mut fed = 0;
+        while fed < 10_000_000 {
+            decoder.push(&chunk, |e| events.push(e));
+            fed += chunk.len();
+            assert!(decoder.buffered_bytes() <= MAX + SLACK);
+        }
+        assert!(events.is_empty());
+        decoder.push(b"\n\ndata: after\n\n", |e| events.push(e));
+        assert!(decoder.buffered_bytes() <= MAX + SLACK);
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].data.len(), MAX);
+        assert!(events[0].data.bytes().all(|b| b == b'x'));
+        assert!(events[0].data_truncated);
+        assert_eq!(events[0].id.as_deref(), Some("9"));
+        assert_eq!(
+            events[1],
+            SseEvent {
+                id: Some("9".into()),
+                ..data_event("after")
+            }
+        );
+    }
+
+    #[test]
+    fn huge_lines_of_other_fields_stay_bounded() {
+        let mut decoder = SseDecoder::new(16);
+        let mut events = Vec::new();
+        let chunk = [b'y'; 8192];
+        for line in ["event: ", "id: ", "retry: ", "unknownfield: ", ": ", "yyy"] {
+            decoder.push(line.as_bytes(), |e| events.push(e));
+            for _ in 0..100 {
+                decoder.push(&chunk, |e| events.push(e));
+                assert!(decoder.buffered_bytes() <= 16 + 3 * MAX_META_BYTES + 8);
+            }
+            decoder.push(b"\n", |e| events.push(e));
+        }
+        decoder.push(b"data: z\n\n", |e| events.push(e));
+        let cut = "y".repeat(MAX_META_BYTES);
+        assert_eq!(
+            events,
+            vec![SseEvent {
+                event: Some(cut.clone()),
+                id: Some(cut),
+                ..data_event("z")
+            }]
+        );
+    }
+
+    #[test]
+    fn zero_limit_reports_truncated_empty_events() {
+        let events = decode_chunks(0, &[b"data: a\n\ndata:\n\n"]);
+        assert_eq!(
+            events,
+            vec![SseEvent {
+                data_truncated: true,
+                ..data_event("")
+            }]
+        );
+    }
+}

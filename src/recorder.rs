@@ -1,0 +1,390 @@
+//! Watches a response body as it streams past and turns it into a span (or,
+//! for an initialize, into the metadata of the run's `start`).
+//!
+//! A `text/event-stream` body is decoded event by event: the span ends at the
+//! event that carries the JSON-RPC response to the request (earlier events are
+//! progress, logging or server-to-client requests). Any other body is captured
+//! up to the capture limit and read at its end.
+
+use http::{HeaderMap, StatusCode, header};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Instant;
+use uuid::Uuid;
+
+use crate::capture::{Capture, truncate_chars};
+use crate::mcp::envelope::{Outcome, Response, looks_like_response, parse_response};
+use crate::mcp::error_type;
+use crate::mcp::sse::{SseDecoder, SseEvent};
+use crate::span_kind::SpanKind;
+use crate::state::Shared;
+use crate::wire::{MAX_ERROR_CHARS, Span, SpanStatus, Timestamp};
+
+/// A span known from the request, waiting for its response.
+#[derive(Debug)]
+pub(crate) struct SpanDraft {
+    pub(crate) name: String,
+    pub(crate) kind: SpanKind,
+    pub(crate) tool_name: Option<String>,
+    /// The JSON-RPC id whose response ends the span (`None`: not JSON-RPC).
+    pub(crate) request_id: Option<Value>,
+    pub(crate) started_at: Timestamp,
+    pub(crate) started: Instant,
+    pub(crate) input: Option<String>,
+    pub(crate) attributes: Map<String, Value>,
+}
+
+impl SpanDraft {
+    /// Finishes the span as failed, with no output.
+    pub(crate) fn fail(
+        self,
+        shared: &Shared,
+        session_id: &str,
+        run_id: Uuid,
+        error_type: &str,
+        message: &str,
+    ) {
+        let ending = Ending {
+            output: None,
+            output_truncated: false,
+            bytes_out: 0,
+            error: Some((error_type.to_owned(), message.to_owned(), None)),
+        };
+        self.finish(shared, session_id, run_id, ending);
+    }
+
+    fn finish(mut self, shared: &Shared, session_id: &str, run_id: Uuid, ending: Ending) {
+        let ended_at = Timestamp::now();
+        self.attributes.insert(
+            "http.response.body.size".to_owned(),
+            Value::from(ending.bytes_out),
+        );
+        self.attributes.insert(
+            "output_truncated".to_owned(),
+            Value::Bool(ending.output_truncated),
+        );
+        let (status, error_type, error_message) = match ending.error {
+            Some((kind, message, code)) => {
+                if let Some(code) = code {
+                    self.attributes
+                        .insert("jsonrpc.error.code".to_owned(), Value::from(code));
+                }
+                let message = truncate_chars(&message, MAX_ERROR_CHARS).0.to_owned();
+                (SpanStatus::Error, Some(kind), Some(message))
+            }
+            None => (SpanStatus::Ok, None, None),
+        };
+        let span = Span {
+            span_id: Uuid::new_v4(),
+            run_id,
+            parent_span_id: None,
+            kind: self.kind,
+            name: self.name,
+            status,
+            started_at: self.started_at,
+            ended_at,
+            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            input: self.input,
+            output: ending.output,
+            error_type,
+            error_message,
+            model: None,
+            provider: None,
+            input_tokens: None,
+            output_tokens: None,
+            cost: None,
+            temperature: None,
+            tool_name: self.tool_name,
+            attributes: self.attributes,
+        };
+        if !shared
+            .sessions
+            .record_span(session_id, span, &shared.exporter)
+        {
+            tracing::debug!(session_id, "trodo: span after its run ended, dropped");
+        }
+    }
+}
+
+/// How a span ended: its output and, if it failed, why.
+#[derive(Debug)]
+struct Ending {
+    output: Option<String>,
+    output_truncated: bool,
+    bytes_out: u64,
+    /// `(error_type, error_message, JSON-RPC code)`.
+    error: Option<(String, String, Option<i64>)>,
+}
+
+/// What the recorder is for.
+#[derive(Debug)]
+enum Purpose {
+    /// A request's span.
+    Span(SpanDraft),
+    /// The initialize whose result completes the run's `start`.
+    Initialize { request_id: Value },
+}
+
+/// How the body is read.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one reader per response, made once and never moved in bulk"
+)]
+enum Reader {
+    /// Event by event, until the response to the request.
+    EventStream {
+        decoder: SseDecoder,
+        found: Option<Found>,
+    },
+    /// The whole body, up to the capture limit.
+    Whole { capture: Capture, json: bool },
+}
+
+/// The SSE event that carried the response.
+#[derive(Debug)]
+struct Found {
+    text: String,
+    truncated: bool,
+    response: Option<Response>,
+}
+
+/// Watches one response body; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Recorder {
+    shared: Arc<Shared>,
+    session_id: String,
+    run_id: Uuid,
+    purpose: Purpose,
+    reader: Reader,
+    status: StatusCode,
+    bytes_out: u64,
+}
+
+impl Recorder {
+    /// Watches the body of a request that becomes a span.
+    pub(crate) fn span(
+        shared: Arc<Shared>,
+        session_id: String,
+        run_id: Uuid,
+        draft: SpanDraft,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Self {
+        let reader = Reader::for_body(headers, shared.settings.capture_limit);
+        Self {
+            shared,
+            session_id,
+            run_id,
+            purpose: Purpose::Span(draft),
+            reader,
+            status,
+            bytes_out: 0,
+        }
+    }
+
+    /// Watches the body of an initialize response for the negotiated version and server.
+    pub(crate) fn initialize(
+        shared: Arc<Shared>,
+        session_id: String,
+        run_id: Uuid,
+        request_id: Value,
+        headers: &HeaderMap,
+    ) -> Self {
+        let reader = Reader::for_body(headers, shared.settings.capture_limit);
+        Self {
+            shared,
+            session_id,
+            run_id,
+            purpose: Purpose::Initialize { request_id },
+            reader,
+            status: StatusCode::OK,
+            bytes_out: 0,
+        }
+    }
+
+    /// Reads one chunk of the body; `true` once the response was seen, so
+    /// that the span can end without waiting for the stream to close.
+    pub(crate) fn on_data(&mut self, chunk: &[u8]) -> bool {
+        self.bytes_out += chunk.len() as u64;
+        let request_id = match &self.purpose {
+            Purpose::Span(draft) => draft.request_id.as_ref(),
+            Purpose::Initialize { request_id } => Some(request_id),
+        };
+        let limit = self.shared.settings.capture_limit;
+        match &mut self.reader {
+            Reader::EventStream { decoder, found } => {
+                decoder.push(chunk, |event| {
+                    if found.is_none() {
+                        *found = Found::from_event(event, request_id, limit);
+                    }
+                });
+                found.is_some()
+            }
+            Reader::Whole { capture, .. } => {
+                capture.push(chunk);
+                false
+            }
+        }
+    }
+
+    /// The body ended normally.
+    pub(crate) fn on_end(self) {
+        self.finish(None);
+    }
+
+    /// The body failed while streaming.
+    pub(crate) fn on_error(self) {
+        self.finish(Some(("stream_error", "the response stream broke")));
+    }
+
+    /// The body was dropped before it ended: the client went away.
+    pub(crate) fn on_drop(self) {
+        self.finish(Some((
+            "cancelled",
+            "the client went away before the answer",
+        )));
+    }
+
+    fn finish(self, interruption: Option<(&str, &str)>) {
+        let Self {
+            shared,
+            session_id,
+            run_id,
+            purpose,
+            reader,
+            status,
+            bytes_out,
+        } = self;
+        let (output, output_truncated, response) = reader.into_output();
+        match purpose {
+            Purpose::Initialize { .. } => {
+                shared
+                    .sessions
+                    .complete_start(&session_id, run_id, &shared.exporter, |run| {
+                        let Some(response) = response else { return };
+                        if let Some(version) = response.protocol_version {
+                            run.metadata
+                                .insert("protocol_version".to_owned(), Value::from(version));
+                        }
+                        if let Some(server) = response.server {
+                            run.metadata
+                                .insert("server_name".to_owned(), Value::from(server.name));
+                            if let Some(version) = server.version {
+                                run.metadata
+                                    .insert("server_version".to_owned(), Value::from(version));
+                            }
+                        }
+                    });
+            }
+            Purpose::Span(draft) => {
+                let error = classify(status, response.as_ref(), output.is_some(), interruption);
+                let ending = Ending {
+                    output,
+                    output_truncated,
+                    bytes_out,
+                    error,
+                };
+                draft.finish(&shared, &session_id, run_id, ending);
+            }
+        }
+    }
+}
+
+/// Why a span failed, if it did: the JSON-RPC response decides when there
+/// is one; else an HTTP 5xx; else a stream that broke or was dropped before
+/// the answer.
+fn classify(
+    status: StatusCode,
+    response: Option<&Response>,
+    answered: bool,
+    interruption: Option<(&str, &str)>,
+) -> Option<(String, String, Option<i64>)> {
+    match response.map(|r| &r.outcome) {
+        Some(Outcome::Error { code, message }) => {
+            return Some((error_type(*code).to_owned(), message.clone(), Some(*code)));
+        }
+        Some(Outcome::ToolError { message }) => {
+            return Some(("tool_error".to_owned(), message.clone(), None));
+        }
+        Some(Outcome::Success) => return None,
+        None => {}
+    }
+    if status.is_server_error() {
+        return Some(("http_error".to_owned(), format!("HTTP {status}"), None));
+    }
+    match interruption {
+        Some((kind, message)) if !answered || kind == "stream_error" => {
+            Some((kind.to_owned(), message.to_owned(), None))
+        }
+        _ => None,
+    }
+}
+
+impl Reader {
+    fn for_body(headers: &HeaderMap, limit: usize) -> Self {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if content_type.starts_with("text/event-stream") {
+            Self::EventStream {
+                decoder: SseDecoder::new(limit.saturating_mul(4)),
+                found: None,
+            }
+        } else {
+            Self::Whole {
+                capture: Capture::new(limit),
+                json: content_type.starts_with("application/json"),
+            }
+        }
+    }
+
+    /// The output text, whether it was cut, and the JSON-RPC response it holds.
+    fn into_output(self) -> (Option<String>, bool, Option<Response>) {
+        match self {
+            Self::EventStream {
+                found: Some(found), ..
+            } => (Some(found.text), found.truncated, found.response),
+            Self::EventStream { found: None, .. } => (None, false, None),
+            Self::Whole { capture, json } => {
+                if capture.total_bytes() == 0 {
+                    return (None, false, None);
+                }
+                let response = (json && !capture.is_truncated())
+                    .then(|| parse_response(capture.bytes()))
+                    .flatten();
+                (Some(capture.text()), capture.is_truncated(), response)
+            }
+        }
+    }
+}
+
+impl Found {
+    /// The event, if it is the response to `request_id` (any response when
+    /// the id is unknown). An event cut by the limit is taken when its start
+    /// reads like a response.
+    fn from_event(event: SseEvent, request_id: Option<&Value>, limit: usize) -> Option<Self> {
+        if event.data_truncated {
+            if !looks_like_response(&event.data) {
+                return None;
+            }
+            let (text, _) = truncate_chars(&event.data, limit);
+            return Some(Self {
+                text: text.to_owned(),
+                truncated: true,
+                response: None,
+            });
+        }
+        let response = parse_response(event.data.as_bytes())?;
+        if request_id.is_some_and(|id| *id != response.id) {
+            return None;
+        }
+        let (text, truncated) = truncate_chars(&event.data, limit);
+        Some(Self {
+            text: text.to_owned(),
+            truncated,
+            response: Some(response),
+        })
+    }
+}

@@ -1,0 +1,46 @@
+//! Runs: one per MCP session, opened, fed with spans and ended exactly once.
+
+mod sessions;
+
+pub(crate) use sessions::Sessions;
+
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Why a run ended: `metadata.closed_via` of its `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClosedVia {
+    /// The client sent DELETE for the session and the server answered 2xx.
+    SessionDeleted,
+    /// No request for the idle timeout.
+    IdleTimeout,
+    /// The server answered 404 for the session.
+    SessionExpired,
+    /// The process shut down gracefully.
+    ServerShutdown,
+}
+
+impl ClosedVia {
+    /// The value on the wire.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::SessionDeleted => "session_deleted",
+            Self::IdleTimeout => "idle_timeout",
+            Self::SessionExpired => "session_expired",
+            Self::ServerShutdown => "server_shutdown",
+        }
+    }
+
+    /// The `metadata` of the `end` call.
+    pub(crate) fn metadata(self) -> Map<String, Value> {
+        let mut metadata = Map::new();
+        metadata.insert("closed_via".to_owned(), Value::from(self.as_str()));
+        metadata
+    }
+}
+
+impl fmt::Display for ClosedVia {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}

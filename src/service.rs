@@ -1,0 +1,79 @@
+//! [`TrodoService`]: the middleware itself.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower_service::Service;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::exchange::Exchange;
+use crate::future::ResponseFuture;
+use crate::state::Shared;
+
+/// The service [`TrodoLayer`](crate::TrodoLayer) wraps around an inner
+/// service: it answers exactly what the inner service answers and records
+/// the exchange on the side. See the [crate docs](crate).
+#[derive(Clone)]
+pub struct TrodoService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> TrodoService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for TrodoService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrodoService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for TrodoService<S>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body<Data = Bytes>,
+    ResBody: Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if !self.shared.settings.enabled {
+            let request = request.map(|body| RequestBody::new(body, None));
+            return ResponseFuture::new(self.inner.call(request), None);
+        }
+        self.shared.start_background();
+        let exchange = Exchange::new(Arc::clone(&self.shared), &request);
+        let capture = exchange.request_capture();
+        let request = request.map(|body| RequestBody::new(body, Some(capture)));
+        ResponseFuture::new(self.inner.call(request), Some(exchange))
+    }
+}

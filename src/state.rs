@@ -1,0 +1,214 @@
+//! The state every layer built from one config shares, and the [`Trodo`] handle on it.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::config::{Settings, TrodoConfig};
+use crate::export::{ConsoleSink, Exporter, HttpSink, Sink, Worker};
+use crate::run::{ClosedVia, Sessions};
+
+/// Most distinct MCP endpoint paths remembered (a scanner must not grow the list).
+const MAX_MCP_PATHS: usize = 16;
+
+/// Sessions, delivery and settings of one layer (and its clones).
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) sessions: Sessions,
+    pub(crate) exporter: Exporter,
+    /// The worker until the background tasks are spawned.
+    worker: std::sync::Mutex<Option<Worker>>,
+    background: OnceLock<()>,
+    /// Paths on which JSON-RPC requests were seen: a DELETE or GET there is
+    /// about the MCP session, elsewhere it is an ordinary route.
+    mcp_paths: RwLock<Vec<Box<str>>>,
+    shut_down: OnceLock<()>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("settings", &self.settings)
+            .field("open_runs", &self.sessions.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// The state of `config`, made on first use and shared by its clones.
+    pub(crate) fn of(config: &TrodoConfig) -> Arc<Self> {
+        let shared = config
+            .state
+            .get_or_init(|| Arc::new(Self::new(config.settings.clone())));
+        shared.start_background();
+        Arc::clone(shared)
+    }
+
+    fn new(settings: Settings) -> Self {
+        let sink = match &settings.site_id {
+            Some(site_id) => Sink::Http(HttpSink::new(settings.api_base.clone(), site_id.clone())),
+            None => Sink::Console(ConsoleSink),
+        };
+        let (exporter, worker) = Exporter::new(sink);
+        Self {
+            settings,
+            sessions: Sessions::default(),
+            exporter,
+            worker: std::sync::Mutex::new(Some(worker)),
+            background: OnceLock::new(),
+            mcp_paths: RwLock::new(Vec::new()),
+            shut_down: OnceLock::new(),
+        }
+    }
+
+    /// Spawns the delivery worker and the idle sweep, once, when a Tokio
+    /// runtime is at hand (at construction, else on the first request).
+    pub(crate) fn start_background(self: &Arc<Self>) {
+        if self.background.get().is_some() || !self.settings.enabled {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.background.get_or_init(|| {
+            let worker = self
+                .worker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(worker) = worker {
+                runtime.spawn(worker.run());
+            }
+            runtime.spawn(sweep_idle_sessions(Arc::downgrade(self)));
+        });
+    }
+
+    /// Remembers a path that serves JSON-RPC.
+    pub(crate) fn learn_mcp_path(&self, path: &str) {
+        let known = self
+            .mcp_paths
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if known.iter().any(|p| &**p == path) || known.len() >= MAX_MCP_PATHS {
+            return;
+        }
+        drop(known);
+        let mut known = self
+            .mcp_paths
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !known.iter().any(|p| &**p == path) && known.len() < MAX_MCP_PATHS {
+            known.push(path.into());
+        }
+    }
+
+    /// Whether `path` is the MCP endpoint; before any JSON-RPC was seen
+    /// (a fresh process), every path may be.
+    pub(crate) fn is_mcp_path(&self, path: &str) -> bool {
+        let known = self
+            .mcp_paths
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.is_empty() || known.iter().any(|p| &**p == path)
+    }
+
+    /// Ends every open run, then delivers what is queued, within `timeout`.
+    async fn shutdown(&self, timeout: Duration) -> bool {
+        if self.shut_down.set(()).is_err() {
+            return true;
+        }
+        let ended = self
+            .sessions
+            .close_all(ClosedVia::ServerShutdown, &self.exporter);
+        tracing::debug!(ended, "trodo: ended open runs on shutdown");
+        self.exporter.shutdown(timeout).await
+    }
+}
+
+/// How often the idle sweep looks: a quarter of the idle timeout, within 10 ms..5 s.
+fn sweep_interval(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
+}
+
+/// Ends idle runs until the state is dropped.
+async fn sweep_idle_sessions(shared: std::sync::Weak<Shared>) {
+    let Some(interval) = shared
+        .upgrade()
+        .map(|s| sweep_interval(s.settings.idle_timeout))
+    else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.shut_down.get().is_some() {
+            return;
+        }
+        shared.sessions.sweep_idle(
+            Instant::now(),
+            shared.settings.idle_timeout,
+            &shared.exporter,
+        );
+    }
+}
+
+/// A cheap-to-clone handle on the layer's state: flush and shut down
+/// delivery, read counters.
+///
+/// Get it from [`TrodoLayer::trodo`](crate::TrodoLayer::trodo).
+///
+/// ```
+/// use std::time::Duration;
+/// use trodo_tower::{TrodoConfig, TrodoLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = TrodoLayer::new(TrodoConfig::new());
+/// let trodo = layer.trodo();
+/// // ... serve, then on Ctrl-C / SIGTERM:
+/// trodo.shutdown(Duration::from_secs(5)).await;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Trodo {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Trodo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Trodo")
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+impl Trodo {
+    /// Waits until everything recorded so far has been handed to the ingest
+    /// API (or the console), at most `timeout`. Returns `false` on timeout.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        self.shared.exporter.flush(timeout).await
+    }
+
+    /// Graceful shutdown: ends every run this process holds open with
+    /// `closed_via: "server_shutdown"`, then delivers what is queued, at most
+    /// `timeout`. Returns `false` if delivery did not finish in time. A second
+    /// call does nothing and returns `true`. Requests after shutdown are still
+    /// served; their telemetry is dropped.
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.shared.shutdown(timeout).await
+    }
+
+    /// The delivery counters so far.
+    #[must_use]
+    pub fn delivery_counters(&self) -> crate::DeliveryCounters {
+        self.shared.exporter.counters()
+    }
+
+    /// How many runs (sessions) are open in this process.
+    #[must_use]
+    pub fn open_runs(&self) -> usize {
+        self.shared.sessions.len()
+    }
+}

@@ -1,0 +1,212 @@
+//! The records of the Trodo ingest API, field by field as the Python SDK sends them.
+//!
+//! Fields whose value is `None` are left out of the JSON. Timestamps are UTC
+//! with a `Z` suffix; `input`, `output` and the error texts are cut on a
+//! character boundary (see [`MAX_IO_CHARS`] and [`MAX_ERROR_CHARS`]).
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::time::SystemTime;
+use uuid::Uuid;
+
+use crate::span_kind::SpanKind;
+
+/// Most characters kept of a run's or span's `input` and `output`.
+pub const MAX_IO_CHARS: usize = 64_000;
+/// Most characters kept of `error_summary` and `error_message`.
+pub const MAX_ERROR_CHARS: usize = 4_000;
+
+/// A run as sent to `runs/start` (and `runs/ingest`).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Run {
+    pub(crate) run_id: Uuid,
+    pub(crate) agent_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) distinct_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) conversation_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) parent_run_id: Option<Uuid>,
+    pub(crate) status: RunStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) input: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) output: Option<String>,
+    pub(crate) started_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ended_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub(crate) metadata: Map<String, Value>,
+}
+
+/// The status of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RunStatus {
+    Running,
+    Ok,
+}
+
+/// The status of a span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SpanStatus {
+    Ok,
+    Error,
+}
+
+/// A span as sent to `runs/{id}/spans`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Span {
+    pub(crate) span_id: Uuid,
+    pub(crate) run_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) parent_span_id: Option<Uuid>,
+    pub(crate) kind: SpanKind,
+    pub(crate) name: String,
+    pub(crate) status: SpanStatus,
+    pub(crate) started_at: Timestamp,
+    pub(crate) ended_at: Timestamp,
+    pub(crate) duration_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) input: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) output: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error_message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cost: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tool_name: Option<String>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub(crate) attributes: Map<String, Value>,
+}
+
+/// The body of `runs/{id}/end`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct End {
+    pub(crate) ended_at: Timestamp,
+    pub(crate) status: RunStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) output: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error_summary: Option<String>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub(crate) metadata: Map<String, Value>,
+    #[serde(flatten)]
+    pub(crate) totals: Totals,
+}
+
+/// The six aggregates of a run, summed over its spans.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub(crate) struct Totals {
+    pub(crate) total_tokens_in: u64,
+    pub(crate) total_tokens_out: u64,
+    #[serde(serialize_with = "serialize_cost")]
+    pub(crate) total_cost: f64,
+    pub(crate) span_count: u64,
+    pub(crate) tool_count: u64,
+    pub(crate) error_count: u64,
+}
+
+impl Totals {
+    /// Counts one finished span into the totals.
+    pub(crate) fn add(&mut self, span: &Span) {
+        self.span_count += 1;
+        if span.kind == SpanKind::Tool {
+            self.tool_count += 1;
+        }
+        if span.status == SpanStatus::Error {
+            self.error_count += 1;
+        }
+        self.total_tokens_in += span.input_tokens.unwrap_or(0);
+        self.total_tokens_out += span.output_tokens.unwrap_or(0);
+        self.total_cost += span.cost.unwrap_or(0.0);
+    }
+}
+
+fn serialize_cost<S: serde::Serializer>(cost: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((cost * 1e8).round() / 1e8)
+}
+
+/// A point in time, serialised as ISO-8601 UTC with a `Z` suffix and microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Timestamp(pub(crate) SystemTime);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub(crate) fn now() -> Self {
+        Self(SystemTime::now())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_micros(self.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_utc_with_z() {
+        let t = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_115_200_123));
+        assert_eq!(
+            serde_json::to_value(t).unwrap(),
+            "2025-11-26T00:00:00.123000Z"
+        );
+    }
+
+    #[test]
+    fn cost_is_rounded_to_eight_decimals() {
+        let totals = Totals {
+            total_cost: 0.1 + 0.2,
+            ..Totals::default()
+        };
+        let v = serde_json::to_value(totals).unwrap();
+        assert_eq!(v["total_cost"], 0.3);
+    }
+
+    #[test]
+    fn none_fields_are_left_out() {
+        let end = End {
+            ended_at: Timestamp(SystemTime::UNIX_EPOCH),
+            status: RunStatus::Ok,
+            output: None,
+            error_summary: None,
+            metadata: Map::new(),
+            totals: Totals::default(),
+        };
+        let v = serde_json::to_value(end).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "ended_at",
+                "error_count",
+                "span_count",
+                "status",
+                "tool_count",
+                "total_cost",
+                "total_tokens_in",
+                "total_tokens_out",
+            ]
+        );
+    }
+}
