@@ -256,6 +256,7 @@ impl Exchange {
     ) -> SpanDraft {
         let settings = &self.shared.settings;
         let mut attributes = Map::new();
+        let mut preset_error = None;
         let (name, kind, tool_name, request_id) = match request {
             Some(request) => {
                 let tool = (request.method == mcp::TOOLS_CALL)
@@ -289,6 +290,25 @@ impl Exchange {
                 let name = mcp::span_name(&request.method, request.target.as_deref());
                 (name, kind, tool, Some(request.id))
             }
+            None if self.method == Method::POST
+                && input.bytes > 0
+                && self.shared.is_mcp_path(&self.path) =>
+            {
+                // A POST to the MCP endpoint that is not one JSON-RPC message.
+                attributes.insert("http.route".to_owned(), Value::from(self.path.as_str()));
+                if input.truncated {
+                    // Too large to read whole: its method is unknown, not wrong.
+                    let name = "mcp.request".to_owned();
+                    (name, route_kind.unwrap_or(SpanKind::Generic), None, None)
+                } else {
+                    preset_error = Some((
+                        "invalid_message".to_owned(),
+                        "the request body is not one JSON-RPC 2.0 message".to_owned(),
+                    ));
+                    let name = "mcp.invalid_message".to_owned();
+                    (name, route_kind.unwrap_or(SpanKind::Generic), None, None)
+                }
+            }
             None => {
                 let route = self.route.as_deref().unwrap_or(&self.path);
                 attributes.insert(
@@ -320,6 +340,7 @@ impl Exchange {
             started: self.started,
             input: input.text,
             attributes,
+            preset_error,
         }
     }
 }

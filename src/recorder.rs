@@ -32,6 +32,9 @@ pub(crate) struct SpanDraft {
     pub(crate) started: Instant,
     pub(crate) input: Option<String>,
     pub(crate) attributes: Map<String, Value>,
+    /// `(error_type, error_message)` known from the request alone, used when
+    /// the response gives no JSON-RPC outcome.
+    pub(crate) preset_error: Option<(String, String)>,
 }
 
 impl SpanDraft {
@@ -277,8 +280,13 @@ impl Recorder {
                         }
                     });
             }
-            Purpose::Span(draft) => {
-                let error = classify(status, response.as_ref(), output.is_some(), interruption);
+            Purpose::Span(mut draft) => {
+                let error = classify(status, response.as_ref(), interruption).or_else(|| {
+                    draft
+                        .preset_error
+                        .take()
+                        .map(|(kind, message)| (kind, message, None))
+                });
                 let ending = Ending {
                     output,
                     output_truncated,
@@ -293,11 +301,11 @@ impl Recorder {
 
 /// Why a span failed, if it did: the JSON-RPC response decides when there
 /// is one; else an HTTP 5xx; else a stream that broke or was dropped before
-/// the answer.
+/// the answer (a recorder that saw the answer is finished at once, so an
+/// interruption always came first).
 fn classify(
     status: StatusCode,
     response: Option<&Response>,
-    answered: bool,
     interruption: Option<(&str, &str)>,
 ) -> Option<(String, String, Option<i64>)> {
     match response.map(|r| &r.outcome) {
@@ -313,12 +321,7 @@ fn classify(
     if status.is_server_error() {
         return Some(("http_error".to_owned(), format!("HTTP {status}"), None));
     }
-    match interruption {
-        Some((kind, message)) if !answered || kind == "stream_error" => {
-            Some((kind.to_owned(), message.to_owned(), None))
-        }
-        _ => None,
-    }
+    interruption.map(|(kind, message)| (kind.to_owned(), message.to_owned(), None))
 }
 
 impl Reader {

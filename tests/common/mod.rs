@@ -1,0 +1,216 @@
+//! Shared by the integration tests: a real rmcp server behind the layer, a
+//! recording ingest server, and a raw MCP client over reqwest for exact
+//! control of headers and bytes.
+#![allow(unreachable_pub, dead_code)]
+
+#[path = "../../examples/support/ingest.rs"]
+pub mod ingest;
+#[path = "../../examples/support/tools.rs"]
+pub mod tools;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use rmcp::transport::streamable_http_server::{
+    StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
+};
+use serde_json::{Value, json};
+use trodo_tower::TrodoConfig;
+
+pub use ingest::RecordingIngest;
+pub use tools::DemoTools;
+
+/// How long a test waits for telemetry before failing.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A config that sends to the recording ingest.
+pub fn config(ingest: &RecordingIngest) -> TrodoConfig {
+    TrodoConfig::new()
+        .with_site_id("test-site")
+        .with_api_base(&ingest.base_url())
+        .unwrap()
+}
+
+/// rmcp's session manager with the given idle keep-alive.
+pub fn session_manager(keep_alive: Option<Duration>) -> Arc<LocalSessionManager> {
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = keep_alive;
+    Arc::new(manager)
+}
+
+/// The demo tools served by rmcp with sessions and SSE (rmcp's defaults).
+pub fn mcp(
+    tools: DemoTools,
+    manager: Arc<LocalSessionManager>,
+) -> StreamableHttpService<DemoTools, LocalSessionManager> {
+    StreamableHttpService::new(
+        move || Ok(tools.clone()),
+        manager,
+        StreamableHttpServerConfig::default(),
+    )
+}
+
+/// The demo tools served statelessly with JSON responses.
+pub fn mcp_stateless_json(
+    tools: DemoTools,
+) -> StreamableHttpService<DemoTools, LocalSessionManager> {
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true);
+    StreamableHttpService::new(move || Ok(tools.clone()), session_manager(None), config)
+}
+
+/// Serves `app` on a fresh loopback port with TCP_NODELAY.
+pub async fn serve(app: Router) -> SocketAddr {
+    use axum::serve::ListenerExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// An HTTP answer, fully read.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The JSON-RPC response in the body: the JSON body itself, or the SSE
+    /// event that carries a result or an error.
+    pub fn response(&self) -> Value {
+        let text = self.text();
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            return v;
+        }
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find(|v| v.get("result").is_some() || v.get("error").is_some())
+            .unwrap_or(Value::Null)
+    }
+}
+
+/// A raw MCP client: exact requests, exact bytes back.
+#[derive(Debug, Clone)]
+pub struct RawClient {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub session: Option<String>,
+}
+
+impl RawClient {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            url: format!("http://{addr}/mcp"),
+            session: None,
+        }
+    }
+
+    /// A POST of `body` to the MCP endpoint with the MCP headers.
+    pub fn post(&self, body: impl Into<reqwest::Body>) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        if let Some(session) = &self.session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        request.body(body)
+    }
+
+    pub async fn send(&self, body: impl Into<reqwest::Body>) -> Answer {
+        read(self.post(body).send().await.unwrap()).await
+    }
+
+    /// initialize + notifications/initialized; keeps the session id.
+    pub async fn initialize(&mut self, client_name: &str) -> Answer {
+        let answer = self.send(initialize_body(client_name)).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        self.session = answer
+            .headers
+            .get("mcp-session-id")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let notified = self
+            .send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
+        assert_eq!(notified.status, 202);
+        answer
+    }
+
+    pub async fn request(&self, id: i64, method: &str, params: Value) -> Answer {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.send(body.to_string()).await
+    }
+
+    pub async fn call_tool(&self, id: i64, name: &str, arguments: Value) -> Answer {
+        self.request(
+            id,
+            "tools/call",
+            json!({"name": name, "arguments": arguments}),
+        )
+        .await
+    }
+
+    pub async fn delete(&self) -> Answer {
+        let mut request = self.http.delete(&self.url);
+        if let Some(session) = &self.session {
+            request = request.header("mcp-session-id", session);
+        }
+        read(request.send().await.unwrap()).await
+    }
+}
+
+pub fn initialize_body(client_name: &str) -> String {
+    json!({
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                   "clientInfo": {"name": client_name, "version": "1.2.3"}}
+    })
+    .to_string()
+}
+
+pub async fn read(response: reqwest::Response) -> Answer {
+    Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.bytes().await.unwrap(),
+    }
+}
+
+/// The spans of one run, in arrival order.
+pub fn spans_of(ingest: &RecordingIngest, run_id: &str) -> Vec<Value> {
+    ingest
+        .spans()
+        .into_iter()
+        .filter(|(id, _)| id == run_id)
+        .map(|(_, span)| span)
+        .collect()
+}
+
+/// The keys of a JSON object, sorted.
+pub fn keys(v: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
+}
+
+/// A span's input or output parsed as JSON.
+pub fn json_of(field: &Value) -> Value {
+    serde_json::from_str(field.as_str().unwrap()).unwrap()
+}

@@ -1,0 +1,173 @@
+//! How runs end (idle, 404, shutdown) and open (resumed), and JSON responses.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::Router;
+use common::*;
+use rmcp::transport::streamable_http_server::session::SessionManager;
+use serde_json::json;
+use trodo_tower::TrodoLayer;
+
+#[tokio::test]
+async fn idle_session_ends_at_its_last_activity() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(
+        config(&ingest)
+            .with_idle_timeout(Duration::from_millis(300))
+            .unwrap(),
+    );
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .layer(layer.clone());
+    let mut client = RawClient::new(serve(app).await);
+    client.initialize("idle-test").await;
+    let answer = client.call_tool(1, "add", json!({"a": 1, "b": 2})).await;
+    assert_eq!(answer.response()["result"]["content"][0]["text"], "3");
+
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let spans = ingest.spans();
+    assert_eq!(spans.len(), 1);
+    let (run_id, end) = &ingest.ends()[0];
+    assert_eq!(run_id, &spans[0].0);
+    assert_eq!(end["metadata"]["closed_via"], "idle_timeout");
+    assert_eq!(
+        end["ended_at"], spans[0].1["ended_at"],
+        "ended at the last activity, not at the sweep"
+    );
+    assert_eq!(end["span_count"], 1);
+    assert_eq!(layer.trodo().open_runs(), 0);
+}
+
+#[tokio::test]
+async fn server_404_for_the_session_ends_the_run_as_expired() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let manager = session_manager(Some(Duration::from_millis(200)));
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), manager.clone()))
+        .layer(TrodoLayer::new(config(&ingest)));
+    let mut client = RawClient::new(serve(app).await);
+    client.initialize("expiry-test").await;
+    client.call_tool(1, "echo", json!({"text": "x"})).await;
+
+    // rmcp drops the session after its keep-alive; wait for that condition.
+    let session = client.session.clone().unwrap().into();
+    tokio::time::timeout(WAIT, async {
+        while manager.has_session(&session).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("rmcp expires the session");
+
+    let answer = client.call_tool(2, "echo", json!({"text": "y"})).await;
+    assert_eq!(answer.status, 404);
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let ends = ingest.ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].1["metadata"]["closed_via"], "session_expired");
+    assert_eq!(ends[0].1["span_count"], 1, "the 404 request is not a span");
+    assert_eq!(ingest.spans().len(), 1);
+}
+
+#[tokio::test]
+async fn unknown_session_is_resumed_on_another_worker() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    // Two workers with their own layer state in front of one rmcp session store.
+    let service = mcp(DemoTools::new(), session_manager(None));
+    let first = TrodoLayer::new(config(&ingest));
+    let second = TrodoLayer::new(config(&ingest));
+    let one = serve(
+        Router::new()
+            .nest_service("/mcp", service.clone())
+            .layer(first.clone()),
+    )
+    .await;
+    let two = serve(
+        Router::new()
+            .nest_service("/mcp", service)
+            .layer(second.clone()),
+    )
+    .await;
+
+    let mut client = RawClient::new(one);
+    client.initialize("resume-test").await;
+    let session = client.session.clone().unwrap();
+    let mut elsewhere = RawClient::new(two);
+    elsewhere.session = Some(session.clone());
+    let answer = elsewhere
+        .call_tool(5, "add", json!({"a": 20, "b": 22}))
+        .await;
+    assert_eq!(answer.response()["result"]["content"][0]["text"], "42");
+    assert_eq!(elsewhere.delete().await.status, 202);
+
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 2, "one run per worker that saw the session");
+    let resumed = &starts[1];
+    assert_eq!(resumed["conversation_id"], session.as_str());
+    assert_eq!(resumed["metadata"]["resumed"], true);
+    assert_eq!(resumed["metadata"]["protocol_version"], "2025-11-25");
+    assert!(resumed.get("input").is_none());
+    assert!(starts[0]["metadata"].get("resumed").is_none());
+    let resumed_id = resumed["run_id"].as_str().unwrap();
+    let spans = spans_of(&ingest, resumed_id);
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0]["name"], "tool.add");
+    let ends = ingest.ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].0, resumed_id);
+    assert_eq!(ends[0].1["metadata"]["closed_via"], "session_deleted");
+    assert_eq!(ends[0].1["span_count"], 1);
+
+    // The first worker still holds its run; shutdown ends it.
+    assert_eq!(first.trodo().open_runs(), 1);
+    assert!(first.trodo().shutdown(WAIT).await);
+    let ends = ingest.ends();
+    assert_eq!(ends.len(), 2);
+    assert_eq!(ends[1].0, starts[0]["run_id"].as_str().unwrap());
+    assert_eq!(ends[1].1["metadata"]["closed_via"], "server_shutdown");
+    assert!(
+        first.trodo().shutdown(WAIT).await,
+        "a second shutdown is harmless"
+    );
+    assert_eq!(ingest.ends().len(), 2);
+}
+
+#[tokio::test]
+async fn json_responses_are_captured_whole() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let app = Router::new()
+        .nest_service("/mcp", mcp_stateless_json(DemoTools::new()))
+        .layer(TrodoLayer::new(config(&ingest)));
+    let mut client = RawClient::new(serve(app).await);
+    client.session = Some("sticky-session-1".to_owned());
+    let ok = client.call_tool(1, "echo", json!({"text": "json"})).await;
+    assert_eq!(ok.headers["content-type"], "application/json");
+    let failed = client.call_tool(2, "fail", json!({"reason": "nope"})).await;
+    assert_eq!(failed.headers["content-type"], "application/json");
+
+    ingest
+        .wait_until(WAIT, |r| {
+            r.iter().filter(|r| r.path.ends_with("/spans")).count() == 2
+        })
+        .await
+        .unwrap();
+    let spans = ingest.spans();
+    assert_eq!(spans[0].1["output"].as_str().unwrap(), ok.text());
+    assert_eq!(spans[0].1["status"], "ok");
+    assert_eq!(spans[1].1["output"].as_str().unwrap(), failed.text());
+    assert_eq!(spans[1].1["status"], "error");
+    assert_eq!(spans[1].1["error_type"], "tool_error");
+    assert_eq!(spans[1].1["error_message"], "nope");
+}

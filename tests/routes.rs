@@ -1,0 +1,100 @@
+//! Non-MCP routes in a session, and the three ways to choose a span's kind.
+
+mod common;
+
+use axum::Router;
+use axum::routing::{get, post};
+use common::*;
+use serde_json::json;
+use trodo_tower::{SpanKind, SpanKindLayer, TrodoLayer};
+
+async fn app_with_kinds(ingest: &RecordingIngest) -> RawClient {
+    let config = config(ingest)
+        .with_method_kind("tools/list", SpanKind::Retrieval)
+        .with_tool_kind("add", SpanKind::Llm);
+    let notes = Router::new()
+        .route(
+            "/api/notes/{id}",
+            post(|body: String| async move { format!("saved {body}") }),
+        )
+        .route_layer(SpanKindLayer::new(SpanKind::Agent));
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .route("/api/plain", get(|| async { "plain answer" }))
+        .merge(notes)
+        .layer(TrodoLayer::new(config));
+    RawClient::new(serve(app).await)
+}
+
+#[tokio::test]
+async fn kinds_per_method_per_tool_and_per_route() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let mut client = app_with_kinds(&ingest).await;
+    client.initialize("kinds-test").await;
+    client.request(1, "tools/list", json!({})).await;
+    client.call_tool(2, "add", json!({"a": 1, "b": 1})).await;
+    client.call_tool(3, "echo", json!({"text": "t"})).await;
+    let base = client.url.trim_end_matches("/mcp").to_owned();
+    let session = client.session.clone().unwrap();
+    let saved = client
+        .http
+        .post(format!("{base}/api/notes/7"))
+        .header("mcp-session-id", &session)
+        .body(r#"{"note":"remember"}"#)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(saved, r#"saved {"note":"remember"}"#);
+    let plain = client
+        .http
+        .get(format!("{base}/api/plain"))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.text().await.unwrap(), "plain answer");
+    // Without the session header a non-MCP route is not part of any run.
+    client
+        .http
+        .get(format!("{base}/api/plain"))
+        .send()
+        .await
+        .unwrap();
+    client.delete().await;
+
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let spans: Vec<_> = ingest.spans().into_iter().map(|(_, s)| s).collect();
+    let summary: Vec<(&str, &str)> = spans
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("mcp.tools/list", "retrieval"),
+            ("tool.add", "llm"),
+            ("tool.echo", "tool"),
+            ("http.POST /api/notes/{id}", "agent"),
+            ("http.GET /api/plain", "tool"),
+        ]
+    );
+    let note = &spans[3];
+    assert_eq!(note["input"], r#"{"note":"remember"}"#);
+    assert_eq!(note["output"], r#"saved {"note":"remember"}"#);
+    assert_eq!(note["attributes"]["http.request.method"], "POST");
+    assert_eq!(note["attributes"]["http.route"], "/api/notes/{id}");
+    assert_eq!(note["attributes"]["http.response.status_code"], 200);
+    assert!(note.get("tool_name").is_none());
+    let plain = &spans[4];
+    assert!(plain.get("input").is_none(), "a GET has no body");
+    assert_eq!(plain["output"], "plain answer");
+    let end = &ingest.ends()[0].1;
+    assert_eq!(end["span_count"], 5);
+    assert_eq!(end["tool_count"], 2, "echo and the plain route are tools");
+}

@@ -1,0 +1,315 @@
+//! A real rmcp client session through the layer, checked on the wire of a
+//! recording ingest server: paths, headers, every field, order.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use common::*;
+use rmcp::ServiceExt;
+use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::transport::StreamableHttpClientTransport;
+use serde_json::{Value, json};
+use trodo_tower::TrodoLayer;
+
+fn args(v: Value) -> serde_json::Map<String, Value> {
+    v.as_object().cloned().unwrap()
+}
+
+#[tokio::test]
+async fn rmcp_client_session_becomes_one_run_with_exact_wire() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let issued = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&issued);
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .layer(TrodoLayer::new(config(&ingest)))
+        // Outside the layer: notes the session ids the server hands out.
+        .layer(axum::middleware::map_response(
+            move |res: axum::response::Response| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    if let Some(id) = res.headers().get("mcp-session-id") {
+                        seen.lock().unwrap().push(id.to_str().unwrap().to_owned());
+                    }
+                    res
+                }
+            },
+        ));
+    let addr = serve(app).await;
+
+    let transport = StreamableHttpClientTransport::from_uri(format!("http://{addr}/mcp"));
+    let client = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("wire-test", "9.9.9"),
+    )
+    .serve(transport)
+    .await
+    .unwrap();
+    let tools = client.list_tools(Default::default()).await.unwrap();
+    assert_eq!(tools.tools.len(), 5);
+    let echo = client
+        .call_tool(
+            CallToolRequestParams::new("echo").with_arguments(args(json!({"text": "hi there"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(echo.is_error, Some(false));
+    client
+        .call_tool(CallToolRequestParams::new("add").with_arguments(args(json!({"a": 2, "b": 40}))))
+        .await
+        .unwrap();
+    let failed = client
+        .call_tool(CallToolRequestParams::new("fail"))
+        .await
+        .unwrap();
+    assert_eq!(failed.is_error, Some(true));
+    let missing = client
+        .call_tool(CallToolRequestParams::new("no_such_tool"))
+        .await;
+    assert!(missing.is_err());
+    client.cancel().await.unwrap(); // DELETE
+
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let session_id = issued
+        .lock()
+        .unwrap()
+        .first()
+        .cloned()
+        .expect("a session id");
+    let received = ingest.received();
+
+    // Every call: POST JSON with the site id; start first, end last.
+    for r in &received {
+        assert_eq!(r.site_id.as_deref(), Some("test-site"), "{}", r.path);
+        assert_eq!(
+            r.content_type.as_deref(),
+            Some("application/json"),
+            "{}",
+            r.path
+        );
+    }
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1);
+    let run = &starts[0];
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(uuid::Uuid::parse_str(&run_id).unwrap().get_version_num(), 4);
+    let paths: Vec<String> = received.iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths.first().map(String::as_str),
+        Some("/api/sdk/runs/start")
+    );
+    assert_eq!(
+        paths.last().unwrap(),
+        &format!("/api/sdk/runs/{run_id}/end")
+    );
+    assert!(
+        paths[1..paths.len() - 1]
+            .iter()
+            .all(|p| *p == format!("/api/sdk/runs/{run_id}/spans")),
+        "{paths:?}"
+    );
+
+    // The run.
+    assert_eq!(
+        keys(run),
+        [
+            "agent_name",
+            "conversation_id",
+            "input",
+            "metadata",
+            "run_id",
+            "started_at",
+            "status"
+        ]
+    );
+    assert_eq!(run["agent_name"], "mcp_server");
+    assert_eq!(run["status"], "running");
+    assert_eq!(run["conversation_id"], session_id.as_str());
+    assert!(run["started_at"].as_str().unwrap().ends_with('Z'));
+    let init = json_of(&run["input"]);
+    assert_eq!(init["method"], "initialize");
+    assert_eq!(init["params"]["clientInfo"]["name"], "wire-test");
+    assert_eq!(
+        run["metadata"],
+        json!({
+            "transport": "streamable_http",
+            "client_name": "wire-test",
+            "client_version": "9.9.9",
+            "requested_protocol_version": init["params"]["protocolVersion"],
+            "protocol_version": "2025-11-25",
+            "server_name": "trodo-demo",
+            "server_version": "0.1.0",
+        })
+    );
+
+    // The spans, in order.
+    let spans = spans_of(&ingest, &run_id);
+    let names: Vec<&str> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "mcp.tools/list",
+            "tool.echo",
+            "tool.add",
+            "tool.fail",
+            "tool.no_such_tool"
+        ]
+    );
+    for span in &spans {
+        assert_eq!(span["run_id"], run_id.as_str());
+        assert_eq!(
+            uuid::Uuid::parse_str(span["span_id"].as_str().unwrap())
+                .unwrap()
+                .get_version_num(),
+            4
+        );
+        assert!(span["started_at"].as_str().unwrap() <= span["ended_at"].as_str().unwrap());
+        assert!(span["duration_ms"].is_u64());
+        let input = json_of(&span["input"]);
+        let output = json_of(&span["output"]);
+        assert_eq!(output["id"], input["id"], "the output answers the input");
+        let attributes = &span["attributes"];
+        assert_eq!(attributes["mcp.method.name"], input["method"]);
+        assert_eq!(attributes["jsonrpc.request.id"], input["id"].to_string());
+        assert_eq!(attributes["mcp.protocol.version"], "2025-11-25");
+        assert_eq!(attributes["http.response.status_code"], 200);
+        assert_eq!(attributes["input_truncated"], false);
+        assert_eq!(attributes["output_truncated"], false);
+        assert_eq!(
+            attributes["http.request.body.size"],
+            span["input"].as_str().unwrap().len()
+        );
+    }
+    let list = &spans[0];
+    assert_eq!(list["kind"], "generic");
+    assert_eq!(list["status"], "ok");
+    assert!(list.get("tool_name").is_none());
+    assert_eq!(
+        json_of(&list["output"])["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+
+    let echo = &spans[1];
+    assert_eq!(
+        (
+            echo["kind"].as_str(),
+            echo["tool_name"].as_str(),
+            echo["status"].as_str()
+        ),
+        (Some("tool"), Some("echo"), Some("ok"))
+    );
+    assert_eq!(
+        json_of(&echo["input"])["params"]["arguments"],
+        json!({"text": "hi there"})
+    );
+    assert_eq!(
+        json_of(&echo["output"])["result"]["content"][0]["text"],
+        "echo: hi there"
+    );
+    assert_eq!(
+        json_of(&spans[2]["output"])["result"]["content"][0]["text"],
+        "42"
+    );
+
+    let fail = &spans[3];
+    assert_eq!(fail["status"], "error");
+    assert_eq!(fail["error_type"], "tool_error");
+    assert_eq!(fail["error_message"], "this tool always fails");
+
+    let missing = &spans[4];
+    assert_eq!(missing["status"], "error");
+    assert_eq!(missing["error_type"], "caller_error");
+    assert_eq!(missing["attributes"]["jsonrpc.error.code"], -32602);
+    assert_eq!(missing["tool_name"], "no_such_tool");
+
+    // The end: the true totals.
+    let ends = ingest.ends();
+    assert_eq!(ends.len(), 1);
+    let (end_run, end) = &ends[0];
+    assert_eq!(end_run, &run_id);
+    assert_eq!(
+        keys(end),
+        [
+            "ended_at",
+            "error_count",
+            "metadata",
+            "span_count",
+            "status",
+            "tool_count",
+            "total_cost",
+            "total_tokens_in",
+            "total_tokens_out"
+        ]
+    );
+    assert_eq!(end["status"], "ok");
+    assert_eq!(end["metadata"], json!({"closed_via": "session_deleted"}));
+    assert_eq!(
+        (
+            end["span_count"].as_u64(),
+            end["tool_count"].as_u64(),
+            end["error_count"].as_u64()
+        ),
+        (Some(5), Some(4), Some(2))
+    );
+    assert_eq!(
+        (
+            end["total_tokens_in"].as_u64(),
+            end["total_tokens_out"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    assert_eq!(end["total_cost"], 0.0);
+}
+
+#[tokio::test]
+async fn progress_events_reach_the_client_before_the_tool_finishes() {
+    use futures::StreamExt;
+    let ingest = RecordingIngest::start().await.unwrap();
+    let tools = DemoTools::new();
+    let app = Router::new()
+        .nest_service("/mcp", mcp(tools.clone(), session_manager(None)))
+        .layer(TrodoLayer::new(config(&ingest)));
+    let mut client = RawClient::new(serve(app).await);
+    client.initialize("stream-test").await;
+
+    let body = json!({"jsonrpc":"2.0","id":7,"method":"tools/call",
+        "params":{"name":"wait_for_release","arguments":{},"_meta":{"progressToken":"p7"}}});
+    let response = client.post(body.to_string()).send().await.unwrap();
+    let mut stream = response.bytes_stream();
+    let mut seen = String::new();
+    // The tool is blocked until released: the progress event must already be here.
+    while !seen.contains("notifications/progress") {
+        let chunk = stream.next().await.expect("stream open").unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(!seen.contains("released"), "{seen}");
+    assert!(ingest.spans().is_empty(), "no span before the answer");
+    tools.release();
+    while let Some(chunk) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(seen.contains("released"));
+
+    let received = ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/spans")))
+        .await
+        .unwrap();
+    let span = ingest.spans()[0].1.clone();
+    assert_eq!(span["name"], "tool.wait_for_release");
+    assert_eq!(span["status"], "ok");
+    let output = json_of(&span["output"]);
+    assert_eq!(
+        output["id"], 7,
+        "the output is the response, not the progress event"
+    );
+    assert_eq!(output["result"]["content"][0]["text"], "released");
+    assert_eq!(received[0].path, "/api/sdk/runs/start");
+}

@@ -1,0 +1,248 @@
+//! The client gets exactly what the inner service sent; bad input passes
+//! through untouched; telemetry stays bounded and never reaches the client.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::{get, post};
+use common::*;
+use serde_json::json;
+use trodo_tower::{TrodoConfig, TrodoLayer};
+
+const TEN_MB: usize = 10 * 1024 * 1024;
+
+/// The demo MCP server plus an echo route and a 10 MB route, bare or layered.
+async fn server(layer: Option<TrodoLayer>) -> SocketAddr {
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .route("/echo", post(|body: Bytes| async move { body }))
+        .route("/big", get(|| async { "x".repeat(TEN_MB) }));
+    serve(match layer {
+        Some(layer) => app.layer(layer),
+        None => app,
+    })
+    .await
+}
+
+/// One fixed session, every answer's status, headers that do not vary, and body bytes.
+async fn conversation(addr: SocketAddr) -> Vec<(u16, Option<String>, Bytes)> {
+    let mut client = RawClient::new(addr);
+    let mut answers = Vec::new();
+    let mut keep = |a: Answer| {
+        let content_type = a
+            .headers
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        answers.push((a.status, content_type, a.body));
+    };
+    keep(client.initialize("bytes-test").await);
+    keep(client.request(1, "tools/list", json!({})).await);
+    keep(
+        client
+            .call_tool(2, "echo", json!({"text": "héllo ✓"}))
+            .await,
+    );
+    keep(
+        client
+            .call_tool(3, "slow_progress", json!({"steps": 2, "delay_ms": 1}))
+            .await,
+    );
+    keep(client.call_tool(4, "fail", json!({})).await);
+    keep(client.send("{not json").await);
+    keep(client.send(&b"\xff\xfe\x00 not utf-8"[..]).await);
+    keep(
+        client
+            .send(format!("{}{}", "[".repeat(20_000), "]".repeat(20_000)))
+            .await,
+    );
+    keep(client.delete().await);
+    answers
+}
+
+#[tokio::test]
+async fn responses_are_byte_identical_with_and_without_the_layer() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let bare = conversation(server(None).await).await;
+    let layered = conversation(server(Some(TrodoLayer::new(config(&ingest)))).await).await;
+    assert_eq!(bare.len(), layered.len());
+    for (i, (b, l)) in bare.iter().zip(&layered).enumerate() {
+        assert_eq!(b, l, "answer {i} differs");
+    }
+    // The malformed requests were answered by rmcp itself, with 4xx.
+    assert!(bare[5].0 >= 400 && bare[6].0 >= 400 && bare[7].0 >= 400);
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let end = &ingest.ends()[0].1;
+    assert_eq!(
+        end["span_count"], 7,
+        "tools/list, three tool calls, three malformed bodies"
+    );
+    assert_eq!(
+        end["error_count"], 4,
+        "the failing tool and the malformed bodies"
+    );
+    let spans: Vec<_> = ingest.spans().into_iter().map(|(_, s)| s).collect();
+    for (span, answer) in spans[4..].iter().zip(&bare[5..8]) {
+        assert_eq!(span["name"], "mcp.invalid_message");
+        assert_eq!(span["status"], "error");
+        assert_eq!(span["error_type"], "invalid_message");
+        assert_eq!(span["attributes"]["http.response.status_code"], answer.0);
+        assert_eq!(
+            span["output"].as_str().unwrap().as_bytes(),
+            &answer.2[..],
+            "the server's answer"
+        );
+    }
+    assert_eq!(spans[4]["input"], "{not json");
+}
+
+#[tokio::test]
+async fn malformed_and_non_utf8_bodies_reach_the_inner_service_untouched() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let addr = server(Some(TrodoLayer::new(config(&ingest)))).await;
+    let mut client = RawClient::new(addr);
+    client.initialize("bytes-test").await;
+    let session = client.session.clone().unwrap();
+    let bodies: [&[u8]; 3] = [
+        b"{not json",
+        b"\xff\xfe\x00\xc3 bytes",
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":",
+    ];
+    for body in bodies {
+        let echoed = client
+            .http
+            .post(format!("http://{addr}/echo"))
+            .header("mcp-session-id", &session)
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(&echoed[..], body);
+    }
+    client.delete().await;
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let spans: Vec<_> = ingest.spans().into_iter().map(|(_, s)| s).collect();
+    assert_eq!(spans.len(), 3);
+    assert_eq!(spans[0]["input"], "{not json");
+    assert_eq!(
+        spans[1]["input"], "\u{fffd}\u{fffd}\u{0}\u{fffd} bytes",
+        "lossy text of invalid UTF-8"
+    );
+    assert_eq!(spans[1]["attributes"]["http.request.body.size"], 10);
+    assert!(spans.iter().all(|s| s["name"] == "http.POST /echo"));
+}
+
+#[tokio::test]
+async fn a_10_mb_response_streams_whole_with_a_bounded_capture() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let addr = server(Some(TrodoLayer::new(config(&ingest)))).await;
+    let mut client = RawClient::new(addr);
+    client.initialize("big-test").await;
+    let body = client
+        .http
+        .get(format!("http://{addr}/big"))
+        .header("mcp-session-id", client.session.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.len(), TEN_MB);
+    assert!(body.iter().all(|b| *b == b'x'));
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/spans")))
+        .await
+        .unwrap();
+    let span = &ingest.spans()[0].1;
+    assert_eq!(span["output"].as_str().unwrap().chars().count(), 64_000);
+    assert_eq!(span["attributes"]["output_truncated"], true);
+    assert_eq!(span["attributes"]["http.response.body.size"], TEN_MB);
+}
+
+#[tokio::test]
+async fn client_gone_mid_stream_gives_a_cancelled_span() {
+    use futures::StreamExt;
+    let ingest = RecordingIngest::start().await.unwrap();
+    let tools = DemoTools::new();
+    let app = Router::new()
+        .nest_service("/mcp", mcp(tools.clone(), session_manager(None)))
+        .layer(TrodoLayer::new(config(&ingest)));
+    let mut client = RawClient::new(serve(app).await);
+    client.initialize("gone-test").await;
+    let body = json!({"jsonrpc":"2.0","id":9,"method":"tools/call",
+        "params":{"name":"wait_for_release","arguments":{},"_meta":{"progressToken":1}}});
+    let mut stream = client
+        .post(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(stream); // the client goes away before the answer
+
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/spans")))
+        .await
+        .unwrap();
+    tools.release();
+    let span = &ingest.spans()[0].1;
+    assert_eq!(span["name"], "tool.wait_for_release");
+    assert_eq!(span["status"], "error");
+    assert_eq!(span["error_type"], "cancelled");
+    assert!(span.get("output").is_none());
+}
+
+#[tokio::test]
+async fn a_failing_ingest_never_changes_a_response() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    ingest.fail_next(1_000, 400);
+    let layer = TrodoLayer::new(config(&ingest));
+    let layered = conversation(server(Some(layer.clone())).await).await;
+    let bare = conversation(server(None).await).await;
+    assert_eq!(bare, layered);
+    assert!(layer.trodo().flush(WAIT).await);
+    let counters = layer.trodo().delivery_counters();
+    assert_eq!(counters.sent, 0);
+    assert!(
+        counters.failed >= 3,
+        "at least start, spans and end were rejected: {counters:?}"
+    );
+    assert_eq!(counters.retried, 0, "a 400 is not retried");
+}
+
+#[tokio::test]
+async fn an_unreachable_ingest_never_changes_a_response() {
+    // Nothing listens on this port: every delivery fails with a network error.
+    let config = TrodoConfig::new()
+        .with_site_id("s")
+        .with_api_base("http://127.0.0.1:9")
+        .unwrap();
+    let layered = conversation(server(Some(TrodoLayer::new(config))).await).await;
+    let bare = conversation(server(None).await).await;
+    assert_eq!(bare, layered);
+}
+
+#[tokio::test]
+async fn without_a_site_id_the_layer_prints_and_serves_the_same() {
+    let layer = TrodoLayer::new(TrodoConfig::new());
+    let layered = conversation(server(Some(layer.clone())).await).await;
+    let bare = conversation(server(None).await).await;
+    assert_eq!(bare, layered);
+    assert!(layer.trodo().flush(WAIT).await);
+    let counters = layer.trodo().delivery_counters();
+    assert_eq!(counters.failed, 0);
+    assert!(counters.sent >= 3, "start, spans and end printed: {counters:?}");
+}
