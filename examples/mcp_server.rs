@@ -40,7 +40,7 @@ use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use tracing_subscriber::EnvFilter;
-use trodo_tower::{DEFAULT_API_BASE, TrodoConfig, TrodoLayer};
+use trodo_tower::{TrodoConfig, TrodoLayer};
 
 #[path = "support/server.rs"]
 mod server;
@@ -71,7 +71,13 @@ async fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    let layer = TrodoLayer::new(TrodoConfig::from_env()?);
+    let config = TrodoConfig::from_env()?;
+    let trodo = match (config.is_enabled(), config.site_id()) {
+        (false, _) => "disabled".to_owned(),
+        (true, Some(_)) => format!("sending to {}", config.api_base()),
+        (true, None) => "printing to console".to_owned(),
+    };
+    let layer = TrodoLayer::new(config);
     let options = mcp_options_from_env()?;
 
     let addr = env("MCP_ADDR").unwrap_or_else(|| DEFAULT_ADDR.to_owned());
@@ -80,14 +86,6 @@ async fn run() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on MCP_ADDR = {addr:?}"))?;
     let local = listener.local_addr()?;
 
-    // The same rule TrodoConfig::from_env applies: no site id, no sending.
-    let trodo = match env("TRODO_SITE_ID").filter(|s| !s.trim().is_empty()) {
-        Some(_) => {
-            let base = env("TRODO_API_BASE").unwrap_or_else(|| DEFAULT_API_BASE.to_owned());
-            format!("sending to {}", base.trim().trim_end_matches('/'))
-        }
-        None => "printing to console".to_owned(),
-    };
     println!("MCP server on http://{local}/mcp (trodo: {trodo})");
 
     server::serve(listener, layer, options, shutdown_signal()).await?;

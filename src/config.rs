@@ -44,7 +44,7 @@ pub const DEFAULT_CAPTURE_LIMIT: usize = MAX_IO_CHARS;
 ///
 /// let config = TrodoConfig::new()
 ///     .with_site_id("site_123")
-///     .with_agent_name("weather_mcp")
+///     .with_agent_name("weather_mcp")?
 ///     .with_idle_timeout(Duration::from_secs(600))?
 ///     .with_tool_kind("search_docs", SpanKind::Retrieval)
 ///     .with_method_kind("prompts/get", SpanKind::Llm);
@@ -263,6 +263,24 @@ impl TrodoConfig {
         self.edit(|s| s.enabled = enabled)
     }
 
+    /// The site id, if runs are sent to the ingest API (else they are printed).
+    #[must_use]
+    pub fn site_id(&self) -> Option<&str> {
+        self.settings.site_id.as_deref()
+    }
+
+    /// The base URL of the ingest API, without a trailing slash.
+    #[must_use]
+    pub fn api_base(&self) -> &str {
+        &self.settings.api_base
+    }
+
+    /// Whether the layer records anything.
+    #[must_use]
+    pub fn is_enabled(&self) -> bool {
+        self.settings.enabled
+    }
+
     /// Applies a change and detaches the result from the state of the old config.
     fn edit(mut self, change: impl FnOnce(&mut Settings)) -> Self {
         change(&mut self.settings);
@@ -316,6 +334,11 @@ mod tests {
         .unwrap()
         .settings;
         assert_eq!(c.site_id.as_deref(), Some("site-1"));
+        let config = env(&[("TRODO_SITE_ID", "s"), ("TRODO_API_BASE", "http://h:1/")]).unwrap();
+        assert_eq!(
+            (config.site_id(), config.api_base(), config.is_enabled()),
+            (Some("s"), "http://h:1", true)
+        );
         assert_eq!(c.api_base, "http://127.0.0.1:9000");
         assert_eq!(c.agent_name, "calc");
         assert_eq!(c.idle_timeout, Duration::from_secs(42));

@@ -9,11 +9,11 @@
 //! use axum::Router;
 //! use trodo_tower::{TrodoConfig, TrodoLayer};
 //!
-//! # async fn run(mcp_service: axum::routing::MethodRouter) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run(mcp_service: axum::routing::Router) -> Result<(), Box<dyn std::error::Error>> {
 //! let layer = TrodoLayer::new(TrodoConfig::from_env()?);
 //! let trodo = layer.trodo();
 //! let app = Router::new()
-//!     .route_service("/mcp", mcp_service) // e.g. rmcp's StreamableHttpService
+//!     .nest_service("/mcp", mcp_service) // e.g. rmcp's StreamableHttpService
 //!     .layer(layer);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, app).await?;

@@ -13,7 +13,9 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use crate::capture::{Capture, truncate_chars};
-use crate::mcp::envelope::{Outcome, Response, looks_like_response, parse_response};
+use crate::mcp::envelope::{
+    Outcome, Response, ServerMessage, looks_like_response, parse_response, parse_server_message,
+};
 use crate::mcp::error_type;
 use crate::mcp::sse::{SseDecoder, SseEvent};
 use crate::span_kind::SpanKind;
@@ -139,6 +141,8 @@ enum Reader {
     EventStream {
         decoder: SseDecoder,
         found: Option<Found>,
+        /// `notifications/progress` events seen before the answer.
+        progress_events: u64,
     },
     /// The whole body, up to the capture limit.
     Whole { capture: Capture, json: bool },
@@ -216,10 +220,19 @@ impl Recorder {
         };
         let limit = self.shared.settings.capture_limit;
         match &mut self.reader {
-            Reader::EventStream { decoder, found } => {
+            Reader::EventStream {
+                decoder,
+                found,
+                progress_events,
+            } => {
                 decoder.push(chunk, |event| {
-                    if found.is_none() {
-                        *found = Found::from_event(event, request_id, limit);
+                    if found.is_some() {
+                        return;
+                    }
+                    match Found::from_event(event, request_id, limit) {
+                        EventMeaning::Answer(answer) => *found = Some(answer),
+                        EventMeaning::Progress => *progress_events += 1,
+                        EventMeaning::Other => {}
                     }
                 });
                 found.is_some()
@@ -259,6 +272,8 @@ impl Recorder {
             status,
             bytes_out,
         } = self;
+        let unanswered = reader.ended_unanswered();
+        let progress_events = reader.progress_events();
         let (output, output_truncated, response) = reader.into_output();
         match purpose {
             Purpose::Initialize { .. } => {
@@ -281,12 +296,23 @@ impl Recorder {
                     });
             }
             Purpose::Span(mut draft) => {
-                let error = classify(status, response.as_ref(), interruption).or_else(|| {
-                    draft
-                        .preset_error
-                        .take()
-                        .map(|(kind, message)| (kind, message, None))
-                });
+                if progress_events > 0 {
+                    draft.attributes.insert(
+                        "mcp.progress_events".to_owned(),
+                        Value::from(progress_events),
+                    );
+                }
+                let ended_early = (unanswered && draft.request_id.is_some()).then_some((
+                    "stream_error",
+                    "the response stream ended before the answer",
+                ));
+                let error = classify(status, response.as_ref(), interruption.or(ended_early))
+                    .or_else(|| {
+                        draft
+                            .preset_error
+                            .take()
+                            .map(|(kind, message)| (kind, message, None))
+                    });
                 let ending = Ending {
                     output,
                     output_truncated,
@@ -334,12 +360,28 @@ impl Reader {
             Self::EventStream {
                 decoder: SseDecoder::new(limit.saturating_mul(4)),
                 found: None,
+                progress_events: 0,
             }
         } else {
             Self::Whole {
                 capture: Capture::new(limit),
                 json: content_type.starts_with("application/json"),
             }
+        }
+    }
+
+    /// An event stream that is over without the answer to the request.
+    fn ended_unanswered(&self) -> bool {
+        matches!(self, Self::EventStream { found: None, .. })
+    }
+
+    /// How many progress notifications came before the answer.
+    fn progress_events(&self) -> u64 {
+        match self {
+            Self::EventStream {
+                progress_events, ..
+            } => *progress_events,
+            Self::Whole { .. } => 0,
         }
     }
 
@@ -363,28 +405,45 @@ impl Reader {
     }
 }
 
+/// What one SSE event means for the span.
+#[derive(Debug)]
+enum EventMeaning {
+    /// The response to the request.
+    Answer(Found),
+    /// A `notifications/progress` about it.
+    Progress,
+    /// Anything else: logging, server-to-client requests, other responses.
+    Other,
+}
+
 impl Found {
-    /// The event, if it is the response to `request_id` (any response when
-    /// the id is unknown). An event cut by the limit is taken when its start
-    /// reads like a response.
-    fn from_event(event: SseEvent, request_id: Option<&Value>, limit: usize) -> Option<Self> {
+    /// Reads one event: the response to `request_id` (any response when the
+    /// id is unknown), a progress notification, or something else. An event
+    /// cut by the limit is taken as the answer when its start reads like a response.
+    fn from_event(event: SseEvent, request_id: Option<&Value>, limit: usize) -> EventMeaning {
         if event.data_truncated {
             if !looks_like_response(&event.data) {
-                return None;
+                return EventMeaning::Other;
             }
             let (text, _) = truncate_chars(&event.data, limit);
-            return Some(Self {
+            return EventMeaning::Answer(Self {
                 text: text.to_owned(),
                 truncated: true,
                 response: None,
             });
         }
-        let response = parse_response(event.data.as_bytes())?;
+        let response = match parse_server_message(event.data.as_bytes()) {
+            Some(ServerMessage::Response(response)) => response,
+            Some(ServerMessage::Notification { method }) if method == "notifications/progress" => {
+                return EventMeaning::Progress;
+            }
+            _ => return EventMeaning::Other,
+        };
         if request_id.is_some_and(|id| *id != response.id) {
-            return None;
+            return EventMeaning::Other;
         }
         let (text, truncated) = truncate_chars(&event.data, limit);
-        Some(Self {
+        EventMeaning::Answer(Self {
             text: text.to_owned(),
             truncated,
             response: Some(response),

@@ -244,5 +244,8 @@ async fn without_a_site_id_the_layer_prints_and_serves_the_same() {
     assert!(layer.trodo().flush(WAIT).await);
     let counters = layer.trodo().delivery_counters();
     assert_eq!(counters.failed, 0);
-    assert!(counters.sent >= 3, "start, spans and end printed: {counters:?}");
+    assert!(
+        counters.sent >= 3,
+        "start, spans and end printed: {counters:?}"
+    );
 }

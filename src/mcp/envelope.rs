@@ -182,13 +182,35 @@ pub(crate) fn parse_client_message(bytes: &[u8]) -> Option<ClientMessage> {
 /// Reads a server message; `Some` only for a JSON-RPC response (a result or
 /// an error), `None` for requests, notifications and anything else.
 pub(crate) fn parse_response(bytes: &[u8]) -> Option<Response> {
+    match parse_server_message(bytes)? {
+        ServerMessage::Response(response) => Some(response),
+        ServerMessage::Notification { .. } | ServerMessage::Request { .. } => None,
+    }
+}
+
+/// A message the server sends on an SSE stream.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ServerMessage {
+    /// The answer to a client request.
+    Response(Response),
+    /// A notification, e.g. `notifications/progress` or `notifications/message`.
+    Notification { method: String },
+    /// A request to the client, e.g. `sampling/createMessage`.
+    Request { method: String },
+}
+
+/// Reads a server message; `None` when it is not one JSON-RPC 2.0 message.
+pub(crate) fn parse_server_message(bytes: &[u8]) -> Option<ServerMessage> {
     let raw = parse_raw(bytes)?;
-    if raw.method.is_some() {
-        return None;
+    if let Some(method) = raw.method {
+        return Some(match raw.id {
+            Some(_) => ServerMessage::Request { method },
+            None => ServerMessage::Notification { method },
+        });
     }
     let id = raw.id.unwrap_or(Value::Null);
     if let Some(error) = raw.error {
-        return Some(Response {
+        return Some(ServerMessage::Response(Response {
             id,
             outcome: Outcome::Error {
                 code: error.code,
@@ -196,7 +218,7 @@ pub(crate) fn parse_response(bytes: &[u8]) -> Option<Response> {
             },
             protocol_version: None,
             server: None,
-        });
+        }));
     }
     let result = raw.result?;
     let outcome = if result.is_error == Some(true) {
@@ -213,12 +235,12 @@ pub(crate) fn parse_response(bytes: &[u8]) -> Option<Response> {
     let server = result
         .server_info
         .or_else(|| meta_implementation(result.meta.as_ref(), META_SERVER_INFO));
-    Some(Response {
+    Some(ServerMessage::Response(Response {
         id,
         outcome,
         protocol_version: result.protocol_version,
         server,
-    })
+    }))
 }
 
 /// Whether the start of a message too large to parse reads like a response
@@ -360,9 +382,19 @@ mod tests {
             parse_response(br#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"isError":false}}"#)
                 .unwrap();
         assert_eq!(ok.outcome, Outcome::Success);
+        let progress = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
+        assert_eq!(parse_response(progress), None);
         assert_eq!(
-            parse_response(br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#),
-            None
+            parse_server_message(progress),
+            Some(ServerMessage::Notification {
+                method: "notifications/progress".into()
+            })
+        );
+        assert_eq!(
+            parse_server_message(br#"{"jsonrpc":"2.0","id":0,"method":"roots/list"}"#),
+            Some(ServerMessage::Request {
+                method: "roots/list".into()
+            })
         );
     }
 }

@@ -1,0 +1,136 @@
+//! How a response stream ends decides the span's status: answered, broken,
+//! ended early, or a server error; progress before the answer is counted.
+
+mod common;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Response, StatusCode};
+use axum::routing::post;
+use common::*;
+use serde_json::{Value, json};
+use trodo_tower::TrodoLayer;
+
+const PROGRESS: &str = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n";
+
+fn sse(body: Body) -> Response<Body> {
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(body)
+        .unwrap()
+}
+
+/// A stand-in MCP endpoint whose answers the tests script, behind the layer.
+async fn scripted() -> (RecordingIngest, RawClient) {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let app = Router::new()
+        .route(
+            "/mcp",
+            post(|body: String| async move {
+                let request: Value = serde_json::from_str(&body).unwrap();
+                match request["params"]["name"].as_str().unwrap() {
+                    "ends_early" => sse(Body::from(PROGRESS)),
+                    "breaks" => {
+                        let chunks: Vec<Result<&str, std::io::Error>> =
+                            vec![Ok(PROGRESS), Err(std::io::Error::other("backend died"))];
+                        sse(Body::from_stream(futures::stream::iter(chunks)))
+                    }
+                    "fine" => Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Body::from(
+                            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
+                        ))
+                        .unwrap(),
+                    "unavailable" => Response::builder()
+                        .status(StatusCode::SERVICE_UNAVAILABLE)
+                        .body(Body::from("try later"))
+                        .unwrap(),
+                    _ => unreachable!(),
+                }
+            }),
+        )
+        .layer(TrodoLayer::new(config(&ingest)));
+    let mut client = RawClient::new(serve(app).await);
+    client.session = Some("scripted-session".to_owned());
+    (ingest, client)
+}
+
+/// Calls `tool` and returns its span; a broken answer may fail the call.
+async fn span_of(ingest: &RecordingIngest, client: &RawClient, tool: &str) -> Value {
+    let request = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":tool}});
+    if let Ok(response) = client.post(request.to_string()).send().await {
+        let _ = response.bytes().await;
+    }
+    let name = format!("tool.{tool}");
+    let has_span = |r: &[ingest::Received]| {
+        r.iter()
+            .filter_map(|r| r.body["spans"].as_array())
+            .flatten()
+            .any(|s| s["name"] == name.as_str())
+    };
+    ingest.wait_until(WAIT, has_span).await.unwrap();
+    let mut spans = ingest.spans().into_iter().map(|(_, s)| s);
+    spans.rfind(|s| s["name"] == name.as_str()).unwrap()
+}
+
+#[tokio::test]
+async fn an_event_stream_that_ends_without_the_answer_is_a_stream_error() {
+    let (ingest, client) = scripted().await;
+    let span = span_of(&ingest, &client, "ends_early").await;
+    assert_eq!(span["status"], "error");
+    assert_eq!(span["error_type"], "stream_error");
+    assert_eq!(
+        span["error_message"],
+        "the response stream ended before the answer"
+    );
+    assert_eq!(span["attributes"]["mcp.progress_events"], 1);
+    assert!(span.get("output").is_none());
+}
+
+#[tokio::test]
+async fn a_broken_event_stream_is_a_stream_error() {
+    let (ingest, client) = scripted().await;
+    let span = span_of(&ingest, &client, "breaks").await;
+    assert_eq!(span["status"], "error");
+    assert_eq!(span["error_type"], "stream_error");
+    assert_eq!(span["error_message"], "the response stream broke");
+}
+
+#[tokio::test]
+async fn a_5xx_is_an_http_error() {
+    let (ingest, client) = scripted().await;
+    // A server error for a session this process does not know opens no run;
+    // here the session is known from an earlier answer.
+    assert_eq!(span_of(&ingest, &client, "fine").await["status"], "ok");
+    let span = span_of(&ingest, &client, "unavailable").await;
+    assert_eq!(span["status"], "error");
+    assert_eq!(span["error_type"], "http_error");
+    assert_eq!(span["error_message"], "HTTP 503 Service Unavailable");
+    assert_eq!(span["output"], "try later");
+    assert_eq!(span["attributes"]["http.response.status_code"], 503);
+}
+
+#[tokio::test]
+async fn progress_before_the_answer_is_counted() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .layer(TrodoLayer::new(config(&ingest)));
+    let mut client = RawClient::new(serve(app).await);
+    client.initialize("progress-test").await;
+    let body = json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
+        "params":{"name":"slow_progress","arguments":{"steps":4,"delay_ms":1},"_meta":{"progressToken":"p"}}});
+    let answer = client.send(body.to_string()).await;
+    assert_eq!(answer.text().matches("notifications/progress").count(), 4);
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/spans")))
+        .await
+        .unwrap();
+    let span = &ingest.spans()[0].1;
+    assert_eq!(span["status"], "ok");
+    assert_eq!(span["attributes"]["mcp.progress_events"], 4);
+    assert_eq!(
+        json_of(&span["output"])["result"]["content"][0]["text"],
+        "done after 4 steps"
+    );
+}
