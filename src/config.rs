@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::run::RunKeyFn;
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
 use crate::wire::MAX_IO_CHARS;
@@ -22,6 +23,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_SESSION_HEADER: &str = "mcp-session-id";
 /// Most characters of a request or response body kept as a span's input or output.
 pub const DEFAULT_CAPTURE_LIMIT: usize = MAX_IO_CHARS;
+/// The `params._meta` keys read as a vendor's conversation id by default.
+pub const DEFAULT_CONVERSATION_META_KEYS: &[&str] = &["openai/session"];
 
 /// The settings of [`TrodoLayer`](crate::TrodoLayer).
 ///
@@ -69,6 +72,28 @@ pub(crate) struct Settings {
     pub(crate) capture_limit: usize,
     pub(crate) method_kinds: HashMap<String, SpanKind>,
     pub(crate) tool_kinds: HashMap<String, SpanKind>,
+    pub(crate) run_key: Option<RunKeyFn>,
+    pub(crate) conversation_meta_keys: Vec<String>,
+    pub(crate) sessionless: Sessionless,
+    pub(crate) group_sessions: bool,
+}
+
+/// What the layer does with MCP requests that belong to no session (MCP
+/// 2026-07-28, stateless servers): see "Clients without sessions" in the
+/// [crate docs](crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Sessionless {
+    /// Group them into runs by the first key that resolves: the application's
+    /// key ([`TrodoConfig::with_run_key`]), a conversation id in
+    /// `params._meta`, the client's identity; a request with none of these
+    /// becomes a run of its own. An idle gap ends each run.
+    #[default]
+    Group,
+    /// Send each request as a run of its own (one `runs/ingest` call).
+    RunPerRequest,
+    /// Record nothing for them.
+    Ignore,
 }
 
 impl Default for TrodoConfig {
@@ -84,6 +109,13 @@ impl Default for TrodoConfig {
                 capture_limit: DEFAULT_CAPTURE_LIMIT,
                 method_kinds: HashMap::new(),
                 tool_kinds: HashMap::new(),
+                run_key: None,
+                conversation_meta_keys: DEFAULT_CONVERSATION_META_KEYS
+                    .iter()
+                    .map(|k| (*k).to_owned())
+                    .collect(),
+                sessionless: Sessionless::Group,
+                group_sessions: false,
             },
             state: Arc::default(),
         }
@@ -253,6 +285,54 @@ impl TrodoConfig {
         self.edit(|s| {
             s.tool_kinds.insert(tool.into(), kind);
         })
+    }
+
+    /// Sets how requests that belong to no MCP session become runs.
+    /// Defaults to [`Sessionless::Group`].
+    #[must_use]
+    pub fn with_sessionless(self, sessionless: Sessionless) -> Self {
+        self.edit(|s| s.sessionless = sessionless)
+    }
+
+    /// Sets the application's run key for requests without a session: a
+    /// closure over the request head, e.g. the authenticated subject or a
+    /// header. It comes first in the chain of keys; `None` passes to the next.
+    ///
+    /// ```
+    /// use trodo_tower::TrodoConfig;
+    ///
+    /// let config = TrodoConfig::new().with_run_key(|parts| {
+    ///     let user = parts.headers.get("x-user-id")?.to_str().ok()?;
+    ///     Some(format!("user:{user}"))
+    /// });
+    /// ```
+    #[must_use]
+    pub fn with_run_key<F>(self, resolver: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.edit(|s| s.run_key = Some(RunKeyFn(Arc::new(resolver))))
+    }
+
+    /// Sets the `params._meta` keys whose value is a client's conversation
+    /// id, tried in order after the application's key.
+    /// Defaults to [`DEFAULT_CONVERSATION_META_KEYS`].
+    #[must_use]
+    pub fn with_conversation_meta_keys<I, K>(self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+    {
+        let keys = keys.into_iter().map(Into::into).collect();
+        self.edit(|s| s.conversation_meta_keys = keys)
+    }
+
+    /// Groups requests that carry a session id by the sessionless key chain
+    /// instead of by session: for clients that open a new session for every
+    /// call and never delete it. Off by default.
+    #[must_use]
+    pub fn with_session_grouping(self, group: bool) -> Self {
+        self.edit(|s| s.group_sessions = group)
     }
 
     /// Turns the layer on or off; off, it passes every request through

@@ -2,18 +2,24 @@
 //! learns of the request, and what the response head decides (open, resume
 //! or close a run; record a span or not).
 
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http::request::Parts;
+use http::{HeaderMap, Method, Response, StatusCode, header};
 use serde_json::{Map, Value};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use uuid::Uuid;
 
 use crate::capture::Capture;
-use crate::mcp::envelope::{ClientMessage, Request as McpRequest, parse_client_message};
+use crate::config::Sessionless;
+use crate::mcp::envelope::{
+    ClientMessage, Implementation, Request as McpRequest, parse_client_message,
+};
 use crate::mcp::{self, INITIALIZE};
-use crate::recorder::{Recorder, SpanDraft};
+use crate::recorder::Recorder;
 use crate::route_kind::RouteSpanKind;
-use crate::run::ClosedVia;
+use crate::run::{ClosedVia, KeySource, RunKey, client_identity, meta_conversation};
+use crate::span_draft::{Destination, SpanDraft};
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
 use crate::wire::{Run, RunStatus, Timestamp};
@@ -22,6 +28,8 @@ use crate::wire::{Run, RunStatus, Timestamp};
 const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
 /// Longest session id taken from a header; longer ones are ignored as bogus.
 const MAX_SESSION_ID_LEN: usize = 256;
+/// The MCP protocol version without sessions.
+const SESSIONLESS_VERSION: &str = "2026-07-28";
 
 /// The request body as the inner service read it, shared with
 /// [`RequestBody`](crate::body::RequestBody).
@@ -39,9 +47,14 @@ pub(crate) struct Exchange {
     method: Method,
     path: String,
     route: Option<String>,
+    /// The session id, unless the config groups sessions by the key chain.
     session_id: Option<String>,
     protocol_header: Option<String>,
     wants_event_stream: bool,
+    /// The application's run key, for requests without a session.
+    app_key: Option<String>,
+    /// The caller's address (or user agent), for requests without a session.
+    caller: Option<String>,
     request: Arc<Mutex<RequestCapture>>,
 }
 
@@ -55,23 +68,39 @@ pub(crate) enum Failure {
 }
 
 impl Exchange {
-    /// Notes what the request says and makes the capture its body will fill.
-    pub(crate) fn new<B>(shared: Arc<Shared>, request: &Request<B>) -> Self {
-        let headers = request.headers();
-        let capture = Capture::new(shared.settings.capture_limit);
+    /// Notes what the request head says and makes the capture its body will fill.
+    pub(crate) fn new(shared: Arc<Shared>, parts: &Parts) -> Self {
+        let settings = &shared.settings;
+        let headers = &parts.headers;
+        let session_id =
+            session_id(headers, &settings.session_header).filter(|_| !settings.group_sessions);
+        let (app_key, caller) =
+            if session_id.is_none() && settings.sessionless == Sessionless::Group {
+                let app_key = settings
+                    .run_key
+                    .as_ref()
+                    .and_then(|resolve| (resolve.0)(parts));
+                (app_key, caller(parts))
+            } else {
+                (None, None)
+            };
         Self {
-            session_id: session_id(headers, &shared.settings.session_header),
+            session_id,
+            app_key,
+            caller,
             protocol_header: header_text(headers, PROTOCOL_VERSION_HEADER),
-            wants_event_stream: request.method() == Method::GET && accepts_event_stream(headers),
-            route: request
-                .extensions()
+            wants_event_stream: parts.method == Method::GET && accepts_event_stream(headers),
+            route: parts
+                .extensions
                 .get::<axum::extract::MatchedPath>()
                 .map(|p| p.as_str().to_owned()),
-            path: request.uri().path().to_owned(),
-            method: request.method().clone(),
+            path: parts.uri.path().to_owned(),
+            method: parts.method.clone(),
             started_at: Timestamp::now(),
             started: Instant::now(),
-            request: Arc::new(Mutex::new(RequestCapture { capture })),
+            request: Arc::new(Mutex::new(RequestCapture {
+                capture: Capture::new(settings.capture_limit),
+            })),
             shared,
         }
     }
@@ -82,54 +111,36 @@ impl Exchange {
     }
 
     /// Decides, on the response head, what this exchange means for its
-    /// session's run; returns the recorder that watches the response body.
+    /// run; returns the recorder that watches the response body.
     pub(crate) fn on_response<B>(self, response: &Response<B>) -> Option<Recorder> {
-        let status = response.status();
         let (message, input) = self.read_request();
-        if let Some(ClientMessage::Request(request)) = &message {
-            self.shared.learn_mcp_path(&self.path);
-            if request.method == INITIALIZE {
-                return self.open_session(response, request.clone(), input);
+        let request = match message {
+            Some(ClientMessage::Request(request)) => {
+                self.shared.learn_mcp_path(&self.path);
+                Some(request)
             }
-        }
-        let session_id = self.session_id.clone()?;
-        let sessions = &self.shared.sessions;
-        let exporter = &self.shared.exporter;
-        if status == StatusCode::NOT_FOUND && self.shared.is_mcp_path(&self.path) {
-            sessions.close(&session_id, ClosedVia::SessionExpired, exporter);
-            return None;
-        }
-        match message {
             Some(ClientMessage::Notification { .. } | ClientMessage::Response) => {
-                sessions.touch(&session_id);
-                None
-            }
-            None if self.is_session_control() => {
-                if self.method == Method::DELETE && status.is_success() {
-                    sessions.close(&session_id, ClosedVia::SessionDeleted, exporter);
+                if let Some(session_id) = &self.session_id {
+                    self.shared.sessions.touch(session_id);
                 }
-                None
+                return None;
             }
-            request => {
-                if !status.is_success() && !sessions.contains(&session_id) {
-                    return None;
-                }
-                let route_kind = response.extensions().get::<RouteSpanKind>().map(|k| k.0);
-                let request = match request {
-                    Some(ClientMessage::Request(request)) => Some(request),
-                    _ => None,
-                };
-                let run_id = self.run_for(&session_id, request.as_ref());
-                let draft = self.draft(request, input, route_kind, Some(status));
-                Some(Recorder::span(
-                    Arc::clone(&self.shared),
-                    session_id,
-                    run_id,
-                    draft,
-                    status,
-                    response.headers(),
-                ))
+            None => None,
+        };
+        let grouping = self.shared.settings.group_sessions;
+        if let Some(request) = request
+            .as_ref()
+            .filter(|r| r.method == INITIALIZE && !grouping)
+        {
+            let settings = &self.shared.settings;
+            if let Some(new_session) = session_id(response.headers(), &settings.session_header) {
+                return self.open_session(new_session, response, request, input);
             }
+        }
+        match self.session_id.clone() {
+            Some(session_id) => self.in_session(session_id, request, input, response),
+            // Without a session only JSON-RPC requests are part of a run.
+            None => self.sessionless(request?, input, response),
         }
     }
 
@@ -138,9 +149,10 @@ impl Exchange {
         let Some(session_id) = self.session_id.clone() else {
             return;
         };
-        if !self.shared.sessions.contains(&session_id) {
+        let sessions = &self.shared.sessions;
+        let Some(run_id) = sessions.run_id(&session_id) else {
             return;
-        }
+        };
         let (message, input) = self.read_request();
         let request = match message {
             Some(ClientMessage::Request(request)) => Some(request),
@@ -148,13 +160,139 @@ impl Exchange {
             None if self.is_session_control() => return,
             None => None,
         };
-        let run_id = self.run_for(&session_id, request.as_ref());
         let draft = self.draft(request, input, None, None);
         let (error_type, message) = match failure {
             Failure::Service => ("server_error", "the service failed before answering"),
             Failure::Cancelled => ("cancelled", "the client went away before the answer"),
         };
-        draft.fail(&self.shared, &session_id, run_id, error_type, message);
+        let destination = Destination::Run {
+            key: session_id,
+            run_id,
+            opened: false,
+        };
+        draft.fail(&self.shared, destination, error_type, message);
+    }
+
+    /// A request that carries a session id.
+    fn in_session<B>(
+        self,
+        session_id: String,
+        request: Option<McpRequest>,
+        input: Input,
+        response: &Response<B>,
+    ) -> Option<Recorder> {
+        let status = response.status();
+        let sessions = &self.shared.sessions;
+        let exporter = &self.shared.exporter;
+        if status == StatusCode::NOT_FOUND && self.shared.is_mcp_path(&self.path) {
+            sessions.close(&session_id, ClosedVia::SessionExpired, exporter);
+            return None;
+        }
+        if request.is_none() && self.is_session_control() {
+            if self.method == Method::DELETE && status.is_success() {
+                sessions.close(&session_id, ClosedVia::SessionDeleted, exporter);
+            }
+            return None;
+        }
+        if !status.is_success() && !sessions.contains(&session_id) {
+            return None;
+        }
+        let key = RunKey::Session(session_id);
+        let table_key = key.table_key();
+        let (run_id, opened) = sessions.run_for(&table_key, || {
+            // A session this process does not know: restarted, or another worker's.
+            let mut metadata = self.metadata(&key, request.as_ref());
+            metadata.insert("resumed".to_owned(), Value::Bool(true));
+            self.run(&key, None, metadata)
+        });
+        let route_kind = response.extensions().get::<RouteSpanKind>().map(|k| k.0);
+        let draft = self.draft(request, input, route_kind, Some(status));
+        let destination = Destination::Run {
+            key: table_key,
+            run_id,
+            opened,
+        };
+        Some(Recorder::span(
+            Arc::clone(&self.shared),
+            draft,
+            destination,
+            status,
+            response.headers(),
+        ))
+    }
+
+    /// A JSON-RPC request without a session: grouped by the key chain, or a
+    /// run of its own.
+    fn sessionless<B>(
+        self,
+        request: McpRequest,
+        input: Input,
+        response: &Response<B>,
+    ) -> Option<Recorder> {
+        let status = response.status();
+        let route_kind = response.extensions().get::<RouteSpanKind>().map(|k| k.0);
+        let key = match self.shared.settings.sessionless {
+            Sessionless::Ignore => return None,
+            Sessionless::RunPerRequest => None,
+            Sessionless::Group => self.resolve_key(&request),
+        };
+        let destination = match key {
+            Some(key) => {
+                let table_key = key.table_key();
+                let (run_id, opened) = self.shared.sessions.run_for(&table_key, || {
+                    let metadata = self.metadata(&key, Some(&request));
+                    self.run(&key, None, metadata)
+                });
+                Destination::Run {
+                    key: table_key,
+                    run_id,
+                    opened,
+                }
+            }
+            None => {
+                let mut metadata = self.metadata_without_key(false, Some(&request));
+                metadata.insert("run_key_source".to_owned(), Value::from("request"));
+                Destination::OwnRun(Box::new(self.run_without_key(metadata)))
+            }
+        };
+        let draft = self.draft(Some(request), input, route_kind, Some(status));
+        Some(Recorder::span(
+            Arc::clone(&self.shared),
+            draft,
+            destination,
+            status,
+            response.headers(),
+        ))
+    }
+
+    /// The first key of the chain: the application's, a conversation id in
+    /// `_meta`, the client's identity.
+    fn resolve_key(&self, request: &McpRequest) -> Option<RunKey> {
+        if let Some(key) = &self.app_key {
+            return Some(RunKey::Resolved {
+                key: key.clone(),
+                source: KeySource::App,
+            });
+        }
+        let meta_keys = &self.shared.settings.conversation_meta_keys;
+        if let Some((meta_key, id)) = meta_conversation(request.meta.as_ref(), meta_keys) {
+            return Some(RunKey::Resolved {
+                key: id,
+                source: KeySource::Meta(meta_key),
+            });
+        }
+        // Only a self-contained request's clientInfo: a stateless legacy
+        // client names itself in initialize alone, and its later requests
+        // must land in the same run.
+        let client = request
+            .client
+            .as_ref()
+            .filter(|_| request.is_self_contained())
+            .map(|c| (c.name.as_str(), c.version.as_deref()));
+        client_identity(client, self.caller.as_deref()).map(|key| RunKey::Resolved {
+            key,
+            source: KeySource::Client,
+        })
     }
 
     /// The request as one JSON-RPC message (if it is one) and as text.
@@ -186,63 +324,91 @@ impl Exchange {
     /// Opens the run of the session an initialize response creates.
     fn open_session<B>(
         self,
+        session_id: String,
         response: &Response<B>,
-        request: McpRequest,
+        request: &McpRequest,
         input: Input,
     ) -> Option<Recorder> {
-        let session_id = session_id(response.headers(), &self.shared.settings.session_header)?;
-        let mut metadata = Map::new();
-        metadata.insert("transport".to_owned(), Value::from("streamable_http"));
-        insert_client(&mut metadata, request.client.as_ref());
+        let key = RunKey::Session(session_id);
+        let mut metadata = self.metadata(&key, Some(request));
         if let Some(version) = &request.protocol_version {
             metadata.insert(
                 "requested_protocol_version".to_owned(),
                 Value::from(version.as_str()),
             );
         }
-        let run = self.run(&session_id, input.text, metadata);
-        let run_id = self.shared.sessions.open_pending(&session_id, run);
+        // The negotiated version comes from the result, not the request.
+        metadata.remove("protocol_version");
+        let run = self.run(&key, input.text, metadata);
+        let table_key = key.table_key();
+        let run_id = self.shared.sessions.open_pending(&table_key, run);
         Some(Recorder::initialize(
             Arc::clone(&self.shared),
-            session_id,
+            table_key,
             run_id,
-            request.id,
+            request.id.clone(),
             response.headers(),
         ))
     }
 
-    /// The run of a session, opened on the fly (`resumed`) if this process does not know it.
-    fn run_for(&self, session_id: &str, request: Option<&McpRequest>) -> Uuid {
-        self.shared
-            .sessions
-            .run_for(session_id, &self.shared.exporter, || {
-                let mut metadata = Map::new();
-                metadata.insert("transport".to_owned(), Value::from("streamable_http"));
-                metadata.insert("resumed".to_owned(), Value::Bool(true));
-                insert_client(&mut metadata, request.and_then(|r| r.client.as_ref()));
-                let version = request
-                    .and_then(|r| r.protocol_version.clone())
-                    .or_else(|| self.protocol_header.clone());
-                if let Some(version) = version {
-                    metadata.insert("protocol_version".to_owned(), Value::from(version));
-                }
-                self.run(session_id, None, metadata)
-            })
+    /// What a run learns at its start: transport era, client, protocol version, key source.
+    fn metadata(&self, key: &RunKey, request: Option<&McpRequest>) -> Map<String, Value> {
+        let mut metadata = self.metadata_without_key(matches!(key, RunKey::Session(_)), request);
+        metadata.insert("run_key_source".to_owned(), Value::from(key.source()));
+        metadata
     }
 
-    fn run(&self, session_id: &str, input: Option<String>, metadata: Map<String, Value>) -> Run {
+    /// `era`: `sessions` (Streamable HTTP with sessions), `2026-07-28`
+    /// (self-contained requests) or `stateless` (a legacy client of a server
+    /// without sessions).
+    fn metadata_without_key(
+        &self,
+        in_session: bool,
+        request: Option<&McpRequest>,
+    ) -> Map<String, Value> {
+        let mut metadata = Map::new();
+        metadata.insert("transport".to_owned(), Value::from("streamable_http"));
+        let era = if request.is_some_and(McpRequest::is_self_contained) {
+            SESSIONLESS_VERSION
+        } else if in_session {
+            "sessions"
+        } else {
+            "stateless"
+        };
+        metadata.insert("era".to_owned(), Value::from(era));
+        insert_client(&mut metadata, request.and_then(|r| r.client.as_ref()));
+        let version = request
+            .and_then(|r| r.protocol_version.clone())
+            .or_else(|| self.protocol_header.clone());
+        if let Some(version) = version {
+            metadata.insert("protocol_version".to_owned(), Value::from(version));
+        }
+        metadata
+    }
+
+    fn run(&self, key: &RunKey, input: Option<String>, metadata: Map<String, Value>) -> Run {
+        let mut run = self.run_without_key(metadata);
+        run.conversation_id = Some(key.conversation_id().to_owned());
+        run.input = input;
+        run
+    }
+
+    fn run_without_key(&self, metadata: Map<String, Value>) -> Run {
         Run {
             run_id: Uuid::new_v4(),
             agent_name: self.shared.settings.agent_name.clone(),
             distinct_id: None,
-            conversation_id: Some(session_id.to_owned()),
+            conversation_id: None,
             parent_run_id: None,
             status: RunStatus::Running,
-            input,
+            input: None,
             output: None,
             started_at: self.started_at,
             ended_at: None,
+            duration_ms: None,
+            error_summary: None,
             metadata,
+            totals: None,
         }
     }
 
@@ -287,6 +453,20 @@ impl Exchange {
                         Value::from(version.as_str()),
                     );
                 }
+                if request.is_self_contained()
+                    && let Some(client) = &request.client
+                {
+                    attributes.insert(
+                        "mcp.client.name".to_owned(),
+                        Value::from(client.name.as_str()),
+                    );
+                    if let Some(version) = &client.version {
+                        attributes.insert(
+                            "mcp.client.version".to_owned(),
+                            Value::from(version.as_str()),
+                        );
+                    }
+                }
                 let name = mcp::span_name(&request.method, request.target.as_deref());
                 (name, kind, tool, Some(request.id))
             }
@@ -296,17 +476,16 @@ impl Exchange {
             {
                 // A POST to the MCP endpoint that is not one JSON-RPC message.
                 attributes.insert("http.route".to_owned(), Value::from(self.path.as_str()));
+                let kind = route_kind.unwrap_or(SpanKind::Generic);
                 if input.truncated {
                     // Too large to read whole: its method is unknown, not wrong.
-                    let name = "mcp.request".to_owned();
-                    (name, route_kind.unwrap_or(SpanKind::Generic), None, None)
+                    ("mcp.request".to_owned(), kind, None, None)
                 } else {
                     preset_error = Some((
                         "invalid_message".to_owned(),
                         "the request body is not one JSON-RPC 2.0 message".to_owned(),
                     ));
-                    let name = "mcp.invalid_message".to_owned();
-                    (name, route_kind.unwrap_or(SpanKind::Generic), None, None)
+                    ("mcp.invalid_message".to_owned(), kind, None, None)
                 }
             }
             None => {
@@ -361,16 +540,29 @@ fn id_text(id: &Value) -> String {
     }
 }
 
-fn insert_client(
-    metadata: &mut Map<String, Value>,
-    client: Option<&mcp::envelope::Implementation>,
-) {
+fn insert_client(metadata: &mut Map<String, Value>, client: Option<&Implementation>) {
     if let Some(client) = client {
         metadata.insert("client_name".to_owned(), Value::from(client.name.as_str()));
         if let Some(version) = &client.version {
             metadata.insert("client_version".to_owned(), Value::from(version.as_str()));
         }
     }
+}
+
+/// The caller for the client identity key: the first `X-Forwarded-For` hop,
+/// else the peer address (axum's `ConnectInfo`), else the user agent.
+fn caller(parts: &Parts) -> Option<String> {
+    let forwarded = header_text(&parts.headers, "x-forwarded-for")
+        .and_then(|v| v.split(',').next().map(|hop| hop.trim().to_owned()))
+        .filter(|hop| !hop.is_empty());
+    forwarded
+        .or_else(|| {
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip().to_string())
+        })
+        .or_else(|| header_text(&parts.headers, header::USER_AGENT.as_str()))
 }
 
 /// A session id from `name`, if it is one MCP allows: 1 to 256 visible ASCII characters.

@@ -65,14 +65,15 @@ mod recorder;
 mod route_kind;
 mod run;
 mod service;
+mod span_draft;
 mod span_kind;
 mod state;
 mod wire;
 
 pub use body::{RequestBody, ResponseBody};
 pub use config::{
-    DEFAULT_AGENT_NAME, DEFAULT_API_BASE, DEFAULT_CAPTURE_LIMIT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_SESSION_HEADER, TrodoConfig,
+    DEFAULT_AGENT_NAME, DEFAULT_API_BASE, DEFAULT_CAPTURE_LIMIT, DEFAULT_CONVERSATION_META_KEYS,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_SESSION_HEADER, Sessionless, TrodoConfig,
 };
 pub use error::ConfigError;
 pub use export::DeliveryCounters;

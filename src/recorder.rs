@@ -7,9 +7,8 @@
 //! up to the capture limit and read at its end.
 
 use http::{HeaderMap, StatusCode, header};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::sync::Arc;
-use std::time::Instant;
 use uuid::Uuid;
 
 use crate::capture::{Capture, truncate_chars};
@@ -18,116 +17,23 @@ use crate::mcp::envelope::{
 };
 use crate::mcp::error_type;
 use crate::mcp::sse::{SseDecoder, SseEvent};
-use crate::span_kind::SpanKind;
+use crate::span_draft::{Destination, Ending, SpanDraft, note_server};
 use crate::state::Shared;
-use crate::wire::{MAX_ERROR_CHARS, Span, SpanStatus, Timestamp};
-
-/// A span known from the request, waiting for its response.
-#[derive(Debug)]
-pub(crate) struct SpanDraft {
-    pub(crate) name: String,
-    pub(crate) kind: SpanKind,
-    pub(crate) tool_name: Option<String>,
-    /// The JSON-RPC id whose response ends the span (`None`: not JSON-RPC).
-    pub(crate) request_id: Option<Value>,
-    pub(crate) started_at: Timestamp,
-    pub(crate) started: Instant,
-    pub(crate) input: Option<String>,
-    pub(crate) attributes: Map<String, Value>,
-    /// `(error_type, error_message)` known from the request alone, used when
-    /// the response gives no JSON-RPC outcome.
-    pub(crate) preset_error: Option<(String, String)>,
-}
-
-impl SpanDraft {
-    /// Finishes the span as failed, with no output.
-    pub(crate) fn fail(
-        self,
-        shared: &Shared,
-        session_id: &str,
-        run_id: Uuid,
-        error_type: &str,
-        message: &str,
-    ) {
-        let ending = Ending {
-            output: None,
-            output_truncated: false,
-            bytes_out: 0,
-            error: Some((error_type.to_owned(), message.to_owned(), None)),
-        };
-        self.finish(shared, session_id, run_id, ending);
-    }
-
-    fn finish(mut self, shared: &Shared, session_id: &str, run_id: Uuid, ending: Ending) {
-        let ended_at = Timestamp::now();
-        self.attributes.insert(
-            "http.response.body.size".to_owned(),
-            Value::from(ending.bytes_out),
-        );
-        self.attributes.insert(
-            "output_truncated".to_owned(),
-            Value::Bool(ending.output_truncated),
-        );
-        let (status, error_type, error_message) = match ending.error {
-            Some((kind, message, code)) => {
-                if let Some(code) = code {
-                    self.attributes
-                        .insert("jsonrpc.error.code".to_owned(), Value::from(code));
-                }
-                let message = truncate_chars(&message, MAX_ERROR_CHARS).0.to_owned();
-                (SpanStatus::Error, Some(kind), Some(message))
-            }
-            None => (SpanStatus::Ok, None, None),
-        };
-        let span = Span {
-            span_id: Uuid::new_v4(),
-            run_id,
-            parent_span_id: None,
-            kind: self.kind,
-            name: self.name,
-            status,
-            started_at: self.started_at,
-            ended_at,
-            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            input: self.input,
-            output: ending.output,
-            error_type,
-            error_message,
-            model: None,
-            provider: None,
-            input_tokens: None,
-            output_tokens: None,
-            cost: None,
-            temperature: None,
-            tool_name: self.tool_name,
-            attributes: self.attributes,
-        };
-        if !shared
-            .sessions
-            .record_span(session_id, span, &shared.exporter)
-        {
-            tracing::debug!(session_id, "trodo: span after its run ended, dropped");
-        }
-    }
-}
-
-/// How a span ended: its output and, if it failed, why.
-#[derive(Debug)]
-struct Ending {
-    output: Option<String>,
-    output_truncated: bool,
-    bytes_out: u64,
-    /// `(error_type, error_message, JSON-RPC code)`.
-    error: Option<(String, String, Option<i64>)>,
-}
 
 /// What the recorder is for.
 #[derive(Debug)]
 enum Purpose {
-    /// A request's span.
-    Span(SpanDraft),
-    /// The initialize whose result completes the run's `start`.
-    Initialize { request_id: Value },
+    /// A request's span, and where it goes.
+    Span {
+        draft: SpanDraft,
+        destination: Destination,
+    },
+    /// The initialize whose result completes the `start` of the run under `key`.
+    Initialize {
+        key: String,
+        run_id: Uuid,
+        request_id: Value,
+    },
 }
 
 /// How the body is read.
@@ -160,8 +66,6 @@ struct Found {
 #[derive(Debug)]
 pub(crate) struct Recorder {
     shared: Arc<Shared>,
-    session_id: String,
-    run_id: Uuid,
     purpose: Purpose,
     reader: Reader,
     status: StatusCode,
@@ -172,28 +76,26 @@ impl Recorder {
     /// Watches the body of a request that becomes a span.
     pub(crate) fn span(
         shared: Arc<Shared>,
-        session_id: String,
-        run_id: Uuid,
         draft: SpanDraft,
+        destination: Destination,
         status: StatusCode,
         headers: &HeaderMap,
     ) -> Self {
         let reader = Reader::for_body(headers, shared.settings.capture_limit);
         Self {
             shared,
-            session_id,
-            run_id,
-            purpose: Purpose::Span(draft),
+            purpose: Purpose::Span { draft, destination },
             reader,
             status,
             bytes_out: 0,
         }
     }
 
-    /// Watches the body of an initialize response for the negotiated version and server.
+    /// Watches the body of an initialize response for the negotiated
+    /// version and the server's identity.
     pub(crate) fn initialize(
         shared: Arc<Shared>,
-        session_id: String,
+        key: String,
         run_id: Uuid,
         request_id: Value,
         headers: &HeaderMap,
@@ -201,9 +103,11 @@ impl Recorder {
         let reader = Reader::for_body(headers, shared.settings.capture_limit);
         Self {
             shared,
-            session_id,
-            run_id,
-            purpose: Purpose::Initialize { request_id },
+            purpose: Purpose::Initialize {
+                key,
+                run_id,
+                request_id,
+            },
             reader,
             status: StatusCode::OK,
             bytes_out: 0,
@@ -215,8 +119,8 @@ impl Recorder {
     pub(crate) fn on_data(&mut self, chunk: &[u8]) -> bool {
         self.bytes_out += chunk.len() as u64;
         let request_id = match &self.purpose {
-            Purpose::Span(draft) => draft.request_id.as_ref(),
-            Purpose::Initialize { request_id } => Some(request_id),
+            Purpose::Span { draft, .. } => draft.request_id.as_ref(),
+            Purpose::Initialize { request_id, .. } => Some(request_id),
         };
         let limit = self.shared.settings.capture_limit;
         match &mut self.reader {
@@ -265,8 +169,6 @@ impl Recorder {
     fn finish(self, interruption: Option<(&str, &str)>) {
         let Self {
             shared,
-            session_id,
-            run_id,
             purpose,
             reader,
             status,
@@ -276,26 +178,17 @@ impl Recorder {
         let progress_events = reader.progress_events();
         let (output, output_truncated, response) = reader.into_output();
         match purpose {
-            Purpose::Initialize { .. } => {
+            Purpose::Initialize { key, run_id, .. } => {
                 shared
                     .sessions
-                    .complete_start(&session_id, run_id, &shared.exporter, |run| {
-                        let Some(response) = response else { return };
-                        if let Some(version) = response.protocol_version {
-                            run.metadata
-                                .insert("protocol_version".to_owned(), Value::from(version));
-                        }
-                        if let Some(server) = response.server {
-                            run.metadata
-                                .insert("server_name".to_owned(), Value::from(server.name));
-                            if let Some(version) = server.version {
-                                run.metadata
-                                    .insert("server_version".to_owned(), Value::from(version));
-                            }
-                        }
+                    .complete_start(&key, run_id, &shared.exporter, |run| {
+                        note_server(run, response.as_ref());
                     });
             }
-            Purpose::Span(mut draft) => {
+            Purpose::Span {
+                mut draft,
+                destination,
+            } => {
                 if progress_events > 0 {
                     draft.attributes.insert(
                         "mcp.progress_events".to_owned(),
@@ -318,8 +211,9 @@ impl Recorder {
                     output_truncated,
                     bytes_out,
                     error,
+                    response,
                 };
-                draft.finish(&shared, &session_id, run_id, ending);
+                draft.finish(&shared, destination, ending);
             }
         }
     }

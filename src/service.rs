@@ -71,9 +71,12 @@ where
             return ResponseFuture::new(self.inner.call(request), None);
         }
         self.shared.start_background();
-        let exchange = Exchange::new(Arc::clone(&self.shared), &request);
-        let capture = exchange.request_capture();
-        let request = request.map(|body| RequestBody::new(body, Some(capture)));
-        ResponseFuture::new(self.inner.call(request), Some(exchange))
+        let (parts, body) = request.into_parts();
+        let exchange = Exchange::new(Arc::clone(&self.shared), &parts);
+        let body = RequestBody::new(body, Some(exchange.request_capture()));
+        ResponseFuture::new(
+            self.inner.call(Request::from_parts(parts, body)),
+            Some(exchange),
+        )
     }
 }

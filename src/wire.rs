@@ -35,8 +35,15 @@ pub(crate) struct Run {
     pub(crate) started_at: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) ended_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error_summary: Option<String>,
     #[serde(skip_serializing_if = "Map::is_empty")]
     pub(crate) metadata: Map<String, Value>,
+    /// The totals, for a run sent whole (`runs/ingest`); `None` for `runs/start`.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub(crate) totals: Option<Totals>,
 }
 
 /// The status of a run.
@@ -45,6 +52,7 @@ pub(crate) struct Run {
 pub(crate) enum RunStatus {
     Running,
     Ok,
+    Error,
 }
 
 /// The status of a span.

@@ -138,6 +138,8 @@ async fn rmcp_client_session_becomes_one_run_with_exact_wire() {
         run["metadata"],
         json!({
             "transport": "streamable_http",
+            "era": "sessions",
+            "run_key_source": "session",
             "client_name": "wire-test",
             "client_version": "9.9.9",
             "requested_protocol_version": init["params"]["protocolVersion"],

@@ -14,6 +14,8 @@ pub(crate) enum IngestCall {
     Spans { run_id: Uuid, spans: Vec<Span> },
     /// `POST /api/sdk/runs/{run_id}/end` with the end record.
     End { run_id: Uuid, end: Box<End> },
+    /// `POST /api/sdk/runs/ingest` with a whole run and its spans in one call.
+    Ingest { run: Box<Run>, spans: Vec<Span> },
 }
 
 impl IngestCall {
@@ -24,6 +26,7 @@ impl IngestCall {
             Self::Start(_) => "/api/sdk/runs/start".to_owned(),
             Self::Spans { run_id, .. } => format!("/api/sdk/runs/{run_id}/spans"),
             Self::End { run_id, .. } => format!("/api/sdk/runs/{run_id}/end"),
+            Self::Ingest { .. } => "/api/sdk/runs/ingest".to_owned(),
         }
     }
 
@@ -33,13 +36,14 @@ impl IngestCall {
             Self::Start(run) => json!({ "run": run }),
             Self::Spans { spans, .. } => json!({ "spans": spans }),
             Self::End { end, .. } => serde_json::to_value(end).unwrap_or_default(),
+            Self::Ingest { run, spans } => json!({ "run": run, "spans": spans }),
         }
     }
 
     /// The run this call is about.
     pub(crate) fn run_id(&self) -> Uuid {
         match self {
-            Self::Start(run) => run.run_id,
+            Self::Start(run) | Self::Ingest { run, .. } => run.run_id,
             Self::Spans { run_id, .. } | Self::End { run_id, .. } => *run_id,
         }
     }

@@ -46,6 +46,18 @@ pub(crate) struct Request {
     pub(crate) client: Option<Implementation>,
     /// The version the client asks for (`params.protocolVersion` or `_meta`).
     pub(crate) protocol_version: Option<String>,
+    /// `params._meta`, where MCP 2026-07-28 puts the protocol version and
+    /// client identity and vendors put conversation ids.
+    pub(crate) meta: Option<Map<String, Value>>,
+}
+
+impl Request {
+    /// Whether the request carries its own protocol metadata (MCP 2026-07-28).
+    pub(crate) fn is_self_contained(&self) -> bool {
+        self.meta
+            .as_ref()
+            .is_some_and(|m| m.contains_key(META_PROTOCOL_VERSION))
+    }
 }
 
 /// How a JSON-RPC response ended.
@@ -153,12 +165,12 @@ pub(crate) fn parse_client_message(bytes: &[u8]) -> Option<ClientMessage> {
                 .name
                 .or(params.uri)
                 .and_then(|v| v.as_str().map(str::to_owned));
-            let meta = params.meta.as_ref();
+            let meta = params.meta;
             let client = params
                 .client_info
-                .or_else(|| meta_implementation(meta, META_CLIENT_INFO));
+                .or_else(|| meta_implementation(meta.as_ref(), META_CLIENT_INFO));
             let protocol_version = params.protocol_version.or_else(|| {
-                meta?
+                meta.as_ref()?
                     .get(META_PROTOCOL_VERSION)?
                     .as_str()
                     .map(str::to_owned)
@@ -169,6 +181,7 @@ pub(crate) fn parse_client_message(bytes: &[u8]) -> Option<ClientMessage> {
                 target,
                 client,
                 protocol_version,
+                meta,
             }))
         }
         (Some(method), None) => Some(ClientMessage::Notification { method }),

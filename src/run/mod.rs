@@ -1,7 +1,9 @@
 //! Runs: one per MCP session, opened, fed with spans and ended exactly once.
 
+mod key;
 mod sessions;
 
+pub(crate) use key::{KeySource, RunKey, RunKeyFn, client_identity, meta_conversation};
 pub(crate) use sessions::Sessions;
 
 use serde_json::{Map, Value};

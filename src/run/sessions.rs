@@ -61,8 +61,9 @@ impl Sessions {
         entry.run_id
     }
 
-    /// Queues the pending `start` of a session's run after `complete` had
-    /// its say on it (metadata learnt from the initialize result).
+    /// Queues the pending `start` of a run after `complete` had its say on
+    /// it (metadata learnt from the first response). Does nothing when the
+    /// start was already queued.
     pub(crate) fn complete_start(
         &self,
         session_id: &str,
@@ -79,36 +80,36 @@ impl Sessions {
         }
     }
 
-    /// The run of a known session, marked active; or, for a session this
-    /// process does not know, a new run made by `resume` and started at once.
-    pub(crate) fn run_for(
-        &self,
-        session_id: &str,
-        exporter: &Exporter,
-        resume: impl FnOnce() -> Run,
-    ) -> Uuid {
+    /// The run of a known key, marked active; or, for a key this process
+    /// does not know, a new run made by `open`, whose `start` waits like
+    /// [`open_pending`](Self::open_pending)'s. Returns the run id and whether
+    /// it was opened now.
+    pub(crate) fn run_for(&self, key: &str, open: impl FnOnce() -> Run) -> (Uuid, bool) {
         let now = Instant::now();
         let mut runs = self.lock();
-        if let Some(open) = runs.get_mut(session_id) {
-            open.last_seen = now;
-            open.last_activity = Timestamp::now();
-            return open.run_id;
+        if let Some(known) = runs.get_mut(key) {
+            known.last_seen = now;
+            known.last_activity = Timestamp::now();
+            return (known.run_id, false);
         }
-        let run = resume();
+        let run = open();
         let run_id = run.run_id;
-        let started_at = run.started_at;
-        exporter.send(IngestCall::Start(Box::new(run)));
         runs.insert(
-            session_id.into(),
+            key.into(),
             OpenRun {
                 run_id,
-                pending_start: None,
-                last_activity: started_at,
+                last_activity: run.started_at,
                 last_seen: now,
+                pending_start: Some(Box::new(run)),
                 totals: Totals::default(),
             },
         );
-        run_id
+        (run_id, true)
+    }
+
+    /// The run id of an open run.
+    pub(crate) fn run_id(&self, key: &str) -> Option<Uuid> {
+        self.lock().get(key).map(|open| open.run_id)
     }
 
     /// Whether the session has an open run.

@@ -1,0 +1,199 @@
+//! Counters of delivery: what was sent, retried and dropped, and why.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Why records were dropped instead of delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DropReason {
+    /// The queue was at its item or byte bound: the oldest records made room.
+    QueueFull,
+    /// The ingest API kept failing (5xx, 408, network) for the whole retry window.
+    GaveUp,
+    /// The ingest API answered 413 for a single record, or the record alone
+    /// is larger than the queue's byte bound.
+    TooLarge,
+    /// The ingest API refused the records with a 4xx other than 408, 413, 429.
+    Rejected,
+    /// Recorded after shutdown, or still queued when shutdown's time ran out.
+    Shutdown,
+}
+
+impl DropReason {
+    const ALL: [Self; 5] = [
+        Self::QueueFull,
+        Self::GaveUp,
+        Self::TooLarge,
+        Self::Rejected,
+        Self::Shutdown,
+    ];
+
+    /// The name used in logs.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::GaveUp => "gave_up",
+            Self::TooLarge => "too_large",
+            Self::Rejected => "rejected",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The live counters, shared by the request path and the worker.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    sent: AtomicU64,
+    retried: AtomicU64,
+    dropped: [AtomicU64; 5],
+    warned: [AtomicBool; 5],
+}
+
+impl Stats {
+    /// Counts `records` accepted by the ingest API.
+    pub(crate) fn sent(&self, records: usize) {
+        self.sent.fetch_add(records as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one call that will be tried again.
+    pub(crate) fn retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `records` dropped for `reason`; the first drop for each reason
+    /// is logged (with `detail`), later ones only counted.
+    pub(crate) fn dropped(&self, reason: DropReason, records: usize, detail: &str) {
+        if records == 0 {
+            return;
+        }
+        self.dropped[reason.index()].fetch_add(records as u64, Ordering::Relaxed);
+        if !self.warned[reason.index()].swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                %reason,
+                records,
+                detail,
+                "trodo: telemetry dropped; later drops for this reason are only counted \
+                 (see Trodo::delivery_counters)"
+            );
+        }
+    }
+
+    /// A snapshot, with the queue's current size.
+    pub(crate) fn snapshot(&self, queued_items: usize, queued_bytes: usize) -> DeliveryCounters {
+        let dropped = |reason: DropReason| self.dropped[reason.index()].load(Ordering::Relaxed);
+        let [queue_full, gave_up, too_large, rejected, shutdown] = DropReason::ALL.map(dropped);
+        DeliveryCounters {
+            sent: self.sent.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            failed: gave_up + too_large + rejected + shutdown,
+            dropped_queue_full: queue_full,
+            dropped_gave_up: gave_up,
+            dropped_too_large: too_large,
+            dropped_rejected: rejected,
+            dropped_shutdown: shutdown,
+            queued_items: queued_items as u64,
+            queued_bytes: queued_bytes as u64,
+        }
+    }
+}
+
+/// Counters of telemetry delivery, from
+/// [`Trodo::delivery_counters`](crate::Trodo::delivery_counters).
+///
+/// Counts are of *records*: a run's start, one span, a run's end. Every
+/// record handed to delivery is, at any moment, exactly one of: sent,
+/// queued (`queued_items`, including calls in flight), or dropped for one
+/// reason. Export them as metrics: a rising `dropped_*` means records did not
+/// reach Trodo; the first drop of each reason is also logged with `tracing`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeliveryCounters {
+    /// Records the ingest API accepted (or the console printed).
+    pub sent: u64,
+    /// Calls tried again: after a 5xx, 408, 429, 413 (split) or network error.
+    pub retried: u64,
+    /// Records given up on after they were queued: the sum of
+    /// `dropped_gave_up`, `dropped_too_large`, `dropped_rejected` and
+    /// `dropped_shutdown`.
+    pub failed: u64,
+    /// Records dropped because the queue was at its item or byte bound (the
+    /// oldest spans go first, see the [crate docs](crate)).
+    pub dropped_queue_full: u64,
+    /// Records dropped after the ingest API failed for 10 minutes.
+    pub dropped_gave_up: u64,
+    /// Records dropped as too large: a 413 for a single record, or a record
+    /// larger than the queue's byte bound.
+    pub dropped_too_large: u64,
+    /// Records the ingest API refused with a 4xx (other than 408, 413, 429).
+    pub dropped_rejected: u64,
+    /// Records made after shutdown, or still queued when its time ran out.
+    pub dropped_shutdown: u64,
+    /// Records waiting for delivery or in flight now.
+    pub queued_items: u64,
+    /// Serialized bytes of the records waiting for delivery or in flight now.
+    pub queued_bytes: u64,
+}
+
+impl DeliveryCounters {
+    /// Every record dropped, whatever the reason.
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.failed + self.dropped_queue_full
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_sums_drops_by_reason() {
+        let stats = Stats::default();
+        stats.sent(5);
+        stats.retried();
+        stats.dropped(DropReason::QueueFull, 3, "");
+        stats.dropped(DropReason::GaveUp, 1, "HTTP 503");
+        stats.dropped(DropReason::TooLarge, 2, "HTTP 413");
+        stats.dropped(DropReason::Rejected, 4, "HTTP 400");
+        stats.dropped(DropReason::Shutdown, 8, "");
+        let c = stats.snapshot(7, 700);
+        assert_eq!((c.sent, c.retried), (5, 1));
+        assert_eq!(
+            (
+                c.dropped_queue_full,
+                c.dropped_gave_up,
+                c.dropped_too_large,
+                c.dropped_rejected,
+                c.dropped_shutdown
+            ),
+            (3, 1, 2, 4, 8)
+        );
+        assert_eq!(c.failed, 15);
+        assert_eq!(c.dropped(), 18);
+        assert_eq!((c.queued_items, c.queued_bytes), (7, 700));
+    }
+
+    #[test]
+    fn each_reason_warns_once() {
+        let stats = Stats::default();
+        stats.dropped(DropReason::Rejected, 1, "HTTP 400");
+        stats.dropped(DropReason::Rejected, 1, "HTTP 400");
+        stats.dropped(DropReason::QueueFull, 0, "");
+        let warned: Vec<bool> = stats
+            .warned
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(warned, [false, false, false, true, false]);
+    }
+}

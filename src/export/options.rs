@@ -1,0 +1,57 @@
+//! The limits and timings of delivery, with their defaults.
+
+use std::time::Duration;
+
+use super::retry::Backoff;
+
+/// Most records (run starts, spans, run ends) held for delivery.
+pub(crate) const DEFAULT_MAX_QUEUE_ITEMS: usize = 10_000;
+/// Most bytes of serialized records held for delivery: 64 MiB.
+pub(crate) const DEFAULT_MAX_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// How delivery behaves. Built from the [`TrodoConfig`](crate::TrodoConfig)
+/// queue settings; tests shorten the timings.
+#[derive(Debug, Clone)]
+pub(crate) struct DeliveryOptions {
+    /// Most records queued or in flight; past it the oldest are dropped.
+    pub(crate) max_queue_items: usize,
+    /// Most serialized bytes queued or in flight; past it the oldest are dropped.
+    pub(crate) max_queue_bytes: usize,
+    /// Most spans in one `runs/{id}/spans` call.
+    pub(crate) max_batch_items: usize,
+    /// Most serialized span bytes in one call (a larger single span goes alone).
+    pub(crate) max_batch_bytes: usize,
+    /// Records wait at most this long before they are sent...
+    pub(crate) flush_interval: Duration,
+    /// ...or until this many wait.
+    pub(crate) flush_items: usize,
+    /// How long one HTTP call may take before it counts as a network error.
+    pub(crate) request_timeout: Duration,
+    /// Most calls in flight at once (never two of the same run).
+    pub(crate) max_in_flight: usize,
+    /// Waits between tries of a call that failed transiently.
+    pub(crate) backoff: Backoff,
+    /// Longest pause a 429's `Retry-After` can impose.
+    pub(crate) max_throttle: Duration,
+    /// How long the worker keeps delivering once every handle on it is gone
+    /// without a [`shutdown`](super::Exporter::shutdown).
+    pub(crate) drain_on_drop: Duration,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        Self {
+            max_queue_items: DEFAULT_MAX_QUEUE_ITEMS,
+            max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
+            max_batch_items: 50,
+            max_batch_bytes: 1024 * 1024,
+            flush_interval: Duration::from_secs(1),
+            flush_items: 50,
+            request_timeout: Duration::from_secs(10),
+            max_in_flight: 4,
+            backoff: Backoff::default(),
+            max_throttle: Duration::from_secs(60),
+            drain_on_drop: Duration::from_secs(5),
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Run keys: what groups requests into one run.
+//!
+//! Sessions of the Streamable HTTP transport (2025-03-26 .. 2025-11-25) are
+//! keyed by their `Mcp-Session-Id`. Traffic without sessions (MCP
+//! 2026-07-28, stateless servers, clients that open a session per call) is
+//! keyed by the first link of a chain that gives one: a key the application
+//! derives from the request, a vendor conversation id in `params._meta`, or
+//! the client's identity; an idle gap closes such a run.
+
+use serde_json::Value;
+use std::fmt;
+use std::sync::Arc;
+
+/// What groups requests into one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RunKey {
+    /// An MCP session id.
+    Session(String),
+    /// A key resolved for traffic without sessions.
+    Resolved { key: String, source: KeySource },
+}
+
+/// Where a resolved key came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeySource {
+    /// The application's resolver ([`TrodoConfig::with_run_key`](crate::TrodoConfig::with_run_key)).
+    App,
+    /// A conversation id in `params._meta` under this key.
+    Meta(String),
+    /// The client's identity: its `clientInfo` and the caller's address or user agent.
+    Client,
+}
+
+impl RunKey {
+    /// The key in the session table. Resolved keys start with a space, which
+    /// no session id can contain (they are visible ASCII), so the two never collide.
+    pub(crate) fn table_key(&self) -> String {
+        match self {
+            Self::Session(id) => id.clone(),
+            Self::Resolved { key, .. } => format!(" {key}"),
+        }
+    }
+
+    /// The run's `conversation_id`.
+    pub(crate) fn conversation_id(&self) -> &str {
+        match self {
+            Self::Session(id) | Self::Resolved { key: id, .. } => id,
+        }
+    }
+
+    /// How the key was found, for the run's metadata.
+    pub(crate) fn source(&self) -> String {
+        match self {
+            Self::Session(_) => "session".to_owned(),
+            Self::Resolved { source, .. } => source.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::App => f.write_str("app"),
+            Self::Meta(key) => write!(f, "meta:{key}"),
+            Self::Client => f.write_str("client"),
+        }
+    }
+}
+
+/// A conversation id under one of `keys` in `params._meta` (a string or a number).
+pub(crate) fn meta_conversation(
+    meta: Option<&serde_json::Map<String, Value>>,
+    keys: &[String],
+) -> Option<(String, String)> {
+    let meta = meta?;
+    keys.iter().find_map(|key| {
+        let id = match meta.get(key)? {
+            Value::String(s) if !s.is_empty() => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => return None,
+        };
+        Some((key.clone(), id))
+    })
+}
+
+/// The client identity key: `name/version@caller`, or `@caller` without a
+/// `clientInfo`; `None` when neither is known.
+pub(crate) fn client_identity(
+    client: Option<(&str, Option<&str>)>,
+    caller: Option<&str>,
+) -> Option<String> {
+    match (client, caller) {
+        (None, None) => None,
+        (client, caller) => {
+            let mut key = String::new();
+            if let Some((name, version)) = client {
+                key.push_str(name);
+                if let Some(version) = version {
+                    key.push('/');
+                    key.push_str(version);
+                }
+            }
+            if let Some(caller) = caller {
+                key.push('@');
+                key.push_str(caller);
+            }
+            Some(key)
+        }
+    }
+}
+
+/// An application's run key resolver over the request head.
+#[derive(Clone)]
+pub(crate) struct RunKeyFn(
+    pub(crate) Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>,
+);
+
+impl fmt::Debug for RunKeyFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RunKeyFn(<fn>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn resolved_keys_never_collide_with_session_ids() {
+        let session = RunKey::Session("abc".into());
+        let resolved = RunKey::Resolved {
+            key: "abc".into(),
+            source: KeySource::App,
+        };
+        assert_ne!(session.table_key(), resolved.table_key());
+        assert_eq!(resolved.conversation_id(), "abc");
+        assert_eq!(resolved.source(), "app");
+    }
+
+    #[test]
+    fn meta_conversation_takes_the_first_key_present() {
+        let meta = json!({"openai/session": "conv-1", "x/id": 7});
+        let keys = [
+            "missing".to_owned(),
+            "x/id".to_owned(),
+            "openai/session".to_owned(),
+        ];
+        assert_eq!(
+            meta_conversation(meta.as_object(), &keys),
+            Some(("x/id".into(), "7".into()))
+        );
+        assert_eq!(
+            meta_conversation(meta.as_object(), &["nope".to_owned()]),
+            None
+        );
+    }
+
+    #[test]
+    fn client_identity_keys() {
+        assert_eq!(
+            client_identity(Some(("mcp", Some("0.1.0"))), Some("10.0.0.1")).as_deref(),
+            Some("mcp/0.1.0@10.0.0.1")
+        );
+        assert_eq!(
+            client_identity(None, Some("10.0.0.1")).as_deref(),
+            Some("@10.0.0.1")
+        );
+        assert_eq!(
+            client_identity(Some(("c", None)), None).as_deref(),
+            Some("c")
+        );
+        assert_eq!(client_identity(None, None), None);
+    }
+}

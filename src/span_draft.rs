@@ -1,0 +1,188 @@
+//! A span known from its request, finished when its response is known, and
+//! where it then goes: into its session's run, or into a run of its own.
+
+use serde_json::{Map, Value};
+use std::time::Instant;
+use uuid::Uuid;
+
+use crate::capture::truncate_chars;
+use crate::export::IngestCall;
+use crate::mcp::envelope::Response;
+use crate::span_kind::SpanKind;
+use crate::state::Shared;
+use crate::wire::{MAX_ERROR_CHARS, Run, RunStatus, Span, SpanStatus, Timestamp, Totals};
+
+/// Where a finished span goes.
+#[derive(Debug)]
+pub(crate) enum Destination {
+    /// Into the open run under `key` in the session table; `opened` when
+    /// this request opened it (its `start` is still pending).
+    Run {
+        key: String,
+        run_id: Uuid,
+        opened: bool,
+    },
+    /// A run of its own, sent whole with `runs/ingest`.
+    OwnRun(Box<Run>),
+}
+
+/// A span known from the request, waiting for its response.
+#[derive(Debug)]
+pub(crate) struct SpanDraft {
+    pub(crate) name: String,
+    pub(crate) kind: SpanKind,
+    pub(crate) tool_name: Option<String>,
+    /// The JSON-RPC id whose response ends the span (`None`: not JSON-RPC).
+    pub(crate) request_id: Option<Value>,
+    pub(crate) started_at: Timestamp,
+    pub(crate) started: Instant,
+    pub(crate) input: Option<String>,
+    pub(crate) attributes: Map<String, Value>,
+    /// `(error_type, error_message)` known from the request alone, used when
+    /// the response gives no JSON-RPC outcome.
+    pub(crate) preset_error: Option<(String, String)>,
+}
+
+/// How a span ended: its output and, if it failed, why.
+#[derive(Debug)]
+pub(crate) struct Ending {
+    pub(crate) output: Option<String>,
+    pub(crate) output_truncated: bool,
+    pub(crate) bytes_out: u64,
+    /// `(error_type, error_message, JSON-RPC code)`.
+    pub(crate) error: Option<(String, String, Option<i64>)>,
+    /// The JSON-RPC response, for the server identity it may carry.
+    pub(crate) response: Option<Response>,
+}
+
+impl SpanDraft {
+    /// Finishes the span as failed, with no output.
+    pub(crate) fn fail(
+        self,
+        shared: &Shared,
+        destination: Destination,
+        error_type: &str,
+        message: &str,
+    ) {
+        let ending = Ending {
+            output: None,
+            output_truncated: false,
+            bytes_out: 0,
+            error: Some((error_type.to_owned(), message.to_owned(), None)),
+            response: None,
+        };
+        self.finish(shared, destination, ending);
+    }
+
+    /// Finishes the span and hands it on to its run.
+    pub(crate) fn finish(mut self, shared: &Shared, destination: Destination, ending: Ending) {
+        let ended_at = Timestamp::now();
+        self.attributes.insert(
+            "http.response.body.size".to_owned(),
+            Value::from(ending.bytes_out),
+        );
+        self.attributes.insert(
+            "output_truncated".to_owned(),
+            Value::Bool(ending.output_truncated),
+        );
+        let (status, error_type, error_message) = match ending.error {
+            Some((kind, message, code)) => {
+                if let Some(code) = code {
+                    self.attributes
+                        .insert("jsonrpc.error.code".to_owned(), Value::from(code));
+                }
+                let message = truncate_chars(&message, MAX_ERROR_CHARS).0.to_owned();
+                (SpanStatus::Error, Some(kind), Some(message))
+            }
+            None => (SpanStatus::Ok, None, None),
+        };
+        let run_id = match &destination {
+            Destination::Run { run_id, .. } => *run_id,
+            Destination::OwnRun(run) => run.run_id,
+        };
+        let span = Span {
+            span_id: Uuid::new_v4(),
+            run_id,
+            parent_span_id: None,
+            kind: self.kind,
+            name: self.name,
+            status,
+            started_at: self.started_at,
+            ended_at,
+            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            input: self.input,
+            output: ending.output,
+            error_type,
+            error_message,
+            model: None,
+            provider: None,
+            input_tokens: None,
+            output_tokens: None,
+            cost: None,
+            temperature: None,
+            tool_name: self.tool_name,
+            attributes: self.attributes,
+        };
+        let response = ending.response.as_ref();
+        match destination {
+            Destination::Run {
+                key,
+                run_id,
+                opened,
+            } => {
+                if opened {
+                    shared
+                        .sessions
+                        .complete_start(&key, run_id, &shared.exporter, |run| {
+                            note_server(run, response)
+                        });
+                }
+                if !shared.sessions.record_span(&key, span, &shared.exporter) {
+                    tracing::debug!("trodo: span after its run ended, dropped");
+                }
+            }
+            Destination::OwnRun(mut run) => {
+                note_server(&mut run, response);
+                send_own_run(shared, *run, span);
+            }
+        }
+    }
+}
+
+/// Records what a response says of the server in a run's metadata:
+/// `protocol_version` (the negotiated one), `server_name`, `server_version`.
+pub(crate) fn note_server(run: &mut Run, response: Option<&Response>) {
+    let Some(response) = response else { return };
+    if let Some(version) = &response.protocol_version {
+        run.metadata
+            .insert("protocol_version".to_owned(), Value::from(version.as_str()));
+    }
+    if let Some(server) = &response.server {
+        run.metadata
+            .insert("server_name".to_owned(), Value::from(server.name.as_str()));
+        if let Some(version) = &server.version {
+            run.metadata
+                .insert("server_version".to_owned(), Value::from(version.as_str()));
+        }
+    }
+}
+
+/// Sends a one-request run whole: the run ends with its only span.
+fn send_own_run(shared: &Shared, mut run: Run, span: Span) {
+    let mut totals = Totals::default();
+    totals.add(&span);
+    run.status = match span.status {
+        SpanStatus::Ok => RunStatus::Ok,
+        SpanStatus::Error => RunStatus::Error,
+    };
+    run.ended_at = Some(span.ended_at);
+    run.duration_ms = Some(span.duration_ms);
+    run.input.clone_from(&span.input);
+    run.output.clone_from(&span.output);
+    run.error_summary.clone_from(&span.error_message);
+    run.totals = Some(totals);
+    shared.exporter.send(IngestCall::Ingest {
+        run: Box::new(run),
+        spans: vec![span],
+    });
+}
