@@ -45,6 +45,11 @@
 //!   `server_shutdown` ([`Trodo::shutdown`]).
 //! - A session this process does not know (after a restart, or on another
 //!   worker) opens its run on the fly with `metadata.resumed: true`.
+//! - Requests without a session (MCP 2026-07-28, stateless servers) are
+//!   grouped into runs by the first key that resolves: the application's
+//!   ([`TrodoConfig::with_run_key`]), a vendor conversation id in
+//!   `params._meta`, or the client's identity; an idle gap ends such a run.
+//!   See [`Sessionless`].
 //!
 //! The client receives byte for byte what the inner service sent, as it was
 //! sent; delivery runs in a background task, so no request waits on the

@@ -1,0 +1,396 @@
+//! Runs for clients without sessions: MCP 2026-07-28 (rmcp in discover mode,
+//! the captured Python `mcp.Client` traffic), per-request runs, the key
+//! chain (application key, vendor conversation id, client identity) and
+//! per-call-session grouping.
+
+mod common;
+
+use axum::Router;
+use common::*;
+use rmcp::model::{
+    CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation, ProtocolVersion,
+};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+use rmcp::transport::StreamableHttpClientTransport;
+use serde_json::{Value, json};
+use trodo_tower::{Sessionless, TrodoConfig, TrodoLayer};
+
+const SHORT_IDLE: std::time::Duration = std::time::Duration::from_millis(300);
+
+async fn layered(config: TrodoConfig, stateless: bool) -> std::net::SocketAddr {
+    let service = if stateless {
+        mcp_stateless_json(DemoTools::new())
+    } else {
+        mcp(DemoTools::new(), session_manager(None))
+    };
+    serve(
+        Router::new()
+            .nest_service("/mcp", service)
+            .layer(TrodoLayer::new(config)),
+    )
+    .await
+}
+
+async fn discover_client(
+    url: String,
+    name: &str,
+) -> rmcp::service::RunningService<rmcp::RoleClient, ClientConfig> {
+    let transport = StreamableHttpClientTransport::from_uri(url);
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+    };
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new(name, "2.0.0"),
+    )
+    .serve_with_lifecycle(transport, lifecycle)
+    .await
+    .unwrap()
+}
+
+fn args(v: Value) -> serde_json::Map<String, Value> {
+    v.as_object().cloned().unwrap()
+}
+
+async fn discover_session_is_one_run(stateless: bool) {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config(&ingest).with_idle_timeout(SHORT_IDLE).unwrap();
+    let addr = layered(config, stateless).await;
+    let client = discover_client(format!("http://{addr}/mcp"), "discoverer").await;
+    client.list_tools(Default::default()).await.unwrap();
+    let sum = client
+        .call_tool(CallToolRequestParams::new("add").with_arguments(args(json!({"a": 3, "b": 4}))))
+        .await
+        .unwrap();
+    assert_eq!(sum.is_error, Some(false));
+    client
+        .call_tool(CallToolRequestParams::new("fail"))
+        .await
+        .unwrap();
+    drop(client); // no DELETE in 2026-07-28: the idle gap ends the run
+
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1, "one run for the whole conversation");
+    let run = &starts[0];
+    // rmcp's client sends no user agent and the test server has no ConnectInfo:
+    // the identity is the clientInfo alone.
+    assert_eq!(run["conversation_id"], "discoverer/2.0.0");
+    assert_eq!(run["metadata"]["era"], "2026-07-28");
+    assert_eq!(run["metadata"]["run_key_source"], "client");
+    assert_eq!(run["metadata"]["client_name"], "discoverer");
+    assert_eq!(run["metadata"]["protocol_version"], "2026-07-28");
+    assert_eq!(
+        run["metadata"]["server_name"], "trodo-demo",
+        "from the first result's _meta"
+    );
+    let run_id = run["run_id"].as_str().unwrap();
+    let spans = spans_of(&ingest, run_id);
+    let names: Vec<&str> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "mcp.server/discover",
+            "mcp.tools/list",
+            "tool.add",
+            "tool.fail"
+        ]
+    );
+    for span in &spans {
+        assert_eq!(span["attributes"]["mcp.protocol.version"], "2026-07-28");
+        assert_eq!(span["attributes"]["mcp.client.name"], "discoverer");
+    }
+    assert_eq!(
+        json_of(&spans[2]["output"])["result"]["content"][0]["text"],
+        "7"
+    );
+    assert_eq!(spans[3]["error_type"], "tool_error");
+    let (end_run, end) = &ingest.ends()[0];
+    assert_eq!(end_run, run_id);
+    assert_eq!(end["metadata"]["closed_via"], "idle_timeout");
+    assert_eq!(
+        (end["span_count"].as_u64(), end["error_count"].as_u64()),
+        (Some(4), Some(1))
+    );
+    assert_eq!(end["ended_at"], spans[3]["ended_at"]);
+}
+
+#[tokio::test]
+async fn rmcp_discover_client_against_a_legacy_server_is_one_run() {
+    discover_session_is_one_run(false).await;
+}
+
+#[tokio::test]
+async fn rmcp_discover_client_against_a_stateless_server_is_one_run() {
+    discover_session_is_one_run(true).await;
+}
+
+/// The client requests of a wire capture: (headers, body), in order.
+fn captured_requests(capture: &str) -> Vec<(Vec<(String, String)>, String)> {
+    let marker = regex_lite_split(capture);
+    let mut requests = Vec::new();
+    let mut pending = String::new();
+    for (direction, content) in marker {
+        if direction == "C->S" {
+            pending.push_str(&content);
+        } else if !pending.is_empty() {
+            let (head, body) = pending.split_once("\r\n\r\n").unwrap();
+            let headers = head
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_once(": "))
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
+                .collect();
+            requests.push((headers, body.to_owned()));
+            pending.clear();
+        }
+    }
+    requests
+}
+
+/// Splits a capture into (direction, raw content) blocks.
+fn regex_lite_split(capture: &str) -> Vec<(String, String)> {
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for piece in capture.split("\n----- ").skip(1) {
+        let (marker, content) = piece.split_once(" -----\n").unwrap();
+        let direction = marker.split(' ').next().unwrap().to_owned();
+        blocks.push((direction, content.to_owned()));
+    }
+    blocks
+}
+
+#[tokio::test]
+async fn captured_python_client_traffic_is_one_run() {
+    let capture = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/fixtures/wire/py_high_auto.http.txt"
+    ))
+    .unwrap();
+    let requests = captured_requests(&capture);
+    assert_eq!(requests.len(), 3, "server/discover, tools/list, tools/call");
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let addr = layered(
+        config(&ingest).with_idle_timeout(SHORT_IDLE).unwrap(),
+        false,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for (headers, body) in &requests {
+        let mut request = http.post(format!("http://{addr}/mcp"));
+        for (name, value) in headers {
+            if !matches!(name.as_str(), "host" | "content-length" | "connection") {
+                request = request.header(name, value);
+            }
+        }
+        let answer = read(request.body(body.clone()).send().await.unwrap()).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1);
+    assert_eq!(
+        starts[0]["conversation_id"],
+        "mcp/0.1.0@python-httpx2/2.16.2"
+    );
+    let spans: Vec<String> = ingest
+        .spans()
+        .iter()
+        .map(|(_, s)| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    // The captured server had a `sum` tool; the demo server has none, so the
+    // replayed call is a caller error, recorded as such.
+    assert_eq!(spans, ["mcp.server/discover", "mcp.tools/list", "tool.sum"]);
+    assert_eq!(ingest.spans()[2].1["error_type"], "caller_error");
+    assert_eq!(ingest.ends()[0].1["span_count"], 3);
+}
+
+#[tokio::test]
+async fn run_per_request_sends_each_request_whole() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config(&ingest).with_sessionless(Sessionless::RunPerRequest);
+    let addr = layered(config, true).await;
+    let client = RawClient::new(addr);
+    client.call_tool(1, "echo", json!({"text": "one"})).await;
+    client.call_tool(2, "fail", json!({})).await;
+    ingest.wait_until(WAIT, |r| r.len() == 2).await.unwrap();
+    let received = ingest.received();
+    assert!(
+        received.iter().all(|r| r.path == "/api/sdk/runs/ingest"),
+        "no start, spans or end calls"
+    );
+    let (ok, failed) = (&received[0].body, &received[1].body);
+    assert_eq!(ok["spans"].as_array().unwrap().len(), 1);
+    let span = &ok["spans"][0];
+    assert_eq!(span["run_id"], ok["run"]["run_id"]);
+    assert_eq!(span["name"], "tool.echo");
+    let run = &ok["run"];
+    assert_eq!(run["status"], "ok");
+    assert_eq!(run["input"], span["input"]);
+    assert_eq!(run["output"], span["output"]);
+    assert_eq!(run["ended_at"], span["ended_at"]);
+    assert_eq!(run["duration_ms"], span["duration_ms"]);
+    assert_eq!(
+        (
+            run["span_count"].as_u64(),
+            run["tool_count"].as_u64(),
+            run["error_count"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0))
+    );
+    assert!(run.get("conversation_id").is_none());
+    assert_eq!(run["metadata"]["era"], "stateless");
+    assert_eq!(failed["run"]["status"], "error");
+    assert_eq!(failed["run"]["error_summary"], "this tool always fails");
+    assert_eq!(failed["run"]["error_count"], 1);
+}
+
+#[tokio::test]
+async fn the_application_key_comes_first_then_the_vendor_conversation_id() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config(&ingest)
+        .with_idle_timeout(SHORT_IDLE)
+        .unwrap()
+        .with_run_key(|parts| {
+            let user = parts.headers.get("x-user")?.to_str().ok()?;
+            Some(format!("user:{user}"))
+        });
+    let addr = layered(config, true).await;
+    let client = RawClient::new(addr);
+    let meta = |conversation: &str| {
+        json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+               "io.modelcontextprotocol/clientInfo": {"name": "chatgpt", "version": "1"},
+               "io.modelcontextprotocol/clientCapabilities": {},
+               "openai/session": conversation})
+    };
+    let call = |id: i64, conversation: &str, user: Option<&str>| {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": id.to_string()}, "_meta": meta(conversation)}});
+        let mut request = client
+            .post(body.to_string())
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "echo");
+        if let Some(user) = user {
+            request = request.header("x-user", user);
+        }
+        request.send()
+    };
+    for (id, conversation, user) in [
+        (1, "c-1", None),
+        (2, "c-2", None),
+        (3, "c-1", None),
+        (4, "c-2", Some("ann")),
+        (5, "c-1", Some("ann")),
+    ] {
+        let answer = read(call(id, conversation, user).await.unwrap()).await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    ingest
+        .wait_until(WAIT, |r| {
+            r.iter().filter(|r| r.path.ends_with("/end")).count() == 3
+        })
+        .await
+        .unwrap();
+    let mut runs: Vec<(String, String, Vec<String>)> = ingest
+        .starts()
+        .iter()
+        .map(|run| {
+            let inputs = spans_of(&ingest, run["run_id"].as_str().unwrap())
+                .iter()
+                .map(|s| json_of(&s["input"])["id"].to_string())
+                .collect();
+            let key = run["conversation_id"].as_str().unwrap().to_owned();
+            (
+                key,
+                run["metadata"]["run_key_source"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                inputs,
+            )
+        })
+        .collect();
+    runs.sort();
+    assert_eq!(
+        runs,
+        [
+            (
+                "c-1".to_owned(),
+                "meta:openai/session".to_owned(),
+                vec!["1".to_owned(), "3".to_owned()]
+            ),
+            (
+                "c-2".to_owned(),
+                "meta:openai/session".to_owned(),
+                vec!["2".to_owned()]
+            ),
+            (
+                "user:ann".to_owned(),
+                "app".to_owned(),
+                vec!["4".to_owned(), "5".to_owned()]
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn per_call_sessions_are_grouped_when_configured() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config(&ingest)
+        .with_idle_timeout(SHORT_IDLE)
+        .unwrap()
+        .with_session_grouping(true)
+        .with_run_key(|parts| Some(parts.headers.get("user-agent")?.to_str().ok()?.to_owned()));
+    let addr = layered(config, false).await;
+    // A client that opens a new session for every call and never deletes it.
+    let mut sessions = Vec::new();
+    for call in 0..3 {
+        let mut client = RawClient::new(addr);
+        client.http = reqwest::Client::builder()
+            .user_agent("per-call-client/1")
+            .build()
+            .unwrap();
+        client.initialize("per-call").await;
+        client.call_tool(1, "add", json!({"a": call, "b": 0})).await;
+        sessions.push(client.session.unwrap());
+    }
+    assert_eq!(
+        sessions
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3
+    );
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1, "three sessions, one run");
+    assert_eq!(starts[0]["conversation_id"], "per-call-client/1");
+    let names: Vec<String> = ingest
+        .spans()
+        .iter()
+        .map(|(_, s)| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "mcp.initialize",
+            "tool.add",
+            "mcp.initialize",
+            "tool.add",
+            "mcp.initialize",
+            "tool.add"
+        ]
+    );
+    assert_eq!(ingest.ends()[0].1["closed_via"], Value::Null);
+    assert_eq!(ingest.ends()[0].1["metadata"]["closed_via"], "idle_timeout");
+}
