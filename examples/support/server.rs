@@ -90,6 +90,9 @@ pub async fn serve(
         sessions.cancel();
         let _ = signalled_tx.send(());
     };
+    // The peer address lets the layer tell apart sessionless clients on
+    // different hosts (the client identity key); see the README.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(signal)
         .into_future();
