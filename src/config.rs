@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::export::{DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS};
 use crate::run::RunKeyFn;
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
@@ -76,6 +77,12 @@ pub(crate) struct Settings {
     pub(crate) conversation_meta_keys: Vec<String>,
     pub(crate) sessionless: Sessionless,
     pub(crate) group_sessions: bool,
+    /// Most records the delivery queue holds.
+    pub(crate) max_queue_items: usize,
+    /// Most serialized bytes the delivery queue holds.
+    pub(crate) max_queue_bytes: usize,
+    /// The application's client for the ingest API, if it gave one.
+    pub(crate) http_client: Option<reqwest::Client>,
 }
 
 /// What the layer does with MCP requests that belong to no session (MCP
@@ -116,6 +123,9 @@ impl Default for TrodoConfig {
                     .collect(),
                 sessionless: Sessionless::Group,
                 group_sessions: false,
+                max_queue_items: DEFAULT_MAX_QUEUE_ITEMS,
+                max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
+                http_client: None,
             },
             state: Arc::default(),
         }
@@ -343,6 +353,45 @@ impl TrodoConfig {
         self.edit(|s| s.enabled = enabled)
     }
 
+    /// Sets the most records (run starts, spans, run ends) waiting for
+    /// delivery or in flight. When a new record does not fit, the oldest
+    /// queued spans are dropped and counted in
+    /// [`DeliveryCounters::dropped_queue_full`](crate::DeliveryCounters::dropped_queue_full);
+    /// requests never wait. Defaults to 10,000.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for `max_queue_items` when it is zero.
+    pub fn with_max_queue_items(self, items: usize) -> Result<Self, ConfigError> {
+        if items == 0 {
+            return Err(ConfigError::new("max_queue_items", "0", EXPECTED_COUNT));
+        }
+        Ok(self.edit(|s| s.max_queue_items = items))
+    }
+
+    /// Sets the most bytes of records (measured as the JSON sent) waiting
+    /// for delivery or in flight; past it the oldest queued spans are
+    /// dropped as with [`with_max_queue_items`](Self::with_max_queue_items).
+    /// A single record larger than this is dropped as too large.
+    /// Defaults to 64 MiB.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for `max_queue_bytes` when it is zero.
+    pub fn with_max_queue_bytes(self, bytes: usize) -> Result<Self, ConfigError> {
+        if bytes == 0 {
+            return Err(ConfigError::new("max_queue_bytes", "0", EXPECTED_COUNT));
+        }
+        Ok(self.edit(|s| s.max_queue_bytes = bytes))
+    }
+
+    /// Sends to the ingest API through your `reqwest` client: its TLS
+    /// settings, proxies, default headers and connection pool apply. Each
+    /// call is still bounded by the layer's own 10 s timeout. Defaults to a
+    /// client of the layer's own (TLS through rustls).
+    #[must_use]
+    pub fn with_http_client(self, client: reqwest::Client) -> Self {
+        self.edit(|s| s.http_client = Some(client))
+    }
+
     /// The site id, if runs are sent to the ingest API (else they are printed).
     #[must_use]
     pub fn site_id(&self) -> Option<&str> {
@@ -373,6 +422,7 @@ const EXPECTED_URL: &str = "an http:// or https:// URL";
 const EXPECTED_NAME: &str = "a non-empty name";
 const EXPECTED_SECONDS: &str = "a whole number of seconds greater than zero";
 const EXPECTED_BOOL: &str = "true or false";
+const EXPECTED_COUNT: &str = "a number greater than zero";
 
 #[cfg(test)]
 mod tests {
@@ -451,6 +501,25 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn queue_bounds_must_be_positive() {
+        let c = TrodoConfig::new().settings;
+        assert_eq!((c.max_queue_items, c.max_queue_bytes), (10_000, 64 << 20));
+        let c = TrodoConfig::new()
+            .with_max_queue_items(5)
+            .unwrap()
+            .with_max_queue_bytes(4096)
+            .unwrap()
+            .with_http_client(reqwest::Client::new())
+            .settings;
+        assert_eq!((c.max_queue_items, c.max_queue_bytes), (5, 4096));
+        assert!(c.http_client.is_some());
+        let items = TrodoConfig::new().with_max_queue_items(0).unwrap_err();
+        assert_eq!((items.setting(), items.value()), ("max_queue_items", "0"));
+        let bytes = TrodoConfig::new().with_max_queue_bytes(0).unwrap_err();
+        assert_eq!((bytes.setting(), bytes.value()), ("max_queue_bytes", "0"));
     }
 
     #[test]

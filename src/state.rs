@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::{Settings, TrodoConfig};
-use crate::export::{ConsoleSink, Exporter, HttpSink, Sink, Worker};
+use crate::export::{ConsoleSink, DeliveryOptions, Exporter, HttpSink, Sink, Worker};
 use crate::run::{ClosedVia, Sessions};
 
 /// Most distinct MCP endpoint paths remembered (a scanner must not grow the list).
@@ -46,10 +46,19 @@ impl Shared {
 
     fn new(settings: Settings) -> Self {
         let sink = match &settings.site_id {
-            Some(site_id) => Sink::Http(HttpSink::new(settings.api_base.clone(), site_id.clone())),
+            Some(site_id) => Sink::Http(HttpSink::new(
+                settings.api_base.clone(),
+                site_id.clone(),
+                settings.http_client.clone(),
+            )),
             None => Sink::Console(ConsoleSink),
         };
-        let (exporter, worker) = Exporter::new(sink);
+        let delivery = DeliveryOptions {
+            max_queue_items: settings.max_queue_items,
+            max_queue_bytes: settings.max_queue_bytes,
+            ..DeliveryOptions::default()
+        };
+        let (exporter, worker) = Exporter::new(sink, delivery);
         Self {
             settings,
             sessions: Sessions::default(),
@@ -185,22 +194,29 @@ impl fmt::Debug for Trodo {
 }
 
 impl Trodo {
-    /// Waits until everything recorded so far has been handed to the ingest
-    /// API (or the console), at most `timeout`. Returns `false` on timeout.
+    /// Sends everything recorded so far without waiting for the one-second
+    /// batching interval, and waits until each record is delivered to the
+    /// ingest API (or printed), or dropped, at most `timeout`. Returns `false`
+    /// on timeout: records still waiting (e.g. for an ingest API that is down)
+    /// keep their place and their retries.
     pub async fn flush(&self, timeout: Duration) -> bool {
         self.shared.exporter.flush(timeout).await
     }
 
     /// Graceful shutdown: ends every run this process holds open with
     /// `closed_via: "server_shutdown"`, then delivers what is queued, at most
-    /// `timeout`. Returns `false` if delivery did not finish in time. A second
-    /// call does nothing and returns `true`. Requests after shutdown are still
-    /// served; their telemetry is dropped.
+    /// `timeout` (plus up to 100 ms to abandon calls in flight), and stops
+    /// the delivery task. Returns `false` if delivery did not finish in time;
+    /// what was left is counted in
+    /// [`DeliveryCounters::dropped_shutdown`](crate::DeliveryCounters::dropped_shutdown).
+    /// A second call does nothing and returns `true`. Requests after shutdown
+    /// are still served; their telemetry is dropped (and counted the same way).
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         self.shared.shutdown(timeout).await
     }
 
-    /// The delivery counters so far.
+    /// The delivery counters so far: records sent, calls retried, records
+    /// dropped by reason, and what is queued now. Cheap; export them as metrics.
     #[must_use]
     pub fn delivery_counters(&self) -> crate::DeliveryCounters {
         self.shared.exporter.counters()

@@ -5,8 +5,8 @@ use uuid::Uuid;
 use super::item::{Item, ItemKind, Seq};
 use super::retry::RetryState;
 
-/// Records taken from the front of one run's queue for one call: a start
-/// alone, an end alone, or consecutive spans.
+/// Records taken from the front of one run's queue for one call: a start,
+/// an end or a one-shot run alone, or consecutive spans.
 #[derive(Debug)]
 pub(crate) struct Batch {
     pub(crate) run_id: Uuid,
@@ -44,6 +44,7 @@ impl Batch {
             ItemKind::Start => "/api/sdk/runs/start".to_owned(),
             ItemKind::Span => format!("/api/sdk/runs/{run_id}/spans"),
             ItemKind::End => format!("/api/sdk/runs/{run_id}/end"),
+            ItemKind::Ingest => "/api/sdk/runs/ingest".to_owned(),
         }
     }
 
@@ -52,7 +53,7 @@ impl Batch {
         let (open, close): (&[u8], &[u8]) = match self.kind {
             ItemKind::Start => (b"{\"run\":", b"}"),
             ItemKind::Span => (b"{\"spans\":[", b"]}"),
-            ItemKind::End => (b"", b""),
+            ItemKind::End | ItemKind::Ingest => (b"", b""),
         };
         let mut body = Vec::with_capacity(open.len() + self.bytes() + self.len() + close.len());
         body.extend_from_slice(open);
@@ -110,5 +111,9 @@ mod tests {
             "/api/sdk/runs/00000000-0000-0000-0000-000000000000/end"
         );
         assert_eq!(end.body(), br#"{"status":"ok"}"#);
+
+        let one_shot = batch(ItemKind::Ingest, &[r#"{"run":{},"spans":[]}"#]);
+        assert_eq!(one_shot.path(), "/api/sdk/runs/ingest");
+        assert_eq!(one_shot.body(), br#"{"run":{},"spans":[]}"#);
     }
 }

@@ -127,7 +127,8 @@ pub struct DeliveryCounters {
     /// `dropped_shutdown`.
     pub failed: u64,
     /// Records dropped because the queue was at its item or byte bound (the
-    /// oldest spans go first, see the [crate docs](crate)).
+    /// oldest spans go first, see
+    /// [`TrodoConfig::with_max_queue_items`](crate::TrodoConfig::with_max_queue_items)).
     pub dropped_queue_full: u64,
     /// Records dropped after the ingest API failed for 10 minutes.
     pub dropped_gave_up: u64,

@@ -1,8 +1,10 @@
 //! A queued record: a run's start, one span or a run's end, serialized once.
 
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::IngestCall;
+use crate::wire::{Run, Span};
 
 /// The position of a record in arrival order, from 0.
 pub(crate) type Seq = u64;
@@ -16,6 +18,15 @@ pub(crate) enum ItemKind {
     Span,
     /// The body of `runs/{id}/end`.
     End,
+    /// The whole body of `runs/ingest`: a run with its spans, sent alone.
+    Ingest,
+}
+
+/// The body of `runs/ingest`.
+#[derive(Serialize)]
+struct IngestBody<'a> {
+    run: &'a Run,
+    spans: &'a [Span],
 }
 
 /// One record waiting for delivery, its JSON made on the request path so
@@ -55,7 +66,11 @@ impl Encoded {
         };
         match call {
             IngestCall::Start(run) => {
-                vec![encode(run.run_id, ItemKind::Start, serde_json::to_vec(&run))]
+                vec![encode(
+                    run.run_id,
+                    ItemKind::Start,
+                    serde_json::to_vec(&run),
+                )]
             }
             IngestCall::Spans { run_id, spans } => spans
                 .iter()
@@ -63,6 +78,17 @@ impl Encoded {
                 .collect(),
             IngestCall::End { run_id, end } => {
                 vec![encode(run_id, ItemKind::End, serde_json::to_vec(&end))]
+            }
+            IngestCall::Ingest { run, spans } => {
+                let body = IngestBody {
+                    run: &run,
+                    spans: &spans,
+                };
+                vec![encode(
+                    run.run_id,
+                    ItemKind::Ingest,
+                    serde_json::to_vec(&body),
+                )]
             }
         }
     }

@@ -121,7 +121,10 @@ mod tests {
         // Waits 1+2+4+8+16+32 = 63 s, then 60 s each: the try at 603 s is
         // the first after ten minutes, and its failure gives up.
         assert_eq!(tries, 1 + 6 + 9);
-        assert_eq!(state.failing_since.map(|s| now - s), Some(Duration::from_secs(603)));
+        assert_eq!(
+            state.failing_since.map(|s| now - s),
+            Some(Duration::from_secs(603))
+        );
     }
 
     #[test]

@@ -1,127 +1,188 @@
 //! The background delivery loop.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use super::{DeliveryError, DeliveryStats, IngestCall, Message, Sink};
+use super::batch::Batch;
+use super::core::Core;
+use super::counters::DropReason;
+use super::inflight::InFlight;
+use super::outcome::Outcome;
+use super::{DeliveryOptions, Sink};
 
-/// Waits before the second and third try of a call that failed transiently,
-/// as the Python SDK does.
-const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(2)];
-/// Most spans sent in one `runs/{id}/spans` call.
-const MAX_SPANS_PER_CALL: usize = 50;
-
-/// Takes calls off the queue in order and delivers them.
+/// Takes due batches off the queue, delivers them (a few at a time, one per
+/// run) and acts on each answer: done, back off, pause, split or drop.
 #[derive(Debug)]
 pub(crate) struct Worker {
-    rx: mpsc::Receiver<Message>,
-    sink: Sink,
-    stats: Arc<DeliveryStats>,
-    /// A message taken off the queue while batching, handled next.
-    lookahead: Option<Message>,
+    core: Arc<Core>,
+    sink: Arc<Sink>,
+    options: DeliveryOptions,
+    in_flight: InFlight,
+    /// After a 429: no call starts before then.
+    paused_until: Option<Instant>,
+    /// Once every handle is gone: the worker stops then at the latest.
+    orphan_deadline: Option<Instant>,
+}
+
+/// What the loop does next.
+enum Next {
+    /// Wait for an answer, a wake-up, or this instant if any.
+    Wait(Option<Instant>),
+    /// Stop: shut down, drained, or out of time.
+    Stop,
 }
 
 impl Worker {
-    pub(super) fn new(rx: mpsc::Receiver<Message>, sink: Sink, stats: Arc<DeliveryStats>) -> Self {
+    pub(super) fn new(core: Arc<Core>, sink: Sink, options: DeliveryOptions) -> Self {
         Self {
-            rx,
-            sink,
-            stats,
-            lookahead: None,
+            core,
+            sink: Arc::new(sink),
+            options,
+            in_flight: InFlight::default(),
+            paused_until: None,
+            orphan_deadline: None,
         }
     }
 
-    /// Runs until shutdown or until every [`Exporter`](super::Exporter) is gone.
+    /// Runs until shutdown has drained the queue (or ran out of time), or
+    /// for a bounded time once every [`Exporter`](super::Exporter) is gone.
     pub(crate) async fn run(mut self) {
-        while let Some(message) = self.next().await {
-            match message {
-                Message::Call(call) => {
-                    let call = self.batch(call);
-                    self.deliver(call).await;
+        while let Next::Wait(deadline) = self.dispatch(Instant::now()) {
+            let timer = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-                Message::Flush(done) => {
-                    let _ = done.send(());
+            };
+            tokio::select! {
+                biased;
+                (batch, outcome) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.settle(batch, outcome, Instant::now());
                 }
-                Message::Shutdown(done) => {
-                    self.rx.close();
-                    while let Some(message) = self.next().await {
-                        match message {
-                            Message::Call(call) => {
-                                let call = self.batch(call);
-                                self.deliver(call).await;
-                            }
-                            Message::Flush(other) | Message::Shutdown(other) => {
-                                let _ = other.send(());
-                            }
-                        }
+                () = self.core.wake.notified() => {}
+                () = timer => {}
+            }
+        }
+        self.abandon();
+    }
+
+    /// Starts every call that may start at `now` and says what to wait for.
+    fn dispatch(&mut self, now: Instant) -> Next {
+        if self.core.must_stop() {
+            return Next::Stop;
+        }
+        if self.core.is_orphaned() {
+            let deadline = *self
+                .orphan_deadline
+                .get_or_insert(now + self.options.drain_on_drop);
+            if now >= deadline {
+                return Next::Stop;
+            }
+        }
+        if self.paused_until.is_some_and(|until| until <= now) {
+            self.paused_until = None;
+        }
+        let free = self
+            .options
+            .max_in_flight
+            .saturating_sub(self.in_flight.len());
+        let paused = self.paused_until.is_some();
+        let busy = !self.in_flight.is_empty();
+        let (batches, done, wake_at) = self.core.update(|queue| {
+            if queue.next_due().is_some_and(|at| at <= now) {
+                queue.make_due();
+            }
+            queue.wake_waiting(now);
+            let mut batches = Vec::new();
+            while !paused && batches.len() < free {
+                match queue.take_batch() {
+                    Some(batch) => batches.push(batch),
+                    None => break,
+                }
+            }
+            let done = queue.is_closed() && queue.size() == (0, 0) && !busy;
+            let wake_at = [queue.next_due(), queue.next_wake()]
+                .into_iter()
+                .flatten()
+                .min();
+            (batches, done, wake_at)
+        });
+        if done {
+            return Next::Stop;
+        }
+        for batch in batches {
+            self.in_flight
+                .start(batch, &self.sink, self.options.request_timeout);
+        }
+        let wake_at = [wake_at, self.paused_until, self.orphan_deadline]
+            .into_iter()
+            .flatten()
+            .min();
+        Next::Wait(wake_at)
+    }
+
+    /// Acts on the answer to a batch.
+    fn settle(&mut self, mut batch: Batch, outcome: Outcome, now: Instant) {
+        let stats = &self.core.stats;
+        let backoff = &self.options.backoff;
+        match outcome {
+            Outcome::Delivered => {
+                stats.sent(batch.len());
+                self.core.update(|queue| queue.delivered(&batch));
+            }
+            Outcome::Transient {
+                retry_after,
+                detail,
+            } => match batch.retry.failed(now, backoff, retry_after) {
+                Some(wait) => {
+                    stats.retried();
+                    self.core
+                        .update(|queue| queue.retry(batch, Some(now + wait)));
+                }
+                None => self.drop_batch(&batch, DropReason::GaveUp, &detail),
+            },
+            Outcome::Throttled { retry_after } => {
+                let pause = match retry_after {
+                    Some(wait) => Some(wait.min(self.options.max_throttle)),
+                    None => batch.retry.failed(now, backoff, None),
+                };
+                match pause {
+                    Some(wait) => {
+                        let until = now + wait;
+                        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+                        stats.retried();
+                        self.core.update(|queue| queue.retry(batch, None));
                     }
-                    let _ = done.send(());
-                    return;
+                    None => self.drop_batch(&batch, DropReason::GaveUp, "HTTP 429"),
                 }
             }
-        }
-    }
-
-    async fn next(&mut self) -> Option<Message> {
-        match self.lookahead.take() {
-            Some(message) => Some(message),
-            None => self.rx.recv().await,
-        }
-    }
-
-    /// Joins the spans of one run that wait right behind `call` into one call.
-    fn batch(&mut self, call: IngestCall) -> IngestCall {
-        let IngestCall::Spans { run_id, mut spans } = call else {
-            return call;
-        };
-        while spans.len() < MAX_SPANS_PER_CALL {
-            match self.rx.try_recv() {
-                Ok(Message::Call(IngestCall::Spans {
-                    run_id: next,
-                    spans: more,
-                })) if next == run_id => {
-                    spans.extend(more);
-                }
-                Ok(other) => {
-                    self.lookahead = Some(other);
-                    break;
-                }
-                Err(_) => break,
+            Outcome::TooLarge if batch.len() > 1 => {
+                batch.max_items = batch.len() / 2;
+                stats.retried();
+                self.core.update(|queue| queue.retry(batch, None));
             }
+            Outcome::TooLarge => self.drop_batch(&batch, DropReason::TooLarge, "HTTP 413"),
+            Outcome::Rejected { detail } => self.drop_batch(&batch, DropReason::Rejected, &detail),
         }
-        IngestCall::Spans { run_id, spans }
     }
 
-    async fn deliver(&self, call: IngestCall) {
-        let mut delays = RETRY_DELAYS.iter();
-        loop {
-            match self.sink.deliver(&call).await {
-                Ok(()) => {
-                    self.stats.sent.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Err(DeliveryError::Transient(reason)) => {
-                    if let Some(delay) = delays.next() {
-                        self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(path = %call.path(), %reason, "trodo: delivery failed, retrying");
-                        tokio::time::sleep(*delay).await;
-                        continue;
-                    }
-                    self.give_up(&call, &reason);
-                    return;
-                }
-                Err(DeliveryError::Rejected(reason)) => {
-                    self.give_up(&call, &reason);
-                    return;
-                }
+    fn drop_batch(&self, batch: &Batch, reason: DropReason, detail: &str) {
+        let stats = &self.core.stats;
+        self.core
+            .update(|queue| queue.drop_batch(batch, reason, detail, stats));
+    }
+
+    /// On the way out: calls in flight and records still queued count as
+    /// dropped by shutdown.
+    fn abandon(&mut self) {
+        let abandoned = self.in_flight.abandon();
+        let stats = &self.core.stats;
+        self.core.update(|queue| {
+            for batch in &abandoned {
+                queue.drop_batch(batch, DropReason::Shutdown, "in flight at shutdown", stats);
             }
-        }
-    }
-
-    fn give_up(&self, call: &IngestCall, reason: &str) {
-        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(path = %call.path(), run_id = %call.run_id(), %reason, "trodo: telemetry not delivered");
+            queue.close();
+            queue.drop_queued(DropReason::Shutdown, stats);
+        });
     }
 }

@@ -1,0 +1,114 @@
+//! The request path's handle on delivery: queue, flush, shut down, count.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use super::core::Core;
+use super::counters::{DeliveryCounters, DropReason};
+use super::item::Encoded;
+use super::queue::Queue;
+use super::{DeliveryOptions, IngestCall, Sink, Worker};
+
+/// How long shutdown waits, past its timeout, for the worker to abandon the
+/// calls in flight (it does so as soon as it is told).
+const STOP_GRACE: Duration = Duration::from_millis(100);
+
+/// The handle on one delivery worker. Dropping it lets the worker deliver
+/// what is queued for a bounded time, then stop.
+#[derive(Debug)]
+pub(crate) struct Exporter {
+    core: Arc<Core>,
+}
+
+impl Exporter {
+    /// An exporter and the worker that serves it (not yet running).
+    pub(crate) fn new(sink: Sink, options: DeliveryOptions) -> (Self, Worker) {
+        let core = Arc::new(Core::new(Queue::new(options.clone())));
+        let worker = Worker::new(Arc::clone(&core), sink, options);
+        (Self { core }, worker)
+    }
+
+    /// Queues a call's records without waiting. Never blocks on delivery:
+    /// it serializes the records, takes one short lock and may drop the
+    /// oldest queued records to make room (see [`Queue::push`]).
+    pub(crate) fn send(&self, call: IngestCall) {
+        let records = Encoded::of(call);
+        let now = Instant::now();
+        let stats = &self.core.stats;
+        let wake = self.core.update(|queue| {
+            records
+                .into_iter()
+                .fold(false, |wake, record| queue.push(record, now, stats) | wake)
+        });
+        if wake {
+            self.core.wake.notify_one();
+        }
+    }
+
+    /// Sends every record queued so far without waiting for the flush
+    /// interval, and waits until each is delivered or dropped, at most
+    /// `timeout`. Returns `false` on timeout (e.g. while the ingest API is
+    /// down: records keep their place and their retries).
+    pub(crate) async fn flush(&self, timeout: Duration) -> bool {
+        let target = self.core.update(|queue| {
+            queue.make_due();
+            queue.next_seq()
+        });
+        self.core.wake.notify_one();
+        tokio::time::timeout(timeout, self.core.reached(target))
+            .await
+            .is_ok()
+    }
+
+    /// Refuses records from now on (they count as `dropped_shutdown`),
+    /// delivers what is queued within `timeout`, then stops the worker.
+    /// Whatever is left when time runs out is dropped as `shutdown` (calls in
+    /// flight are abandoned; that takes at most [`STOP_GRACE`] more).
+    /// Returns whether everything was delivered or dropped for another
+    /// reason in time. A second call finds nothing to do.
+    pub(crate) async fn shutdown(&self, timeout: Duration) -> bool {
+        let target = self.core.update(|queue| {
+            queue.close();
+            queue.next_seq()
+        });
+        self.core.wake.notify_one();
+        let drained = tokio::time::timeout(timeout, self.core.reached(target))
+            .await
+            .is_ok();
+        if !drained {
+            let stats = &self.core.stats;
+            let in_flight = self.core.update(|queue| {
+                queue.drop_queued(DropReason::Shutdown, stats);
+                queue.size() != (0, 0)
+            });
+            self.core.stop();
+            if in_flight {
+                // Only a running worker has calls in flight: it counts them
+                // as dropped when it stops, at once.
+                let _ = tokio::time::timeout(STOP_GRACE, self.core.reached(target)).await;
+            }
+        }
+        let counters = self.counters();
+        tracing::debug!(
+            drained,
+            sent = counters.sent,
+            retried = counters.retried,
+            dropped = counters.dropped(),
+            "trodo: delivery shut down"
+        );
+        drained
+    }
+
+    /// A snapshot of the delivery counters.
+    pub(crate) fn counters(&self) -> DeliveryCounters {
+        let (items, bytes) = self.core.queue().size();
+        self.core.stats.snapshot(items, bytes)
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.core.orphan();
+    }
+}

@@ -1,0 +1,481 @@
+//! The exporter and its worker against a scripted sink, in paused time:
+//! every time below is exact.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use super::outcome::Outcome;
+use super::script::{Script, end, options, span, span_with, spawn, start};
+use super::{DeliveryCounters, DeliveryOptions, Exporter};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn transient() -> Outcome {
+    Outcome::network_error("connection refused")
+}
+
+fn unavailable() -> Outcome {
+    Outcome::of_status(503, None, std::time::SystemTime::UNIX_EPOCH)
+}
+
+/// The counters that say where records went.
+fn fates(c: &DeliveryCounters) -> [u64; 7] {
+    [
+        c.sent,
+        c.queued_items,
+        c.dropped_queue_full,
+        c.dropped_gave_up,
+        c.dropped_too_large,
+        c.dropped_rejected,
+        c.dropped_shutdown,
+    ]
+}
+
+/// Sends run `run`: its start, a span per name, its end.
+fn send_run(exporter: &Exporter, run: u128, spans: &[&str]) {
+    exporter.send(start(run));
+    for name in spans {
+        exporter.send(span(run, name));
+    }
+    exporter.send(end(run));
+}
+
+/// A script that answers the first call with a 429 and `Retry-After:
+/// retry_after`, every later one with success.
+fn throttled_once(retry_after: Duration) -> Arc<Script> {
+    let answered = AtomicUsize::new(0);
+    Script::new(move |_| {
+        if answered.fetch_add(1, Ordering::Relaxed) == 0 {
+            Outcome::Throttled {
+                retry_after: Some(retry_after),
+            }
+        } else {
+            Outcome::Delivered
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_wait_at_most_a_second_and_a_runs_spans_share_one_call() {
+    let script = Script::ok();
+    let (exporter, _worker) = spawn(&script, options());
+    exporter.send(start(1));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    exporter.send(span(1, "a"));
+    exporter.send(span(1, "b"));
+    exporter.send(span(2, "c"));
+    script.wait_calls(3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    exporter.send(span(1, "d"));
+    script.wait_calls(4).await;
+    assert_eq!(
+        script.described(),
+        ["start 1", "spans 2 c", "spans 1 a,b", "spans 1 d"]
+    );
+    // The first three wait one second from the first record; run 2 has no
+    // start queued, so its span goes while run 1's start is in flight.
+    assert_eq!(script.times_ms(), [1000, 1000, 1000, 2200]);
+    assert_eq!(exporter.counters().sent, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fifty_waiting_records_go_at_once() {
+    let script = Script::ok();
+    let (exporter, _worker) = spawn(&script, options());
+    exporter.send(start(1));
+    for i in 0..49 {
+        exporter.send(span(1, &i.to_string()));
+    }
+    script.wait_calls(2).await;
+    assert_eq!(script.times_ms(), [0, 0]);
+    assert_eq!(script.calls()[1].span_count(), 49);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spans_call_carries_at_most_fifty_spans() {
+    let script = Script::ok();
+    let (exporter, _worker) = spawn(&script, options());
+    exporter.send(start(1));
+    for i in 0..120 {
+        exporter.send(span(1, &i.to_string()));
+    }
+    exporter.send(end(1));
+    assert!(exporter.flush(HOUR).await);
+    let sizes: Vec<usize> = script.calls().iter().map(|c| c.span_count()).collect();
+    assert_eq!(sizes, [0, 50, 50, 20, 0]);
+    let names: Vec<String> = script
+        .calls()
+        .iter()
+        .flat_map(|c| c.body["spans"].as_array().cloned().unwrap_or_default())
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    let expected: Vec<String> = (0..120).map(|i| i.to_string()).collect();
+    assert_eq!(names, expected, "every span once, in order");
+    assert_eq!(exporter.counters().sent, 122);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_start_is_retried_before_the_spans_behind_it() {
+    let starts = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&starts);
+    let script = Script::new(move |call| {
+        if call.path.ends_with("/start") && seen.fetch_add(1, Ordering::Relaxed) < 3 {
+            unavailable()
+        } else {
+            Outcome::Delivered
+        }
+    });
+    let (exporter, _worker) = spawn(&script, options());
+    send_run(&exporter, 1, &["a", "b"]);
+    assert!(exporter.flush(HOUR).await);
+    assert_eq!(
+        script.described(),
+        [
+            "start 1",
+            "start 1",
+            "start 1",
+            "start 1",
+            "spans 1 a,b",
+            "end 1"
+        ]
+    );
+    // Back-off 1 s, 2 s, 4 s after the flush at 0.
+    assert_eq!(script.times_ms(), [0, 1000, 3000, 7000, 7000, 7000]);
+    let c = exporter.counters();
+    assert_eq!((c.sent, c.retried, c.dropped()), (4, 3, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_start_keeps_failing_does_not_hold_up_other_runs() {
+    let script = Script::new(|call| {
+        if call.describe() == "start 1" {
+            unavailable()
+        } else {
+            Outcome::Delivered
+        }
+    });
+    let (exporter, _worker) = spawn(&script, options());
+    exporter.send(start(1));
+    exporter.send(span(1, "a"));
+    exporter.send(start(2));
+    exporter.send(span(2, "b"));
+    exporter.send(end(2));
+    exporter.send(end(1));
+    script.wait_calls(6).await;
+    assert_eq!(
+        script.described(),
+        [
+            "start 1",
+            "start 2",
+            "spans 2 b",
+            "end 2",
+            "start 1",
+            "start 1"
+        ]
+    );
+    assert_eq!(script.times_ms(), [1000, 1000, 1000, 1000, 2000, 4000]);
+    assert_eq!(exporter.counters().queued_items, 3, "run 1 waits whole");
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_ten_minutes_of_failures_a_start_is_dropped_with_its_run() {
+    let script = Script::new(|_| unavailable());
+    let (exporter, _worker) = spawn(&script, options());
+    exporter.send(start(1));
+    exporter.send(span(1, "a"));
+    assert!(exporter.flush(HOUR).await);
+    // Tries at 0, 1, 3, 7, 15, 31, 63, then every 60 s up to 603 s.
+    let mut expected = vec![0, 1, 3, 7, 15, 31, 63];
+    expected.extend((123..=603).step_by(60));
+    let secs: Vec<u128> = script.times_ms().iter().map(|ms| ms / 1000).collect();
+    assert_eq!(secs, expected);
+    exporter.send(end(1));
+    let c = exporter.counters();
+    assert_eq!(fates(&c), [0, 0, 0, 3, 0, 0, 0]);
+    assert_eq!(c.retried, 15);
+    assert!(script.described().iter().all(|d| d == "start 1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_pauses_every_run_until_retry_after() {
+    let script = throttled_once(Duration::from_secs(7));
+    let (exporter, _worker) = spawn(&script, options());
+    exporter.send(start(1));
+    assert!(!exporter.flush(Duration::from_millis(10)).await);
+    exporter.send(start(2));
+    exporter.send(span(2, "x"));
+    assert!(exporter.flush(HOUR).await);
+    assert_eq!(
+        script.described(),
+        ["start 1", "start 1", "start 2", "spans 2 x"]
+    );
+    assert_eq!(script.times_ms(), [0, 7000, 7000, 7000]);
+    let c = exporter.counters();
+    assert_eq!((c.sent, c.retried), (3, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_beyond_a_minute_is_capped() {
+    let script = throttled_once(Duration::from_secs(86_400));
+    let (exporter, _worker) = spawn(&script, options());
+    exporter.send(start(1));
+    assert!(exporter.flush(HOUR).await);
+    assert_eq!(script.times_ms(), [0, 60_000]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_413_splits_the_batch_and_a_single_record_is_dropped_as_too_large() {
+    let script = Script::new(|call| {
+        let huge = call.describe().contains("huge");
+        if call.span_count() > 2 || huge {
+            Outcome::TooLarge
+        } else {
+            Outcome::Delivered
+        }
+    });
+    let (exporter, _worker) = spawn(&script, options());
+    send_run(&exporter, 1, &["a", "b", "c", "d", "huge", "e"]);
+    assert!(exporter.flush(HOUR).await);
+    assert_eq!(
+        script.described(),
+        [
+            "start 1",
+            "spans 1 a,b,c,d,huge,e",
+            "spans 1 a,b,c",
+            "spans 1 a",
+            "spans 1 b",
+            "spans 1 c",
+            "spans 1 d",
+            "spans 1 huge",
+            "spans 1 e",
+            "end 1"
+        ]
+    );
+    let c = exporter.counters();
+    assert_eq!(fates(&c), [7, 0, 0, 0, 1, 0, 0]);
+    assert_eq!(c.retried, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn other_4xx_are_dropped_as_rejected_without_a_retry() {
+    let script = Script::new(|call| {
+        if call.path.ends_with("/spans") {
+            Outcome::of_status(400, None, std::time::SystemTime::UNIX_EPOCH)
+        } else {
+            Outcome::Delivered
+        }
+    });
+    let (exporter, _worker) = spawn(&script, options());
+    send_run(&exporter, 1, &["a", "b"]);
+    assert!(exporter.flush(HOUR).await);
+    assert_eq!(script.described(), ["start 1", "spans 1 a,b", "end 1"]);
+    let c = exporter.counters();
+    assert_eq!(fates(&c), [2, 0, 0, 0, 0, 2, 0]);
+    assert_eq!((c.retried, c.failed), (0, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_start_drops_its_run_and_later_records() {
+    let script = Script::new(|call| {
+        if call.describe() == "start 1" {
+            Outcome::of_status(422, None, std::time::SystemTime::UNIX_EPOCH)
+        } else {
+            Outcome::Delivered
+        }
+    });
+    let (exporter, _worker) = spawn(&script, options());
+    exporter.send(start(1));
+    exporter.send(span(1, "a"));
+    assert!(exporter.flush(HOUR).await);
+    exporter.send(span(1, "b"));
+    exporter.send(end(1));
+    exporter.send(span(1, "after the end"));
+    assert!(exporter.flush(HOUR).await);
+    assert_eq!(script.described(), ["start 1", "spans 1 after the end"]);
+    assert_eq!(fates(&exporter.counters()), [1, 0, 0, 0, 0, 4, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_without_an_answer_times_out_and_is_retried() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&calls);
+    let script = Script::timed(move |_| {
+        let wait = if count.fetch_add(1, Ordering::Relaxed) == 0 {
+            HOUR
+        } else {
+            Duration::ZERO
+        };
+        (wait, Outcome::Delivered)
+    });
+    let (exporter, _worker) = spawn(&script, options());
+    exporter.send(start(1));
+    assert!(exporter.flush(HOUR).await);
+    // The 10 s request timeout, then 1 s of back-off.
+    assert_eq!(script.times_ms(), [0, 11_000]);
+    assert_eq!(exporter.counters().retried, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn flush_times_out_while_the_ingest_is_down_and_keeps_the_records() {
+    let script = Script::new(|_| transient());
+    let (exporter, _worker) = spawn(&script, options());
+    exporter.send(start(1));
+    exporter.send(span(1, "a"));
+    assert!(!exporter.flush(Duration::from_secs(5)).await);
+    assert_eq!(fates(&exporter.counters()), [0, 2, 0, 0, 0, 0, 0]);
+    script.answer(|_| Outcome::Delivered);
+    assert!(exporter.flush(HOUR).await);
+    assert_eq!(
+        script.described(),
+        ["start 1", "start 1", "start 1", "start 1", "spans 1 a"]
+    );
+    assert_eq!(fates(&exporter.counters()), [2, 0, 0, 0, 0, 0, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_delivers_what_is_queued_then_refuses_records() {
+    let script = Script::ok();
+    let (exporter, worker) = spawn(&script, options());
+    exporter.send(start(1));
+    exporter.send(span(1, "a"));
+    assert!(exporter.shutdown(HOUR).await);
+    assert_eq!(script.times_ms(), [0, 0], "no flush interval at shutdown");
+    worker.await.unwrap();
+    exporter.send(span(1, "late"));
+    assert!(
+        exporter.shutdown(HOUR).await,
+        "a second shutdown is harmless"
+    );
+    assert_eq!(fates(&exporter.counters()), [2, 0, 0, 0, 0, 0, 1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_out_of_time_drops_what_is_left_as_shutdown() {
+    let script = Script::new(|_| unavailable());
+    let (exporter, worker) = spawn(&script, options());
+    send_run(&exporter, 1, &["a"]);
+    assert!(!exporter.shutdown(Duration::from_secs(5)).await);
+    worker.await.unwrap();
+    assert_eq!(script.times_ms(), [0, 1000, 3000]);
+    assert_eq!(fates(&exporter.counters()), [0, 0, 0, 0, 0, 0, 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_out_of_time_abandons_calls_in_flight() {
+    let script = Script::timed(|_| (Duration::from_secs(8), Outcome::Delivered));
+    let (exporter, worker) = spawn(&script, options());
+    exporter.send(start(1));
+    exporter.send(span(1, "a"));
+    assert!(!exporter.shutdown(Duration::from_secs(5)).await);
+    worker.await.unwrap();
+    assert_eq!(fates(&exporter.counters()), [0, 0, 0, 0, 0, 0, 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ingest_down_for_good_keeps_the_queue_within_its_bound() {
+    let script = Script::new(|_| transient());
+    let bounded = DeliveryOptions {
+        max_queue_items: 10,
+        ..options()
+    };
+    let (exporter, _worker) = spawn(&script, bounded);
+    let names: Vec<String> = (0..20).map(|i| i.to_string()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    for run in 1..=3 {
+        send_run(&exporter, run, &names);
+    }
+    // Starts and ends stay; of the spans, the newest four.
+    let c = exporter.counters();
+    assert_eq!(fates(&c), [0, 10, 56, 0, 0, 0, 0]);
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let c = exporter.counters();
+    assert_eq!(fates(&c), [0, 10, 56, 0, 0, 0, 0]);
+    assert!(c.retried > 3, "{c:?}");
+    assert_eq!(
+        script.described().into_iter().take(3).collect::<Vec<_>>(),
+        ["start 1", "start 2", "start 3"]
+    );
+    script.answer(|_| Outcome::Delivered);
+    assert!(exporter.flush(HOUR).await);
+    let spans: Vec<String> = script
+        .described()
+        .into_iter()
+        .filter(|d| d.starts_with("spans"))
+        .collect();
+    assert_eq!(spans, ["spans 3 16,17,18,19"]);
+    assert_eq!(exporter.counters().sent, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_byte_bound_holds_with_large_spans() {
+    let script = Script::new(|_| transient());
+    let bounded = DeliveryOptions {
+        max_queue_bytes: 10_000,
+        ..options()
+    };
+    let (exporter, _worker) = spawn(&script, bounded);
+    exporter.send(start(1));
+    for i in 0..50 {
+        exporter.send(span_with(1, &i.to_string(), Some("x".repeat(1_000))));
+    }
+    let c = exporter.counters();
+    assert!(c.queued_bytes <= 10_000, "{c:?}");
+    assert_eq!(c.queued_items + c.dropped_queue_full, 51);
+    assert!(c.dropped_queue_full > 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_most_four_calls_fly_at_once_and_never_two_of_one_run() {
+    let script = Script::timed(|_| (Duration::from_millis(100), Outcome::Delivered));
+    let (exporter, _worker) = spawn(&script, options());
+    for run in 1..=6 {
+        exporter.send(start(run));
+        exporter.send(span(run, "s"));
+    }
+    assert!(exporter.flush(HOUR).await);
+    assert_eq!(
+        script.described(),
+        [
+            "start 1",
+            "start 2",
+            "start 3",
+            "start 4",
+            "spans 1 s",
+            "spans 2 s",
+            "spans 3 s",
+            "spans 4 s",
+            "start 5",
+            "start 6",
+            "spans 5 s",
+            "spans 6 s"
+        ]
+    );
+    assert_eq!(
+        script.times_ms(),
+        [0, 0, 0, 0, 100, 100, 100, 100, 200, 200, 300, 300]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_exporter_delivers_what_is_queued_then_stops() {
+    let script = Script::ok();
+    let (exporter, worker) = spawn(&script, options());
+    exporter.send(start(1));
+    exporter.send(span(1, "a"));
+    drop(exporter);
+    worker.await.unwrap();
+    assert_eq!(script.described(), ["start 1", "spans 1 a"]);
+    assert_eq!(script.times_ms(), [0, 0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_orphaned_worker_gives_up_after_its_drain_time() {
+    let script = Script::new(|_| transient());
+    let (exporter, worker) = spawn(&script, options());
+    exporter.send(start(1));
+    drop(exporter);
+    worker.await.unwrap();
+    // Tries at 0, 1 and 3 s; the 5 s drain time ends before the next.
+    assert_eq!(script.times_ms(), [0, 1000, 3000]);
+}
