@@ -1,6 +1,12 @@
 //! A recording stand-in for the Trodo ingest API on `127.0.0.1`: it answers every
 //! `POST /api/sdk/...` with `200 {"ok":true}` and keeps what it was sent.
 //!
+//! It can also misbehave on purpose, for the delivery tests: answer the next
+//! POSTs with an error status (and a `Retry-After`), answer slowly or hold
+//! every answer until released, refuse bodies above a size with 413, reset
+//! connections, or be down. Every POST and every reset connection is logged
+//! with its time as an [`Attempt`], accepted or not.
+//!
 //! Shared by the demo and the integration tests through
 //! `#[path = "../examples/support/ingest.rs"] mod ingest;`.
 
@@ -11,6 +17,7 @@
 use std::{
     collections::HashMap,
     fmt::Write as _,
+    net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -19,11 +26,20 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::State,
-    http::{HeaderMap, StatusCode, Uri, header::CONTENT_TYPE},
+    http::{
+        HeaderMap, HeaderValue, StatusCode, Uri,
+        header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT},
+    },
+    response::{IntoResponse, Response},
     routing::post,
+    serve::Listener,
 };
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    time::Instant,
+};
 
 /// One POST the ingest server recorded.
 #[derive(Clone, Debug)]
@@ -36,6 +52,9 @@ pub struct Received {
     /// The `Content-Type` header.
     #[allow(dead_code)]
     pub content_type: Option<String>,
+    /// The `User-Agent` header.
+    #[allow(dead_code)]
+    pub user_agent: Option<String>,
     /// The body as JSON (a JSON string holding the raw text if it was not JSON).
     pub body: Value,
     /// Position in arrival order among recorded POSTs, from 0.
@@ -63,11 +82,99 @@ pub struct RecordingIngest {
     base_url: String,
 }
 
+/// One POST (accepted or not) or one connection reset, as it happened.
+#[derive(Clone, Debug)]
+#[allow(dead_code)]
+pub struct Attempt {
+    /// The request path; empty for a reset connection.
+    pub path: String,
+    /// The status answered; `None` for a reset connection.
+    pub status: Option<u16>,
+    /// When the request (or the connection) arrived.
+    pub at: Instant,
+    /// The size of the request body.
+    pub bytes: usize,
+    /// How many spans the body carried (`spans` array), 0 if none.
+    pub spans: usize,
+}
+
 #[derive(Debug)]
 struct Inner {
     received: watch::Sender<Vec<Received>>,
-    /// (POSTs still to reject, status to reject them with).
-    faults: Mutex<(usize, u16)>,
+    attempts: watch::Sender<Vec<Attempt>>,
+    faults: Mutex<Faults>,
+    /// While `true`, every answer waits.
+    held: watch::Sender<bool>,
+}
+
+/// The misbehaviour asked for.
+#[derive(Debug, Default)]
+struct Faults {
+    /// POSTs still to answer with `status` (and `retry_after`).
+    fail: usize,
+    status: u16,
+    retry_after: Option<String>,
+    /// Added before every answer.
+    delay: Duration,
+    /// Bodies above this many bytes get 413.
+    too_large_above: Option<usize>,
+    /// New connections still to reset.
+    resets: usize,
+    /// Down: new connections are reset, requests on older ones get 503.
+    down: bool,
+}
+
+impl Inner {
+    fn faults(&self) -> std::sync::MutexGuard<'_, Faults> {
+        self.faults.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn log(&self, attempt: Attempt) {
+        self.attempts.send_modify(|log| log.push(attempt));
+    }
+}
+
+/// The listener: resets connections while the faults say so.
+struct FaultyListener {
+    listener: TcpListener,
+    inner: Arc<Inner>,
+}
+
+impl Listener for FaultyListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let reset = {
+                let mut faults = self.inner.faults();
+                let reset = faults.down || faults.resets > 0;
+                faults.resets = faults.resets.saturating_sub(1);
+                reset
+            };
+            if !reset {
+                return (stream, addr);
+            }
+            // SO_LINGER 0: closing sends a TCP reset, not a clean FIN.
+            let _ = stream.set_zero_linger();
+            drop(stream);
+            self.inner.log(Attempt {
+                path: String::new(),
+                status: None,
+                at: Instant::now(),
+                bytes: 0,
+                spans: 0,
+            });
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
 }
 
 impl RecordingIngest {
@@ -75,13 +182,19 @@ impl RecordingIngest {
     pub async fn start() -> anyhow::Result<Self> {
         let inner = Arc::new(Inner {
             received: watch::Sender::new(Vec::new()),
-            faults: Mutex::new((0, 200)),
+            attempts: watch::Sender::new(Vec::new()),
+            faults: Mutex::new(Faults::default()),
+            held: watch::Sender::new(false),
         });
         let app = Router::new()
             .route("/api/sdk/{*rest}", post(record))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
+        let listener = FaultyListener {
+            listener,
+            inner: inner.clone(),
+        };
         tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, app).await {
                 eprintln!("recording ingest server stopped: {err}");
@@ -109,18 +222,14 @@ impl RecordingIngest {
         timeout: Duration,
         pred: impl Fn(&[Received]) -> bool,
     ) -> anyhow::Result<Vec<Received>> {
-        let mut rx = self.inner.received.subscribe();
-        match tokio::time::timeout(timeout, rx.wait_for(|got| pred(got))).await {
-            Ok(Ok(got)) => Ok(got.clone()),
-            Ok(Err(_)) => anyhow::bail!("the ingest server is gone"),
-            Err(_) => {
-                let mut msg = format!("condition not met after {timeout:?}; received:");
-                for r in self.received() {
-                    let _ = write!(msg, "\n  #{} {} {}", r.seq, r.path, short(&r.body, 300));
-                }
-                anyhow::bail!(msg)
+        wait_on(&self.inner.received, timeout, pred, |got| {
+            let mut msg = String::from("received:");
+            for r in got {
+                let _ = write!(msg, "\n  #{} {} {}", r.seq, r.path, short(&r.body, 300));
             }
-        }
+            msg
+        })
+        .await
     }
 
     /// The `run` objects of every `/api/sdk/runs/start` body.
@@ -164,11 +273,75 @@ impl RecordingIngest {
     /// Answers the next `n` POSTs with `status` (e.g. 503) without recording them.
     #[allow(dead_code)]
     pub fn fail_next(&self, n: usize, status: u16) {
-        *self
-            .inner
-            .faults
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = (n, status);
+        self.fail_next_with(n, status, None);
+    }
+
+    /// Answers the next `n` POSTs with `status` and, if given, a
+    /// `Retry-After` header (seconds or an HTTP date), without recording them.
+    #[allow(dead_code)]
+    pub fn fail_next_with(&self, n: usize, status: u16, retry_after: Option<&str>) {
+        let mut faults = self.inner.faults();
+        faults.fail = n;
+        faults.status = status;
+        faults.retry_after = retry_after.map(str::to_owned);
+    }
+
+    /// Waits `delay` before every answer from now on (zero: no delay).
+    #[allow(dead_code)]
+    pub fn set_delay(&self, delay: Duration) {
+        self.inner.faults().delay = delay;
+    }
+
+    /// Holds every answer until [`release`](Self::release): requests arrive
+    /// (and are logged as attempts) but get no answer yet.
+    #[allow(dead_code)]
+    pub fn hold(&self) {
+        self.inner.held.send_replace(true);
+    }
+
+    /// Answers the requests held by [`hold`](Self::hold), and later ones at once.
+    #[allow(dead_code)]
+    pub fn release(&self) {
+        self.inner.held.send_replace(false);
+    }
+
+    /// Answers 413 to every body above `bytes` (`None`: accept any size).
+    #[allow(dead_code)]
+    pub fn reject_larger_than(&self, bytes: Option<usize>) {
+        self.inner.faults().too_large_above = bytes;
+    }
+
+    /// Resets the next `n` new connections as soon as they are accepted.
+    #[allow(dead_code)]
+    pub fn reset_next_connections(&self, n: usize) {
+        self.inner.faults().resets = n;
+    }
+
+    /// Down: resets every new connection and answers 503 on connections
+    /// opened before. Up again: serves as usual.
+    #[allow(dead_code)]
+    pub fn set_down(&self, down: bool) {
+        self.inner.faults().down = down;
+    }
+
+    /// Every POST and reset connection so far, in arrival order.
+    #[allow(dead_code)]
+    pub fn attempts(&self) -> Vec<Attempt> {
+        self.inner.attempts.borrow().clone()
+    }
+
+    /// Waits until `pred(&attempts)` holds and returns the attempts; fails
+    /// after `timeout` with a listing. Wakes on every new attempt.
+    #[allow(dead_code)]
+    pub async fn wait_attempts(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[Attempt]) -> bool,
+    ) -> anyhow::Result<Vec<Attempt>> {
+        wait_on(&self.inner.attempts, timeout, pred, |got| {
+            format!("attempts: {got:?}")
+        })
+        .await
     }
 
     /// Every run with its spans as an indented tree (child spans under their parent),
@@ -243,6 +416,25 @@ impl RecordingIngest {
     }
 }
 
+/// Waits until `pred` holds for the log in `log`, at most `timeout`; the
+/// error lists the log as `listing` writes it.
+async fn wait_on<T: Clone>(
+    log: &watch::Sender<Vec<T>>,
+    timeout: Duration,
+    pred: impl Fn(&[T]) -> bool,
+    listing: impl Fn(&[T]) -> String,
+) -> anyhow::Result<Vec<T>> {
+    let mut rx = log.subscribe();
+    match tokio::time::timeout(timeout, rx.wait_for(|got| pred(got))).await {
+        Ok(Ok(got)) => Ok(got.clone()),
+        Ok(Err(_)) => anyhow::bail!("the ingest server is gone"),
+        Err(_) => anyhow::bail!(
+            "condition not met after {timeout:?}; {}",
+            listing(&log.borrow())
+        ),
+    }
+}
+
 /// Writes the spans under `parent` (`""` for the roots), depth-first.
 fn render_spans(
     out: &mut String,
@@ -305,32 +497,62 @@ async fn record(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, Json<Value>) {
-    {
-        let mut faults = inner.faults.lock().unwrap_or_else(PoisonError::into_inner);
-        if faults.0 > 0 {
-            faults.0 -= 1;
-            let status = StatusCode::from_u16(faults.1).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return (
-                status,
-                Json(json!({"ok": false, "error": "injected fault"})),
-            );
+) -> Response {
+    let arrived = Instant::now();
+    let delay = inner.faults().delay;
+    let mut held = inner.held.subscribe();
+    let _ = held.wait_for(|held| !*held).await;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let (status, retry_after) = {
+        let mut faults = inner.faults();
+        if faults.down {
+            (503, None)
+        } else if faults.fail > 0 {
+            faults.fail -= 1;
+            (faults.status, faults.retry_after.clone())
+        } else if faults.too_large_above.is_some_and(|max| body.len() > max) {
+            (413, None)
+        } else {
+            (200, None)
         }
+    };
+    let body_json: Value = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    inner.log(Attempt {
+        path: uri.path().to_owned(),
+        status: Some(status),
+        at: arrived,
+        bytes: body.len(),
+        spans: body_json["spans"].as_array().map_or(0, Vec::len),
+    });
+    if status != 200 {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        let mut answer = (
+            status,
+            Json(json!({"ok": false, "error": "injected fault"})),
+        )
+            .into_response();
+        if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            answer.headers_mut().insert(RETRY_AFTER, value);
+        }
+        return answer;
     }
     let header = |name: &str| {
         let value = headers.get(name)?.to_str().ok()?;
         Some(value.to_owned())
     };
-    let body = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    let body = body_json;
     inner.received.send_modify(|got| {
         got.push(Received {
             path: uri.path().to_owned(),
             site_id: header("x-trodo-site-id"),
             content_type: header(CONTENT_TYPE.as_str()),
+            user_agent: header(USER_AGENT.as_str()),
             body,
             seq: got.len(),
         });
     });
-    (StatusCode::OK, Json(json!({"ok": true})))
+    (StatusCode::OK, Json(json!({"ok": true}))).into_response()
 }
