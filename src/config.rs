@@ -6,9 +6,10 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::capture_policy::Redactor;
 use crate::error::ConfigError;
 use crate::export::{DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS};
-use crate::run::RunKeyFn;
+use crate::run::HeadFn;
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
 use crate::wire::MAX_IO_CHARS;
@@ -73,10 +74,14 @@ pub(crate) struct Settings {
     pub(crate) capture_limit: usize,
     pub(crate) method_kinds: HashMap<String, SpanKind>,
     pub(crate) tool_kinds: HashMap<String, SpanKind>,
-    pub(crate) run_key: Option<RunKeyFn>,
+    pub(crate) run_key: Option<HeadFn>,
     pub(crate) conversation_meta_keys: Vec<String>,
     pub(crate) sessionless: Sessionless,
     pub(crate) group_sessions: bool,
+    pub(crate) capture_input: bool,
+    pub(crate) capture_output: bool,
+    pub(crate) redactor: Option<Redactor>,
+    pub(crate) distinct_id: Option<HeadFn>,
     /// Most records the delivery queue holds.
     pub(crate) max_queue_items: usize,
     /// Most serialized bytes the delivery queue holds.
@@ -123,6 +128,10 @@ impl Default for TrodoConfig {
                     .collect(),
                 sessionless: Sessionless::Group,
                 group_sessions: false,
+                capture_input: true,
+                capture_output: true,
+                redactor: None,
+                distinct_id: None,
                 max_queue_items: DEFAULT_MAX_QUEUE_ITEMS,
                 max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
                 http_client: None,
@@ -321,7 +330,7 @@ impl TrodoConfig {
     where
         F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
     {
-        self.edit(|s| s.run_key = Some(RunKeyFn(Arc::new(resolver))))
+        self.edit(|s| s.run_key = Some(HeadFn(Arc::new(resolver))))
     }
 
     /// Sets the `params._meta` keys whose value is a client's conversation
@@ -343,6 +352,62 @@ impl TrodoConfig {
     #[must_use]
     pub fn with_session_grouping(self, group: bool) -> Self {
         self.edit(|s| s.group_sessions = group)
+    }
+
+    /// Captures request bodies (and manual spans' inputs) as `input`, or not.
+    /// Defaults to on. Headers are never captured.
+    #[must_use]
+    pub fn with_input_capture(self, capture: bool) -> Self {
+        self.edit(|s| s.capture_input = capture)
+    }
+
+    /// Captures response bodies (and manual spans' outputs) as `output`, or
+    /// not. Defaults to on.
+    #[must_use]
+    pub fn with_output_capture(self, capture: bool) -> Self {
+        self.edit(|s| s.capture_output = capture)
+    }
+
+    /// Sets a redaction hook that sees every captured input and output
+    /// before it is serialised: a JSON body as its JSON value, any other text
+    /// (or a body cut by the capture limit) as a JSON string. Change the
+    /// value in place. Defaults to none.
+    ///
+    /// ```
+    /// use serde_json::Value;
+    /// use trodo_tower::TrodoConfig;
+    ///
+    /// let config = TrodoConfig::new().with_redaction(|value: &mut Value| {
+    ///     if let Some(token) = value.pointer_mut("/params/arguments/api_token") {
+    ///         *token = Value::from("[redacted]");
+    ///     }
+    /// });
+    /// ```
+    #[must_use]
+    pub fn with_redaction<F>(self, redact: F) -> Self
+    where
+        F: Fn(&mut serde_json::Value) + Send + Sync + 'static,
+    {
+        self.edit(|s| s.redactor = Some(Redactor(Arc::new(redact))))
+    }
+
+    /// Sets how a run's `distinct_id` (the end user) is found: a closure
+    /// over the head of the request that opens the run, e.g. an auth
+    /// subject or a header. Defaults to none.
+    ///
+    /// ```
+    /// use trodo_tower::TrodoConfig;
+    ///
+    /// let config = TrodoConfig::new().with_distinct_id(|parts| {
+    ///     Some(parts.headers.get("x-user-id")?.to_str().ok()?.to_owned())
+    /// });
+    /// ```
+    #[must_use]
+    pub fn with_distinct_id<F>(self, extract: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.edit(|s| s.distinct_id = Some(HeadFn(Arc::new(extract))))
     }
 
     /// Turns the layer on or off; off, it passes every request through

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use uuid::Uuid;
 
+use crate::api::{RequestSpan, inbound_propagation};
 use crate::capture::Capture;
+use crate::capture_policy::Side;
 use crate::config::Sessionless;
 use crate::mcp::envelope::{
     ClientMessage, Implementation, Request as McpRequest, parse_client_message,
@@ -55,6 +57,12 @@ pub(crate) struct Exchange {
     app_key: Option<String>,
     /// The caller's address (or user agent), for requests without a session.
     caller: Option<String>,
+    /// The run's end user, from the configured extractor.
+    distinct_id: Option<String>,
+    /// The caller's run and span, from the propagation headers.
+    joined: Option<(Uuid, Option<Uuid>)>,
+    /// The request's span, also in the request's extensions for handlers.
+    request_span: RequestSpan,
     request: Arc<Mutex<RequestCapture>>,
 }
 
@@ -68,8 +76,11 @@ pub(crate) enum Failure {
 }
 
 impl Exchange {
-    /// Notes what the request head says and makes the capture its body will fill.
-    pub(crate) fn new(shared: Arc<Shared>, parts: &Parts) -> Self {
+    /// Notes what the request head says, makes the capture its body will
+    /// fill, and puts the request's [`RequestSpan`] in its extensions.
+    pub(crate) fn new(shared: Arc<Shared>, parts: &mut Parts) -> Self {
+        let request_span = RequestSpan::new(Arc::clone(&shared));
+        parts.extensions.insert(request_span.clone());
         let settings = &shared.settings;
         let headers = &parts.headers;
         let session_id =
@@ -84,10 +95,28 @@ impl Exchange {
             } else {
                 (None, None)
             };
+        let distinct_id = settings
+            .distinct_id
+            .as_ref()
+            .and_then(|extract| (extract.0)(parts));
+        // A session known here already has its run: handlers can use it
+        // (child spans, propagation headers) before the answer.
+        if let Some(session_id) = &session_id
+            && let Some(run_id) = shared.sessions.run_id(session_id)
+        {
+            request_span.attach(&Destination::Run {
+                key: session_id.clone(),
+                run_id,
+                opened: false,
+            });
+        }
         Self {
             session_id,
             app_key,
             caller,
+            distinct_id,
+            joined: inbound_propagation(headers),
+            request_span,
             protocol_header: header_text(headers, PROTOCOL_VERSION_HEADER),
             wants_event_stream: parts.method == Method::GET && accepts_event_stream(headers),
             route: parts
@@ -113,6 +142,15 @@ impl Exchange {
     /// Decides, on the response head, what this exchange means for its
     /// run; returns the recorder that watches the response body.
     pub(crate) fn on_response<B>(self, response: &Response<B>) -> Option<Recorder> {
+        let request_span = self.request_span.clone();
+        let recorder = self.decide(response);
+        if recorder.is_none() {
+            request_span.detach();
+        }
+        recorder
+    }
+
+    fn decide<B>(self, response: &Response<B>) -> Option<Recorder> {
         let (message, input) = self.read_request();
         let request = match message {
             Some(ClientMessage::Request(request)) => {
@@ -137,11 +175,37 @@ impl Exchange {
                 return self.open_session(new_session, response, request, input);
             }
         }
-        match self.session_id.clone() {
-            Some(session_id) => self.in_session(session_id, request, input, response),
-            // Without a session only JSON-RPC requests are part of a run.
-            None => self.sessionless(request?, input, response),
+        match (self.session_id.clone(), request, self.joined) {
+            (Some(session_id), request, _) => self.in_session(session_id, request, input, response),
+            (None, Some(request), _) => self.sessionless(request, input, response),
+            // Another service's call, joining its caller's run.
+            (None, None, Some((run_id, _))) => {
+                let status = response.status();
+                let route_kind = response.extensions().get::<RouteSpanKind>().map(|k| k.0);
+                let draft = self.draft(None, input, route_kind, Some(status));
+                let destination = Destination::Joined { run_id };
+                Some(self.recorder(draft, destination, status, response.headers()))
+            }
+            (None, None, None) => None,
         }
+    }
+
+    /// The recorder of a span, once its run is decided.
+    fn recorder(
+        &self,
+        draft: SpanDraft,
+        destination: Destination,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> Recorder {
+        self.request_span.attach(&destination);
+        Recorder::span(
+            Arc::clone(&self.shared),
+            draft,
+            destination,
+            status,
+            headers,
+        )
     }
 
     /// Records a span for an exchange that ended without a response head.
@@ -170,6 +234,7 @@ impl Exchange {
             run_id,
             opened: false,
         };
+        self.request_span.attach(&destination);
         draft.fail(&self.shared, destination, error_type, message);
     }
 
@@ -307,8 +372,13 @@ impl Exchange {
         } else {
             parse_client_message(capture.bytes())
         };
+        let settings = &self.shared.settings;
         let input = Input {
-            text: (capture.total_bytes() > 0).then(|| capture.text()),
+            text: (capture.total_bytes() > 0)
+                .then(|| capture.text())
+                .and_then(|text| {
+                    settings.captured_text(Side::Input, text, !capture.is_truncated())
+                }),
             truncated: capture.is_truncated(),
             bytes: capture.total_bytes(),
         };
@@ -388,7 +458,7 @@ impl Exchange {
 
     fn run(&self, key: &RunKey, input: Option<String>, metadata: Map<String, Value>) -> Run {
         let mut run = self.run_without_key(metadata);
-        run.conversation_id = Some(key.conversation_id().to_owned());
+        run.conversation_id = key.conversation_id().map(str::to_owned);
         run.input = input;
         run
     }
@@ -397,7 +467,7 @@ impl Exchange {
         Run {
             run_id: Uuid::new_v4(),
             agent_name: self.shared.settings.agent_name.clone(),
-            distinct_id: None,
+            distinct_id: self.distinct_id.clone(),
             conversation_id: None,
             parent_run_id: None,
             status: RunStatus::Running,
@@ -472,7 +542,7 @@ impl Exchange {
             }
             None if self.method == Method::POST
                 && input.bytes > 0
-                && self.shared.is_mcp_path(&self.path) =>
+                && self.shared.is_known_mcp_path(&self.path) =>
             {
                 // A POST to the MCP endpoint that is not one JSON-RPC message.
                 attributes.insert("http.route".to_owned(), Value::from(self.path.as_str()));
@@ -511,6 +581,8 @@ impl Exchange {
         );
         attributes.insert("input_truncated".to_owned(), Value::Bool(input.truncated));
         SpanDraft {
+            request_span: self.request_span.clone(),
+            parent_span_id: self.joined.and_then(|(_, parent)| parent),
             name,
             kind,
             tool_name,

@@ -57,8 +57,10 @@
 //!
 //! [Trodo]: https://trodo.ai
 
+mod api;
 mod body;
 mod capture;
+mod capture_policy;
 mod config;
 mod error;
 mod exchange;
@@ -75,6 +77,10 @@ mod span_kind;
 mod state;
 mod wire;
 
+pub use api::{
+    AgentRun, EndRun, Feedback, PARENT_SPAN_ID_HEADER, RUN_ID_HEADER, RequestSpan, SpanGuard,
+    StartRun,
+};
 pub use body::{RequestBody, ResponseBody};
 pub use config::{
     DEFAULT_AGENT_NAME, DEFAULT_API_BASE, DEFAULT_CAPTURE_LIMIT, DEFAULT_CONVERSATION_META_KEYS,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::capture::{Capture, truncate_chars};
+use crate::capture_policy::Side;
 use crate::mcp::envelope::{
     Outcome, Response, ServerMessage, looks_like_response, parse_response, parse_server_message,
 };
@@ -22,6 +23,10 @@ use crate::state::Shared;
 
 /// What the recorder is for.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per response, and the large variant is the common one"
+)]
 enum Purpose {
     /// A request's span, and where it goes.
     Span {
@@ -177,6 +182,11 @@ impl Recorder {
         let unanswered = reader.ended_unanswered();
         let progress_events = reader.progress_events();
         let (output, output_truncated, response) = reader.into_output();
+        let output = output.and_then(|text| {
+            shared
+                .settings
+                .captured_text(Side::Output, text, !output_truncated)
+        });
         match purpose {
             Purpose::Initialize { key, run_id, .. } => {
                 shared

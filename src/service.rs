@@ -71,8 +71,8 @@ where
             return ResponseFuture::new(self.inner.call(request), None);
         }
         self.shared.start_background();
-        let (parts, body) = request.into_parts();
-        let exchange = Exchange::new(Arc::clone(&self.shared), &parts);
+        let (mut parts, body) = request.into_parts();
+        let exchange = Exchange::new(Arc::clone(&self.shared), &mut parts);
         let body = RequestBody::new(body, Some(exchange.request_capture()));
         ResponseFuture::new(
             self.inner.call(Request::from_parts(parts, body)),

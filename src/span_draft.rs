@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 use std::time::Instant;
 use uuid::Uuid;
 
+use crate::api::{RequestSpan, record_in_run};
 use crate::capture::truncate_chars;
 use crate::export::IngestCall;
 use crate::mcp::envelope::Response;
@@ -24,11 +25,16 @@ pub(crate) enum Destination {
     },
     /// A run of its own, sent whole with `runs/ingest`.
     OwnRun(Box<Run>),
+    /// Another service's run, joined through the propagation headers.
+    Joined { run_id: Uuid },
 }
 
 /// A span known from the request, waiting for its response.
 #[derive(Debug)]
 pub(crate) struct SpanDraft {
+    /// The request's span: its id, and where its children go.
+    pub(crate) request_span: RequestSpan,
+    pub(crate) parent_span_id: Option<Uuid>,
     pub(crate) name: String,
     pub(crate) kind: SpanKind,
     pub(crate) tool_name: Option<String>,
@@ -97,13 +103,13 @@ impl SpanDraft {
             None => (SpanStatus::Ok, None, None),
         };
         let run_id = match &destination {
-            Destination::Run { run_id, .. } => *run_id,
+            Destination::Run { run_id, .. } | Destination::Joined { run_id } => *run_id,
             Destination::OwnRun(run) => run.run_id,
         };
         let span = Span {
-            span_id: Uuid::new_v4(),
+            span_id: self.request_span.span_id(),
             run_id,
-            parent_span_id: None,
+            parent_span_id: self.parent_span_id,
             kind: self.kind,
             name: self.name,
             status,
@@ -137,13 +143,14 @@ impl SpanDraft {
                             note_server(run, response)
                         });
                 }
-                if !shared.sessions.record_span(&key, span, &shared.exporter) {
-                    tracing::debug!("trodo: span after its run ended, dropped");
-                }
+                record_in_run(shared, Some(&key), run_id, vec![span]);
             }
+            Destination::Joined { run_id } => record_in_run(shared, None, run_id, vec![span]),
             Destination::OwnRun(mut run) => {
                 note_server(&mut run, response);
-                send_own_run(shared, *run, span);
+                let mut spans = self.request_span.take_collected();
+                spans.push(span);
+                send_own_run(shared, *run, spans);
             }
         }
     }
@@ -167,10 +174,14 @@ pub(crate) fn note_server(run: &mut Run, response: Option<&Response>) {
     }
 }
 
-/// Sends a one-request run whole: the run ends with its only span.
-fn send_own_run(shared: &Shared, mut run: Run, span: Span) {
+/// Sends a one-request run whole: the run ends with its request's span
+/// (the last of `spans`; the others are its children).
+fn send_own_run(shared: &Shared, mut run: Run, spans: Vec<Span>) {
+    let Some(span) = spans.last() else { return };
     let mut totals = Totals::default();
-    totals.add(&span);
+    for span in &spans {
+        totals.add(span);
+    }
     run.status = match span.status {
         SpanStatus::Ok => RunStatus::Ok,
         SpanStatus::Error => RunStatus::Error,
@@ -183,6 +194,6 @@ fn send_own_run(shared: &Shared, mut run: Run, span: Span) {
     run.totals = Some(totals);
     shared.exporter.send(IngestCall::Ingest {
         run: Box::new(run),
-        spans: vec![span],
+        spans,
     });
 }

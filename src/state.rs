@@ -111,14 +111,24 @@ impl Shared {
         }
     }
 
-    /// Whether `path` is the MCP endpoint; before any JSON-RPC was seen
-    /// (a fresh process), every path may be.
+    /// Whether `path` may be the MCP endpoint: a path where JSON-RPC was
+    /// seen, or any path before that (a fresh process, which must still
+    /// close a session on its DELETE or 404).
     pub(crate) fn is_mcp_path(&self, path: &str) -> bool {
         let known = self
             .mcp_paths
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         known.is_empty() || known.iter().any(|p| &**p == path)
+    }
+
+    /// Whether JSON-RPC was seen on `path`.
+    pub(crate) fn is_known_mcp_path(&self, path: &str) -> bool {
+        let known = self
+            .mcp_paths
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        known.iter().any(|p| &**p == path)
     }
 
     /// Ends every open run, then delivers what is queued, within `timeout`.

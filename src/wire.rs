@@ -149,6 +149,33 @@ fn serialize_cost<S: serde::Serializer>(cost: &f64, s: S) -> Result<S::Ok, S::Er
     s.serialize_f64((cost * 1e8).round() / 1e8)
 }
 
+/// The body of `runs/{id}/feedback`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct FeedbackBody {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) satisfaction: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) rating: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) comment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) distinct_id: Option<String>,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    pub(crate) attributes: Map<String, Value>,
+}
+
+/// A value as `input` / `output` text: a string is kept as it is, any other
+/// JSON value is serialised; cut at `max_chars` characters.
+pub(crate) fn io_text(value: &Value, max_chars: usize) -> String {
+    let text = match value {
+        Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
+        other => std::borrow::Cow::Owned(other.to_string()),
+    };
+    crate::capture::truncate_chars(&text, max_chars)
+        .0
+        .to_owned()
+}
+
 /// A point in time, serialised as ISO-8601 UTC with a `Z` suffix and microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Timestamp(pub(crate) SystemTime);
@@ -178,6 +205,13 @@ mod tests {
             serde_json::to_value(t).unwrap(),
             "2025-11-26T00:00:00.123000Z"
         );
+    }
+
+    #[test]
+    fn io_text_keeps_strings_and_serialises_the_rest() {
+        assert_eq!(io_text(&Value::from("plain"), 10), "plain");
+        assert_eq!(io_text(&serde_json::json!({"a": 1}), 100), r#"{"a":1}"#);
+        assert_eq!(io_text(&Value::from("héllo"), 2), "hé");
     }
 
     #[test]

@@ -158,9 +158,7 @@ async fn json_responses_are_captured_whole() {
     assert_eq!(failed.headers["content-type"], "application/json");
 
     ingest
-        .wait_until(WAIT, |r| {
-            r.iter().filter(|r| r.path.ends_with("/spans")).count() == 2
-        })
+        .wait_until(WAIT, |r| span_count(r) == 2)
         .await
         .unwrap();
     let spans = ingest.spans();

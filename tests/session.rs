@@ -48,7 +48,7 @@ async fn rmcp_client_session_becomes_one_run_with_exact_wire() {
     .await
     .unwrap();
     let tools = client.list_tools(Default::default()).await.unwrap();
-    assert_eq!(tools.tools.len(), 5);
+    assert_eq!(tools.tools.len(), 6);
     let echo = client
         .call_tool(
             CallToolRequestParams::new("echo").with_arguments(args(json!({"text": "hi there"}))),
@@ -196,7 +196,7 @@ async fn rmcp_client_session_becomes_one_run_with_exact_wire() {
             .as_array()
             .unwrap()
             .len(),
-        5
+        6
     );
 
     let echo = &spans[1];

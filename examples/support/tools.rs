@@ -1,5 +1,5 @@
-//! The demo MCP server: five rmcp tools (`echo`, `add`, `fail`, `slow_progress`,
-//! `wait_for_release`) served over Streamable HTTP.
+//! The demo MCP server: six rmcp tools (`echo`, `add`, `fail`, `ask_llm`,
+//! `slow_progress`, `wait_for_release`) served over Streamable HTTP.
 //!
 //! Shared by the examples and the integration tests through
 //! `#[path = "../examples/support/tools.rs"] mod tools;`.
@@ -26,6 +26,7 @@ use rmcp::{
 };
 use serde::Deserialize;
 use tokio::sync::Semaphore;
+use trodo_tower::{RequestSpan, SpanKind};
 
 /// The demo tool server. Clones share the `wait_for_release` gates, so a test
 /// can keep one clone and call [`DemoTools::release`] / [`DemoTools::started`]
@@ -57,6 +58,12 @@ struct FailArgs {
     /// The error text to return instead of "this tool always fails".
     #[serde(default)]
     reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct AskArgs {
+    /// The question for the (pretend) language model.
+    question: String,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -156,6 +163,29 @@ impl DemoTools {
             .await;
         }
         format!("done after {steps} steps")
+    }
+
+    #[tool(description = "Answer a question with a (pretend) LLM call, recorded as a child span")]
+    fn ask_llm(
+        &self,
+        Parameters(AskArgs { question }): Parameters<AskArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> String {
+        let answer = format!("the answer to {question:?} is 42");
+        // rmcp hands the tool the HTTP request parts; TrodoLayer put the
+        // request's span there.
+        let parts = ctx.extensions.get::<http::request::Parts>();
+        if let Some(request_span) = parts.and_then(RequestSpan::of) {
+            let mut llm = request_span.child(SpanKind::Llm, "llm.answer");
+            llm.set_model("demo-model", "demo")
+                .set_input(question.as_str())
+                .set_output(answer.as_str())
+                .set_tokens(question.len() as u64, 9)
+                .set_cost(0.00042)
+                .set_temperature(0.2);
+            llm.finish();
+        }
+        answer
     }
 
     #[tool(description = "Report \"started\", then wait until the test releases the call")]

@@ -45,6 +45,7 @@ impl Batch {
             ItemKind::Span => format!("/api/sdk/runs/{run_id}/spans"),
             ItemKind::End => format!("/api/sdk/runs/{run_id}/end"),
             ItemKind::Ingest => "/api/sdk/runs/ingest".to_owned(),
+            ItemKind::Feedback => format!("/api/sdk/runs/{run_id}/feedback"),
         }
     }
 
@@ -53,7 +54,7 @@ impl Batch {
         let (open, close): (&[u8], &[u8]) = match self.kind {
             ItemKind::Start => (b"{\"run\":", b"}"),
             ItemKind::Span => (b"{\"spans\":[", b"]}"),
-            ItemKind::End | ItemKind::Ingest => (b"", b""),
+            ItemKind::End | ItemKind::Ingest | ItemKind::Feedback => (b"", b""),
         };
         let mut body = Vec::with_capacity(open.len() + self.bytes() + self.len() + close.len());
         body.extend_from_slice(open);

@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use crate::wire::{End, Run, Span};
+use crate::wire::{End, FeedbackBody, Run, Span};
 
 /// A call of the ingest API, see `WIRE.md`. The exporter splits it into
 /// records (one per span of a spans call) and joins the waiting spans of
@@ -17,4 +17,9 @@ pub(crate) enum IngestCall {
     End { run_id: Uuid, end: Box<End> },
     /// `POST /api/sdk/runs/ingest` with a whole run and its spans in one call.
     Ingest { run: Box<Run>, spans: Vec<Span> },
+    /// `POST /api/sdk/runs/{run_id}/feedback` with the feedback record.
+    Feedback {
+        run_id: Uuid,
+        feedback: Box<FeedbackBody>,
+    },
 }

@@ -20,6 +20,8 @@ pub(crate) enum ItemKind {
     End,
     /// The whole body of `runs/ingest`: a run with its spans, sent alone.
     Ingest,
+    /// The body of `runs/{id}/feedback`.
+    Feedback,
 }
 
 /// The body of `runs/ingest`.
@@ -88,6 +90,13 @@ impl Encoded {
                     run.run_id,
                     ItemKind::Ingest,
                     serde_json::to_vec(&body),
+                )]
+            }
+            IngestCall::Feedback { run_id, feedback } => {
+                vec![encode(
+                    run_id,
+                    ItemKind::Feedback,
+                    serde_json::to_vec(&feedback),
                 )]
             }
         }

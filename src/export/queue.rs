@@ -451,7 +451,9 @@ impl Queue {
     fn index(&mut self, item: &Item) {
         let by_age = match item.kind {
             ItemKind::Span => &mut self.spans_by_age,
-            ItemKind::Start | ItemKind::End | ItemKind::Ingest => &mut self.marks_by_age,
+            ItemKind::Start | ItemKind::End | ItemKind::Ingest | ItemKind::Feedback => {
+                &mut self.marks_by_age
+            }
         };
         by_age.insert(item.seq, item.run_id);
     }
@@ -459,7 +461,9 @@ impl Queue {
     fn unindex(&mut self, item: &Item) {
         let by_age = match item.kind {
             ItemKind::Span => &mut self.spans_by_age,
-            ItemKind::Start | ItemKind::End | ItemKind::Ingest => &mut self.marks_by_age,
+            ItemKind::Start | ItemKind::End | ItemKind::Ingest | ItemKind::Feedback => {
+                &mut self.marks_by_age
+            }
         };
         by_age.remove(&item.seq);
     }

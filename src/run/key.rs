@@ -18,6 +18,8 @@ pub(crate) enum RunKey {
     Session(String),
     /// A key resolved for traffic without sessions.
     Resolved { key: String, source: KeySource },
+    /// A run opened with [`Trodo::start_run`](crate::Trodo::start_run).
+    Manual(uuid::Uuid),
 }
 
 /// Where a resolved key came from.
@@ -32,19 +34,22 @@ pub(crate) enum KeySource {
 }
 
 impl RunKey {
-    /// The key in the session table. Resolved keys start with a space, which
-    /// no session id can contain (they are visible ASCII), so the two never collide.
+    /// The key in the session table. Resolved keys start with a space and
+    /// manual ones with a tab, which no session id can contain (they are
+    /// visible ASCII), so the three never collide.
     pub(crate) fn table_key(&self) -> String {
         match self {
             Self::Session(id) => id.clone(),
             Self::Resolved { key, .. } => format!(" {key}"),
+            Self::Manual(run_id) => format!("\t{run_id}"),
         }
     }
 
-    /// The run's `conversation_id`.
-    pub(crate) fn conversation_id(&self) -> &str {
+    /// The run's `conversation_id`, if the key is one.
+    pub(crate) fn conversation_id(&self) -> Option<&str> {
         match self {
-            Self::Session(id) | Self::Resolved { key: id, .. } => id,
+            Self::Session(id) | Self::Resolved { key: id, .. } => Some(id),
+            Self::Manual(_) => None,
         }
     }
 
@@ -53,6 +58,7 @@ impl RunKey {
         match self {
             Self::Session(_) => "session".to_owned(),
             Self::Resolved { source, .. } => source.to_string(),
+            Self::Manual(_) => "manual".to_owned(),
         }
     }
 }
@@ -109,15 +115,15 @@ pub(crate) fn client_identity(
     }
 }
 
-/// An application's run key resolver over the request head.
+/// An application's closure over a request head (run key, distinct id).
 #[derive(Clone)]
-pub(crate) struct RunKeyFn(
+pub(crate) struct HeadFn(
     pub(crate) Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>,
 );
 
-impl fmt::Debug for RunKeyFn {
+impl fmt::Debug for HeadFn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RunKeyFn(<fn>)")
+        f.write_str("HeadFn(<fn>)")
     }
 }
 
@@ -134,7 +140,10 @@ mod tests {
             source: KeySource::App,
         };
         assert_ne!(session.table_key(), resolved.table_key());
-        assert_eq!(resolved.conversation_id(), "abc");
+        assert_eq!(resolved.conversation_id(), Some("abc"));
+        let manual = RunKey::Manual(uuid::Uuid::nil());
+        assert_ne!(manual.table_key(), session.table_key());
+        assert_eq!(manual.conversation_id(), None);
         assert_eq!(resolved.source(), "app");
     }
 

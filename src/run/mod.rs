@@ -3,8 +3,8 @@
 mod key;
 mod sessions;
 
-pub(crate) use key::{KeySource, RunKey, RunKeyFn, client_identity, meta_conversation};
-pub(crate) use sessions::Sessions;
+pub(crate) use key::{HeadFn, KeySource, RunKey, client_identity, meta_conversation};
+pub(crate) use sessions::{CloseRun, Ending as RunEnding, Sessions, send_end};
 
 use serde_json::{Map, Value};
 use std::fmt;

@@ -193,6 +193,15 @@ pub async fn read(response: reqwest::Response) -> Answer {
     }
 }
 
+/// How many spans the ingest received (spans of one run may share a call).
+pub fn span_count(received: &[ingest::Received]) -> usize {
+    received
+        .iter()
+        .filter_map(|r| r.body["spans"].as_array())
+        .map(Vec::len)
+        .sum()
+}
+
 /// The spans of one run, in arrival order.
 pub fn spans_of(ingest: &RecordingIngest, run_id: &str) -> Vec<Value> {
     ingest

@@ -1,0 +1,202 @@
+//! The manual API: the Python SDK's `start_run` / `join_run` / `end_run` /
+//! `feedback` / `wrap_agent`, on the [`Trodo`] handle, and the request span
+//! handlers reach through request extensions.
+
+mod agent;
+mod options;
+mod propagation;
+mod request;
+mod span;
+
+pub use agent::AgentRun;
+pub use options::{EndRun, Feedback, StartRun};
+pub use propagation::{PARENT_SPAN_ID_HEADER, RUN_ID_HEADER};
+pub use request::RequestSpan;
+pub use span::SpanGuard;
+
+pub(crate) use propagation::inbound as inbound_propagation;
+pub(crate) use request::record_in_run;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use uuid::Uuid;
+
+use crate::capture::truncate_chars;
+use crate::capture_policy::Side;
+use crate::config::TrodoConfig;
+use crate::export::IngestCall;
+use crate::run::{CloseRun, RunEnding, RunKey, send_end};
+use crate::span_kind::SpanKind;
+use crate::state::{Shared, Trodo};
+use crate::wire::{MAX_ERROR_CHARS, Run, RunStatus, Timestamp, Totals};
+use span::SpanSink;
+
+impl Trodo {
+    /// The handle on the state of `config`: the same one every
+    /// [`TrodoLayer`](crate::TrodoLayer) built from it (or a clone) uses.
+    ///
+    /// ```
+    /// use trodo_tower::{Trodo, TrodoConfig, TrodoLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let config = TrodoConfig::new();
+    /// let layer = TrodoLayer::new(config.clone());
+    /// let trodo = Trodo::new(&config); // shares the layer's sessions and delivery
+    /// # assert_eq!(trodo.open_runs(), layer.trodo().open_runs());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn new(config: &TrodoConfig) -> Self {
+        Self {
+            shared: Shared::of(config),
+        }
+    }
+
+    /// Opens a run that lives across requests and processes (a session you
+    /// track yourself): `POST /runs/start` now, and the run id back. Any
+    /// process can add spans with [`join_run`](Self::join_run); end it with
+    /// [`end_run`](Self::end_run). Runs opened here are not ended by the
+    /// idle sweep, only by `end_run` or shutdown.
+    pub fn start_run(&self, run: StartRun) -> Uuid {
+        let shared = &self.shared;
+        let run_id = run.run_id.unwrap_or_else(Uuid::new_v4);
+        let input = run
+            .input
+            .and_then(|v| shared.settings.captured_value(Side::Input, v));
+        let record = Run {
+            run_id,
+            agent_name: run.agent_name,
+            distinct_id: run.distinct_id,
+            conversation_id: run.conversation_id,
+            parent_run_id: run.parent_run_id,
+            status: RunStatus::Running,
+            input,
+            output: None,
+            started_at: Timestamp::now(),
+            ended_at: None,
+            duration_ms: None,
+            error_summary: None,
+            metadata: run.metadata,
+            totals: None,
+        };
+        let key = RunKey::Manual(run_id).table_key();
+        if !shared
+            .sessions
+            .open_started(&key, record, false, &shared.exporter)
+        {
+            tracing::warn!(%run_id, "trodo: start_run for a run already open here, ignored");
+        }
+        run_id
+    }
+
+    /// A span of the run `run_id`, from any process: it is sent with
+    /// `POST /runs/{id}/spans` when it finishes, and counts in the run's
+    /// totals when the run is open in this process.
+    pub fn join_run(&self, run_id: Uuid, kind: SpanKind, name: impl Into<String>) -> SpanGuard {
+        SpanGuard::new(
+            Arc::clone(&self.shared),
+            SpanSink::Run(run_id),
+            run_id,
+            None,
+            kind,
+            name.into(),
+        )
+    }
+
+    /// Ends a run with `POST /runs/{id}/end`. For a run open in this
+    /// process (opened by [`start_run`](Self::start_run) or by the layer)
+    /// the end carries the true totals of all its spans, and a second
+    /// `end_run` sends nothing. For a run of another process the end is sent
+    /// with the totals this process knows (none).
+    pub fn end_run(&self, run_id: Uuid, end: EndRun) {
+        let shared = &self.shared;
+        let ending = RunEnding {
+            status: if end.failed {
+                RunStatus::Error
+            } else {
+                RunStatus::Ok
+            },
+            output: end
+                .output
+                .and_then(|v| shared.settings.captured_value(Side::Output, v)),
+            error_summary: end
+                .error_summary
+                .map(|s| truncate_chars(&s, MAX_ERROR_CHARS).0.to_owned()),
+            metadata: end.metadata,
+        };
+        match shared
+            .sessions
+            .close_run(run_id, ending.clone(), &shared.exporter)
+        {
+            CloseRun::Closed => {}
+            CloseRun::AlreadyEnded => {
+                tracing::debug!(%run_id, "trodo: end_run for a run already ended, ignored");
+            }
+            CloseRun::Unknown => {
+                send_end(
+                    run_id,
+                    Timestamp::now(),
+                    ending,
+                    Totals::default(),
+                    &shared.exporter,
+                );
+            }
+        }
+    }
+
+    /// Feedback on a run (`POST /runs/{id}/feedback`).
+    pub fn feedback(&self, run_id: Uuid, feedback: Feedback) {
+        self.shared.exporter.send(IngestCall::Feedback {
+            run_id,
+            feedback: Box::new(feedback.body),
+        });
+    }
+
+    /// Runs `agent` as one run sent whole with a single `POST /runs/ingest`
+    /// when it completes (no `start`/`end` calls): its spans are the ones
+    /// made with the [`AgentRun`] handle. An `Ok` value is the run's output;
+    /// an `Err` makes it a failed run whose `error_summary` is the error.
+    ///
+    /// ```
+    /// use trodo_tower::{SpanKind, StartRun, Trodo, TrodoConfig};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let trodo = Trodo::new(&TrodoConfig::new());
+    /// let answer: Result<String, String> = trodo
+    ///     .wrap_agent(StartRun::new("chat").distinct_id("user-1").input("hello"), |run| async move {
+    ///         let mut llm = run.span(SpanKind::Llm, "llm.reply");
+    ///         llm.set_tokens(10, 3);
+    ///         llm.finish();
+    ///         Ok("world".to_owned())
+    ///     })
+    ///     .await;
+    /// # }
+    /// ```
+    pub async fn wrap_agent<T, E, F, Fut>(&self, run: StartRun, agent: F) -> Result<T, E>
+    where
+        F: FnOnce(AgentRun) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        T: serde::Serialize,
+        E: std::fmt::Display,
+    {
+        let run_id = run.run_id.unwrap_or_else(Uuid::new_v4);
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let handle = AgentRun::new(Arc::clone(&self.shared), run_id, Arc::clone(&spans));
+        let started_at = Timestamp::now();
+        let started = std::time::Instant::now();
+        let result = agent(handle).await;
+        let spans = std::mem::take(&mut *spans.lock().unwrap_or_else(PoisonError::into_inner));
+        agent::send_whole(
+            &self.shared,
+            run,
+            run_id,
+            started_at,
+            started,
+            &result,
+            spans,
+        );
+        result
+    }
+}

@@ -1,0 +1,249 @@
+//! [`RequestSpan`]: the span of the request a handler is serving, reachable
+//! through request extensions, for child spans and propagation.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use uuid::Uuid;
+
+use super::span::{SpanGuard, SpanSink};
+use crate::export::IngestCall;
+use crate::span_draft::Destination;
+use crate::span_kind::SpanKind;
+use crate::state::Shared;
+use crate::wire::Span;
+
+/// Most child spans kept for one request while its run is not known yet.
+const MAX_WAITING_CHILDREN: usize = 1_000;
+
+/// The span of the request being handled under [`TrodoLayer`](crate::TrodoLayer).
+///
+/// The layer puts it in the request's extensions before calling your
+/// service. Take it with axum's `Extension<RequestSpan>`, or in an rmcp tool
+/// from the HTTP request parts rmcp hands to the handler
+/// (`ctx.extensions.get::<http::request::Parts>()`, then [`RequestSpan::of`]).
+/// Its children (LLM calls, retrievals, ...) have the request's span as
+/// parent and count in the run's totals.
+///
+/// ```
+/// use axum::{Extension, Router, routing::post};
+/// use trodo_tower::{RequestSpan, SpanKind, TrodoConfig, TrodoLayer};
+///
+/// async fn answer(Extension(span): Extension<RequestSpan>) -> &'static str {
+///     let mut llm = span.child(SpanKind::Llm, "llm.answer");
+///     llm.set_model("claude-sonnet", "anthropic").set_tokens(120, 40).set_cost(0.0009);
+///     llm.finish();
+///     "done"
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let app: Router = Router::new()
+///     .route("/answer", post(answer))
+///     .layer(TrodoLayer::new(TrodoConfig::new()));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RequestSpan {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    span_id: Uuid,
+    state: Mutex<State>,
+}
+
+/// Where the request's children go.
+#[derive(Debug)]
+enum State {
+    /// The run is not known yet (it is decided on the response head).
+    Waiting(Vec<Span>),
+    /// Into an open run: under `key` in the run table, or by id (a joined run).
+    InRun { key: Option<String>, run_id: Uuid },
+    /// Into the span list of the request's own run, sent whole at its end.
+    Collecting { run_id: Uuid, spans: Vec<Span> },
+    /// The request is part of no run: children are dropped.
+    Detached,
+}
+
+impl fmt::Debug for RequestSpan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestSpan")
+            .field("span_id", &self.inner.span_id)
+            .field("run_id", &self.run_id())
+            .finish()
+    }
+}
+
+impl RequestSpan {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                shared,
+                span_id: Uuid::new_v4(),
+                state: Mutex::new(State::Waiting(Vec::new())),
+            }),
+        }
+    }
+
+    /// The request span in the extensions of a request head, if the layer put one there.
+    #[must_use]
+    pub fn of(parts: &http::request::Parts) -> Option<&Self> {
+        parts.extensions.get::<Self>()
+    }
+
+    /// The id the request's span will have.
+    #[must_use]
+    pub fn span_id(&self) -> Uuid {
+        self.inner.span_id
+    }
+
+    /// The request's run, once known (it is known inside handlers of
+    /// requests in a session the process knows, and always after the answer).
+    #[must_use]
+    pub fn run_id(&self) -> Option<Uuid> {
+        match &*self.lock() {
+            State::InRun { run_id, .. } | State::Collecting { run_id, .. } => Some(*run_id),
+            State::Waiting(_) | State::Detached => None,
+        }
+    }
+
+    /// A child span of the request's span.
+    pub fn child(&self, kind: SpanKind, name: impl Into<String>) -> SpanGuard {
+        let run_id = self.run_id().unwrap_or_else(Uuid::nil);
+        let shared = Arc::clone(&self.inner.shared);
+        SpanGuard::new(
+            shared,
+            SpanSink::Request(self.clone()),
+            run_id,
+            Some(self.span_id()),
+            kind,
+            name.into(),
+        )
+    }
+
+    /// Headers that let a service you call join this request's run under
+    /// its span: `X-Trodo-Run-Id` and `X-Trodo-Parent-Span-Id`. Empty while
+    /// the run is not known.
+    #[must_use]
+    pub fn propagation_headers(&self) -> http::HeaderMap {
+        super::propagation::headers(self.run_id(), self.span_id())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a finished child where the request's spans go.
+    pub(crate) fn record_child(&self, mut span: Span) {
+        let shared = &self.inner.shared;
+        let mut state = self.lock();
+        match &mut *state {
+            State::Waiting(spans) => {
+                if spans.len() < MAX_WAITING_CHILDREN {
+                    spans.push(span);
+                } else {
+                    tracing::debug!(
+                        "trodo: too many child spans before the run was known, dropped"
+                    );
+                }
+            }
+            State::InRun { key, run_id } => {
+                span.run_id = *run_id;
+                let (key, run_id) = (key.clone(), *run_id);
+                drop(state);
+                record_in_run(shared, key.as_deref(), run_id, vec![span]);
+            }
+            State::Collecting { run_id, spans } => {
+                span.run_id = *run_id;
+                spans.push(span);
+            }
+            State::Detached => {}
+        }
+    }
+
+    /// Binds the request to its run once the response head decided it, and
+    /// sends the children that waited for it.
+    pub(crate) fn attach(&self, destination: &Destination) {
+        let mut state = self.lock();
+        let waiting = match std::mem::replace(&mut *state, State::Detached) {
+            State::Waiting(spans) => spans,
+            other => {
+                *state = other;
+                return;
+            }
+        };
+        let (key, run_id) = match destination {
+            Destination::Run { key, run_id, .. } => (Some(key.clone()), *run_id),
+            Destination::Joined { run_id, .. } => (None, *run_id),
+            Destination::OwnRun(run) => {
+                let spans = with_run_id(waiting, run.run_id);
+                *state = State::Collecting {
+                    run_id: run.run_id,
+                    spans,
+                };
+                return;
+            }
+        };
+        *state = State::InRun {
+            key: key.clone(),
+            run_id,
+        };
+        drop(state);
+        if !waiting.is_empty() {
+            record_in_run(
+                &self.inner.shared,
+                key.as_deref(),
+                run_id,
+                with_run_id(waiting, run_id),
+            );
+        }
+    }
+
+    /// The request is part of no run.
+    pub(crate) fn detach(&self) {
+        *self.lock() = State::Detached;
+    }
+
+    /// The children collected for the request's own run.
+    pub(crate) fn take_collected(&self) -> Vec<Span> {
+        match &mut *self.lock() {
+            State::Collecting { spans, .. } => std::mem::take(spans),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn with_run_id(mut spans: Vec<Span>, run_id: Uuid) -> Vec<Span> {
+    for span in &mut spans {
+        span.run_id = run_id;
+    }
+    spans
+}
+
+/// Records spans in their run. Under a key: into that open run, or nowhere
+/// if it has ended meanwhile (its `end` and totals are out already). By id
+/// alone: into the run if it is open here, else sent as they are (the run
+/// belongs to another process).
+pub(crate) fn record_in_run(shared: &Shared, key: Option<&str>, run_id: Uuid, spans: Vec<Span>) {
+    let sessions = &shared.sessions;
+    let exporter = &shared.exporter;
+    match key {
+        Some(key) => {
+            if let Err(spans) = sessions.record_spans(key, spans, exporter) {
+                tracing::debug!(
+                    count = spans.len(),
+                    "trodo: spans after their run ended, dropped"
+                );
+            }
+        }
+        None => {
+            if let Err(spans) = sessions.record_spans_in_run(run_id, spans, exporter) {
+                exporter.send(IngestCall::Spans { run_id, spans });
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! What of a body or a value is kept as a span's `input` / `output`:
+//! captured or not, redacted, cut to the capture limit.
+//!
+//! One policy serves the layer's body captures and the manual API's values,
+//! so a redaction hook sees everything that leaves the process.
+
+use serde_json::Value;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::config::Settings;
+use crate::wire::io_text;
+
+/// Which side of a span a text is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The request (or a manual span's input).
+    Input,
+    /// The response (or a manual span's output).
+    Output,
+}
+
+/// The application's redaction hook.
+#[derive(Clone)]
+pub(crate) struct Redactor(pub(crate) Arc<dyn Fn(&mut Value) + Send + Sync>);
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Redactor(<fn>)")
+    }
+}
+
+impl Settings {
+    /// Whether a side is captured at all.
+    pub(crate) fn captures(&self, side: Side) -> bool {
+        match side {
+            Side::Input => self.capture_input,
+            Side::Output => self.capture_output,
+        }
+    }
+
+    /// A captured body as the span keeps it. A JSON body read whole is
+    /// redacted as JSON; any other text is redacted as a JSON string.
+    pub(crate) fn captured_text(&self, side: Side, text: String, whole: bool) -> Option<String> {
+        if !self.captures(side) {
+            return None;
+        }
+        let Some(redactor) = &self.redactor else {
+            return Some(text);
+        };
+        let mut value = whole
+            .then(|| serde_json::from_str::<Value>(&text).ok())
+            .flatten()
+            .unwrap_or(Value::String(text));
+        (redactor.0)(&mut value);
+        Some(io_text(&value, self.capture_limit))
+    }
+
+    /// A value given to the manual API as the span keeps it.
+    pub(crate) fn captured_value(&self, side: Side, mut value: Value) -> Option<String> {
+        if !self.captures(side) {
+            return None;
+        }
+        if let Some(redactor) = &self.redactor {
+            (redactor.0)(&mut value);
+        }
+        Some(io_text(&value, self.capture_limit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TrodoConfig;
+    use serde_json::json;
+
+    fn mask_secrets() -> TrodoConfig {
+        TrodoConfig::new().with_redaction(|value: &mut Value| {
+            if let Some(secret) = value.pointer_mut("/params/arguments/password") {
+                *secret = Value::from("[redacted]");
+            }
+            if let Value::String(text) = value {
+                *text = text.replace("hunter2", "[redacted]");
+            }
+        })
+    }
+
+    #[test]
+    fn json_bodies_are_redacted_as_json() {
+        let settings = mask_secrets().settings;
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"login","arguments":{"password":"hunter2"}}}"#;
+        let kept = settings
+            .captured_text(Side::Input, body.to_owned(), true)
+            .unwrap();
+        let kept: Value = serde_json::from_str(&kept).unwrap();
+        assert_eq!(kept["params"]["arguments"]["password"], "[redacted]");
+        assert_eq!(kept["params"]["name"], "login");
+    }
+
+    #[test]
+    fn cut_or_plain_text_is_redacted_as_a_string() {
+        let settings = mask_secrets().settings;
+        let kept = settings.captured_text(Side::Output, "{\"pw\":\"hunter2".to_owned(), false);
+        assert_eq!(kept.as_deref(), Some("{\"pw\":\"[redacted]"));
+    }
+
+    #[test]
+    fn capture_can_be_switched_off_per_side() {
+        let settings = TrodoConfig::new().with_input_capture(false).settings;
+        assert_eq!(
+            settings.captured_text(Side::Input, "x".to_owned(), true),
+            None
+        );
+        assert_eq!(
+            settings
+                .captured_value(Side::Output, json!({"a": 1}))
+                .as_deref(),
+            Some(r#"{"a":1}"#)
+        );
+    }
+}

@@ -1,0 +1,433 @@
+//! The manual API (start_run / join_run / end_run / feedback / wrap_agent),
+//! child spans from handlers, distinct ids, capture controls and
+//! cross-service propagation, on a recording ingest.
+
+mod common;
+
+use axum::routing::post;
+use axum::{Extension, Router};
+use common::*;
+use serde_json::{Value, json};
+use trodo_tower::{EndRun, Feedback, RequestSpan, SpanKind, StartRun, Trodo, TrodoLayer};
+use uuid::Uuid;
+
+async fn trodo() -> (RecordingIngest, Trodo) {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let trodo = Trodo::new(&config(&ingest));
+    (ingest, trodo)
+}
+
+#[tokio::test]
+async fn start_run_sends_the_full_run_and_threads_a_given_id() {
+    let (ingest, trodo) = trodo().await;
+    let given = Uuid::parse_str("aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee").unwrap();
+    let parent = Uuid::new_v4();
+    let run_id = trodo.start_run(
+        StartRun::new("external_mcp_session")
+            .run_id(given)
+            .distinct_id("user-7")
+            .conversation_id("conv-abc")
+            .parent_run_id(parent)
+            .metadata("mcp_client", "claude-desktop")
+            .input(json!({"hello": "world"})),
+    );
+    assert_eq!(run_id, given);
+    let minted = trodo.start_run(StartRun::new("session"));
+    assert_eq!(minted.get_version_num(), 4);
+    assert!(trodo.flush(WAIT).await);
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 2);
+    let run = &starts[0];
+    assert_eq!(
+        keys(run),
+        [
+            "agent_name",
+            "conversation_id",
+            "distinct_id",
+            "input",
+            "metadata",
+            "parent_run_id",
+            "run_id",
+            "started_at",
+            "status"
+        ]
+    );
+    assert_eq!(run["run_id"], given.to_string());
+    assert_eq!(run["agent_name"], "external_mcp_session");
+    assert_eq!(run["distinct_id"], "user-7");
+    assert_eq!(run["conversation_id"], "conv-abc");
+    assert_eq!(run["parent_run_id"], parent.to_string());
+    assert_eq!(run["status"], "running");
+    assert_eq!(run["metadata"], json!({"mcp_client": "claude-desktop"}));
+    assert_eq!(run["input"], r#"{"hello":"world"}"#);
+    assert_eq!(starts[1]["run_id"], minted.to_string());
+}
+
+#[tokio::test]
+async fn spans_joined_from_another_process_and_a_true_end() {
+    let (ingest, process_a) = trodo().await;
+    // Another process: its own state, same ingest.
+    let process_b = Trodo::new(&config(&ingest));
+    let run_id = process_a.start_run(StartRun::new("session").conversation_id("mcp-sess-42"));
+
+    for (i, tool) in ["tool.a", "tool.b", "tool.c"].into_iter().enumerate() {
+        let mut span = process_b.join_run(run_id, SpanKind::Tool, tool);
+        span.set_input(json!({"team_id": "team-1"}))
+            .set_output(json!({"status": "ok"}))
+            .set_attribute("call_idx", i);
+        span.finish();
+    }
+    // Two spans in the owning process count in its totals.
+    let mut tool = process_a.join_run(run_id, SpanKind::Tool, "tool.lookup");
+    tool.set_tokens(5, 10).set_cost(0.001);
+    tool.finish();
+    let mut llm = process_a.join_run(run_id, SpanKind::Llm, "llm.answer");
+    llm.set_tokens(15, 30)
+        .set_cost(0.002)
+        .set_error("rate_limited", "429 from the provider");
+    llm.finish();
+    process_a.end_run(
+        run_id,
+        EndRun::ok()
+            .output(json!({"calls": 5}))
+            .metadata("closed_via", "session_timeout"),
+    );
+    process_a.end_run(run_id, EndRun::ok()); // a second end sends nothing
+    assert!(process_b.flush(WAIT).await && process_a.flush(WAIT).await);
+
+    let spans = spans_of(&ingest, &run_id.to_string());
+    let names: Vec<&str> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["tool.a", "tool.b", "tool.c", "tool.lookup", "llm.answer"]
+    );
+    assert_eq!(spans[0]["kind"], "tool");
+    assert_eq!(spans[0]["tool_name"], "a");
+    assert_eq!(spans[0]["run_id"], run_id.to_string());
+    assert_eq!(spans[2]["attributes"]["call_idx"], 2);
+    assert_eq!(spans[0]["output"], r#"{"status":"ok"}"#);
+    assert_eq!(spans[4]["status"], "error");
+    assert_eq!(spans[4]["error_type"], "rate_limited");
+
+    let ends = ingest.ends();
+    assert_eq!(ends.len(), 1, "exactly one end");
+    let end = &ends[0].1;
+    assert_eq!(end["status"], "ok");
+    assert_eq!(end["output"], r#"{"calls":5}"#);
+    assert_eq!(end["metadata"], json!({"closed_via": "session_timeout"}));
+    assert_eq!(
+        (
+            end["total_tokens_in"].as_u64(),
+            end["total_tokens_out"].as_u64()
+        ),
+        (Some(20), Some(40))
+    );
+    assert_eq!(end["total_cost"], 0.003);
+    // Spans of process B went straight to the ingest: process A counts what it saw.
+    assert_eq!(
+        (
+            end["span_count"].as_u64(),
+            end["tool_count"].as_u64(),
+            end["error_count"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
+}
+
+#[tokio::test]
+async fn end_run_records_an_error_and_tolerates_a_failing_ingest() {
+    let (ingest, trodo) = trodo().await;
+    let run_id = trodo.start_run(StartRun::new("session"));
+    trodo.end_run(run_id, EndRun::error("boom"));
+    assert!(trodo.flush(WAIT).await);
+    let end = &ingest.ends()[0].1;
+    assert_eq!(end["status"], "error");
+    assert_eq!(end["error_summary"], "boom");
+
+    ingest.fail_next(10, 400);
+    let other = trodo.start_run(StartRun::new("session"));
+    trodo.end_run(other, EndRun::ok());
+    assert!(trodo.flush(WAIT).await);
+    assert_eq!(
+        ingest.ends().len(),
+        1,
+        "the rejected calls are not recorded, and nothing panicked"
+    );
+}
+
+#[tokio::test]
+async fn feedback_on_a_run() {
+    let (ingest, trodo) = trodo().await;
+    let run_id = Uuid::new_v4();
+    trodo.feedback(
+        run_id,
+        Feedback::new()
+            .satisfaction("positive")
+            .rating(4.5)
+            .comment("spot on")
+            .distinct_id("user-1")
+            .attribute("channel", "chat"),
+    );
+    assert!(trodo.flush(WAIT).await);
+    let received = ingest.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].path, format!("/api/sdk/runs/{run_id}/feedback"));
+    assert_eq!(
+        received[0].body,
+        json!({"satisfaction": "positive", "rating": 4.5, "comment": "spot on", "distinct_id": "user-1", "attributes": {"channel": "chat"}})
+    );
+}
+
+#[tokio::test]
+async fn wrap_agent_sends_one_ingest_call() {
+    let (ingest, trodo) = trodo().await;
+    let answer: Result<Value, String> = trodo
+        .wrap_agent(
+            StartRun::new("chat")
+                .distinct_id("user-1")
+                .conversation_id("conv-1")
+                .input(json!({"q": "hello"})),
+            |run| async move {
+                let mut llm = run.span(SpanKind::Llm, "llm.reply");
+                llm.set_tokens(10, 3).set_cost(0.5);
+                llm.finish();
+                Ok(json!({"a": "world"}))
+            },
+        )
+        .await;
+    assert_eq!(answer, Ok(json!({"a": "world"})));
+    let failed: Result<(), String> = trodo
+        .wrap_agent(StartRun::new("chat").input("query"), |_| async {
+            Err("kaboom".to_owned())
+        })
+        .await;
+    assert!(failed.is_err());
+    assert!(trodo.flush(WAIT).await);
+
+    let received = ingest.received();
+    assert!(
+        received.iter().all(|r| r.path == "/api/sdk/runs/ingest"),
+        "no start, no end"
+    );
+    assert_eq!(received.len(), 2);
+    let run = &received[0].body["run"];
+    assert_eq!(run["agent_name"], "chat");
+    assert_eq!(run["distinct_id"], "user-1");
+    assert_eq!(run["conversation_id"], "conv-1");
+    assert_eq!(run["status"], "ok");
+    assert_eq!(run["input"], r#"{"q":"hello"}"#);
+    assert_eq!(run["output"], r#"{"a":"world"}"#);
+    assert_eq!(
+        (
+            run["span_count"].as_u64(),
+            run["total_tokens_in"].as_u64(),
+            run["total_cost"].as_f64()
+        ),
+        (Some(1), Some(10), Some(0.5))
+    );
+    assert_eq!(received[0].body["spans"][0]["name"], "llm.reply");
+    assert_eq!(received[0].body["spans"][0]["run_id"], run["run_id"]);
+    let failed = &received[1].body["run"];
+    assert_eq!(failed["status"], "error");
+    assert_eq!(failed["error_summary"], "kaboom");
+}
+
+#[tokio::test]
+async fn an_rmcp_tool_adds_an_llm_child_span_that_counts_in_the_run() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config(&ingest)
+        .with_distinct_id(|parts| Some(parts.headers.get("x-user-id")?.to_str().ok()?.to_owned()));
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .layer(TrodoLayer::new(config));
+    let mut client = RawClient::new(serve(app).await);
+    client.http = reqwest::Client::builder()
+        .default_headers(
+            [("x-user-id".parse().unwrap(), "user-42".parse().unwrap())]
+                .into_iter()
+                .collect(),
+        )
+        .build()
+        .unwrap();
+    client.initialize("child-test").await;
+    let answer = client
+        .call_tool(1, "ask_llm", json!({"question": "why?"}))
+        .await;
+    assert_eq!(
+        answer.response()["result"]["content"][0]["text"],
+        r#"the answer to "why?" is 42"#
+    );
+    client.delete().await;
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+
+    assert_eq!(ingest.starts()[0]["distinct_id"], "user-42");
+    let spans: Vec<Value> = ingest.spans().into_iter().map(|(_, s)| s).collect();
+    assert_eq!(spans.len(), 2);
+    let (child, request) = (&spans[0], &spans[1]);
+    assert_eq!(request["name"], "tool.ask_llm");
+    assert_eq!(child["name"], "llm.answer");
+    assert_eq!(child["kind"], "llm");
+    assert_eq!(child["parent_span_id"], request["span_id"]);
+    assert_eq!(child["run_id"], request["run_id"]);
+    assert_eq!(
+        (child["model"].as_str(), child["provider"].as_str()),
+        (Some("demo-model"), Some("demo"))
+    );
+    assert_eq!(
+        (
+            child["input_tokens"].as_u64(),
+            child["output_tokens"].as_u64()
+        ),
+        (Some(4), Some(9))
+    );
+    assert_eq!(child["temperature"], 0.2);
+    assert_eq!(child["input"], "why?");
+    let end = &ingest.ends()[0].1;
+    assert_eq!(
+        (end["span_count"].as_u64(), end["tool_count"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        (
+            end["total_tokens_in"].as_u64(),
+            end["total_tokens_out"].as_u64()
+        ),
+        (Some(4), Some(9))
+    );
+    assert_eq!(end["total_cost"], 0.00042);
+}
+
+#[tokio::test]
+async fn capture_controls_and_headers_never_captured() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config(&ingest)
+        .with_output_capture(false)
+        .with_redaction(|value: &mut Value| {
+            if let Some(text) = value.pointer_mut("/params/arguments/text") {
+                *text = Value::from("[redacted]");
+            }
+        });
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .layer(TrodoLayer::new(config));
+    let mut client = RawClient::new(serve(app).await);
+    client.http = reqwest::Client::builder()
+        .default_headers(
+            [
+                (
+                    "authorization".parse().unwrap(),
+                    "Bearer sk-very-secret".parse().unwrap(),
+                ),
+                (
+                    "cookie".parse().unwrap(),
+                    "session=cookie-secret".parse().unwrap(),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
+    client.initialize("capture-test").await;
+    client
+        .call_tool(1, "echo", json!({"text": "my password"}))
+        .await;
+    client.delete().await;
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let span = &ingest.spans()[0].1;
+    assert_eq!(
+        json_of(&span["input"])["params"]["arguments"]["text"],
+        "[redacted]"
+    );
+    assert!(span.get("output").is_none(), "output capture is off");
+    let everything = serde_json::to_string(
+        &ingest
+            .received()
+            .iter()
+            .map(|r| r.body.clone())
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    for secret in ["sk-very-secret", "cookie-secret", "my password"] {
+        assert!(!everything.contains(secret), "{secret} leaked");
+    }
+}
+
+#[tokio::test]
+async fn a_downstream_service_joins_the_callers_run() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    // Service B: another process with its own layer state.
+    let downstream = Router::new()
+        .route(
+            "/enrich",
+            post(|body: String| async move { format!("enriched {body}") }),
+        )
+        .layer(TrodoLayer::new(config(&ingest)));
+    let downstream = serve(downstream).await;
+    // Service A: an MCP server whose non-MCP route calls B with the propagation headers.
+    let upstream = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .route(
+            "/api/work",
+            post(move |Extension(span): Extension<RequestSpan>| async move {
+                let response = reqwest::Client::new()
+                    .post(format!("http://{downstream}/enrich"))
+                    .headers(span.propagation_headers())
+                    .body("payload")
+                    .send()
+                    .await
+                    .unwrap();
+                response.text().await.unwrap()
+            }),
+        )
+        .layer(TrodoLayer::new(config(&ingest)));
+    let mut client = RawClient::new(serve(upstream).await);
+    client.initialize("propagation-test").await;
+    let base = client.url.trim_end_matches("/mcp").to_owned();
+    let answer = client
+        .http
+        .post(format!("{base}/api/work"))
+        .header("mcp-session-id", client.session.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(answer, "enriched payload");
+    client.delete().await;
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    ingest
+        .wait_until(WAIT, |r| span_count(r) == 2)
+        .await
+        .unwrap();
+
+    let run_id = ingest.starts()[0]["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        ingest.starts().len(),
+        1,
+        "the downstream service opened no run of its own"
+    );
+    let spans = spans_of(&ingest, &run_id);
+    let work = spans
+        .iter()
+        .find(|s| s["name"] == "http.POST /api/work")
+        .unwrap();
+    let enrich = spans
+        .iter()
+        .find(|s| s["name"] == "http.POST /enrich")
+        .unwrap();
+    assert_eq!(enrich["parent_span_id"], work["span_id"]);
+    assert_eq!(enrich["input"], "payload");
+    assert_eq!(enrich["output"], "enriched payload");
+}
