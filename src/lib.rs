@@ -53,7 +53,25 @@
 //!
 //! The client receives byte for byte what the inner service sent, as it was
 //! sent; delivery runs in a background task, so no request waits on the
-//! ingest API and no failure of it reaches a client.
+//! ingest API and no failure of it reaches a client (see
+//! [`Trodo::delivery_counters`] for what was sent, retried and dropped).
+//!
+//! # Where to put the layer
+//!
+//! - `Router::layer` on the router that nests the MCP service records MCP
+//!   requests and, for requests that carry the session header, the router's
+//!   other routes. `route_layer` records only matched routes.
+//! - Around any `Service<http::Request<B>>` with `tower::ServiceBuilder`.
+//! - [`SpanKindLayer`] with `route_layer` sets the span kind of some routes.
+//!
+//! # Beyond the layer
+//!
+//! - Handlers reach the request's span through request extensions
+//!   ([`RequestSpan`]) to add child spans (LLM calls with tokens and cost)
+//!   and to propagate the run to services they call.
+//! - [`Trodo`] has the Python SDK's manual API: [`Trodo::start_run`],
+//!   [`Trodo::join_run`], [`Trodo::end_run`], [`Trodo::feedback`],
+//!   [`Trodo::wrap_agent`].
 //!
 //! [Trodo]: https://trodo.ai
 
