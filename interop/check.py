@@ -10,11 +10,10 @@ say what is missing). `check` compares the dump with what the clients saw,
 prints one line per check and `N passed, M failed` as its last line, and
 exits 1 on any failure.
 
-Sessionless traffic (the Python SDK's default 2026-07-28 mode) is not grouped
-into runs by the layer yet, so by default only what is true today is checked:
-the requests were served correctly and the ingest got no span with a bogus
-run. Set INTEROP_SESSIONLESS_STRICT=1 (or flip SESSIONLESS_STRICT) to check
-it like a session instead: see `check_sessionless_strict`.
+Sessionless traffic (the Python SDK's default 2026-07-28 mode) is grouped
+into runs by the layer's key chain and checked like a session
+(`check_sessionless_strict`). INTEROP_SESSIONLESS_STRICT=0 checks only that
+the requests were served correctly and no span has a bogus run.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-SESSIONLESS_STRICT = os.environ.get("INTEROP_SESSIONLESS_STRICT", "") not in ("", "0")
+SESSIONLESS_STRICT = os.environ.get("INTEROP_SESSIONLESS_STRICT", "1") != "0"
 
 SITE_ID = "interop"
 SERVER_NAME = "trodo-demo"
