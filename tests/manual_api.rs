@@ -431,3 +431,17 @@ async fn a_downstream_service_joins_the_callers_run() {
     assert_eq!(enrich["input"], "payload");
     assert_eq!(enrich["output"], "enriched payload");
 }
+
+#[test]
+fn a_handle_made_outside_a_runtime_delivers_once_used_in_one() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ingest = runtime.block_on(RecordingIngest::start()).unwrap();
+    let trodo = Trodo::new(&config(&ingest)); // no runtime yet: nothing can be spawned
+    runtime.block_on(async {
+        let run_id = trodo.start_run(StartRun::new("late"));
+        trodo.end_run(run_id, EndRun::ok());
+        assert!(trodo.flush(WAIT).await);
+    });
+    assert_eq!(ingest.starts().len(), 1);
+    assert_eq!(ingest.ends().len(), 1);
+}

@@ -59,6 +59,7 @@ impl Trodo {
     /// [`end_run`](Self::end_run). Runs opened here are not ended by the
     /// idle sweep, only by `end_run` or shutdown.
     pub fn start_run(&self, run: StartRun) -> Uuid {
+        self.shared.start_background();
         let shared = &self.shared;
         let run_id = run.run_id.unwrap_or_else(Uuid::new_v4);
         let input = run
@@ -94,6 +95,7 @@ impl Trodo {
     /// `POST /runs/{id}/spans` when it finishes, and counts in the run's
     /// totals when the run is open in this process.
     pub fn join_run(&self, run_id: Uuid, kind: SpanKind, name: impl Into<String>) -> SpanGuard {
+        self.shared.start_background();
         SpanGuard::new(
             Arc::clone(&self.shared),
             SpanSink::Run(run_id),
@@ -110,6 +112,7 @@ impl Trodo {
     /// `end_run` sends nothing. For a run of another process the end is sent
     /// with the totals this process knows (none).
     pub fn end_run(&self, run_id: Uuid, end: EndRun) {
+        self.shared.start_background();
         let shared = &self.shared;
         let ending = RunEnding {
             status: if end.failed {
@@ -147,6 +150,7 @@ impl Trodo {
 
     /// Feedback on a run (`POST /runs/{id}/feedback`).
     pub fn feedback(&self, run_id: Uuid, feedback: Feedback) {
+        self.shared.start_background();
         self.shared.exporter.send(IngestCall::Feedback {
             run_id,
             feedback: Box::new(feedback.body),
@@ -181,6 +185,7 @@ impl Trodo {
         T: serde::Serialize,
         E: std::fmt::Display,
     {
+        self.shared.start_background();
         let run_id = run.run_id.unwrap_or_else(Uuid::new_v4);
         let spans = Arc::new(Mutex::new(Vec::new()));
         let handle = AgentRun::new(Arc::clone(&self.shared), run_id, Arc::clone(&spans));
