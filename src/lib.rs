@@ -75,6 +75,11 @@
 //!
 //! [Trodo]: https://trodo.ai
 
+/// Crate internals for `benches/micro.rs`; not part of the API.
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+#[path = "bench.rs"]
+pub mod __bench;
 mod api;
 mod body;
 mod capture;

@@ -1,0 +1,459 @@
+//! The overhead of `TrodoLayer` on a real MCP server, in plain Rust
+//! (`cargo bench --bench overhead`).
+//!
+//! One process serves the demo rmcp server (the example's tools; sessions,
+//! SSE answers, rmcp's defaults) twice: bare, and behind `TrodoLayer`
+//! delivering to a local ingest over HTTP. Both set `TCP_NODELAY`, as the
+//! example server does. N clients, each in its own MCP session on its own
+//! keep-alive connection, call `tools/call add` back to back. After a
+//! warm-up the rounds alternate bare / layered (and which goes first), so
+//! that drift of the machine hits both alike. Printed: requests/s, p50 and
+//! p99 latency of both, and layered / bare ratios against the targets
+//! (throughput ratio >= 0.97, p99 ratio <= 1.05).
+//!
+//! The server and the load generator run on separate Tokio runtimes (their
+//! own threads), so that the generator cannot steal the server's workers;
+//! on a small machine they still share the cores, which is why both servers
+//! are measured under the same generator.
+//!
+//! Environment (all optional):
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `OVERHEAD_CLIENTS` | concurrent clients (sessions, connections) | 32 |
+//! | `OVERHEAD_ROUNDS` | measured rounds per server | 3 |
+//! | `OVERHEAD_ROUND_SECS` | length of one round | 5 |
+//! | `OVERHEAD_WARMUP_SECS` | warm-up per server | 2 |
+//! | `OVERHEAD_SERVER_THREADS` | worker threads of the server runtime | 1 |
+//! | `OVERHEAD_CLIENT_THREADS` | worker threads of the load generator | 1 |
+//! | `OVERHEAD_ONLY` | `bare` or `layered`: load one server only (for a profiler) | both |
+
+#[path = "../examples/support/tools.rs"]
+mod tools;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::routing::post;
+use axum::serve::ListenerExt;
+use http::header::{ACCEPT, CONTENT_TYPE, HOST};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rmcp::transport::streamable_http_server::StreamableHttpServerConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+use trodo_tower::{Trodo, TrodoConfig, TrodoLayer};
+
+/// Throughput of the layered server over the bare one, at least.
+const TARGET_THROUGHPUT: f64 = 0.97;
+/// p99 latency of the layered server over the bare one, at most.
+const TARGET_P99: f64 = 1.05;
+const PROTOCOL_VERSION: &str = "2025-11-25";
+
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    clients: usize,
+    rounds: usize,
+    round: Duration,
+    warmup: Duration,
+    server_threads: usize,
+    client_threads: usize,
+    /// Load only the bare (`Some(false)`) or the layered server.
+    only: Option<bool>,
+}
+
+impl Options {
+    fn from_env() -> Self {
+        fn var(name: &str, default: u64) -> u64 {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|v| *v > 0)
+                .unwrap_or(default)
+        }
+        Self {
+            clients: var("OVERHEAD_CLIENTS", 32) as usize,
+            rounds: var("OVERHEAD_ROUNDS", 3) as usize,
+            round: Duration::from_secs(var("OVERHEAD_ROUND_SECS", 5)),
+            warmup: Duration::from_secs(var("OVERHEAD_WARMUP_SECS", 2)),
+            server_threads: var("OVERHEAD_SERVER_THREADS", 1) as usize,
+            client_threads: var("OVERHEAD_CLIENT_THREADS", 1) as usize,
+            only: match std::env::var("OVERHEAD_ONLY").as_deref() {
+                Ok("bare") => Some(false),
+                Ok("layered") => Some(true),
+                _ => None,
+            },
+        }
+    }
+}
+
+fn runtime(name: &str, threads: usize) -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+fn main() {
+    let options = Options::from_env();
+    let server_rt = runtime("server", options.server_threads);
+    let client_rt = runtime("load", options.client_threads);
+
+    // The ingest stands for the remote Trodo API: it runs with the load
+    // generator, not on the server's runtime.
+    let ingest = client_rt.block_on(CountingIngest::start());
+    let (bare, layered, trodo) = server_rt.block_on(async {
+        let bare = serve(None).await;
+        let layer = TrodoLayer::new(
+            TrodoConfig::new()
+                .with_site_id("bench")
+                .with_api_base(&ingest.base_url)
+                .expect("a loopback URL"),
+        );
+        let trodo = layer.trodo();
+        let layered = serve(Some(layer)).await;
+        (bare, layered, trodo)
+    });
+
+    print_machine(&options);
+    let results = client_rt.block_on(measure(options, bare, layered));
+    if options.only.is_none() {
+        report(&options, &results);
+    }
+
+    let flushed = server_rt.block_on(trodo.shutdown(Duration::from_secs(30)));
+    print_delivery(&trodo, &ingest, flushed);
+}
+
+/// The demo MCP server, bare or behind `layer`, on a loopback port.
+async fn serve(layer: Option<TrodoLayer>) -> SocketAddr {
+    let mcp = tools::mcp_service(StreamableHttpServerConfig::default(), None);
+    let mut app = Router::new().nest_service("/mcp", mcp);
+    if let Some(layer) = layer {
+        app = app.layer(layer);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let addr = listener.local_addr().expect("an address");
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// A local stand-in for the ingest API that answers `200 {"ok":true}` and
+/// only counts what it gets (recording every span would cost this machine
+/// CPU that a remote ingest does not).
+struct CountingIngest {
+    base_url: String,
+    calls: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl CountingIngest {
+    async fn start() -> Self {
+        let calls = Arc::new(AtomicU64::new(0));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let (c, b) = (Arc::clone(&calls), Arc::clone(&bytes));
+        let app = Router::new().route(
+            "/api/sdk/{*rest}",
+            post(move |body: Bytes| async move {
+                c.fetch_add(1, Ordering::Relaxed);
+                b.fetch_add(body.len() as u64, Ordering::Relaxed);
+                ([(CONTENT_TYPE, "application/json")], r#"{"ok":true}"#)
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let base_url = format!("http://{}", listener.local_addr().expect("an address"));
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            base_url,
+            calls,
+            bytes,
+        }
+    }
+}
+
+/// One MCP client: its own session on its own keep-alive connection.
+struct Client {
+    sender: SendRequest<Full<Bytes>>,
+    authority: String,
+    session: String,
+    next_id: u64,
+}
+
+impl Client {
+    async fn connect(addr: SocketAddr) -> Self {
+        let tcp = TcpStream::connect(addr).await.expect("a connection");
+        tcp.set_nodelay(true).expect("TCP_NODELAY");
+        let (sender, connection) = http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("an HTTP/1.1 handshake");
+        tokio::spawn(connection);
+        let mut client = Self {
+            sender,
+            authority: addr.to_string(),
+            session: String::new(),
+            next_id: 1,
+        };
+        let init = format!(
+            r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"{PROTOCOL_VERSION}","capabilities":{{}},"clientInfo":{{"name":"overhead-bench","version":"1"}}}}}}"#
+        );
+        let (status, session, _) = client.post(init).await;
+        assert_eq!(status, StatusCode::OK, "initialize");
+        client.session = session.expect("a session id");
+        let (status, _, _) = client
+            .post(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_owned())
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "notifications/initialized");
+        client
+    }
+
+    /// POSTs `body` to `/mcp`; the status, the session id answered, the body.
+    async fn post(&mut self, body: String) -> (StatusCode, Option<String>, Bytes) {
+        let mut request = Request::post("/mcp")
+            .header(HOST, &self.authority)
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json, text/event-stream");
+        if !self.session.is_empty() {
+            request = request
+                .header("mcp-session-id", &self.session)
+                .header("mcp-protocol-version", PROTOCOL_VERSION);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .expect("a request");
+        self.sender.ready().await.expect("the connection is open");
+        let response = self.sender.send_request(request).await.expect("a response");
+        let status = response.status();
+        let session = response
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        (status, session, body)
+    }
+
+    /// One `tools/call add`.
+    async fn add(&mut self) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"add","arguments":{{"a":{id},"b":2}}}}}}"#
+        );
+        let (status, _, answer) = self.post(body).await;
+        assert_eq!(status, StatusCode::OK);
+        let expected = format!("\"text\":\"{}\"", id + 2);
+        assert!(
+            answer
+                .windows(expected.len())
+                .any(|w| w == expected.as_bytes()),
+            "the sum in {answer:?}"
+        );
+    }
+}
+
+/// What one round on one server did.
+#[derive(Debug, Default)]
+struct Round {
+    requests: usize,
+    elapsed: Duration,
+    /// Latency of every request, in microseconds.
+    latencies: Vec<u32>,
+}
+
+/// Every client calls `add` back to back until `duration` is over.
+async fn round(clients: &mut Vec<Client>, duration: Duration) -> Round {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = clients
+        .drain(..)
+        .map(|mut client| {
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(64 * 1024);
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    client.add().await;
+                    let took = sent.elapsed().as_micros();
+                    latencies.push(u32::try_from(took).unwrap_or(u32::MAX));
+                }
+                (client, latencies)
+            })
+        })
+        .collect();
+    let mut result = Round::default();
+    for task in tasks {
+        let (client, latencies) = task.await.expect("a client task");
+        clients.push(client);
+        result.latencies.extend(latencies);
+    }
+    result.elapsed = started.elapsed();
+    result.requests = result.latencies.len();
+    result
+}
+
+/// The rounds of both servers.
+struct Results {
+    bare: Vec<Round>,
+    layered: Vec<Round>,
+}
+
+async fn measure(options: Options, bare: SocketAddr, layered: SocketAddr) -> Results {
+    let mut bare_clients = Vec::new();
+    let mut layered_clients = Vec::new();
+    for _ in 0..options.clients {
+        bare_clients.push(Client::connect(bare).await);
+        layered_clients.push(Client::connect(layered).await);
+    }
+    if options.only != Some(true) {
+        round(&mut bare_clients, options.warmup).await;
+    }
+    if options.only != Some(false) {
+        round(&mut layered_clients, options.warmup).await;
+    }
+    let mut results = Results {
+        bare: Vec::new(),
+        layered: Vec::new(),
+    };
+    for r in 0..options.rounds {
+        let order = if r % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for with_layer in order {
+            if options.only.is_some_and(|only| only != with_layer) {
+                continue;
+            }
+            if with_layer {
+                let done = round(&mut layered_clients, options.round).await;
+                print_round(r, "layered", &done);
+                results.layered.push(done);
+            } else {
+                let done = round(&mut bare_clients, options.round).await;
+                print_round(r, "bare", &done);
+                results.bare.push(done);
+            }
+        }
+    }
+    results
+}
+
+fn print_round(r: usize, name: &str, round: &Round) {
+    let mut latencies = round.latencies.clone();
+    let (p50, p99) = percentiles(&mut latencies);
+    println!(
+        "  round {} {name:<8} {:>8.0} req/s  p50 {:>5} us  p99 {:>5} us",
+        r + 1,
+        round.requests as f64 / round.elapsed.as_secs_f64(),
+        p50,
+        p99
+    );
+}
+
+/// p50 and p99 in microseconds.
+fn percentiles(latencies: &mut [u32]) -> (u32, u32) {
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    (at(0.50), at(0.99))
+}
+
+/// Requests/s over all rounds, p50 and p99 over all requests.
+fn summary(rounds: &[Round]) -> (f64, u32, u32) {
+    let requests: usize = rounds.iter().map(|r| r.requests).sum();
+    let elapsed: f64 = rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
+    let mut latencies: Vec<u32> = rounds
+        .iter()
+        .flat_map(|r| r.latencies.iter().copied())
+        .collect();
+    let (p50, p99) = percentiles(&mut latencies);
+    (requests as f64 / elapsed, p50, p99)
+}
+
+fn report(options: &Options, results: &Results) {
+    let (bare_rps, bare_p50, bare_p99) = summary(&results.bare);
+    let (layered_rps, layered_p50, layered_p99) = summary(&results.layered);
+    let throughput = layered_rps / bare_rps;
+    let p50 = f64::from(layered_p50) / f64::from(bare_p50);
+    let p99 = f64::from(layered_p99) / f64::from(bare_p99);
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    println!(
+        "tools/call add, {} clients, {} rounds of {:?} each:",
+        options.clients, options.rounds, options.round
+    );
+    println!("  {:<8} {:>8} {:>9} {:>9}", "", "req/s", "p50", "p99");
+    println!(
+        "  {:<8} {bare_rps:>8.0} {bare_p50:>6} us {bare_p99:>6} us",
+        "bare"
+    );
+    println!(
+        "  {:<8} {layered_rps:>8.0} {layered_p50:>6} us {layered_p99:>6} us",
+        "layered"
+    );
+    println!(
+        "  layered / bare: throughput {throughput:.3} (target >= {TARGET_THROUGHPUT}: {}), p50 {p50:.3}, p99 {p99:.3} (target <= {TARGET_P99}: {})",
+        verdict(throughput >= TARGET_THROUGHPUT),
+        verdict(p99 <= TARGET_P99),
+    );
+}
+
+fn print_machine(options: &Options) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(format!("{:.0} GiB", kib as f64 / (1024.0 * 1024.0)))
+        })
+        .unwrap_or_else(|| "unknown memory".to_owned());
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!("machine: {cpu}, {cores} cores, {memory}; {rustc}");
+    println!(
+        "server runtime: {} worker thread(s); load generator and ingest: {} worker thread(s)",
+        options.server_threads, options.client_threads
+    );
+}
+
+fn print_delivery(trodo: &Trodo, ingest: &CountingIngest, flushed: bool) {
+    let counters = trodo.delivery_counters();
+    println!(
+        "delivery: {} records sent in {} calls ({:.1} MB) to the local ingest, {} dropped, flushed: {flushed}",
+        counters.sent,
+        ingest.calls.load(Ordering::Relaxed),
+        ingest.bytes.load(Ordering::Relaxed) as f64 / 1e6,
+        counters.dropped(),
+    );
+}
