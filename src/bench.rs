@@ -111,6 +111,9 @@ impl SampleSpan {
 pub struct IdleTable {
     sessions: Sessions,
     exporter: Exporter,
+    /// The exporter that took the starts: kept, so that freeing them does
+    /// not fall into the timed sweep.
+    _setup: Exporter,
     /// The sweep's "now": the first `expired` runs are idle for the timeout, the rest not.
     now: Instant,
     timeout: Duration,
@@ -122,7 +125,7 @@ impl IdleTable {
     pub fn new(total: usize, expired: usize) -> Self {
         let timeout = Duration::from_secs(300);
         let sessions = Sessions::default();
-        // The starts queue here and go with it: the sweep gets an empty queue.
+        // The starts queue here: the sweep gets an empty queue of its own.
         let (setup, _worker) = exporter();
         let open = |i: usize| {
             let run = run(format!("session-{i:08}"));
@@ -137,6 +140,7 @@ impl IdleTable {
         Self {
             sessions,
             exporter,
+            _setup: setup,
             now: boundary + timeout,
             timeout,
         }

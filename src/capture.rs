@@ -55,6 +55,27 @@ impl Capture {
         if self.truncated {
             return;
         }
+        // The common case, a chunk of valid UTF-8 after a complete
+        // character: counted and cut by the standard library's fast paths.
+        if self.need == 0
+            && let Ok(text) = std::str::from_utf8(chunk)
+        {
+            let room = self.limit - self.chars;
+            let keep = if chunk.len() <= room {
+                self.chars += text.chars().count();
+                chunk.len()
+            } else if let Some((at, _)) = text.char_indices().nth(room) {
+                self.chars = self.limit;
+                self.truncated = true;
+                at
+            } else {
+                self.chars += text.chars().count();
+                chunk.len()
+            };
+            self.reserve(keep);
+            self.kept.extend_from_slice(&chunk[..keep]);
+            return;
+        }
         let mut keep = chunk.len();
         for (i, &b) in chunk.iter().enumerate() {
             if self.need > 0 && (self.lo..=self.hi).contains(&b) {

@@ -329,9 +329,9 @@ impl Found {
             if !looks_like_response(&event.data) {
                 return EventMeaning::Other;
             }
-            let (text, _) = truncate_chars(&event.data, limit);
+            let (text, _) = cut_to(event.data, limit);
             return EventMeaning::Answer(Self {
-                text: text.to_owned(),
+                text,
                 truncated: true,
                 response: None,
             });
@@ -346,11 +346,22 @@ impl Found {
         if request_id.is_some_and(|id| *id != response.id) {
             return EventMeaning::Other;
         }
-        let (text, truncated) = truncate_chars(&event.data, limit);
+        let (text, truncated) = cut_to(event.data, limit);
         EventMeaning::Answer(Self {
-            text: text.to_owned(),
+            text,
             truncated,
             response: Some(response),
         })
     }
+}
+
+/// `text` cut to at most `limit` characters in place (no copy); whether it was cut.
+fn cut_to(mut text: String, limit: usize) -> (String, bool) {
+    let (kept, cut) = truncate_chars(&text, limit);
+    let len = kept.len();
+    text.truncate(len);
+    if cut {
+        text.shrink_to_fit();
+    }
+    (text, cut)
 }

@@ -189,8 +189,68 @@ impl Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_micros(self.0))
+        let mut buf = [0; RFC3339_MICROS_LEN];
+        match rfc3339_micros(self.0, &mut buf) {
+            Some(text) => s.serialize_str(text),
+            // Before 1970 or after 9999: the general (slower) formatter.
+            None => s.collect_str(&humantime::format_rfc3339_micros(self.0)),
+        }
     }
+}
+
+/// The length of `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+const RFC3339_MICROS_LEN: usize = 27;
+
+/// Formats `time` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` into `buf`, as
+/// `humantime::format_rfc3339_micros` does, without the formatting
+/// machinery (two timestamps go into every span, on the request path).
+/// `None` before 1970 and after 9999.
+fn rfc3339_micros(time: SystemTime, buf: &mut [u8; RFC3339_MICROS_LEN]) -> Option<&str> {
+    const MAX_SECS: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let since_epoch = time.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    let secs = since_epoch.as_secs();
+    if secs > MAX_SECS {
+        return None;
+    }
+    let (days, in_day) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm),
+    // in unsigned arithmetic: the days are never negative here.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    let fields: [(usize, u64, usize); 7] = [
+        (0, year, 4),
+        (5, month, 2),
+        (8, day, 2),
+        (11, in_day / 3_600, 2),
+        (14, in_day % 3_600 / 60, 2),
+        (17, in_day % 60, 2),
+        (20, u64::from(since_epoch.subsec_micros()), 6),
+    ];
+    for (at, mut value, width) in fields {
+        for slot in buf[at..at + width].iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    }
+    for (at, sep) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+    ] {
+        buf[at] = sep;
+    }
+    buf[26] = b'Z';
+    std::str::from_utf8(buf).ok()
 }
 
 #[cfg(test)]
@@ -205,6 +265,33 @@ mod tests {
             serde_json::to_value(t).unwrap(),
             "2025-11-26T00:00:00.123000Z"
         );
+    }
+
+    #[test]
+    fn timestamps_match_the_general_formatter() {
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut times = vec![
+            SystemTime::UNIX_EPOCH,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400), // 2000-02-29
+            SystemTime::UNIX_EPOCH + Duration::new(253_402_300_799, 999_999_999),
+            SystemTime::now(),
+        ];
+        for _ in 0..10_000 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let secs = (seed >> 16) % 253_402_300_800;
+            times.push(SystemTime::UNIX_EPOCH + Duration::new(secs, (seed % 1_000_000_000) as u32));
+        }
+        for t in times {
+            assert_eq!(
+                serde_json::to_value(Timestamp(t)).unwrap(),
+                humantime::format_rfc3339_micros(t).to_string(),
+                "{t:?}"
+            );
+        }
+        // Outside 1970..=9999 the general formatter takes over.
+        let late = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        let mut buf = [0; RFC3339_MICROS_LEN];
+        assert_eq!(rfc3339_micros(late, &mut buf), None);
     }
 
     #[test]

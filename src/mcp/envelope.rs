@@ -7,7 +7,11 @@
 //! into "not JSON-RPC", which then passes through untouched.
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 
 /// The `_meta` key that carries the protocol version in MCP 2026-07-28 requests.
 pub(crate) const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
@@ -83,41 +87,45 @@ pub(crate) struct Response {
 }
 
 #[derive(Deserialize)]
-struct RawMessage {
-    #[serde(default)]
-    jsonrpc: Option<String>,
+struct RawMessage<'a> {
+    #[serde(default, borrow)]
+    jsonrpc: Option<Cow<'a, str>>,
     #[serde(default, deserialize_with = "present")]
     id: Option<Value>,
     #[serde(default)]
     method: Option<String>,
-    #[serde(default)]
-    params: Option<RawParams>,
-    #[serde(default)]
-    result: Option<RawResult>,
+    #[serde(default, borrow)]
+    params: Option<RawParams<'a>>,
+    #[serde(default, borrow)]
+    result: Option<RawResult<'a>>,
     #[serde(default)]
     error: Option<RawError>,
 }
 
 #[derive(Deserialize, Default)]
-struct RawParams {
-    #[serde(default)]
-    name: Option<Value>,
-    #[serde(default)]
-    uri: Option<Value>,
+struct RawParams<'a> {
+    /// `Some(None)`: present, but not a string.
+    #[serde(default, deserialize_with = "string_or_other")]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "string_or_other")]
+    uri: Option<Option<String>>,
     #[serde(default, rename = "clientInfo")]
     client_info: Option<Implementation>,
     #[serde(default, rename = "protocolVersion")]
     protocol_version: Option<String>,
     #[serde(default, rename = "_meta")]
     meta: Option<Map<String, Value>>,
+    #[serde(skip)]
+    _borrowed: PhantomData<&'a str>,
 }
 
 #[derive(Deserialize)]
-struct RawResult {
+struct RawResult<'a> {
     #[serde(default, rename = "isError")]
     is_error: Option<bool>,
-    #[serde(default)]
-    content: Option<Vec<RawContent>>,
+    /// The first text of `content`, read only if `isError` says so.
+    #[serde(default, borrow)]
+    content: Option<FirstText<'a>>,
     #[serde(default, rename = "protocolVersion")]
     protocol_version: Option<String>,
     #[serde(default, rename = "serverInfo")]
@@ -127,9 +135,36 @@ struct RawResult {
 }
 
 #[derive(Deserialize)]
-struct RawContent {
-    #[serde(default)]
-    text: Option<String>,
+struct RawContent<'a> {
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
+}
+
+/// The first `text` of a list of content blocks, borrowed from the input
+/// where it can be: a tool result's text is only copied when it is an error's.
+struct FirstText<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstText<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Blocks<'a>(PhantomData<&'a str>);
+        impl<'de: 'a, 'a> Visitor<'de> for Blocks<'a> {
+            type Value = FirstText<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of content blocks")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut first = None;
+                // Every block is still read: one that is not a block fails the message.
+                while let Some(block) = seq.next_element::<RawContent<'a>>()? {
+                    if first.is_none() {
+                        first = block.text;
+                    }
+                }
+                Ok(FirstText(first))
+            }
+        }
+        d.deserialize_seq(Blocks(PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -141,12 +176,57 @@ struct RawError {
 }
 
 /// Keeps `"id": null` apart from a missing id.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
     Value::deserialize(d).map(Some)
 }
 
-fn parse_raw(bytes: &[u8]) -> Option<RawMessage> {
-    let raw: RawMessage = serde_json::from_slice(bytes).ok()?;
+/// Any value: `None` for `null`, `Some(Some(text))` for a string,
+/// `Some(None)` for anything else (skipped without building it).
+fn string_or_other<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    struct StringOrOther;
+    impl<'de> Visitor<'de> for StringOrOther {
+        type Value = Option<Option<String>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(Some(v.to_owned())))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(Some(v)))
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Some(None))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Some(None))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Some(None))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Some(None))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Some(None))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Some(None))
+        }
+    }
+    d.deserialize_any(StringOrOther)
+}
+
+fn parse_raw(bytes: &[u8]) -> Option<RawMessage<'_>> {
+    let raw: RawMessage<'_> = serde_json::from_slice(bytes).ok()?;
     (raw.jsonrpc.as_deref() == Some("2.0")).then_some(raw)
 }
 
@@ -161,10 +241,7 @@ pub(crate) fn parse_client_message(bytes: &[u8]) -> Option<ClientMessage> {
     match (raw.method, raw.id) {
         (Some(method), Some(id)) => {
             let params = raw.params.unwrap_or_default();
-            let target = params
-                .name
-                .or(params.uri)
-                .and_then(|v| v.as_str().map(str::to_owned));
+            let target = params.name.or(params.uri).flatten();
             let meta = params.meta;
             let client = params
                 .client_info
@@ -237,10 +314,8 @@ pub(crate) fn parse_server_message(bytes: &[u8]) -> Option<ServerMessage> {
     let outcome = if result.is_error == Some(true) {
         let message = result
             .content
-            .unwrap_or_default()
-            .into_iter()
-            .find_map(|c| c.text)
-            .unwrap_or_else(|| "tool returned isError: true".to_owned());
+            .and_then(|c| c.0)
+            .map_or_else(|| "tool returned isError: true".to_owned(), Cow::into_owned);
         Outcome::ToolError { message }
     } else {
         Outcome::Success

@@ -271,11 +271,11 @@ impl SseDecoder {
         if data.is_empty() && !data_truncated {
             return;
         }
-        let data = if data_truncated {
-            lossy(&data[..complete_prefix(&data)])
-        } else {
-            lossy(&data)
-        };
+        let mut data = data;
+        if data_truncated {
+            data.truncate(complete_prefix(&data));
+        }
+        let data = into_text(data);
         on_event(SseEvent {
             event: (!event.is_empty()).then(|| lossy(&event)),
             id: (!self.last_id.is_empty()).then(|| lossy(&self.last_id)),
@@ -330,6 +330,11 @@ fn complete_prefix(bytes: &[u8]) -> usize {
 /// Decodes bytes as UTF-8, replacing invalid sequences with U+FFFD.
 fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// [`lossy`], without a copy when the bytes are valid UTF-8.
+fn into_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|invalid| lossy(invalid.as_bytes()))
 }
 
 #[cfg(test)]
