@@ -23,7 +23,7 @@ pub(crate) struct DeliveryOptions {
     pub(crate) max_batch_bytes: usize,
     /// Records wait at most this long before they are sent...
     pub(crate) flush_interval: Duration,
-    /// ...or until this many wait.
+    /// ...or until this many of one run wait (a full batch).
     pub(crate) flush_items: usize,
     /// How long one HTTP call may take before it counts as a network error.
     pub(crate) request_timeout: Duration,

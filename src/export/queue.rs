@@ -25,10 +25,13 @@
 //! still delivered in order.
 //!
 //! # When records are sent
-//! A record is *due* once it has waited [`flush_interval`] or once
-//! [`flush_items`] records are waiting, whichever comes first; a flush or a
-//! shutdown makes every record due at once. Only runs whose front record is
-//! due are handed to the worker, oldest front first.
+//! A record is *due* once it has waited [`flush_interval`] or once one run
+//! has [`flush_items`] records waiting (a full batch: a call carries one
+//! run's records), whichever comes first; a flush or a shutdown makes every
+//! record due at once, and so does a queue half full. Only runs whose front
+//! record is due are handed to the worker, oldest front first. Counting per
+//! run rather than over all runs keeps calls full when many sessions are
+//! active: with 32 busy sessions a global count sent three spans per call.
 //!
 //! [`flush_interval`]: super::DeliveryOptions::flush_interval
 //! [`flush_items`]: super::DeliveryOptions::flush_items
@@ -186,11 +189,12 @@ impl Queue {
         self.items += 1;
         self.bytes += size;
         let max_items = self.options.max_batch_items;
-        self.runs
+        let run = self
+            .runs
             .entry(run_id)
-            .or_insert_with(|| RunQueue::new(max_items))
-            .items
-            .push_back(item);
+            .or_insert_with(|| RunQueue::new(max_items));
+        run.items.push_back(item);
+        let run_len = run.items.len();
         self.sync(run_id);
 
         let mut wake = false;
@@ -198,7 +202,8 @@ impl Queue {
             self.undue_since = Some(now);
             wake = true; // the worker learns when this record falls due
         }
-        if self.next_seq - self.due >= self.options.flush_items as Seq {
+        let half_full = (self.options.max_queue_items / 2).max(1) as Seq;
+        if run_len >= self.options.flush_items || self.next_seq - self.due >= half_full {
             self.make_due();
             wake = true;
         }
