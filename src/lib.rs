@@ -98,6 +98,7 @@ mod service;
 mod span_draft;
 mod span_kind;
 mod state;
+pub mod store;
 mod wire;
 
 pub use api::{
