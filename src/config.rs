@@ -12,6 +12,7 @@ use crate::export::{DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS};
 use crate::run::HeadFn;
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
+use crate::store::SessionStore;
 use crate::wire::MAX_IO_CHARS;
 
 /// The Trodo ingest API used when `TRODO_API_BASE` is not set.
@@ -27,6 +28,8 @@ pub const DEFAULT_SESSION_HEADER: &str = "mcp-session-id";
 pub const DEFAULT_CAPTURE_LIMIT: usize = MAX_IO_CHARS;
 /// The `params._meta` keys read as a vendor's conversation id by default.
 pub const DEFAULT_CONVERSATION_META_KEYS: &[&str] = &["openai/session"];
+/// The most a response head waits for the session store: 50 ms.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// The settings of [`TrodoLayer`](crate::TrodoLayer).
 ///
@@ -88,6 +91,10 @@ pub(crate) struct Settings {
     pub(crate) max_queue_bytes: usize,
     /// The application's client for the ingest API, if it gave one.
     pub(crate) http_client: Option<reqwest::Client>,
+    /// The store shared with other workers, if any.
+    pub(crate) store: Option<Arc<dyn SessionStore>>,
+    /// The most a response head waits for the store.
+    pub(crate) store_timeout: Duration,
 }
 
 /// What the layer does with MCP requests that belong to no session (MCP
@@ -135,6 +142,8 @@ impl Default for TrodoConfig {
                 max_queue_items: DEFAULT_MAX_QUEUE_ITEMS,
                 max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
                 http_client: None,
+                store: None,
+                store_timeout: DEFAULT_STORE_TIMEOUT,
             },
             state: Arc::default(),
         }
@@ -166,6 +175,7 @@ impl TrodoConfig {
     /// | `TRODO_AGENT_NAME` | `agent_name` of every run | `mcp_server` |
     /// | `TRODO_IDLE_TIMEOUT_SECS` | seconds without a request before a session's run ends | `300` |
     /// | `TRODO_ENABLED` | `false` turns the layer into a pass-through | `true` |
+    /// | `TRODO_REDIS_URL` | a Redis server whose session store every worker shares (feature `redis`) | unset |
     ///
     /// # Errors
     /// A [`ConfigError`] naming the variable whose value cannot work.
@@ -208,7 +218,28 @@ impl TrodoConfig {
             };
             config = config.with_enabled(on);
         }
+        if let Some(url) = get("TRODO_REDIS_URL").filter(|u| !u.trim().is_empty()) {
+            config = config.with_redis_url_from_env(&url)?;
+        }
         Ok(config)
+    }
+
+    #[cfg(feature = "redis")]
+    fn with_redis_url_from_env(self, url: &str) -> Result<Self, ConfigError> {
+        self.with_redis_url(url)
+            .map_err(|e| ConfigError::new("TRODO_REDIS_URL", e.value(), EXPECTED_REDIS_URL))
+    }
+
+    /// Without the `redis` feature a Redis URL cannot work: fail rather
+    /// than run every worker with sessions of its own.
+    #[cfg(not(feature = "redis"))]
+    fn with_redis_url_from_env(self, url: &str) -> Result<Self, ConfigError> {
+        let _ = self;
+        Err(ConfigError::new(
+            "TRODO_REDIS_URL",
+            crate::store::redact_url(url),
+            "unset: this build of trodo-tower lacks the `redis` feature",
+        ))
     }
 
     /// Sets the Trodo site id sent as `X-Trodo-Site-Id`; with it, runs go to
@@ -457,6 +488,63 @@ impl TrodoConfig {
         self.edit(|s| s.http_client = Some(client))
     }
 
+    /// Shares sessions with other workers through `store`: the run of a
+    /// session opened on one worker is continued, counted and ended once on
+    /// any of them. See the [store docs](crate::store). Defaults to none:
+    /// each process keeps its runs to itself.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use trodo_tower::TrodoConfig;
+    /// use trodo_tower::store::MemoryStore;
+    ///
+    /// let config = TrodoConfig::new().with_session_store(Arc::new(MemoryStore::new()));
+    /// # let _ = config;
+    /// ```
+    #[must_use]
+    pub fn with_session_store(self, store: Arc<dyn SessionStore>) -> Self {
+        self.edit(|s| s.store = Some(store))
+    }
+
+    /// Shares sessions with other workers through the Redis server at
+    /// `url` (a [`RedisStore`](crate::store::RedisStore) with the default
+    /// key prefix). Connects lazily, in the background: no runtime is needed
+    /// here. Defaults to `TRODO_REDIS_URL`, else none.
+    ///
+    /// ```
+    /// use trodo_tower::TrodoConfig;
+    ///
+    /// let config = TrodoConfig::new().with_redis_url("redis://127.0.0.1:6379/0")?;
+    /// # Ok::<(), trodo_tower::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for `redis_url` when the URL is not a Redis URL.
+    #[cfg(feature = "redis")]
+    pub fn with_redis_url(self, url: &str) -> Result<Self, ConfigError> {
+        let store = crate::store::RedisStore::new(url)?;
+        Ok(self.with_session_store(Arc::new(store)))
+    }
+
+    /// Sets the most a response head waits for the session store: for a
+    /// session this process does not know (the lookup starts with the
+    /// request, so the wait is usually none) and for a new session's run.
+    /// Past it the request goes on as without a store, and the store is
+    /// left alone for a second. Defaults to [`DEFAULT_STORE_TIMEOUT`].
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for `store_timeout` when it is zero or above 10 s.
+    pub fn with_store_timeout(self, timeout: Duration) -> Result<Self, ConfigError> {
+        if timeout.is_zero() || timeout > Duration::from_secs(10) {
+            return Err(ConfigError::new(
+                "store_timeout",
+                format!("{timeout:?}"),
+                "a duration from 1 ms to 10 s",
+            ));
+        }
+        Ok(self.edit(|s| s.store_timeout = timeout))
+    }
+
     /// The site id, if runs are sent to the ingest API (else they are printed).
     #[must_use]
     pub fn site_id(&self) -> Option<&str> {
@@ -488,6 +576,8 @@ const EXPECTED_NAME: &str = "a non-empty name";
 const EXPECTED_SECONDS: &str = "a whole number of seconds greater than zero";
 const EXPECTED_BOOL: &str = "true or false";
 const EXPECTED_COUNT: &str = "a number greater than zero";
+#[cfg(feature = "redis")]
+const EXPECTED_REDIS_URL: &str = "a redis:// or redis+unix:// URL";
 
 #[cfg(test)]
 mod tests {
@@ -603,6 +693,55 @@ mod tests {
                 .setting(),
             "session_header"
         );
+    }
+
+    #[test]
+    fn store_settings() {
+        let c = TrodoConfig::new().settings;
+        assert!(c.store.is_none());
+        assert_eq!(c.store_timeout, Duration::from_millis(50));
+        let store: Arc<dyn SessionStore> = Arc::new(crate::store::MemoryStore::new());
+        let c = TrodoConfig::new()
+            .with_session_store(store)
+            .with_store_timeout(Duration::from_millis(20))
+            .unwrap()
+            .settings;
+        assert!(c.store.is_some());
+        assert_eq!(c.store_timeout, Duration::from_millis(20));
+        let err = TrodoConfig::new()
+            .with_store_timeout(Duration::ZERO)
+            .unwrap_err();
+        assert_eq!(err.setting(), "store_timeout");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_url_from_the_environment() {
+        let c = env(&[("TRODO_REDIS_URL", "redis://127.0.0.1:6379/2")]).unwrap();
+        let store = format!("{:?}", c.settings.store.unwrap());
+        assert!(store.contains("127.0.0.1:6379"), "{store}");
+        let err = env(&[("TRODO_REDIS_URL", "http://user:s3cret@cache")]).unwrap_err();
+        assert_eq!(err.setting(), "TRODO_REDIS_URL");
+        assert_eq!(
+            err.value(),
+            "http://user:***@cache",
+            "no password in errors"
+        );
+        assert!(
+            env(&[("TRODO_REDIS_URL", "")])
+                .unwrap()
+                .settings
+                .store
+                .is_none()
+        );
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn a_redis_url_needs_the_redis_feature() {
+        let err = env(&[("TRODO_REDIS_URL", "redis://:s3cret@cache:6379")]).unwrap_err();
+        assert_eq!(err.setting(), "TRODO_REDIS_URL");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

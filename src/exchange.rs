@@ -1,13 +1,23 @@
 //! One HTTP exchange from the request to the response head: what the layer
 //! learns of the request, and what the response head decides (open, resume
 //! or close a run; record a span or not).
+//!
+//! With a session store, a request in a session this process does not know
+//! starts looking the session up in the store when it arrives, and the
+//! response head waits for the answer (at most the store timeout) before it
+//! decides: the run may be another worker's. The response to `initialize`
+//! waits (as long at most) until the store holds the new run. Either wait
+//! holds the response head back, never the body; a store that does not
+//! answer in time is left to finish in the background, and the exchange
+//! goes on as without a store.
 
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode, header};
 use serde_json::{Map, Value};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::task::{Context, Poll, ready};
+use std::time::{Instant, SystemTime};
 use uuid::Uuid;
 
 use crate::api::{RequestSpan, inbound_propagation};
@@ -24,6 +34,7 @@ use crate::run::{ClosedVia, KeySource, RunKey, client_identity, meta_conversatio
 use crate::span_draft::{Destination, SpanDraft};
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
+use crate::store::{HeadWait, NewRun, Prefetch, Resolved};
 use crate::wire::{Run, RunStatus, Timestamp};
 
 /// The MCP protocol version header of requests after initialize.
@@ -64,6 +75,88 @@ pub(crate) struct Exchange {
     /// The request's span, also in the request's extensions for handlers.
     request_span: RequestSpan,
     request: Arc<Mutex<RequestCapture>>,
+    /// The session store's lookup of a session this process does not know.
+    prefetch: Option<Prefetch>,
+    /// The session store's answer for a run key, once it came.
+    resolved: Option<(String, Resolved)>,
+}
+
+/// What the response head decided.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per response and moved into the body at once, as the recorder was"
+)]
+pub(crate) enum Head {
+    /// The recorder of the response body, if the exchange is recorded.
+    Ready(Option<Recorder>),
+    /// The response waits for the session store first.
+    Wait(Pending),
+}
+
+/// What a response head waits for from the session store.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    /// The run of a key this process does not know; then the exchange decides.
+    Resolve(Box<Resolving>),
+    /// The store taking a new session's run, before the client learns of it.
+    Publish(Option<Box<Recorder>>, HeadWait<()>),
+}
+
+/// An exchange waiting for the store's answer on a run key.
+#[derive(Debug)]
+pub(crate) struct Resolving {
+    exchange: Option<Exchange>,
+    key: String,
+    /// The run this process opens if the store has none (or cannot say).
+    run_id: Uuid,
+    wait: HeadWait<Resolved>,
+}
+
+impl Pending {
+    /// The recorder of the response body once the store answered (or the
+    /// store timeout passed).
+    pub(crate) fn poll_settle<B>(
+        &mut self,
+        cx: &mut Context<'_>,
+        response: &Response<B>,
+    ) -> Poll<Option<Recorder>> {
+        match self {
+            Self::Resolve(resolving) => {
+                let resolved = ready!(resolving.wait.poll_wait(cx))
+                    .unwrap_or(Resolved::Local(resolving.run_id));
+                let Some(mut exchange) = resolving.exchange.take() else {
+                    return Poll::Ready(None);
+                };
+                exchange.resolved = Some((resolving.key.clone(), resolved));
+                Poll::Ready(match exchange.on_response(response) {
+                    Head::Ready(recorder) => recorder,
+                    // Decided with the answer at hand: no second wait.
+                    Head::Wait(_) => None,
+                })
+            }
+            Self::Publish(recorder, wait) => {
+                ready!(wait.poll_wait(cx));
+                Poll::Ready(recorder.take().map(|r| *r))
+            }
+        }
+    }
+
+    /// The client went away while the response head waited.
+    pub(crate) fn cancel(self) {
+        match self {
+            Self::Resolve(mut resolving) => {
+                if let Some(exchange) = resolving.exchange.take() {
+                    exchange.on_failure(Failure::Cancelled);
+                }
+            }
+            Self::Publish(recorder, _) => {
+                if let Some(recorder) = recorder {
+                    recorder.on_drop();
+                }
+            }
+        }
+    }
 }
 
 /// How an exchange ended without a response head.
@@ -99,16 +192,37 @@ impl Exchange {
             .distinct_id
             .as_ref()
             .and_then(|extract| (extract.0)(parts));
-        // A session known here already has its run: handlers can use it
-        // (child spans, propagation headers) before the answer.
-        if let Some(session_id) = &session_id
-            && let Some(run_id) = shared.sessions.run_id(session_id)
-        {
-            request_span.attach(&Destination::Run {
-                key: session_id.clone(),
-                run_id,
-                opened: false,
-            });
+        let path = parts.uri.path().to_owned();
+        let wants_event_stream = parts.method == Method::GET && accepts_event_stream(headers);
+        let mut prefetch = None;
+        if let Some(session_id) = &session_id {
+            let known = match &shared.mirror {
+                None => shared.sessions.run_id(session_id),
+                Some(mirror) => {
+                    let known = shared.sessions.fresh_run_id(
+                        session_id,
+                        settings.idle_timeout,
+                        &shared.exporter,
+                    );
+                    let control = (parts.method == Method::DELETE || wants_event_stream)
+                        && shared.is_mcp_path(&path);
+                    if known.is_none() && !control {
+                        // Another worker may hold the session: ask the store
+                        // now, while the inner service works.
+                        prefetch = mirror.prefetch(session_id);
+                    }
+                    known
+                }
+            };
+            // A session known here already has its run: handlers can use it
+            // (child spans, propagation headers) before the answer.
+            if let Some(run_id) = known {
+                request_span.attach(&Destination::Run {
+                    key: session_id.clone(),
+                    run_id,
+                    opened: false,
+                });
+            }
         }
         Self {
             session_id,
@@ -118,18 +232,20 @@ impl Exchange {
             joined: inbound_propagation(headers),
             request_span,
             protocol_header: header_text(headers, PROTOCOL_VERSION_HEADER),
-            wants_event_stream: parts.method == Method::GET && accepts_event_stream(headers),
+            wants_event_stream,
             route: parts
                 .extensions
                 .get::<axum::extract::MatchedPath>()
                 .map(|p| p.as_str().to_owned()),
-            path: parts.uri.path().to_owned(),
+            path,
             method: parts.method.clone(),
             started_at: Timestamp::now(),
             started: Instant::now(),
             request: Arc::new(Mutex::new(RequestCapture {
                 capture: Capture::new(settings.capture_limit),
             })),
+            prefetch,
+            resolved: None,
             shared,
         }
     }
@@ -140,17 +256,18 @@ impl Exchange {
     }
 
     /// Decides, on the response head, what this exchange means for its
-    /// run; returns the recorder that watches the response body.
-    pub(crate) fn on_response<B>(self, response: &Response<B>) -> Option<Recorder> {
+    /// run: the recorder that watches the response body, or first a wait
+    /// for the session store.
+    pub(crate) fn on_response<B>(self, response: &Response<B>) -> Head {
         let request_span = self.request_span.clone();
-        let recorder = self.decide(response);
-        if recorder.is_none() {
+        let head = self.decide(response);
+        if let Head::Ready(None) = head {
             request_span.detach();
         }
-        recorder
+        head
     }
 
-    fn decide<B>(self, response: &Response<B>) -> Option<Recorder> {
+    fn decide<B>(self, response: &Response<B>) -> Head {
         let (message, input) = self.read_request();
         let request = match message {
             Some(ClientMessage::Request(request)) => {
@@ -161,7 +278,7 @@ impl Exchange {
                 if let Some(session_id) = &self.session_id {
                     self.shared.sessions.touch(session_id);
                 }
-                return None;
+                return Head::Ready(None);
             }
             None => None,
         };
@@ -184,10 +301,53 @@ impl Exchange {
                 let route_kind = response.extensions().get::<RouteSpanKind>().map(|k| k.0);
                 let draft = self.draft(None, input, route_kind, Some(status));
                 let destination = Destination::Joined { run_id };
-                Some(self.recorder(draft, destination, status, response.headers()))
+                Head::Ready(Some(self.recorder(
+                    draft,
+                    destination,
+                    status,
+                    response.headers(),
+                )))
             }
-            (None, None, None) => None,
+            (None, None, None) => Head::Ready(None),
         }
+    }
+
+    /// The run of `table_key`: the run table's; with a session store, for a
+    /// key this process does not know, the store's answer once it came
+    /// (`None` before: ask the store). `open` makes the `start` of a run
+    /// opened here. Returns the run id and whether this request opened it.
+    fn run_of(&self, table_key: &str, open: impl FnOnce(Uuid) -> Run) -> Option<(Uuid, bool)> {
+        let sessions = &self.shared.sessions;
+        if self.shared.mirror.is_none() {
+            return Some(sessions.run_for(table_key, || open(Uuid::new_v4())));
+        }
+        match &self.resolved {
+            Some((key, resolved)) if key == table_key => {
+                Some(sessions.settle(table_key, *resolved, open))
+            }
+            _ => sessions
+                .run_if_open(table_key)
+                .map(|run_id| (run_id, false)),
+        }
+    }
+
+    /// Asks the session store for the run of `table_key` (using the lookup
+    /// started with the request, if it is of this key); the head decides
+    /// again with the answer.
+    fn resolve(mut self, table_key: String) -> Head {
+        let Some(mirror) = self.shared.mirror.as_ref() else {
+            return Head::Ready(None);
+        };
+        let prefetch = self.prefetch.take().filter(|p| p.is_for(&table_key));
+        let run_id = Uuid::new_v4();
+        let run = NewRun::new(table_key.as_str(), run_id, SystemTime::now());
+        let wait = mirror.resolve(&self.shared, prefetch, run);
+        Head::Wait(Pending::Resolve(Box::new(Resolving {
+            exchange: Some(self),
+            key: table_key,
+            run_id,
+            wait,
+        })))
     }
 
     /// The recorder of a span, once its run is decided.
@@ -245,31 +405,35 @@ impl Exchange {
         request: Option<McpRequest>,
         input: Input,
         response: &Response<B>,
-    ) -> Option<Recorder> {
+    ) -> Head {
         let status = response.status();
         let sessions = &self.shared.sessions;
         let exporter = &self.shared.exporter;
         if status == StatusCode::NOT_FOUND && self.shared.is_mcp_path(&self.path) {
             sessions.close(&session_id, ClosedVia::SessionExpired, exporter);
-            return None;
+            return Head::Ready(None);
         }
         if request.is_none() && self.is_session_control() {
             if self.method == Method::DELETE && status.is_success() {
                 sessions.close(&session_id, ClosedVia::SessionDeleted, exporter);
             }
-            return None;
+            return Head::Ready(None);
         }
         if !status.is_success() && !sessions.contains(&session_id) {
-            return None;
+            return Head::Ready(None);
         }
         let key = RunKey::Session(session_id);
         let table_key = key.table_key();
-        let (run_id, opened) = sessions.run_for(&table_key, || {
-            // A session this process does not know: restarted, or another worker's.
+        let run = self.run_of(&table_key, |run_id| {
+            // A session this process does not know: restarted, or another
+            // worker's that the store does not hold.
             let mut metadata = self.metadata(&key, request.as_ref());
             metadata.insert("resumed".to_owned(), Value::Bool(true));
-            self.run(&key, None, metadata)
+            self.run(&key, run_id, None, metadata)
         });
+        let Some((run_id, opened)) = run else {
+            return self.resolve(table_key);
+        };
         let route_kind = response.extensions().get::<RouteSpanKind>().map(|k| k.0);
         let draft = self.draft(request, input, route_kind, Some(status));
         let destination = Destination::Run {
@@ -277,37 +441,34 @@ impl Exchange {
             run_id,
             opened,
         };
-        Some(Recorder::span(
-            Arc::clone(&self.shared),
+        Head::Ready(Some(self.recorder(
             draft,
             destination,
             status,
             response.headers(),
-        ))
+        )))
     }
 
     /// A JSON-RPC request without a session: grouped by the key chain, or a
     /// run of its own.
-    fn sessionless<B>(
-        self,
-        request: McpRequest,
-        input: Input,
-        response: &Response<B>,
-    ) -> Option<Recorder> {
+    fn sessionless<B>(self, request: McpRequest, input: Input, response: &Response<B>) -> Head {
         let status = response.status();
         let route_kind = response.extensions().get::<RouteSpanKind>().map(|k| k.0);
         let key = match self.shared.settings.sessionless {
-            Sessionless::Ignore => return None,
+            Sessionless::Ignore => return Head::Ready(None),
             Sessionless::RunPerRequest => None,
             Sessionless::Group => self.resolve_key(&request),
         };
         let destination = match key {
             Some(key) => {
                 let table_key = key.table_key();
-                let (run_id, opened) = self.shared.sessions.run_for(&table_key, || {
+                let run = self.run_of(&table_key, |run_id| {
                     let metadata = self.metadata(&key, Some(&request));
-                    self.run(&key, None, metadata)
+                    self.run(&key, run_id, None, metadata)
                 });
+                let Some((run_id, opened)) = run else {
+                    return self.resolve(table_key);
+                };
                 Destination::Run {
                     key: table_key,
                     run_id,
@@ -321,13 +482,12 @@ impl Exchange {
             }
         };
         let draft = self.draft(Some(request), input, route_kind, Some(status));
-        Some(Recorder::span(
-            Arc::clone(&self.shared),
+        Head::Ready(Some(self.recorder(
             draft,
             destination,
             status,
             response.headers(),
-        ))
+        )))
     }
 
     /// The first key of the chain: the application's, a conversation id in
@@ -398,7 +558,7 @@ impl Exchange {
         response: &Response<B>,
         request: &McpRequest,
         input: Input,
-    ) -> Option<Recorder> {
+    ) -> Head {
         let key = RunKey::Session(session_id);
         let mut metadata = self.metadata(&key, Some(request));
         if let Some(version) = &request.protocol_version {
@@ -409,16 +569,24 @@ impl Exchange {
         }
         // The negotiated version comes from the result, not the request.
         metadata.remove("protocol_version");
-        let run = self.run(&key, input.text, metadata);
+        let run = self.run(&key, Uuid::new_v4(), input.text, metadata);
         let table_key = key.table_key();
         let run_id = self.shared.sessions.open_pending(&table_key, run);
-        Some(Recorder::initialize(
+        let publish = self.shared.mirror.as_ref().map(|mirror| {
+            let run = NewRun::new(table_key.as_str(), run_id, self.started_at.0);
+            mirror.publish(&self.shared, run)
+        });
+        let recorder = Recorder::initialize(
             Arc::clone(&self.shared),
             table_key,
             run_id,
             request.id.clone(),
             response.headers(),
-        ))
+        );
+        match publish {
+            Some(wait) => Head::Wait(Pending::Publish(Some(Box::new(recorder)), wait)),
+            None => Head::Ready(Some(recorder)),
+        }
     }
 
     /// What a run learns at its start: transport era, client, protocol version, key source.
@@ -456,8 +624,15 @@ impl Exchange {
         metadata
     }
 
-    fn run(&self, key: &RunKey, input: Option<String>, metadata: Map<String, Value>) -> Run {
+    fn run(
+        &self,
+        key: &RunKey,
+        run_id: Uuid,
+        input: Option<String>,
+        metadata: Map<String, Value>,
+    ) -> Run {
         let mut run = self.run_without_key(metadata);
+        run.run_id = run_id;
         run.conversation_id = key.conversation_id().map(str::to_owned);
         run.input = input;
         run

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use crate::body::ResponseBody;
-use crate::exchange::{Exchange, Failure};
+use crate::exchange::{Exchange, Failure, Head, Pending};
 
 pin_project! {
     /// The response future of [`TrodoService`](crate::TrodoService).
@@ -17,28 +17,48 @@ pin_project! {
     /// When the inner service answers, the layer reads the response head
     /// (opening or closing the session's run) and wraps the body; if the
     /// future is dropped first, the client went away and the span says so.
-    pub struct ResponseFuture<F> {
+    ///
+    /// With a session store, the head of a response in a session this
+    /// process does not know (or of a new session) may wait for the store,
+    /// at most the store timeout; see the [store docs](crate::store).
+    pub struct ResponseFuture<F>
+    where
+        F: Future,
+    {
         #[pin]
         inner: F,
         exchange: Option<Exchange>,
+        // The inner service's answer while its head waits for the session store.
+        waiting: Option<(Pending, F::Output)>,
     }
 
-    impl<F> PinnedDrop for ResponseFuture<F> {
+    impl<F> PinnedDrop for ResponseFuture<F>
+    where
+        F: Future,
+    {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(exchange) = this.project().exchange.take() {
+            let this = this.project();
+            if let Some(exchange) = this.exchange.take() {
                 exchange.on_failure(Failure::Cancelled);
+            }
+            if let Some((pending, _)) = this.waiting.take() {
+                pending.cancel();
             }
         }
     }
 }
 
-impl<F> ResponseFuture<F> {
+impl<F: Future> ResponseFuture<F> {
     pub(crate) fn new(inner: F, exchange: Option<Exchange>) -> Self {
-        Self { inner, exchange }
+        Self {
+            inner,
+            exchange,
+            waiting: None,
+        }
     }
 }
 
-impl<F> fmt::Debug for ResponseFuture<F> {
+impl<F: Future> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
@@ -52,20 +72,44 @@ where
     type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        let exchange = this.exchange.take();
-        Poll::Ready(match result {
-            Ok(response) => {
-                let recorder = exchange.and_then(|e| e.on_response(&response));
-                Ok(response.map(|body| ResponseBody::new(body, recorder)))
+        let mut this = self.project();
+        loop {
+            if let Some((mut pending, answer)) = this.waiting.take() {
+                let recorder = match &answer {
+                    Ok(response) => match pending.poll_settle(cx, response) {
+                        Poll::Ready(recorder) => recorder,
+                        Poll::Pending => {
+                            *this.waiting = Some((pending, answer));
+                            return Poll::Pending;
+                        }
+                    },
+                    Err(_) => None,
+                };
+                return Poll::Ready(
+                    answer.map(|r| r.map(|body| ResponseBody::new(body, recorder))),
+                );
             }
-            Err(error) => {
-                if let Some(exchange) = exchange {
-                    exchange.on_failure(Failure::Service);
+            let result = ready!(this.inner.as_mut().poll(cx));
+            let exchange = this.exchange.take();
+            match result {
+                Ok(response) => {
+                    let head = exchange.map_or(Head::Ready(None), |e| e.on_response(&response));
+                    match head {
+                        Head::Ready(recorder) => {
+                            return Poll::Ready(Ok(
+                                response.map(|body| ResponseBody::new(body, recorder))
+                            ));
+                        }
+                        Head::Wait(pending) => *this.waiting = Some((pending, Ok(response))),
+                    }
                 }
-                Err(error)
+                Err(error) => {
+                    if let Some(exchange) = exchange {
+                        exchange.on_failure(Failure::Service);
+                    }
+                    return Poll::Ready(Err(error));
+                }
             }
-        })
+        }
     }
 }

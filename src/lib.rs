@@ -108,7 +108,7 @@ pub use api::{
 pub use body::{RequestBody, ResponseBody};
 pub use config::{
     DEFAULT_AGENT_NAME, DEFAULT_API_BASE, DEFAULT_CAPTURE_LIMIT, DEFAULT_CONVERSATION_META_KEYS,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_SESSION_HEADER, Sessionless, TrodoConfig,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_SESSION_HEADER, DEFAULT_STORE_TIMEOUT, Sessionless, TrodoConfig,
 };
 pub use error::ConfigError;
 pub use export::DeliveryCounters;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Settings, TrodoConfig};
 use crate::export::{ConsoleSink, DeliveryOptions, Exporter, HttpSink, Sink, Worker};
 use crate::run::{ClosedVia, Sessions};
+use crate::store::{Mirror, StoreCounters};
 
 /// Most distinct MCP endpoint paths remembered (a scanner must not grow the list).
 const MAX_MCP_PATHS: usize = 16;
@@ -16,6 +17,8 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) sessions: Sessions,
     pub(crate) exporter: Exporter,
+    /// The link to the session store shared with other workers, if configured.
+    pub(crate) mirror: Option<Mirror>,
     /// The worker until the background tasks are spawned.
     worker: std::sync::Mutex<Option<Worker>>,
     background: OnceLock<()>,
@@ -59,9 +62,17 @@ impl Shared {
             ..DeliveryOptions::default()
         };
         let (exporter, worker) = Exporter::new(sink, delivery);
+        let mirror = settings.store.as_ref().map(|store| {
+            Mirror::new(
+                Arc::clone(store),
+                settings.idle_timeout,
+                settings.store_timeout,
+            )
+        });
         Self {
+            sessions: Sessions::new(mirror.as_ref().map(Mirror::queue)),
+            mirror,
             settings,
-            sessions: Sessions::default(),
             exporter,
             worker: std::sync::Mutex::new(Some(worker)),
             background: OnceLock::new(),
@@ -89,7 +100,15 @@ impl Shared {
                 runtime.spawn(worker.run());
             }
             runtime.spawn(sweep_idle_sessions(Arc::downgrade(self)));
+            if let Some(mirror) = &self.mirror {
+                mirror.spawn(Arc::downgrade(self), &runtime);
+            }
         });
+    }
+
+    /// Whether [`Trodo::shutdown`] was called.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shut_down.get().is_some()
     }
 
     /// Remembers a path that serves JSON-RPC.
@@ -131,21 +150,50 @@ impl Shared {
         known.iter().any(|p| &**p == path)
     }
 
-    /// Ends every open run, then delivers what is queued, within `timeout`.
+    /// Ends every open run (with a session store: those no other worker
+    /// can continue), then delivers what is queued, within `timeout`.
     async fn shutdown(&self, timeout: Duration) -> bool {
         if self.shut_down.set(()).is_err() {
             return true;
         }
-        let ended = self
-            .sessions
-            .close_all(ClosedVia::ServerShutdown, &self.exporter);
-        tracing::debug!(ended, "trodo: ended open runs on shutdown");
-        self.exporter.shutdown(timeout).await
+        let deadline = tokio::time::Instant::now() + timeout;
+        match &self.mirror {
+            None => {
+                let ended = self
+                    .sessions
+                    .close_all(ClosedVia::ServerShutdown, &self.exporter);
+                tracing::debug!(ended, "trodo: ended open runs on shutdown");
+            }
+            Some(mirror) => {
+                let (left, ended) = self.sessions.release_all(&self.exporter);
+                let drained = mirror.drain(timeout).await;
+                tracing::debug!(
+                    left,
+                    ended,
+                    drained,
+                    "trodo: left shared runs to the store's idle sweep on shutdown"
+                );
+            }
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.exporter.shutdown(remaining).await
+    }
+
+    /// Works off the store queue, then delivers what is queued, within `timeout`.
+    async fn flush(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        if let Some(mirror) = &self.mirror
+            && !mirror.drain(timeout).await
+        {
+            return false;
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.exporter.flush(remaining).await
     }
 }
 
-/// How often the idle sweep looks: a quarter of the idle timeout, within 10 ms..5 s.
-fn sweep_interval(idle_timeout: Duration) -> Duration {
+/// How often an idle sweep looks: a quarter of the idle timeout, within 10 ms..5 s.
+pub(crate) fn sweep_interval(idle_timeout: Duration) -> Duration {
     (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
 }
 
@@ -162,7 +210,7 @@ async fn sweep_idle_sessions(shared: std::sync::Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        if shared.shut_down.get().is_some() {
+        if shared.is_shut_down() {
             return;
         }
         shared.sessions.sweep_idle(
@@ -208,15 +256,23 @@ impl Trodo {
     /// batching interval, and waits until each record is delivered to the
     /// ingest API (or printed), or dropped, at most `timeout`. Returns `false`
     /// on timeout: records still waiting (e.g. for an ingest API that is down)
-    /// keep their place and their retries.
+    /// keep their place and their retries. With a session store, what is
+    /// queued for the store (aggregates, activity, end claims) is worked off first.
     pub async fn flush(&self, timeout: Duration) -> bool {
-        self.shared.exporter.flush(timeout).await
+        self.shared.flush(timeout).await
     }
 
     /// Graceful shutdown: ends every run this process holds open with
     /// `closed_via: "server_shutdown"`, then delivers what is queued, at most
     /// `timeout` (plus up to 100 ms to abandon calls in flight), and stops
-    /// the delivery task. Returns `false` if delivery did not finish in time;
+    /// the delivery task.
+    ///
+    /// With a session store, runs of sessions (and resolved keys) the store
+    /// holds are not ended: clients keep their sessions on other workers, so
+    /// those runs are left to the store's idle sweep (run by any worker,
+    /// including this one when it restarts), which ends them at their last
+    /// activity with their true totals. Runs of `start_run` and runs the
+    /// store does not hold end as without a store. Returns `false` if delivery did not finish in time;
     /// what was left is counted in
     /// [`DeliveryCounters::dropped_shutdown`](crate::DeliveryCounters::dropped_shutdown).
     /// A second call does nothing and returns `true`. Requests after shutdown
@@ -236,5 +292,28 @@ impl Trodo {
     #[must_use]
     pub fn open_runs(&self) -> usize {
         self.shared.sessions.len()
+    }
+
+    /// The counters of the session store link, if a store is configured
+    /// ([`TrodoConfig::with_session_store`](crate::TrodoConfig::with_session_store)):
+    /// operations done and failed, requests that went on without the store,
+    /// runs ended. Cheap; export them as metrics.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use trodo_tower::{Trodo, TrodoConfig};
+    /// use trodo_tower::store::MemoryStore;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let config = TrodoConfig::new().with_session_store(Arc::new(MemoryStore::new()));
+    /// let counters = Trodo::new(&config).store_counters().unwrap();
+    /// assert!(counters.available);
+    /// assert_eq!(Trodo::new(&TrodoConfig::new()).store_counters(), None);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn store_counters(&self) -> Option<StoreCounters> {
+        self.shared.mirror.as_ref().map(Mirror::counters)
     }
 }

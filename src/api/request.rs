@@ -242,6 +242,8 @@ pub(crate) fn record_in_run(shared: &Shared, key: Option<&str>, run_id: Uuid, sp
         }
         None => {
             if let Err(spans) = sessions.record_spans_in_run(run_id, spans, exporter) {
+                // Another process's run: the session store (if any) counts them.
+                sessions.record_elsewhere(run_id, &spans);
                 exporter.send(IngestCall::Spans { run_id, spans });
             }
         }

@@ -6,14 +6,22 @@
 //! removed (and its `end` queued) exactly once, by whichever of DELETE, 404,
 //! the idle sweep, `end_run` or shutdown comes first. Queueing never waits,
 //! so the lock is held only for a few map operations.
+//!
+//! With a session store the table is this process's cache of the shared
+//! runs and stays the authority for ordering here: a run marked shared
+//! sends its aggregates and activity to the store queue (under the lock, so
+//! they reach the store before this process's claim of its end), and a run
+//! leaving the table is ended through the store's end claim, which decides
+//! whether this process sends `end` and with which totals.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
 use super::ClosedVia;
 use crate::export::{Exporter, IngestCall};
+use crate::store::{EndOp, NewRun, Resolved, StoreQueue};
 use crate::wire::{End, Run, RunStatus, Span, Timestamp, Totals};
 
 /// One open run.
@@ -30,6 +38,31 @@ struct OpenRun {
     totals: Totals,
     /// Whether the idle sweep may end it (runs of `start_run` end by `end_run`).
     sweepable: bool,
+    /// Whether the session store holds it: its aggregates and activity go
+    /// there, and other workers may continue it.
+    shared: bool,
+    /// Whether another worker opened it (and sends its `start`).
+    adopted: bool,
+}
+
+impl OpenRun {
+    fn new(run_id: Uuid, pending_start: Option<Box<Run>>, last_activity: Timestamp) -> Self {
+        Self {
+            run_id,
+            pending_start,
+            last_activity,
+            last_seen: Instant::now(),
+            totals: Totals::default(),
+            sweepable: true,
+            shared: false,
+            adopted: false,
+        }
+    }
+
+    fn mark_active(&mut self, now: Instant) {
+        self.last_seen = now;
+        self.last_activity = Timestamp::now();
+    }
 }
 
 /// How a run ends: the fields of its `end` besides the totals.
@@ -71,17 +104,34 @@ impl Table {
         self.by_key.insert(key.into(), open);
     }
 
+    /// Removes a run that ends, and remembers that it ended.
     fn remove(&mut self, key: &str) -> Option<OpenRun> {
+        let open = self.evict(key)?;
+        self.remember_end(open.run_id);
+        Some(open)
+    }
+
+    /// Removes a run from the table without saying that it ended (another
+    /// worker may continue it).
+    fn evict(&mut self, key: &str) -> Option<OpenRun> {
         let open = self.by_key.remove(key)?;
         self.by_run.remove(&open.run_id);
+        Some(open)
+    }
+
+    fn remember_end(&mut self, run_id: Uuid) {
         if self.ended.len() == REMEMBERED_ENDS
             && let Some(oldest) = self.ended.pop_front()
         {
             self.ended_set.remove(&oldest);
         }
-        self.ended.push_back(open.run_id);
-        self.ended_set.insert(open.run_id);
-        Some(open)
+        self.ended.push_back(run_id);
+        self.ended_set.insert(run_id);
+    }
+
+    fn get_run(&mut self, run_id: Uuid) -> Option<&mut OpenRun> {
+        let key = self.by_run.get(&run_id)?;
+        self.by_key.get_mut(key)
     }
 }
 
@@ -100,9 +150,19 @@ pub(crate) enum CloseRun {
 #[derive(Debug, Default)]
 pub(crate) struct Sessions {
     table: Mutex<Table>,
+    /// The session store's queue, when runs are shared with other workers.
+    store: Option<StoreQueue>,
 }
 
 impl Sessions {
+    /// A table whose runs are shared through `store`, if given.
+    pub(crate) fn new(store: Option<StoreQueue>) -> Self {
+        Self {
+            table: Mutex::default(),
+            store,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Table> {
         // Every change is a few inserts/removes that keep the table
         // consistent, so a panic elsewhere while holding it is no reason to stop.
@@ -129,15 +189,12 @@ impl Sessions {
         if table.by_key.contains_key(key) || table.by_run.contains_key(&run.run_id) {
             return false;
         }
-        let open = OpenRun {
-            run_id: run.run_id,
-            pending_start: None,
-            last_activity: run.started_at,
-            last_seen: Instant::now(),
-            totals: Totals::default(),
-            sweepable,
-        };
+        let mut open = OpenRun::new(run.run_id, None, run.started_at);
+        open.sweepable = sweepable;
         table.insert(key, open);
+        if let Some(store) = &self.store {
+            store.register(NewRun::new(key, run.run_id, run.started_at.0).sweepable(sweepable));
+        }
         exporter.send(IngestCall::Start(Box::new(run)));
         true
     }
@@ -169,22 +226,73 @@ impl Sessions {
         let now = Instant::now();
         let mut table = self.lock();
         if let Some(known) = table.by_key.get_mut(key) {
-            known.last_seen = now;
-            known.last_activity = Timestamp::now();
+            known.mark_active(now);
             return (known.run_id, false);
         }
         let run = open();
         let run_id = run.run_id;
-        let open = OpenRun {
-            run_id,
-            last_activity: run.started_at,
-            last_seen: now,
-            pending_start: Some(Box::new(run)),
-            totals: Totals::default(),
-            sweepable: true,
-        };
-        table.insert(key, open);
+        let started_at = run.started_at;
+        table.insert(key, OpenRun::new(run_id, Some(Box::new(run)), started_at));
         (run_id, true)
+    }
+
+    /// The run of a known key, marked active; `None` for a key this process
+    /// does not know.
+    pub(crate) fn run_if_open(&self, key: &str) -> Option<Uuid> {
+        let mut table = self.lock();
+        let known = table.by_key.get_mut(key)?;
+        known.mark_active(Instant::now());
+        Some(known.run_id)
+    }
+
+    /// Takes the store's answer for a key this process did not know (see
+    /// [`Resolved`]) into the table. `open` makes the run's `start` when this
+    /// process starts it. A key that became known meanwhile keeps its run.
+    /// Returns the run id and whether its `start` is this process's (still pending).
+    pub(crate) fn settle(
+        &self,
+        key: &str,
+        resolved: Resolved,
+        open: impl FnOnce(Uuid) -> Run,
+    ) -> (Uuid, bool) {
+        let now = Instant::now();
+        let mut table = self.lock();
+        if let Some(known) = table.by_key.get_mut(key) {
+            known.mark_active(now);
+            if let Resolved::Opened(run_id) = resolved
+                && known.run_id == run_id
+                && known.adopted
+            {
+                // A request that found the run in the store settled first;
+                // the start is this process's all the same.
+                known.adopted = false;
+                known.pending_start = Some(Box::new(open(run_id)));
+                return (run_id, true);
+            }
+            return (known.run_id, false);
+        }
+        let (run_id, start, shared) = match resolved {
+            Resolved::Found(run_id) => (run_id, None, true),
+            Resolved::Opened(run_id) => (run_id, Some(Box::new(open(run_id))), true),
+            Resolved::Local(run_id) => (run_id, Some(Box::new(open(run_id))), false),
+        };
+        let mut entry = OpenRun::new(run_id, start, Timestamp::now());
+        entry.shared = shared;
+        entry.adopted = matches!(resolved, Resolved::Found(_));
+        let opened = entry.pending_start.is_some();
+        table.insert(key, entry);
+        (run_id, opened)
+    }
+
+    /// Marks a run as held by the session store, and sends the store what
+    /// this process counted before.
+    pub(crate) fn mark_shared(&self, run_id: Uuid) {
+        let Some(store) = &self.store else { return };
+        let mut table = self.lock();
+        if let Some(open) = table.get_run(run_id).filter(|open| !open.shared) {
+            open.shared = true;
+            store.record(run_id, open.totals.into(), open.last_activity);
+        }
     }
 
     /// The run id of an open run.
@@ -192,16 +300,45 @@ impl Sessions {
         self.lock().by_key.get(key).map(|open| open.run_id)
     }
 
+    /// The run id of a run this process may trust without the session
+    /// store: with a store, a run idle for `idle_timeout` here may have
+    /// been ended by another worker, so it leaves the table (and goes to the
+    /// store's claim, as the idle sweep would send it) and `None` is returned.
+    pub(crate) fn fresh_run_id(
+        &self,
+        key: &str,
+        idle_timeout: Duration,
+        exporter: &Exporter,
+    ) -> Option<Uuid> {
+        let mut table = self.lock();
+        let open = table.by_key.get(key)?;
+        if self.store.is_none() || open.last_seen.elapsed() < idle_timeout {
+            return Some(open.run_id);
+        }
+        let stale = table.evict(key)?;
+        drop(table);
+        self.retire_idle(stale, idle_timeout, exporter);
+        None
+    }
+
     /// Whether the key has an open run.
     pub(crate) fn contains(&self, key: &str) -> bool {
         self.lock().by_key.contains_key(key)
     }
 
-    /// Marks a run active (a notification, a client response).
+    /// Marks a run active (a notification, a client response), here and
+    /// in the session store.
     pub(crate) fn touch(&self, key: &str) {
-        if let Some(open) = self.lock().by_key.get_mut(key) {
-            open.last_seen = Instant::now();
-            open.last_activity = Timestamp::now();
+        let mut table = self.lock();
+        match (table.by_key.get_mut(key), &self.store) {
+            (Some(open), store) => {
+                open.mark_active(Instant::now());
+                if let Some(store) = store.as_ref().filter(|_| open.shared) {
+                    store.record(open.run_id, Default::default(), open.last_activity);
+                }
+            }
+            (None, Some(store)) => store.touch_key(key, Timestamp::now()),
+            (None, None) => {}
         }
     }
 
@@ -221,7 +358,7 @@ impl Sessions {
         let Some(open) = open else {
             return Err(spans);
         };
-        record(open, spans, exporter);
+        record(open, spans, exporter, self.store.as_ref());
         Ok(())
     }
 
@@ -238,15 +375,35 @@ impl Sessions {
         let Some(open) = by_run.get(&run_id).and_then(|key| by_key.get_mut(key)) else {
             return Err(spans);
         };
-        record(open, spans, exporter);
+        record(open, spans, exporter, self.store.as_ref());
         Ok(())
     }
 
-    /// Ends the run under `key` now. Returns `false` when it was not open.
+    /// Counts spans of a run this process does not hold into the session
+    /// store's aggregates of the run (if the store holds it).
+    pub(crate) fn record_elsewhere(&self, run_id: Uuid, spans: &[Span]) {
+        let (Some(store), Some(last)) = (&self.store, spans.last()) else {
+            return;
+        };
+        store.record(run_id, totals_of(spans).into(), last.ended_at);
+    }
+
+    /// Ends the run under `key` now. Returns `false` when it was not open
+    /// here; with a session store, the store's run of the key (another
+    /// worker's) is ended then, if it has one.
     pub(crate) fn close(&self, key: &str, via: ClosedVia, exporter: &Exporter) -> bool {
         let open = self.lock().remove(key);
-        open.map(|open| end(open, Timestamp::now(), via.into(), exporter))
-            .is_some()
+        match (open, &self.store) {
+            (Some(open), _) => {
+                self.retire(open, Timestamp::now(), via.into(), None, exporter);
+                true
+            }
+            (None, Some(store)) => {
+                store.end_key(key, via);
+                false
+            }
+            (None, None) => false,
+        }
     }
 
     /// Ends the open run with this id now (`end_run`).
@@ -255,20 +412,39 @@ impl Sessions {
         if table.ended_set.contains(&run_id) {
             return CloseRun::AlreadyEnded;
         }
-        let Some(key) = table.by_run.get(&run_id).cloned() else {
-            return CloseRun::Unknown;
-        };
-        match table.remove(&key) {
-            Some(open) => {
-                end(open, Timestamp::now(), ending, exporter);
+        let open = table
+            .by_run
+            .get(&run_id)
+            .cloned()
+            .and_then(|key| table.remove(&key));
+        drop(table);
+        match (open, &self.store) {
+            (Some(open), _) => {
+                self.retire(open, Timestamp::now(), ending, None, exporter);
                 CloseRun::Closed
             }
-            None => CloseRun::Unknown,
+            (None, Some(store)) => {
+                // Another worker's run, perhaps: the store's claim decides.
+                let op = EndOp {
+                    run_id,
+                    ending,
+                    at: Timestamp::now(),
+                    idle_before: None,
+                    local: Default::default(),
+                };
+                store.end(op, exporter);
+                CloseRun::Closed
+            }
+            (None, None) => CloseRun::Unknown,
         }
     }
 
     /// Ends every sweepable run idle for at least `idle_timeout` at `now`,
-    /// with `ended_at` = its last activity. Returns how many it ended.
+    /// with `ended_at` = its last activity. Returns how many left the table.
+    ///
+    /// With a session store, an idle run here may be active on another
+    /// worker: it leaves the table and the store's claim ends it only if the
+    /// store saw no activity either (else the store's sweep ends it later).
     pub(crate) fn sweep_idle(
         &self,
         now: Instant,
@@ -286,7 +462,11 @@ impl Sessions {
             .collect();
         // Queue while holding the lock: no span of these runs can slip in between.
         for key in &expired {
-            if let Some(open) = table.remove(key) {
+            if self.store.is_some() {
+                if let Some(open) = table.evict(key) {
+                    self.retire_idle(open, idle_timeout, exporter);
+                }
+            } else if let Some(open) = table.remove(key) {
                 let at = open.last_activity;
                 end(open, at, ClosedVia::IdleTimeout.into(), exporter);
             }
@@ -307,22 +487,125 @@ impl Sessions {
         keys.len()
     }
 
+    /// Graceful shutdown with a session store: runs other workers may
+    /// continue (sessions and resolved keys the store holds) leave the table
+    /// for the store's idle sweep, their `start` sent; the others (runs of
+    /// `start_run`, runs the store does not hold) end through the store's
+    /// claim. Returns how many were left to the store, and how many ended.
+    pub(crate) fn release_all(&self, exporter: &Exporter) -> (usize, usize) {
+        let mut table = self.lock();
+        let keys: Vec<Box<str>> = table.by_key.keys().cloned().collect();
+        let (mut left, mut ended) = (0, 0);
+        for key in &keys {
+            let Some(open) = table.evict(key) else {
+                continue;
+            };
+            if open.shared && open.sweepable {
+                if let Some(run) = open.pending_start {
+                    exporter.send(IngestCall::Start(run));
+                }
+                left += 1;
+            } else {
+                table.remember_end(open.run_id);
+                let ending = ClosedVia::ServerShutdown.into();
+                self.retire(open, Timestamp::now(), ending, None, exporter);
+                ended += 1;
+            }
+        }
+        (left, ended)
+    }
+
+    /// Sends the `end` of a run whose end claim this process won in the
+    /// session store, after its `start` if this process still holds that.
+    pub(crate) fn finish_claimed(
+        &self,
+        run_id: Uuid,
+        at: Timestamp,
+        ending: Ending,
+        totals: Totals,
+        exporter: &Exporter,
+    ) {
+        let mut table = self.lock();
+        let key = table.by_run.get(&run_id).cloned();
+        if let Some(open) = key.and_then(|key| table.remove(&key)) {
+            if let Some(run) = open.pending_start {
+                exporter.send(IngestCall::Start(run));
+            }
+        } else {
+            table.remember_end(run_id);
+        }
+        send_end(run_id, at, ending, totals, exporter);
+    }
+
     /// How many runs are open.
     pub(crate) fn len(&self) -> usize {
         self.lock().by_key.len()
     }
+
+    /// Ends a run that left the table: through the session store's end
+    /// claim when there is a store, else here and now.
+    fn retire(
+        &self,
+        open: OpenRun,
+        at: Timestamp,
+        ending: Ending,
+        idle_before: Option<SystemTime>,
+        exporter: &Exporter,
+    ) {
+        let Some(store) = &self.store else {
+            return end(open, at, ending, exporter);
+        };
+        if let Some(run) = open.pending_start {
+            exporter.send(IngestCall::Start(run));
+        }
+        let op = EndOp {
+            run_id: open.run_id,
+            ending,
+            at,
+            idle_before,
+            local: open.totals.into(),
+        };
+        store.end(op, exporter);
+    }
+
+    /// Ends a run idle here through the store's claim: only if the store
+    /// saw no activity for `idle_timeout` either.
+    fn retire_idle(&self, open: OpenRun, idle_timeout: Duration, exporter: &Exporter) {
+        let at = open.last_activity;
+        let idle_before = SystemTime::now() - idle_timeout;
+        let ending = ClosedVia::IdleTimeout.into();
+        self.retire(open, at, ending, Some(idle_before), exporter);
+    }
 }
 
-/// Counts spans into an open run and queues them, after its `start` if that still waits.
-fn record(open: &mut OpenRun, spans: Vec<Span>, exporter: &Exporter) {
+/// The aggregates of some spans.
+fn totals_of(spans: &[Span]) -> Totals {
+    let mut totals = Totals::default();
+    for span in spans {
+        totals.add(span);
+    }
+    totals
+}
+
+/// Counts spans into an open run and queues them, after its `start` if
+/// that still waits; a run the session store holds sends the store its share.
+fn record(open: &mut OpenRun, spans: Vec<Span>, exporter: &Exporter, store: Option<&StoreQueue>) {
     if let Some(run) = open.pending_start.take() {
         exporter.send(IngestCall::Start(run));
     }
     let Some(last) = spans.last() else { return };
     open.last_seen = Instant::now();
     open.last_activity = open.last_activity.max(last.ended_at);
+    let store = store.filter(|_| open.shared);
+    let mut delta = Totals::default();
     for span in &spans {
         open.totals.add(span);
+        if store.is_some() {
+            delta.add(span);
+        }
+    }
+    if let Some(store) = store {
+        store.record(open.run_id, delta.into(), open.last_activity);
     }
     exporter.send(IngestCall::Spans {
         run_id: open.run_id,

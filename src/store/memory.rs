@@ -17,10 +17,12 @@ use super::{
 /// live and are purged as the store is used.
 ///
 /// ```
+/// use std::sync::Arc;
+/// use trodo_tower::TrodoConfig;
 /// use trodo_tower::store::MemoryStore;
 ///
-/// let store = MemoryStore::new();
-/// # let _ = store;
+/// let config = TrodoConfig::new().with_session_store(Arc::new(MemoryStore::new()));
+/// # let _ = config;
 /// ```
 #[derive(Debug, Default)]
 pub struct MemoryStore {

@@ -28,7 +28,38 @@
 //! |---|---|
 //! | none (the default) | one process |
 //! | [`MemoryStore`] | several layers in one process (and tests) |
-//! | `RedisStore` (feature `redis`) | several processes |
+//! | `RedisStore` (feature `redis`) | several processes: set `TRODO_REDIS_URL` or [`TrodoConfig::with_redis_url`](crate::TrodoConfig) |
+//!
+//! ```
+//! use std::sync::Arc;
+//! use trodo_tower::TrodoConfig;
+//! use trodo_tower::store::MemoryStore;
+//!
+//! // Two layers in one process sharing their sessions:
+//! let store = Arc::new(MemoryStore::new());
+//! let first = TrodoConfig::new().with_session_store(store.clone());
+//! let second = TrodoConfig::new().with_session_store(store);
+//! # let _ = (first, second);
+//! ```
+//!
+//! # How the layer uses a store
+//!
+//! The layer keeps its own in-memory table in front of the store: requests
+//! of a session this process knows never wait on the store. For a session it
+//! does not know, the lookup starts when the request arrives and the
+//! response head waits for it at most the store timeout
+//! ([`TrodoConfig::with_store_timeout`](crate::TrodoConfig::with_store_timeout),
+//! 50 ms by default); the response to `initialize` waits (as long at most)
+//! until the store holds the new run, so that the next request can land on
+//! any worker. Everything else (aggregates, activity, end claims, the idle
+//! sweep) runs in one background task per process, through a bounded queue.
+//! A store that fails is left alone for a second at a time, and one too
+//! slow for a request is left alone by requests for as long: requests are
+//! served as without a store, runs end with this process's totals when the
+//! store cannot be asked, and the layer logs, counts
+//! ([`Trodo::store_counters`](crate::Trodo::store_counters)) and recovers.
+//! A worker's shutdown leaves the sessions it holds to the shared idle
+//! sweep (see [`Trodo::shutdown`](crate::Trodo::shutdown)).
 //!
 //! # Writing a store
 //!
@@ -54,16 +85,25 @@
 //! # }
 //! ```
 
+mod health;
 mod memory;
+mod mirror;
 #[cfg(feature = "redis")]
 mod redis;
+mod task;
+mod wait;
 
 #[cfg(test)]
 mod conformance;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{DEFAULT_REDIS_PREFIX, RedisStore};
+pub use health::StoreCounters;
 pub use memory::MemoryStore;
+
+pub(crate) use mirror::{Mirror, Prefetch, Resolved};
+pub(crate) use task::{EndOp, StoreQueue};
+pub(crate) use wait::HeadWait;
 
 use std::error::Error;
 use std::fmt;
@@ -289,10 +329,6 @@ pub(crate) fn from_micros(micros: u64) -> SystemTime {
 }
 
 /// `url` with any password replaced by `***`, for error messages.
-#[cfg_attr(
-    all(not(feature = "redis"), not(test)),
-    expect(dead_code, reason = "configuration uses it next")
-)]
 pub(crate) fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();

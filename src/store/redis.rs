@@ -161,13 +161,17 @@ return out
 ///
 /// Made without connecting: the connection is opened on first use (on the
 /// Tokio runtime that uses it) and reopened after a failure. Needs the
-/// `redis` cargo feature.
+/// `redis` cargo feature. `TRODO_REDIS_URL` and
+/// [`TrodoConfig::with_redis_url`](crate::TrodoConfig::with_redis_url) make
+/// one with the default prefix.
 ///
 /// ```
+/// use std::sync::Arc;
+/// use trodo_tower::TrodoConfig;
 /// use trodo_tower::store::RedisStore;
 ///
 /// let store = RedisStore::new("redis://127.0.0.1:6379/0")?.with_prefix("weather-mcp:");
-/// # let _ = store;
+/// let config = TrodoConfig::from_env()?.with_session_store(Arc::new(store));
 /// # Ok::<(), trodo_tower::ConfigError>(())
 /// ```
 pub struct RedisStore {

@@ -1,0 +1,454 @@
+//! The per-process store task: everything the layer tells the session store
+//! off the request path, in order, through one bounded queue; and the sweep
+//! of the store's idle runs.
+//!
+//! The task takes what is queued in batches. In a batch, aggregates queued
+//! for one run are added up into one operation, and operations of one kind
+//! run concurrently (on one Redis connection they are pipelined), kind after
+//! kind: runs opened, then aggregates, then activity and end claims. So a
+//! worker's aggregates of a run reach the store before its own claim of the
+//! run's end. Each operation is bounded by a timeout; while the store
+//! is failing, operations are not tried (for [`RETRY_AFTER`]): aggregates and
+//! activity are dropped and counted, and ends fall back to this process's
+//! totals.
+//!
+//! [`RETRY_AFTER`]: super::health::RETRY_AFTER
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::health::Health;
+use super::{Claim, NewRun, Opened, RunTotals, SessionStore, StoreFuture};
+use crate::export::Exporter;
+use crate::run::{ClosedVia, RunEnding, send_end};
+use crate::state::{Shared, sweep_interval};
+use crate::wire::Timestamp;
+
+/// Most operations the queue holds; past it, new ones are refused.
+const QUEUE_CAPACITY: usize = 10_000;
+/// Most operations taken off the queue at once (their aggregates coalesce).
+const BATCH: usize = 256;
+/// Most idle runs one store call claims.
+const SWEEP_BATCH: usize = 500;
+/// The most a background store operation may take.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One thing to tell the store.
+#[derive(Debug)]
+enum Op {
+    /// Opens a run of `start_run` in the store; then it is shared here.
+    Register(NewRun),
+    /// Adds to a run's aggregates and moves its activity forward.
+    Record {
+        run_id: Uuid,
+        delta: RunTotals,
+        last: Timestamp,
+    },
+    /// Activity of a key's run, or an end claim: after the batch's aggregates.
+    Late(Late),
+    /// Answered once every operation queued before it is done.
+    Drain(oneshot::Sender<()>),
+}
+
+/// What runs after the aggregates of a batch.
+#[derive(Debug)]
+enum Late {
+    /// Marks the run of a key this process does not hold active.
+    TouchKey { key: String, at: Timestamp },
+    /// Claims a run's end; the winner sends it.
+    End(Box<EndOp>),
+    /// Claims the end of the run of a key this process does not hold.
+    EndKey {
+        key: String,
+        via: ClosedVia,
+        at: Timestamp,
+    },
+}
+
+/// The end of a run this process held, through the store's claim.
+#[derive(Debug)]
+pub(crate) struct EndOp {
+    pub(crate) run_id: Uuid,
+    pub(crate) ending: RunEnding,
+    /// When it ended: now for DELETE, 404, shutdown and `end_run`; the
+    /// last activity this process saw for an idle end.
+    pub(crate) at: Timestamp,
+    /// For an idle end: only if the store saw no activity after this.
+    pub(crate) idle_before: Option<SystemTime>,
+    /// The totals this process counted, for an end without the store.
+    pub(crate) local: RunTotals,
+}
+
+/// The sending side of the store queue. Never waits.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreQueue {
+    tx: mpsc::Sender<Op>,
+    health: Arc<Health>,
+}
+
+impl StoreQueue {
+    /// A queue and its receiving end.
+    pub(super) fn new(health: Arc<Health>) -> (Self, Receiver) {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        (Self { tx, health }, Receiver(rx))
+    }
+
+    /// Queues an operation that may be lost (aggregates, activity); a
+    /// refused one is counted.
+    fn send_or_drop(&self, op: Op) {
+        if self.tx.try_send(op).is_err() {
+            self.health.dropped();
+        }
+    }
+
+    /// Opens a run of `start_run` in the store.
+    pub(crate) fn register(&self, run: NewRun) {
+        self.send_or_drop(Op::Register(run));
+    }
+
+    /// Adds to a run's aggregates and activity.
+    pub(crate) fn record(&self, run_id: Uuid, delta: RunTotals, last: Timestamp) {
+        self.send_or_drop(Op::Record {
+            run_id,
+            delta,
+            last,
+        });
+    }
+
+    /// Marks the run of a key this process does not hold active.
+    pub(crate) fn touch_key(&self, key: &str, at: Timestamp) {
+        self.send_or_drop(Op::Late(Late::TouchKey {
+            key: key.to_owned(),
+            at,
+        }));
+    }
+
+    /// Ends the run of a key this process does not hold, if the store has one.
+    pub(crate) fn end_key(&self, key: &str, via: ClosedVia) {
+        self.send_or_drop(Op::Late(Late::EndKey {
+            key: key.to_owned(),
+            via,
+            at: Timestamp::now(),
+        }));
+    }
+
+    /// Ends a run through the store's claim. If the queue refuses it, the
+    /// run ends here at once, with this process's totals.
+    pub(crate) fn end(&self, op: EndOp, exporter: &Exporter) {
+        if let Err(refused) = self.tx.try_send(Op::Late(Late::End(Box::new(op)))) {
+            self.health.dropped();
+            if let Op::Late(Late::End(op)) = refused.into_inner() {
+                self.end_locally(*op, exporter);
+            }
+        }
+    }
+
+    /// Ends a run with this process's totals (the store could not say).
+    fn end_locally(&self, op: EndOp, exporter: &Exporter) {
+        self.health.ended_locally();
+        send_end(op.run_id, op.at, op.ending, op.local.into(), exporter);
+    }
+
+    /// Waits until every operation queued so far is done, at most `timeout`.
+    pub(crate) async fn drain(&self, timeout: Duration) -> bool {
+        let (done, wait) = oneshot::channel();
+        tokio::time::timeout(timeout, async {
+            self.tx.send(Op::Drain(done)).await.is_ok() && wait.await.is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// The receiving side of the store queue, until its task is spawned.
+#[derive(Debug)]
+pub(super) struct Receiver(mpsc::Receiver<Op>);
+
+/// What the task works with, besides its queue.
+#[derive(Debug)]
+pub(super) struct StoreTask {
+    pub(super) store: Arc<dyn SessionStore>,
+    pub(super) health: Arc<Health>,
+    pub(super) queue: StoreQueue,
+    pub(super) ttl: Duration,
+    pub(super) idle_timeout: Duration,
+}
+
+impl StoreTask {
+    /// Applies queued operations and sweeps the store's idle runs until the
+    /// layer's state is dropped; after shutdown it no longer sweeps.
+    pub(super) async fn run(self, receiver: Receiver, shared: Weak<Shared>) {
+        let Receiver(mut rx) = receiver;
+        let mut sweep = tokio::time::interval(sweep_interval(self.idle_timeout));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        sweep.tick().await;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            // Unbiased: a queue that never empties must not starve the sweep.
+            tokio::select! {
+                received = rx.recv_many(&mut batch, BATCH) => {
+                    let Some(shared) = shared.upgrade().filter(|_| received > 0) else {
+                        return;
+                    };
+                    self.apply(&shared, std::mem::take(&mut batch)).await;
+                }
+                _ = sweep.tick() => {
+                    let Some(shared) = shared.upgrade() else { return };
+                    if !shared.is_shut_down() {
+                        self.sweep(&shared).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a store operation if the store is not being skipped, within
+    /// [`OPERATION_TIMEOUT`], and notes how it went.
+    async fn call<T>(&self, operation: &'static str, work: StoreFuture<'_, T>) -> Option<T> {
+        call(&self.health, operation, work).await
+    }
+
+    /// Applies a batch: runs opened, then aggregates (added up per run),
+    /// then the rest, each kind concurrently; drains are answered last.
+    async fn apply(&self, shared: &Shared, ops: Vec<Op>) {
+        let (mut opens, mut records, mut rest, mut drained) =
+            (Vec::new(), Records::default(), Vec::new(), Vec::new());
+        for op in ops {
+            match op {
+                Op::Register(run) => opens.push(run),
+                Op::Record {
+                    run_id,
+                    delta,
+                    last,
+                } => records.add(run_id, delta, last),
+                Op::Drain(done) => drained.push(done),
+                Op::Late(late) => rest.push(late),
+            }
+        }
+        all(opens.iter().map(|run| self.register(shared, run))).await;
+        let recorded = all(records.take().into_iter().map(|(run_id, delta, last)| {
+            self.call("record", self.store.record(run_id, delta, last.0, self.ttl))
+        }))
+        .await;
+        for _ in recorded.iter().filter(|r| r.is_none()) {
+            self.health.dropped();
+        }
+        all(rest.into_iter().map(|late| self.run_late(shared, late))).await;
+        for done in drained {
+            let _ = done.send(());
+        }
+    }
+
+    /// Opens a run of `start_run` in the store; then it is shared here.
+    async fn register(&self, shared: &Shared, run: &NewRun) {
+        let opened = self.call("open", self.store.open(run, self.ttl)).await;
+        if is_opened(opened, run.run_id) {
+            shared.sessions.mark_shared(run.run_id);
+        }
+    }
+
+    /// Activity of a key's run, and end claims.
+    async fn run_late(&self, shared: &Shared, late: Late) {
+        match late {
+            Late::TouchKey { key, at } => {
+                if let Some(Some(run_id)) = self.call("find", self.store.find(&key)).await {
+                    let touch = self
+                        .store
+                        .record(run_id, RunTotals::default(), at.0, self.ttl);
+                    self.call("record", touch).await;
+                }
+            }
+            Late::End(op) => self.end(shared, *op).await,
+            Late::EndKey { key, via, at } => {
+                let Some(Some(run_id)) = self.call("find", self.store.find(&key)).await else {
+                    return;
+                };
+                let claim = self.call("claim", self.store.claim(run_id, None, self.ttl));
+                if let Some(Claim::Won(run)) = claim.await {
+                    self.health.ended();
+                    let totals = run.totals.into();
+                    shared.sessions.finish_claimed(
+                        run_id,
+                        at,
+                        via.into(),
+                        totals,
+                        &shared.exporter,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Claims a run's end: the winner sends it with the store's totals; a
+    /// store that cannot say leaves it to this process's totals.
+    async fn end(&self, shared: &Shared, op: EndOp) {
+        let claim = self.call(
+            "claim",
+            self.store.claim(op.run_id, op.idle_before, self.ttl),
+        );
+        match claim.await {
+            Some(Claim::Won(run)) => {
+                self.health.ended();
+                // An idle run ended at its last activity, wherever it was.
+                let at = match op.idle_before {
+                    Some(_) => op.at.max(Timestamp(run.last_activity)),
+                    None => op.at,
+                };
+                let totals = run.totals.into();
+                shared
+                    .sessions
+                    .finish_claimed(op.run_id, at, op.ending, totals, &shared.exporter);
+            }
+            Some(Claim::Active | Claim::AlreadyEnded) => {}
+            Some(Claim::Unknown) | None => self.queue.end_locally(op, &shared.exporter),
+        }
+    }
+
+    /// Ends every run the store holds that is idle for the idle timeout,
+    /// whichever worker it was opened on: one claim per batch.
+    async fn sweep(&self, shared: &Shared) {
+        let idle_before = SystemTime::now() - self.idle_timeout;
+        loop {
+            let claimed = self.call(
+                "claim_idle",
+                self.store.claim_idle(idle_before, SWEEP_BATCH, self.ttl),
+            );
+            let Some(runs) = claimed.await else { return };
+            let count = runs.len();
+            for run in runs {
+                self.health.ended();
+                shared.sessions.finish_claimed(
+                    run.run_id,
+                    Timestamp(run.last_activity),
+                    ClosedVia::IdleTimeout.into(),
+                    run.totals.into(),
+                    &shared.exporter,
+                );
+            }
+            if count < SWEEP_BATCH {
+                break;
+            }
+        }
+        self.health.swept();
+    }
+}
+
+/// Runs a store operation unless the store is being skipped, within
+/// [`OPERATION_TIMEOUT`], and notes how it went in `health`.
+pub(super) async fn call<T>(
+    health: &Health,
+    operation: &'static str,
+    work: StoreFuture<'_, T>,
+) -> Option<T> {
+    if !health.available() {
+        return None;
+    }
+    match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
+        Ok(Ok(value)) => {
+            health.succeeded();
+            Some(value)
+        }
+        Ok(Err(error)) => {
+            health.failed(operation, &error);
+            None
+        }
+        Err(_) => {
+            health.failed(operation, &"timed out");
+            None
+        }
+    }
+}
+
+/// Runs every future of `work` at once and waits for all of them.
+async fn all<F: Future>(work: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut work: Vec<Pin<Box<F>>> = work.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<F::Output>> = work.iter().map(|_| None).collect();
+    poll_fn(|cx| {
+        let mut finished = true;
+        for (future, output) in work.iter_mut().zip(&mut done) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => finished = false,
+                }
+            }
+        }
+        if finished {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    done.into_iter().flatten().collect()
+}
+
+/// Whether an open left `run_id` open under its key.
+pub(super) fn is_opened(opened: Option<Opened>, run_id: Uuid) -> bool {
+    match opened {
+        Some(Opened::Opened) => true,
+        Some(Opened::Existing(id)) => id == run_id,
+        Some(Opened::Ended) | None => false,
+    }
+}
+
+/// Aggregates of several runs, added up per run in the order first seen.
+#[derive(Debug, Default)]
+struct Records {
+    order: Vec<(Uuid, RunTotals, Timestamp)>,
+    index: HashMap<Uuid, usize>,
+}
+
+impl Records {
+    fn add(&mut self, run_id: Uuid, delta: RunTotals, last: Timestamp) {
+        match self.index.get(&run_id) {
+            Some(&i) => {
+                let (_, sum, latest) = &mut self.order[i];
+                sum.add(&delta);
+                *latest = (*latest).max(last);
+            }
+            None => {
+                self.index.insert(run_id, self.order.len());
+                self.order.push((run_id, delta, last));
+            }
+        }
+    }
+
+    fn take(&mut self) -> Vec<(Uuid, RunTotals, Timestamp)> {
+        self.index.clear();
+        std::mem::take(&mut self.order)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_of_one_run_add_up_in_first_seen_order() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let one = RunTotals {
+            span_count: 1,
+            cost: 0.5,
+            ..RunTotals::default()
+        };
+        let t = |s| Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        let mut records = Records::default();
+        records.add(a, one, t(5));
+        records.add(b, one, t(1));
+        records.add(a, one, t(3));
+        let taken = records.take();
+        assert_eq!(taken.len(), 2);
+        assert_eq!(taken[0].0, a);
+        assert_eq!((taken[0].1.span_count, taken[0].1.cost), (2, 1.0));
+        assert_eq!(taken[0].2, t(5), "activity never moves back");
+        assert_eq!(taken[1].0, b);
+        assert!(records.take().is_empty());
+    }
+}
