@@ -44,7 +44,8 @@
 //!   `idle_timeout`, `session_expired` (the server answered 404) or
 //!   `server_shutdown` ([`Trodo::shutdown`]).
 //! - A session this process does not know (after a restart, or on another
-//!   worker) opens its run on the fly with `metadata.resumed: true`.
+//!   worker) opens its run on the fly with `metadata.resumed: true`, unless
+//!   a [session store](store) shared by the workers holds its run.
 //! - Requests without a session (MCP 2026-07-28, stateless servers) are
 //!   grouped into runs by the first key that resolves: the application's
 //!   ([`TrodoConfig::with_run_key`]), a vendor conversation id in
@@ -72,6 +73,13 @@
 //! - [`Trodo`] has the Python SDK's manual API: [`Trodo::start_run`],
 //!   [`Trodo::join_run`], [`Trodo::end_run`], [`Trodo::feedback`],
 //!   [`Trodo::wrap_agent`].
+//!
+//! # Feature flags
+//!
+//! | name | what | default |
+//! |---|---|---|
+//! | `rustls` | TLS to the ingest API through rustls | yes |
+//! | `redis` | [`store::RedisStore`], `TRODO_REDIS_URL`: many workers share runs | no |
 //!
 //! [Trodo]: https://trodo.ai
 
