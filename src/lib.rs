@@ -79,7 +79,7 @@
 //! | name | what | default |
 //! |---|---|---|
 //! | `rustls` | TLS to the ingest API through rustls | yes |
-//! | `redis` | [`store::RedisStore`], `TRODO_REDIS_URL`: many workers share runs | no |
+//! | `redis` | `store::RedisStore`, `TRODO_REDIS_URL`: many workers share runs | no |
 //!
 //! [Trodo]: https://trodo.ai
 
