@@ -12,7 +12,7 @@ use crate::mcp::envelope::{parse_client_message, parse_server_message};
 use crate::mcp::sse::SseDecoder;
 use crate::run::Sessions;
 use crate::span_kind::SpanKind;
-use crate::wire::{Run, RunStatus, Span, SpanStatus, Timestamp};
+use crate::wire::{Run, RunStatus, Span, Timestamp};
 
 /// Reads a POSTed body as the layer does on every request: `true` when it
 /// is one JSON-RPC message.
@@ -70,15 +70,6 @@ impl SampleSpan {
             attributes.insert(key.to_owned(), value);
         }
         Self(Span {
-            span_id: Uuid::new_v4(),
-            run_id: Uuid::new_v4(),
-            parent_span_id: None,
-            kind: SpanKind::Tool,
-            name: "tool.add".to_owned(),
-            status: SpanStatus::Ok,
-            started_at: now,
-            ended_at: now,
-            duration_ms: 0,
             input: Some(
                 r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":7,"b":2}}}"#
                     .to_owned(),
@@ -87,16 +78,9 @@ impl SampleSpan {
                 r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"9"}],"isError":false}}"#
                     .to_owned(),
             ),
-            error_type: None,
-            error_message: None,
-            model: None,
-            provider: None,
-            input_tokens: None,
-            output_tokens: None,
-            cost: None,
-            temperature: None,
             tool_name: Some("add".to_owned()),
             attributes,
+            ..Span::new(Uuid::new_v4(), Uuid::new_v4(), SpanKind::Tool, "tool.add".to_owned(), now)
         })
     }
 

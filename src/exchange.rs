@@ -35,7 +35,7 @@ use crate::span_draft::{Destination, SpanDraft};
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
 use crate::store::{HeadWait, NewRun, Prefetch, Resolved};
-use crate::wire::{Run, RunStatus, Timestamp};
+use crate::wire::{Run, Timestamp};
 
 /// The MCP protocol version header of requests after initialize.
 const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
@@ -639,21 +639,11 @@ impl Exchange {
     }
 
     fn run_without_key(&self, metadata: Map<String, Value>) -> Run {
+        let agent_name = self.shared.settings.agent_name.clone();
         Run {
-            run_id: Uuid::new_v4(),
-            agent_name: self.shared.settings.agent_name.clone(),
             distinct_id: self.distinct_id.clone(),
-            conversation_id: None,
-            parent_run_id: None,
-            status: RunStatus::Running,
-            input: None,
-            output: None,
-            started_at: self.started_at,
-            ended_at: None,
-            duration_ms: None,
-            error_summary: None,
             metadata,
-            totals: None,
+            ..Run::new(Uuid::new_v4(), agent_name, self.started_at)
         }
     }
 

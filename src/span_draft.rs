@@ -107,27 +107,23 @@ impl SpanDraft {
             Destination::OwnRun(run) => run.run_id,
         };
         let span = Span {
-            span_id: self.request_span.span_id(),
-            run_id,
             parent_span_id: self.parent_span_id,
-            kind: self.kind,
-            name: self.name,
             status,
-            started_at: self.started_at,
             ended_at,
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             input: self.input,
             output: ending.output,
             error_type,
             error_message,
-            model: None,
-            provider: None,
-            input_tokens: None,
-            output_tokens: None,
-            cost: None,
-            temperature: None,
             tool_name: self.tool_name,
             attributes: self.attributes,
+            ..Span::new(
+                self.request_span.span_id(),
+                run_id,
+                self.kind,
+                self.name,
+                self.started_at,
+            )
         };
         let response = ending.response.as_ref();
         match destination {

@@ -46,6 +46,29 @@ pub(crate) struct Run {
     pub(crate) totals: Option<Totals>,
 }
 
+impl Run {
+    /// A running run of `agent_name` started at `started_at`; every
+    /// optional field unset.
+    pub(crate) fn new(run_id: Uuid, agent_name: String, started_at: Timestamp) -> Self {
+        Self {
+            run_id,
+            agent_name,
+            distinct_id: None,
+            conversation_id: None,
+            parent_run_id: None,
+            status: RunStatus::Running,
+            input: None,
+            output: None,
+            started_at,
+            ended_at: None,
+            duration_ms: None,
+            error_summary: None,
+            metadata: Map::new(),
+            totals: None,
+        }
+    }
+}
+
 /// The status of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,6 +123,42 @@ pub(crate) struct Span {
     pub(crate) tool_name: Option<String>,
     #[serde(skip_serializing_if = "Map::is_empty")]
     pub(crate) attributes: Map<String, Value>,
+}
+
+impl Span {
+    /// An `ok` span that starts and ends at `started_at`; every optional
+    /// field unset.
+    pub(crate) fn new(
+        span_id: Uuid,
+        run_id: Uuid,
+        kind: SpanKind,
+        name: String,
+        started_at: Timestamp,
+    ) -> Self {
+        Self {
+            span_id,
+            run_id,
+            parent_span_id: None,
+            kind,
+            name,
+            status: SpanStatus::Ok,
+            started_at,
+            ended_at: started_at,
+            duration_ms: 0,
+            input: None,
+            output: None,
+            error_type: None,
+            error_message: None,
+            model: None,
+            provider: None,
+            input_tokens: None,
+            output_tokens: None,
+            cost: None,
+            temperature: None,
+            tool_name: None,
+            attributes: Map::new(),
+        }
+    }
 }
 
 /// The body of `runs/{id}/end`.

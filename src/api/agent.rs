@@ -90,22 +90,13 @@ pub(crate) fn send_whole<T: serde::Serialize, E: std::fmt::Display>(
         }
     };
     let record = Run {
-        run_id,
-        agent_name: run.agent_name,
-        distinct_id: run.distinct_id,
-        conversation_id: run.conversation_id,
-        parent_run_id: run.parent_run_id,
         status,
-        input: run
-            .input
-            .and_then(|v| settings.captured_value(Side::Input, v)),
         output,
-        started_at,
         ended_at: Some(Timestamp::now()),
         duration_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
         error_summary,
-        metadata: run.metadata,
         totals: Some(totals),
+        ..run.into_run(run_id, started_at, settings)
     };
     shared.exporter.send(IngestCall::Ingest {
         run: Box::new(record),

@@ -28,7 +28,7 @@ use crate::export::IngestCall;
 use crate::run::{CloseRun, RunEnding, RunKey, send_end};
 use crate::span_kind::SpanKind;
 use crate::state::{Shared, Trodo};
-use crate::wire::{MAX_ERROR_CHARS, Run, RunStatus, Timestamp, Totals};
+use crate::wire::{MAX_ERROR_CHARS, RunStatus, Timestamp, Totals};
 use span::SpanSink;
 
 impl Trodo {
@@ -62,25 +62,7 @@ impl Trodo {
         self.shared.start_background();
         let shared = &self.shared;
         let run_id = run.run_id.unwrap_or_else(Uuid::new_v4);
-        let input = run
-            .input
-            .and_then(|v| shared.settings.captured_value(Side::Input, v));
-        let record = Run {
-            run_id,
-            agent_name: run.agent_name,
-            distinct_id: run.distinct_id,
-            conversation_id: run.conversation_id,
-            parent_run_id: run.parent_run_id,
-            status: RunStatus::Running,
-            input,
-            output: None,
-            started_at: Timestamp::now(),
-            ended_at: None,
-            duration_ms: None,
-            error_summary: None,
-            metadata: run.metadata,
-            totals: None,
-        };
+        let record = run.into_run(run_id, Timestamp::now(), &shared.settings);
         let key = RunKey::Manual(run_id).table_key();
         if !shared
             .sessions

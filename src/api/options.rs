@@ -3,6 +3,10 @@
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use crate::capture_policy::Side;
+use crate::config::Settings;
+use crate::wire::{Run, Timestamp};
+
 /// What [`Trodo::start_run`](crate::Trodo::start_run) (and
 /// [`Trodo::wrap_agent`](crate::Trodo::wrap_agent)) open.
 ///
@@ -29,6 +33,20 @@ pub struct StartRun {
 }
 
 impl StartRun {
+    /// The run record it opens, with its input kept as the capture policy says.
+    pub(crate) fn into_run(self, run_id: Uuid, started_at: Timestamp, settings: &Settings) -> Run {
+        Run {
+            distinct_id: self.distinct_id,
+            conversation_id: self.conversation_id,
+            parent_run_id: self.parent_run_id,
+            input: self
+                .input
+                .and_then(|v| settings.captured_value(Side::Input, v)),
+            metadata: self.metadata,
+            ..Run::new(run_id, self.agent_name, started_at)
+        }
+    }
+
     /// A run of the agent `agent_name`.
     pub fn new(agent_name: impl Into<String>) -> Self {
         Self {

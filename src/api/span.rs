@@ -1,6 +1,6 @@
 //! [`SpanGuard`]: a span recorded by hand, sent when it finishes.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -79,27 +79,9 @@ impl SpanGuard {
         let tool_name = (kind == SpanKind::Tool)
             .then(|| name.strip_prefix("tool.").unwrap_or(&name).to_owned());
         let span = Span {
-            span_id: Uuid::new_v4(),
-            run_id,
             parent_span_id: parent,
-            kind,
-            name,
-            status: SpanStatus::Ok,
-            started_at: Timestamp::now(),
-            ended_at: Timestamp::now(),
-            duration_ms: 0,
-            input: None,
-            output: None,
-            error_type: None,
-            error_message: None,
-            model: None,
-            provider: None,
-            input_tokens: None,
-            output_tokens: None,
-            cost: None,
-            temperature: None,
             tool_name,
-            attributes: Map::new(),
+            ..Span::new(Uuid::new_v4(), run_id, kind, name, Timestamp::now())
         };
         Self {
             shared,

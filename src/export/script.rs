@@ -12,7 +12,7 @@ use super::outcome::Outcome;
 use super::retry::Backoff;
 use super::{DeliveryOptions, Exporter, IngestCall, Sink};
 use crate::span_kind::SpanKind;
-use crate::wire::{End, Run, RunStatus, Span, SpanStatus, Timestamp, Totals};
+use crate::wire::{End, Run, RunStatus, Span, Timestamp, Totals};
 
 /// How the script answers a call, and after how long.
 type Answer = Box<dyn FnMut(&Call) -> (Duration, Outcome) + Send>;
@@ -187,27 +187,14 @@ pub(crate) fn span_with(run: u128, name: &str, input: Option<String>) -> IngestC
     IngestCall::Spans {
         run_id,
         spans: vec![Span {
-            span_id: Uuid::new_v4(),
-            run_id,
-            parent_span_id: None,
-            kind: SpanKind::Tool,
-            name: name.to_owned(),
-            status: SpanStatus::Ok,
-            started_at: time(),
-            ended_at: time(),
-            duration_ms: 0,
             input,
-            output: None,
-            error_type: None,
-            error_message: None,
-            model: None,
-            provider: None,
-            input_tokens: None,
-            output_tokens: None,
-            cost: None,
-            temperature: None,
-            tool_name: None,
-            attributes: serde_json::Map::new(),
+            ..Span::new(
+                Uuid::new_v4(),
+                run_id,
+                SpanKind::Tool,
+                name.to_owned(),
+                time(),
+            )
         }],
     }
 }
