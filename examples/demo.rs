@@ -97,6 +97,10 @@ async fn main() -> anyhow::Result<()> {
     let sum = call(&client, "add", json!({"a": 2, "b": 40})).await?;
     println!("add 2 + 40       -> {}", text(&sum));
 
+    // The tool records its (pretend) LLM call as a child span of the request.
+    let asked = call(&client, "ask_llm", json!({"question": "what is 6 x 7?"})).await?;
+    println!("ask_llm          -> {}", text(&asked));
+
     println!("slow_progress    ...");
     let slow = call(
         &client,
