@@ -163,22 +163,11 @@ fn time() -> Timestamp {
 
 /// The start of run `Uuid::from_u128(run)`.
 pub(crate) fn start(run: u128) -> IngestCall {
-    IngestCall::Start(Box::new(Run {
-        run_id: Uuid::from_u128(run),
-        agent_name: "test".to_owned(),
-        distinct_id: None,
-        conversation_id: None,
-        parent_run_id: None,
-        status: RunStatus::Running,
-        input: None,
-        output: None,
-        started_at: time(),
-        ended_at: None,
-        duration_ms: None,
-        error_summary: None,
-        metadata: serde_json::Map::new(),
-        totals: None,
-    }))
+    IngestCall::Start(Box::new(Run::new(
+        Uuid::from_u128(run),
+        "test".to_owned(),
+        time(),
+    )))
 }
 
 /// A span called `name` of run `Uuid::from_u128(run)`, its input `input`.
