@@ -12,7 +12,7 @@
 //! goes on as without a store.
 
 use http::request::Parts;
-use http::{HeaderMap, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Map, Value};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -39,6 +39,10 @@ use crate::wire::{Run, Timestamp};
 
 /// The MCP protocol version header of requests after initialize.
 const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
+/// The header of MCP 2026-07-28 requests that names their method.
+const METHOD_HEADER: &str = "mcp-method";
+/// The header of MCP 2026-07-28 requests that names their tool, prompt or resource.
+const NAME_HEADER: &str = "mcp-name";
 /// Longest session id taken from a header; longer ones are ignored as bogus.
 const MAX_SESSION_ID_LEN: usize = 256;
 /// The MCP protocol version without sessions.
@@ -63,6 +67,9 @@ pub(crate) struct Exchange {
     /// The session id, unless the config groups sessions by the key chain.
     session_id: Option<String>,
     protocol_header: Option<String>,
+    /// `Mcp-Method` / `Mcp-Name` (MCP 2026-07-28): name a request too large to parse.
+    method_header: Option<HeaderValue>,
+    name_header: Option<HeaderValue>,
     wants_event_stream: bool,
     /// The application's run key, for requests without a session.
     app_key: Option<String>,
@@ -232,6 +239,8 @@ impl Exchange {
             joined: inbound_propagation(headers),
             request_span,
             protocol_header: header_text(headers, PROTOCOL_VERSION_HEADER),
+            method_header: headers.get(METHOD_HEADER).cloned(),
+            name_header: headers.get(NAME_HEADER).cloned(),
             wants_event_stream,
             route: parts
                 .extensions
@@ -527,8 +536,20 @@ impl Exchange {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let capture = &request.capture;
-        let message = if capture.is_truncated() || capture.total_bytes() == 0 {
+        let message = if capture.total_bytes() == 0 {
             None
+        } else if capture.is_truncated() {
+            // Too large to read whole; a 2026-07-28 client names the method
+            // (and tool) in headers.
+            let text =
+                |value: &Option<HeaderValue>| value.as_ref()?.to_str().ok().map(str::to_owned);
+            text(&self.method_header).map(|method| {
+                ClientMessage::Request(McpRequest::named(
+                    method,
+                    text(&self.name_header),
+                    self.protocol_header.clone(),
+                ))
+            })
         } else {
             parse_client_message(capture.bytes())
         };
@@ -647,6 +668,16 @@ impl Exchange {
         }
     }
 
+    /// The kind of an MCP request's span: the route's, else the tool's, else
+    /// the method's, else the default.
+    fn kind_of(&self, method: &str, tool: Option<&str>, route_kind: Option<SpanKind>) -> SpanKind {
+        let settings = &self.shared.settings;
+        route_kind
+            .or_else(|| tool.and_then(|t| settings.tool_kinds.get(t).copied()))
+            .or_else(|| settings.method_kinds.get(method).copied())
+            .unwrap_or_else(|| mcp::default_kind(method))
+    }
+
     /// The span this exchange will become: its name, kind, input and attributes.
     fn draft(
         &self,
@@ -655,7 +686,6 @@ impl Exchange {
         route_kind: Option<SpanKind>,
         status: Option<StatusCode>,
     ) -> SpanDraft {
-        let settings = &self.shared.settings;
         let mut attributes = Map::new();
         let mut preset_error = None;
         let (name, kind, tool_name, request_id) = match request {
@@ -663,21 +693,17 @@ impl Exchange {
                 let tool = (request.method == mcp::TOOLS_CALL)
                     .then(|| request.target.clone())
                     .flatten();
-                let kind = route_kind
-                    .or_else(|| {
-                        tool.as_ref()
-                            .and_then(|t| settings.tool_kinds.get(t).copied())
-                    })
-                    .or_else(|| settings.method_kinds.get(&request.method).copied())
-                    .unwrap_or_else(|| mcp::default_kind(&request.method));
+                let kind = self.kind_of(&request.method, tool.as_deref(), route_kind);
                 attributes.insert(
                     "mcp.method.name".to_owned(),
                     Value::from(request.method.as_str()),
                 );
-                attributes.insert(
-                    "jsonrpc.request.id".to_owned(),
-                    Value::from(id_text(&request.id)),
-                );
+                if !request.id.is_null() {
+                    attributes.insert(
+                        "jsonrpc.request.id".to_owned(),
+                        Value::from(id_text(&request.id)),
+                    );
+                }
                 let version = request
                     .protocol_version
                     .as_ref()
@@ -703,7 +729,9 @@ impl Exchange {
                     }
                 }
                 let name = mcp::span_name(&request.method, request.target.as_deref());
-                (name, kind, tool, Some(request.id))
+                // A null id is an unknown one: any response answers it.
+                let id = (!request.id.is_null()).then_some(request.id);
+                (name, kind, tool, id)
             }
             None if self.method == Method::POST
                 && input.bytes > 0

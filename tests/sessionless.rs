@@ -394,3 +394,44 @@ async fn per_call_sessions_are_grouped_when_configured() {
     assert_eq!(ingest.ends()[0].1["closed_via"], Value::Null);
     assert_eq!(ingest.ends()[0].1["metadata"]["closed_via"], "idle_timeout");
 }
+
+#[tokio::test]
+async fn a_request_too_large_to_parse_is_named_by_its_headers() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config(&ingest)
+        .with_idle_timeout(SHORT_IDLE)
+        .unwrap()
+        .with_sessionless(Sessionless::RunPerRequest);
+    let addr = layered(config, true).await;
+    let client = RawClient::new(addr);
+    let text = "x".repeat(100_000); // over the 64,000-character capture limit
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"text": text},
+                   "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                             "io.modelcontextprotocol/clientInfo": {"name": "big", "version": "1"},
+                             "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let answer = read(
+        client
+            .post(body.to_string())
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "echo")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    ingest
+        .wait_until(WAIT, |r| span_count(r) == 1)
+        .await
+        .unwrap();
+    let span = &ingest.received()[0].body["spans"][0];
+    assert_eq!(span["name"], "tool.echo");
+    assert_eq!(span["kind"], "tool");
+    assert_eq!(span["tool_name"], "echo");
+    assert_eq!(span["status"], "ok");
+    assert_eq!(span["attributes"]["mcp.method.name"], "tools/call");
+    assert_eq!(span["attributes"]["input_truncated"], true);
+    assert_eq!(span["input"].as_str().unwrap().chars().count(), 64_000);
+}

@@ -56,6 +56,23 @@ pub(crate) struct Request {
 }
 
 impl Request {
+    /// A request known only from its headers (`Mcp-Method`, `Mcp-Name`),
+    /// its body too large to read: its id is unknown (null).
+    pub(crate) fn named(
+        method: String,
+        target: Option<String>,
+        protocol_version: Option<String>,
+    ) -> Self {
+        Self {
+            id: Value::Null,
+            method,
+            target,
+            client: None,
+            protocol_version,
+            meta: None,
+        }
+    }
+
     /// Whether the request carries its own protocol metadata (MCP 2026-07-28).
     pub(crate) fn is_self_contained(&self) -> bool {
         self.meta
