@@ -12,11 +12,9 @@
 //! goes on as without a store.
 
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
-use serde_json::{Map, Value};
-use std::net::SocketAddr;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use serde_json::Value;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 use std::time::{Instant, SystemTime};
 use uuid::Uuid;
 
@@ -24,29 +22,25 @@ use crate::api::{RequestSpan, inbound_propagation};
 use crate::capture::Capture;
 use crate::capture_policy::Side;
 use crate::config::Sessionless;
-use crate::mcp::envelope::{
-    ClientMessage, Implementation, Request as McpRequest, parse_client_message,
-};
-use crate::mcp::{self, INITIALIZE};
+use crate::mcp::INITIALIZE;
+use crate::mcp::envelope::{ClientMessage, Request as McpRequest, parse_client_message};
 use crate::recorder::Recorder;
 use crate::route_kind::RouteSpanKind;
 use crate::run::{ClosedVia, KeySource, RunKey, client_identity, meta_conversation};
 use crate::span_draft::{Destination, SpanDraft};
-use crate::span_kind::SpanKind;
 use crate::state::Shared;
-use crate::store::{HeadWait, NewRun, Prefetch, Resolved};
-use crate::wire::{Run, Timestamp};
+use crate::store::{NewRun, Prefetch, Resolved};
 
-/// The MCP protocol version header of requests after initialize.
-const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
-/// The header of MCP 2026-07-28 requests that names their method.
-const METHOD_HEADER: &str = "mcp-method";
-/// The header of MCP 2026-07-28 requests that names their tool, prompt or resource.
-const NAME_HEADER: &str = "mcp-name";
-/// Longest session id taken from a header; longer ones are ignored as bogus.
-const MAX_SESSION_ID_LEN: usize = 256;
-/// The MCP protocol version without sessions.
-const SESSIONLESS_VERSION: &str = "2026-07-28";
+mod draft;
+mod head;
+mod pending;
+
+use crate::wire::{Run, Timestamp};
+pub(crate) use head::session_id;
+use head::{
+    METHOD_HEADER, NAME_HEADER, PROTOCOL_VERSION_HEADER, accepts_event_stream, caller, header_text,
+};
+pub(crate) use pending::{Head, Pending, Resolving};
 
 /// The request body as the inner service read it, shared with
 /// [`RequestBody`](crate::body::RequestBody).
@@ -86,84 +80,6 @@ pub(crate) struct Exchange {
     prefetch: Option<Prefetch>,
     /// The session store's answer for a run key, once it came.
     resolved: Option<(String, Resolved)>,
-}
-
-/// What the response head decided.
-#[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "returned once per response and moved into the body at once, as the recorder was"
-)]
-pub(crate) enum Head {
-    /// The recorder of the response body, if the exchange is recorded.
-    Ready(Option<Recorder>),
-    /// The response waits for the session store first.
-    Wait(Pending),
-}
-
-/// What a response head waits for from the session store.
-#[derive(Debug)]
-pub(crate) enum Pending {
-    /// The run of a key this process does not know; then the exchange decides.
-    Resolve(Box<Resolving>),
-    /// The store taking a new session's run, before the client learns of it.
-    Publish(Option<Box<Recorder>>, HeadWait<()>),
-}
-
-/// An exchange waiting for the store's answer on a run key.
-#[derive(Debug)]
-pub(crate) struct Resolving {
-    exchange: Option<Exchange>,
-    key: String,
-    /// The run this process opens if the store has none (or cannot say).
-    run_id: Uuid,
-    wait: HeadWait<Resolved>,
-}
-
-impl Pending {
-    /// The recorder of the response body once the store answered (or the
-    /// store timeout passed).
-    pub(crate) fn poll_settle<B>(
-        &mut self,
-        cx: &mut Context<'_>,
-        response: &Response<B>,
-    ) -> Poll<Option<Recorder>> {
-        match self {
-            Self::Resolve(resolving) => {
-                let resolved = ready!(resolving.wait.poll_wait(cx))
-                    .unwrap_or(Resolved::Local(resolving.run_id));
-                let Some(mut exchange) = resolving.exchange.take() else {
-                    return Poll::Ready(None);
-                };
-                exchange.resolved = Some((resolving.key.clone(), resolved));
-                Poll::Ready(match exchange.on_response(response) {
-                    Head::Ready(recorder) => recorder,
-                    // Decided with the answer at hand: no second wait.
-                    Head::Wait(_) => None,
-                })
-            }
-            Self::Publish(recorder, wait) => {
-                ready!(wait.poll_wait(cx));
-                Poll::Ready(recorder.take().map(|r| *r))
-            }
-        }
-    }
-
-    /// The client went away while the response head waited.
-    pub(crate) fn cancel(self) {
-        match self {
-            Self::Resolve(mut resolving) => {
-                if let Some(exchange) = resolving.exchange.take() {
-                    exchange.on_failure(Failure::Cancelled);
-                }
-            }
-            Self::Publish(recorder, _) => {
-                if let Some(recorder) = recorder {
-                    recorder.on_drop();
-                }
-            }
-        }
-    }
 }
 
 /// How an exchange ended without a response head.
@@ -609,184 +525,6 @@ impl Exchange {
             None => Head::Ready(Some(recorder)),
         }
     }
-
-    /// What a run learns at its start: transport era, client, protocol version, key source.
-    fn metadata(&self, key: &RunKey, request: Option<&McpRequest>) -> Map<String, Value> {
-        let mut metadata = self.metadata_without_key(matches!(key, RunKey::Session(_)), request);
-        metadata.insert("run_key_source".to_owned(), Value::from(key.source()));
-        metadata
-    }
-
-    /// `era`: `sessions` (Streamable HTTP with sessions), `2026-07-28`
-    /// (self-contained requests) or `stateless` (a legacy client of a server
-    /// without sessions).
-    fn metadata_without_key(
-        &self,
-        in_session: bool,
-        request: Option<&McpRequest>,
-    ) -> Map<String, Value> {
-        let mut metadata = Map::new();
-        metadata.insert("transport".to_owned(), Value::from("streamable_http"));
-        let era = if request.is_some_and(McpRequest::is_self_contained) {
-            SESSIONLESS_VERSION
-        } else if in_session {
-            "sessions"
-        } else {
-            "stateless"
-        };
-        metadata.insert("era".to_owned(), Value::from(era));
-        insert_client(&mut metadata, request.and_then(|r| r.client.as_ref()));
-        let version = request
-            .and_then(|r| r.protocol_version.clone())
-            .or_else(|| self.protocol_header.clone());
-        if let Some(version) = version {
-            metadata.insert("protocol_version".to_owned(), Value::from(version));
-        }
-        metadata
-    }
-
-    fn run(
-        &self,
-        key: &RunKey,
-        run_id: Uuid,
-        input: Option<String>,
-        metadata: Map<String, Value>,
-    ) -> Run {
-        let mut run = self.run_without_key(metadata);
-        run.run_id = run_id;
-        run.conversation_id = key.conversation_id().map(str::to_owned);
-        run.input = input;
-        run
-    }
-
-    fn run_without_key(&self, metadata: Map<String, Value>) -> Run {
-        let agent_name = self.shared.settings.agent_name.clone();
-        Run {
-            distinct_id: self.distinct_id.clone(),
-            metadata,
-            ..Run::new(Uuid::new_v4(), agent_name, self.started_at)
-        }
-    }
-
-    /// The kind of an MCP request's span: the route's, else the tool's, else
-    /// the method's, else the default.
-    fn kind_of(&self, method: &str, tool: Option<&str>, route_kind: Option<SpanKind>) -> SpanKind {
-        let settings = &self.shared.settings;
-        route_kind
-            .or_else(|| tool.and_then(|t| settings.tool_kinds.get(t).copied()))
-            .or_else(|| settings.method_kinds.get(method).copied())
-            .unwrap_or_else(|| mcp::default_kind(method))
-    }
-
-    /// The span this exchange will become: its name, kind, input and attributes.
-    fn draft(
-        &self,
-        request: Option<McpRequest>,
-        input: Input,
-        route_kind: Option<SpanKind>,
-        status: Option<StatusCode>,
-    ) -> SpanDraft {
-        let mut attributes = Map::new();
-        let mut preset_error = None;
-        let (name, kind, tool_name, request_id) = match request {
-            Some(request) => {
-                let tool = (request.method == mcp::TOOLS_CALL)
-                    .then(|| request.target.clone())
-                    .flatten();
-                let kind = self.kind_of(&request.method, tool.as_deref(), route_kind);
-                attributes.insert(
-                    "mcp.method.name".to_owned(),
-                    Value::from(request.method.as_str()),
-                );
-                if !request.id.is_null() {
-                    attributes.insert(
-                        "jsonrpc.request.id".to_owned(),
-                        Value::from(id_text(&request.id)),
-                    );
-                }
-                let version = request
-                    .protocol_version
-                    .as_ref()
-                    .or(self.protocol_header.as_ref());
-                if let Some(version) = version {
-                    attributes.insert(
-                        "mcp.protocol.version".to_owned(),
-                        Value::from(version.as_str()),
-                    );
-                }
-                if request.is_self_contained()
-                    && let Some(client) = &request.client
-                {
-                    attributes.insert(
-                        "mcp.client.name".to_owned(),
-                        Value::from(client.name.as_str()),
-                    );
-                    if let Some(version) = &client.version {
-                        attributes.insert(
-                            "mcp.client.version".to_owned(),
-                            Value::from(version.as_str()),
-                        );
-                    }
-                }
-                let name = mcp::span_name(&request.method, request.target.as_deref());
-                // A null id is an unknown one: any response answers it.
-                let id = (!request.id.is_null()).then_some(request.id);
-                (name, kind, tool, id)
-            }
-            None if self.method == Method::POST
-                && input.bytes > 0
-                && self.shared.is_known_mcp_path(&self.path) =>
-            {
-                // A POST to the MCP endpoint that is not one JSON-RPC message.
-                attributes.insert("http.route".to_owned(), Value::from(self.path.as_str()));
-                let kind = route_kind.unwrap_or(SpanKind::Generic);
-                if input.truncated {
-                    // Too large to read whole: its method is unknown, not wrong.
-                    ("mcp.request".to_owned(), kind, None, None)
-                } else {
-                    preset_error = Some((
-                        "invalid_message".to_owned(),
-                        "the request body is not one JSON-RPC 2.0 message".to_owned(),
-                    ));
-                    ("mcp.invalid_message".to_owned(), kind, None, None)
-                }
-            }
-            None => {
-                let route = self.route.as_deref().unwrap_or(&self.path);
-                attributes.insert(
-                    "http.request.method".to_owned(),
-                    Value::from(self.method.as_str()),
-                );
-                attributes.insert("http.route".to_owned(), Value::from(route));
-                let name = format!("http.{} {route}", self.method);
-                (name, route_kind.unwrap_or(SpanKind::Tool), None, None)
-            }
-        };
-        if let Some(status) = status {
-            attributes.insert(
-                "http.response.status_code".to_owned(),
-                Value::from(status.as_u16()),
-            );
-        }
-        attributes.insert(
-            "http.request.body.size".to_owned(),
-            Value::from(input.bytes),
-        );
-        attributes.insert("input_truncated".to_owned(), Value::Bool(input.truncated));
-        SpanDraft {
-            request_span: self.request_span.clone(),
-            parent_span_id: self.joined.and_then(|(_, parent)| parent),
-            name,
-            kind,
-            tool_name,
-            request_id,
-            started_at: self.started_at,
-            started: self.started,
-            input: input.text,
-            attributes,
-            preset_error,
-        }
-    }
 }
 
 /// The request body as the span's input.
@@ -795,59 +533,4 @@ struct Input {
     text: Option<String>,
     truncated: bool,
     bytes: u64,
-}
-
-/// The JSON-RPC id as text: a string as it is, a number in decimal.
-fn id_text(id: &Value) -> String {
-    match id {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn insert_client(metadata: &mut Map<String, Value>, client: Option<&Implementation>) {
-    if let Some(client) = client {
-        metadata.insert("client_name".to_owned(), Value::from(client.name.as_str()));
-        if let Some(version) = &client.version {
-            metadata.insert("client_version".to_owned(), Value::from(version.as_str()));
-        }
-    }
-}
-
-/// The caller for the client identity key: the first `X-Forwarded-For` hop,
-/// else the peer address (axum's `ConnectInfo`), else the user agent.
-fn caller(parts: &Parts) -> Option<String> {
-    let forwarded = header_text(&parts.headers, "x-forwarded-for")
-        .and_then(|v| v.split(',').next().map(|hop| hop.trim().to_owned()))
-        .filter(|hop| !hop.is_empty());
-    forwarded
-        .or_else(|| {
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map(|info| info.0.ip().to_string())
-        })
-        .or_else(|| header_text(&parts.headers, header::USER_AGENT.as_str()))
-}
-
-/// A session id from `name`, if it is one MCP allows: 1 to 256 visible ASCII characters.
-pub(crate) fn session_id(headers: &HeaderMap, name: &http::HeaderName) -> Option<String> {
-    let value = headers.get(name)?.as_bytes();
-    let valid = !value.is_empty()
-        && value.len() <= MAX_SESSION_ID_LEN
-        && value.iter().all(|b| (0x21..=0x7e).contains(b));
-    // Visible ASCII is valid UTF-8.
-    valid.then(|| String::from_utf8_lossy(value).into_owned())
-}
-
-fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers.get(name)?.to_str().ok().map(str::to_owned)
-}
-
-fn accepts_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/event-stream"))
 }
