@@ -275,17 +275,7 @@ async fn rmcp_client_session_becomes_one_run_with_exact_wire() {
 async fn progress_events_reach_the_client_before_the_tool_finishes() {
     use futures::StreamExt;
     let ingest = RecordingIngest::start().await.unwrap();
-    let tools = DemoTools::new();
-    let app = Router::new()
-        .nest_service("/mcp", mcp(tools.clone(), session_manager(None)))
-        .layer(TrodoLayer::new(config(&ingest)));
-    let mut client = RawClient::new(serve(app).await);
-    client.initialize("stream-test").await;
-
-    let body = json!({"jsonrpc":"2.0","id":7,"method":"tools/call",
-        "params":{"name":"wait_for_release","arguments":{},"_meta":{"progressToken":"p7"}}});
-    let response = client.post(body.to_string()).send().await.unwrap();
-    let mut stream = response.bytes_stream();
+    let (tools, mut stream) = call_waiting_tool(&ingest, 7).await;
     let mut seen = String::new();
     // The tool is blocked until released: the progress event must already be here.
     while !seen.contains("notifications/progress") {

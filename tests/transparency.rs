@@ -62,6 +62,14 @@ async fn conversation(addr: SocketAddr) -> Vec<(u16, Option<String>, Bytes)> {
     answers
 }
 
+/// Runs the same conversation against a bare and a layered server and
+/// asserts the answers are identical, byte for byte.
+async fn assert_same_answers_as_bare(layer: TrodoLayer) {
+    let layered = conversation(server(Some(layer)).await).await;
+    let bare = conversation(server(None).await).await;
+    assert_eq!(bare, layered);
+}
+
 #[tokio::test]
 async fn responses_are_byte_identical_with_and_without_the_layer() {
     let ingest = RecordingIngest::start().await.unwrap();
@@ -175,20 +183,7 @@ async fn a_10_mb_response_streams_whole_with_a_bounded_capture() {
 async fn client_gone_mid_stream_gives_a_cancelled_span() {
     use futures::StreamExt;
     let ingest = RecordingIngest::start().await.unwrap();
-    let tools = DemoTools::new();
-    let app = Router::new()
-        .nest_service("/mcp", mcp(tools.clone(), session_manager(None)))
-        .layer(TrodoLayer::new(config(&ingest)));
-    let mut client = RawClient::new(serve(app).await);
-    client.initialize("gone-test").await;
-    let body = json!({"jsonrpc":"2.0","id":9,"method":"tools/call",
-        "params":{"name":"wait_for_release","arguments":{},"_meta":{"progressToken":1}}});
-    let mut stream = client
-        .post(body.to_string())
-        .send()
-        .await
-        .unwrap()
-        .bytes_stream();
+    let (tools, mut stream) = call_waiting_tool(&ingest, 9).await;
     let first = stream.next().await.unwrap().unwrap();
     assert!(!first.is_empty());
     drop(stream); // the client goes away before the answer
@@ -210,9 +205,7 @@ async fn a_failing_ingest_never_changes_a_response() {
     let ingest = RecordingIngest::start().await.unwrap();
     ingest.fail_next(1_000, 400);
     let layer = TrodoLayer::new(config(&ingest));
-    let layered = conversation(server(Some(layer.clone())).await).await;
-    let bare = conversation(server(None).await).await;
-    assert_eq!(bare, layered);
+    assert_same_answers_as_bare(layer.clone()).await;
     assert!(layer.trodo().flush(WAIT).await);
     let counters = layer.trodo().delivery_counters();
     assert_eq!(counters.sent, 0);
@@ -230,17 +223,13 @@ async fn an_unreachable_ingest_never_changes_a_response() {
         .with_site_id("s")
         .with_api_base("http://127.0.0.1:9")
         .unwrap();
-    let layered = conversation(server(Some(TrodoLayer::new(config))).await).await;
-    let bare = conversation(server(None).await).await;
-    assert_eq!(bare, layered);
+    assert_same_answers_as_bare(TrodoLayer::new(config)).await;
 }
 
 #[tokio::test]
 async fn without_a_site_id_the_layer_prints_and_serves_the_same() {
     let layer = TrodoLayer::new(TrodoConfig::new());
-    let layered = conversation(server(Some(layer.clone())).await).await;
-    let bare = conversation(server(None).await).await;
-    assert_eq!(bare, layered);
+    assert_same_answers_as_bare(layer.clone()).await;
     assert!(layer.trodo().flush(WAIT).await);
     let counters = layer.trodo().delivery_counters();
     assert_eq!(counters.failed, 0);
