@@ -55,6 +55,10 @@ const TARGET_THROUGHPUT: f64 = 0.97;
 /// p99 latency of the layered server over the bare one, at most.
 const TARGET_P99: f64 = 1.05;
 const PROTOCOL_VERSION: &str = "2025-11-25";
+/// The name of the server runtime's threads.
+const SERVER_THREAD: &str = "server";
+/// The name of the layer's delivery thread.
+const EXPORT_THREAD: &str = "trodo-export";
 
 #[derive(Debug, Clone, Copy)]
 struct Options {
@@ -104,7 +108,7 @@ fn runtime(name: &str, threads: usize) -> Runtime {
 
 fn main() {
     let options = Options::from_env();
-    let server_rt = runtime("server", options.server_threads);
+    let server_rt = runtime(SERVER_THREAD, options.server_threads);
     let client_rt = runtime("load", options.client_threads);
 
     // The ingest stands for the remote Trodo API: it runs with the load
@@ -278,10 +282,66 @@ struct Round {
     elapsed: Duration,
     /// Latency of every request, in microseconds.
     latencies: Vec<u32>,
+    /// CPU time the round took, by thread name.
+    cpu: CpuTimes,
+}
+
+/// CPU time of this process's threads, summed by thread name: `server`
+/// (the server's runtime), `trodo-export` (the layer's delivery thread),
+/// `load` (the load generator and the ingest). Read from
+/// `/proc/self/task/*/schedstat` (nanoseconds on CPU); empty elsewhere.
+#[derive(Debug, Default, Clone)]
+struct CpuTimes(std::collections::BTreeMap<String, Duration>);
+
+impl CpuTimes {
+    fn now() -> Self {
+        let mut times = std::collections::BTreeMap::new();
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return Self(times);
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            let on_cpu = std::fs::read_to_string(path.join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            *times
+                .entry(name.trim().to_owned())
+                .or_insert(Duration::ZERO) += Duration::from_nanos(on_cpu);
+        }
+        Self(times)
+    }
+
+    /// What the threads used since `earlier` (threads gone since are not counted).
+    fn since(&self, earlier: &Self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|(name, t)| {
+                    let before = earlier.0.get(name).copied().unwrap_or_default();
+                    (name.clone(), t.saturating_sub(before))
+                })
+                .collect(),
+        )
+    }
+
+    fn add(&mut self, other: &Self) {
+        for (name, t) in &other.0 {
+            *self.0.entry(name.clone()).or_insert(Duration::ZERO) += *t;
+        }
+    }
+
+    /// CPU microseconds per request of the threads called `name`.
+    fn per_request(&self, name: &str, requests: usize) -> f64 {
+        let t = self.0.get(name).copied().unwrap_or_default();
+        t.as_secs_f64() * 1e6 / requests.max(1) as f64
+    }
 }
 
 /// Every client calls `add` back to back until `duration` is over.
 async fn round(clients: &mut Vec<Client>, duration: Duration) -> Round {
+    let cpu_before = CpuTimes::now();
     let started = Instant::now();
     let deadline = started + duration;
     let tasks: Vec<_> = clients
@@ -306,6 +366,7 @@ async fn round(clients: &mut Vec<Client>, duration: Duration) -> Round {
         result.latencies.extend(latencies);
     }
     result.elapsed = started.elapsed();
+    result.cpu = CpuTimes::now().since(&cpu_before);
     result.requests = result.latencies.len();
     result
 }
@@ -361,11 +422,13 @@ fn print_round(r: usize, name: &str, round: &Round) {
     let mut latencies = round.latencies.clone();
     let (p50, p99) = percentiles(&mut latencies);
     println!(
-        "  round {} {name:<8} {:>8.0} req/s  p50 {:>5} us  p99 {:>5} us",
+        "  round {} {name:<8} {:>8.0} req/s  p50 {:>5} us  p99 {:>5} us  CPU/request: server {:>5.1} us, delivery {:>4.1} us",
         r + 1,
         round.requests as f64 / round.elapsed.as_secs_f64(),
         p50,
-        p99
+        p99,
+        round.cpu.per_request(SERVER_THREAD, round.requests),
+        round.cpu.per_request(EXPORT_THREAD, round.requests),
     );
 }
 
@@ -378,7 +441,7 @@ fn percentiles(latencies: &mut [u32]) -> (u32, u32) {
 
 /// Requests/s over all rounds, p50 and p99 over all requests.
 fn summary(rounds: &[Round]) -> (f64, u32, u32) {
-    let requests: usize = rounds.iter().map(|r| r.requests).sum();
+    let requests = total_requests(rounds);
     let elapsed: f64 = rounds.iter().map(|r| r.elapsed.as_secs_f64()).sum();
     let mut latencies: Vec<u32> = rounds
         .iter()
@@ -386,6 +449,23 @@ fn summary(rounds: &[Round]) -> (f64, u32, u32) {
         .collect();
     let (p50, p99) = percentiles(&mut latencies);
     (requests as f64 / elapsed, p50, p99)
+}
+
+fn total_requests(rounds: &[Round]) -> usize {
+    rounds.iter().map(|r| r.requests).sum()
+}
+
+/// Server and delivery CPU microseconds per request over all rounds.
+fn cpu_per_request(rounds: &[Round]) -> (f64, f64) {
+    let mut cpu = CpuTimes::default();
+    for round in rounds {
+        cpu.add(&round.cpu);
+    }
+    let requests = total_requests(rounds);
+    (
+        cpu.per_request(SERVER_THREAD, requests),
+        cpu.per_request(EXPORT_THREAD, requests),
+    )
 }
 
 fn report(options: &Options, results: &Results) {
@@ -412,6 +492,12 @@ fn report(options: &Options, results: &Results) {
         "  layered / bare: throughput {throughput:.3} (target >= {TARGET_THROUGHPUT}: {}), p50 {p50:.3}, p99 {p99:.3} (target <= {TARGET_P99}: {})",
         verdict(throughput >= TARGET_THROUGHPUT),
         verdict(p99 <= TARGET_P99),
+    );
+    let (bare_server, _) = cpu_per_request(&results.bare);
+    let (layered_server, layered_export) = cpu_per_request(&results.layered);
+    println!(
+        "  CPU per request: bare server {bare_server:.1} us; layered server {layered_server:.1} us + delivery thread {layered_export:.1} us = {:.3} x bare",
+        (layered_server + layered_export) / bare_server
     );
 }
 

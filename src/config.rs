@@ -464,7 +464,8 @@ impl TrodoConfig {
         Ok(self.edit(|s| s.max_queue_items = items))
     }
 
-    /// Sets the most bytes of records (measured as the JSON sent) waiting
+    /// Sets the most bytes of records (measured as the JSON sent; for a span
+    /// not yet serialized, an estimate of it) waiting
     /// for delivery or in flight; past it the oldest queued spans are
     /// dropped as with [`with_max_queue_items`](Self::with_max_queue_items).
     /// A single record larger than this is dropped as too large.

@@ -34,9 +34,10 @@ pub struct TrodoLayer {
 }
 
 impl TrodoLayer {
-    /// A layer with the given settings. Delivery and the idle sweep run as
-    /// background tasks on the Tokio runtime, started now if one is running,
-    /// else on the first request.
+    /// A layer with the given settings. Delivery starts now, on a thread of
+    /// its own (`trodo-export`); the idle sweep runs as a background task on
+    /// the Tokio runtime, started now if one is running, else on the first
+    /// request.
     pub fn new(config: TrodoConfig) -> Self {
         Self {
             shared: Shared::of(&config),

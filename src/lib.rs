@@ -53,7 +53,7 @@
 //!   See [`Sessionless`].
 //!
 //! The client receives byte for byte what the inner service sent, as it was
-//! sent; delivery runs in a background task, so no request waits on the
+//! sent; delivery runs on a thread of its own, so no request waits on the
 //! ingest API and no failure of it reaches a client (see
 //! [`Trodo::delivery_counters`] for what was sent, retried and dropped).
 //!

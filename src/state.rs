@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::{Settings, TrodoConfig};
-use crate::export::{ConsoleSink, DeliveryOptions, Exporter, HttpSink, Sink, Worker};
+use crate::export::{self, ConsoleSink, DeliveryOptions, Exporter, HttpSink, Sink, Worker};
 use crate::run::{ClosedVia, Sessions};
 use crate::store::{Mirror, StoreCounters};
 
@@ -19,7 +19,7 @@ pub(crate) struct Shared {
     pub(crate) exporter: Exporter,
     /// The link to the session store shared with other workers, if configured.
     pub(crate) mirror: Option<Mirror>,
-    /// The worker until the background tasks are spawned.
+    /// The delivery worker until it runs.
     worker: std::sync::Mutex<Option<Worker>>,
     background: OnceLock<()>,
     /// Paths on which JSON-RPC requests were seen: a DELETE or GET there is
@@ -81,24 +81,34 @@ impl Shared {
         }
     }
 
-    /// Spawns the delivery worker and the idle sweep, once, when a Tokio
-    /// runtime is at hand (at construction, else on the first request).
+    /// Starts the delivery thread at once, and the idle sweep (and the
+    /// store link) when a Tokio runtime is at hand: at construction, else on
+    /// the first request.
     pub(crate) fn start_background(self: &Arc<Self>) {
         if self.background.get().is_some() || !self.settings.enabled {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut worker = self
+            .worker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(taken) = worker.take() {
+            // Without a thread of its own, delivery runs on the server's runtime.
+            *worker = match (export::spawn_thread(taken), &runtime) {
+                (Err(taken), Some(runtime)) => {
+                    runtime.spawn(taken.run());
+                    None
+                }
+                (Err(taken), None) => Some(*taken),
+                (Ok(()), _) => None,
+            };
+        }
+        drop(worker);
+        let Some(runtime) = runtime else {
             return;
         };
         self.background.get_or_init(|| {
-            let worker = self
-                .worker
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(worker) = worker {
-                runtime.spawn(worker.run());
-            }
             runtime.spawn(sweep_idle_sessions(Arc::downgrade(self)));
             if let Some(mirror) = &self.mirror {
                 mirror.spawn(Arc::downgrade(self), &runtime);

@@ -159,6 +159,32 @@ impl Span {
             attributes: Map::new(),
         }
     }
+
+    /// About the size of this span's JSON, without making it: what the
+    /// delivery queue's byte bound counts for a span until the delivery
+    /// thread serializes it. Escaping is allowed for (a quarter more than
+    /// the strings), and every attribute counts a fixed 64 bytes.
+    pub(crate) fn json_size_estimate(&self) -> usize {
+        /// The ids, kind, status, timestamps, duration and the keys.
+        const FIXED: usize = 320;
+        /// One attribute: its key, value and punctuation.
+        const PER_ATTRIBUTE: usize = 64;
+        let text = [
+            Some(&self.name),
+            self.input.as_ref(),
+            self.output.as_ref(),
+            self.error_type.as_ref(),
+            self.error_message.as_ref(),
+            self.model.as_ref(),
+            self.provider.as_ref(),
+            self.tool_name.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::len)
+        .sum::<usize>();
+        FIXED + text + text / 4 + PER_ATTRIBUTE * self.attributes.len()
+    }
 }
 
 /// The body of `runs/{id}/end`.
@@ -358,6 +384,42 @@ mod tests {
         assert_eq!(io_text(&Value::from("plain"), 10), "plain");
         assert_eq!(io_text(&serde_json::json!({"a": 1}), 100), r#"{"a":1}"#);
         assert_eq!(io_text(&Value::from("héllo"), 2), "hé");
+    }
+
+    #[test]
+    fn span_size_estimate_covers_the_json_within_twice() {
+        let request = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}"#;
+        let answer = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"3"}],"isError":false}}"#;
+        let mut span = Span::new(
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            SpanKind::Tool,
+            "tool.add".to_owned(),
+            Timestamp::now(),
+        );
+        let bare = serde_json::to_vec(&span).unwrap().len();
+        assert!(bare <= span.json_size_estimate(), "{bare}");
+        span.input = Some(request.to_owned());
+        span.output = Some(answer.repeat(50));
+        span.tool_name = Some("add".to_owned());
+        for (key, value) in [
+            ("http.request.body.size", Value::from(96)),
+            ("http.response.body.size", Value::from(134)),
+            ("http.response.status_code", Value::from(200)),
+            ("input_truncated", Value::Bool(false)),
+            ("jsonrpc.request.id", Value::from("7")),
+            ("mcp.method.name", Value::from("tools/call")),
+            ("mcp.protocol.version", Value::from("2025-11-25")),
+            ("output_truncated", Value::Bool(false)),
+        ] {
+            span.attributes.insert(key.to_owned(), value);
+        }
+        let json = serde_json::to_vec(&span).unwrap().len();
+        let estimate = span.json_size_estimate();
+        assert!(
+            json <= estimate && estimate <= 2 * json,
+            "{json} vs {estimate}"
+        );
     }
 
     #[test]

@@ -330,3 +330,36 @@ async fn flush_waits_for_delivery_without_the_flush_interval() {
     assert_eq!(summary(&c), (records(2), 0, 0));
     assert_eq!((c.queued_items, c.queued_bytes), (0, 0));
 }
+
+/// Delivery runs on a thread of its own: what the server recorded is
+/// delivered even after the server's runtime is gone (it would die with
+/// the runtime if delivery were one of its tasks).
+#[test]
+fn delivery_outlives_the_server_runtime() {
+    let runtime = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (server_runtime, test_runtime) = (runtime("server"), runtime("test"));
+    let ingest = test_runtime.block_on(RecordingIngest::start()).unwrap();
+    // Nothing gets through while the server runtime lives.
+    ingest.set_down(true);
+    let layer = server_runtime.block_on(async { TrodoLayer::new(config(&ingest)) });
+    let addr = server_runtime.block_on(server(&layer));
+    let texts = texts(3);
+    test_runtime.block_on(session(addr, &texts));
+    test_runtime
+        .block_on(ingest.wait_attempts(WAIT, |a| !a.is_empty()))
+        .unwrap();
+    drop(server_runtime);
+
+    ingest.set_down(false);
+    test_runtime.block_on(wait_for_end(&ingest, &layer));
+    assert_delivered_once_in_order(&ingest, &texts);
+    let c = layer.trodo().delivery_counters();
+    assert_eq!((c.sent, c.dropped()), (records(3), 0));
+}

@@ -2,6 +2,8 @@
 
 use uuid::Uuid;
 
+#[cfg(test)]
+use super::item::Payload;
 use super::item::{Item, ItemKind, Seq};
 use super::retry::RetryState;
 
@@ -26,7 +28,7 @@ impl Batch {
         self.items.len()
     }
 
-    /// Serialized bytes of its records.
+    /// Bytes of its records, as the queue counts them.
     pub(crate) fn bytes(&self) -> usize {
         self.items.iter().map(Item::bytes).sum()
     }
@@ -62,7 +64,7 @@ impl Batch {
             if i > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(&item.json);
+            item.payload.write_to(&mut body);
         }
         body.extend_from_slice(close);
         body
@@ -84,7 +86,7 @@ mod tests {
                     seq,
                     run_id: Uuid::nil(),
                     kind,
-                    json: json.as_bytes().into(),
+                    payload: Payload::Json(json.as_bytes().into()),
                 })
                 .collect(),
             retry: RetryState::default(),
@@ -116,5 +118,46 @@ mod tests {
         let one_shot = batch(ItemKind::Ingest, &[r#"{"run":{},"spans":[]}"#]);
         assert_eq!(one_shot.path(), "/api/sdk/runs/ingest");
         assert_eq!(one_shot.body(), br#"{"run":{},"spans":[]}"#);
+    }
+
+    #[test]
+    fn spans_are_serialized_when_the_body_is_made() {
+        use crate::span_kind::SpanKind;
+        use crate::wire::{Span, Timestamp};
+
+        let span = |name: &str| {
+            let mut span = Span::new(
+                Uuid::new_v4(),
+                Uuid::nil(),
+                SpanKind::Tool,
+                name.to_owned(),
+                Timestamp::now(),
+            );
+            span.input = Some(r#"{"say":"\"hi\""}"#.to_owned());
+            span
+        };
+        let spans = [span("one"), span("two")];
+        let batch = Batch {
+            run_id: Uuid::nil(),
+            kind: ItemKind::Span,
+            items: spans
+                .iter()
+                .zip(0..)
+                .map(|(span, seq)| Item {
+                    seq,
+                    run_id: Uuid::nil(),
+                    kind: ItemKind::Span,
+                    payload: Payload::span(span.clone()),
+                })
+                .collect(),
+            retry: RetryState::default(),
+            max_items: 50,
+        };
+        let body: serde_json::Value = serde_json::from_slice(&batch.body()).unwrap();
+        assert_eq!(body, serde_json::json!({ "spans": spans }));
+        assert_eq!(
+            batch.bytes(),
+            spans.iter().map(Span::json_size_estimate).sum::<usize>()
+        );
     }
 }

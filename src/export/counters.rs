@@ -141,7 +141,8 @@ pub struct DeliveryCounters {
     pub dropped_shutdown: u64,
     /// Records waiting for delivery or in flight now.
     pub queued_items: u64,
-    /// Serialized bytes of the records waiting for delivery or in flight now.
+    /// Bytes of the records waiting for delivery or in flight now: their
+    /// JSON, or for a span not yet serialized, an estimate of it.
     pub queued_bytes: u64,
 }
 

@@ -30,8 +30,8 @@ impl Exporter {
     }
 
     /// Queues a call's records without waiting. Never blocks on delivery:
-    /// it serializes the records, takes one short lock and may drop the
-    /// oldest queued records to make room (see [`Queue::push`]).
+    /// it takes one short lock and may drop the oldest queued records to
+    /// make room (see [`Queue::push`]).
     pub(crate) fn send(&self, call: IngestCall) {
         let records = Encoded::of(call);
         let now = Instant::now();

@@ -1,4 +1,6 @@
-//! A queued record: a run's start, one span or a run's end, serialized once.
+//! A queued record: a run's start, one span or a run's end. Spans, one per
+//! request, are serialized on the delivery thread; the rarer records are
+//! serialized when they are queued.
 
 use serde::Serialize;
 use uuid::Uuid;
@@ -31,20 +33,59 @@ struct IngestBody<'a> {
     spans: &'a [Span],
 }
 
-/// One record waiting for delivery, its JSON made on the request path so
-/// that the queue's byte bound measures what will be sent.
+/// What a record will send: its JSON, or a span to serialize when it is sent.
+#[derive(Debug, Clone)]
+pub(crate) enum Payload {
+    /// The JSON, made when the record was queued.
+    Json(Box<[u8]>),
+    /// A span, serialized on the delivery thread so that the request path
+    /// does not pay for it; `bytes` is its size as the queue counts it.
+    Span { span: Box<Span>, bytes: usize },
+}
+
+impl Payload {
+    /// A span to serialize later.
+    pub(crate) fn span(span: Span) -> Self {
+        Self::Span {
+            bytes: span.json_size_estimate(),
+            span: Box::new(span),
+        }
+    }
+
+    /// The size the queue's byte bound counts: the JSON's, or the span's estimate.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Self::Json(json) => json.len(),
+            Self::Span { bytes, .. } => *bytes,
+        }
+    }
+
+    /// Appends the JSON to `out`.
+    pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Self::Json(json) => out.extend_from_slice(json),
+            // A span holds only strings, numbers and string-keyed maps:
+            // serializing it cannot fail.
+            Self::Span { span, .. } => {
+                let _ = serde_json::to_writer(out, span);
+            }
+        }
+    }
+}
+
+/// One record waiting for delivery.
 #[derive(Debug, Clone)]
 pub(crate) struct Item {
     pub(crate) seq: Seq,
     pub(crate) run_id: Uuid,
     pub(crate) kind: ItemKind,
-    pub(crate) json: Box<[u8]>,
+    pub(crate) payload: Payload,
 }
 
 impl Item {
-    /// The serialized size, which the queue's byte bound counts.
+    /// The size the queue's byte bound counts.
     pub(crate) fn bytes(&self) -> usize {
-        self.json.len()
+        self.payload.bytes()
     }
 }
 
@@ -53,7 +94,7 @@ impl Item {
 pub(crate) struct Encoded {
     pub(crate) run_id: Uuid,
     pub(crate) kind: ItemKind,
-    pub(crate) json: Box<[u8]>,
+    pub(crate) payload: Payload,
 }
 
 impl Encoded {
@@ -64,7 +105,7 @@ impl Encoded {
             kind,
             // The wire types hold only strings, numbers and string-keyed maps:
             // serializing them cannot fail.
-            json: json.unwrap_or_default().into_boxed_slice(),
+            payload: Payload::Json(json.unwrap_or_default().into_boxed_slice()),
         };
         match call {
             IngestCall::Start(run) => {
@@ -75,8 +116,12 @@ impl Encoded {
                 )]
             }
             IngestCall::Spans { run_id, spans } => spans
-                .iter()
-                .map(|span| encode(run_id, ItemKind::Span, serde_json::to_vec(span)))
+                .into_iter()
+                .map(|span| Self {
+                    run_id,
+                    kind: ItemKind::Span,
+                    payload: Payload::span(span),
+                })
                 .collect(),
             IngestCall::End { run_id, end } => {
                 vec![encode(run_id, ItemKind::End, serde_json::to_vec(&end))]
@@ -108,7 +153,7 @@ impl Encoded {
             seq,
             run_id: self.run_id,
             kind: self.kind,
-            json: self.json,
+            payload: self.payload,
         }
     }
 }

@@ -1,9 +1,10 @@
 //! Delivery of runs and spans to the ingest API, off the request path.
 //!
 //! The request path only calls [`Exporter::send`], which never waits: it
-//! serializes the records of a call (a run's start, its spans, its end) and
-//! puts them on a bounded [`queue`] with one FIFO per run. One background
-//! [`Worker`] takes due batches off the queue (the spans of one run that wait
+//! puts the records of a call (a run's start, its spans, its end) on a
+//! bounded [`queue`] with one FIFO per run (spans are serialized later, on
+//! the delivery thread). One background
+//! [`Worker`], on a thread of its own, takes due batches off the queue (the spans of one run that wait
 //! together go in one call), delivers them through a [`Sink`] (the ingest
 //! API over HTTP, or the console) and acts on each answer:
 //!
@@ -38,6 +39,7 @@ mod script;
 mod sink;
 #[cfg(test)]
 mod tests;
+mod thread;
 mod worker;
 
 pub(crate) use call::IngestCall;
@@ -47,4 +49,5 @@ pub(crate) use exporter::Exporter;
 pub(crate) use http::HttpSink;
 pub(crate) use options::{DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, DeliveryOptions};
 pub(crate) use sink::Sink;
+pub(crate) use thread::spawn as spawn_thread;
 pub(crate) use worker::Worker;

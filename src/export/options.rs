@@ -15,7 +15,7 @@ pub(crate) const DEFAULT_MAX_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 pub(crate) struct DeliveryOptions {
     /// Most records queued or in flight; past it the oldest are dropped.
     pub(crate) max_queue_items: usize,
-    /// Most serialized bytes queued or in flight; past it the oldest are dropped.
+    /// Most bytes queued or in flight (JSON, or a span's estimate); past it the oldest are dropped.
     pub(crate) max_queue_bytes: usize,
     /// Most spans in one `runs/{id}/spans` call.
     pub(crate) max_batch_items: usize,

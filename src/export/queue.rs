@@ -165,7 +165,7 @@ impl Queue {
         if self.follows_dead_start(&record, stats) {
             return false;
         }
-        let size = record.json.len();
+        let size = record.payload.bytes();
         if size > self.options.max_queue_bytes {
             self.refuse(record, DropReason::TooLarge, "larger than the queue", stats);
             return false;
@@ -513,6 +513,7 @@ impl RunQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::item::Payload;
     use std::time::Duration;
 
     fn options(max_items: usize, max_bytes: usize) -> DeliveryOptions {
@@ -530,7 +531,7 @@ mod tests {
         Encoded {
             run_id: Uuid::from_u128(run),
             kind,
-            json: json.as_bytes().into(),
+            payload: Payload::Json(json.as_bytes().into()),
         }
     }
 
@@ -562,10 +563,11 @@ mod tests {
         all.sort_by_key(|item| item.seq);
         all.iter()
             .map(|item| {
-                (
-                    item.run_id.as_u128(),
-                    String::from_utf8(item.json.to_vec()).unwrap(),
-                )
+                (item.run_id.as_u128(), {
+                    let mut json = Vec::new();
+                    item.payload.write_to(&mut json);
+                    String::from_utf8(json).unwrap()
+                })
             })
             .collect()
     }
