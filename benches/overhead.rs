@@ -21,12 +21,13 @@
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `OVERHEAD_CLIENTS` | concurrent clients (sessions, connections) | 32 |
-//! | `OVERHEAD_ROUNDS` | measured rounds per server | 3 |
+//! | `OVERHEAD_ROUNDS` | measured rounds per server | 5 |
 //! | `OVERHEAD_ROUND_SECS` | length of one round | 5 |
 //! | `OVERHEAD_WARMUP_SECS` | warm-up per server | 2 |
 //! | `OVERHEAD_SERVER_THREADS` | worker threads of the server runtime | 1 |
 //! | `OVERHEAD_CLIENT_THREADS` | worker threads of the load generator | 1 |
 //! | `OVERHEAD_ONLY` | `bare` or `layered`: load one server only (for a profiler) | both |
+//! | `OVERHEAD_TRODO_ENABLED` | `false`: the layered server's layer is switched off (`TRODO_ENABLED=false`), to measure the pass-through | `true` |
 
 #[path = "../examples/support/tools.rs"]
 mod tools;
@@ -70,6 +71,8 @@ struct Options {
     client_threads: usize,
     /// Load only the bare (`Some(false)`) or the layered server.
     only: Option<bool>,
+    /// Whether the layer of the layered server is switched on.
+    trodo_enabled: bool,
 }
 
 impl Options {
@@ -83,7 +86,7 @@ impl Options {
         }
         Self {
             clients: var("OVERHEAD_CLIENTS", 32) as usize,
-            rounds: var("OVERHEAD_ROUNDS", 3) as usize,
+            rounds: var("OVERHEAD_ROUNDS", 5) as usize,
             round: Duration::from_secs(var("OVERHEAD_ROUND_SECS", 5)),
             warmup: Duration::from_secs(var("OVERHEAD_WARMUP_SECS", 2)),
             server_threads: var("OVERHEAD_SERVER_THREADS", 1) as usize,
@@ -93,6 +96,7 @@ impl Options {
                 Ok("layered") => Some(true),
                 _ => None,
             },
+            trodo_enabled: std::env::var("OVERHEAD_TRODO_ENABLED").as_deref() != Ok("false"),
         }
     }
 }
@@ -120,7 +124,8 @@ fn main() {
             TrodoConfig::new()
                 .with_site_id("bench")
                 .with_api_base(&ingest.base_url)
-                .expect("a loopback URL"),
+                .expect("a loopback URL")
+                .with_enabled(options.trodo_enabled),
         );
         let trodo = layer.trodo();
         let layered = serve(Some(layer)).await;
@@ -531,6 +536,9 @@ fn print_machine(options: &Options) {
         "server runtime: {} worker thread(s); load generator and ingest: {} worker thread(s)",
         options.server_threads, options.client_threads
     );
+    if !options.trodo_enabled {
+        println!("the layered server's layer is switched off (OVERHEAD_TRODO_ENABLED=false)");
+    }
 }
 
 fn print_delivery(trodo: &Trodo, ingest: &CountingIngest, flushed: bool) {
