@@ -19,7 +19,7 @@ pub(crate) struct Shared {
     pub(crate) exporter: Exporter,
     /// The link to the session store shared with other workers, if configured.
     pub(crate) mirror: Option<Mirror>,
-    /// The delivery worker until it runs.
+    /// The delivery worker, if it has no thread, until it runs on the runtime.
     worker: std::sync::Mutex<Option<Worker>>,
     background: OnceLock<()>,
     /// Paths on which JSON-RPC requests were seen: a DELETE or GET there is
@@ -62,6 +62,13 @@ impl Shared {
             ..DeliveryOptions::default()
         };
         let (exporter, worker) = Exporter::new(sink, delivery);
+        // Delivery runs on a thread of its own; if that cannot be made, on
+        // the server's runtime once one is at hand.
+        let worker = match settings.enabled.then(|| export::spawn_thread(worker)) {
+            Some(Ok(())) => None,
+            Some(Err(worker)) => Some(*worker),
+            None => None,
+        };
         let mirror = settings.store.as_ref().map(|store| {
             Mirror::new(
                 Arc::clone(store),
@@ -74,41 +81,32 @@ impl Shared {
             mirror,
             settings,
             exporter,
-            worker: std::sync::Mutex::new(Some(worker)),
+            worker: std::sync::Mutex::new(worker),
             background: OnceLock::new(),
             mcp_paths: RwLock::new(Vec::new()),
             shut_down: OnceLock::new(),
         }
     }
 
-    /// Starts the delivery thread at once, and the idle sweep (and the
-    /// store link) when a Tokio runtime is at hand: at construction, else on
-    /// the first request.
+    /// Spawns the idle sweep (and the store link, and delivery if it has
+    /// no thread), once, when a Tokio runtime is at hand: at construction,
+    /// else on the first request.
     pub(crate) fn start_background(self: &Arc<Self>) {
         if self.background.get().is_some() || !self.settings.enabled {
             return;
         }
-        let runtime = tokio::runtime::Handle::try_current().ok();
-        let mut worker = self
-            .worker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(taken) = worker.take() {
-            // Without a thread of its own, delivery runs on the server's runtime.
-            *worker = match (export::spawn_thread(taken), &runtime) {
-                (Err(taken), Some(runtime)) => {
-                    runtime.spawn(taken.run());
-                    None
-                }
-                (Err(taken), None) => Some(*taken),
-                (Ok(()), _) => None,
-            };
-        }
-        drop(worker);
-        let Some(runtime) = runtime else {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         self.background.get_or_init(|| {
+            let worker = self
+                .worker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(worker) = worker {
+                runtime.spawn(worker.run());
+            }
             runtime.spawn(sweep_idle_sessions(Arc::downgrade(self)));
             if let Some(mirror) = &self.mirror {
                 mirror.spawn(Arc::downgrade(self), &runtime);

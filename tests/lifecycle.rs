@@ -114,12 +114,16 @@ async fn unknown_session_is_resumed_on_another_worker() {
         .unwrap();
     let starts = ingest.starts();
     assert_eq!(starts.len(), 2, "one run per worker that saw the session");
-    let resumed = &starts[1];
+    // The two workers deliver side by side: find each run by what it is.
+    let (resumed, first_run) = match starts[0]["metadata"].get("resumed") {
+        Some(_) => (&starts[0], &starts[1]),
+        None => (&starts[1], &starts[0]),
+    };
     assert_eq!(resumed["conversation_id"], session.as_str());
     assert_eq!(resumed["metadata"]["resumed"], true);
     assert_eq!(resumed["metadata"]["protocol_version"], "2025-11-25");
     assert!(resumed.get("input").is_none());
-    assert!(starts[0]["metadata"].get("resumed").is_none());
+    assert!(first_run["metadata"].get("resumed").is_none());
     let resumed_id = resumed["run_id"].as_str().unwrap();
     let spans = spans_of(&ingest, resumed_id);
     assert_eq!(spans.len(), 1);
@@ -135,7 +139,7 @@ async fn unknown_session_is_resumed_on_another_worker() {
     assert!(first.trodo().shutdown(WAIT).await);
     let ends = ingest.ends();
     assert_eq!(ends.len(), 2);
-    assert_eq!(ends[1].0, starts[0]["run_id"].as_str().unwrap());
+    assert_eq!(ends[1].0, first_run["run_id"].as_str().unwrap());
     assert_eq!(ends[1].1["metadata"]["closed_via"], "server_shutdown");
     assert!(
         first.trodo().shutdown(WAIT).await,

@@ -36,9 +36,16 @@ async fn start_run_sends_the_full_run_and_threads_a_given_id() {
     assert_eq!(minted.get_version_num(), 4);
     assert!(trodo.flush(WAIT).await);
 
+    // Runs are delivered side by side: each in order, not one after the other.
     let starts = ingest.starts();
     assert_eq!(starts.len(), 2);
-    let run = &starts[0];
+    let run_with = |id: Uuid| {
+        starts
+            .iter()
+            .find(|run| run["run_id"] == id.to_string())
+            .unwrap_or_else(|| panic!("no start of {id} in {starts:?}"))
+    };
+    let run = run_with(given);
     assert_eq!(
         keys(run),
         [
@@ -61,7 +68,7 @@ async fn start_run_sends_the_full_run_and_threads_a_given_id() {
     assert_eq!(run["status"], "running");
     assert_eq!(run["metadata"], json!({"mcp_client": "claude-desktop"}));
     assert_eq!(run["input"], r#"{"hello":"world"}"#);
-    assert_eq!(starts[1]["run_id"], minted.to_string());
+    assert_eq!(run_with(minted)["agent_name"], "session");
 }
 
 #[tokio::test]
@@ -211,7 +218,15 @@ async fn wrap_agent_sends_one_ingest_call() {
         "no start, no end"
     );
     assert_eq!(received.len(), 2);
-    let run = &received[0].body["run"];
+    // Runs are delivered side by side: each in order, not one after the other.
+    let with_status = |status: &str| {
+        received
+            .iter()
+            .find(|r| r.body["run"]["status"] == status)
+            .unwrap_or_else(|| panic!("no {status} run"))
+    };
+    let ok = with_status("ok");
+    let run = &ok.body["run"];
     assert_eq!(run["agent_name"], "chat");
     assert_eq!(run["distinct_id"], "user-1");
     assert_eq!(run["conversation_id"], "conv-1");
@@ -226,9 +241,9 @@ async fn wrap_agent_sends_one_ingest_call() {
         ),
         (Some(1), Some(10), Some(0.5))
     );
-    assert_eq!(received[0].body["spans"][0]["name"], "llm.reply");
-    assert_eq!(received[0].body["spans"][0]["run_id"], run["run_id"]);
-    let failed = &received[1].body["run"];
+    assert_eq!(ok.body["spans"][0]["name"], "llm.reply");
+    assert_eq!(ok.body["spans"][0]["run_id"], run["run_id"]);
+    let failed = &with_status("error").body["run"];
     assert_eq!(failed["status"], "error");
     assert_eq!(failed["error_summary"], "kaboom");
 }

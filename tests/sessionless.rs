@@ -225,7 +225,15 @@ async fn run_per_request_sends_each_request_whole() {
         received.iter().all(|r| r.path == "/api/sdk/runs/ingest"),
         "no start, spans or end calls"
     );
-    let (ok, failed) = (&received[0].body, &received[1].body);
+    // Two runs, delivered side by side: find each by its status.
+    let with_status = |status: &str| {
+        received
+            .iter()
+            .map(|r| &r.body)
+            .find(|body| body["run"]["status"] == status)
+            .unwrap_or_else(|| panic!("no {status} run"))
+    };
+    let (ok, failed) = (with_status("ok"), with_status("error"));
     assert_eq!(ok["spans"].as_array().unwrap().len(), 1);
     let span = &ok["spans"][0];
     assert_eq!(span["run_id"], ok["run"]["run_id"]);
