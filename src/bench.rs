@@ -2,6 +2,7 @@
 //! `bench-internals` feature. Not part of the API: hidden, unstable, and
 //! only as wide as the benchmarks need.
 
+use crate::attributes::Attributes;
 use serde_json::{Map, Value};
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
@@ -56,7 +57,7 @@ impl SampleSpan {
     /// The span of a `tools/call add` with its request and SSE answer.
     pub fn tool_call() -> Self {
         let now = Timestamp(SystemTime::now());
-        let mut attributes = Map::new();
+        let mut attributes = Attributes::for_request();
         for (key, value) in [
             ("mcp.method.name", Value::from("tools/call")),
             ("jsonrpc.request.id", Value::from("7")),
@@ -67,7 +68,7 @@ impl SampleSpan {
             ("http.response.body.size", Value::from(142)),
             ("output_truncated", Value::Bool(false)),
         ] {
-            attributes.insert(key.to_owned(), value);
+            attributes.insert(key, value);
         }
         Self(Span {
             input: Some(

@@ -89,6 +89,7 @@
 #[path = "bench.rs"]
 pub mod __bench;
 mod api;
+mod attributes;
 mod body;
 mod capture;
 mod capture_policy;

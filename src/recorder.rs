@@ -200,10 +200,9 @@ impl Recorder {
                 destination,
             } => {
                 if progress_events > 0 {
-                    draft.attributes.insert(
-                        "mcp.progress_events".to_owned(),
-                        Value::from(progress_events),
-                    );
+                    draft
+                        .attributes
+                        .insert("mcp.progress_events", progress_events);
                 }
                 let ended_early = (unanswered && draft.request_id.is_some()).then_some((
                     "stream_error",

@@ -1,7 +1,8 @@
 //! A span known from its request, finished when its response is known, and
 //! where it then goes: into its session's run, or into a run of its own.
 
-use serde_json::{Map, Value};
+use crate::attributes::Attributes;
+use serde_json::Value;
 use std::time::Instant;
 use uuid::Uuid;
 
@@ -43,7 +44,7 @@ pub(crate) struct SpanDraft {
     pub(crate) started_at: Timestamp,
     pub(crate) started: Instant,
     pub(crate) input: Option<String>,
-    pub(crate) attributes: Map<String, Value>,
+    pub(crate) attributes: Attributes,
     /// `(error_type, error_message)` known from the request alone, used when
     /// the response gives no JSON-RPC outcome.
     pub(crate) preset_error: Option<(String, String)>,
@@ -83,19 +84,14 @@ impl SpanDraft {
     /// Finishes the span and hands it on to its run.
     pub(crate) fn finish(mut self, shared: &Shared, destination: Destination, ending: Ending) {
         let ended_at = Timestamp::now();
-        self.attributes.insert(
-            "http.response.body.size".to_owned(),
-            Value::from(ending.bytes_out),
-        );
-        self.attributes.insert(
-            "output_truncated".to_owned(),
-            Value::Bool(ending.output_truncated),
-        );
+        self.attributes
+            .insert("http.response.body.size", ending.bytes_out);
+        self.attributes
+            .insert("output_truncated", ending.output_truncated);
         let (status, error_type, error_message) = match ending.error {
             Some((kind, message, code)) => {
                 if let Some(code) = code {
-                    self.attributes
-                        .insert("jsonrpc.error.code".to_owned(), Value::from(code));
+                    self.attributes.insert("jsonrpc.error.code", code);
                 }
                 let message = truncate_chars(&message, MAX_ERROR_CHARS).0.to_owned();
                 (SpanStatus::Error, Some(kind), Some(message))

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use std::time::SystemTime;
 use uuid::Uuid;
 
+use crate::attributes::Attributes;
 use crate::span_kind::SpanKind;
 
 /// Most characters kept of a run's or span's `input` and `output`.
@@ -121,8 +122,8 @@ pub(crate) struct Span {
     pub(crate) temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tool_name: Option<String>,
-    #[serde(skip_serializing_if = "Map::is_empty")]
-    pub(crate) attributes: Map<String, Value>,
+    #[serde(skip_serializing_if = "Attributes::is_empty")]
+    pub(crate) attributes: Attributes,
 }
 
 impl Span {
@@ -156,7 +157,7 @@ impl Span {
             cost: None,
             temperature: None,
             tool_name: None,
-            attributes: Map::new(),
+            attributes: Attributes::default(),
         }
     }
 
@@ -412,7 +413,7 @@ mod tests {
             ("mcp.protocol.version", Value::from("2025-11-25")),
             ("output_truncated", Value::Bool(false)),
         ] {
-            span.attributes.insert(key.to_owned(), value);
+            span.attributes.insert(key, value);
         }
         let json = serde_json::to_vec(&span).unwrap().len();
         let estimate = span.json_size_estimate();

@@ -125,7 +125,7 @@ impl SpanGuard {
 
     /// Adds one attribute.
     pub fn set_attribute(&mut self, key: impl Into<String>, value: impl Into<Value>) -> &mut Self {
-        self.span().attributes.insert(key.into(), value.into());
+        self.span().attributes.insert(key.into(), value);
         self
     }
 

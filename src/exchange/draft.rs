@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::{Exchange, Input};
+use crate::attributes::Attributes;
 use crate::mcp::{
     self,
     envelope::{Implementation, Request as McpRequest},
@@ -104,7 +105,7 @@ impl Exchange {
         route_kind: Option<SpanKind>,
         status: Option<StatusCode>,
     ) -> SpanDraft {
-        let mut attributes = Map::new();
+        let mut attributes = Attributes::for_request();
         let mut preset_error = None;
         let (name, kind, tool_name, request_id) = match request {
             Some(request) => {
@@ -112,38 +113,23 @@ impl Exchange {
                     .then(|| request.target.clone())
                     .flatten();
                 let kind = self.kind_of(&request.method, tool.as_deref(), route_kind);
-                attributes.insert(
-                    "mcp.method.name".to_owned(),
-                    Value::from(request.method.as_str()),
-                );
+                attributes.insert("mcp.method.name", Value::from(request.method.as_str()));
                 if !request.id.is_null() {
-                    attributes.insert(
-                        "jsonrpc.request.id".to_owned(),
-                        Value::from(id_text(&request.id)),
-                    );
+                    attributes.insert("jsonrpc.request.id", Value::from(id_text(&request.id)));
                 }
                 let version = request
                     .protocol_version
                     .as_ref()
                     .or(self.protocol_header.as_ref());
                 if let Some(version) = version {
-                    attributes.insert(
-                        "mcp.protocol.version".to_owned(),
-                        Value::from(version.as_str()),
-                    );
+                    attributes.insert("mcp.protocol.version", Value::from(version.as_str()));
                 }
                 if request.is_self_contained()
                     && let Some(client) = &request.client
                 {
-                    attributes.insert(
-                        "mcp.client.name".to_owned(),
-                        Value::from(client.name.as_str()),
-                    );
+                    attributes.insert("mcp.client.name", Value::from(client.name.as_str()));
                     if let Some(version) = &client.version {
-                        attributes.insert(
-                            "mcp.client.version".to_owned(),
-                            Value::from(version.as_str()),
-                        );
+                        attributes.insert("mcp.client.version", Value::from(version.as_str()));
                     }
                 }
                 let name = mcp::span_name(&request.method, request.target.as_deref());
@@ -156,7 +142,7 @@ impl Exchange {
                 && self.shared.is_known_mcp_path(&self.path) =>
             {
                 // A POST to the MCP endpoint that is not one JSON-RPC message.
-                attributes.insert("http.route".to_owned(), Value::from(self.path.as_str()));
+                attributes.insert("http.route", Value::from(self.path.as_str()));
                 let kind = route_kind.unwrap_or(SpanKind::Generic);
                 if input.truncated {
                     // Too large to read whole: its method is unknown, not wrong.
@@ -171,26 +157,17 @@ impl Exchange {
             }
             None => {
                 let route = self.route.as_deref().unwrap_or(&self.path);
-                attributes.insert(
-                    "http.request.method".to_owned(),
-                    Value::from(self.method.as_str()),
-                );
-                attributes.insert("http.route".to_owned(), Value::from(route));
+                attributes.insert("http.request.method", Value::from(self.method.as_str()));
+                attributes.insert("http.route", Value::from(route));
                 let name = format!("http.{} {route}", self.method);
                 (name, route_kind.unwrap_or(SpanKind::Tool), None, None)
             }
         };
         if let Some(status) = status {
-            attributes.insert(
-                "http.response.status_code".to_owned(),
-                Value::from(status.as_u16()),
-            );
+            attributes.insert("http.response.status_code", Value::from(status.as_u16()));
         }
-        attributes.insert(
-            "http.request.body.size".to_owned(),
-            Value::from(input.bytes),
-        );
-        attributes.insert("input_truncated".to_owned(), Value::Bool(input.truncated));
+        attributes.insert("http.request.body.size", Value::from(input.bytes));
+        attributes.insert("input_truncated", Value::Bool(input.truncated));
         SpanDraft {
             request_span: self.request_span.clone(),
             parent_span_id: self.joined.and_then(|(_, parent)| parent),

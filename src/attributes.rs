@@ -1,0 +1,85 @@
+//! The `attributes` object of a span.
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value;
+use std::borrow::Cow;
+
+/// How many attributes the layer sets on a request's span, at most: room
+/// made once, so that recording them never grows the list.
+const TYPICAL: usize = 10;
+
+/// A span's attributes: string keys, JSON values, each key once, sent as one
+/// JSON object in the order they were first set.
+///
+/// The keys the layer sets are static strings, so the span of a request
+/// allocates none of them, where a JSON map would allocate every key and
+/// its tree nodes; the span is built on the request path and freed on the
+/// delivery thread, so every allocation saved counts twice.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Attributes(Vec<(Cow<'static, str>, Value)>);
+
+impl Attributes {
+    /// Room for the attributes of a request's span.
+    pub(crate) fn for_request() -> Self {
+        Self(Vec::with_capacity(TYPICAL))
+    }
+
+    /// Sets `key` to `value`, replacing (in place) an earlier value of it.
+    pub(crate) fn insert(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Value>) {
+        let key = key.into();
+        let value = value.into();
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, old)) => *old = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    /// The value of `key`, if set.
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// How many are set.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is set (the span then leaves `attributes` out).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Attributes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key.as_ref(), value)?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_key_is_set_once_and_serialized_as_an_object() {
+        let mut attributes = Attributes::for_request();
+        assert!(attributes.is_empty());
+        attributes.insert("mcp.method.name", "tools/call");
+        attributes.insert("http.request.body.size", 96);
+        attributes.insert(String::from("custom"), json!({"nested": [1, 2]}));
+        attributes.insert("http.request.body.size", 97);
+        assert_eq!(attributes.len(), 3);
+        assert_eq!(attributes.get("http.request.body.size"), Some(&json!(97)));
+        assert_eq!(attributes.get("missing"), None);
+        assert_eq!(
+            serde_json::to_string(&attributes).unwrap(),
+            r#"{"mcp.method.name":"tools/call","http.request.body.size":97,"custom":{"nested":[1,2]}}"#
+        );
+    }
+}
