@@ -273,7 +273,7 @@ impl Trodo {
     /// Graceful shutdown: ends every run this process holds open with
     /// `closed_via: "server_shutdown"`, then delivers what is queued, at most
     /// `timeout` (plus up to 100 ms to abandon calls in flight), and stops
-    /// the delivery task.
+    /// the delivery thread.
     ///
     /// With a session store, runs of sessions (and resolved keys) the store
     /// holds are not ended: clients keep their sessions on other workers, so
