@@ -5,7 +5,8 @@
 //! SSE answers, rmcp's defaults) twice: bare, and behind `TrodoLayer`
 //! delivering to a local ingest over HTTP. Both set `TCP_NODELAY`, as the
 //! example server does. N clients, each in its own MCP session on its own
-//! keep-alive connection, call `tools/call add` back to back. After a
+//! keep-alive connection, call `tools/call add` back to back (or, with
+//! `OVERHEAD_TOOL_MS`, a tool that waits that long and reports progress once). After a
 //! warm-up the rounds alternate bare / layered (and which goes first), so
 //! that drift of the machine hits both alike. Printed: requests/s, p50 and
 //! p99 latency of both, and layered / bare ratios against the targets
@@ -27,6 +28,7 @@
 //! | `OVERHEAD_SERVER_THREADS` | worker threads of the server runtime | 1 |
 //! | `OVERHEAD_CLIENT_THREADS` | worker threads of the load generator | 1 |
 //! | `OVERHEAD_ONLY` | `bare` or `layered`: load one server only (for a profiler) | both |
+//! | `OVERHEAD_TOOL_MS` | above 0: call `slow_progress` (one progress event, then the answer after this many ms) instead of `add` | 0 |
 //! | `OVERHEAD_TRODO_ENABLED` | `false`: the layered server's layer is switched off (`TRODO_ENABLED=false`), to measure the pass-through | `true` |
 
 #[path = "../examples/support/tools.rs"]
@@ -73,6 +75,8 @@ struct Options {
     only: Option<bool>,
     /// Whether the layer of the layered server is switched on.
     trodo_enabled: bool,
+    /// Above 0: how long the called tool waits (`slow_progress`), in ms.
+    tool_ms: u64,
 }
 
 impl Options {
@@ -97,6 +101,10 @@ impl Options {
                 _ => None,
             },
             trodo_enabled: std::env::var("OVERHEAD_TRODO_ENABLED").as_deref() != Ok("false"),
+            tool_ms: std::env::var("OVERHEAD_TOOL_MS")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0),
         }
     }
 }
@@ -261,16 +269,27 @@ impl Client {
         (status, session, body)
     }
 
-    /// One `tools/call add`.
-    async fn add(&mut self) {
+    /// One `tools/call`: `add`, or with `tool_ms` above 0, `slow_progress`.
+    async fn call(&mut self, tool_ms: u64) {
         let id = self.next_id;
         self.next_id += 1;
-        let body = format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"add","arguments":{{"a":{id},"b":2}}}}}}"#
-        );
+        let (body, expected) = if tool_ms == 0 {
+            (
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"add","arguments":{{"a":{id},"b":2}}}}}}"#
+                ),
+                format!("\"text\":\"{}\"", id + 2),
+            )
+        } else {
+            (
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"slow_progress","arguments":{{"steps":1,"delay_ms":{tool_ms}}},"_meta":{{"progressToken":{id}}}}}}}"#
+                ),
+                "done after 1 steps".to_owned(),
+            )
+        };
         let (status, _, answer) = self.post(body).await;
         assert_eq!(status, StatusCode::OK);
-        let expected = format!("\"text\":\"{}\"", id + 2);
         assert!(
             answer
                 .windows(expected.len())
@@ -344,8 +363,8 @@ impl CpuTimes {
     }
 }
 
-/// Every client calls `add` back to back until `duration` is over.
-async fn round(clients: &mut Vec<Client>, duration: Duration) -> Round {
+/// Every client calls its tool back to back until `duration` is over.
+async fn round(clients: &mut Vec<Client>, duration: Duration, tool_ms: u64) -> Round {
     let cpu_before = CpuTimes::now();
     let started = Instant::now();
     let deadline = started + duration;
@@ -356,7 +375,7 @@ async fn round(clients: &mut Vec<Client>, duration: Duration) -> Round {
                 let mut latencies = Vec::with_capacity(64 * 1024);
                 while Instant::now() < deadline {
                     let sent = Instant::now();
-                    client.add().await;
+                    client.call(tool_ms).await;
                     let took = sent.elapsed().as_micros();
                     latencies.push(u32::try_from(took).unwrap_or(u32::MAX));
                 }
@@ -390,10 +409,10 @@ async fn measure(options: Options, bare: SocketAddr, layered: SocketAddr) -> Res
         layered_clients.push(Client::connect(layered).await);
     }
     if options.only != Some(true) {
-        round(&mut bare_clients, options.warmup).await;
+        round(&mut bare_clients, options.warmup, options.tool_ms).await;
     }
     if options.only != Some(false) {
-        round(&mut layered_clients, options.warmup).await;
+        round(&mut layered_clients, options.warmup, options.tool_ms).await;
     }
     let mut results = Results {
         bare: Vec::new(),
@@ -410,11 +429,11 @@ async fn measure(options: Options, bare: SocketAddr, layered: SocketAddr) -> Res
                 continue;
             }
             if with_layer {
-                let done = round(&mut layered_clients, options.round).await;
+                let done = round(&mut layered_clients, options.round, options.tool_ms).await;
                 print_round(r, "layered", &done);
                 results.layered.push(done);
             } else {
-                let done = round(&mut bare_clients, options.round).await;
+                let done = round(&mut bare_clients, options.round, options.tool_ms).await;
                 print_round(r, "bare", &done);
                 results.bare.push(done);
             }
@@ -480,8 +499,12 @@ fn report(options: &Options, results: &Results) {
     let p50 = f64::from(layered_p50) / f64::from(bare_p50);
     let p99 = f64::from(layered_p99) / f64::from(bare_p99);
     let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    let tool = match options.tool_ms {
+        0 => "add".to_owned(),
+        ms => format!("slow_progress ({ms} ms, one progress event)"),
+    };
     println!(
-        "tools/call add, {} clients, {} rounds of {:?} each:",
+        "tools/call {tool}, {} clients, {} rounds of {:?} each:",
         options.clients, options.rounds, options.round
     );
     println!("  {:<8} {:>8} {:>9} {:>9}", "", "req/s", "p50", "p99");
