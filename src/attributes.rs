@@ -34,12 +34,6 @@ impl Attributes {
         }
     }
 
-    /// The value of `key`, if set.
-    #[cfg(test)]
-    pub(crate) fn get(&self, key: &str) -> Option<&Value> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
-    }
-
     /// How many are set.
     pub(crate) fn len(&self) -> usize {
         self.0.len()
@@ -75,8 +69,6 @@ mod tests {
         attributes.insert(String::from("custom"), json!({"nested": [1, 2]}));
         attributes.insert("http.request.body.size", 97);
         assert_eq!(attributes.len(), 3);
-        assert_eq!(attributes.get("http.request.body.size"), Some(&json!(97)));
-        assert_eq!(attributes.get("missing"), None);
         assert_eq!(
             serde_json::to_string(&attributes).unwrap(),
             r#"{"mcp.method.name":"tools/call","http.request.body.size":97,"custom":{"nested":[1,2]}}"#
