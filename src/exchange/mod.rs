@@ -80,6 +80,9 @@ pub(crate) struct Exchange {
     prefetch: Option<Prefetch>,
     /// The session store's answer for a run key, once it came.
     resolved: Option<(String, Resolved)>,
+    /// The request as read before waiting for the store, so that the
+    /// decision after the wait does not read (and redact) it again.
+    read: Option<(Option<ClientMessage>, Input)>,
 }
 
 /// How an exchange ended without a response head.
@@ -171,6 +174,7 @@ impl Exchange {
             })),
             prefetch,
             resolved: None,
+            read: None,
             shared,
         }
     }
@@ -192,7 +196,7 @@ impl Exchange {
         head
     }
 
-    fn decide<B>(self, response: &Response<B>) -> Head {
+    fn decide<B>(mut self, response: &Response<B>) -> Head {
         let (message, input) = self.read_request();
         let request = match message {
             Some(ClientMessage::Request(request)) => {
@@ -259,10 +263,11 @@ impl Exchange {
     /// Asks the session store for the run of `table_key` (using the lookup
     /// started with the request, if it is of this key); the head decides
     /// again with the answer.
-    fn resolve(mut self, table_key: String) -> Head {
+    fn resolve(mut self, table_key: String, request: Option<McpRequest>, input: Input) -> Head {
         let Some(mirror) = self.shared.mirror.as_ref() else {
             return Head::Ready(None);
         };
+        self.read = Some((request.map(ClientMessage::Request), input));
         let prefetch = self.prefetch.take().filter(|p| p.is_for(&table_key));
         let run_id = Uuid::new_v4();
         let run = NewRun::new(table_key.as_str(), run_id, SystemTime::now());
@@ -294,7 +299,7 @@ impl Exchange {
     }
 
     /// Records a span for an exchange that ended without a response head.
-    pub(crate) fn on_failure(self, failure: Failure) {
+    pub(crate) fn on_failure(mut self, failure: Failure) {
         let Some(session_id) = self.session_id.clone() else {
             return;
         };
@@ -357,7 +362,7 @@ impl Exchange {
             self.run(&key, run_id, None, metadata)
         });
         let Some((run_id, opened)) = run else {
-            return self.resolve(table_key);
+            return self.resolve(table_key, request, input);
         };
         let route_kind = response.extensions().get::<RouteSpanKind>().map(|k| k.0);
         let draft = self.draft(request, input, route_kind, Some(status));
@@ -392,7 +397,7 @@ impl Exchange {
                     self.run(&key, run_id, None, metadata)
                 });
                 let Some((run_id, opened)) = run else {
-                    return self.resolve(table_key);
+                    return self.resolve(table_key, Some(request), input);
                 };
                 Destination::Run {
                     key: table_key,
@@ -445,8 +450,12 @@ impl Exchange {
         })
     }
 
-    /// The request as one JSON-RPC message (if it is one) and as text.
-    fn read_request(&self) -> (Option<ClientMessage>, Input) {
+    /// The request as one JSON-RPC message (if it is one) and as text: as
+    /// read before a wait for the store, else read now.
+    fn read_request(&mut self) -> (Option<ClientMessage>, Input) {
+        if let Some(read) = self.read.take() {
+            return read;
+        }
         let request = self
             .request
             .lock()
