@@ -275,7 +275,7 @@ async fn rmcp_client_session_becomes_one_run_with_exact_wire() {
 async fn progress_events_reach_the_client_before_the_tool_finishes() {
     use futures::StreamExt;
     let ingest = RecordingIngest::start().await.unwrap();
-    let (tools, mut stream) = call_waiting_tool(&ingest, 7).await;
+    let (tools, trodo, mut stream) = call_waiting_tool(&ingest, 7).await;
     let mut seen = String::new();
     // The tool is blocked until released: the progress event must already be here.
     while !seen.contains("notifications/progress") {
@@ -283,6 +283,9 @@ async fn progress_events_reach_the_client_before_the_tool_finishes() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
     assert!(!seen.contains("released"), "{seen}");
+    // Everything recorded so far is delivered: the session's start, no span.
+    assert!(trodo.flush(WAIT).await);
+    assert_eq!(ingest.starts().len(), 1);
     assert!(ingest.spans().is_empty(), "no span before the answer");
     tools.release();
     while let Some(chunk) = stream.next().await {

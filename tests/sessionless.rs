@@ -166,7 +166,7 @@ fn regex_lite_split(capture: &str) -> Vec<(String, String)> {
 async fn captured_python_client_traffic_is_one_run() {
     let capture = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/wire/py_high_auto.http.txt"
+        "/tests/fixtures/py_high_auto.http.txt"
     ))
     .unwrap();
     let requests = captured_requests(&capture);

@@ -183,9 +183,10 @@ async fn a_10_mb_response_streams_whole_with_a_bounded_capture() {
 async fn client_gone_mid_stream_gives_a_cancelled_span() {
     use futures::StreamExt;
     let ingest = RecordingIngest::start().await.unwrap();
-    let (tools, mut stream) = call_waiting_tool(&ingest, 9).await;
+    let (tools, _trodo, mut stream) = call_waiting_tool(&ingest, 9).await;
     let first = stream.next().await.unwrap().unwrap();
     assert!(!first.is_empty());
+    tools.started().await; // the tool runs: the answer is still to come
     drop(stream); // the client goes away before the answer
 
     ingest

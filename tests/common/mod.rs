@@ -194,25 +194,28 @@ pub async fn read(response: reqwest::Response) -> Answer {
 }
 
 /// A session on the layered demo server with a `wait_for_release` call
-/// (JSON-RPC id `id`) under way: the tools, to release the call, and the
-/// call's response as a byte stream.
+/// (JSON-RPC id `id`) under way: the tools, to release the call, the
+/// layer's handle, and the call's response as a byte stream.
 pub async fn call_waiting_tool(
     ingest: &RecordingIngest,
     id: i64,
 ) -> (
     DemoTools,
+    trodo_tower::Trodo,
     impl futures::Stream<Item = reqwest::Result<bytes::Bytes>>,
 ) {
     let tools = DemoTools::new();
+    let layer = trodo_tower::TrodoLayer::new(config(ingest));
+    let trodo = layer.trodo();
     let app = axum::Router::new()
         .nest_service("/mcp", mcp(tools.clone(), session_manager(None)))
-        .layer(trodo_tower::TrodoLayer::new(config(ingest)));
+        .layer(layer);
     let mut client = RawClient::new(serve(app).await);
     client.initialize("waiting-test").await;
     let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
         "params": {"name": "wait_for_release", "arguments": {}, "_meta": {"progressToken": id}}});
     let response = client.post(body.to_string()).send().await.unwrap();
-    (tools, response.bytes_stream())
+    (tools, trodo, response.bytes_stream())
 }
 
 /// How many spans the ingest received (spans of one run may share a call).
