@@ -34,15 +34,51 @@ impl Attributes {
         }
     }
 
-    /// How many are set.
-    pub(crate) fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// Whether none is set (the span then leaves `attributes` out).
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// About the size of their JSON, without making it (see
+    /// [`Span::json_size_estimate`](crate::wire::Span::json_size_estimate)):
+    /// a value set through the manual API may be of any size.
+    pub(crate) fn json_size_estimate(&self) -> usize {
+        self.0
+            .iter()
+            .map(|(key, value)| entry_size_estimate(key, value))
+            .sum()
+    }
+}
+
+/// A JSON string's size: quotes, and a quarter more for escapes.
+fn text_size_estimate(text: &str) -> usize {
+    text.len() + text.len() / 4 + 2
+}
+
+/// About the size of a JSON value.
+fn value_size_estimate(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(text) => text_size_estimate(text),
+        Value::Array(items) => {
+            2 + items
+                .iter()
+                .map(|v| value_size_estimate(v) + 1)
+                .sum::<usize>()
+        }
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(key, value)| entry_size_estimate(key, value))
+                .sum::<usize>()
+        }
+    }
+}
+
+/// An object entry's size: key, colon, value, comma.
+fn entry_size_estimate(key: &str, value: &Value) -> usize {
+    text_size_estimate(key) + 1 + value_size_estimate(value) + 1
 }
 
 impl Serialize for Attributes {
@@ -68,7 +104,8 @@ mod tests {
         attributes.insert("http.request.body.size", 96);
         attributes.insert(String::from("custom"), json!({"nested": [1, 2]}));
         attributes.insert("http.request.body.size", 97);
-        assert_eq!(attributes.len(), 3);
+        let json = serde_json::to_string(&attributes).unwrap();
+        assert!(json.len() <= attributes.json_size_estimate(), "{json}");
         assert_eq!(
             serde_json::to_string(&attributes).unwrap(),
             r#"{"mcp.method.name":"tools/call","http.request.body.size":97,"custom":{"nested":[1,2]}}"#

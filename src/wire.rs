@@ -164,12 +164,10 @@ impl Span {
     /// About the size of this span's JSON, without making it: what the
     /// delivery queue's byte bound counts for a span until the delivery
     /// thread serializes it. Escaping is allowed for (a quarter more than
-    /// the strings), and every attribute counts a fixed 64 bytes.
+    /// the strings), attributes included.
     pub(crate) fn json_size_estimate(&self) -> usize {
         /// The ids, kind, status, timestamps, duration and the keys.
         const FIXED: usize = 320;
-        /// One attribute: its key, value and punctuation.
-        const PER_ATTRIBUTE: usize = 64;
         let text = [
             Some(&self.name),
             self.input.as_ref(),
@@ -184,7 +182,7 @@ impl Span {
         .flatten()
         .map(String::len)
         .sum::<usize>();
-        FIXED + text + text / 4 + PER_ATTRIBUTE * self.attributes.len()
+        FIXED + text + text / 4 + self.attributes.json_size_estimate()
     }
 }
 
@@ -342,6 +340,7 @@ fn rfc3339_micros(time: SystemTime, buf: &mut [u8; RFC3339_MICROS_LEN]) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::time::Duration;
 
     #[test]
@@ -415,6 +414,16 @@ mod tests {
         ] {
             span.attributes.insert(key, value);
         }
+        let json = serde_json::to_vec(&span).unwrap().len();
+        let estimate = span.json_size_estimate();
+        assert!(
+            json <= estimate && estimate <= 2 * json,
+            "{json} vs {estimate}"
+        );
+
+        // An attribute set through the manual API may be large.
+        span.attributes
+            .insert("document", json!({"pages": ["x".repeat(100_000)]}));
         let json = serde_json::to_vec(&span).unwrap().len();
         let estimate = span.json_size_estimate();
         assert!(
