@@ -182,11 +182,6 @@ impl Recorder {
         let unanswered = reader.ended_unanswered();
         let progress_events = reader.progress_events();
         let (output, output_truncated, response) = reader.into_output();
-        let output = output.and_then(|text| {
-            shared
-                .settings
-                .captured_text(Side::Output, text, !output_truncated)
-        });
         match purpose {
             Purpose::Initialize { key, run_id, .. } => {
                 shared
@@ -199,6 +194,12 @@ impl Recorder {
                 mut draft,
                 destination,
             } => {
+                // Only a span keeps the output (an initialize's goes nowhere).
+                let output = output.and_then(|text| {
+                    shared
+                        .settings
+                        .captured_text(Side::Output, text, !output_truncated)
+                });
                 if progress_events > 0 {
                     draft
                         .attributes
