@@ -257,11 +257,19 @@ impl StoreTask {
     async fn run_late(&self, shared: &Shared, late: Late) {
         match late {
             Late::TouchKey { key, at } => {
-                if let Some(Some(run_id)) = self.call("find", self.store.find(&key)).await {
-                    let touch = self
-                        .store
-                        .record(run_id, RunTotals::default(), at.0, self.ttl);
-                    self.call("record", touch).await;
+                let touched = match self.call("find", self.store.find(&key)).await {
+                    Some(Some(run_id)) => {
+                        let touch = self
+                            .store
+                            .record(run_id, RunTotals::default(), at.0, self.ttl);
+                        self.call("record", touch).await.is_some()
+                    }
+                    // The store holds no run under the key: nothing to touch.
+                    Some(None) => true,
+                    None => false,
+                };
+                if !touched {
+                    self.health.dropped();
                 }
             }
             Late::End(op) => self.end(shared, *op).await,
