@@ -85,7 +85,7 @@ impl SampleSpan {
         })
     }
 
-    /// The span's JSON, as it is queued for delivery.
+    /// The span's JSON, as the delivery thread serializes it.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(&self.0).unwrap_or_default()
     }
@@ -135,11 +135,6 @@ impl IdleTable {
     pub fn sweep(&self) -> usize {
         self.sessions
             .sweep_idle(self.now, self.timeout, &self.exporter)
-    }
-
-    /// How many runs are open.
-    pub fn open(&self) -> usize {
-        self.sessions.len()
     }
 }
 

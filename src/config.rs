@@ -87,7 +87,7 @@ pub(crate) struct Settings {
     pub(crate) distinct_id: Option<HeadFn>,
     /// Most records the delivery queue holds.
     pub(crate) max_queue_items: usize,
-    /// Most serialized bytes the delivery queue holds.
+    /// Most JSON bytes the delivery queue holds (spans counted by estimate).
     pub(crate) max_queue_bytes: usize,
     /// The application's client for the ingest API, if it gave one.
     pub(crate) http_client: Option<reqwest::Client>,
@@ -530,8 +530,8 @@ impl TrodoConfig {
     /// Sets the most a response head waits for the session store: for a
     /// session this process does not know (the lookup starts with the
     /// request, so the wait is usually none) and for a new session's run.
-    /// Past it the request goes on as without a store, and the store is
-    /// left alone for a second. Defaults to [`DEFAULT_STORE_TIMEOUT`].
+    /// Past it the request goes on as without a store (the store's work
+    /// goes on in the background). Defaults to [`DEFAULT_STORE_TIMEOUT`].
     ///
     /// # Errors
     /// A [`ConfigError`] for `store_timeout` when it is zero or above 10 s.

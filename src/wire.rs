@@ -287,7 +287,8 @@ const RFC3339_MICROS_LEN: usize = 27;
 
 /// Formats `time` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` into `buf`, as
 /// `humantime::format_rfc3339_micros` does, without the formatting
-/// machinery (two timestamps go into every span, on the request path).
+/// machinery (two timestamps go into every span, which the delivery
+/// thread serializes one by one).
 /// `None` before 1970 and after 9999.
 fn rfc3339_micros(time: SystemTime, buf: &mut [u8; RFC3339_MICROS_LEN]) -> Option<&str> {
     const MAX_SECS: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z

@@ -91,8 +91,11 @@ impl Trodo {
     /// Ends a run with `POST /runs/{id}/end`. For a run open in this
     /// process (opened by [`start_run`](Self::start_run) or by the layer)
     /// the end carries the true totals of all its spans, and a second
-    /// `end_run` sends nothing. For a run of another process the end is sent
-    /// with the totals this process knows (none).
+    /// `end_run` sends nothing. For a run of another process: with a session
+    /// store, the store decides (the end carries every worker's totals if
+    /// this process claims it, and nothing is sent if the run already
+    /// ended); without one, the end is sent with the totals this process
+    /// knows (none).
     pub fn end_run(&self, run_id: Uuid, end: EndRun) {
         self.shared.start_background();
         let shared = &self.shared;

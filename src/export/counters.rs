@@ -110,7 +110,8 @@ impl Stats {
 /// Counters of telemetry delivery, from
 /// [`Trodo::delivery_counters`](crate::Trodo::delivery_counters).
 ///
-/// Counts are of *records*: a run's start, one span, a run's end. Every
+/// Counts are of *records*: a run's start, one span, a run's end, a
+/// one-shot run, a feedback. Every
 /// record handed to delivery is, at any moment, exactly one of: sent,
 /// queued (`queued_items`, including calls in flight), or dropped for one
 /// reason. Export them as metrics: a rising `dropped_*` means records did not

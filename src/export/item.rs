@@ -1,6 +1,7 @@
-//! A queued record: a run's start, one span or a run's end. Spans, one per
-//! request, are serialized on the delivery thread; the rarer records are
-//! serialized when they are queued.
+//! A queued record: a run's start, one span, a run's end, a one-shot run or
+//! feedback. Spans, one per request in a run, are serialized on the delivery
+//! thread; the other records are serialized when they are queued (a one-shot
+//! run, one per request with `Sessionless::RunPerRequest`, too).
 
 use serde::Serialize;
 use uuid::Uuid;

@@ -6,7 +6,7 @@ use super::retry::Backoff;
 
 /// Most records (run starts, spans, run ends) held for delivery.
 pub(crate) const DEFAULT_MAX_QUEUE_ITEMS: usize = 10_000;
-/// Most bytes of serialized records held for delivery: 64 MiB.
+/// Most JSON bytes of records held for delivery: 64 MiB.
 pub(crate) const DEFAULT_MAX_QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How delivery behaves. Built from the [`TrodoConfig`](crate::TrodoConfig)
@@ -19,7 +19,7 @@ pub(crate) struct DeliveryOptions {
     pub(crate) max_queue_bytes: usize,
     /// Most spans in one `runs/{id}/spans` call.
     pub(crate) max_batch_items: usize,
-    /// Most serialized span bytes in one call (a larger single span goes alone).
+    /// Most span bytes (JSON, or its estimate) in one call (a larger single span goes alone).
     pub(crate) max_batch_bytes: usize,
     /// Records wait at most this long before they are sent...
     pub(crate) flush_interval: Duration,

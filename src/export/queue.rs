@@ -10,11 +10,11 @@
 //! the ready set, and the other runs go on.
 //!
 //! # Bounds
-//! Records queued or in flight are bounded in number and in serialized
-//! bytes. When a new record does not fit, the oldest queued *span* (of any
-//! run) is dropped, then the next oldest, until it fits. Starts, ends and
-//! one-shot runs are kept while any span can go instead: they are small, and
-//! losing one costs a whole run (spans without a start have nothing to
+//! Records queued or in flight are bounded in number and in JSON bytes (a
+//! span not yet serialized counts by its estimate). When a new record does
+//! not fit, the oldest queued *span* (of any run) is dropped, then the next
+//! oldest, until it fits. Starts, ends and one-shot runs are kept while any
+//! span can go instead: losing one costs a whole run (spans without a start have nothing to
 //! attach to; a run without its end never closes). Only when no span is
 //! queued is the oldest of them dropped; a dropped start takes its run's
 //! other records with it, and records of that run that arrive later are
@@ -93,7 +93,7 @@ pub(crate) struct Queue {
     dead_order: VecDeque<Uuid>,
     /// Records queued or in flight.
     items: usize,
-    /// Their serialized bytes.
+    /// Their JSON bytes (a span not yet serialized: its estimate).
     bytes: usize,
     next_seq: Seq,
     /// Records before this place may be sent.
@@ -125,7 +125,7 @@ impl Queue {
         }
     }
 
-    /// Records queued or in flight, and their serialized bytes.
+    /// Records queued or in flight, and their JSON bytes (or estimates).
     pub(crate) fn size(&self) -> (usize, usize) {
         (self.items, self.bytes)
     }

@@ -111,8 +111,8 @@ struct RawMessage<'a> {
     id: Option<Value>,
     #[serde(default)]
     method: Option<String>,
-    #[serde(default, borrow)]
-    params: Option<RawParams<'a>>,
+    #[serde(default)]
+    params: Option<RawParams>,
     #[serde(default, borrow)]
     result: Option<RawResult<'a>>,
     #[serde(default)]
@@ -120,7 +120,7 @@ struct RawMessage<'a> {
 }
 
 #[derive(Deserialize, Default)]
-struct RawParams<'a> {
+struct RawParams {
     /// `Some(None)`: present, but not a string.
     #[serde(default, deserialize_with = "string_or_other")]
     name: Option<Option<String>>,
@@ -132,15 +132,14 @@ struct RawParams<'a> {
     protocol_version: Option<String>,
     #[serde(default, rename = "_meta")]
     meta: Option<Map<String, Value>>,
-    #[serde(skip)]
-    _borrowed: PhantomData<&'a str>,
 }
 
 #[derive(Deserialize)]
 struct RawResult<'a> {
     #[serde(default, rename = "isError")]
     is_error: Option<bool>,
-    /// The first text of `content`, read only if `isError` says so.
+    /// The first text of `content` (borrowed while it can be; kept only if
+    /// `isError` says so).
     #[serde(default, borrow)]
     content: Option<FirstText<'a>>,
     #[serde(default, rename = "protocolVersion")]
