@@ -5,9 +5,11 @@
 //!
 //! 1. A 100 MB SSE response streamed through the layer, in-process (tower's
 //!    `oneshot`, no sockets): the peak heap growth while it streams, against
-//!    the target of the capture limit + 1 MB. Two shapes: 1,600 progress
+//!    the target of the capture limit + 1 MB. Two shapes: 1,525 progress
 //!    events of 64 KiB then the answer, and one 100 MB answer event. The
-//!    same stream without the layer is the baseline.
+//!    same stream without the layer is the baseline. Each of the four runs
+//!    in a process of its own (this bench, started again with
+//!    `MEMORY_BENCH_STREAM`), as the allocator's peak cannot be reset.
 //! 2. 10,000 open idle sessions, each opened by a real `initialize` through
 //!    the layer (the inner service is a stub that answers with a new session
 //!    id, so that only the layer's memory is counted): heap bytes per
@@ -43,15 +45,21 @@ const STREAM_BYTES: usize = 100 * 1000 * 1000;
 const CHUNK: usize = 64 * 1024;
 static PADDING: [u8; CHUNK] = [b'x'; CHUNK];
 
+/// Set for a child process that measures one stream: `bare/progress`,
+/// `layered/one-event`, ...
+const STREAM_CASE: &str = "MEMORY_BENCH_STREAM";
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    runtime.block_on(async {
-        streams().await;
-        sessions().await;
-    });
+    if let Ok(case) = std::env::var(STREAM_CASE) {
+        runtime.block_on(stream_case(&case));
+        return;
+    }
+    streams();
+    runtime.block_on(sessions());
 }
 
 /// A layer whose delivery is already shut down: records are refused (and
@@ -201,48 +209,65 @@ fn peak_rss(reset: bool) -> Option<u64> {
     Some(kib * 1024)
 }
 
-async fn streams() {
+/// Measures every stream, each in a child process of its own.
+fn streams() {
     let target = DEFAULT_CAPTURE_LIMIT + 1024 * 1024;
     println!(
         "a 100 MB SSE response streamed through the layer (capture limit {DEFAULT_CAPTURE_LIMIT} characters; target: peak growth <= {target} bytes)"
     );
-    let bare = Router::new().route("/mcp", post(stub));
-    let (layer, trodo) = quiet_layer().await;
-    let layered = Router::new().route("/mcp", post(stub)).layer(layer);
-    let session = initialize(&layered).await;
-    for (name, app, session) in [
-        ("bare", &bare, None),
-        ("layered", &layered, Some(session.as_str())),
+    let exe = std::env::current_exe().expect("this bench's path");
+    for case in [
+        "bare/progress",
+        "bare/one-event",
+        "layered/progress",
+        "layered/one-event",
     ] {
-        for shape in ["progress", "one-event"] {
-            let rss_before = peak_rss(true);
-            let (received, growth) = stream_through(app, session, shape).await;
-            let rss_growth = peak_rss(false)
-                .zip(rss_before)
-                .map(|(after, before)| after.saturating_sub(before));
-            let verdict = if name == "bare" {
-                ""
-            } else if growth <= target {
-                "  met"
-            } else {
-                "  MISSED"
-            };
-            let shape = match shape {
-                "progress" => "1,600 progress events then the answer",
-                _ => "one 100 MB answer event",
-            };
-            println!(
-                "  {name:<8} {shape:<38} {:>6.1} MB streamed: peak heap growth {growth:>9} bytes, peak RSS growth {:>9} bytes{verdict}",
-                received as f64 / 1e6,
-                rss_growth.map_or("?".to_owned(), |b| b.to_string()),
-            );
-        }
+        let output = std::process::Command::new(&exe)
+            .env(STREAM_CASE, case)
+            .output()
+            .expect("a child process");
+        assert!(output.status.success(), "{case}: {output:?}");
+        print!("{}", String::from_utf8_lossy(&output.stdout));
     }
-    let counters = trodo.delivery_counters();
+}
+
+/// Measures one stream (`server/shape`) in this process and prints it.
+async fn stream_case(case: &str) {
+    let target = DEFAULT_CAPTURE_LIMIT + 1024 * 1024;
+    let (name, shape) = case.split_once('/').expect("server/shape");
+    let (app, session, trodo) = if name == "layered" {
+        let (layer, trodo) = quiet_layer().await;
+        let app = Router::new().route("/mcp", post(stub)).layer(layer);
+        let session = initialize(&app).await;
+        (app, Some(session), Some(trodo))
+    } else {
+        (Router::new().route("/mcp", post(stub)), None, None)
+    };
+    let rss_before = peak_rss(true);
+    let (received, growth) = stream_through(&app, session.as_deref(), shape).await;
+    let rss_growth = peak_rss(false)
+        .zip(rss_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    let verdict = match trodo {
+        None => "",
+        Some(_) if growth <= target => "  met",
+        Some(_) => "  MISSED",
+    };
+    let shape = match shape {
+        "progress" => format!("{} progress events then the answer", STREAM_BYTES / CHUNK),
+        _ => "one 100 MB answer event".to_owned(),
+    };
     println!(
-        "  (layered: {} records refused by the shut-down delivery, as intended)",
-        counters.dropped_shutdown
+        "  {name:<8} {shape:<38} {:>6.1} MB streamed: peak heap growth {growth:>9} bytes, peak RSS growth {:>9} bytes{verdict}",
+        received as f64 / 1e6,
+        rss_growth.map_or("?".to_owned(), |b| b.to_string()),
     );
+    if let Some(trodo) = trodo {
+        println!(
+            "  (layered: {} records refused by the shut-down delivery, as intended)",
+            trodo.delivery_counters().dropped_shutdown
+        );
+    }
 }
 
 async fn sessions() {
