@@ -6,7 +6,7 @@
 //! delivering to a local ingest over HTTP. Both set `TCP_NODELAY`, as the
 //! example server does. N clients, each in its own MCP session on its own
 //! keep-alive connection, call `tools/call add` back to back (or, with
-//! `OVERHEAD_TOOL_MS`, a tool that waits that long and reports progress once). After a
+//! `OVERHEAD_TOOL_MS`, a tool that waits that long, reports progress once and answers). After a
 //! warm-up the rounds alternate bare / layered (and which goes first), so
 //! that drift of the machine hits both alike. Printed: requests/s, p50 and
 //! p99 latency of both, and layered / bare ratios against the targets
@@ -28,7 +28,7 @@
 //! | `OVERHEAD_SERVER_THREADS` | worker threads of the server runtime | 1 |
 //! | `OVERHEAD_CLIENT_THREADS` | worker threads of the load generator | 1 |
 //! | `OVERHEAD_ONLY` | `bare` or `layered`: load one server only (for a profiler) | both |
-//! | `OVERHEAD_TOOL_MS` | above 0: call `slow_progress` (one progress event, then the answer after this many ms) instead of `add` | 0 |
+//! | `OVERHEAD_TOOL_MS` | above 0: call `slow_progress` (waits this many ms, sends one progress event, then answers) instead of `add` | 0 |
 //! | `OVERHEAD_TRODO_ENABLED` | `false`: the layered server's layer is switched off (`TRODO_ENABLED=false`), to measure the pass-through | `true` |
 
 #[path = "../examples/support/tools.rs"]
