@@ -33,6 +33,11 @@ async fn server(layer: &TrodoLayer) -> SocketAddr {
 async fn session(addr: SocketAddr, texts: &[String]) -> String {
     let mut client = RawClient::new(addr);
     client.initialize("delivery-test").await;
+    finish_session(client, texts).await
+}
+
+/// The rest of a session after its initialize: `echo` of each text, DELETE.
+async fn finish_session(client: RawClient, texts: &[String]) -> String {
     for (id, text) in (1..).zip(texts) {
         let answer = client.call_tool(id, "echo", json!({ "text": text })).await;
         assert_eq!(answer.status, 200);
@@ -204,11 +209,21 @@ async fn requests_never_wait_for_an_ingest_that_does_not_answer() {
     ingest.hold();
     let layer = TrodoLayer::new(config(&ingest));
     let texts = texts(5);
-    // Every request of the session is answered while the ingest has
-    // answered nothing.
-    session(server(&layer).await, &texts).await;
+    let mut client = RawClient::new(server(&layer).await);
+    client.initialize("delivery-test").await;
+    // The run's start goes out now, and its call gets no answer.
+    let trodo = layer.trodo();
+    let flushing = tokio::spawn(async move { trodo.flush(WAIT).await });
+    ingest
+        .wait_held(WAIT, |held| held == ["/api/sdk/runs/start"])
+        .await
+        .unwrap();
+    // Every request of the session is answered while that call hangs.
+    finish_session(client, &texts).await;
     assert!(ingest.received().is_empty());
+    assert!(!flushing.is_finished(), "the start is still unanswered");
     ingest.release();
+    assert!(flushing.await.unwrap());
     wait_for_end(&ingest, &layer).await;
 
     assert_delivered_once_in_order(&ingest, &texts);

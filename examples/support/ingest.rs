@@ -105,6 +105,8 @@ struct Inner {
     faults: Mutex<Faults>,
     /// While `true`, every answer waits.
     held: watch::Sender<bool>,
+    /// The paths of the requests waiting for a release now.
+    waiting: watch::Sender<Vec<String>>,
 }
 
 /// The misbehaviour asked for.
@@ -185,6 +187,7 @@ impl RecordingIngest {
             attempts: watch::Sender::new(Vec::new()),
             faults: Mutex::new(Faults::default()),
             held: watch::Sender::new(false),
+            waiting: watch::Sender::new(Vec::new()),
         });
         let app = Router::new()
             .route("/api/sdk/{*rest}", post(record))
@@ -293,7 +296,8 @@ impl RecordingIngest {
     }
 
     /// Holds every answer until [`release`](Self::release): requests arrive
-    /// (and are logged as attempts) but get no answer yet.
+    /// but are neither logged, recorded nor answered yet; they wait (see
+    /// [`wait_held`](Self::wait_held)).
     #[allow(dead_code)]
     pub fn hold(&self) {
         self.inner.held.send_replace(true);
@@ -303,6 +307,19 @@ impl RecordingIngest {
     #[allow(dead_code)]
     pub fn release(&self) {
         self.inner.held.send_replace(false);
+    }
+
+    /// Waits until `pred` holds for the paths of the requests held now.
+    #[allow(dead_code)]
+    pub async fn wait_held(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[String]) -> bool,
+    ) -> anyhow::Result<Vec<String>> {
+        wait_on(&self.inner.waiting, timeout, pred, |got| {
+            format!("held: {got:?}")
+        })
+        .await
     }
 
     /// Answers 413 to every body above `bytes` (`None`: accept any size).
@@ -501,7 +518,18 @@ async fn record(
     let arrived = Instant::now();
     let delay = inner.faults().delay;
     let mut held = inner.held.subscribe();
-    let _ = held.wait_for(|held| !*held).await;
+    if *held.borrow_and_update() {
+        let path = uri.path().to_owned();
+        inner
+            .waiting
+            .send_modify(|waiting| waiting.push(path.clone()));
+        let _ = held.wait_for(|held| !*held).await;
+        inner.waiting.send_modify(|waiting| {
+            if let Some(at) = waiting.iter().position(|p| *p == path) {
+                waiting.remove(at);
+            }
+        });
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
