@@ -170,10 +170,7 @@ pub(crate) fn note_server(run: &mut Run, response: Option<&Response>) {
 /// (the last of `spans`; the others are its children).
 fn send_own_run(shared: &Shared, mut run: Run, spans: Vec<Span>) {
     let Some(span) = spans.last() else { return };
-    let mut totals = Totals::default();
-    for span in &spans {
-        totals.add(span);
-    }
+    let totals = Totals::of(&spans);
     run.status = match span.status {
         SpanStatus::Ok => RunStatus::Ok,
         SpanStatus::Error => RunStatus::Error,

@@ -214,6 +214,15 @@ pub(crate) struct Totals {
 }
 
 impl Totals {
+    /// The totals of finished spans.
+    pub(crate) fn of(spans: &[Span]) -> Self {
+        let mut totals = Self::default();
+        for span in spans {
+            totals.add(span);
+        }
+        totals
+    }
+
     /// Counts one finished span into the totals.
     pub(crate) fn add(&mut self, span: &Span) {
         self.span_count += 1;

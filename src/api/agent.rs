@@ -70,10 +70,7 @@ pub(crate) fn send_whole<T: serde::Serialize, E: std::fmt::Display>(
     spans: Vec<Span>,
 ) {
     let settings = &shared.settings;
-    let mut totals = Totals::default();
-    for span in &spans {
-        totals.add(span);
-    }
+    let totals = Totals::of(&spans);
     let (status, output, error_summary) = match result {
         Ok(value) => {
             let output = serde_json::to_value(value)

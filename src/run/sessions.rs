@@ -59,6 +59,14 @@ impl OpenRun {
         }
     }
 
+    /// Queues the run's `start` if it still waits (metadata from the first
+    /// answer, or a record that cannot wait for it any more).
+    fn send_pending_start(&mut self, exporter: &Exporter) {
+        if let Some(run) = self.pending_start.take() {
+            exporter.send(IngestCall::Start(run));
+        }
+    }
+
     fn mark_active(&mut self, now: Instant) {
         self.last_seen = now;
         self.last_activity = Timestamp::now();
@@ -132,6 +140,12 @@ impl Table {
     fn get_run(&mut self, run_id: Uuid) -> Option<&mut OpenRun> {
         let key = self.by_run.get(&run_id)?;
         self.by_key.get_mut(key)
+    }
+
+    /// Removes the open run with this id, whatever its key.
+    fn remove_run(&mut self, run_id: Uuid) -> Option<OpenRun> {
+        let key = self.by_run.get(&run_id)?.clone();
+        self.remove(&key)
     }
 }
 
@@ -371,8 +385,7 @@ impl Sessions {
         exporter: &Exporter,
     ) -> Result<(), Vec<Span>> {
         let mut table = self.lock();
-        let Table { by_key, by_run, .. } = &mut *table;
-        let Some(open) = by_run.get(&run_id).and_then(|key| by_key.get_mut(key)) else {
+        let Some(open) = table.get_run(run_id) else {
             return Err(spans);
         };
         record(open, spans, exporter, self.store.as_ref());
@@ -385,7 +398,7 @@ impl Sessions {
         let (Some(store), Some(last)) = (&self.store, spans.last()) else {
             return;
         };
-        store.record(run_id, totals_of(spans).into(), last.ended_at);
+        store.record(run_id, Totals::of(spans).into(), last.ended_at);
     }
 
     /// Ends the run under `key` now. Returns `false` when it was not open
@@ -412,11 +425,7 @@ impl Sessions {
         if table.ended_set.contains(&run_id) {
             return CloseRun::AlreadyEnded;
         }
-        let open = table
-            .by_run
-            .get(&run_id)
-            .cloned()
-            .and_then(|key| table.remove(&key));
+        let open = table.remove_run(run_id);
         drop(table);
         match (open, &self.store) {
             (Some(open), _) => {
@@ -497,13 +506,11 @@ impl Sessions {
         let keys: Vec<Box<str>> = table.by_key.keys().cloned().collect();
         let (mut left, mut ended) = (0, 0);
         for key in &keys {
-            let Some(open) = table.evict(key) else {
+            let Some(mut open) = table.evict(key) else {
                 continue;
             };
             if open.shared && open.sweepable {
-                if let Some(run) = open.pending_start {
-                    exporter.send(IngestCall::Start(run));
-                }
+                open.send_pending_start(exporter);
                 left += 1;
             } else {
                 table.remember_end(open.run_id);
@@ -526,11 +533,8 @@ impl Sessions {
         exporter: &Exporter,
     ) {
         let mut table = self.lock();
-        let key = table.by_run.get(&run_id).cloned();
-        if let Some(open) = key.and_then(|key| table.remove(&key)) {
-            if let Some(run) = open.pending_start {
-                exporter.send(IngestCall::Start(run));
-            }
+        if let Some(mut open) = table.remove_run(run_id) {
+            open.send_pending_start(exporter);
         } else {
             table.remember_end(run_id);
         }
@@ -546,7 +550,7 @@ impl Sessions {
     /// claim when there is a store, else here and now.
     fn retire(
         &self,
-        open: OpenRun,
+        mut open: OpenRun,
         at: Timestamp,
         ending: Ending,
         idle_before: Option<SystemTime>,
@@ -555,9 +559,7 @@ impl Sessions {
         let Some(store) = &self.store else {
             return end(open, at, ending, exporter);
         };
-        if let Some(run) = open.pending_start {
-            exporter.send(IngestCall::Start(run));
-        }
+        open.send_pending_start(exporter);
         let op = EndOp {
             run_id: open.run_id,
             ending,
@@ -579,33 +581,19 @@ impl Sessions {
 }
 
 /// The aggregates of some spans.
-fn totals_of(spans: &[Span]) -> Totals {
-    let mut totals = Totals::default();
-    for span in spans {
-        totals.add(span);
-    }
-    totals
-}
-
 /// Counts spans into an open run and queues them, after its `start` if
 /// that still waits; a run the session store holds sends the store its share.
 fn record(open: &mut OpenRun, spans: Vec<Span>, exporter: &Exporter, store: Option<&StoreQueue>) {
-    if let Some(run) = open.pending_start.take() {
-        exporter.send(IngestCall::Start(run));
-    }
+    open.send_pending_start(exporter);
     let Some(last) = spans.last() else { return };
     open.last_seen = Instant::now();
     open.last_activity = open.last_activity.max(last.ended_at);
     let store = store.filter(|_| open.shared);
-    let mut delta = Totals::default();
     for span in &spans {
         open.totals.add(span);
-        if store.is_some() {
-            delta.add(span);
-        }
     }
     if let Some(store) = store {
-        store.record(open.run_id, delta.into(), open.last_activity);
+        store.record(open.run_id, Totals::of(&spans).into(), open.last_activity);
     }
     exporter.send(IngestCall::Spans {
         run_id: open.run_id,
@@ -614,10 +602,8 @@ fn record(open: &mut OpenRun, spans: Vec<Span>, exporter: &Exporter, store: Opti
 }
 
 /// Queues the `start` if it is still pending, then the `end` with the run's totals.
-fn end(open: OpenRun, at: Timestamp, ending: Ending, exporter: &Exporter) {
-    if let Some(run) = open.pending_start {
-        exporter.send(IngestCall::Start(run));
-    }
+fn end(mut open: OpenRun, at: Timestamp, ending: Ending, exporter: &Exporter) {
+    open.send_pending_start(exporter);
     send_end(open.run_id, at, ending, open.totals, exporter);
 }
 
