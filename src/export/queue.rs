@@ -454,23 +454,21 @@ impl Queue {
     }
 
     fn index(&mut self, item: &Item) {
-        let by_age = match item.kind {
-            ItemKind::Span => &mut self.spans_by_age,
-            ItemKind::Start | ItemKind::End | ItemKind::Ingest | ItemKind::Feedback => {
-                &mut self.marks_by_age
-            }
-        };
-        by_age.insert(item.seq, item.run_id);
+        self.by_age(item.kind).insert(item.seq, item.run_id);
     }
 
     fn unindex(&mut self, item: &Item) {
-        let by_age = match item.kind {
+        self.by_age(item.kind).remove(&item.seq);
+    }
+
+    /// The age index records of `kind` are in: spans, or the others.
+    fn by_age(&mut self, kind: ItemKind) -> &mut BTreeMap<Seq, Uuid> {
+        match kind {
             ItemKind::Span => &mut self.spans_by_age,
             ItemKind::Start | ItemKind::End | ItemKind::Ingest | ItemKind::Feedback => {
                 &mut self.marks_by_age
             }
-        };
-        by_age.remove(&item.seq);
+        }
     }
 
     /// Puts a run in the ready set iff it is `Ready` with records, and

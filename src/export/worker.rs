@@ -134,11 +134,7 @@ impl Worker {
                 retry_after,
                 detail,
             } => match batch.retry.failed(now, backoff, retry_after) {
-                Some(wait) => {
-                    stats.retried();
-                    self.core
-                        .update(|queue| queue.retry(batch, Some(now + wait)));
-                }
+                Some(wait) => self.retry(batch, Some(now + wait)),
                 None => self.drop_batch(&batch, DropReason::GaveUp, &detail),
             },
             Outcome::Throttled { retry_after } => {
@@ -150,20 +146,24 @@ impl Worker {
                     Some(wait) => {
                         let until = now + wait;
                         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
-                        stats.retried();
-                        self.core.update(|queue| queue.retry(batch, None));
+                        self.retry(batch, None);
                     }
                     None => self.drop_batch(&batch, DropReason::GaveUp, "HTTP 429"),
                 }
             }
             Outcome::TooLarge if batch.len() > 1 => {
                 batch.max_items = batch.len() / 2;
-                stats.retried();
-                self.core.update(|queue| queue.retry(batch, None));
+                self.retry(batch, None);
             }
             Outcome::TooLarge => self.drop_batch(&batch, DropReason::TooLarge, "HTTP 413"),
             Outcome::Rejected { detail } => self.drop_batch(&batch, DropReason::Rejected, &detail),
         }
+    }
+
+    /// Puts a batch back to be tried again (after `until`, if given), counted.
+    fn retry(&self, batch: Batch, until: Option<Instant>) {
+        self.core.stats.retried();
+        self.core.update(|queue| queue.retry(batch, until));
     }
 
     fn drop_batch(&self, batch: &Batch, reason: DropReason, detail: &str) {
