@@ -226,8 +226,13 @@ impl TrodoConfig {
 
     #[cfg(feature = "redis")]
     fn with_redis_url_from_env(self, url: &str) -> Result<Self, ConfigError> {
-        self.with_redis_url(url)
-            .map_err(|e| ConfigError::new("TRODO_REDIS_URL", e.value(), EXPECTED_REDIS_URL))
+        self.with_redis_url(url).map_err(|e| {
+            ConfigError::new(
+                "TRODO_REDIS_URL",
+                e.value(),
+                crate::store::EXPECTED_REDIS_URL,
+            )
+        })
     }
 
     /// Without the `redis` feature a Redis URL cannot work: fail rather
@@ -577,8 +582,6 @@ const EXPECTED_NAME: &str = "a non-empty name";
 const EXPECTED_SECONDS: &str = "a whole number of seconds greater than zero";
 const EXPECTED_BOOL: &str = "true or false";
 const EXPECTED_COUNT: &str = "a number greater than zero";
-#[cfg(feature = "redis")]
-const EXPECTED_REDIS_URL: &str = "a redis:// or redis+unix:// URL";
 
 #[cfg(test)]
 mod tests {

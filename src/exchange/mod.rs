@@ -130,8 +130,8 @@ impl Exchange {
                         settings.idle_timeout,
                         &shared.exporter,
                     );
-                    let control = (parts.method == Method::DELETE || wants_event_stream)
-                        && shared.is_mcp_path(&path);
+                    let control =
+                        is_session_control(&parts.method, wants_event_stream, &shared, &path);
                     if known.is_none() && !control {
                         // Another worker may hold the session: ask the store
                         // now, while the inner service works.
@@ -493,8 +493,12 @@ impl Exchange {
 
     /// A DELETE or a GET event stream on the MCP endpoint: about the session itself.
     fn is_session_control(&self) -> bool {
-        (self.method == Method::DELETE || self.wants_event_stream)
-            && self.shared.is_mcp_path(&self.path)
+        is_session_control(
+            &self.method,
+            self.wants_event_stream,
+            &self.shared,
+            &self.path,
+        )
     }
 
     /// Opens the run of the session an initialize response creates.
@@ -534,6 +538,16 @@ impl Exchange {
             None => Head::Ready(Some(recorder)),
         }
     }
+}
+
+/// A DELETE or a GET event stream on the MCP endpoint: about the session itself.
+fn is_session_control(
+    method: &Method,
+    wants_event_stream: bool,
+    shared: &Shared,
+    path: &str,
+) -> bool {
+    (*method == Method::DELETE || wants_event_stream) && shared.is_mcp_path(path)
 }
 
 /// The request body as the span's input.

@@ -97,6 +97,8 @@ mod wait;
 mod conformance;
 
 #[cfg(feature = "redis")]
+pub(crate) use self::redis::EXPECTED_REDIS_URL;
+#[cfg(feature = "redis")]
 pub use self::redis::{DEFAULT_REDIS_PREFIX, RedisStore};
 pub use health::StoreCounters;
 pub use memory::MemoryStore;

@@ -30,6 +30,8 @@ use crate::error::ConfigError;
 /// The key prefix used unless [`RedisStore::with_prefix`] sets another.
 pub const DEFAULT_REDIS_PREFIX: &str = "trodo:";
 /// How long connecting to Redis may take.
+/// What a Redis URL must look like, as configuration errors say.
+pub(crate) const EXPECTED_REDIS_URL: &str = "a redis:// or redis+unix:// URL";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long Redis may take to answer a command.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -201,13 +203,8 @@ impl RedisStore {
     /// A [`ConfigError`] for `redis_url` when the URL is not one (the
     /// error quotes it without its password).
     pub fn new(url: &str) -> Result<Self, ConfigError> {
-        let client = redis::Client::open(url.trim()).map_err(|_| {
-            ConfigError::new(
-                "redis_url",
-                redact_url(url),
-                "a redis:// or redis+unix:// URL",
-            )
-        })?;
+        let client = redis::Client::open(url.trim())
+            .map_err(|_| ConfigError::new("redis_url", redact_url(url), EXPECTED_REDIS_URL))?;
         Ok(Self {
             client,
             connection: OnceLock::new(),
