@@ -61,17 +61,10 @@ impl Capture {
             && let Ok(text) = std::str::from_utf8(chunk)
         {
             let room = self.limit - self.chars;
-            let keep = if chunk.len() <= room {
-                self.chars += text.chars().count();
-                chunk.len()
-            } else if let Some((at, _)) = text.char_indices().nth(room) {
-                self.chars = self.limit;
-                self.truncated = true;
-                at
-            } else {
-                self.chars += text.chars().count();
-                chunk.len()
-            };
+            let (kept, cut) = truncate_chars(text, room);
+            self.chars += if cut { room } else { kept.chars().count() };
+            self.truncated = cut;
+            let keep = kept.len();
             self.reserve(keep);
             self.kept.extend_from_slice(&chunk[..keep]);
             return;
