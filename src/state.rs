@@ -121,14 +121,15 @@ impl Shared {
 
     /// Remembers a path that serves JSON-RPC.
     pub(crate) fn learn_mcp_path(&self, path: &str) {
-        let known = self
-            .mcp_paths
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if known.iter().any(|p| &**p == path) || known.len() >= MAX_MCP_PATHS {
+        let (known, full) = self.mcp_paths_with(|known| {
+            (
+                known.iter().any(|p| &**p == path),
+                known.len() >= MAX_MCP_PATHS,
+            )
+        });
+        if known || full {
             return;
         }
-        drop(known);
         let mut known = self
             .mcp_paths
             .write()
@@ -142,20 +143,22 @@ impl Shared {
     /// seen, or any path before that (a fresh process, which must still
     /// close a session on its DELETE or 404).
     pub(crate) fn is_mcp_path(&self, path: &str) -> bool {
-        let known = self
-            .mcp_paths
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        known.is_empty() || known.iter().any(|p| &**p == path)
+        self.mcp_paths_with(|known| known.is_empty() || known.iter().any(|p| &**p == path))
     }
 
     /// Whether JSON-RPC was seen on `path`.
     pub(crate) fn is_known_mcp_path(&self, path: &str) -> bool {
-        let known = self
-            .mcp_paths
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        known.iter().any(|p| &**p == path)
+        self.mcp_paths_with(|known| known.iter().any(|p| &**p == path))
+    }
+
+    /// Reads the paths where JSON-RPC was seen.
+    fn mcp_paths_with<R>(&self, read: impl FnOnce(&[Box<str>]) -> R) -> R {
+        read(
+            &self
+                .mcp_paths
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Ends every open run (with a session store: those no other worker
