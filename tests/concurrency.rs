@@ -4,7 +4,6 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 
-use axum::Router;
 use common::*;
 use serde_json::json;
 use trodo_tower::TrodoLayer;
@@ -15,10 +14,7 @@ const CALLS: usize = 10;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_sessions_of_ten_calls_each() {
     let ingest = RecordingIngest::start().await.unwrap();
-    let app = Router::new()
-        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
-        .layer(TrodoLayer::new(config(&ingest)));
-    let addr = serve(app).await;
+    let addr = serve_demo(DemoTools::new(), TrodoLayer::new(config(&ingest))).await;
 
     let sessions = futures::future::join_all((0..SESSIONS).map(|s| async move {
         let mut client = RawClient::new(addr);

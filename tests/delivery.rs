@@ -14,7 +14,6 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use axum::Router;
 use common::ingest::Attempt;
 use common::*;
 use serde_json::json;
@@ -22,10 +21,7 @@ use trodo_tower::{DeliveryCounters, TrodoConfig, TrodoLayer};
 
 /// The demo MCP server with sessions, behind `layer`.
 async fn server(layer: &TrodoLayer) -> SocketAddr {
-    let app = Router::new()
-        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
-        .layer(layer.clone());
-    serve(app).await
+    serve_demo(DemoTools::new(), layer.clone()).await
 }
 
 /// One session: initialize, `echo` of each text, DELETE. Every answer is a

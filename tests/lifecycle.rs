@@ -18,10 +18,7 @@ async fn idle_session_ends_at_its_last_activity() {
             .with_idle_timeout(Duration::from_millis(300))
             .unwrap(),
     );
-    let app = Router::new()
-        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
-        .layer(layer.clone());
-    let mut client = RawClient::new(serve(app).await);
+    let mut client = RawClient::new(serve_demo(DemoTools::new(), layer.clone()).await);
     client.initialize("idle-test").await;
     let answer = client.call_tool(1, "add", json!({"a": 1, "b": 2})).await;
     assert_eq!(answer.response()["result"]["content"][0]["text"], "3");

@@ -262,10 +262,7 @@ async fn an_rmcp_tool_adds_an_llm_child_span_that_counts_in_the_run() {
     let ingest = RecordingIngest::start().await.unwrap();
     let config = config(&ingest)
         .with_distinct_id(|parts| Some(parts.headers.get("x-user-id")?.to_str().ok()?.to_owned()));
-    let app = Router::new()
-        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
-        .layer(TrodoLayer::new(config));
-    let mut client = RawClient::new(serve(app).await);
+    let mut client = RawClient::new(serve_demo(DemoTools::new(), TrodoLayer::new(config)).await);
     client.http = reqwest::Client::builder()
         .default_headers(
             [("x-user-id".parse().unwrap(), "user-42".parse().unwrap())]
@@ -335,10 +332,7 @@ async fn capture_controls_and_headers_never_captured() {
                 *text = Value::from("[redacted]");
             }
         });
-    let app = Router::new()
-        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
-        .layer(TrodoLayer::new(config));
-    let mut client = RawClient::new(serve(app).await);
+    let mut client = RawClient::new(serve_demo(DemoTools::new(), TrodoLayer::new(config)).await);
     client.http = reqwest::Client::builder()
         .default_headers(
             [

@@ -113,10 +113,8 @@ async fn a_5xx_is_an_http_error() {
 #[tokio::test]
 async fn progress_before_the_answer_is_counted() {
     let ingest = RecordingIngest::start().await.unwrap();
-    let app = Router::new()
-        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
-        .layer(TrodoLayer::new(config(&ingest)));
-    let mut client = RawClient::new(serve(app).await);
+    let mut client =
+        RawClient::new(serve_demo(DemoTools::new(), TrodoLayer::new(config(&ingest))).await);
     client.initialize("progress-test").await;
     let body = json!({"jsonrpc":"2.0","id":3,"method":"tools/call",
         "params":{"name":"slow_progress","arguments":{"steps":4,"delay_ms":1},"_meta":{"progressToken":"p"}}});

@@ -74,6 +74,15 @@ pub async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
+/// The demo MCP server (`tools`, with sessions) at `/mcp` behind `layer`,
+/// on a loopback port.
+pub async fn serve_demo(tools: DemoTools, layer: trodo_tower::TrodoLayer) -> SocketAddr {
+    let app = Router::new()
+        .nest_service("/mcp", mcp(tools, session_manager(None)))
+        .layer(layer);
+    serve(app).await
+}
+
 /// An HTTP answer, fully read.
 #[derive(Debug)]
 pub struct Answer {
@@ -207,10 +216,7 @@ pub async fn call_waiting_tool(
     let tools = DemoTools::new();
     let layer = trodo_tower::TrodoLayer::new(config(ingest));
     let trodo = layer.trodo();
-    let app = axum::Router::new()
-        .nest_service("/mcp", mcp(tools.clone(), session_manager(None)))
-        .layer(layer);
-    let mut client = RawClient::new(serve(app).await);
+    let mut client = RawClient::new(serve_demo(tools.clone(), layer).await);
     client.initialize("waiting-test").await;
     let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
         "params": {"name": "wait_for_release", "arguments": {}, "_meta": {"progressToken": id}}});
