@@ -31,18 +31,21 @@
 //! | `OVERHEAD_TOOL_MS` | above 0: call `slow_progress` (waits this many ms, sends one progress event, then answers) instead of `add` | 0 |
 //! | `OVERHEAD_TRODO_ENABLED` | `false`: the layered server's layer is switched off (`TRODO_ENABLED=false`), to measure the pass-through | `true` |
 
+#[path = "support/counting_ingest.rs"]
+mod counting_ingest;
+#[path = "support/machine.rs"]
+mod machine;
 #[path = "../examples/support/tools.rs"]
 mod tools;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::routing::post;
 use axum::serve::ListenerExt;
+use counting_ingest::CountingIngest;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -51,7 +54,7 @@ use hyper_util::rt::TokioIo;
 use rmcp::transport::streamable_http_server::StreamableHttpServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
-use trodo_tower::{Trodo, TrodoConfig, TrodoLayer};
+use trodo_tower::{TrodoConfig, TrodoLayer};
 
 /// Throughput of the layered server over the bare one, at least.
 const TARGET_THROUGHPUT: f64 = 0.97;
@@ -147,7 +150,7 @@ fn main() {
     }
 
     let flushed = server_rt.block_on(trodo.shutdown(Duration::from_secs(30)));
-    print_delivery(&trodo, &ingest, flushed);
+    ingest.print_delivery(&trodo, flushed);
 }
 
 /// The demo MCP server, bare or behind `layer`, on a loopback port.
@@ -165,42 +168,6 @@ async fn serve(layer: Option<TrodoLayer>) -> SocketAddr {
     let app = app.into_make_service_with_connect_info::<SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
-}
-
-/// A local stand-in for the ingest API that answers `200 {"ok":true}` and
-/// only counts what it gets (recording every span would cost this machine
-/// CPU that a remote ingest does not).
-struct CountingIngest {
-    base_url: String,
-    calls: Arc<AtomicU64>,
-    bytes: Arc<AtomicU64>,
-}
-
-impl CountingIngest {
-    async fn start() -> Self {
-        let calls = Arc::new(AtomicU64::new(0));
-        let bytes = Arc::new(AtomicU64::new(0));
-        let (c, b) = (Arc::clone(&calls), Arc::clone(&bytes));
-        let app = Router::new().route(
-            "/api/sdk/{*rest}",
-            post(move |body: Bytes| async move {
-                c.fetch_add(1, Ordering::Relaxed);
-                b.fetch_add(body.len() as u64, Ordering::Relaxed);
-                ([(CONTENT_TYPE, "application/json")], r#"{"ok":true}"#)
-            }),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-        let base_url = format!("http://{}", listener.local_addr().expect("an address"));
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self {
-            base_url,
-            calls,
-            bytes,
-        }
-    }
 }
 
 /// One MCP client: its own session on its own keep-alive connection.
@@ -530,31 +497,7 @@ fn report(options: &Options, results: &Results) {
 }
 
 fn print_machine(options: &Options) {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(format!("{:.0} GiB", kib as f64 / (1024.0 * 1024.0)))
-        })
-        .unwrap_or_else(|| "unknown memory".to_owned());
-    let rustc = std::process::Command::new("rustc")
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    println!("machine: {cpu}, {cores} cores, {memory}; {rustc}");
+    println!("machine: {}", machine::describe());
     println!(
         "server runtime: {} worker thread(s); load generator and ingest: {} worker thread(s)",
         options.server_threads, options.client_threads
@@ -562,15 +505,4 @@ fn print_machine(options: &Options) {
     if !options.trodo_enabled {
         println!("the layered server's layer is switched off (OVERHEAD_TRODO_ENABLED=false)");
     }
-}
-
-fn print_delivery(trodo: &Trodo, ingest: &CountingIngest, flushed: bool) {
-    let counters = trodo.delivery_counters();
-    println!(
-        "delivery: {} records sent in {} calls ({:.1} MB) to the local ingest, {} dropped, flushed: {flushed}",
-        counters.sent,
-        ingest.calls.load(Ordering::Relaxed),
-        ingest.bytes.load(Ordering::Relaxed) as f64 / 1e6,
-        counters.dropped(),
-    );
 }

@@ -1,0 +1,260 @@
+//! The layer's own cost per MCP exchange, without a network
+//! (`cargo bench --bench exchange`).
+//!
+//! One thread drives `tools/call` exchanges through an in-process axum
+//! service (no sockets, no rmcp), in one open session. The service answers
+//! the way rmcp does: it reads the whole request body, then answers one SSE
+//! event with the JSON-RPC result. It runs bare and behind `TrodoLayer`,
+//! which delivers to a local counting ingest on a thread of its own. Rounds
+//! alternate bare / layered, so that drift of the machine hits both alike.
+//!
+//! Printed per round, then as medians: the CPU time the driving thread spent
+//! per exchange (from `/proc/thread-self/schedstat`), what the layer added
+//! and the layered / bare ratio; and the heap bytes allocated per exchange
+//! (all threads, so the delivery thread's share is included). This isolates
+//! what the layer costs a request. It is much steadier than the load bench
+//! (`benches/overhead.rs`), where the network, rmcp and the load generator
+//! share the machine.
+//!
+//! Environment (all optional):
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `EXCHANGE_CALLS` | exchanges per round | 100000 |
+//! | `EXCHANGE_ROUNDS` | measured rounds per service | 5 |
+
+#[path = "support/counting_ingest.rs"]
+mod counting_ingest;
+#[path = "support/machine.rs"]
+mod machine;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::routing::post;
+use cap::Cap;
+use counting_ingest::CountingIngest;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tower::{Service, ServiceExt};
+use trodo_tower::{TrodoConfig, TrodoLayer};
+
+#[global_allocator]
+static ALLOCATOR: Cap<std::alloc::System> = Cap::new(std::alloc::System, usize::MAX);
+
+const SESSION_ID: &str = "7f3c2a9e41b04d5f8a6e2c1b9d0e4f37";
+const PROTOCOL_VERSION: &str = "2025-11-25";
+const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"exchange-bench","version":"1"}}}"#;
+const TOOLS_CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}"#;
+/// rmcp's SSE answer to `TOOLS_CALL`, frame by frame: a priming event, then
+/// the result (as in the wire captures of the official clients).
+const ANSWER: [&str; 2] = [
+    "data: \nid: 0/1\nretry: 3000\n\n",
+    "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"3\"}],\"isError\":false}}\nid: 1/1\n\n",
+];
+const INITIALIZE_ANSWER: [&str; 2] = [
+    "data: \nid: 0/0\nretry: 3000\n\n",
+    "data: {\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"protocolVersion\":\"2025-11-25\",\"capabilities\":{\"tools\":{}},\"serverInfo\":{\"name\":\"rmcp\",\"version\":\"1\"}}}\nid: 1/0\n\n",
+];
+
+fn var(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(default)
+}
+
+fn main() {
+    let calls = var("EXCHANGE_CALLS", 100_000);
+    let rounds = var("EXCHANGE_ROUNDS", 5);
+    let ingest = serve_ingest();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    println!("machine: {}", machine::describe());
+    runtime.block_on(async {
+        let layer = TrodoLayer::new(
+            TrodoConfig::new()
+                .with_site_id("bench")
+                .with_api_base(&ingest.base_url)
+                .expect("a loopback URL"),
+        );
+        let trodo = layer.trodo();
+        let mut bare = app();
+        let mut layered = app().layer(layer);
+        call(&mut layered, INITIALIZE, false).await;
+        let (mut bare_rounds, mut layered_rounds) = (Vec::new(), Vec::new());
+        // A warm-up round of each, not counted.
+        for round in 0..=rounds {
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for with_layer in order {
+                let result = if with_layer {
+                    drive(&mut layered, calls).await
+                } else {
+                    drive(&mut bare, calls).await
+                };
+                if round == 0 {
+                    continue;
+                }
+                let name = if with_layer { "layered" } else { "bare" };
+                println!(
+                    "  round {round} {name:<8} {:7.0} ns CPU, {:6.0} B allocated per exchange",
+                    result.cpu_ns, result.bytes
+                );
+                if with_layer {
+                    layered_rounds.push(result);
+                } else {
+                    bare_rounds.push(result);
+                }
+            }
+        }
+        let (bare, layered) = (Cost::median(bare_rounds), Cost::median(layered_rounds));
+        println!("tools/call exchanges in process, {rounds} rounds of {calls}; medians:");
+        println!(
+            "  bare    {:7.0} ns CPU, {:6.0} B allocated per exchange",
+            bare.cpu_ns, bare.bytes
+        );
+        println!(
+            "  layered {:7.0} ns CPU, {:6.0} B allocated per exchange",
+            layered.cpu_ns, layered.bytes
+        );
+        println!(
+            "  the layer adds {:.0} ns CPU ({:.2} x bare) and {:.0} B per exchange",
+            layered.cpu_ns - bare.cpu_ns,
+            layered.cpu_ns / bare.cpu_ns,
+            layered.bytes - bare.bytes
+        );
+        let flushed = trodo.shutdown(Duration::from_secs(30)).await;
+        ingest.print_delivery(&trodo, flushed);
+    });
+}
+
+/// The counting ingest, served on a thread of its own.
+fn serve_ingest() -> CountingIngest {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("ingest".to_owned())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            runtime.block_on(async move {
+                let _ = sender.send(CountingIngest::start().await);
+                std::future::pending::<()>().await;
+            });
+        })
+        .expect("the ingest thread");
+    receiver.recv().expect("the ingest started")
+}
+
+/// The stand-in MCP endpoint: reads the request, answers like rmcp.
+fn app() -> Router {
+    Router::new().route(
+        "/mcp",
+        post(|request: Request<Body>| async move {
+            let body = request
+                .into_body()
+                .collect()
+                .await
+                .expect("a body")
+                .to_bytes();
+            let initialize = body.starts_with(&INITIALIZE.as_bytes()[..40]);
+            let mut response = Response::builder()
+                .header(CONTENT_TYPE, "text/event-stream")
+                .header("cache-control", "no-cache");
+            if initialize {
+                response = response.header("mcp-session-id", SESSION_ID);
+            }
+            let answer = if initialize {
+                INITIALIZE_ANSWER
+            } else {
+                ANSWER
+            };
+            let frames =
+                answer.map(|frame| Ok::<_, Infallible>(Bytes::from_static(frame.as_bytes())));
+            response
+                .body(Body::from_stream(futures::stream::iter(frames)))
+                .expect("a response")
+        }),
+    )
+}
+
+/// One exchange: POSTs `body` and reads the whole answer.
+async fn call(service: &mut Router, body: &'static str, in_session: bool) {
+    let mut request = Request::post("/mcp")
+        .header(CONTENT_TYPE, "application/json")
+        .header(ACCEPT, "application/json, text/event-stream");
+    if in_session {
+        request = request
+            .header("mcp-session-id", SESSION_ID)
+            .header("mcp-protocol-version", PROTOCOL_VERSION);
+    }
+    let request = request.body(Body::from(body)).expect("a request");
+    let response: Response<Body> = ServiceExt::<Request<Body>>::ready(service)
+        .await
+        .unwrap_or_else(|e: Infallible| match e {})
+        .call(request)
+        .await
+        .unwrap_or_else(|e: Infallible| match e {});
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer = response
+        .into_body()
+        .collect()
+        .await
+        .expect("an answer")
+        .to_bytes();
+    assert!(answer.ends_with(b"\n\n"), "a whole SSE event");
+}
+
+/// What one round cost per exchange.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    cpu_ns: f64,
+    bytes: f64,
+}
+
+impl Cost {
+    /// The median of each figure over the rounds.
+    fn median(mut rounds: Vec<Self>) -> Self {
+        let middle = rounds.len() / 2;
+        rounds.sort_by(|a, b| a.cpu_ns.total_cmp(&b.cpu_ns));
+        let cpu_ns = rounds[middle].cpu_ns;
+        rounds.sort_by(|a, b| a.bytes.total_cmp(&b.bytes));
+        Self {
+            cpu_ns,
+            bytes: rounds[middle].bytes,
+        }
+    }
+}
+
+/// `calls` tools/call exchanges in the session, back to back.
+async fn drive(service: &mut Router, calls: usize) -> Cost {
+    let allocated = ALLOCATOR.total_allocated();
+    let cpu = thread_cpu_ns();
+    for _ in 0..calls {
+        call(service, TOOLS_CALL, true).await;
+    }
+    let n = calls as f64;
+    Cost {
+        cpu_ns: (thread_cpu_ns() - cpu) as f64 / n,
+        bytes: (ALLOCATOR.total_allocated() - allocated) as f64 / n,
+    }
+}
+
+/// Nanoseconds this thread spent on a CPU (0 where `/proc` cannot tell).
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,32 @@
+//! The machine a bench runs on, for its report; shared by the benches
+//! through `#[path = "support/machine.rs"] mod machine;`.
+
+/// `CPU model, N cores, M GiB; rustc version`, read from `/proc` (and
+/// `rustc --version`); "unknown ..." where it cannot be read.
+pub(crate) fn describe() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(format!("{:.0} GiB", kib as f64 / (1024.0 * 1024.0)))
+        })
+        .unwrap_or_else(|| "unknown memory".to_owned());
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {memory}; {rustc}")
+}
