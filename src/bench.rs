@@ -46,7 +46,7 @@ pub fn capture<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, limit_chars: usiz
     for chunk in chunks {
         capture.push(chunk);
     }
-    capture.text().len()
+    capture.into_text().len()
 }
 
 /// A finished span like the layer records for a `tools/call`.

@@ -105,9 +105,20 @@ impl Capture {
 
     /// The captured text: valid UTF-8 is kept as is; invalid UTF-8 is replaced lossily
     /// (U+FFFD). At most `limit_chars` characters, cut on a character boundary.
+    ///
+    /// Valid UTF-8 (the common case) becomes the text without a copy.
+    pub(crate) fn into_text(self) -> String {
+        match String::from_utf8(self.kept) {
+            // Valid UTF-8 holds whole characters only, at most `limit` of them.
+            Ok(text) => text,
+            Err(error) => lossy_text(error.as_bytes(), self.limit),
+        }
+    }
+
+    /// [`into_text`](Self::into_text) of the capture so far, for tests.
+    #[cfg(test)]
     pub(crate) fn text(&self) -> String {
-        let text = String::from_utf8_lossy(&self.kept);
-        truncate_chars(&text, self.limit).0.to_owned()
+        lossy_text(&self.kept, self.limit)
     }
 
     /// Grows `kept` for `additional` bytes, amortised but never past the
@@ -122,6 +133,12 @@ impl Capture {
             .max(needed);
         self.kept.reserve_exact(target - self.kept.len());
     }
+}
+
+/// `bytes` as text, invalid UTF-8 replaced by U+FFFD, cut to `limit` characters.
+fn lossy_text(bytes: &[u8], limit: usize) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    truncate_chars(&text, limit).0.to_owned()
 }
 
 /// For the first byte of a character: how many continuation bytes it expects
@@ -258,6 +275,22 @@ mod tests {
         assert_eq!(c.text(), "a\u{FFFD}b\u{FFFD}c");
         assert_eq!(c.bytes(), b"a\xFFb\xE2\x82c");
         assert!(!c.is_truncated());
+    }
+
+    #[test]
+    fn into_text_keeps_valid_bytes_without_a_copy_and_replaces_invalid_ones() {
+        let mut valid = Capture::new(64);
+        valid.push("héllo".as_bytes());
+        let kept = valid.bytes().as_ptr();
+        let text = valid.into_text();
+        assert_eq!(text, "héllo");
+        assert_eq!(text.as_ptr(), kept, "the kept bytes became the text");
+
+        // A character cut by the end of the stream is one U+FFFD, as in `text`.
+        let mut invalid = Capture::new(3);
+        invalid.push(b"a\xFFb\xE2\x82");
+        assert_eq!(invalid.text(), "a\u{FFFD}b");
+        assert_eq!(invalid.into_text(), "a\u{FFFD}b");
     }
 
     #[test]

@@ -303,7 +303,8 @@ impl Reader {
                 let response = (json && !capture.is_truncated())
                     .then(|| parse_response(capture.bytes()))
                     .flatten();
-                (Some(capture.text()), capture.is_truncated(), response)
+                let truncated = capture.is_truncated();
+                (Some(capture.into_text()), truncated, response)
             }
         }
     }

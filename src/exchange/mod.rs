@@ -456,11 +456,16 @@ impl Exchange {
         if let Some(read) = self.read.take() {
             return read;
         }
-        let request = self
-            .request
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let capture = &request.capture;
+        // Read once (a wait for the store keeps what was read): the capture
+        // is taken, so that its bytes become the input text without a copy.
+        let capture = std::mem::replace(
+            &mut self
+                .request
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .capture,
+            Capture::new(0),
+        );
         let message = if capture.total_bytes() == 0 {
             None
         } else if capture.is_truncated() {
@@ -479,14 +484,13 @@ impl Exchange {
             parse_client_message(capture.bytes())
         };
         let settings = &self.shared.settings;
+        let (truncated, bytes) = (capture.is_truncated(), capture.total_bytes());
         let input = Input {
-            text: (capture.total_bytes() > 0)
-                .then(|| capture.text())
-                .and_then(|text| {
-                    settings.captured_text(Side::Input, text, !capture.is_truncated())
-                }),
-            truncated: capture.is_truncated(),
-            bytes: capture.total_bytes(),
+            text: (bytes > 0)
+                .then(|| capture.into_text())
+                .and_then(|text| settings.captured_text(Side::Input, text, !truncated)),
+            truncated,
+            bytes,
         };
         (message, input)
     }
