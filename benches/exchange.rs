@@ -22,6 +22,7 @@
 //! |---|---|---|
 //! | `EXCHANGE_CALLS` | exchanges per round | 100000 |
 //! | `EXCHANGE_ROUNDS` | measured rounds per service | 5 |
+//! | `EXCHANGE_TRODO_ENABLED` | `false`: the layer is switched off (`TRODO_ENABLED=false`), to measure the pass-through | `true` |
 
 #[path = "support/counting_ingest.rs"]
 mod counting_ingest;
@@ -71,18 +72,23 @@ fn var(name: &str, default: usize) -> usize {
 fn main() {
     let calls = var("EXCHANGE_CALLS", 100_000);
     let rounds = var("EXCHANGE_ROUNDS", 5);
+    let enabled = std::env::var("EXCHANGE_TRODO_ENABLED").as_deref() != Ok("false");
     let ingest = serve_ingest();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
     println!("machine: {}", machine::describe());
+    if !enabled {
+        println!("the layer is switched off (EXCHANGE_TRODO_ENABLED=false)");
+    }
     runtime.block_on(async {
         let layer = TrodoLayer::new(
             TrodoConfig::new()
                 .with_site_id("bench")
                 .with_api_base(&ingest.base_url)
-                .expect("a loopback URL"),
+                .expect("a loopback URL")
+                .with_enabled(enabled),
         );
         let trodo = layer.trodo();
         let mut bare = app();

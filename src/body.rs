@@ -84,7 +84,9 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        recorder: Option<Recorder>,
+        // Boxed: the body stays small (axum boxes it, hyper moves it), and
+        // so does a pass-through layer's.
+        recorder: Option<Box<Recorder>>,
     }
 
     impl<B> PinnedDrop for ResponseBody<B> {
@@ -104,7 +106,7 @@ impl<B: Body> ResponseBody<B> {
                 recorder.on_end();
                 None
             }
-            other => other,
+            other => other.map(Box::new),
         };
         Self { inner, recorder }
     }

@@ -27,9 +27,12 @@ pin_project! {
     {
         #[pin]
         inner: F,
-        exchange: Option<Exchange>,
+        // Boxed, as the state of the response body is: the future stays
+        // small (it is moved into axum's box and through tower's
+        // combinators), and so does a pass-through layer's.
+        exchange: Option<Box<Exchange>>,
         // The inner service's answer while its head waits for the session store.
-        waiting: Option<(Pending, F::Output)>,
+        waiting: Option<Box<(Pending, F::Output)>>,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F>
@@ -41,8 +44,8 @@ pin_project! {
             if let Some(exchange) = this.exchange.take() {
                 exchange.on_failure(Failure::Cancelled);
             }
-            if let Some((pending, _)) = this.waiting.take() {
-                pending.cancel();
+            if let Some(waiting) = this.waiting.take() {
+                waiting.0.cancel();
             }
         }
     }
@@ -52,7 +55,7 @@ impl<F: Future> ResponseFuture<F> {
     pub(crate) fn new(inner: F, exchange: Option<Exchange>) -> Self {
         Self {
             inner,
-            exchange,
+            exchange: exchange.map(Box::new),
             waiting: None,
         }
     }
@@ -74,17 +77,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            if let Some((mut pending, answer)) = this.waiting.take() {
-                let recorder = match &answer {
+            if let Some(mut waiting) = this.waiting.take() {
+                let (pending, answer) = &mut *waiting;
+                let recorder = match answer {
                     Ok(response) => match pending.poll_settle(cx, response) {
                         Poll::Ready(recorder) => recorder,
                         Poll::Pending => {
-                            *this.waiting = Some((pending, answer));
+                            *this.waiting = Some(waiting);
                             return Poll::Pending;
                         }
                     },
                     Err(_) => None,
                 };
+                let (_, answer) = *waiting;
                 return Poll::Ready(
                     answer.map(|r| r.map(|body| ResponseBody::new(body, recorder))),
                 );
@@ -100,7 +105,9 @@ where
                                 response.map(|body| ResponseBody::new(body, recorder))
                             ));
                         }
-                        Head::Wait(pending) => *this.waiting = Some((pending, Ok(response))),
+                        Head::Wait(pending) => {
+                            *this.waiting = Some(Box::new((pending, Ok(response))));
+                        }
                     }
                 }
                 Err(error) => {
