@@ -35,7 +35,7 @@ enum Purpose {
     },
     /// The initialize whose result completes the `start` of the run under `key`.
     Initialize {
-        key: String,
+        key: Arc<str>,
         run_id: Uuid,
         request_id: Value,
     },
@@ -100,7 +100,7 @@ impl Recorder {
     /// version and the server's identity.
     pub(crate) fn initialize(
         shared: Arc<Shared>,
-        key: String,
+        key: Arc<str>,
         run_id: Uuid,
         request_id: Value,
         headers: &HeaderMap,

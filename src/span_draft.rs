@@ -3,6 +3,7 @@
 
 use crate::attributes::Attributes;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
 
@@ -20,7 +21,7 @@ pub(crate) enum Destination {
     /// Into the open run under `key` in the session table; `opened` when
     /// this request opened it (its `start` is still pending).
     Run {
-        key: String,
+        key: Arc<str>,
         run_id: Uuid,
         opened: bool,
     },

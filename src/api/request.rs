@@ -59,7 +59,7 @@ enum State {
     /// The run is not known yet (it is decided on the response head).
     Waiting(Vec<Span>),
     /// Into an open run: under `key` in the run table, or by id (a joined run).
-    InRun { key: Option<String>, run_id: Uuid },
+    InRun { key: Option<Arc<str>>, run_id: Uuid },
     /// Into the span list of the request's own run, sent whole at its end.
     Collecting { run_id: Uuid, spans: Vec<Span> },
     /// The request is part of no run: children are dropped.

@@ -4,6 +4,7 @@
 use http::request::Parts;
 use http::{HeaderMap, header};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// The MCP protocol version header of requests after initialize.
 pub(super) const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
@@ -31,13 +32,13 @@ pub(super) fn caller(parts: &Parts) -> Option<String> {
 }
 
 /// A session id from `name`, if it is one MCP allows: 1 to 256 visible ASCII characters.
-pub(crate) fn session_id(headers: &HeaderMap, name: &http::HeaderName) -> Option<String> {
+pub(crate) fn session_id(headers: &HeaderMap, name: &http::HeaderName) -> Option<Arc<str>> {
     let value = headers.get(name)?.as_bytes();
     let valid = !value.is_empty()
         && value.len() <= MAX_SESSION_ID_LEN
         && value.iter().all(|b| (0x21..=0x7e).contains(b));
     // Visible ASCII is valid UTF-8.
-    valid.then(|| String::from_utf8_lossy(value).into_owned())
+    valid.then(|| Arc::from(String::from_utf8_lossy(value)))
 }
 
 pub(super) fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {

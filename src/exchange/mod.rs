@@ -59,7 +59,7 @@ pub(crate) struct Exchange {
     path: String,
     route: Option<String>,
     /// The session id, unless the config groups sessions by the key chain.
-    session_id: Option<String>,
+    session_id: Option<Arc<str>>,
     protocol_header: Option<String>,
     /// `Mcp-Method` / `Mcp-Name` (MCP 2026-07-28): name a request too large to parse.
     method_header: Option<HeaderValue>,
@@ -79,7 +79,7 @@ pub(crate) struct Exchange {
     /// The session store's lookup of a session this process does not know.
     prefetch: Option<Prefetch>,
     /// The session store's answer for a run key, once it came.
-    resolved: Option<(String, Resolved)>,
+    resolved: Option<(Arc<str>, Resolved)>,
     /// The request as read before waiting for the store, so that the
     /// decision after the wait does not read (and redact) it again.
     read: Option<(Option<ClientMessage>, Input)>,
@@ -251,7 +251,7 @@ impl Exchange {
             return Some(sessions.run_for(table_key, || open(Uuid::new_v4())));
         }
         match &self.resolved {
-            Some((key, resolved)) if key == table_key => {
+            Some((key, resolved)) if **key == *table_key => {
                 Some(sessions.settle(table_key, *resolved, open))
             }
             _ => sessions
@@ -263,14 +263,14 @@ impl Exchange {
     /// Asks the session store for the run of `table_key` (using the lookup
     /// started with the request, if it is of this key); the head decides
     /// again with the answer.
-    fn resolve(mut self, table_key: String, request: Option<McpRequest>, input: Input) -> Head {
+    fn resolve(mut self, table_key: Arc<str>, request: Option<McpRequest>, input: Input) -> Head {
         let Some(mirror) = self.shared.mirror.as_ref() else {
             return Head::Ready(None);
         };
         self.read = Some((request.map(ClientMessage::Request), input));
         let prefetch = self.prefetch.take().filter(|p| p.is_for(&table_key));
         let run_id = Uuid::new_v4();
-        let run = NewRun::new(table_key.as_str(), run_id, SystemTime::now());
+        let run = NewRun::new(&*table_key, run_id, SystemTime::now());
         let wait = mirror.resolve(&self.shared, prefetch, run);
         Head::Wait(Pending::Resolve(Box::new(Resolving {
             exchange: Some(self),
@@ -331,7 +331,7 @@ impl Exchange {
     /// A request that carries a session id.
     fn in_session<B>(
         self,
-        session_id: String,
+        session_id: Arc<str>,
         request: Option<McpRequest>,
         input: Input,
         response: &Response<B>,
@@ -508,7 +508,7 @@ impl Exchange {
     /// Opens the run of the session an initialize response creates.
     fn open_session<B>(
         self,
-        session_id: String,
+        session_id: Arc<str>,
         response: &Response<B>,
         request: &McpRequest,
         input: Input,
@@ -527,7 +527,7 @@ impl Exchange {
         let table_key = key.table_key();
         let run_id = self.shared.sessions.open_pending(&table_key, run);
         let publish = self.shared.mirror.as_ref().map(|mirror| {
-            let run = NewRun::new(table_key.as_str(), run_id, self.started_at.0);
+            let run = NewRun::new(&*table_key, run_id, self.started_at.0);
             mirror.publish(&self.shared, run)
         });
         let recorder = Recorder::initialize(

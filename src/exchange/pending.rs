@@ -1,6 +1,7 @@
 //! A response head waiting for the session store.
 
 use http::Response;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use uuid::Uuid;
 
@@ -34,7 +35,7 @@ pub(crate) enum Pending {
 #[derive(Debug)]
 pub(crate) struct Resolving {
     pub(super) exchange: Option<Exchange>,
-    pub(super) key: String,
+    pub(super) key: Arc<str>,
     /// The run this process opens if the store has none (or cannot say).
     pub(super) run_id: Uuid,
     pub(super) wait: HeadWait<Resolved>,

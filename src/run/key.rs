@@ -14,8 +14,8 @@ use std::sync::Arc;
 /// What groups requests into one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RunKey {
-    /// An MCP session id.
-    Session(String),
+    /// An MCP session id (shared: the request, its run and its span hold it).
+    Session(Arc<str>),
     /// A key resolved for traffic without sessions.
     Resolved { key: String, source: KeySource },
     /// A run opened with [`Trodo::start_run`](crate::Trodo::start_run).
@@ -37,18 +37,19 @@ impl RunKey {
     /// The key in the session table. Resolved keys start with a space and
     /// manual ones with a tab, which no session id can contain (they are
     /// visible ASCII), so the three never collide.
-    pub(crate) fn table_key(&self) -> String {
+    pub(crate) fn table_key(&self) -> Arc<str> {
         match self {
-            Self::Session(id) => id.clone(),
-            Self::Resolved { key, .. } => format!(" {key}"),
-            Self::Manual(run_id) => format!("\t{run_id}"),
+            Self::Session(id) => Arc::clone(id),
+            Self::Resolved { key, .. } => format!(" {key}").into(),
+            Self::Manual(run_id) => format!("\t{run_id}").into(),
         }
     }
 
     /// The run's `conversation_id`, if the key is one.
     pub(crate) fn conversation_id(&self) -> Option<&str> {
         match self {
-            Self::Session(id) | Self::Resolved { key: id, .. } => Some(id),
+            Self::Session(id) => Some(id),
+            Self::Resolved { key, .. } => Some(key),
             Self::Manual(_) => None,
         }
     }
