@@ -37,6 +37,7 @@ mod retry;
 #[cfg(test)]
 mod script;
 mod sink;
+mod spent;
 #[cfg(test)]
 mod tests;
 mod thread;
