@@ -9,15 +9,16 @@ pub const RUN_ID_HEADER: &str = "x-trodo-run-id";
 /// The header that carries the caller's span id, the parent of the callee's spans.
 pub const PARENT_SPAN_ID_HEADER: &str = "x-trodo-parent-span-id";
 
+// The names above, parsed once.
+const RUN_ID: HeaderName = HeaderName::from_static(RUN_ID_HEADER);
+const PARENT_SPAN_ID: HeaderName = HeaderName::from_static(PARENT_SPAN_ID_HEADER);
+
 /// The propagation headers for a span of a run.
 pub(crate) fn headers(run_id: Option<Uuid>, span_id: Uuid) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(run_id) = run_id {
-        headers.insert(HeaderName::from_static(RUN_ID_HEADER), uuid_value(run_id));
-        headers.insert(
-            HeaderName::from_static(PARENT_SPAN_ID_HEADER),
-            uuid_value(span_id),
-        );
+        headers.insert(RUN_ID, uuid_value(run_id));
+        headers.insert(PARENT_SPAN_ID, uuid_value(span_id));
     }
     headers
 }
@@ -29,13 +30,13 @@ fn uuid_value(id: Uuid) -> HeaderValue {
 
 /// The caller's run and parent span, from inbound headers.
 pub(crate) fn inbound(headers: &HeaderMap) -> Option<(Uuid, Option<Uuid>)> {
-    let id = |name: &str| {
+    let id = |name: &HeaderName| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Uuid::parse_str(v.trim()).ok())
     };
-    Some((id(RUN_ID_HEADER)?, id(PARENT_SPAN_ID_HEADER)))
+    Some((id(&RUN_ID)?, id(&PARENT_SPAN_ID)))
 }
 
 #[cfg(test)]

@@ -1,24 +1,28 @@
 //! What the layer reads off a request head: the session id, the MCP
 //! headers, the caller.
 
+use http::header::AsHeaderName;
 use http::request::Parts;
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderName, header};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+// Header names are parsed once, here, not on every request.
 /// The MCP protocol version header of requests after initialize.
-pub(super) const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
+pub(super) const PROTOCOL_VERSION_HEADER: HeaderName =
+    HeaderName::from_static("mcp-protocol-version");
 /// The header of MCP 2026-07-28 requests that names their method.
-pub(super) const METHOD_HEADER: &str = "mcp-method";
+pub(super) const METHOD_HEADER: HeaderName = HeaderName::from_static("mcp-method");
 /// The header of MCP 2026-07-28 requests that names their tool, prompt or resource.
-pub(super) const NAME_HEADER: &str = "mcp-name";
+pub(super) const NAME_HEADER: HeaderName = HeaderName::from_static("mcp-name");
+const FORWARDED_FOR_HEADER: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// Longest session id taken from a header; longer ones are ignored as bogus.
 pub(super) const MAX_SESSION_ID_LEN: usize = 256;
 
 /// The caller for the client identity key: the first `X-Forwarded-For` hop,
 /// else the peer address (axum's `ConnectInfo`), else the user agent.
 pub(super) fn caller(parts: &Parts) -> Option<String> {
-    let forwarded = header_text(&parts.headers, "x-forwarded-for")
+    let forwarded = header_text(&parts.headers, FORWARDED_FOR_HEADER)
         .and_then(|v| v.split(',').next().map(|hop| hop.trim().to_owned()))
         .filter(|hop| !hop.is_empty());
     forwarded
@@ -28,7 +32,7 @@ pub(super) fn caller(parts: &Parts) -> Option<String> {
                 .get::<axum::extract::ConnectInfo<SocketAddr>>()
                 .map(|info| info.0.ip().to_string())
         })
-        .or_else(|| header_text(&parts.headers, header::USER_AGENT.as_str()))
+        .or_else(|| header_text(&parts.headers, header::USER_AGENT))
 }
 
 /// A session id from `name`, if it is one MCP allows: 1 to 256 visible ASCII characters.
@@ -41,7 +45,7 @@ pub(crate) fn session_id(headers: &HeaderMap, name: &http::HeaderName) -> Option
     valid.then(|| Arc::from(String::from_utf8_lossy(value)))
 }
 
-pub(super) fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(super) fn header_text(headers: &HeaderMap, name: impl AsHeaderName) -> Option<String> {
     headers.get(name)?.to_str().ok().map(str::to_owned)
 }
 

@@ -158,8 +158,8 @@ impl Exchange {
             joined: inbound_propagation(headers),
             request_span,
             protocol_header: header_text(headers, PROTOCOL_VERSION_HEADER),
-            method_header: headers.get(METHOD_HEADER).cloned(),
-            name_header: headers.get(NAME_HEADER).cloned(),
+            method_header: headers.get(&METHOD_HEADER).cloned(),
+            name_header: headers.get(&NAME_HEADER).cloned(),
             wants_event_stream,
             route: parts
                 .extensions
@@ -187,7 +187,7 @@ impl Exchange {
     /// Decides, on the response head, what this exchange means for its
     /// run: the recorder that watches the response body, or first a wait
     /// for the session store.
-    pub(crate) fn on_response<B>(self, response: &Response<B>) -> Head {
+    pub(crate) fn on_response<B>(self: Box<Self>, response: &Response<B>) -> Head {
         let request_span = self.request_span.clone();
         let head = self.decide(response);
         if let Head::Ready(None) = head {
@@ -196,7 +196,7 @@ impl Exchange {
         head
     }
 
-    fn decide<B>(mut self, response: &Response<B>) -> Head {
+    fn decide<B>(mut self: Box<Self>, response: &Response<B>) -> Head {
         let (message, input) = self.read_request();
         let request = match message {
             Some(ClientMessage::Request(request)) => {
@@ -263,7 +263,12 @@ impl Exchange {
     /// Asks the session store for the run of `table_key` (using the lookup
     /// started with the request, if it is of this key); the head decides
     /// again with the answer.
-    fn resolve(mut self, table_key: Arc<str>, request: Option<McpRequest>, input: Input) -> Head {
+    fn resolve(
+        mut self: Box<Self>,
+        table_key: Arc<str>,
+        request: Option<McpRequest>,
+        input: Input,
+    ) -> Head {
         let Some(mirror) = self.shared.mirror.as_ref() else {
             return Head::Ready(None);
         };
@@ -299,7 +304,7 @@ impl Exchange {
     }
 
     /// Records a span for an exchange that ended without a response head.
-    pub(crate) fn on_failure(mut self, failure: Failure) {
+    pub(crate) fn on_failure(mut self: Box<Self>, failure: Failure) {
         let Some(session_id) = self.session_id.clone() else {
             return;
         };
@@ -330,7 +335,7 @@ impl Exchange {
 
     /// A request that carries a session id.
     fn in_session<B>(
-        self,
+        self: Box<Self>,
         session_id: Arc<str>,
         request: Option<McpRequest>,
         input: Input,
@@ -381,7 +386,12 @@ impl Exchange {
 
     /// A JSON-RPC request without a session: grouped by the key chain, or a
     /// run of its own.
-    fn sessionless<B>(self, request: McpRequest, input: Input, response: &Response<B>) -> Head {
+    fn sessionless<B>(
+        self: Box<Self>,
+        request: McpRequest,
+        input: Input,
+        response: &Response<B>,
+    ) -> Head {
         let status = response.status();
         let route_kind = response.extensions().get::<RouteSpanKind>().map(|k| k.0);
         let key = match self.shared.settings.sessionless {
@@ -507,7 +517,7 @@ impl Exchange {
 
     /// Opens the run of the session an initialize response creates.
     fn open_session<B>(
-        self,
+        self: Box<Self>,
         session_id: Arc<str>,
         response: &Response<B>,
         request: &McpRequest,

@@ -34,7 +34,7 @@ pub(crate) enum Pending {
 /// An exchange waiting for the store's answer on a run key.
 #[derive(Debug)]
 pub(crate) struct Resolving {
-    pub(super) exchange: Option<Exchange>,
+    pub(super) exchange: Option<Box<Exchange>>,
     pub(super) key: Arc<str>,
     /// The run this process opens if the store has none (or cannot say).
     pub(super) run_id: Uuid,
