@@ -242,7 +242,11 @@ fn string_or_other<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Stri
 }
 
 fn parse_raw(bytes: &[u8]) -> Option<RawMessage<'_>> {
-    let raw: RawMessage<'_> = serde_json::from_slice(bytes).ok()?;
+    // One UTF-8 check of the whole message, then serde_json's `str` reader,
+    // which does not check each string again as its byte reader does.
+    // Invalid UTF-8 is not JSON either way.
+    let text = std::str::from_utf8(bytes).ok()?;
+    let raw: RawMessage<'_> = serde_json::from_str(text).ok()?;
     (raw.jsonrpc.as_deref() == Some("2.0")).then_some(raw)
 }
 
