@@ -156,7 +156,7 @@ impl SseDecoder {
                     continue;
                 }
             }
-            let Some(end) = input.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(end) = memchr::memchr2(b'\n', b'\r', input) else {
                 self.line_content(input);
                 return;
             };
@@ -174,7 +174,7 @@ impl SseDecoder {
         }
         self.line_started = true;
         if self.phase == Phase::Name {
-            let Some(colon) = bytes.iter().position(|&b| b == b':') else {
+            let Some(colon) = memchr::memchr(b':', bytes) else {
                 self.push_name(bytes);
                 return;
             };
