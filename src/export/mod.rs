@@ -18,8 +18,8 @@
 //!
 //! A dropped start takes its run's other records with it: the ingest API
 //! would have no run to attach them to. The guarantees are listed in the
-//! [`queue`] docs (order, bounds, when records go) and, for users, in
-//! `docs/delivery.md`.
+//! [`queue`] docs (order, bounds, when records go) and, for users, in the
+//! README's "Delivery guarantees".
 
 mod batch;
 mod call;
