@@ -99,14 +99,14 @@ pin_project! {
 }
 
 impl<B: Body> ResponseBody<B> {
-    pub(crate) fn new(inner: B, recorder: Option<Recorder>) -> Self {
+    pub(crate) fn new(inner: B, recorder: Option<Box<Recorder>>) -> Self {
         // A body that is already over (e.g. a 202 with no content) will not be polled.
         let recorder = match recorder {
             Some(recorder) if inner.is_end_stream() => {
                 recorder.on_end();
                 None
             }
-            other => other.map(Box::new),
+            other => other,
         };
         Self { inner, recorder }
     }

@@ -78,35 +78,36 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    /// Watches the body of a request that becomes a span.
+    /// Watches the body of a request that becomes a span. Boxed where it
+    /// is made: it rides along with the response body, which moves.
     pub(crate) fn span(
         shared: Arc<Shared>,
         draft: SpanDraft,
         destination: Destination,
         status: StatusCode,
         headers: &HeaderMap,
-    ) -> Self {
+    ) -> Box<Self> {
         let reader = Reader::for_body(headers, shared.settings.capture_limit);
-        Self {
+        Box::new(Self {
             shared,
             purpose: Purpose::Span { draft, destination },
             reader,
             status,
             bytes_out: 0,
-        }
+        })
     }
 
     /// Watches the body of an initialize response for the negotiated
-    /// version and the server's identity.
+    /// version and the server's identity (boxed, as [`span`](Self::span)).
     pub(crate) fn initialize(
         shared: Arc<Shared>,
         key: Arc<str>,
         run_id: Uuid,
         request_id: Value,
         headers: &HeaderMap,
-    ) -> Self {
+    ) -> Box<Self> {
         let reader = Reader::for_body(headers, shared.settings.capture_limit);
-        Self {
+        Box::new(Self {
             shared,
             purpose: Purpose::Initialize {
                 key,
@@ -116,7 +117,7 @@ impl Recorder {
             reader,
             status: StatusCode::OK,
             bytes_out: 0,
-        }
+        })
     }
 
     /// Reads one chunk of the body; `true` once the response was seen, so

@@ -292,7 +292,7 @@ impl Exchange {
         destination: Destination,
         status: StatusCode,
         headers: &HeaderMap,
-    ) -> Recorder {
+    ) -> Box<Recorder> {
         self.request_span.attach(&destination);
         Recorder::span(
             Arc::clone(&self.shared),
@@ -548,7 +548,7 @@ impl Exchange {
             response.headers(),
         );
         match publish {
-            Some(wait) => Head::Wait(Pending::Publish(Some(Box::new(recorder)), wait)),
+            Some(wait) => Head::Wait(Pending::Publish(Some(recorder), wait)),
             None => Head::Ready(Some(recorder)),
         }
     }

@@ -11,13 +11,9 @@ use crate::store::{HeadWait, Resolved};
 
 /// What the response head decided.
 #[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "returned once per response and moved into the body at once, as the recorder was"
-)]
 pub(crate) enum Head {
     /// The recorder of the response body, if the exchange is recorded.
-    Ready(Option<Recorder>),
+    Ready(Option<Box<Recorder>>),
     /// The response waits for the session store first.
     Wait(Pending),
 }
@@ -48,7 +44,7 @@ impl Pending {
         &mut self,
         cx: &mut Context<'_>,
         response: &Response<B>,
-    ) -> Poll<Option<Recorder>> {
+    ) -> Poll<Option<Box<Recorder>>> {
         match self {
             Self::Resolve(resolving) => {
                 let resolved = ready!(resolving.wait.poll_wait(cx))
@@ -65,7 +61,7 @@ impl Pending {
             }
             Self::Publish(recorder, wait) => {
                 ready!(wait.poll_wait(cx));
-                Poll::Ready(recorder.take().map(|r| *r))
+                Poll::Ready(recorder.take())
             }
         }
     }
