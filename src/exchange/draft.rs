@@ -52,7 +52,7 @@ impl Exchange {
         insert_client(&mut metadata, request.and_then(|r| r.client.as_ref()));
         let version = request
             .and_then(|r| r.protocol_version.clone())
-            .or_else(|| self.protocol_header.clone());
+            .or_else(|| self.protocol_header().map(str::to_owned));
         if let Some(version) = version {
             metadata.insert("protocol_version".to_owned(), Value::from(version));
         }
@@ -119,10 +119,10 @@ impl Exchange {
                 }
                 let version = request
                     .protocol_version
-                    .as_ref()
-                    .or(self.protocol_header.as_ref());
+                    .as_deref()
+                    .or(self.protocol_header());
                 if let Some(version) = version {
-                    attributes.insert("mcp.protocol.version", Value::from(version.as_str()));
+                    attributes.insert("mcp.protocol.version", Value::from(version));
                 }
                 if request.is_self_contained()
                     && let Some(client) = &request.client
@@ -156,7 +156,7 @@ impl Exchange {
                 }
             }
             None => {
-                let route = self.route.as_deref().unwrap_or(&self.path);
+                let route = self.route.as_ref().map_or(&*self.path, |r| r.as_str());
                 attributes.insert("http.request.method", Value::from(self.method.as_str()));
                 attributes.insert("http.route", Value::from(route));
                 let name = format!("http.{} {route}", self.method);

@@ -45,7 +45,7 @@ pub(crate) fn session_id(headers: &HeaderMap, name: &http::HeaderName) -> Option
     valid.then(|| Arc::from(String::from_utf8_lossy(value)))
 }
 
-pub(super) fn header_text(headers: &HeaderMap, name: impl AsHeaderName) -> Option<String> {
+fn header_text(headers: &HeaderMap, name: impl AsHeaderName) -> Option<String> {
     headers.get(name)?.to_str().ok().map(str::to_owned)
 }
 

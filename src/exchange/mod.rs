@@ -37,9 +37,7 @@ mod pending;
 
 use crate::wire::{Run, Timestamp};
 pub(crate) use head::session_id;
-use head::{
-    METHOD_HEADER, NAME_HEADER, PROTOCOL_VERSION_HEADER, accepts_event_stream, caller, header_text,
-};
+use head::{METHOD_HEADER, NAME_HEADER, PROTOCOL_VERSION_HEADER, accepts_event_stream, caller};
 pub(crate) use pending::{Head, Pending, Resolving};
 
 /// The request body as the inner service read it, shared with
@@ -57,10 +55,11 @@ pub(crate) struct Exchange {
     started: Instant,
     method: Method,
     path: String,
-    route: Option<String>,
+    /// axum's matched route (shared, not copied).
+    route: Option<axum::extract::MatchedPath>,
     /// The session id, unless the config groups sessions by the key chain.
     session_id: Option<Arc<str>>,
-    protocol_header: Option<String>,
+    protocol_header: Option<HeaderValue>,
     /// `Mcp-Method` / `Mcp-Name` (MCP 2026-07-28): name a request too large to parse.
     method_header: Option<HeaderValue>,
     name_header: Option<HeaderValue>,
@@ -157,14 +156,14 @@ impl Exchange {
             distinct_id,
             joined: inbound_propagation(headers),
             request_span,
-            protocol_header: header_text(headers, PROTOCOL_VERSION_HEADER),
+            protocol_header: headers.get(&PROTOCOL_VERSION_HEADER).cloned(),
             method_header: headers.get(&METHOD_HEADER).cloned(),
             name_header: headers.get(&NAME_HEADER).cloned(),
             wants_event_stream,
             route: parts
                 .extensions
                 .get::<axum::extract::MatchedPath>()
-                .map(|p| p.as_str().to_owned()),
+                .cloned(),
             path,
             method: parts.method.clone(),
             started_at: Timestamp::now(),
@@ -487,7 +486,7 @@ impl Exchange {
                 ClientMessage::Request(McpRequest::named(
                     method,
                     text(&self.name_header),
-                    self.protocol_header.clone(),
+                    self.protocol_header().map(str::to_owned),
                 ))
             })
         } else {
@@ -503,6 +502,11 @@ impl Exchange {
             bytes,
         };
         (message, input)
+    }
+
+    /// The `Mcp-Protocol-Version` header, if it is text.
+    fn protocol_header(&self) -> Option<&str> {
+        self.protocol_header.as_ref()?.to_str().ok()
     }
 
     /// A DELETE or a GET event stream on the MCP endpoint: about the session itself.
