@@ -36,15 +36,11 @@ impl Exporter {
         let records = Encoded::of(call);
         let now = Instant::now();
         let stats = &self.core.stats;
-        let (wake, spent) = self.core.update(|queue| {
-            let wake = records
+        let wake = self.core.update(|queue| {
+            records
                 .into_iter()
-                .fold(false, |wake, record| queue.push(record, now, stats) | wake);
-            (wake, queue.spent.take())
+                .fold(false, |wake, record| queue.push(record, now, stats) | wake)
         });
-        // Delivered records are freed here, where they were allocated
-        // (see `spent`), and outside the lock.
-        drop(spent);
         if wake {
             self.core.wake.notify_one();
         }
@@ -102,12 +98,6 @@ impl Exporter {
             "trodo: delivery shut down"
         );
         drained
-    }
-
-    /// How many delivered records wait for a send to free them.
-    #[cfg(test)]
-    pub(crate) fn spent_len(&self) -> usize {
-        self.core.queue().spent.len()
     }
 
     /// A snapshot of the delivery counters.

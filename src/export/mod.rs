@@ -37,7 +37,6 @@ mod retry;
 #[cfg(test)]
 mod script;
 mod sink;
-mod spent;
 #[cfg(test)]
 mod tests;
 mod thread;

@@ -45,7 +45,6 @@ use super::batch::Batch;
 use super::counters::{DropReason, Stats};
 use super::item::{Encoded, Item, ItemKind, Seq};
 use super::retry::RetryState;
-use super::spent::Spent;
 
 /// Where a run's FIFO stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +75,6 @@ struct RunQueue {
 /// (which takes batches and reports how they went).
 #[derive(Debug)]
 pub(crate) struct Queue {
-    /// Delivered records, for the request path to free (see [`Spent`]).
-    pub(crate) spent: Spent,
     options: DeliveryOptions,
     runs: HashMap<Uuid, RunQueue>,
     /// Runs in state `Ready` with records, by the place of their front record.
@@ -110,7 +107,6 @@ impl Queue {
     /// An empty queue with these bounds.
     pub(crate) fn new(options: DeliveryOptions) -> Self {
         Self {
-            spent: Spent::default(),
             options,
             runs: HashMap::new(),
             ready: BTreeSet::new(),

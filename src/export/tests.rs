@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use super::outcome::Outcome;
 use super::script::{Script, end, options, span, span_with, spawn, start};
-use super::spent::MAX_WAIT;
 use super::{DeliveryCounters, DeliveryOptions, Exporter};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -479,27 +478,4 @@ async fn an_orphaned_worker_gives_up_after_its_drain_time() {
     worker.await.unwrap();
     // Tries at 0, 1 and 3 s; the 5 s drain time ends before the next.
     assert_eq!(script.times_ms(), [0, 1000, 3000]);
-}
-
-#[tokio::test(start_paused = true)]
-async fn delivered_records_are_freed_by_the_next_send_or_after_a_second_by_the_worker() {
-    let script = Script::ok();
-    let (exporter, _worker) = spawn(&script, options());
-    exporter.send(span(1, "a"));
-    exporter.send(span(1, "b"));
-    assert!(exporter.flush(HOUR).await);
-    assert_eq!(
-        exporter.spent_len(),
-        2,
-        "delivered, kept for the request path"
-    );
-    exporter.send(span(1, "c"));
-    assert_eq!(exporter.spent_len(), 0, "the next send took them");
-    assert!(exporter.flush(HOUR).await);
-    assert_eq!(exporter.spent_len(), 1);
-    // A quiet server sends nothing more: the worker frees them itself.
-    tokio::time::sleep(MAX_WAIT + Duration::from_millis(1)).await;
-    assert_eq!(exporter.spent_len(), 0);
-    assert_eq!(script.described(), ["spans 1 a,b", "spans 1 c"]);
-    assert_eq!(exporter.counters().sent, 3);
 }

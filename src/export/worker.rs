@@ -88,8 +88,7 @@ impl Worker {
             .saturating_sub(self.in_flight.len());
         let paused = self.paused_until.is_some();
         let busy = !self.in_flight.is_empty();
-        let (batches, done, wake_at, expired) = self.core.update(|queue| {
-            let expired = queue.spent.take_expired(now);
+        let (batches, done, wake_at) = self.core.update(|queue| {
             if queue.next_due().is_some_and(|at| at <= now) {
                 queue.make_due();
             }
@@ -102,14 +101,12 @@ impl Worker {
                 }
             }
             let done = queue.is_closed() && queue.size() == (0, 0) && !busy;
-            let wake_at = [queue.next_due(), queue.next_wake(), queue.spent.deadline()]
+            let wake_at = [queue.next_due(), queue.next_wake()]
                 .into_iter()
                 .flatten()
                 .min();
-            (batches, done, wake_at, expired)
+            (batches, done, wake_at)
         });
-        // Nobody took them in time: freed here, outside the lock.
-        drop(expired);
         if done {
             return Next::Stop;
         }
@@ -131,13 +128,7 @@ impl Worker {
         match outcome {
             Outcome::Delivered => {
                 stats.sent(batch.len());
-                // The records go back to the request path to be freed
-                // (see `spent`); what does not fit is freed here.
-                let refused = self.core.update(|queue| {
-                    queue.delivered(&batch);
-                    queue.spent.keep(std::mem::take(&mut batch.items), now)
-                });
-                drop(refused);
+                self.core.update(|queue| queue.delivered(&batch));
             }
             Outcome::Transient {
                 retry_after,
