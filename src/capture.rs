@@ -9,7 +9,7 @@
 ///
 /// Characters are counted the way [`String::from_utf8_lossy`] decodes them:
 /// a valid UTF-8 sequence is one character and so is every maximal invalid
-/// subpart (which becomes one U+FFFD), so [`Capture::text`] holds exactly the
+/// subpart (which becomes one U+FFFD), so [`Capture::into_text`] holds exactly the
 /// characters counted here.
 #[derive(Debug)]
 pub(crate) struct Capture {
@@ -107,18 +107,21 @@ impl Capture {
     /// (U+FFFD). At most `limit_chars` characters, cut on a character boundary.
     ///
     /// Valid UTF-8 (the common case) becomes the text without a copy.
+    /// Characters are counted as the lossy decoding makes them, so the text
+    /// has at most `limit_chars` without cutting it again.
     pub(crate) fn into_text(self) -> String {
-        match String::from_utf8(self.kept) {
-            // Valid UTF-8 holds whole characters only, at most `limit` of them.
-            Ok(text) => text,
-            Err(error) => lossy_text(error.as_bytes(), self.limit),
+        let mut text = text_of(self.kept);
+        // A body that came in several chunks may have left room to spare.
+        if text.capacity() > text.len() + text.len() / 4 {
+            text.shrink_to_fit();
         }
+        text
     }
 
     /// [`into_text`](Self::into_text) of the capture so far, for tests.
     #[cfg(test)]
     pub(crate) fn text(&self) -> String {
-        lossy_text(&self.kept, self.limit)
+        String::from_utf8_lossy(&self.kept).into_owned()
     }
 
     /// Grows `kept` for `additional` bytes, amortised but never past the
@@ -135,10 +138,11 @@ impl Capture {
     }
 }
 
-/// `bytes` as text, invalid UTF-8 replaced by U+FFFD, cut to `limit` characters.
-fn lossy_text(bytes: &[u8], limit: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    truncate_chars(&text, limit).0.to_owned()
+/// `bytes` as text: as they are when valid UTF-8 (no copy), else decoded
+/// lossily (each invalid subpart becomes one U+FFFD).
+pub(crate) fn text_of(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
 }
 
 /// For the first byte of a character: how many continuation bytes it expects

@@ -17,6 +17,8 @@
 //! "priming" events (`data: \nid: 0\nretry: 3000\n\n`) to set a resumption
 //! id; they carry no JSON-RPC message.
 
+use crate::capture::text_of;
+
 /// The most bytes kept of an `event` or `id` value; longer values are cut.
 pub(crate) const MAX_META_BYTES: usize = 1024;
 
@@ -275,7 +277,7 @@ impl SseDecoder {
         if data_truncated {
             data.truncate(complete_prefix(&data));
         }
-        let data = into_text(data);
+        let data = text_of(data);
         on_event(SseEvent {
             event: (!event.is_empty()).then(|| lossy(&event)),
             id: (!self.last_id.is_empty()).then(|| lossy(&self.last_id)),
@@ -330,11 +332,6 @@ fn complete_prefix(bytes: &[u8]) -> usize {
 /// Decodes bytes as UTF-8, replacing invalid sequences with U+FFFD.
 fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// [`lossy`], without a copy when the bytes are valid UTF-8.
-fn into_text(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|invalid| lossy(invalid.as_bytes()))
 }
 
 #[cfg(test)]
