@@ -11,7 +11,8 @@
 //! Printed per round, then as medians: the CPU time the driving thread spent
 //! per exchange (from `/proc/thread-self/schedstat`), what the layer added
 //! and the layered / bare ratio; and the heap bytes allocated per exchange
-//! (all threads, so the delivery thread's share is included). This isolates
+//! (all threads of the process, so the delivery thread's and the local
+//! ingest's share are included). This isolates
 //! what the layer costs a request. It is much steadier than the load bench
 //! (`benches/overhead.rs`), where the network, rmcp and the load generator
 //! share the machine.
