@@ -27,6 +27,8 @@
 
 #[path = "support/counting_ingest.rs"]
 mod counting_ingest;
+#[path = "support/env.rs"]
+mod env;
 #[path = "support/machine.rs"]
 mod machine;
 
@@ -62,18 +64,10 @@ const INITIALIZE_ANSWER: [&str; 2] = [
     "data: {\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"protocolVersion\":\"2025-11-25\",\"capabilities\":{\"tools\":{}},\"serverInfo\":{\"name\":\"rmcp\",\"version\":\"1\"}}}\nid: 1/0\n\n",
 ];
 
-fn var(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|v| *v > 0)
-        .unwrap_or(default)
-}
-
 fn main() {
-    let calls = var("EXCHANGE_CALLS", 100_000);
-    let rounds = var("EXCHANGE_ROUNDS", 5);
-    let enabled = std::env::var("EXCHANGE_TRODO_ENABLED").as_deref() != Ok("false");
+    let calls = env::positive("EXCHANGE_CALLS", 100_000) as usize;
+    let rounds = env::positive("EXCHANGE_ROUNDS", 5) as usize;
+    let enabled = env::layer_enabled("EXCHANGE_TRODO_ENABLED");
     let ingest = serve_ingest();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -33,6 +33,8 @@
 
 #[path = "support/counting_ingest.rs"]
 mod counting_ingest;
+#[path = "support/env.rs"]
+mod env;
 #[path = "support/machine.rs"]
 mod machine;
 #[path = "../examples/support/tools.rs"]
@@ -84,13 +86,7 @@ struct Options {
 
 impl Options {
     fn from_env() -> Self {
-        fn var(name: &str, default: u64) -> u64 {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .filter(|v| *v > 0)
-                .unwrap_or(default)
-        }
+        let var = env::positive;
         Self {
             clients: var("OVERHEAD_CLIENTS", 32) as usize,
             rounds: var("OVERHEAD_ROUNDS", 5) as usize,
@@ -103,7 +99,7 @@ impl Options {
                 Ok("layered") => Some(true),
                 _ => None,
             },
-            trodo_enabled: std::env::var("OVERHEAD_TRODO_ENABLED").as_deref() != Ok("false"),
+            trodo_enabled: env::layer_enabled("OVERHEAD_TRODO_ENABLED"),
             tool_ms: std::env::var("OVERHEAD_TOOL_MS")
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
