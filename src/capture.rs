@@ -290,7 +290,7 @@ mod tests {
         assert_eq!(text, "héllo");
         assert_eq!(text.as_ptr(), kept, "the kept bytes became the text");
 
-        // A character cut by the end of the stream is one U+FFFD, as in `text`.
+        // An invalid byte is one U+FFFD and one of the `limit` characters.
         let mut invalid = Capture::new(3);
         invalid.push(b"a\xFFb\xE2\x82");
         assert_eq!(invalid.text(), "a\u{FFFD}b");
