@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
 use crate::exchange::RequestCapture;
-use crate::recorder::Recorder;
+use crate::recorder::BodyEnd;
+use crate::watch::Watch;
 
 pin_project! {
     /// The request body as the inner service sees it: the same frames, in the
@@ -84,31 +85,31 @@ pin_project! {
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,
-        // Boxed: the body stays small (axum boxes it, hyper moves it), and
-        // so does a pass-through layer's.
-        recorder: Option<Box<Recorder>>,
+        // Boxed inside: the body stays small (axum boxes it, hyper moves
+        // it), and so does a pass-through layer's.
+        watch: Option<Watch>,
     }
 
     impl<B> PinnedDrop for ResponseBody<B> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(recorder) = this.project().recorder.take() {
-                recorder.on_drop();
+            if let Some(watch) = this.project().watch.take() {
+                watch.end(BodyEnd::Dropped);
             }
         }
     }
 }
 
 impl<B: Body> ResponseBody<B> {
-    pub(crate) fn new(inner: B, recorder: Option<Box<Recorder>>) -> Self {
+    pub(crate) fn new(inner: B, watch: Option<Watch>) -> Self {
         // A body that is already over (e.g. a 202 with no content) will not be polled.
-        let recorder = match recorder {
-            Some(recorder) if inner.is_end_stream() => {
-                recorder.on_end();
+        let watch = match watch {
+            Some(watch) if inner.is_end_stream() => {
+                watch.end(BodyEnd::Complete);
                 None
             }
             other => other,
         };
-        Self { inner, recorder }
+        Self { inner, watch }
     }
 }
 
@@ -135,25 +136,26 @@ where
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                let answered = match (frame.data_ref(), this.recorder.as_mut()) {
-                    (Some(data), Some(recorder)) => recorder.on_data(data),
-                    _ => false,
-                };
-                // The consumer may not poll again once the length is reached.
-                if (answered || this.inner.is_end_stream())
-                    && let Some(recorder) = this.recorder.take()
+                if let Some(data) = frame.data_ref()
+                    && let Some(watch) = this.watch.take()
                 {
-                    recorder.on_end();
+                    *this.watch = watch.on_data(data);
+                }
+                // The consumer may not poll again once the length is reached.
+                if this.inner.is_end_stream()
+                    && let Some(watch) = this.watch.take()
+                {
+                    watch.end(BodyEnd::Complete);
                 }
             }
             Some(Err(_)) => {
-                if let Some(recorder) = this.recorder.take() {
-                    recorder.on_error();
+                if let Some(watch) = this.watch.take() {
+                    watch.end(BodyEnd::Broke);
                 }
             }
             None => {
-                if let Some(recorder) = this.recorder.take() {
-                    recorder.on_end();
+                if let Some(watch) = this.watch.take() {
+                    watch.end(BodyEnd::Complete);
                 }
             }
         }

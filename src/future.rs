@@ -9,7 +9,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use crate::body::ResponseBody;
-use crate::exchange::{Exchange, Failure, Head, Pending};
+use crate::exchange::{Exchange, Failure, Head, Pending, ResponseHead};
+use crate::tape::Tape;
+use crate::watch::Watch;
 
 pin_project! {
     /// The response future of [`TrodoService`](crate::TrodoService).
@@ -32,7 +34,7 @@ pin_project! {
         // combinators), and so does a pass-through layer's.
         exchange: Option<Box<Exchange>>,
         // The inner service's answer while its head waits for the session store.
-        waiting: Option<Box<(Pending, F::Output)>>,
+        waiting: Option<Box<(Pending, ResponseHead, F::Output)>>,
     }
 
     impl<F> PinnedDrop for ResponseFuture<F>
@@ -78,9 +80,9 @@ where
         let mut this = self.project();
         loop {
             if let Some(mut waiting) = this.waiting.take() {
-                let (pending, answer) = &mut *waiting;
+                let (pending, head, answer) = &mut *waiting;
                 let recorder = match answer {
-                    Ok(response) => match pending.poll_settle(cx, response) {
+                    Ok(_) => match pending.poll_settle(cx, head) {
                         Poll::Ready(recorder) => recorder,
                         Poll::Pending => {
                             *this.waiting = Some(waiting);
@@ -89,26 +91,30 @@ where
                     },
                     Err(_) => None,
                 };
-                let (_, answer) = *waiting;
-                return Poll::Ready(
-                    answer.map(|r| r.map(|body| ResponseBody::new(body, recorder))),
-                );
+                let (_, _, answer) = *waiting;
+                let watch = recorder.map(Watch::Live);
+                return Poll::Ready(answer.map(|r| r.map(|body| ResponseBody::new(body, watch))));
             }
             let result = ready!(this.inner.as_mut().poll(cx));
             let exchange = this.exchange.take();
             match result {
                 Ok(response) => {
-                    let head = exchange.map_or(Head::Ready(None), |e| e.on_response(&response));
-                    match head {
-                        Head::Ready(recorder) => {
-                            return Poll::Ready(Ok(
-                                response.map(|body| ResponseBody::new(body, recorder))
-                            ));
+                    let Some(mut exchange) = exchange else {
+                        return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, None))));
+                    };
+                    let head = exchange.read_head(&response);
+                    let watch = if exchange.tapes(&head) {
+                        Some(Watch::Taped(Tape::new(exchange, head)))
+                    } else {
+                        match exchange.on_response(&head) {
+                            Head::Ready(recorder) => recorder.map(Watch::Live),
+                            Head::Wait(pending) => {
+                                *this.waiting = Some(Box::new((pending, head, Ok(response))));
+                                continue;
+                            }
                         }
-                        Head::Wait(pending) => {
-                            *this.waiting = Some(Box::new((pending, Ok(response))));
-                        }
-                    }
+                    };
+                    return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, watch))));
                 }
                 Err(error) => {
                     if let Some(exchange) = exchange {

@@ -90,6 +90,7 @@
 pub mod __bench;
 mod api;
 mod attributes;
+mod backlog;
 mod body;
 mod capture;
 mod capture_policy;
@@ -100,6 +101,7 @@ mod export;
 mod future;
 mod layer;
 mod mcp;
+mod moment;
 mod recorder;
 mod route_kind;
 mod run;
@@ -108,6 +110,8 @@ mod span_draft;
 mod span_kind;
 mod state;
 pub mod store;
+mod tape;
+mod watch;
 mod wire;
 
 pub use api::{

@@ -6,18 +6,20 @@
 //! progress, logging or server-to-client requests). Any other body is captured
 //! up to the capture limit and read at its end.
 
-use http::{HeaderMap, StatusCode, header};
+use http::StatusCode;
 use serde_json::Value;
 use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::capture::{Capture, truncate_chars};
 use crate::capture_policy::Side;
+use crate::exchange::ResponseHead;
 use crate::mcp::envelope::{
     Outcome, Response, ServerMessage, looks_like_response, parse_response, parse_server_message,
 };
 use crate::mcp::error_type;
 use crate::mcp::sse::{SseDecoder, SseEvent};
+use crate::moment::Moment;
 use crate::span_draft::{Destination, Ending, SpanDraft, note_server};
 use crate::state::Shared;
 
@@ -67,6 +69,17 @@ struct Found {
     response: Option<Response>,
 }
 
+/// How a response body is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyEnd {
+    /// It ended normally (or the answer was seen).
+    Complete,
+    /// It failed while streaming.
+    Broke,
+    /// It was dropped before it ended: the client went away.
+    Dropped,
+}
+
 /// Watches one response body; see the module docs.
 #[derive(Debug)]
 pub(crate) struct Recorder {
@@ -84,15 +97,14 @@ impl Recorder {
         shared: Arc<Shared>,
         draft: SpanDraft,
         destination: Destination,
-        status: StatusCode,
-        headers: &HeaderMap,
+        head: &ResponseHead,
     ) -> Box<Self> {
-        let reader = Reader::for_body(headers, shared.settings.capture_limit);
+        let reader = Reader::for_body(head, shared.settings.capture_limit);
         Box::new(Self {
             shared,
             purpose: Purpose::Span { draft, destination },
             reader,
-            status,
+            status: head.status,
             bytes_out: 0,
         })
     }
@@ -104,9 +116,9 @@ impl Recorder {
         key: Arc<str>,
         run_id: Uuid,
         request_id: Value,
-        headers: &HeaderMap,
+        head: &ResponseHead,
     ) -> Box<Self> {
-        let reader = Reader::for_body(headers, shared.settings.capture_limit);
+        let reader = Reader::for_body(head, shared.settings.capture_limit);
         Box::new(Self {
             shared,
             purpose: Purpose::Initialize {
@@ -154,25 +166,17 @@ impl Recorder {
         }
     }
 
-    /// The body ended normally.
-    pub(crate) fn on_end(self) {
-        self.finish(None);
+    /// The body is over (`how`), as seen at `ended`: finishes the span.
+    pub(crate) fn end(self, how: BodyEnd, ended: Moment) {
+        let interruption = match how {
+            BodyEnd::Complete => None,
+            BodyEnd::Broke => Some(("stream_error", "the response stream broke")),
+            BodyEnd::Dropped => Some(("cancelled", "the client went away before the answer")),
+        };
+        self.finish(interruption, ended);
     }
 
-    /// The body failed while streaming.
-    pub(crate) fn on_error(self) {
-        self.finish(Some(("stream_error", "the response stream broke")));
-    }
-
-    /// The body was dropped before it ended: the client went away.
-    pub(crate) fn on_drop(self) {
-        self.finish(Some((
-            "cancelled",
-            "the client went away before the answer",
-        )));
-    }
-
-    fn finish(self, interruption: Option<(&str, &str)>) {
+    fn finish(self, interruption: Option<(&str, &str)>, ended: Moment) {
         let Self {
             shared,
             purpose,
@@ -218,6 +222,7 @@ impl Recorder {
                             .map(|(kind, message)| (kind, message, None))
                     });
                 let ending = Ending {
+                    ended,
                     output,
                     output_truncated,
                     bytes_out,
@@ -256,12 +261,8 @@ fn classify(
 }
 
 impl Reader {
-    fn for_body(headers: &HeaderMap, limit: usize) -> Self {
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if content_type.starts_with("text/event-stream") {
+    fn for_body(head: &ResponseHead, limit: usize) -> Self {
+        if head.is_event_stream() {
             Self::EventStream {
                 decoder: SseDecoder::new(limit.saturating_mul(4)),
                 found: None,
@@ -270,7 +271,7 @@ impl Reader {
         } else {
             Self::Whole {
                 capture: Capture::new(limit),
-                json: content_type.starts_with("application/json"),
+                json: head.is_json(),
             }
         }
     }
@@ -326,19 +327,19 @@ impl Found {
     /// Reads one event: the response to `request_id` (any response when the
     /// id is unknown), a progress notification, or something else. An event
     /// cut by the limit is taken as the answer when its start reads like a response.
-    fn from_event(event: SseEvent, request_id: Option<&Value>, limit: usize) -> EventMeaning {
+    fn from_event(event: SseEvent<'_>, request_id: Option<&Value>, limit: usize) -> EventMeaning {
         if event.data_truncated {
-            if !looks_like_response(&event.data) {
+            if !looks_like_response(event.data) {
                 return EventMeaning::Other;
             }
-            let (text, _) = cut_to(event.data, limit);
+            let (text, _) = cut_to(event.text(), limit);
             return EventMeaning::Answer(Self {
                 text,
                 truncated: true,
                 response: None,
             });
         }
-        let response = match parse_server_message(event.data.as_bytes()) {
+        let response = match parse_server_message(event.data) {
             Some(ServerMessage::Response(response)) => response,
             Some(ServerMessage::Notification { method }) if method == "notifications/progress" => {
                 return EventMeaning::Progress;
@@ -348,7 +349,7 @@ impl Found {
         if request_id.is_some_and(|id| *id != response.id) {
             return EventMeaning::Other;
         }
-        let (text, truncated) = cut_to(event.data, limit);
+        let (text, truncated) = cut_to(event.text(), limit);
         EventMeaning::Answer(Self {
             text,
             truncated,

@@ -11,6 +11,7 @@ use crate::api::{RequestSpan, record_in_run};
 use crate::capture::truncate_chars;
 use crate::export::IngestCall;
 use crate::mcp::envelope::Response;
+use crate::moment::Moment;
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
 use crate::wire::{MAX_ERROR_CHARS, Run, RunStatus, Span, SpanStatus, Timestamp, Totals};
@@ -54,6 +55,8 @@ pub(crate) struct SpanDraft {
 /// How a span ended: its output and, if it failed, why.
 #[derive(Debug)]
 pub(crate) struct Ending {
+    /// When the response (or its failure) was seen.
+    pub(crate) ended: Moment,
     pub(crate) output: Option<String>,
     pub(crate) output_truncated: bool,
     pub(crate) bytes_out: u64,
@@ -73,6 +76,7 @@ impl SpanDraft {
         message: &str,
     ) {
         let ending = Ending {
+            ended: Moment::now(),
             output: None,
             output_truncated: false,
             bytes_out: 0,
@@ -82,9 +86,11 @@ impl SpanDraft {
         self.finish(shared, destination, ending);
     }
 
-    /// Finishes the span and hands it on to its run.
+    /// Finishes the span and hands it on to its run, after the spans of
+    /// every exchange that ended before it (see [`crate::backlog`]).
     pub(crate) fn finish(mut self, shared: &Shared, destination: Destination, ending: Ending) {
-        let ended_at = Timestamp::now();
+        shared.backlog.catch_up();
+        let ended = ending.ended;
         self.attributes
             .insert("http.response.body.size", ending.bytes_out);
         self.attributes
@@ -106,8 +112,14 @@ impl SpanDraft {
         let span = Span {
             parent_span_id: self.parent_span_id,
             status,
-            ended_at,
-            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ended_at: ended.at,
+            duration_ms: u64::try_from(
+                ended
+                    .instant
+                    .saturating_duration_since(self.started)
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX),
             input: self.input,
             output: ending.output,
             error_type,

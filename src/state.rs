@@ -4,10 +4,12 @@ use std::fmt;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::backlog::{self, Backlog};
 use crate::config::{Settings, TrodoConfig};
 use crate::export::{self, ConsoleSink, DeliveryOptions, Exporter, HttpSink, Sink, Worker};
 use crate::run::{ClosedVia, Sessions};
 use crate::store::{Mirror, StoreCounters};
+use crate::tape::Ended;
 
 /// Most distinct MCP endpoint paths remembered (a scanner must not grow the list).
 const MAX_MCP_PATHS: usize = 16;
@@ -17,6 +19,8 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) sessions: Sessions,
     pub(crate) exporter: Exporter,
+    /// Exchanges whose reading was put off until after their answer.
+    pub(crate) backlog: Arc<Backlog<Ended>>,
     /// The link to the session store shared with other workers, if configured.
     pub(crate) mirror: Option<Mirror>,
     /// The delivery worker, if it has no thread, until it runs on the runtime.
@@ -34,6 +38,12 @@ impl fmt::Debug for Shared {
             .field("settings", &self.settings)
             .field("open_runs", &self.sessions.len())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.backlog.abandon();
     }
 }
 
@@ -62,10 +72,14 @@ impl Shared {
             ..DeliveryOptions::default()
         };
         let (exporter, worker) = Exporter::new(sink, delivery);
-        // Delivery runs on a thread of its own; if that cannot be made, on
-        // the server's runtime once one is at hand.
+        let backlog = Arc::new(Backlog::default());
+        // Delivery, and reading the backlog, run on a thread of their own;
+        // if that cannot be made, on the server's runtime once one is at hand.
         let worker = match settings.enabled.then(|| export::spawn_thread(worker)) {
-            Some(Ok(())) => None,
+            Some(Ok(thread)) => {
+                thread.spawn(backlog::read(Arc::clone(&backlog)));
+                None
+            }
             Some(Err(worker)) => Some(*worker),
             None => None,
         };
@@ -81,6 +95,7 @@ impl Shared {
             mirror,
             settings,
             exporter,
+            backlog,
             worker: std::sync::Mutex::new(worker),
             background: OnceLock::new(),
             mcp_paths: RwLock::new(Vec::new()),
@@ -106,6 +121,7 @@ impl Shared {
                 .take();
             if let Some(worker) = worker {
                 runtime.spawn(worker.run());
+                runtime.spawn(backlog::read(Arc::clone(&self.backlog)));
             }
             runtime.spawn(sweep_idle_sessions(Arc::downgrade(self)));
             if let Some(mirror) = &self.mirror {
@@ -168,6 +184,7 @@ impl Shared {
             return true;
         }
         let deadline = tokio::time::Instant::now() + timeout;
+        self.backlog.catch_up();
         match &self.mirror {
             None => {
                 let ended = self
@@ -193,6 +210,7 @@ impl Shared {
     /// Works off the store queue, then delivers what is queued, within `timeout`.
     async fn flush(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
+        self.backlog.catch_up();
         if let Some(mirror) = &self.mirror
             && !mirror.drain(timeout).await
         {
@@ -224,6 +242,8 @@ async fn sweep_idle_sessions(shared: std::sync::Weak<Shared>) {
         if shared.is_shut_down() {
             return;
         }
+        // Requests read later count as activity; they are read first.
+        shared.backlog.catch_up();
         shared.sessions.sweep_idle(
             Instant::now(),
             shared.settings.idle_timeout,

@@ -275,13 +275,11 @@ async fn rmcp_client_session_becomes_one_run_with_exact_wire() {
 async fn progress_events_reach_the_client_before_the_tool_finishes() {
     use futures::StreamExt;
     let ingest = RecordingIngest::start().await.unwrap();
-    let (tools, trodo, mut stream) = call_waiting_tool(&ingest, 7).await;
+    let (tools, trodo, stream) = call_waiting_tool(&ingest, 7).await;
     let mut seen = String::new();
     // The tool is blocked until released: the progress event must already be here.
-    while !seen.contains("notifications/progress") {
-        let chunk = stream.next().await.expect("stream open").unwrap();
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let mut stream = std::pin::pin!(stream);
+    read_until(&mut stream, &mut seen, "notifications/progress").await;
     assert!(!seen.contains("released"), "{seen}");
     // Everything recorded so far is delivered: the session's start, no span.
     assert!(trodo.flush(WAIT).await);
@@ -307,4 +305,34 @@ async fn progress_events_reach_the_client_before_the_tool_finishes() {
     );
     assert_eq!(output["result"]["content"][0]["text"], "released");
     assert_eq!(received[0].path, "/api/sdk/runs/start");
+}
+
+#[tokio::test]
+async fn an_answer_after_its_run_ended_opens_no_run() {
+    use futures::StreamExt;
+    let ingest = RecordingIngest::start().await.unwrap();
+    let (tools, trodo, stream) = call_waiting_tool(&ingest, 7).await;
+    let mut seen = String::new();
+    let mut stream = std::pin::pin!(stream);
+    read_until(&mut stream, &mut seen, "notifications/progress").await;
+    assert!(trodo.flush(WAIT).await);
+    let run_id = ingest.starts()[0]["run_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The run ends while the call is under way; then the call answers.
+    trodo.end_run(run_id, trodo_tower::EndRun::ok());
+    tools.release();
+    while let Some(chunk) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(seen.contains("released"), "the client gets its answer");
+
+    assert!(trodo.flush(WAIT).await);
+    assert_eq!(ingest.starts().len(), 1, "no run is resumed for the answer");
+    assert_eq!(ingest.ends().len(), 1);
+    assert_eq!(ingest.ends()[0].1["span_count"], 0);
+    assert!(ingest.spans().is_empty(), "the late span goes nowhere");
+    assert_eq!(trodo.open_runs(), 0);
 }

@@ -1,5 +1,7 @@
 //! How a response stream ends decides the span's status: answered, broken,
 //! ended early, or a server error; progress before the answer is counted.
+//! Each holds whether the exchange is read as it streams (the session's
+//! first request here) or later from its tape (the requests after it).
 
 mod common;
 
@@ -12,6 +14,11 @@ use serde_json::{Value, json};
 use trodo_tower::TrodoLayer;
 
 const PROGRESS: &str = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n";
+
+/// Progress events before the answer of the `long` tool: about 100 KB.
+const LONG_PROGRESS: usize = 1_000;
+const LONG_ANSWER: &str =
+    r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"long"}]}}"#;
 
 fn sse(body: Body) -> Response<Body> {
     Response::builder()
@@ -33,6 +40,14 @@ async fn scripted() -> (RecordingIngest, RawClient) {
                     "breaks" => {
                         let chunks: Vec<Result<&str, std::io::Error>> =
                             vec![Ok(PROGRESS), Err(std::io::Error::other("backend died"))];
+                        sse(Body::from_stream(futures::stream::iter(chunks)))
+                    }
+                    "long" => {
+                        // More than a tape keeps before the answer.
+                        let chunks = (0..LONG_PROGRESS)
+                            .map(|_| PROGRESS.to_owned())
+                            .chain([format!("data: {LONG_ANSWER}\n\n")])
+                            .map(Ok::<_, std::io::Error>);
                         sse(Body::from_stream(futures::stream::iter(chunks)))
                     }
                     "fine" => Response::builder()
@@ -57,43 +72,72 @@ async fn scripted() -> (RecordingIngest, RawClient) {
 
 /// Calls `tool` and returns its span; a broken answer may fail the call.
 async fn span_of(ingest: &RecordingIngest, client: &RawClient, tool: &str) -> Value {
+    let name = format!("tool.{tool}");
+    let named = |r: &[ingest::Received]| {
+        r.iter()
+            .filter_map(|r| r.body["spans"].as_array())
+            .flatten()
+            .filter(|s| s["name"] == name.as_str())
+            .count()
+    };
+    let before = named(&ingest.received());
     let request = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":tool}});
     if let Ok(response) = client.post(request.to_string()).send().await {
         let _ = response.bytes().await;
     }
-    let name = format!("tool.{tool}");
-    let has_span = |r: &[ingest::Received]| {
-        r.iter()
-            .filter_map(|r| r.body["spans"].as_array())
-            .flatten()
-            .any(|s| s["name"] == name.as_str())
-    };
-    ingest.wait_until(WAIT, has_span).await.unwrap();
+    ingest
+        .wait_until(WAIT, |r| named(r) > before)
+        .await
+        .unwrap();
     let mut spans = ingest.spans().into_iter().map(|(_, s)| s);
     spans.rfind(|s| s["name"] == name.as_str()).unwrap()
+}
+
+/// The spans of two calls of `tool`: the first read as it streams (the
+/// session's first request here), the second from its tape.
+async fn live_and_taped(ingest: &RecordingIngest, client: &RawClient, tool: &str) -> [Value; 2] {
+    let live = span_of(ingest, client, tool).await;
+    let taped = span_of(ingest, client, tool).await;
+    assert_eq!(ingest.spans().len(), 2);
+    [live, taped]
 }
 
 #[tokio::test]
 async fn an_event_stream_that_ends_without_the_answer_is_a_stream_error() {
     let (ingest, client) = scripted().await;
-    let span = span_of(&ingest, &client, "ends_early").await;
-    assert_eq!(span["status"], "error");
-    assert_eq!(span["error_type"], "stream_error");
-    assert_eq!(
-        span["error_message"],
-        "the response stream ended before the answer"
-    );
-    assert_eq!(span["attributes"]["mcp.progress_events"], 1);
-    assert!(span.get("output").is_none());
+    for span in live_and_taped(&ingest, &client, "ends_early").await {
+        assert_eq!(span["status"], "error");
+        assert_eq!(span["error_type"], "stream_error");
+        assert_eq!(
+            span["error_message"],
+            "the response stream ended before the answer"
+        );
+        assert_eq!(span["attributes"]["mcp.progress_events"], 1);
+        assert!(span.get("output").is_none());
+    }
 }
 
 #[tokio::test]
 async fn a_broken_event_stream_is_a_stream_error() {
     let (ingest, client) = scripted().await;
-    let span = span_of(&ingest, &client, "breaks").await;
-    assert_eq!(span["status"], "error");
-    assert_eq!(span["error_type"], "stream_error");
-    assert_eq!(span["error_message"], "the response stream broke");
+    for span in live_and_taped(&ingest, &client, "breaks").await {
+        assert_eq!(span["status"], "error");
+        assert_eq!(span["error_type"], "stream_error");
+        assert_eq!(span["error_message"], "the response stream broke");
+    }
+}
+
+/// The second call's tape fills before the answer: it is read live from there.
+#[tokio::test]
+async fn an_answer_after_more_than_a_tape_holds_is_read_whole() {
+    let (ingest, client) = scripted().await;
+    for span in live_and_taped(&ingest, &client, "long").await {
+        assert_eq!(span["status"], "ok");
+        assert_eq!(span["attributes"]["mcp.progress_events"], LONG_PROGRESS);
+        assert_eq!(span["output"], LONG_ANSWER);
+        let bytes = LONG_PROGRESS * PROGRESS.len() + LONG_ANSWER.len() + 8;
+        assert_eq!(span["attributes"]["http.response.body.size"], bytes);
+    }
 }
 
 #[tokio::test]

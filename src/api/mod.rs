@@ -113,6 +113,8 @@ impl Trodo {
                 .map(|s| truncate_chars(&s, MAX_ERROR_CHARS).0.to_owned()),
             metadata: end.metadata,
         };
+        // The run's totals count every request answered before this call.
+        shared.backlog.catch_up();
         match shared
             .sessions
             .close_run(run_id, ending.clone(), &shared.exporter)

@@ -139,10 +139,10 @@ impl Exchange {
             }
             None if self.method == Method::POST
                 && input.bytes > 0
-                && self.shared.is_known_mcp_path(&self.path) =>
+                && self.shared.is_known_mcp_path(self.path()) =>
             {
                 // A POST to the MCP endpoint that is not one JSON-RPC message.
-                attributes.insert("http.route", Value::from(self.path.as_str()));
+                attributes.insert("http.route", Value::from(self.path()));
                 let kind = route_kind.unwrap_or(SpanKind::Generic);
                 if input.truncated {
                     // Too large to read whole: its method is unknown, not wrong.
@@ -156,7 +156,7 @@ impl Exchange {
                 }
             }
             None => {
-                let route = self.route.as_ref().map_or(&*self.path, |r| r.as_str());
+                let route = self.route.as_ref().map_or(self.path(), |r| r.as_str());
                 attributes.insert("http.request.method", Value::from(self.method.as_str()));
                 attributes.insert("http.route", Value::from(route));
                 let name = format!("http.{} {route}", self.method);

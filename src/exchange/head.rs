@@ -3,7 +3,7 @@
 
 use http::header::AsHeaderName;
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -37,7 +37,12 @@ pub(super) fn caller(parts: &Parts) -> Option<String> {
 
 /// A session id from `name`, if it is one MCP allows: 1 to 256 visible ASCII characters.
 pub(crate) fn session_id(headers: &HeaderMap, name: &http::HeaderName) -> Option<Arc<str>> {
-    let value = headers.get(name)?.as_bytes();
+    session_id_of(headers.get(name)?)
+}
+
+/// The session id in a header value, if it is one MCP allows.
+pub(super) fn session_id_of(value: &HeaderValue) -> Option<Arc<str>> {
+    let value = value.as_bytes();
     let valid = !value.is_empty()
         && value.len() <= MAX_SESSION_ID_LEN
         && value.iter().all(|b| (0x21..=0x7e).contains(b));

@@ -12,7 +12,7 @@
 //! goes on as without a store.
 
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -23,9 +23,11 @@ use crate::capture::Capture;
 use crate::capture_policy::Side;
 use crate::config::Sessionless;
 use crate::mcp::INITIALIZE;
-use crate::mcp::envelope::{ClientMessage, Request as McpRequest, parse_client_message};
+use crate::mcp::envelope::{
+    ClientMessage, Request as McpRequest, mentions_initialize, parse_client_message,
+};
+use crate::moment::Moment;
 use crate::recorder::Recorder;
-use crate::route_kind::RouteSpanKind;
 use crate::run::{ClosedVia, KeySource, RunKey, client_identity, meta_conversation};
 use crate::span_draft::{Destination, SpanDraft};
 use crate::state::Shared;
@@ -34,11 +36,13 @@ use crate::store::{NewRun, Prefetch, Resolved};
 mod draft;
 mod head;
 mod pending;
+mod response_head;
 
 use crate::wire::{Run, Timestamp};
 pub(crate) use head::session_id;
 use head::{METHOD_HEADER, NAME_HEADER, PROTOCOL_VERSION_HEADER, accepts_event_stream, caller};
 pub(crate) use pending::{Head, Pending, Resolving};
+pub(crate) use response_head::ResponseHead;
 
 /// The request body as the inner service read it, shared with
 /// [`RequestBody`](crate::body::RequestBody).
@@ -54,7 +58,8 @@ pub(crate) struct Exchange {
     started_at: Timestamp,
     started: Instant,
     method: Method,
-    path: String,
+    /// The request's URI (shared, not copied), for its path.
+    uri: http::Uri,
     /// axum's matched route (shared, not copied).
     route: Option<axum::extract::MatchedPath>,
     /// The session id, unless the config groups sessions by the key chain.
@@ -75,6 +80,11 @@ pub(crate) struct Exchange {
     /// The request's span, also in the request's extensions for handlers.
     request_span: RequestSpan,
     request: Arc<Mutex<RequestCapture>>,
+    /// The session's run, if it was open in this process when the request came.
+    known_run: Option<Uuid>,
+    /// The run the response head found open, for an exchange read later
+    /// (see [`crate::tape`]): its span goes there, or nowhere.
+    taped_run: Option<Uuid>,
     /// The session store's lookup of a session this process does not know.
     prefetch: Option<Prefetch>,
     /// The session store's answer for a run key, once it came.
@@ -117,9 +127,9 @@ impl Exchange {
             .distinct_id
             .as_ref()
             .and_then(|extract| (extract.0)(parts));
-        let path = parts.uri.path().to_owned();
         let wants_event_stream = parts.method == Method::GET && accepts_event_stream(headers);
         let mut prefetch = None;
+        let mut known_run = None;
         if let Some(session_id) = &session_id {
             let known = match &shared.mirror {
                 None => shared.sessions.run_id(session_id),
@@ -129,8 +139,12 @@ impl Exchange {
                         settings.idle_timeout,
                         &shared.exporter,
                     );
-                    let control =
-                        is_session_control(&parts.method, wants_event_stream, &shared, &path);
+                    let control = is_session_control(
+                        &parts.method,
+                        wants_event_stream,
+                        &shared,
+                        parts.uri.path(),
+                    );
                     if known.is_none() && !control {
                         // Another worker may hold the session: ask the store
                         // now, while the inner service works.
@@ -139,6 +153,7 @@ impl Exchange {
                     known
                 }
             };
+            known_run = known;
             // A session known here already has its run: handlers can use it
             // (child spans, propagation headers) before the answer.
             if let Some(run_id) = known {
@@ -164,13 +179,15 @@ impl Exchange {
                 .extensions
                 .get::<axum::extract::MatchedPath>()
                 .cloned(),
-            path,
+            uri: parts.uri.clone(),
             method: parts.method.clone(),
             started_at: Timestamp::now(),
             started: Instant::now(),
             request: Arc::new(Mutex::new(RequestCapture {
                 capture: Capture::new(settings.capture_limit),
             })),
+            known_run,
+            taped_run: None,
             prefetch,
             resolved: None,
             read: None,
@@ -183,10 +200,81 @@ impl Exchange {
         Arc::clone(&self.request)
     }
 
+    /// When the request arrived: the activity it brings to its run, even
+    /// when it is read later.
+    fn arrived(&self) -> Moment {
+        Moment {
+            at: self.started_at,
+            instant: self.started,
+        }
+    }
+
+    /// The request's path.
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+
+    /// The state of the layer this exchange went through.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// What the layer reads of the response head.
+    pub(crate) fn read_head<B>(&self, response: &Response<B>) -> ResponseHead {
+        ResponseHead::of(response, &self.shared.settings.session_header)
+    }
+
+    /// Whether reading this exchange can wait for the backlog (see
+    /// [`crate::tape`]): a 2xx answer to one JSON-RPC message POSTed in a
+    /// session whose run this process knows, which is not an `initialize`.
+    /// If so, the exchange belongs to the run open now, as a recorder made
+    /// now would.
+    pub(crate) fn tapes(&mut self, response: &ResponseHead) -> bool {
+        let (Some(known_run), Some(session_id)) = (self.known_run, &self.session_id) else {
+            return false;
+        };
+        if !(self.method == Method::POST
+            && response.status.is_success()
+            && self.prefetch.is_none()
+            && self.resolved.is_none()
+            && self.read.is_none())
+        {
+            return false;
+        }
+        let request = self
+            .request
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let capture = &request.capture;
+        let body = capture.bytes();
+        // Not a batch: the tape tells the answer by its look alone. Any
+        // mention of initialize is decided now, as it may open a run.
+        let one_message = !capture.is_truncated()
+            && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+            && !mentions_initialize(body);
+        drop(request);
+        if !one_message {
+            return false;
+        }
+        let open = self.shared.sessions.run_if_open(session_id, self.arrived());
+        self.taped_run = open.filter(|run_id| *run_id == known_run);
+        self.taped_run.is_some()
+    }
+
+    /// Bytes of the request body kept.
+    pub(crate) fn request_bytes(&self) -> usize {
+        self.request
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .capture
+            .bytes()
+            .len()
+    }
+
     /// Decides, on the response head, what this exchange means for its
     /// run: the recorder that watches the response body, or first a wait
     /// for the session store.
-    pub(crate) fn on_response<B>(self: Box<Self>, response: &Response<B>) -> Head {
+    pub(crate) fn on_response(self: Box<Self>, response: &ResponseHead) -> Head {
         let request_span = self.request_span.clone();
         let head = self.decide(response);
         if let Head::Ready(None) = head {
@@ -195,16 +283,16 @@ impl Exchange {
         head
     }
 
-    fn decide<B>(mut self: Box<Self>, response: &Response<B>) -> Head {
+    fn decide(mut self: Box<Self>, response: &ResponseHead) -> Head {
         let (message, input) = self.read_request();
         let request = match message {
             Some(ClientMessage::Request(request)) => {
-                self.shared.learn_mcp_path(&self.path);
+                self.shared.learn_mcp_path(self.path());
                 Some(request)
             }
             Some(ClientMessage::Notification { .. } | ClientMessage::Response) => {
                 if let Some(session_id) = &self.session_id {
-                    self.shared.sessions.touch(session_id);
+                    self.shared.sessions.touch(session_id, self.arrived());
                 }
                 return Head::Ready(None);
             }
@@ -214,27 +302,18 @@ impl Exchange {
         if let Some(request) = request
             .as_ref()
             .filter(|r| r.method == INITIALIZE && !grouping)
+            && let Some(new_session) = response.session_id()
         {
-            let settings = &self.shared.settings;
-            if let Some(new_session) = session_id(response.headers(), &settings.session_header) {
-                return self.open_session(new_session, response, request, input);
-            }
+            return self.open_session(new_session, response, request, input);
         }
         match (self.session_id.clone(), request, self.joined) {
             (Some(session_id), request, _) => self.in_session(session_id, request, input, response),
             (None, Some(request), _) => self.sessionless(request, input, response),
             // Another service's call, joining its caller's run.
             (None, None, Some((run_id, _))) => {
-                let status = response.status();
-                let route_kind = response.extensions().get::<RouteSpanKind>().map(|k| k.0);
-                let draft = self.draft(None, input, route_kind, Some(status));
+                let draft = self.draft(None, input, response.route_kind, Some(response.status));
                 let destination = Destination::Joined { run_id };
-                Head::Ready(Some(self.recorder(
-                    draft,
-                    destination,
-                    status,
-                    response.headers(),
-                )))
+                Head::Ready(Some(self.recorder(draft, destination, response)))
             }
             (None, None, None) => Head::Ready(None),
         }
@@ -247,14 +326,14 @@ impl Exchange {
     fn run_of(&self, table_key: &str, open: impl FnOnce(Uuid) -> Run) -> Option<(Uuid, bool)> {
         let sessions = &self.shared.sessions;
         if self.shared.mirror.is_none() {
-            return Some(sessions.run_for(table_key, || open(Uuid::new_v4())));
+            return Some(sessions.run_for(table_key, self.arrived(), || open(Uuid::new_v4())));
         }
         match &self.resolved {
             Some((key, resolved)) if **key == *table_key => {
-                Some(sessions.settle(table_key, *resolved, open))
+                Some(sessions.settle(table_key, *resolved, self.arrived(), open))
             }
             _ => sessions
-                .run_if_open(table_key)
+                .run_if_open(table_key, self.arrived())
                 .map(|run_id| (run_id, false)),
         }
     }
@@ -289,17 +368,10 @@ impl Exchange {
         &self,
         draft: SpanDraft,
         destination: Destination,
-        status: StatusCode,
-        headers: &HeaderMap,
+        response: &ResponseHead,
     ) -> Box<Recorder> {
         self.request_span.attach(&destination);
-        Recorder::span(
-            Arc::clone(&self.shared),
-            draft,
-            destination,
-            status,
-            headers,
-        )
+        Recorder::span(Arc::clone(&self.shared), draft, destination, response)
     }
 
     /// Records a span for an exchange that ended without a response head.
@@ -333,22 +405,25 @@ impl Exchange {
     }
 
     /// A request that carries a session id.
-    fn in_session<B>(
+    fn in_session(
         self: Box<Self>,
         session_id: Arc<str>,
         request: Option<McpRequest>,
         input: Input,
-        response: &Response<B>,
+        response: &ResponseHead,
     ) -> Head {
-        let status = response.status();
+        let status = response.status;
         let sessions = &self.shared.sessions;
         let exporter = &self.shared.exporter;
-        if status == StatusCode::NOT_FOUND && self.shared.is_mcp_path(&self.path) {
+        if status == StatusCode::NOT_FOUND && self.shared.is_mcp_path(self.path()) {
+            // The end's totals count every request answered before it.
+            self.shared.backlog.catch_up();
             sessions.close(&session_id, ClosedVia::SessionExpired, exporter);
             return Head::Ready(None);
         }
         if request.is_none() && self.is_session_control() {
             if self.method == Method::DELETE && status.is_success() {
+                self.shared.backlog.catch_up();
                 sessions.close(&session_id, ClosedVia::SessionDeleted, exporter);
             }
             return Head::Ready(None);
@@ -358,41 +433,44 @@ impl Exchange {
         }
         let key = RunKey::Session(session_id);
         let table_key = key.table_key();
-        let run = self.run_of(&table_key, |run_id| {
-            // A session this process does not know: restarted, or another
-            // worker's that the store does not hold.
-            let mut metadata = self.metadata(&key, request.as_ref());
-            metadata.insert("resumed".to_owned(), Value::Bool(true));
-            self.run(&key, run_id, None, metadata)
-        });
-        let Some((run_id, opened)) = run else {
-            return self.resolve(table_key, request, input);
+        let (run_id, opened) = if let Some(taped_run) = self.taped_run {
+            // Read later: the run of the head, if it is still open; a span
+            // after its run ended goes nowhere, as a recorder's would.
+            if sessions.run_if_open(&table_key, self.arrived()) != Some(taped_run) {
+                tracing::debug!("trodo: spans after their run ended, dropped");
+                return Head::Ready(None);
+            }
+            (taped_run, false)
+        } else {
+            let run = self.run_of(&table_key, |run_id| {
+                // A session this process does not know: restarted, or another
+                // worker's that the store does not hold.
+                let mut metadata = self.metadata(&key, request.as_ref());
+                metadata.insert("resumed".to_owned(), Value::Bool(true));
+                self.run(&key, run_id, None, metadata)
+            });
+            let Some(run) = run else {
+                return self.resolve(table_key, request, input);
+            };
+            run
         };
-        let route_kind = response.extensions().get::<RouteSpanKind>().map(|k| k.0);
-        let draft = self.draft(request, input, route_kind, Some(status));
+        let draft = self.draft(request, input, response.route_kind, Some(status));
         let destination = Destination::Run {
             key: table_key,
             run_id,
             opened,
         };
-        Head::Ready(Some(self.recorder(
-            draft,
-            destination,
-            status,
-            response.headers(),
-        )))
+        Head::Ready(Some(self.recorder(draft, destination, response)))
     }
 
     /// A JSON-RPC request without a session: grouped by the key chain, or a
     /// run of its own.
-    fn sessionless<B>(
+    fn sessionless(
         self: Box<Self>,
         request: McpRequest,
         input: Input,
-        response: &Response<B>,
+        response: &ResponseHead,
     ) -> Head {
-        let status = response.status();
-        let route_kind = response.extensions().get::<RouteSpanKind>().map(|k| k.0);
         let key = match self.shared.settings.sessionless {
             Sessionless::Ignore => return Head::Ready(None),
             Sessionless::RunPerRequest => None,
@@ -420,13 +498,13 @@ impl Exchange {
                 Destination::OwnRun(Box::new(self.run_without_key(metadata)))
             }
         };
-        let draft = self.draft(Some(request), input, route_kind, Some(status));
-        Head::Ready(Some(self.recorder(
-            draft,
-            destination,
-            status,
-            response.headers(),
-        )))
+        let draft = self.draft(
+            Some(request),
+            input,
+            response.route_kind,
+            Some(response.status),
+        );
+        Head::Ready(Some(self.recorder(draft, destination, response)))
     }
 
     /// The first key of the chain: the application's, a conversation id in
@@ -515,15 +593,15 @@ impl Exchange {
             &self.method,
             self.wants_event_stream,
             &self.shared,
-            &self.path,
+            self.path(),
         )
     }
 
     /// Opens the run of the session an initialize response creates.
-    fn open_session<B>(
+    fn open_session(
         self: Box<Self>,
         session_id: Arc<str>,
-        response: &Response<B>,
+        response: &ResponseHead,
         request: &McpRequest,
         input: Input,
     ) -> Head {
@@ -549,7 +627,7 @@ impl Exchange {
             table_key,
             run_id,
             request.id.clone(),
-            response.headers(),
+            response,
         );
         match publish {
             Some(wait) => Head::Wait(Pending::Publish(Some(recorder), wait)),

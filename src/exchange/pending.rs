@@ -1,12 +1,12 @@
 //! A response head waiting for the session store.
 
-use http::Response;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use uuid::Uuid;
 
-use super::{Exchange, Failure};
-use crate::recorder::Recorder;
+use super::{Exchange, Failure, ResponseHead};
+use crate::moment::Moment;
+use crate::recorder::{BodyEnd, Recorder};
 use crate::store::{HeadWait, Resolved};
 
 /// What the response head decided.
@@ -40,10 +40,10 @@ pub(crate) struct Resolving {
 impl Pending {
     /// The recorder of the response body once the store answered (or the
     /// store timeout passed).
-    pub(crate) fn poll_settle<B>(
+    pub(crate) fn poll_settle(
         &mut self,
         cx: &mut Context<'_>,
-        response: &Response<B>,
+        response: &ResponseHead,
     ) -> Poll<Option<Box<Recorder>>> {
         match self {
             Self::Resolve(resolving) => {
@@ -76,7 +76,7 @@ impl Pending {
             }
             Self::Publish(recorder, _) => {
                 if let Some(recorder) = recorder {
-                    recorder.on_drop();
+                    recorder.end(BodyEnd::Dropped, Moment::now());
                 }
             }
         }

@@ -11,9 +11,10 @@ pub(crate) const THREAD_NAME: &str = "trodo-export";
 /// span processor runs). The thread ends when the worker does: after a
 /// shutdown, or a bounded drain once every handle on it is gone.
 ///
-/// Returns the worker back if the thread or its runtime cannot be made
-/// (the caller then runs it on its own runtime).
-pub(crate) fn spawn(worker: Worker) -> Result<(), Box<Worker>> {
+/// Returns the thread's runtime, on which other background work of the
+/// layer may run while delivery does; or the worker back if the thread or
+/// its runtime cannot be made (the caller then runs it on its own runtime).
+pub(crate) fn spawn(worker: Worker) -> Result<tokio::runtime::Handle, Box<Worker>> {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -24,6 +25,7 @@ pub(crate) fn spawn(worker: Worker) -> Result<(), Box<Worker>> {
             return Err(Box::new(worker));
         }
     };
+    let handle = runtime.handle().clone();
     // The worker is handed over only once the thread exists.
     let (hand_over, handed) = std::sync::mpsc::sync_channel::<Worker>(1);
     let spawned = std::thread::Builder::new()
@@ -37,7 +39,7 @@ pub(crate) fn spawn(worker: Worker) -> Result<(), Box<Worker>> {
         Ok(_) => {
             // The receiver waits for exactly this one send.
             let _ = hand_over.send(worker);
-            Ok(())
+            Ok(handle)
         }
         Err(err) => {
             tracing::warn!(error = %err, "trodo: no delivery thread");

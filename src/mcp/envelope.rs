@@ -6,12 +6,14 @@
 //! building a tree. serde_json's recursion limit turns absurdly nested input
 //! into "not JSON-RPC", which then passes through untouched.
 
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::LazyLock;
 
 /// The `_meta` key that carries the protocol version in MCP 2026-07-28 requests.
 pub(crate) const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
@@ -353,9 +355,20 @@ pub(crate) fn parse_server_message(bytes: &[u8]) -> Option<ServerMessage> {
 
 /// Whether the start of a message too large to parse reads like a response
 /// (a `result` or `error` member and no `method` in its first bytes).
-pub(crate) fn looks_like_response(prefix: &str) -> bool {
-    let head = prefix.get(..prefix.len().min(512)).unwrap_or(prefix);
-    (head.contains("\"result\"") || head.contains("\"error\"")) && !head.contains("\"method\"")
+pub(crate) fn looks_like_response(prefix: &[u8]) -> bool {
+    static RESULT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"result\""));
+    static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+    static METHOD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"method\""));
+    let head = &prefix[..prefix.len().min(512)];
+    let has = |finder: &Finder<'_>| finder.find(head).is_some();
+    (has(&RESULT) || has(&ERROR)) && !has(&METHOD)
+}
+
+/// Whether `message` mentions `"initialize"` anywhere (a cheap, cautious
+/// look: a request that does may open a run).
+pub(crate) fn mentions_initialize(message: &[u8]) -> bool {
+    static INITIALIZE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"initialize\""));
+    INITIALIZE.find(message).is_some()
 }
 
 #[cfg(test)]
@@ -459,11 +472,17 @@ mod tests {
     #[test]
     fn prefix_of_a_large_response() {
         assert!(looks_like_response(
-            r#"{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"xxxx"#
+            br#"{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"xxxx"#
         ));
         assert!(!looks_like_response(
-            r#"{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"xxx"#
+            br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"xxx"#
         ));
+        // Only the first 512 bytes count, whatever characters they cut.
+        let late = format!(
+            r#"{{"jsonrpc":"2.0","id":2,"x":"{}","result":1}}"#,
+            "é".repeat(300)
+        );
+        assert!(!looks_like_response(late.as_bytes()));
     }
 
     #[test]

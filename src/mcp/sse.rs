@@ -25,18 +25,35 @@ pub(crate) const MAX_META_BYTES: usize = 1024;
 /// The UTF-8 byte order mark, ignored once at the start of the stream.
 const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
-/// One decoded SSE event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SseEvent {
-    /// The `event` type; `None` when not set (the spec's default, `message`).
-    pub(crate) event: Option<String>,
+/// One decoded SSE event, borrowed from the decoder's buffers (which are
+/// reused: decoding allocates nothing once they have grown).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SseEvent<'a> {
+    /// The `event` type; empty when not set (the spec's default, `message`).
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "decoded per the spec; the layer reads data only")
+    )]
+    pub(crate) event: &'a [u8],
     /// The last event id when dispatched (it persists across events, per the
-    /// spec); `None` while unset or empty.
-    pub(crate) id: Option<String>,
-    /// The `data` lines joined with `\n`, decoded as UTF-8 lossily.
-    pub(crate) data: String,
+    /// spec); empty while unset.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "decoded per the spec; the layer reads data only")
+    )]
+    pub(crate) id: &'a [u8],
+    /// The `data` lines joined with `\n` (never ending in half a UTF-8
+    /// character cut by the limit).
+    pub(crate) data: &'a [u8],
     /// True when data bytes past `max_event_bytes` were dropped.
     pub(crate) data_truncated: bool,
+}
+
+impl SseEvent<'_> {
+    /// The data as text (lossy UTF-8).
+    pub(crate) fn text(&self) -> String {
+        text_of(self.data.to_vec())
+    }
 }
 
 /// Which field the current line sets.
@@ -94,6 +111,8 @@ pub(crate) struct SseDecoder {
     data_truncated: bool,
     /// The event type buffer.
     event: Vec<u8>,
+    /// Whether `event` and `id` are read (else only `data` is).
+    keeps_meta: bool,
     /// The last event id buffer.
     last_id: Vec<u8>,
     /// The value of the `id` line being read.
@@ -105,6 +124,7 @@ impl SseDecoder {
     /// and the event is marked `data_truncated`.
     pub(crate) fn new(max_event_bytes: usize) -> Self {
         Self {
+            keeps_meta: true,
             max_event_bytes,
             bom_matched: 0,
             started: false,
@@ -129,7 +149,7 @@ impl SseDecoder {
     /// An event is complete at its blank line: a last event without one is
     /// never dispatched (per the spec), so there is nothing to do at the end
     /// of the stream.
-    pub(crate) fn push(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent)) {
+    pub(crate) fn push(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent<'_>)) {
         let mut chunk = chunk;
         while !self.started {
             let Some((&b, rest)) = chunk.split_first() else {
@@ -149,7 +169,7 @@ impl SseDecoder {
     }
 
     /// Splits `input` into line contents and line ends.
-    fn feed(&mut self, mut input: &[u8], on_event: &mut impl FnMut(SseEvent)) {
+    fn feed(&mut self, mut input: &[u8], on_event: &mut impl FnMut(SseEvent<'_>)) {
         while let Some(&first) = input.first() {
             if self.after_cr {
                 self.after_cr = false;
@@ -202,6 +222,15 @@ impl SseDecoder {
         }
     }
 
+    /// A decoder that reads only `data` lines: its events have no `event`
+    /// type or `id`, and it allocates nothing for them.
+    pub(crate) fn data_only(max_event_bytes: usize) -> Self {
+        Self {
+            keeps_meta: false,
+            ..Self::new(max_event_bytes)
+        }
+    }
+
     /// Adds bytes to the field name, remembering only a known name's length.
     fn push_name(&mut self, bytes: &[u8]) {
         let end = self.name_len + bytes.len();
@@ -218,8 +247,8 @@ impl SseDecoder {
         self.field = match &self.name[..self.name_len] {
             _ if self.name_overflow => Field::Ignored,
             b"data" => Field::Data,
-            b"event" => Field::Event,
-            b"id" => Field::Id,
+            b"event" if self.keeps_meta => Field::Event,
+            b"id" if self.keeps_meta => Field::Id,
             _ => Field::Ignored,
         };
         match self.field {
@@ -245,7 +274,7 @@ impl SseDecoder {
     }
 
     /// A line end: finishes the line's field, or dispatches on a blank line.
-    fn end_line(&mut self, on_event: &mut impl FnMut(SseEvent)) {
+    fn end_line(&mut self, on_event: &mut impl FnMut(SseEvent<'_>)) {
         if !self.line_started {
             self.dispatch(on_event);
             return;
@@ -265,25 +294,24 @@ impl SseDecoder {
     }
 
     /// A blank line: reports the event when it has data, and resets it.
-    fn dispatch(&mut self, on_event: &mut impl FnMut(SseEvent)) {
-        let data = std::mem::take(&mut self.data);
+    fn dispatch(&mut self, on_event: &mut impl FnMut(SseEvent<'_>)) {
         let data_truncated = std::mem::replace(&mut self.data_truncated, false);
-        let event = std::mem::take(&mut self.event);
         self.has_data = false;
-        if data.is_empty() && !data_truncated {
-            return;
+        if !self.data.is_empty() || data_truncated {
+            let len = if data_truncated {
+                complete_prefix(&self.data)
+            } else {
+                self.data.len()
+            };
+            on_event(SseEvent {
+                event: &self.event,
+                id: &self.last_id,
+                data: &self.data[..len],
+                data_truncated,
+            });
         }
-        let mut data = data;
-        if data_truncated {
-            data.truncate(complete_prefix(&data));
-        }
-        let data = text_of(data);
-        on_event(SseEvent {
-            event: (!event.is_empty()).then(|| lossy(&event)),
-            id: (!self.last_id.is_empty()).then(|| lossy(&self.last_id)),
-            data,
-            data_truncated,
-        });
+        self.data.clear();
+        self.event.clear();
     }
 
     /// Bytes held in the decoder's buffers (their capacities), for tests.
@@ -329,14 +357,28 @@ fn complete_prefix(bytes: &[u8]) -> usize {
     len
 }
 
-/// Decodes bytes as UTF-8, replacing invalid sequences with U+FFFD.
-fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event as the tests compare it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct SseEvent {
+        event: Option<String>,
+        id: Option<String>,
+        data: String,
+        data_truncated: bool,
+    }
+
+    fn owned(event: &super::SseEvent<'_>) -> SseEvent {
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        SseEvent {
+            event: (!event.event.is_empty()).then(|| text(event.event)),
+            id: (!event.id.is_empty()).then(|| text(event.id)),
+            data: event.text(),
+            data_truncated: event.data_truncated,
+        }
+    }
 
     const RMCP: &str = concat!(
         "data: \nid: 0/0\nretry: 3000\n\n",
@@ -366,7 +408,7 @@ mod tests {
         let mut decoder = SseDecoder::new(max);
         let mut events = Vec::new();
         for chunk in chunks {
-            decoder.push(chunk, |e| events.push(e));
+            decoder.push(chunk, |e| events.push(owned(&e)));
         }
         events
     }
@@ -413,11 +455,11 @@ mod tests {
     fn events_are_reported_as_their_blank_line_arrives() {
         let mut decoder = SseDecoder::new(1024);
         let mut events = Vec::new();
-        decoder.push(b"data: a\n", |e| events.push(e));
+        decoder.push(b"data: a\n", |e| events.push(owned(&e)));
         assert!(events.is_empty());
-        decoder.push(b"\ndata: b\n", |e| events.push(e));
+        decoder.push(b"\ndata: b\n", |e| events.push(owned(&e)));
         assert_eq!(events, vec![data_event("a")]);
-        decoder.push(b"\n", |e| events.push(e));
+        decoder.push(b"\n", |e| events.push(owned(&e)));
         assert_eq!(events, vec![data_event("a"), data_event("b")]);
     }
 
@@ -624,16 +666,16 @@ mod tests {
         const SLACK: usize = 64;
         let mut decoder = SseDecoder::new(MAX);
         let mut events = Vec::new();
-        decoder.push(b"id: 9\ndata: ", |e| events.push(e));
+        decoder.push(b"id: 9\ndata: ", |e| events.push(owned(&e)));
         let chunk = [b'x'; 8192];
         let mut fed = 0;
         while fed < 10_000_000 {
-            decoder.push(&chunk, |e| events.push(e));
+            decoder.push(&chunk, |e| events.push(owned(&e)));
             fed += chunk.len();
             assert!(decoder.buffered_bytes() <= MAX + SLACK);
         }
         assert!(events.is_empty());
-        decoder.push(b"\n\ndata: after\n\n", |e| events.push(e));
+        decoder.push(b"\n\ndata: after\n\n", |e| events.push(owned(&e)));
         assert!(decoder.buffered_bytes() <= MAX + SLACK);
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].data.len(), MAX);
@@ -655,14 +697,14 @@ mod tests {
         let mut events = Vec::new();
         let chunk = [b'y'; 8192];
         for line in ["event: ", "id: ", "retry: ", "unknownfield: ", ": ", "yyy"] {
-            decoder.push(line.as_bytes(), |e| events.push(e));
+            decoder.push(line.as_bytes(), |e| events.push(owned(&e)));
             for _ in 0..100 {
-                decoder.push(&chunk, |e| events.push(e));
+                decoder.push(&chunk, |e| events.push(owned(&e)));
                 assert!(decoder.buffered_bytes() <= 16 + 3 * MAX_META_BYTES + 8);
             }
-            decoder.push(b"\n", |e| events.push(e));
+            decoder.push(b"\n", |e| events.push(owned(&e)));
         }
-        decoder.push(b"data: z\n\n", |e| events.push(e));
+        decoder.push(b"data: z\n\n", |e| events.push(owned(&e)));
         let cut = "y".repeat(MAX_META_BYTES);
         assert_eq!(
             events,
@@ -672,6 +714,17 @@ mod tests {
                 ..data_event("z")
             }]
         );
+    }
+
+    #[test]
+    fn a_data_only_decoder_reads_data_and_skips_event_and_id() {
+        let mut decoder = SseDecoder::data_only(1024);
+        let mut events = Vec::new();
+        decoder.push(b"event: ping\nid: 7\ndata: a\n\n", |e| {
+            events.push(owned(&e));
+        });
+        assert_eq!(events, vec![data_event("a")]);
+        assert_eq!(decoder.buffered_bytes(), 5 + 1, "only the data buffer grew");
     }
 
     #[test]

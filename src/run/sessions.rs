@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::ClosedVia;
 use crate::export::{Exporter, IngestCall};
+use crate::moment::Moment;
 use crate::store::{EndOp, NewRun, Resolved, StoreQueue};
 use crate::wire::{End, Run, RunStatus, Span, Timestamp, Totals};
 
@@ -67,9 +68,10 @@ impl OpenRun {
         }
     }
 
-    fn mark_active(&mut self, now: Instant) {
-        self.last_seen = now;
-        self.last_activity = Timestamp::now();
+    /// Notes activity seen at `at` (which may be read after later activity).
+    fn mark_active(&mut self, at: Moment) {
+        self.last_seen = self.last_seen.max(at.instant);
+        self.last_activity = self.last_activity.max(at.at);
     }
 }
 
@@ -187,7 +189,7 @@ impl Sessions {
     /// [`complete_start`](Self::complete_start) (or the first span / the end).
     /// Replaces nothing: a key already open keeps its run. Returns the run id.
     pub(crate) fn open_pending(&self, key: &str, run: Run) -> Uuid {
-        self.run_for(key, || run).0
+        self.run_for(key, Moment::now(), || run).0
     }
 
     /// Opens a run and queues its `start` at once (`start_run`). Returns
@@ -236,11 +238,15 @@ impl Sessions {
     /// does not know, a new run made by `open`, whose `start` waits like
     /// [`open_pending`](Self::open_pending)'s. Returns the run id and whether
     /// it was opened now.
-    pub(crate) fn run_for(&self, key: &str, open: impl FnOnce() -> Run) -> (Uuid, bool) {
-        let now = Instant::now();
+    pub(crate) fn run_for(
+        &self,
+        key: &str,
+        at: Moment,
+        open: impl FnOnce() -> Run,
+    ) -> (Uuid, bool) {
         let mut table = self.lock();
         if let Some(known) = table.by_key.get_mut(key) {
-            known.mark_active(now);
+            known.mark_active(at);
             return (known.run_id, false);
         }
         let run = open();
@@ -252,10 +258,10 @@ impl Sessions {
 
     /// The run of a known key, marked active; `None` for a key this process
     /// does not know.
-    pub(crate) fn run_if_open(&self, key: &str) -> Option<Uuid> {
+    pub(crate) fn run_if_open(&self, key: &str, at: Moment) -> Option<Uuid> {
         let mut table = self.lock();
         let known = table.by_key.get_mut(key)?;
-        known.mark_active(Instant::now());
+        known.mark_active(at);
         Some(known.run_id)
     }
 
@@ -267,12 +273,12 @@ impl Sessions {
         &self,
         key: &str,
         resolved: Resolved,
+        at: Moment,
         open: impl FnOnce(Uuid) -> Run,
     ) -> (Uuid, bool) {
-        let now = Instant::now();
         let mut table = self.lock();
         if let Some(known) = table.by_key.get_mut(key) {
-            known.mark_active(now);
+            known.mark_active(at);
             if let Resolved::Opened(run_id) = resolved
                 && known.run_id == run_id
                 && known.adopted
@@ -342,16 +348,16 @@ impl Sessions {
 
     /// Marks a run active (a notification, a client response), here and
     /// in the session store.
-    pub(crate) fn touch(&self, key: &str) {
+    pub(crate) fn touch(&self, key: &str, at: Moment) {
         let mut table = self.lock();
         match (table.by_key.get_mut(key), &self.store) {
             (Some(open), store) => {
-                open.mark_active(Instant::now());
+                open.mark_active(at);
                 if let Some(store) = store.as_ref().filter(|_| open.shared) {
                     store.record(open.run_id, Default::default(), open.last_activity);
                 }
             }
-            (None, Some(store)) => store.touch_key(key, Timestamp::now()),
+            (None, Some(store)) => store.touch_key(key, at.at),
             (None, None) => {}
         }
     }

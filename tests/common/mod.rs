@@ -224,6 +224,20 @@ pub async fn call_waiting_tool(
     (tools, trodo, response.bytes_stream())
 }
 
+/// Reads `stream` into `seen` until it holds `needle`.
+#[allow(dead_code)]
+pub async fn read_until(
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    seen: &mut String,
+    needle: &str,
+) {
+    use futures::StreamExt;
+    while !seen.contains(needle) {
+        let chunk = stream.next().await.expect("stream open").unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
 /// How many spans the ingest received (spans of one run may share a call).
 pub fn span_count(received: &[ingest::Received]) -> usize {
     received

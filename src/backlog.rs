@@ -1,0 +1,317 @@
+//! The exchanges whose reading was put off (see [`crate::tape`]), read in
+//! the order they ended, off the request path.
+//!
+//! A reader task on the delivery thread works the backlog off every
+//! [`READ_PACE`] while there is work, and parks when there is none: a
+//! request wakes it only when the backlog was empty (after a quiet spell)
+//! or has grown to [`WAKE_AT`]. Under load, requests make no system call
+//! for it at all.
+//!
+//! Whatever must see every span before it (closing a run on a DELETE, a
+//! 404, the idle sweep, `end_run`, flush and shutdown) first catches up:
+//! it reads what is waiting on its own thread, while the reader waits its
+//! turn. Should the reader fall far behind (or be gone), requests catch up
+//! themselves past [`HELP_AT`] exchanges or [`HELP_AT_BYTES`] bytes, so the
+//! backlog stays bounded and nothing is lost.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Work put off until later: an exchange whose body is over.
+pub(crate) trait Later: Send + 'static {
+    /// Bytes it holds, for the backlog's bound.
+    fn weight(&self) -> usize;
+    /// Does the work.
+    fn read(self);
+}
+
+/// How often the reader looks while there is work.
+pub(crate) const READ_PACE: Duration = Duration::from_millis(5);
+
+/// A backlog this long wakes the reader before its pace.
+pub(crate) const WAKE_AT: usize = 256;
+
+/// Past this many waiting exchanges, the request that adds one reads them.
+pub(crate) const HELP_AT: usize = 8192;
+
+/// Past this many bytes held by waiting exchanges, likewise.
+pub(crate) const HELP_AT_BYTES: usize = 16 * 1024 * 1024;
+
+thread_local! {
+    /// Whether this thread is reading the backlog (so that what it reads
+    /// does not try to catch up again).
+    static READING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as reading until dropped (even by a panic).
+struct Reading;
+
+impl Reading {
+    fn start() -> Self {
+        READING.with(|reading| reading.set(true));
+        Self
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        READING.with(|reading| reading.set(false));
+    }
+}
+
+/// The exchanges waiting to be read.
+#[derive(Debug)]
+struct Waiting<T> {
+    exchanges: Vec<T>,
+    bytes: usize,
+}
+
+impl<T> Default for Waiting<T> {
+    fn default() -> Self {
+        Self {
+            exchanges: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// The backlog of one layer's state; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Backlog<T> {
+    waiting: Mutex<Waiting<T>>,
+    /// Held while reading, so that a catch-up returns only once every
+    /// exchange that ended before it was read. It keeps the emptied list of
+    /// the last reading for its room: requests do not grow a new one each time.
+    turn: Mutex<Vec<T>>,
+    /// Wakes the reader.
+    wake: Notify,
+    /// Whether the reader waits for a wake-up (rather than for its pace).
+    parked: AtomicBool,
+    /// The layer's state is gone: the reader stops.
+    abandoned: AtomicBool,
+}
+
+impl<T> Default for Backlog<T> {
+    fn default() -> Self {
+        Self {
+            waiting: Mutex::default(),
+            turn: Mutex::default(),
+            wake: Notify::new(),
+            parked: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<T: Later> Backlog<T> {
+    /// Adds an exchange whose body is over.
+    pub(crate) fn push(&self, ended: T) {
+        let weight = ended.weight();
+        let (len, bytes) = {
+            let mut waiting = self.waiting();
+            waiting.exchanges.push(ended);
+            waiting.bytes += weight;
+            (waiting.exchanges.len(), waiting.bytes)
+        };
+        if len >= HELP_AT || bytes >= HELP_AT_BYTES {
+            self.catch_up();
+            return;
+        }
+        if (len == 1 && self.parked.swap(false, Ordering::AcqRel)) || len == WAKE_AT {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Reads every exchange waiting now, in order, on this thread; returns
+    /// how many. Returns at once on a thread that is reading already.
+    pub(crate) fn catch_up(&self) -> usize {
+        if READING.with(Cell::get) {
+            return 0;
+        }
+        let mut spare = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+        let _reading = Reading::start();
+        let mut read = 0;
+        loop {
+            let mut batch = {
+                let mut waiting = self.waiting();
+                waiting.bytes = 0;
+                std::mem::replace(&mut waiting.exchanges, std::mem::take(&mut *spare))
+            };
+            let count = batch.len();
+            read += count;
+            batch.drain(..).for_each(T::read);
+            *spare = batch;
+            if count == 0 {
+                break;
+            }
+        }
+        read
+    }
+
+    /// The layer's state is gone: the reader stops once it has read what waits.
+    pub(crate) fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Whether nothing waits.
+    fn is_empty(&self) -> bool {
+        self.waiting().exchanges.is_empty()
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, Waiting<T>> {
+        // Every change leaves the list consistent: a poisoned lock is usable.
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Reads `backlog` until it is abandoned: every [`READ_PACE`] while there
+/// is work, else when a request wakes it.
+pub(crate) async fn read<T: Later>(backlog: Arc<Backlog<T>>) {
+    loop {
+        let worked = backlog.catch_up() > 0;
+        if backlog.abandoned.load(Ordering::Acquire) {
+            backlog.catch_up();
+            return;
+        }
+        if worked {
+            tokio::select! {
+                () = tokio::time::sleep(READ_PACE) => {}
+                () = backlog.wake.notified() => {}
+            }
+            continue;
+        }
+        backlog.parked.store(true, Ordering::Release);
+        // An exchange added before `parked` was set found no one to wake.
+        if !backlog.is_empty() {
+            backlog.parked.store(false, Ordering::Release);
+            continue;
+        }
+        backlog.wake.notified().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Work that reports its number when read, and weighs `weight` bytes.
+    struct Numbered {
+        number: usize,
+        weight: usize,
+        read: mpsc::Sender<usize>,
+    }
+
+    impl Later for Numbered {
+        fn weight(&self) -> usize {
+            self.weight
+        }
+
+        fn read(self) {
+            let _ = self.read.send(self.number);
+        }
+    }
+
+    fn numbered(count: usize, weight: usize) -> (Vec<Numbered>, mpsc::Receiver<usize>) {
+        let (read, reported) = mpsc::channel();
+        let items = (0..count)
+            .map(|number| Numbered {
+                number,
+                weight,
+                read: read.clone(),
+            })
+            .collect();
+        (items, reported)
+    }
+
+    #[test]
+    fn catch_up_reads_everything_waiting_in_order() {
+        let backlog = Backlog::default();
+        let (items, reported) = numbered(10, 1);
+        items.into_iter().for_each(|item| backlog.push(item));
+        assert!(reported.try_recv().is_err(), "nothing is read on push");
+        assert_eq!(backlog.catch_up(), 10);
+        assert_eq!(
+            reported.try_iter().collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
+        assert_eq!(backlog.catch_up(), 0);
+    }
+
+    #[test]
+    fn past_the_count_bound_the_pushing_thread_reads() {
+        let backlog = Backlog::default();
+        let (items, reported) = numbered(HELP_AT, 1);
+        for item in items {
+            backlog.push(item);
+        }
+        assert_eq!(reported.try_iter().count(), HELP_AT);
+        assert!(backlog.is_empty());
+    }
+
+    #[test]
+    fn past_the_byte_bound_the_pushing_thread_reads() {
+        let backlog = Backlog::default();
+        let (items, reported) = numbered(3, HELP_AT_BYTES / 2);
+        let mut items = items.into_iter();
+        backlog.push(items.next().unwrap());
+        assert!(reported.try_recv().is_err());
+        backlog.push(items.next().unwrap());
+        assert_eq!(reported.try_iter().collect::<Vec<_>>(), [0, 1]);
+        backlog.push(items.next().unwrap());
+        assert!(reported.try_recv().is_err(), "the byte count starts again");
+    }
+
+    /// Work that catches up from inside its own reading.
+    struct Reentrant(Arc<Backlog<Reentrant>>, mpsc::Sender<usize>);
+
+    impl Later for Reentrant {
+        fn weight(&self) -> usize {
+            0
+        }
+
+        fn read(self) {
+            let _ = self.1.send(self.0.catch_up());
+        }
+    }
+
+    #[test]
+    fn catching_up_while_reading_returns_at_once() {
+        let backlog = Arc::new(Backlog::default());
+        let (sender, reported) = mpsc::channel();
+        backlog.push(Reentrant(Arc::clone(&backlog), sender));
+        assert_eq!(backlog.catch_up(), 1);
+        assert_eq!(reported.try_recv(), Ok(0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_reader_wakes_for_work_after_parking_and_stops_when_abandoned() {
+        let backlog = Arc::new(Backlog::default());
+        let reader = tokio::spawn(read(Arc::clone(&backlog)));
+        let (items, reported) = numbered(2, 1);
+        let mut items = items.into_iter();
+        // Nothing to do: the reader parks, and the first push wakes it.
+        while !backlog.parked.load(Ordering::Acquire) {
+            tokio::task::yield_now().await;
+        }
+        backlog.push(items.next().unwrap());
+        let first = tokio::task::spawn_blocking(move || {
+            let first = reported.recv_timeout(Duration::from_secs(10));
+            (first, reported)
+        });
+        let (first, reported) = first.await.unwrap();
+        assert_eq!(first, Ok(0));
+        // Abandoned: it reads what waits, then stops.
+        backlog.push(items.next().unwrap());
+        backlog.abandon();
+        tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .expect("the reader stops")
+            .unwrap();
+        assert_eq!(reported.try_recv(), Ok(1));
+    }
+}
