@@ -1,5 +1,6 @@
-//! The exchanges whose reading was put off (see [`crate::tape`]), read in
-//! the order they ended, off the request path.
+//! The work finished on the request path and put off (see
+//! [`crate::deferred`]): taped exchanges, and spans read live that must
+//! not pass them. It is read in the order it finished, off the request path.
 //!
 //! A reader task on the delivery thread works the backlog off every
 //! [`READ_PACE`] while there is work, and parks when there is none: a
@@ -8,11 +9,13 @@
 //! for it at all.
 //!
 //! Whatever must see every span before it (closing a run on a DELETE, a
-//! 404, the idle sweep, `end_run`, flush and shutdown) first catches up:
-//! it reads what is waiting on its own thread, while the reader waits its
-//! turn. Should the reader fall far behind (or be gone), requests catch up
-//! themselves past [`HELP_AT`] exchanges or [`HELP_AT_BYTES`] bytes, so the
-//! backlog stays bounded and nothing is lost.
+//! 404, the idle sweep, `end_run`, flush) first catches up: it reads what
+//! is waiting on its own thread, while the reader waits its turn. Should
+//! the reader fall far behind, requests catch up themselves past
+//! [`HELP_AT`] pieces of work or [`HELP_AT_BYTES`] bytes, so the backlog
+//! stays bounded and nothing is lost; after shutdown (which ends the
+//! delivery thread), work is read as it is added. A panic while reading
+//! (a redaction hook, say) costs the piece it was reading, and is logged.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +47,19 @@ thread_local! {
     /// Whether this thread is reading the backlog (so that what it reads
     /// does not try to catch up again).
     static READING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Reads one piece of work; a panic in it (a redaction hook, say) costs
+/// that piece only, and is logged.
+fn read_one<T: Later>(work: T) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.read())).is_err() {
+        tracing::error!("trodo: reading a finished exchange panicked; its span is lost");
+    }
+}
+
+/// Whether this thread is reading a backlog now.
+pub(crate) fn is_reading() -> bool {
+    READING.with(Cell::get)
 }
 
 /// Marks this thread as reading until dropped (even by a panic).
@@ -90,6 +106,8 @@ pub(crate) struct Backlog<T> {
     wake: Notify,
     /// Whether the reader waits for a wake-up (rather than for its pace).
     parked: AtomicBool,
+    /// Shut down: the reader may be gone, so whoever adds work reads it.
+    closed: AtomicBool,
     /// The layer's state is gone: the reader stops.
     abandoned: AtomicBool,
 }
@@ -101,6 +119,7 @@ impl<T> Default for Backlog<T> {
             turn: Mutex::default(),
             wake: Notify::new(),
             parked: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
         }
     }
@@ -116,7 +135,7 @@ impl<T: Later> Backlog<T> {
             waiting.bytes += weight;
             (waiting.exchanges.len(), waiting.bytes)
         };
-        if len >= HELP_AT || bytes >= HELP_AT_BYTES {
+        if len >= HELP_AT || bytes >= HELP_AT_BYTES || self.closed.load(Ordering::Acquire) {
             self.catch_up();
             return;
         }
@@ -128,7 +147,7 @@ impl<T: Later> Backlog<T> {
     /// Reads every exchange waiting now, in order, on this thread; returns
     /// how many. Returns at once on a thread that is reading already.
     pub(crate) fn catch_up(&self) -> usize {
-        if READING.with(Cell::get) {
+        if is_reading() {
             return 0;
         }
         let mut spare = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
@@ -142,13 +161,20 @@ impl<T: Later> Backlog<T> {
             };
             let count = batch.len();
             read += count;
-            batch.drain(..).for_each(T::read);
+            batch.drain(..).for_each(read_one);
             *spare = batch;
             if count == 0 {
                 break;
             }
         }
         read
+    }
+
+    /// Shut down: from now on, whoever adds work reads it at once (the
+    /// reader runs on the delivery thread, which shutdown ends).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.catch_up();
     }
 
     /// The layer's state is gone: the reader stops once it has read what waits.
@@ -264,6 +290,67 @@ mod tests {
         assert_eq!(reported.try_iter().collect::<Vec<_>>(), [0, 1]);
         backlog.push(items.next().unwrap());
         assert!(reported.try_recv().is_err(), "the byte count starts again");
+    }
+
+    /// Work that panics when read.
+    struct Panicking;
+
+    impl Later for Panicking {
+        fn weight(&self) -> usize {
+            0
+        }
+
+        fn read(self) {
+            panic!("a redaction hook failed");
+        }
+    }
+
+    #[test]
+    fn a_panic_while_reading_costs_that_work_only() {
+        let backlog = Backlog::default();
+        let (items, reported) = numbered(2, 1);
+        let mut items = items.into_iter();
+        backlog.push(Either::Left(items.next().unwrap()));
+        backlog.push(Either::Right(Panicking));
+        backlog.push(Either::Left(items.next().unwrap()));
+        assert_eq!(backlog.catch_up(), 3);
+        assert_eq!(reported.try_iter().collect::<Vec<_>>(), [0, 1]);
+        assert!(!is_reading(), "the thread is no longer marked as reading");
+    }
+
+    /// One of two kinds of work.
+    enum Either<L, R> {
+        Left(L),
+        Right(R),
+    }
+
+    impl<L: Later, R: Later> Later for Either<L, R> {
+        fn weight(&self) -> usize {
+            match self {
+                Self::Left(l) => l.weight(),
+                Self::Right(r) => r.weight(),
+            }
+        }
+
+        fn read(self) {
+            match self {
+                Self::Left(l) => l.read(),
+                Self::Right(r) => r.read(),
+            }
+        }
+    }
+
+    #[test]
+    fn once_closed_work_is_read_as_it_is_added() {
+        let backlog = Backlog::default();
+        let (items, reported) = numbered(2, 1);
+        let mut items = items.into_iter();
+        backlog.push(items.next().unwrap());
+        backlog.close();
+        assert_eq!(reported.try_recv(), Ok(0), "closing reads what waits");
+        backlog.push(items.next().unwrap());
+        assert_eq!(reported.try_recv(), Ok(1));
+        assert!(backlog.is_empty());
     }
 
     /// Work that catches up from inside its own reading.

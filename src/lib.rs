@@ -95,6 +95,7 @@ mod body;
 mod capture;
 mod capture_policy;
 mod config;
+mod deferred;
 mod error;
 mod exchange;
 mod export;

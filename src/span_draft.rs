@@ -8,7 +8,9 @@ use std::time::Instant;
 use uuid::Uuid;
 
 use crate::api::{RequestSpan, record_in_run};
+use crate::backlog::is_reading;
 use crate::capture::truncate_chars;
+use crate::deferred::Deferred;
 use crate::export::IngestCall;
 use crate::mcp::envelope::Response;
 use crate::moment::Moment;
@@ -70,7 +72,7 @@ impl SpanDraft {
     /// Finishes the span as failed, with no output.
     pub(crate) fn fail(
         self,
-        shared: &Shared,
+        shared: &Arc<Shared>,
         destination: Destination,
         error_type: &str,
         message: &str,
@@ -87,9 +89,23 @@ impl SpanDraft {
     }
 
     /// Finishes the span and hands it on to its run, after the spans of
-    /// every exchange that ended before it (see [`crate::backlog`]).
-    pub(crate) fn finish(mut self, shared: &Shared, destination: Destination, ending: Ending) {
-        shared.backlog.catch_up();
+    /// every exchange that ended before it: through the layer's
+    /// [backlog](crate::backlog), unless this thread is reading it now.
+    pub(crate) fn finish(self, shared: &Arc<Shared>, destination: Destination, ending: Ending) {
+        if is_reading() {
+            self.record(shared, destination, ending);
+            return;
+        }
+        shared.backlog.push(Deferred::Span(Box::new(FinishedSpan {
+            shared: Arc::clone(shared),
+            draft: self,
+            destination,
+            ending,
+        })));
+    }
+
+    /// Builds the span and records it in its run.
+    fn record(mut self, shared: &Shared, destination: Destination, ending: Ending) {
         let ended = ending.ended;
         self.attributes
             .insert("http.response.body.size", ending.bytes_out);
@@ -158,6 +174,35 @@ impl SpanDraft {
                 send_own_run(shared, *run, spans);
             }
         }
+    }
+}
+
+/// A span finished on the request path, waiting in the backlog behind the
+/// exchanges that ended before it.
+#[derive(Debug)]
+pub(crate) struct FinishedSpan {
+    shared: Arc<Shared>,
+    draft: SpanDraft,
+    destination: Destination,
+    ending: Ending,
+}
+
+impl FinishedSpan {
+    /// Bytes of text it holds, for the backlog's bound.
+    pub(crate) fn weight(&self) -> usize {
+        let text = |t: &Option<String>| t.as_ref().map_or(0, String::len);
+        text(&self.draft.input) + text(&self.ending.output)
+    }
+
+    /// Records the span in its run.
+    pub(crate) fn record(self) {
+        let Self {
+            shared,
+            draft,
+            destination,
+            ending,
+        } = self;
+        draft.record(&shared, destination, ending);
     }
 }
 

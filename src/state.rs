@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use crate::backlog::{self, Backlog};
 use crate::config::{Settings, TrodoConfig};
+use crate::deferred::Deferred;
 use crate::export::{self, ConsoleSink, DeliveryOptions, Exporter, HttpSink, Sink, Worker};
 use crate::run::{ClosedVia, Sessions};
 use crate::store::{Mirror, StoreCounters};
-use crate::tape::Ended;
 
 /// Most distinct MCP endpoint paths remembered (a scanner must not grow the list).
 const MAX_MCP_PATHS: usize = 16;
@@ -20,7 +20,7 @@ pub(crate) struct Shared {
     pub(crate) sessions: Sessions,
     pub(crate) exporter: Exporter,
     /// Exchanges whose reading was put off until after their answer.
-    pub(crate) backlog: Arc<Backlog<Ended>>,
+    pub(crate) backlog: Arc<Backlog<Deferred>>,
     /// The link to the session store shared with other workers, if configured.
     pub(crate) mirror: Option<Mirror>,
     /// The delivery worker, if it has no thread, until it runs on the runtime.
@@ -184,7 +184,7 @@ impl Shared {
             return true;
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        self.backlog.catch_up();
+        self.backlog.close();
         match &self.mirror {
             None => {
                 let ended = self

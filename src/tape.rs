@@ -22,7 +22,7 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
-use crate::backlog::Later;
+use crate::deferred::Deferred;
 use crate::exchange::{Exchange, Head, ResponseHead};
 use crate::mcp::envelope::looks_like_response;
 use crate::mcp::sse::SseDecoder;
@@ -108,11 +108,11 @@ impl Tape {
     pub(crate) fn end(self: Box<Self>, how: BodyEnd) {
         let at = Moment::now();
         let shared = Arc::clone(self.exchange.shared());
-        shared.backlog.push(Ended {
+        shared.backlog.push(Deferred::Taped(Ended {
             tape: self,
             how,
             at,
-        });
+        }));
     }
 
     /// Too much to keep: decides now and gives the recorder what was
@@ -138,14 +138,15 @@ impl Tape {
     }
 }
 
-impl Later for Ended {
-    fn weight(&self) -> usize {
+impl Ended {
+    /// Bytes held, for the backlog's bound.
+    pub(crate) fn weight(&self) -> usize {
         self.tape.weight()
     }
 
     /// Decides what the response head would have, and records the span as
     /// a live recorder would have, ending when the tape saw the end.
-    fn read(self) {
+    pub(crate) fn read(self) {
         let Self { tape, how, at } = self;
         let Tape {
             exchange,
