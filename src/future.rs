@@ -103,8 +103,8 @@ where
                         return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, None))));
                     };
                     let head = exchange.read_head(&response);
-                    let watch = if exchange.tapes(&head) {
-                        Some(Watch::Taped(Tape::new(exchange, head)))
+                    let watch = if let Some(request_bytes) = exchange.tapes(&head) {
+                        Some(Watch::Taped(Tape::new(exchange, head, request_bytes)))
                     } else {
                         match exchange.on_response(&head) {
                             Head::Ready(recorder) => recorder.map(Watch::Live),

@@ -15,25 +15,35 @@
 //! Only what changes nothing the next request can see is put off: an
 //! `initialize` (it opens a run), a DELETE or a 404 (they close one), a
 //! session this process does not know (the head may wait for the store),
-//! anything but a 2xx and a batch are decided on the response head, as
-//! before. A stream that outgrows [`MAX_TAPED_BYTES`] before its answer is
-//! decided at once and read live from there on.
+//! anything but a 2xx, a batch, and every exchange of a layer with a
+//! session store (other workers must see a run's totals at once) are
+//! decided on the response head, as before.
+//!
+//! The tape tells the answer by a look at each event's first bytes (a
+//! `result` or `error` member and no `method`). What a look cannot tell
+//! (both), a stream of more than [`MAX_TAPED_CHUNKS`] chunks or
+//! [`MAX_TAPED_BYTES`] bytes (or four times the capture limit, if less)
+//! before the answer, is decided at once and read live from there on.
 
 use bytes::Bytes;
 use std::sync::Arc;
 
 use crate::deferred::Deferred;
 use crate::exchange::{Exchange, Head, ResponseHead};
-use crate::mcp::envelope::looks_like_response;
+use crate::mcp::envelope::{Look, look};
 use crate::mcp::sse::SseDecoder;
 use crate::moment::Moment;
 use crate::recorder::{BodyEnd, Recorder};
 
-/// The most response bytes a tape keeps; a longer answer is read live.
+/// The most response bytes a tape keeps (less with a small capture limit:
+/// at most what a live reading would keep); a longer answer is read live.
 pub(crate) const MAX_TAPED_BYTES: usize = 64 * 1024;
 
+/// The most chunks a tape keeps; a stream of more small ones is read live.
+pub(crate) const MAX_TAPED_CHUNKS: usize = 64;
+
 /// How much of an event the tape reads to tell the answer (as much as
-/// [`looks_like_response`] looks at).
+/// [`look`] looks at).
 const ANSWER_PREFIX_BYTES: usize = 512;
 
 /// The bytes of one exchange, kept for the backlog to read.
@@ -43,6 +53,10 @@ pub(crate) struct Tape {
     head: ResponseHead,
     chunks: Vec<Bytes>,
     bytes: usize,
+    /// The most bytes this tape keeps.
+    max_bytes: usize,
+    /// Bytes of the request body the exchange keeps.
+    request_bytes: usize,
     /// For an event stream: finds the event that carries the answer, so
     /// that the exchange is handed on before the client sees it (as a
     /// live recorder ends the span then).
@@ -56,8 +70,9 @@ pub(crate) enum Step {
     Going,
     /// The answer went by: the exchange can be handed on.
     Answered,
-    /// Too many bytes before the answer: read live from now on.
-    Full,
+    /// Too much before the answer, or an event only parsing can tell: read
+    /// live from now on.
+    Live,
 }
 
 /// A taped exchange whose body is over, waiting in the backlog.
@@ -69,16 +84,24 @@ pub(crate) struct Ended {
 }
 
 impl Tape {
-    /// Tapes the body of `exchange`'s answer `head`.
-    pub(crate) fn new(exchange: Box<Exchange>, head: ResponseHead) -> Box<Self> {
+    /// Tapes the body of `exchange`'s answer `head`; `request_bytes`: what
+    /// the exchange keeps of the request.
+    pub(crate) fn new(
+        exchange: Box<Exchange>,
+        head: ResponseHead,
+        request_bytes: usize,
+    ) -> Box<Self> {
         let answer = head
             .is_event_stream()
             .then(|| SseDecoder::data_only(ANSWER_PREFIX_BYTES));
+        let capture_limit = exchange.shared().settings.capture_limit;
         Box::new(Self {
             exchange,
             head,
             chunks: Vec::new(),
             bytes: 0,
+            max_bytes: MAX_TAPED_BYTES.min(capture_limit.saturating_mul(4)),
+            request_bytes,
             answer,
         })
     }
@@ -87,21 +110,25 @@ impl Tape {
     pub(crate) fn on_data(&mut self, data: &Bytes) -> Step {
         self.bytes += data.len();
         self.chunks.push(data.clone());
-        if self.bytes > MAX_TAPED_BYTES {
-            return Step::Full;
+        if self.bytes > self.max_bytes || self.chunks.len() > MAX_TAPED_CHUNKS {
+            return Step::Live;
         }
         let Some(decoder) = &mut self.answer else {
             return Step::Going;
         };
-        let mut answered = false;
+        let mut step = Step::Going;
         decoder.push(data, |event| {
-            answered |= looks_like_response(event.data);
+            if step != Step::Going {
+                return;
+            }
+            // A look, not a parse; what a look cannot tell is read live.
+            step = match look(event.data) {
+                Look::Response => Step::Answered,
+                Look::Unsure => Step::Live,
+                Look::Other => Step::Going,
+            };
         });
-        if answered {
-            Step::Answered
-        } else {
-            Step::Going
-        }
+        step
     }
 
     /// The body is over: hands the exchange to the backlog.
@@ -118,23 +145,39 @@ impl Tape {
     /// Too much to keep: decides now and gives the recorder what was
     /// taped. `None` when there is nothing more to watch.
     pub(crate) fn go_live(self: Box<Self>) -> Option<Box<Recorder>> {
-        let Self {
-            exchange,
-            head,
-            chunks,
-            ..
-        } = *self;
-        let mut recorder = decide(exchange, &head)?;
-        if play(&mut recorder, &chunks) {
+        let (recorder, answered) = self.play()?;
+        if answered {
             recorder.end(BodyEnd::Complete, Moment::now());
             return None;
         }
         Some(recorder)
     }
 
+    /// Decides what the response head would have (without waiting for the
+    /// session store: the run was open when the head came, see
+    /// [`Exchange::tapes`]) and feeds the recorder the taped chunks.
+    /// Returns it, and whether it saw the answer among them.
+    fn play(self: Box<Self>) -> Option<(Box<Recorder>, bool)> {
+        let Self {
+            exchange,
+            head,
+            chunks,
+            ..
+        } = *self;
+        let mut recorder = match exchange.on_response(&head) {
+            Head::Ready(recorder) => recorder?,
+            Head::Wait(pending) => {
+                pending.cancel();
+                return None;
+            }
+        };
+        let answered = chunks.iter().any(|chunk| recorder.on_data(chunk));
+        Some((recorder, answered))
+    }
+
     /// Bytes held, for the backlog's bound.
     fn weight(&self) -> usize {
-        self.bytes + self.exchange.request_bytes()
+        self.bytes + self.chunks.len() * std::mem::size_of::<Bytes>() + self.request_bytes
     }
 }
 
@@ -144,41 +187,12 @@ impl Ended {
         self.tape.weight()
     }
 
-    /// Decides what the response head would have, and records the span as
-    /// a live recorder would have, ending when the tape saw the end.
+    /// Records the span as a live recorder would have, ending when the
+    /// tape saw the end (complete, if the answer was among the chunks).
     pub(crate) fn read(self) {
         let Self { tape, how, at } = self;
-        let Tape {
-            exchange,
-            head,
-            chunks,
-            ..
-        } = *tape;
-        if let Some(mut recorder) = decide(exchange, &head) {
-            let how = if play(&mut recorder, &chunks) {
-                BodyEnd::Complete
-            } else {
-                how
-            };
-            recorder.end(how, at);
+        if let Some((recorder, answered)) = tape.play() {
+            recorder.end(if answered { BodyEnd::Complete } else { how }, at);
         }
     }
-}
-
-/// What the response head decides for a taped exchange. It never waits
-/// for the session store: its run was open when the head came (see
-/// [`Exchange::tapes`]).
-fn decide(exchange: Box<Exchange>, head: &ResponseHead) -> Option<Box<Recorder>> {
-    match exchange.on_response(head) {
-        Head::Ready(recorder) => recorder,
-        Head::Wait(pending) => {
-            pending.cancel();
-            None
-        }
-    }
-}
-
-/// Feeds the taped chunks to a recorder; `true` once it saw the answer.
-fn play(recorder: &mut Recorder, chunks: &[Bytes]) -> bool {
-    chunks.iter().any(|chunk| recorder.on_data(chunk))
 }

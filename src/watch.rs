@@ -32,7 +32,7 @@ impl Watch {
                     tape.end(BodyEnd::Complete);
                     None
                 }
-                Step::Full => tape.go_live().map(Self::Live),
+                Step::Live => tape.go_live().map(Self::Live),
             },
         }
     }

@@ -11,6 +11,7 @@ use axum::http::{Response, StatusCode};
 use axum::routing::post;
 use common::*;
 use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
 use trodo_tower::TrodoLayer;
 
 const PROGRESS: &str = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n";
@@ -19,6 +20,10 @@ const PROGRESS: &str = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/pr
 const LONG_PROGRESS: usize = 1_000;
 const LONG_ANSWER: &str =
     r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"long"}]}}"#;
+
+/// An answer whose first bytes have a `method` key: only parsing tells it.
+const METHOD_IN_RESULT: &str =
+    r#"{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"method":"GET"},"content":[]}}"#;
 
 fn sse(body: Body) -> Response<Body> {
     Response::builder()
@@ -29,6 +34,13 @@ fn sse(body: Body) -> Response<Body> {
 
 /// A stand-in MCP endpoint whose answers the tests script, behind the layer.
 async fn scripted() -> (RecordingIngest, RawClient) {
+    scripted_with(|config| config).await
+}
+
+/// [`scripted`], with the layer's config changed by `edit`.
+async fn scripted_with(
+    edit: impl FnOnce(trodo_tower::TrodoConfig) -> trodo_tower::TrodoConfig,
+) -> (RecordingIngest, RawClient) {
     let ingest = RecordingIngest::start().await.unwrap();
     let app = Router::new()
         .route(
@@ -50,6 +62,7 @@ async fn scripted() -> (RecordingIngest, RawClient) {
                             .map(Ok::<_, std::io::Error>);
                         sse(Body::from_stream(futures::stream::iter(chunks)))
                     }
+                    "method_in_result" => sse(Body::from(format!("data: {METHOD_IN_RESULT}\n\n"))),
                     "fine" => Response::builder()
                         .header("content-type", "application/json")
                         .body(Body::from(
@@ -64,7 +77,7 @@ async fn scripted() -> (RecordingIngest, RawClient) {
                 }
             }),
         )
-        .layer(TrodoLayer::new(config(&ingest)));
+        .layer(TrodoLayer::new(edit(config(&ingest))));
     let mut client = RawClient::new(serve(app).await);
     client.session = Some("scripted-session".to_owned());
     (ingest, client)
@@ -138,6 +151,47 @@ async fn an_answer_after_more_than_a_tape_holds_is_read_whole() {
         let bytes = LONG_PROGRESS * PROGRESS.len() + LONG_ANSWER.len() + 8;
         assert_eq!(span["attributes"]["http.response.body.size"], bytes);
     }
+}
+
+#[tokio::test]
+async fn an_answer_only_parsing_can_tell_is_found() {
+    let (ingest, client) = scripted().await;
+    for span in live_and_taped(&ingest, &client, "method_in_result").await {
+        assert_eq!(span["status"], "ok");
+        assert_eq!(span["output"], METHOD_IN_RESULT);
+    }
+}
+
+#[tokio::test]
+async fn a_known_sessions_exchange_is_read_on_the_delivery_thread() {
+    let readers = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&readers);
+    let (ingest, client) = scripted_with(move |config| {
+        config.with_redaction(move |_: &mut Value| {
+            let thread = std::thread::current().name().map(str::to_owned);
+            seen.lock().unwrap().push(thread);
+        })
+    })
+    .await;
+    let [live, taped] = live_and_taped(&ingest, &client, "fine").await;
+    assert_eq!(live["status"], "ok");
+    assert_eq!(taped["output"], live["output"]);
+    let readers = readers.lock().unwrap().clone();
+    assert_eq!(readers.len(), 4, "input and output of each: {readers:?}");
+    assert!(
+        readers[..2]
+            .iter()
+            .all(|t| t.as_deref() != Some("trodo-export")),
+        "the session's first request is read as it is answered: {readers:?}"
+    );
+    assert_eq!(
+        readers[2..],
+        [
+            Some("trodo-export".to_owned()),
+            Some("trodo-export".to_owned())
+        ],
+        "the next one is read off the request path"
+    );
 }
 
 #[tokio::test]

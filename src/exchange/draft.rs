@@ -78,7 +78,7 @@ impl Exchange {
         Run {
             distinct_id: self.distinct_id.clone(),
             metadata,
-            ..Run::new(Uuid::new_v4(), agent_name, self.started_at)
+            ..Run::new(Uuid::new_v4(), agent_name, self.arrived.at)
         }
     }
 
@@ -175,8 +175,8 @@ impl Exchange {
             kind,
             tool_name,
             request_id,
-            started_at: self.started_at,
-            started: self.started,
+            started_at: self.arrived.at,
+            started: self.arrived.instant,
             input: input.text,
             attributes,
             preset_error,

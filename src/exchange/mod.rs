@@ -15,7 +15,7 @@ use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 use uuid::Uuid;
 
 use crate::api::{RequestSpan, inbound_propagation};
@@ -38,7 +38,7 @@ mod head;
 mod pending;
 mod response_head;
 
-use crate::wire::{Run, Timestamp};
+use crate::wire::Run;
 pub(crate) use head::session_id;
 use head::{METHOD_HEADER, NAME_HEADER, PROTOCOL_VERSION_HEADER, accepts_event_stream, caller};
 pub(crate) use pending::{Head, Pending, Resolving};
@@ -55,8 +55,8 @@ pub(crate) struct RequestCapture {
 #[derive(Debug)]
 pub(crate) struct Exchange {
     shared: Arc<Shared>,
-    started_at: Timestamp,
-    started: Instant,
+    /// When the request arrived.
+    arrived: Moment,
     method: Method,
     /// The request's URI (shared, not copied), for its path.
     uri: http::Uri,
@@ -181,8 +181,7 @@ impl Exchange {
                 .cloned(),
             uri: parts.uri.clone(),
             method: parts.method.clone(),
-            started_at: Timestamp::now(),
-            started: Instant::now(),
+            arrived: Moment::now(),
             request: Arc::new(Mutex::new(RequestCapture {
                 capture: Capture::new(settings.capture_limit),
             })),
@@ -198,15 +197,6 @@ impl Exchange {
     /// The capture the request body fills as the inner service reads it.
     pub(crate) fn request_capture(&self) -> Arc<Mutex<RequestCapture>> {
         Arc::clone(&self.request)
-    }
-
-    /// When the request arrived: the activity it brings to its run, even
-    /// when it is read later.
-    fn arrived(&self) -> Moment {
-        Moment {
-            at: self.started_at,
-            instant: self.started,
-        }
     }
 
     /// The request's path.
@@ -226,20 +216,22 @@ impl Exchange {
 
     /// Whether reading this exchange can wait for the backlog (see
     /// [`crate::tape`]): a 2xx answer to one JSON-RPC message POSTed in a
-    /// session whose run this process knows, which is not an `initialize`.
+    /// session whose run this process knows, which is not an `initialize`,
+    /// without a session store (other workers must see its totals at once).
     /// If so, the exchange belongs to the run open now, as a recorder made
-    /// now would.
-    pub(crate) fn tapes(&mut self, response: &ResponseHead) -> bool {
+    /// now would, and the bytes of the request it keeps are returned.
+    pub(crate) fn tapes(&mut self, response: &ResponseHead) -> Option<usize> {
         let (Some(known_run), Some(session_id)) = (self.known_run, &self.session_id) else {
-            return false;
+            return None;
         };
         if !(self.method == Method::POST
+            && self.shared.mirror.is_none()
             && response.status.is_success()
             && self.prefetch.is_none()
             && self.resolved.is_none()
             && self.read.is_none())
         {
-            return false;
+            return None;
         }
         let request = self
             .request
@@ -252,23 +244,15 @@ impl Exchange {
         let one_message = !capture.is_truncated()
             && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
             && !mentions_initialize(body);
+        let request_bytes = body.len();
         drop(request);
         if !one_message {
-            return false;
+            return None;
         }
-        let open = self.shared.sessions.run_if_open(session_id, self.arrived());
+        // The head is activity, as it is for a recorder made now.
+        let open = self.shared.sessions.run_if_open(session_id, Moment::now());
         self.taped_run = open.filter(|run_id| *run_id == known_run);
-        self.taped_run.is_some()
-    }
-
-    /// Bytes of the request body kept.
-    pub(crate) fn request_bytes(&self) -> usize {
-        self.request
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .capture
-            .bytes()
-            .len()
+        self.taped_run.map(|_| request_bytes)
     }
 
     /// Decides, on the response head, what this exchange means for its
@@ -292,7 +276,7 @@ impl Exchange {
             }
             Some(ClientMessage::Notification { .. } | ClientMessage::Response) => {
                 if let Some(session_id) = &self.session_id {
-                    self.shared.sessions.touch(session_id, self.arrived());
+                    self.shared.sessions.touch(session_id, self.arrived);
                 }
                 return Head::Ready(None);
             }
@@ -326,14 +310,14 @@ impl Exchange {
     fn run_of(&self, table_key: &str, open: impl FnOnce(Uuid) -> Run) -> Option<(Uuid, bool)> {
         let sessions = &self.shared.sessions;
         if self.shared.mirror.is_none() {
-            return Some(sessions.run_for(table_key, self.arrived(), || open(Uuid::new_v4())));
+            return Some(sessions.run_for(table_key, self.arrived, || open(Uuid::new_v4())));
         }
         match &self.resolved {
             Some((key, resolved)) if **key == *table_key => {
-                Some(sessions.settle(table_key, *resolved, self.arrived(), open))
+                Some(sessions.settle(table_key, *resolved, self.arrived, open))
             }
             _ => sessions
-                .run_if_open(table_key, self.arrived())
+                .run_if_open(table_key, self.arrived)
                 .map(|run_id| (run_id, false)),
         }
     }
@@ -436,7 +420,7 @@ impl Exchange {
         let (run_id, opened) = if let Some(taped_run) = self.taped_run {
             // Read later: the run of the head, if it is still open; a span
             // after its run ended goes nowhere, as a recorder's would.
-            if sessions.run_if_open(&table_key, self.arrived()) != Some(taped_run) {
+            if sessions.run_if_open(&table_key, self.arrived) != Some(taped_run) {
                 tracing::debug!("trodo: spans after their run ended, dropped");
                 return Head::Ready(None);
             }
@@ -619,7 +603,7 @@ impl Exchange {
         let table_key = key.table_key();
         let run_id = self.shared.sessions.open_pending(&table_key, run);
         let publish = self.shared.mirror.as_ref().map(|mirror| {
-            let run = NewRun::new(&*table_key, run_id, self.started_at.0);
+            let run = NewRun::new(&*table_key, run_id, self.arrived.at.0);
             mirror.publish(&self.shared, run)
         });
         let recorder = Recorder::initialize(

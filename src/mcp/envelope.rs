@@ -353,15 +353,35 @@ pub(crate) fn parse_server_message(bytes: &[u8]) -> Option<ServerMessage> {
     }))
 }
 
-/// Whether the start of a message too large to parse reads like a response
-/// (a `result` or `error` member and no `method` in its first bytes).
-pub(crate) fn looks_like_response(prefix: &[u8]) -> bool {
+/// What a message's first bytes suggest it is, without parsing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Look {
+    /// A `result` or `error` member and no `method`: a response.
+    Response,
+    /// Neither: a request or a notification.
+    Other,
+    /// Both: only parsing can tell.
+    Unsure,
+}
+
+/// What the first 512 bytes of a message suggest it is.
+pub(crate) fn look(prefix: &[u8]) -> Look {
     static RESULT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"result\""));
     static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
     static METHOD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"method\""));
     let head = &prefix[..prefix.len().min(512)];
     let has = |finder: &Finder<'_>| finder.find(head).is_some();
-    (has(&RESULT) || has(&ERROR)) && !has(&METHOD)
+    match (has(&RESULT) || has(&ERROR), has(&METHOD)) {
+        (true, false) => Look::Response,
+        (true, true) => Look::Unsure,
+        (false, _) => Look::Other,
+    }
+}
+
+/// Whether the start of a message too large to parse reads like a response
+/// (a `result` or `error` member and no `method` in its first bytes).
+pub(crate) fn looks_like_response(prefix: &[u8]) -> bool {
+    look(prefix) == Look::Response
 }
 
 /// Whether `message` mentions `"initialize"` anywhere (a cheap, cautious
@@ -477,6 +497,14 @@ mod tests {
         assert!(!looks_like_response(
             br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"xxx"#
         ));
+        assert_eq!(
+            look(br#"{"jsonrpc":"2.0","id":2,"result":{"structuredContent":{"method":"GET"}}}"#),
+            Look::Unsure
+        );
+        assert_eq!(
+            look(br#"{"jsonrpc":"2.0","method":"x","params":{}}"#),
+            Look::Other
+        );
         // Only the first 512 bytes count, whatever characters they cut.
         let late = format!(
             r#"{{"jsonrpc":"2.0","id":2,"x":"{}","result":1}}"#,

@@ -22,6 +22,9 @@ use crate::capture::text_of;
 /// The most bytes kept of an `event` or `id` value; longer values are cut.
 pub(crate) const MAX_META_BYTES: usize = 1024;
 
+/// The most room the data buffer keeps between events.
+const KEPT_DATA_BYTES: usize = 4096;
+
 /// The UTF-8 byte order mark, ignored once at the start of the stream.
 const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
@@ -312,6 +315,10 @@ impl SseDecoder {
         }
         self.data.clear();
         self.event.clear();
+        if self.data.capacity() > KEPT_DATA_BYTES {
+            // A large event's room goes back; a long stream keeps little.
+            self.data = Vec::new();
+        }
     }
 
     /// Bytes held in the decoder's buffers (their capacities), for tests.
