@@ -80,8 +80,10 @@ where
 pin_project! {
     /// The response body as the client receives it: the inner service's
     /// frames, untouched and unbuffered. The layer reads a bounded copy to
-    /// find the JSON-RPC response and ends the span when it was seen, when
-    /// the body ends or fails, or when it is dropped early (the client went away).
+    /// find the JSON-RPC response (or, in a session it knows, keeps the
+    /// frames for its delivery thread to read) and ends the span when it
+    /// was seen, when the body ends or fails, or when it is dropped early
+    /// (the client went away).
     pub struct ResponseBody<B> {
         #[pin]
         inner: B,

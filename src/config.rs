@@ -409,6 +409,10 @@ impl TrodoConfig {
     /// (or a body cut by the capture limit) as a JSON string. Change the
     /// value in place. Defaults to none.
     ///
+    /// The hook runs where the exchange is read: mostly on the layer's
+    /// delivery thread, sometimes on a request's. Keep it quick, and free of
+    /// locks your handlers hold; a panic in it costs that span only.
+    ///
     /// ```
     /// use serde_json::Value;
     /// use trodo_tower::TrodoConfig;
