@@ -170,3 +170,63 @@ async fn json_responses_are_captured_whole() {
     assert_eq!(spans[1].1["error_type"], "tool_error");
     assert_eq!(spans[1].1["error_message"], "nope");
 }
+
+/// The delivery thread reads finished exchanges a little later; a DELETE
+/// must still end the run with every call answered before it. Here the
+/// delivery thread is held in the redaction hook while the calls are
+/// answered and the DELETE comes, so only the DELETE's own catching up can
+/// count them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_counts_the_calls_before_it_while_delivery_is_held() {
+    use std::sync::{Mutex, mpsc};
+    let ingest = RecordingIngest::start().await.unwrap();
+    let (release, released) = mpsc::channel::<()>();
+    let (held, holding) = mpsc::channel::<()>();
+    let gate = Mutex::new(Some((released, held)));
+    let config = config(&ingest).with_redaction(move |_: &mut serde_json::Value| {
+        if std::thread::current().name() != Some("trodo-export") {
+            return;
+        }
+        let Some((released, held)) = gate.lock().unwrap().take() else {
+            return;
+        };
+        held.send(()).unwrap();
+        released.recv().unwrap();
+    });
+    let manager = session_manager(None);
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), manager.clone()))
+        .layer(TrodoLayer::new(config));
+    let mut client = RawClient::new(serve(app).await);
+    client.initialize("held-delivery").await;
+    // The delivery thread reads the first exchange it gets, and stays there.
+    tokio::task::spawn_blocking(move || holding.recv().unwrap())
+        .await
+        .unwrap();
+    for id in 1..=3 {
+        let answer = client.call_tool(id, "add", json!({"a": id, "b": 1})).await;
+        assert_eq!(answer.status, 200);
+    }
+    let session = client.session.clone().unwrap().into();
+    let delete = tokio::spawn(async move { client.delete().await.status });
+    // rmcp has ended the session: its answer is in the layer, which waits
+    // for the delivery thread's turn before it ends the run.
+    while manager.has_session(&session).await.unwrap() {
+        tokio::task::yield_now().await;
+    }
+    release.send(()).unwrap();
+    assert_eq!(delete.await.unwrap(), 202);
+
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let end = &ingest.ends()[0].1;
+    assert_eq!(end["metadata"]["closed_via"], "session_deleted");
+    assert_eq!(
+        end["span_count"], 3,
+        "every call answered before the DELETE"
+    );
+    assert_eq!(end["tool_count"], 3);
+    assert_eq!(ingest.starts().len(), 1);
+}
