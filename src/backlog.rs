@@ -10,14 +10,17 @@
 //!
 //! Whatever must see every span before it (closing a run on a DELETE, a
 //! 404, the idle sweep, `end_run`, flush) first catches up: it reads what
-//! is waiting on its own thread, while the reader waits its turn. Should
-//! the reader fall far behind, requests catch up themselves past
-//! [`HELP_AT`] pieces of work or [`HELP_AT_BYTES`] bytes, so the backlog
-//! stays bounded and nothing is lost; after shutdown (which ends the
-//! delivery thread), work is read as it is added. A panic while reading
+//! is waiting on its own thread, taking turns with the reader (a turn
+//! reads at most 256 pieces, so nobody waits long for one). Should the
+//! reader fall far behind, each request that adds work past [`HELP_AT`]
+//! pieces or [`HELP_AT_BYTES`] bytes first reads [`HELP_READS`] of the
+//! oldest, so the backlog stays bounded, nothing is lost, and no request
+//! does much of it; after shutdown (which ends the delivery thread), work
+//! is read as it is added. A panic while reading
 //! (a redaction hook, say) costs the piece it was reading, and is logged.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -37,11 +40,20 @@ pub(crate) const READ_PACE: Duration = Duration::from_millis(5);
 /// A backlog this long wakes the reader before its pace.
 pub(crate) const WAKE_AT: usize = 256;
 
-/// Past this many waiting exchanges, the request that adds one reads them.
+/// Past this many waiting pieces of work, the request that adds one reads
+/// [`HELP_READS`] of them first.
 pub(crate) const HELP_AT: usize = 8192;
 
-/// Past this many bytes held by waiting exchanges, likewise.
+/// Past this many bytes held by waiting work, likewise.
 pub(crate) const HELP_AT_BYTES: usize = 16 * 1024 * 1024;
+
+/// How many pieces a request past the bounds reads: more than it adds, so
+/// the backlog shrinks, and few, so that no request waits long.
+pub(crate) const HELP_READS: usize = 2;
+
+/// The most pieces read in one turn; whoever waits for the turn (a close
+/// catching up, a request past the bounds) waits for at most this many.
+const TURN_READS: usize = 256;
 
 thread_local! {
     /// Whether this thread is reading the backlog (so that what it reads
@@ -78,18 +90,21 @@ impl Drop for Reading {
     }
 }
 
-/// The exchanges waiting to be read.
+/// The work waiting to be read, with the weight of each piece.
 #[derive(Debug)]
 struct Waiting<T> {
-    exchanges: Vec<T>,
+    work: VecDeque<(T, usize)>,
     bytes: usize,
+    /// Pieces added since the start.
+    added: u64,
 }
 
 impl<T> Default for Waiting<T> {
     fn default() -> Self {
         Self {
-            exchanges: Vec::new(),
+            work: VecDeque::new(),
             bytes: 0,
+            added: 0,
         }
     }
 }
@@ -98,10 +113,10 @@ impl<T> Default for Waiting<T> {
 #[derive(Debug)]
 pub(crate) struct Backlog<T> {
     waiting: Mutex<Waiting<T>>,
-    /// Held while reading, so that a catch-up returns only once every
-    /// exchange that ended before it was read. It keeps the emptied list of
-    /// the last reading for its room: requests do not grow a new one each time.
-    turn: Mutex<Vec<T>>,
+    /// The turn to read, held while reading: work is read in the order it
+    /// was added. It counts the pieces read since the start, so that a
+    /// catch-up knows when everything added before it was read.
+    turn: Mutex<u64>,
     /// Wakes the reader.
     wake: Notify,
     /// Whether the reader waits for a wake-up (rather than for its pace).
@@ -126,17 +141,22 @@ impl<T> Default for Backlog<T> {
 }
 
 impl<T: Later> Backlog<T> {
-    /// Adds an exchange whose body is over.
-    pub(crate) fn push(&self, ended: T) {
-        let weight = ended.weight();
+    /// Adds a piece of work.
+    pub(crate) fn push(&self, work: T) {
+        let weight = work.weight();
         let (len, bytes) = {
             let mut waiting = self.waiting();
-            waiting.exchanges.push(ended);
+            waiting.work.push_back((work, weight));
             waiting.bytes += weight;
-            (waiting.exchanges.len(), waiting.bytes)
+            waiting.added += 1;
+            (waiting.work.len(), waiting.bytes)
         };
-        if len >= HELP_AT || bytes >= HELP_AT_BYTES || self.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) {
             self.catch_up();
+            return;
+        }
+        if len > HELP_AT || bytes > HELP_AT_BYTES {
+            self.read_in_turn(HELP_READS);
             return;
         }
         if (len == 1 && self.parked.swap(false, Ordering::AcqRel)) || len == WAKE_AT {
@@ -144,30 +164,68 @@ impl<T: Later> Backlog<T> {
         }
     }
 
-    /// Reads every exchange waiting now, in order, on this thread; returns
-    /// how many. Returns at once on a thread that is reading already.
+    /// Reads, on this thread, whatever of the work added before this call
+    /// is not read yet, in order, taking turns with the reader; returns how
+    /// many pieces this thread read. Returns at once on a thread that is
+    /// reading already.
     pub(crate) fn catch_up(&self) -> usize {
         if is_reading() {
             return 0;
         }
-        let mut spare = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
-        let _reading = Reading::start();
+        let goal = self.waiting().added;
         let mut read = 0;
         loop {
-            let mut batch = {
-                let mut waiting = self.waiting();
-                waiting.bytes = 0;
-                std::mem::replace(&mut waiting.exchanges, std::mem::take(&mut *spare))
-            };
-            let count = batch.len();
-            read += count;
-            batch.drain(..).for_each(read_one);
-            *spare = batch;
-            if count == 0 {
-                break;
+            let mut turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+            if *turn >= goal {
+                return read;
             }
+            let _reading = Reading::start();
+            let count = self.read_front(&mut turn, TURN_READS);
+            if count == 0 {
+                return read;
+            }
+            read += count;
         }
-        read
+    }
+
+    /// Reads everything waiting, a turn at a time; returns how many pieces.
+    fn read_all(&self) -> usize {
+        let mut read = 0;
+        loop {
+            let count = self.read_in_turn(TURN_READS);
+            if count == 0 {
+                return read;
+            }
+            read += count;
+        }
+    }
+
+    /// Reads up to `max` pieces in one turn (none on a thread that is
+    /// reading already); returns how many.
+    fn read_in_turn(&self, max: usize) -> usize {
+        if is_reading() {
+            return 0;
+        }
+        let mut turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+        let _reading = Reading::start();
+        self.read_front(&mut turn, max)
+    }
+
+    /// Reads up to `max` pieces from the front, holding the `turn`.
+    fn read_front(&self, turn: &mut u64, max: usize) -> usize {
+        let batch: Vec<(T, usize)> = {
+            let mut waiting = self.waiting();
+            let count = max.min(waiting.work.len());
+            let batch: Vec<_> = waiting.work.drain(..count).collect();
+            waiting.bytes -= batch.iter().map(|(_, weight)| weight).sum::<usize>();
+            batch
+        };
+        let count = batch.len();
+        for (work, _) in batch {
+            read_one(work);
+            *turn += 1;
+        }
+        count
     }
 
     /// Shut down: from now on, whoever adds work reads it at once (the
@@ -185,7 +243,7 @@ impl<T: Later> Backlog<T> {
 
     /// Whether nothing waits.
     fn is_empty(&self) -> bool {
-        self.waiting().exchanges.is_empty()
+        self.waiting().work.is_empty()
     }
 
     fn waiting(&self) -> MutexGuard<'_, Waiting<T>> {
@@ -198,9 +256,9 @@ impl<T: Later> Backlog<T> {
 /// is work, else when a request wakes it.
 pub(crate) async fn read<T: Later>(backlog: Arc<Backlog<T>>) {
     loop {
-        let worked = backlog.catch_up() > 0;
+        let worked = backlog.read_all() > 0;
         if backlog.abandoned.load(Ordering::Acquire) {
-            backlog.catch_up();
+            backlog.read_all();
             return;
         }
         if worked {
@@ -269,20 +327,38 @@ mod tests {
     }
 
     #[test]
-    fn past_the_count_bound_the_pushing_thread_reads() {
+    fn past_the_count_bound_each_push_reads_a_little() {
         let backlog = Backlog::default();
-        let (items, reported) = numbered(HELP_AT, 1);
+        let (items, reported) = numbered(HELP_AT + 3, 1);
+        let mut items = items.into_iter();
+        for item in items.by_ref().take(HELP_AT) {
+            backlog.push(item);
+        }
+        assert!(
+            reported.try_recv().is_err(),
+            "at the bound, nothing is read"
+        );
+        backlog.push(items.next().unwrap());
+        assert_eq!(
+            reported.try_iter().collect::<Vec<_>>(),
+            [0, 1],
+            "the oldest"
+        );
         for item in items {
             backlog.push(item);
         }
-        assert_eq!(reported.try_iter().count(), HELP_AT);
-        assert!(backlog.is_empty());
+        assert_eq!(reported.try_iter().collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(
+            backlog.waiting().work.len(),
+            HELP_AT - 1,
+            "never past the bound"
+        );
     }
 
     #[test]
     fn past_the_byte_bound_the_pushing_thread_reads() {
         let backlog = Backlog::default();
-        let (items, reported) = numbered(3, HELP_AT_BYTES / 2);
+        let (items, reported) = numbered(3, HELP_AT_BYTES / 2 + 1);
         let mut items = items.into_iter();
         backlog.push(items.next().unwrap());
         assert!(reported.try_recv().is_err());
