@@ -10,18 +10,19 @@
 //!
 //! Whatever must see every span before it (closing a run on a DELETE, a
 //! 404, the idle sweep, `end_run`, flush) first catches up: it reads what
-//! is waiting on its own thread, taking turns with the reader (a turn
-//! reads at most 256 pieces, so nobody waits long for one). Should the
+//! is waiting on its own thread; the reader reads a turn of at most 256
+//! pieces at a time and leaves the next turn to such a waiter. Should the
 //! reader fall far behind, each request that adds work past [`HELP_AT`]
 //! pieces or [`HELP_AT_BYTES`] bytes first reads [`HELP_READS`] of the
-//! oldest, so the backlog stays bounded, nothing is lost, and no request
-//! does much of it; after shutdown (which ends the delivery thread), work
-//! is read as it is added. A panic while reading
+//! oldest (unless another thread is reading right then; only at twice the
+//! bounds does it wait for the turn), so the backlog stays bounded,
+//! nothing is lost, and no request does much of it; after shutdown (which
+//! ends the delivery thread), work is read as it is added. A panic while reading
 //! (a redaction hook, say) costs the piece it was reading, and is logged.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -117,6 +118,8 @@ pub(crate) struct Backlog<T> {
     /// was added. It counts the pieces read since the start, so that a
     /// catch-up knows when everything added before it was read.
     turn: Mutex<u64>,
+    /// Threads waiting to catch up: the reader leaves them the turn.
+    waiters: AtomicUsize,
     /// Wakes the reader.
     wake: Notify,
     /// Whether the reader waits for a wake-up (rather than for its pace).
@@ -132,6 +135,7 @@ impl<T> Default for Backlog<T> {
         Self {
             waiting: Mutex::default(),
             turn: Mutex::default(),
+            waiters: AtomicUsize::new(0),
             wake: Notify::new(),
             parked: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -156,7 +160,7 @@ impl<T: Later> Backlog<T> {
             return;
         }
         if len > HELP_AT || bytes > HELP_AT_BYTES {
-            self.read_in_turn(HELP_READS);
+            self.help(len > 2 * HELP_AT || bytes > 2 * HELP_AT_BYTES);
             return;
         }
         if (len == 1 && self.parked.swap(false, Ordering::AcqRel)) || len == WAKE_AT {
@@ -175,7 +179,9 @@ impl<T: Later> Backlog<T> {
         let goal = self.waiting().added;
         let mut read = 0;
         loop {
+            self.waiters.fetch_add(1, Ordering::AcqRel);
             let mut turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+            self.waiters.fetch_sub(1, Ordering::AcqRel);
             if *turn >= goal {
                 return read;
             }
@@ -198,6 +204,27 @@ impl<T: Later> Backlog<T> {
             }
             read += count;
         }
+    }
+
+    /// Past the bounds: reads [`HELP_READS`] of the oldest pieces, unless
+    /// another thread is reading now (it makes progress already) and the
+    /// backlog is not `far_past` them.
+    fn help(&self, far_past: bool) {
+        if is_reading() {
+            return;
+        }
+        let turn = if far_past {
+            self.turn.lock().unwrap_or_else(PoisonError::into_inner)
+        } else {
+            match self.turn.try_lock() {
+                Ok(turn) => turn,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            }
+        };
+        let mut turn = turn;
+        let _reading = Reading::start();
+        self.read_front(&mut turn, HELP_READS);
     }
 
     /// Reads up to `max` pieces in one turn (none on a thread that is
@@ -255,13 +282,22 @@ impl<T: Later> Backlog<T> {
 /// Reads `backlog` until it is abandoned: every [`READ_PACE`] while there
 /// is work, else when a request wakes it.
 pub(crate) async fn read<T: Later>(backlog: Arc<Backlog<T>>) {
+    let mut worked = false;
     loop {
-        let worked = backlog.read_all() > 0;
         if backlog.abandoned.load(Ordering::Acquire) {
             backlog.read_all();
             return;
         }
-        if worked {
+        // A turn at a time, letting delivery run in between; a thread that
+        // waits for the turn (a close catching up) goes first.
+        let waiters = backlog.waiters.load(Ordering::Acquire) > 0;
+        if !waiters && backlog.read_in_turn(TURN_READS) > 0 {
+            worked = true;
+            tokio::task::yield_now().await;
+            continue;
+        }
+        if worked || waiters {
+            worked = false;
             tokio::select! {
                 () = tokio::time::sleep(READ_PACE) => {}
                 () = backlog.wake.notified() => {}
@@ -351,7 +387,7 @@ mod tests {
         assert_eq!(
             backlog.waiting().work.len(),
             HELP_AT - 1,
-            "never past the bound"
+            "each push past the bound leaves it below"
         );
     }
 
@@ -391,6 +427,11 @@ mod tests {
         backlog.push(Either::Left(items.next().unwrap()));
         assert_eq!(backlog.catch_up(), 3);
         assert_eq!(reported.try_iter().collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(
+            *backlog.turn.lock().unwrap(),
+            3,
+            "the panicked piece counts as read"
+        );
         assert!(!is_reading(), "the thread is no longer marked as reading");
     }
 

@@ -401,13 +401,17 @@ impl Exchange {
         let exporter = &self.shared.exporter;
         if status == StatusCode::NOT_FOUND && self.shared.is_mcp_path(self.path()) {
             // The end's totals count every request answered before it.
-            self.shared.backlog.catch_up();
+            if sessions.contains(&session_id) {
+                self.shared.backlog.catch_up();
+            }
             sessions.close(&session_id, ClosedVia::SessionExpired, exporter);
             return Head::Ready(None);
         }
         if request.is_none() && self.is_session_control() {
             if self.method == Method::DELETE && status.is_success() {
-                self.shared.backlog.catch_up();
+                if sessions.contains(&session_id) {
+                    self.shared.backlog.catch_up();
+                }
                 sessions.close(&session_id, ClosedVia::SessionDeleted, exporter);
             }
             return Head::Ready(None);
