@@ -23,7 +23,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -173,24 +173,20 @@ impl<T: Later> Backlog<T> {
     /// many pieces this thread read. Returns at once on a thread that is
     /// reading already.
     pub(crate) fn catch_up(&self) -> usize {
-        if is_reading() {
-            return 0;
-        }
         let goal = self.waiting().added;
         let mut read = 0;
         loop {
+            // The reader leaves the next turn to a waiting thread.
             self.waiters.fetch_add(1, Ordering::AcqRel);
-            let mut turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
+            let turn = self.take_turn(true);
             self.waiters.fetch_sub(1, Ordering::AcqRel);
-            if *turn >= goal {
+            let Some(mut turn) = turn.filter(|turn| **turn < goal) else {
                 return read;
+            };
+            match self.read_front(&mut turn, TURN_READS) {
+                0 => return read,
+                count => read += count,
             }
-            let _reading = Reading::start();
-            let count = self.read_front(&mut turn, TURN_READS);
-            if count == 0 {
-                return read;
-            }
-            read += count;
         }
     }
 
@@ -198,11 +194,10 @@ impl<T: Later> Backlog<T> {
     fn read_all(&self) -> usize {
         let mut read = 0;
         loop {
-            let count = self.read_in_turn(TURN_READS);
-            if count == 0 {
-                return read;
+            match self.read_in_turn(TURN_READS) {
+                0 => return read,
+                count => read += count,
             }
-            read += count;
         }
     }
 
@@ -210,36 +205,36 @@ impl<T: Later> Backlog<T> {
     /// another thread is reading now (it makes progress already) and the
     /// backlog is not `far_past` them.
     fn help(&self, far_past: bool) {
-        if is_reading() {
-            return;
+        if let Some(mut turn) = self.take_turn(far_past) {
+            self.read_front(&mut turn, HELP_READS);
         }
-        let turn = if far_past {
-            self.turn.lock().unwrap_or_else(PoisonError::into_inner)
-        } else {
-            match self.turn.try_lock() {
-                Ok(turn) => turn,
-                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => return,
-            }
-        };
-        let mut turn = turn;
-        let _reading = Reading::start();
-        self.read_front(&mut turn, HELP_READS);
     }
 
-    /// Reads up to `max` pieces in one turn (none on a thread that is
-    /// reading already); returns how many.
+    /// Reads up to `max` pieces in one turn; returns how many.
     fn read_in_turn(&self, max: usize) -> usize {
+        self.take_turn(true)
+            .map_or(0, |mut turn| self.read_front(&mut turn, max))
+    }
+
+    /// The turn to read: waited for, or only if free now. `None` on a
+    /// thread that is reading already (the turn is its own).
+    fn take_turn(&self, wait: bool) -> Option<MutexGuard<'_, u64>> {
         if is_reading() {
-            return 0;
+            return None;
         }
-        let mut turn = self.turn.lock().unwrap_or_else(PoisonError::into_inner);
-        let _reading = Reading::start();
-        self.read_front(&mut turn, max)
+        if wait {
+            return Some(self.turn.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+        match self.turn.try_lock() {
+            Ok(turn) => Some(turn),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     /// Reads up to `max` pieces from the front, holding the `turn`.
     fn read_front(&self, turn: &mut u64, max: usize) -> usize {
+        let _reading = Reading::start();
         let batch: Vec<(T, usize)> = {
             let mut waiting = self.waiting();
             let count = max.min(waiting.work.len());

@@ -19,7 +19,8 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) sessions: Sessions,
     pub(crate) exporter: Exporter,
-    /// Exchanges whose reading was put off until after their answer.
+    /// Work finished on the request path (taped exchanges, spans read
+    /// live), read off it in order; see [`crate::backlog`].
     pub(crate) backlog: Arc<Backlog<Deferred>>,
     /// The link to the session store shared with other workers, if configured.
     pub(crate) mirror: Option<Mirror>,

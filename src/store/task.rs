@@ -321,8 +321,6 @@ impl StoreTask {
     /// Ends every run the store holds that is idle for the idle timeout,
     /// whichever worker it was opened on: one claim per batch.
     async fn sweep(&self, shared: &Shared) {
-        // Requests read later count as activity; they are read first.
-        shared.backlog.catch_up();
         let idle_before = SystemTime::now() - self.idle_timeout;
         loop {
             let claimed = self.call(
