@@ -29,6 +29,7 @@
 //! | `OVERHEAD_CLIENT_THREADS` | worker threads of the load generator | 1 |
 //! | `OVERHEAD_ONLY` | `bare` or `layered`: load one server only (for a profiler) | both |
 //! | `OVERHEAD_TOOL_MS` | above 0: call `slow_progress` (waits this many ms, sends one progress event, then answers) instead of `add` | 0 |
+//! | `OVERHEAD_PLACEMENT` | `route`: `Router::layer(TrodoLayer)` (the README's one line); `outer`: the layer wraps the whole router (`ServiceBuilder::new().map_response(IntoResponse::into_response).layer(layer).service(router)`), which spares axum one clone of the inner service per request | `route` |
 //! | `OVERHEAD_TRODO_ENABLED` | `false`: the layered server's layer is switched off (`TRODO_ENABLED=false`), to measure the pass-through | `true` |
 
 #[path = "support/counting_ingest.rs"]
@@ -45,7 +46,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::ServiceExt;
 use axum::body::Bytes;
+use axum::response::IntoResponse;
 use axum::serve::ListenerExt;
 use counting_ingest::CountingIngest;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST};
@@ -65,6 +68,8 @@ const TARGET_P99: f64 = 1.05;
 const PROTOCOL_VERSION: &str = "2025-11-25";
 /// The name of the server runtime's threads.
 const SERVER_THREAD: &str = "server";
+/// The name of the load generator's (and the ingest's) threads.
+const LOAD_THREAD: &str = "load";
 /// The name of the layer's delivery thread.
 const EXPORT_THREAD: &str = "trodo-export";
 
@@ -80,6 +85,8 @@ struct Options {
     only: Option<bool>,
     /// Whether the layer of the layered server is switched on.
     trodo_enabled: bool,
+    /// Whether the layer wraps the whole router instead of its routes.
+    outer: bool,
     /// Above 0: how long the called tool waits (`slow_progress`), in ms.
     tool_ms: u64,
 }
@@ -100,6 +107,7 @@ impl Options {
                 _ => None,
             },
             trodo_enabled: env::layer_enabled("OVERHEAD_TRODO_ENABLED"),
+            outer: std::env::var("OVERHEAD_PLACEMENT").as_deref() == Ok("outer"),
             tool_ms: std::env::var("OVERHEAD_TOOL_MS")
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
@@ -120,13 +128,13 @@ fn runtime(name: &str, threads: usize) -> Runtime {
 fn main() {
     let options = Options::from_env();
     let server_rt = runtime(SERVER_THREAD, options.server_threads);
-    let client_rt = runtime("load", options.client_threads);
+    let client_rt = runtime(LOAD_THREAD, options.client_threads);
 
     // The ingest stands for the remote Trodo API: it runs with the load
     // generator, not on the server's runtime.
     let ingest = client_rt.block_on(CountingIngest::start());
     let (bare, layered, trodo) = server_rt.block_on(async {
-        let bare = serve(None).await;
+        let bare = serve(None, false).await;
         let layer = TrodoLayer::new(
             TrodoConfig::new()
                 .with_site_id("bench")
@@ -135,7 +143,7 @@ fn main() {
                 .with_enabled(options.trodo_enabled),
         );
         let trodo = layer.trodo();
-        let layered = serve(Some(layer)).await;
+        let layered = serve(Some(layer), options.outer).await;
         (bare, layered, trodo)
     });
 
@@ -149,20 +157,39 @@ fn main() {
     ingest.print_delivery(&trodo, flushed);
 }
 
-/// The demo MCP server, bare or behind `layer`, on a loopback port.
-async fn serve(layer: Option<TrodoLayer>) -> SocketAddr {
+/// The demo MCP server, bare or behind `layer` (on its routes, or with
+/// `outer` around the whole router), on a loopback port.
+async fn serve(layer: Option<TrodoLayer>, outer: bool) -> SocketAddr {
     let mcp = tools::mcp_service(StreamableHttpServerConfig::default(), None);
-    let mut app = Router::new().nest_service("/mcp", mcp);
-    if let Some(layer) = layer {
-        app = app.layer(layer);
-    }
+    let app = Router::new().nest_service("/mcp", mcp);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
     let addr = listener.local_addr().expect("an address");
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    match layer {
+        Some(layer) if outer => {
+            // axum::serve wants axum's body: map the layer's back into it.
+            let app = tower::ServiceBuilder::new()
+                .map_response(IntoResponse::into_response)
+                .layer(layer)
+                .service(app);
+            let app = ServiceExt::<Request<axum::body::Body>>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(app);
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+        Some(layer) => {
+            let app = app
+                .layer(layer)
+                .into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+        None => {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+    }
     addr
 }
 
@@ -409,13 +436,14 @@ fn print_round(r: usize, name: &str, round: &Round) {
     let mut latencies = round.latencies.clone();
     let (p50, p99) = percentiles(&mut latencies);
     println!(
-        "  round {} {name:<8} {:>8.0} req/s  p50 {:>5} us  p99 {:>5} us  CPU/request: server {:>5.1} us, delivery {:>4.1} us",
+        "  round {} {name:<8} {:>8.0} req/s  p50 {:>5} us  p99 {:>5} us  CPU/request: server {:>5.1} us, delivery {:>4.1} us, load {:>4.1} us",
         r + 1,
         round.requests as f64 / round.elapsed.as_secs_f64(),
         p50,
         p99,
         round.cpu.per_request(SERVER_THREAD, round.requests),
         round.cpu.per_request(EXPORT_THREAD, round.requests),
+        round.cpu.per_request(LOAD_THREAD, round.requests),
     );
 }
 
@@ -498,6 +526,9 @@ fn print_machine(options: &Options) {
         "server runtime: {} worker thread(s); load generator and ingest: {} worker thread(s)",
         options.server_threads, options.client_threads
     );
+    if options.outer {
+        println!("the layer wraps the whole router (OVERHEAD_PLACEMENT=outer)");
+    }
     if !options.trodo_enabled {
         println!("the layered server's layer is switched off (OVERHEAD_TRODO_ENABLED=false)");
     }
