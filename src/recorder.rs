@@ -264,7 +264,7 @@ impl Reader {
     fn for_body(head: &ResponseHead, limit: usize) -> Self {
         if head.is_event_stream() {
             Self::EventStream {
-                decoder: SseDecoder::new(limit.saturating_mul(4)),
+                decoder: SseDecoder::data_only(limit.saturating_mul(4)),
                 found: None,
                 progress_events: 0,
             }

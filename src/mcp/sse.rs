@@ -11,6 +11,11 @@
 //! `max_event_bytes` data bytes, plus [`MAX_META_BYTES`] for each of its
 //! `event` and `id` values, however long the lines on the wire are.
 //!
+//! A whole event in one chunk (the common case: servers write an event at a
+//! time) is read in place, its data lent straight from the chunk; an event
+//! split across chunks, with several `data` lines or `\r` line ends, goes
+//! through the general, buffered path.
+//!
 //! Parsing follows the WHATWG event-stream rules, with one deliberate
 //! difference: an event whose data is empty is not reported (the spec would
 //! dispatch `data:` alone as an empty message). MCP servers send such
@@ -57,6 +62,17 @@ impl SseEvent<'_> {
     pub(crate) fn text(&self) -> String {
         text_of(self.data.to_vec())
     }
+}
+
+/// What the fast path ([`SseDecoder::whole_event`]) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whole {
+    /// Read one event: this many bytes.
+    Read(usize),
+    /// The input ends before the event does.
+    Unfinished,
+    /// The event needs the general path.
+    Unusual,
 }
 
 /// Which field the current line sets.
@@ -173,7 +189,19 @@ impl SseDecoder {
 
     /// Splits `input` into line contents and line ends.
     fn feed(&mut self, mut input: &[u8], on_event: &mut impl FnMut(SseEvent<'_>)) {
+        // Whether a whole event may still start in `input`.
+        let mut whole_events = true;
         while let Some(&first) = input.first() {
+            if whole_events && self.between_events() {
+                match self.whole_event(input, on_event) {
+                    Whole::Read(used) => {
+                        input = &input[used..];
+                        continue;
+                    }
+                    Whole::Unfinished => whole_events = false,
+                    Whole::Unusual => {}
+                }
+            }
             if self.after_cr {
                 self.after_cr = false;
                 if first == b'\n' {
@@ -189,6 +217,67 @@ impl SseDecoder {
             self.after_cr = input[end] == b'\r';
             input = &input[end + 1..];
             self.end_line(on_event);
+        }
+    }
+
+    /// Whether the decoder is at the start of a line, with nothing of an
+    /// event read yet but the last id.
+    fn between_events(&self) -> bool {
+        !self.after_cr
+            && !self.line_started
+            && !self.has_data
+            && self.data.is_empty()
+            && self.event.is_empty()
+    }
+
+    /// The fast path, for a decoder [between events](Self::between_events):
+    /// reads the event at the start of `input` in place, without copying its
+    /// data, if `input` holds all of it and it is a common one (`\n` line
+    /// ends, at most one `data` line, and no `event` or `id` line that this
+    /// decoder keeps). Otherwise reads nothing and says why.
+    fn whole_event(&mut self, input: &[u8], on_event: &mut impl FnMut(SseEvent<'_>)) -> Whole {
+        let mut used = 0;
+        let mut data: Option<&[u8]> = None;
+        loop {
+            let rest = &input[used..];
+            let Some(end) = memchr::memchr2(b'\n', b'\r', rest) else {
+                return Whole::Unfinished;
+            };
+            if rest[end] == b'\r' {
+                return Whole::Unusual;
+            }
+            let line = &rest[..end];
+            used += end + 1;
+            if line.is_empty() {
+                if let Some(data) = data.filter(|data| !data.is_empty()) {
+                    let data_truncated = data.len() > self.max_event_bytes;
+                    let len = if data_truncated {
+                        complete_prefix(&data[..self.max_event_bytes])
+                    } else {
+                        data.len()
+                    };
+                    on_event(SseEvent {
+                        event: b"",
+                        id: &self.last_id,
+                        data: &data[..len],
+                        data_truncated,
+                    });
+                }
+                return Whole::Read(used);
+            }
+            let (name, value) = match memchr::memchr(b':', line) {
+                Some(colon) => {
+                    let value = &line[colon + 1..];
+                    (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
+                }
+                None => (line, &line[line.len()..]),
+            };
+            match name {
+                b"data" if data.is_some() => return Whole::Unusual,
+                b"data" => data = Some(value),
+                b"event" | b"id" if self.keeps_meta => return Whole::Unusual,
+                _ => {}
+            }
         }
     }
 
@@ -411,12 +500,26 @@ mod tests {
     }
 
     /// Decodes `chunks` in order with a decoder keeping `max` data bytes.
+    /// A data-only decoder (which takes the fast path for more events) must
+    /// find the same events, without their type and id.
     fn decode_chunks(max: usize, chunks: &[&[u8]]) -> Vec<SseEvent> {
         let mut decoder = SseDecoder::new(max);
+        let mut data_only = SseDecoder::data_only(max);
         let mut events = Vec::new();
+        let mut data_events = Vec::new();
         for chunk in chunks {
             decoder.push(chunk, |e| events.push(owned(&e)));
+            data_only.push(chunk, |e| data_events.push(owned(&e)));
         }
+        let without_meta: Vec<SseEvent> = events
+            .iter()
+            .map(|e| SseEvent {
+                event: None,
+                id: None,
+                ..e.clone()
+            })
+            .collect();
+        assert_eq!(data_events, without_meta, "data-only decoding");
         events
     }
 
@@ -731,7 +834,40 @@ mod tests {
             events.push(owned(&e));
         });
         assert_eq!(events, vec![data_event("a")]);
+        assert_eq!(
+            decoder.buffered_bytes(),
+            5,
+            "a whole event is read in place"
+        );
+        decoder.push(b"event: ping\nid: 8\ndata: b", |e| events.push(owned(&e)));
+        decoder.push(b"\n\n", |e| events.push(owned(&e)));
+        assert_eq!(events, vec![data_event("a"), data_event("b")]);
         assert_eq!(decoder.buffered_bytes(), 5 + 1, "only the data buffer grew");
+    }
+
+    #[test]
+    fn whole_events_are_read_in_place_and_the_rest_as_usual() {
+        // One chunk: a priming event, a whole event, a two-line event (the
+        // general path), a truncated one, and the start of one more.
+        let mut decoder = SseDecoder::data_only(8);
+        let mut events = Vec::new();
+        decoder.push(
+            b"data: \nid: 0\nretry: 3000\n\ndata: {\"a\":1}\n\ndata: x\ndata: y\n\n: note\ndata: 0123456789\n\ndata: la",
+            |e| events.push(owned(&e)),
+        );
+        assert_eq!(
+            events,
+            vec![
+                data_event(r#"{"a":1}"#),
+                data_event("x\ny"),
+                SseEvent {
+                    data_truncated: true,
+                    ..data_event("01234567")
+                },
+            ]
+        );
+        decoder.push(b"st\n\n", |e| events.push(owned(&e)));
+        assert_eq!(events.last(), Some(&data_event("last")));
     }
 
     #[test]
