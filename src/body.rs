@@ -6,10 +6,9 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
-use crate::exchange::RequestCapture;
+use crate::api::RequestSpan;
 use crate::recorder::BodyEnd;
 use crate::watch::Watch;
 
@@ -20,13 +19,14 @@ pin_project! {
     pub struct RequestBody<B> {
         #[pin]
         inner: B,
-        capture: Option<Arc<Mutex<RequestCapture>>>,
+        // The request's span, whose input the body's bytes are.
+        span: Option<RequestSpan>,
     }
 }
 
 impl<B> RequestBody<B> {
-    pub(crate) fn new(inner: B, capture: Option<Arc<Mutex<RequestCapture>>>) -> Self {
-        Self { inner, capture }
+    pub(crate) fn new(inner: B, span: Option<RequestSpan>) -> Self {
+        Self { inner, span }
     }
 
     /// The wrapped body.
@@ -56,14 +56,10 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if let (Some(Ok(frame)), Some(capture)) = (&frame, this.capture.as_ref())
+        if let (Some(Ok(frame)), Some(span)) = (&frame, this.span.as_ref())
             && let Some(data) = frame.data_ref()
         {
-            capture
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .capture
-                .push(data);
+            span.input().push(data);
         }
         Poll::Ready(frame)
     }

@@ -73,7 +73,7 @@ where
         self.shared.start_background();
         let (mut parts, body) = request.into_parts();
         let exchange = Exchange::new(Arc::clone(&self.shared), &mut parts);
-        let body = RequestBody::new(body, Some(exchange.request_capture()));
+        let body = RequestBody::new(body, Some(exchange.request_span()));
         ResponseFuture::new(
             self.inner.call(Request::from_parts(parts, body)),
             Some(exchange),

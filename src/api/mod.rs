@@ -14,7 +14,7 @@ pub use propagation::{PARENT_SPAN_ID_HEADER, RUN_ID_HEADER};
 pub use request::RequestSpan;
 pub use span::SpanGuard;
 
-pub(crate) use propagation::inbound as inbound_propagation;
+pub(crate) use propagation::inbound_from as inbound_propagation;
 pub(crate) use request::record_in_run;
 
 use std::future::Future;

@@ -29,14 +29,23 @@ fn uuid_value(id: Uuid) -> HeaderValue {
 }
 
 /// The caller's run and parent span, from inbound headers.
-pub(crate) fn inbound(headers: &HeaderMap) -> Option<(Uuid, Option<Uuid>)> {
-    let id = |name: &HeaderName| {
-        headers
-            .get(name)
+#[cfg(test)]
+fn inbound(headers: &HeaderMap) -> Option<(Uuid, Option<Uuid>)> {
+    inbound_from(headers.get(RUN_ID), headers.get(PARENT_SPAN_ID))
+}
+
+/// The caller's run and parent span, from the values of the
+/// [`RUN_ID_HEADER`] and [`PARENT_SPAN_ID_HEADER`] headers.
+pub(crate) fn inbound_from(
+    run_id: Option<&HeaderValue>,
+    parent_span_id: Option<&HeaderValue>,
+) -> Option<(Uuid, Option<Uuid>)> {
+    let id = |value: Option<&HeaderValue>| {
+        value
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Uuid::parse_str(v.trim()).ok())
     };
-    Some((id(&RUN_ID)?, id(&PARENT_SPAN_ID)))
+    Some((id(run_id)?, id(parent_span_id)))
 }
 
 #[cfg(test)]

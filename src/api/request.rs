@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use uuid::Uuid;
 
 use super::span::{SpanGuard, SpanSink};
+use crate::capture::Capture;
 use crate::export::IngestCall;
 use crate::span_draft::Destination;
 use crate::span_kind::SpanKind;
@@ -51,6 +52,11 @@ struct Inner {
     shared: Arc<Shared>,
     span_id: Uuid,
     state: Mutex<State>,
+    /// The request body as the inner service read it (the span's input),
+    /// filled by [`RequestBody`](crate::body::RequestBody) and taken when
+    /// the exchange is read. It lives here to spare the request an
+    /// allocation of its own.
+    input: Mutex<Capture>,
 }
 
 /// Where the request's children go.
@@ -77,13 +83,23 @@ impl fmt::Debug for RequestSpan {
 
 impl RequestSpan {
     pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let input = Capture::new(shared.settings.capture_limit);
         Self {
             inner: Arc::new(Inner {
                 shared,
                 span_id: Uuid::new_v4(),
                 state: Mutex::new(State::Waiting(Vec::new())),
+                input: Mutex::new(input),
             }),
         }
+    }
+
+    /// The request body read so far (the span's input).
+    pub(crate) fn input(&self) -> MutexGuard<'_, Capture> {
+        self.inner
+            .input
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The request span in the extensions of a request head, if the layer put one there.

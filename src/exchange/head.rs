@@ -7,17 +7,49 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-// Header names are parsed once, here, not on every request.
-/// The MCP protocol version header of requests after initialize.
-pub(super) const PROTOCOL_VERSION_HEADER: HeaderName =
-    HeaderName::from_static("mcp-protocol-version");
-/// The header of MCP 2026-07-28 requests that names their method.
-pub(super) const METHOD_HEADER: HeaderName = HeaderName::from_static("mcp-method");
-/// The header of MCP 2026-07-28 requests that names their tool, prompt or resource.
-pub(super) const NAME_HEADER: HeaderName = HeaderName::from_static("mcp-name");
+use crate::api::{PARENT_SPAN_ID_HEADER, RUN_ID_HEADER};
+
 const FORWARDED_FOR_HEADER: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// Longest session id taken from a header; longer ones are ignored as bogus.
 pub(super) const MAX_SESSION_ID_LEN: usize = 256;
+
+/// The headers the layer reads off every request, found in one pass over
+/// them (rather than a hash of each name in turn). A name given twice
+/// counts with its first value, as [`HeaderMap::get`] does.
+#[derive(Debug, Default)]
+pub(super) struct RequestHeaders<'a> {
+    /// The configured session header.
+    pub(super) session: Option<&'a HeaderValue>,
+    pub(super) protocol_version: Option<&'a HeaderValue>,
+    pub(super) method: Option<&'a HeaderValue>,
+    pub(super) name: Option<&'a HeaderValue>,
+    /// The caller's run and span ([`RUN_ID_HEADER`](crate::RUN_ID_HEADER),
+    /// [`PARENT_SPAN_ID_HEADER`](crate::PARENT_SPAN_ID_HEADER)).
+    pub(super) run_id: Option<&'a HeaderValue>,
+    pub(super) parent_span_id: Option<&'a HeaderValue>,
+}
+
+impl<'a> RequestHeaders<'a> {
+    pub(super) fn of(headers: &'a HeaderMap, session_header: &HeaderName) -> Self {
+        let mut found = Self::default();
+        for (name, value) in headers {
+            let slot = if name == session_header {
+                &mut found.session
+            } else {
+                match name.as_str() {
+                    "mcp-protocol-version" => &mut found.protocol_version,
+                    "mcp-method" => &mut found.method,
+                    "mcp-name" => &mut found.name,
+                    RUN_ID_HEADER => &mut found.run_id,
+                    PARENT_SPAN_ID_HEADER => &mut found.parent_span_id,
+                    _ => continue,
+                }
+            };
+            slot.get_or_insert(value);
+        }
+        found
+    }
+}
 
 /// The caller for the client identity key: the first `X-Forwarded-For` hop,
 /// else the peer address (axum's `ConnectInfo`), else the user agent.
@@ -35,19 +67,20 @@ pub(super) fn caller(parts: &Parts) -> Option<String> {
         .or_else(|| header_text(&parts.headers, header::USER_AGENT))
 }
 
-/// A session id from `name`, if it is one MCP allows: 1 to 256 visible ASCII characters.
-pub(crate) fn session_id(headers: &HeaderMap, name: &http::HeaderName) -> Option<Arc<str>> {
-    session_id_of(headers.get(name)?)
+/// The session id in a header value, if it is one MCP allows: 1 to 256
+/// visible ASCII characters.
+pub(super) fn session_id_of(value: &HeaderValue) -> Option<Arc<str>> {
+    session_id_text(value).map(Arc::from)
 }
 
-/// The session id in a header value, if it is one MCP allows.
-pub(super) fn session_id_of(value: &HeaderValue) -> Option<Arc<str>> {
-    let value = value.as_bytes();
-    let valid = !value.is_empty()
-        && value.len() <= MAX_SESSION_ID_LEN
-        && value.iter().all(|b| (0x21..=0x7e).contains(b));
+/// The session id in a header value, borrowed, if it is one MCP allows.
+pub(super) fn session_id_text(value: &HeaderValue) -> Option<&str> {
+    let bytes = value.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= MAX_SESSION_ID_LEN
+        && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
     // Visible ASCII is valid UTF-8.
-    valid.then(|| Arc::from(String::from_utf8_lossy(value)))
+    valid.then(|| std::str::from_utf8(bytes).ok()).flatten()
 }
 
 fn header_text(headers: &HeaderMap, name: impl AsHeaderName) -> Option<String> {
@@ -60,4 +93,36 @@ pub(super) fn accepts_event_stream(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("text/event-stream"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_pass_finds_each_header_with_its_first_value() {
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_static;
+        headers.insert("content-type", value("application/json"));
+        headers.insert("x-session", value("s-1"));
+        headers.append("x-session", value("s-2"));
+        headers.insert("mcp-session-id", value("not the configured one"));
+        headers.insert("mcp-protocol-version", value("2025-11-25"));
+        headers.insert("mcp-method", value("tools/call"));
+        headers.insert("mcp-name", value("add"));
+        headers.insert(RUN_ID_HEADER, value("run"));
+        headers.insert(PARENT_SPAN_ID_HEADER, value("span"));
+        let found = RequestHeaders::of(&headers, &HeaderName::from_static("x-session"));
+        let text = |v: Option<&HeaderValue>| v.map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(text(found.session).as_deref(), Some("s-1"));
+        assert_eq!(text(found.protocol_version).as_deref(), Some("2025-11-25"));
+        assert_eq!(text(found.method).as_deref(), Some("tools/call"));
+        assert_eq!(text(found.name).as_deref(), Some("add"));
+        assert_eq!(text(found.run_id).as_deref(), Some("run"));
+        assert_eq!(text(found.parent_span_id).as_deref(), Some("span"));
+
+        let empty = HeaderMap::new();
+        let none = RequestHeaders::of(&empty, &HeaderName::from_static("x-session"));
+        assert!(none.session.is_none() && none.method.is_none() && none.run_id.is_none());
+    }
 }

@@ -14,7 +14,7 @@
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 use uuid::Uuid;
 
@@ -39,17 +39,9 @@ mod pending;
 mod response_head;
 
 use crate::wire::Run;
-pub(crate) use head::session_id;
-use head::{METHOD_HEADER, NAME_HEADER, PROTOCOL_VERSION_HEADER, accepts_event_stream, caller};
+use head::{RequestHeaders, accepts_event_stream, caller, session_id_text};
 pub(crate) use pending::{Head, Pending, Resolving};
 pub(crate) use response_head::ResponseHead;
-
-/// The request body as the inner service read it, shared with
-/// [`RequestBody`](crate::body::RequestBody).
-#[derive(Debug)]
-pub(crate) struct RequestCapture {
-    pub(crate) capture: Capture,
-}
 
 /// A request under way, until its response head (or its failure).
 #[derive(Debug)]
@@ -77,9 +69,9 @@ pub(crate) struct Exchange {
     distinct_id: Option<String>,
     /// The caller's run and span, from the propagation headers.
     joined: Option<(Uuid, Option<Uuid>)>,
-    /// The request's span, also in the request's extensions for handlers.
+    /// The request's span, also in the request's extensions for handlers;
+    /// it holds the request body as read (the span's input).
     request_span: RequestSpan,
-    request: Arc<Mutex<RequestCapture>>,
     /// The session's run, if it was open in this process when the request came.
     known_run: Option<Uuid>,
     /// The run the response head found open, for an exchange read later
@@ -111,10 +103,13 @@ impl Exchange {
         parts.extensions.insert(request_span.clone());
         let settings = &shared.settings;
         let headers = &parts.headers;
-        let session_id =
-            session_id(headers, &settings.session_header).filter(|_| !settings.group_sessions);
+        let found = RequestHeaders::of(headers, &settings.session_header);
+        let session_text = found
+            .session
+            .and_then(session_id_text)
+            .filter(|_| !settings.group_sessions);
         let (app_key, caller) =
-            if session_id.is_none() && settings.sessionless == Sessionless::Group {
+            if session_text.is_none() && settings.sessionless == Sessionless::Group {
                 let app_key = settings
                     .run_key
                     .as_ref()
@@ -130,12 +125,18 @@ impl Exchange {
         let wants_event_stream = parts.method == Method::GET && accepts_event_stream(headers);
         let mut prefetch = None;
         let mut known_run = None;
-        if let Some(session_id) = &session_id {
-            let known = match &shared.mirror {
-                None => shared.sessions.run_id(session_id),
+        let mut session_id = None;
+        if let Some(text) = session_text {
+            let (id, known) = match &shared.mirror {
+                // A known session lends the table's copy of its id.
+                None => match shared.sessions.open_key(text) {
+                    Some((id, run_id)) => (id, Some(run_id)),
+                    None => (Arc::from(text), None),
+                },
                 Some(mirror) => {
+                    let session_id: Arc<str> = Arc::from(text);
                     let known = shared.sessions.fresh_run_id(
-                        session_id,
+                        &session_id,
                         settings.idle_timeout,
                         &shared.exporter,
                     );
@@ -148,9 +149,9 @@ impl Exchange {
                     if known.is_none() && !control {
                         // Another worker may hold the session: ask the store
                         // now, while the inner service works.
-                        prefetch = mirror.prefetch(session_id);
+                        prefetch = mirror.prefetch(&session_id);
                     }
-                    known
+                    (session_id, known)
                 }
             };
             known_run = known;
@@ -158,22 +159,23 @@ impl Exchange {
             // (child spans, propagation headers) before the answer.
             if let Some(run_id) = known {
                 request_span.attach(&Destination::Run {
-                    key: session_id.clone(),
+                    key: Arc::clone(&id),
                     run_id,
                     opened: false,
                 });
             }
+            session_id = Some(id);
         }
         Self {
             session_id,
             app_key,
             caller,
             distinct_id,
-            joined: inbound_propagation(headers),
+            joined: inbound_propagation(found.run_id, found.parent_span_id),
             request_span,
-            protocol_header: headers.get(&PROTOCOL_VERSION_HEADER).cloned(),
-            method_header: headers.get(&METHOD_HEADER).cloned(),
-            name_header: headers.get(&NAME_HEADER).cloned(),
+            protocol_header: found.protocol_version.cloned(),
+            method_header: found.method.cloned(),
+            name_header: found.name.cloned(),
             wants_event_stream,
             route: parts
                 .extensions
@@ -182,9 +184,6 @@ impl Exchange {
             uri: parts.uri.clone(),
             method: parts.method.clone(),
             arrived: Moment::now(),
-            request: Arc::new(Mutex::new(RequestCapture {
-                capture: Capture::new(settings.capture_limit),
-            })),
             known_run,
             taped_run: None,
             prefetch,
@@ -194,9 +193,10 @@ impl Exchange {
         }
     }
 
-    /// The capture the request body fills as the inner service reads it.
-    pub(crate) fn request_capture(&self) -> Arc<Mutex<RequestCapture>> {
-        Arc::clone(&self.request)
+    /// The request's span, whose input the request body fills as the inner
+    /// service reads it.
+    pub(crate) fn request_span(&self) -> RequestSpan {
+        self.request_span.clone()
     }
 
     /// The request's path.
@@ -233,11 +233,7 @@ impl Exchange {
         {
             return None;
         }
-        let request = self
-            .request
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let capture = &request.capture;
+        let capture = self.request_span.input();
         let body = capture.bytes();
         // Not a batch: the tape tells the answer by its look alone. Any
         // mention of initialize is decided now, as it may open a run.
@@ -245,7 +241,7 @@ impl Exchange {
             && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
             && !mentions_initialize(body);
         let request_bytes = body.len();
-        drop(request);
+        drop(capture);
         if !one_message {
             return None;
         }
@@ -533,14 +529,7 @@ impl Exchange {
         }
         // Read once (a wait for the store keeps what was read): the capture
         // is taken, so that its bytes become the input text without a copy.
-        let capture = std::mem::replace(
-            &mut self
-                .request
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .capture,
-            Capture::new(0),
-        );
+        let capture = std::mem::replace(&mut *self.request_span.input(), Capture::new(0));
         let message = if capture.total_bytes() == 0 {
             None
         } else if capture.is_truncated() {

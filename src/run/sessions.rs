@@ -15,7 +15,7 @@
 //! whether this process sends `end` and with which totals.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
@@ -100,9 +100,10 @@ const REMEMBERED_ENDS: usize = 4_096;
 
 #[derive(Debug, Default)]
 struct Table {
-    by_key: HashMap<Box<str>, OpenRun>,
+    /// One allocation per key, shared by both maps and lent to requests.
+    by_key: HashMap<Arc<str>, OpenRun>,
     /// The key of every open run, by run id.
-    by_run: HashMap<Uuid, Box<str>>,
+    by_run: HashMap<Uuid, Arc<str>>,
     /// The latest runs ended here, oldest first.
     ended: VecDeque<Uuid>,
     ended_set: HashSet<Uuid>,
@@ -110,8 +111,9 @@ struct Table {
 
 impl Table {
     fn insert(&mut self, key: &str, open: OpenRun) {
-        self.by_run.insert(open.run_id, key.into());
-        self.by_key.insert(key.into(), open);
+        let key: Arc<str> = key.into();
+        self.by_run.insert(open.run_id, Arc::clone(&key));
+        self.by_key.insert(key, open);
     }
 
     /// Removes a run that ends, and remembers that it ended.
@@ -320,6 +322,15 @@ impl Sessions {
         self.lock().by_key.get(key).map(|open| open.run_id)
     }
 
+    /// The open run under `key`, with the table's own copy of the key (a
+    /// request in a known session takes it instead of copying its header).
+    pub(crate) fn open_key(&self, key: &str) -> Option<(Arc<str>, Uuid)> {
+        self.lock()
+            .by_key
+            .get_key_value(key)
+            .map(|(key, open)| (Arc::clone(key), open.run_id))
+    }
+
     /// The run id of a run this process may trust without the session
     /// store: with a store, a run idle for `idle_timeout` here may have
     /// been ended by another worker, so it leaves the table (and goes to the
@@ -467,7 +478,7 @@ impl Sessions {
         exporter: &Exporter,
     ) -> usize {
         let mut table = self.lock();
-        let expired: Vec<Box<str>> = table
+        let expired: Vec<Arc<str>> = table
             .by_key
             .iter()
             .filter(|(_, open)| {
@@ -492,7 +503,7 @@ impl Sessions {
     /// Ends every open run (graceful shutdown). Returns how many it ended.
     pub(crate) fn close_all(&self, via: ClosedVia, exporter: &Exporter) -> usize {
         let mut table = self.lock();
-        let keys: Vec<Box<str>> = table.by_key.keys().cloned().collect();
+        let keys: Vec<Arc<str>> = table.by_key.keys().cloned().collect();
         let now = Timestamp::now();
         for key in &keys {
             if let Some(open) = table.remove(key) {
@@ -509,7 +520,7 @@ impl Sessions {
     /// claim. Returns how many were left to the store, and how many ended.
     pub(crate) fn release_all(&self, exporter: &Exporter) -> (usize, usize) {
         let mut table = self.lock();
-        let keys: Vec<Box<str>> = table.by_key.keys().cloned().collect();
+        let keys: Vec<Arc<str>> = table.by_key.keys().cloned().collect();
         let (mut left, mut ended) = (0, 0);
         for key in &keys {
             let Some(mut open) = table.evict(key) else {
