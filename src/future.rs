@@ -104,7 +104,7 @@ where
                     };
                     let head = exchange.read_head(&response);
                     let watch = if let Some(request_bytes) = exchange.tapes(&head) {
-                        Some(Watch::Taped(Tape::new(exchange, head, request_bytes)))
+                        Some(Watch::Taped(Tape::new(*exchange, head, request_bytes)))
                     } else {
                         match exchange.on_response(&head) {
                             Head::Ready(recorder) => recorder.map(Watch::Live),

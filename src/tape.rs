@@ -6,8 +6,8 @@
 //! naming the span, redacting, totting up the run) costs several times
 //! what the server's own work on a small `tools/call` leaves for a layer
 //! that must not show in its throughput. A [`Tape`] keeps the response's
-//! chunks (shared, not copied) until the answer, then hands the exchange
-//! to the backlog. The response head only notes the session's run (a
+//! chunks (small ones copied, large ones shared) until the answer, then
+//! hands the exchange to the backlog. The response head only notes the session's run (a
 //! table lookup); the backlog builds the span as a recorder made on the
 //! head would have, ending it at the time the tape saw the end, and a span
 //! whose run ended meanwhile goes nowhere, as a recorder's would.
@@ -18,6 +18,9 @@
 //! anything but a 2xx, a batch, and every exchange of a layer with a
 //! session store (other workers must see a run's totals at once) are
 //! decided on the response head, as before.
+//!
+//! Small chunks are copied onto the tape, large ones kept shared (see
+//! [`COPIED_CHUNK_BYTES`]).
 //!
 //! The tape tells the answer by a look at each event's first bytes (a
 //! `result` or `error` member and no `method`). What a look cannot tell
@@ -46,12 +49,26 @@ pub(crate) const MAX_TAPED_CHUNKS: usize = 64;
 /// [`look`] looks at).
 const ANSWER_PREFIX_BYTES: usize = 512;
 
+/// Chunks up to this size are copied onto the tape; larger ones are kept
+/// shared. A copy lets the server free its own buffer on its own thread
+/// (memory freed on the delivery thread costs the server's allocator a
+/// slow path later) and spares the allocation a shared handle to a
+/// `Vec`-backed chunk takes; past a few KiB the copy would cost more.
+const COPIED_CHUNK_BYTES: usize = 4 * 1024;
+
 /// The bytes of one exchange, kept for the backlog to read.
 #[derive(Debug)]
 pub(crate) struct Tape {
-    exchange: Box<Exchange>,
+    // Not boxed on its own: one allocation holds the exchange and its tape.
+    exchange: Exchange,
     head: ResponseHead,
+    /// Large chunks, shared, and small ones before them copied into one;
+    /// all come before `copied`.
     chunks: Vec<Bytes>,
+    /// The latest small chunks, copied.
+    copied: Vec<u8>,
+    /// Chunks taped, for the chunk bound.
+    chunk_count: usize,
     bytes: usize,
     /// The most bytes this tape keeps.
     max_bytes: usize,
@@ -86,11 +103,7 @@ pub(crate) struct Ended {
 impl Tape {
     /// Tapes the body of `exchange`'s answer `head`; `request_bytes`: what
     /// the exchange keeps of the request.
-    pub(crate) fn new(
-        exchange: Box<Exchange>,
-        head: ResponseHead,
-        request_bytes: usize,
-    ) -> Box<Self> {
+    pub(crate) fn new(exchange: Exchange, head: ResponseHead, request_bytes: usize) -> Box<Self> {
         let answer = head
             .is_event_stream()
             .then(|| SseDecoder::data_only(ANSWER_PREFIX_BYTES));
@@ -99,6 +112,8 @@ impl Tape {
             exchange,
             head,
             chunks: Vec::new(),
+            copied: Vec::new(),
+            chunk_count: 0,
             bytes: 0,
             max_bytes: MAX_TAPED_BYTES.min(capture_limit.saturating_mul(4)),
             request_bytes,
@@ -106,11 +121,21 @@ impl Tape {
         })
     }
 
-    /// Keeps a chunk of the body (a shared reference to it).
+    /// Keeps a chunk of the body: a copy of a small one, a shared
+    /// reference to a large one.
     pub(crate) fn on_data(&mut self, data: &Bytes) -> Step {
         self.bytes += data.len();
-        self.chunks.push(data.clone());
-        if self.bytes > self.max_bytes || self.chunks.len() > MAX_TAPED_CHUNKS {
+        self.chunk_count += 1;
+        if data.len() <= COPIED_CHUNK_BYTES {
+            self.copied.extend_from_slice(data);
+        } else {
+            if !self.copied.is_empty() {
+                self.chunks
+                    .push(Bytes::from(std::mem::take(&mut self.copied)));
+            }
+            self.chunks.push(data.clone());
+        }
+        if self.bytes > self.max_bytes || self.chunk_count > MAX_TAPED_CHUNKS {
             return Step::Live;
         }
         let Some(decoder) = &mut self.answer else {
@@ -162,22 +187,30 @@ impl Tape {
             exchange,
             head,
             chunks,
+            copied,
             ..
         } = *self;
-        let mut recorder = match exchange.on_response(&head) {
+        let mut recorder = match Box::new(exchange).on_response(&head) {
             Head::Ready(recorder) => recorder?,
             Head::Wait(pending) => {
                 pending.cancel();
                 return None;
             }
         };
-        let answered = chunks.iter().any(|chunk| recorder.on_data(chunk));
+        let copied = (!copied.is_empty()).then(|| Bytes::from(copied));
+        let answered = chunks
+            .iter()
+            .chain(&copied)
+            .any(|chunk| recorder.on_data(chunk));
         Some((recorder, answered))
     }
 
     /// Bytes held, for the backlog's bound.
     fn weight(&self) -> usize {
-        self.bytes + self.chunks.len() * std::mem::size_of::<Bytes>() + self.request_bytes
+        self.bytes
+            + self.copied.capacity().saturating_sub(self.copied.len())
+            + self.chunks.len() * std::mem::size_of::<Bytes>()
+            + self.request_bytes
     }
 }
 

@@ -25,6 +25,14 @@ const LONG_ANSWER: &str =
 const METHOD_IN_RESULT: &str =
     r#"{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"method":"GET"},"content":[]}}"#;
 
+/// A progress event of about 6 KB (more than a tape copies, less than it keeps).
+fn big_progress() -> String {
+    let message = "x".repeat(6_000);
+    format!(
+        "data: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{{\"progressToken\":1,\"progress\":1,\"message\":\"{message}\"}}}}\n\n"
+    )
+}
+
 fn sse(body: Body) -> Response<Body> {
     Response::builder()
         .header("content-type", "text/event-stream")
@@ -60,6 +68,18 @@ async fn scripted_with(
                             .map(|_| PROGRESS.to_owned())
                             .chain([format!("data: {LONG_ANSWER}\n\n")])
                             .map(Ok::<_, std::io::Error>);
+                        sse(Body::from_stream(futures::stream::iter(chunks)))
+                    }
+                    "mixed" => {
+                        // Small chunks around one larger than a tape copies;
+                        // the answer starts in the large one.
+                        let (head, tail) = LONG_ANSWER.split_at(10);
+                        let chunks = [
+                            PROGRESS.to_owned(),
+                            format!("{}data: {head}", big_progress()),
+                            format!("{tail}\n\n"),
+                        ]
+                        .map(Ok::<_, std::io::Error>);
                         sse(Body::from_stream(futures::stream::iter(chunks)))
                     }
                     "method_in_result" => sse(Body::from(format!("data: {METHOD_IN_RESULT}\n\n"))),
@@ -149,6 +169,19 @@ async fn an_answer_after_more_than_a_tape_holds_is_read_whole() {
         assert_eq!(span["attributes"]["mcp.progress_events"], LONG_PROGRESS);
         assert_eq!(span["output"], LONG_ANSWER);
         let bytes = LONG_PROGRESS * PROGRESS.len() + LONG_ANSWER.len() + 8;
+        assert_eq!(span["attributes"]["http.response.body.size"], bytes);
+    }
+}
+
+/// The tape copies small chunks and shares large ones, in order.
+#[tokio::test]
+async fn small_and_large_chunks_read_back_in_order() {
+    let (ingest, client) = scripted().await;
+    for span in live_and_taped(&ingest, &client, "mixed").await {
+        assert_eq!(span["status"], "ok");
+        assert_eq!(span["attributes"]["mcp.progress_events"], 2);
+        assert_eq!(span["output"], LONG_ANSWER);
+        let bytes = PROGRESS.len() + big_progress().len() + LONG_ANSWER.len() + 8;
         assert_eq!(span["attributes"]["http.response.body.size"], bytes);
     }
 }
