@@ -102,10 +102,11 @@ where
                     let Some(mut exchange) = exchange else {
                         return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, None))));
                     };
-                    let head = exchange.read_head(&response);
+                    let head = ResponseHead::of(&response);
                     let watch = if let Some(request_bytes) = exchange.tapes(&head) {
                         Some(Watch::Taped(Tape::new(*exchange, head, request_bytes)))
                     } else {
+                        let head = exchange.with_session(head, &response);
                         match exchange.on_response(&head) {
                             Head::Ready(recorder) => recorder.map(Watch::Live),
                             Head::Wait(pending) => {

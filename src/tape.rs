@@ -56,6 +56,9 @@ const ANSWER_PREFIX_BYTES: usize = 512;
 /// `Vec`-backed chunk takes; past a few KiB the copy would cost more.
 const COPIED_CHUNK_BYTES: usize = 4 * 1024;
 
+/// The room the first copied chunk reserves.
+const FIRST_COPY_BYTES: usize = 512;
+
 /// The bytes of one exchange, kept for the backlog to read.
 #[derive(Debug)]
 pub(crate) struct Tape {
@@ -127,6 +130,10 @@ impl Tape {
         self.bytes += data.len();
         self.chunk_count += 1;
         if data.len() <= COPIED_CHUNK_BYTES {
+            if self.copied.capacity() == 0 {
+                // Room for a typical answer and what comes before it at once.
+                self.copied.reserve(FIRST_COPY_BYTES.max(data.len()));
+            }
             self.copied.extend_from_slice(data);
         } else {
             if !self.copied.is_empty() {

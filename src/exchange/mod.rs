@@ -209,9 +209,14 @@ impl Exchange {
         &self.shared
     }
 
-    /// What the layer reads of the response head.
-    pub(crate) fn read_head<B>(&self, response: &Response<B>) -> ResponseHead {
-        ResponseHead::of(response, &self.shared.settings.session_header)
+    /// `head` with the session id `response` gives, for an exchange read
+    /// live (a new session's id comes with the answer to `initialize`).
+    pub(crate) fn with_session<B>(
+        &self,
+        head: ResponseHead,
+        response: &Response<B>,
+    ) -> ResponseHead {
+        head.with_session(response, &self.shared.settings.session_header)
     }
 
     /// Whether reading this exchange can wait for the backlog (see

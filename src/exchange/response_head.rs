@@ -14,22 +14,33 @@ use crate::span_kind::SpanKind;
 pub(crate) struct ResponseHead {
     pub(crate) status: StatusCode,
     pub(crate) content_type: Option<HeaderValue>,
-    /// The session header, which the answer to `initialize` sets.
+    /// The session header, which the answer to `initialize` sets; read
+    /// only for an exchange read live (a taped one is never `initialize`),
+    /// as taking it may cost an allocation.
     session: Option<HeaderValue>,
     /// The kind a [`SpanKindLayer`](crate::SpanKindLayer) put on the response.
     pub(crate) route_kind: Option<SpanKind>,
 }
 
 impl ResponseHead {
-    /// What `response` says, with the session id under `session_header`.
-    pub(crate) fn of<B>(response: &Response<B>, session_header: &HeaderName) -> Self {
-        let headers = response.headers();
+    /// What `response` says, but for its session id.
+    pub(crate) fn of<B>(response: &Response<B>) -> Self {
         Self {
             status: response.status(),
-            content_type: headers.get(header::CONTENT_TYPE).cloned(),
-            session: headers.get(session_header).cloned(),
+            content_type: response.headers().get(header::CONTENT_TYPE).cloned(),
+            session: None,
             route_kind: response.extensions().get::<RouteSpanKind>().map(|k| k.0),
         }
+    }
+
+    /// Adds the session id `response` gives under `session_header`.
+    pub(crate) fn with_session<B>(
+        mut self,
+        response: &Response<B>,
+        session_header: &HeaderName,
+    ) -> Self {
+        self.session = response.headers().get(session_header).cloned();
+        self
     }
 
     /// The session id the response gives, if it is one MCP allows.
