@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use rmcp::{
     RoleServer, ServerHandler,
-    handler::server::wrapper::Parameters,
+    handler::server::{router::tool::ToolRouter, wrapper::Parameters},
     model::{
         CallToolResult, ContentBlock, Implementation, ProgressNotificationParam,
         ServerCapabilities, ServerConfig,
@@ -37,6 +37,10 @@ pub struct DemoTools {
     started: Arc<Semaphore>,
     /// One permit per [`DemoTools::release`] call; each lets one waiting call finish.
     released: Arc<Semaphore>,
+    /// The tools, built once and shared by every session. (Without
+    /// `router = self.tools`, `#[tool_handler]` builds the router again on
+    /// every call, which is about half of this server's work per `tools/call`.)
+    tools: Arc<ToolRouter<Self>>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -90,6 +94,7 @@ impl DemoTools {
         Self {
             started: Arc::new(Semaphore::new(0)),
             released: Arc::new(Semaphore::new(0)),
+            tools: Arc::new(Self::tool_router()),
         }
     }
 
@@ -203,7 +208,7 @@ impl DemoTools {
     }
 }
 
-#[tool_handler]
+#[tool_handler(router = self.tools)]
 impl ServerHandler for DemoTools {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
