@@ -50,8 +50,8 @@ pub(crate) struct Exchange {
     /// When the request arrived.
     arrived: Moment,
     method: Method,
-    /// The request's URI (shared, not copied), for its path.
-    uri: http::Uri,
+    /// The request's path and query (shared, not copied), for its path.
+    path: Option<http::uri::PathAndQuery>,
     /// axum's matched route (shared, not copied).
     route: Option<axum::extract::MatchedPath>,
     /// The session id, unless the config groups sessions by the key chain.
@@ -77,6 +77,15 @@ pub(crate) struct Exchange {
     /// The run the response head found open, for an exchange read later
     /// (see [`crate::tape`]): its span goes there, or nowhere.
     taped_run: Option<Uuid>,
+    /// What a session store's lookup left (only with a store): boxed, as
+    /// most exchanges have none and the exchange is moved and copied
+    /// between threads.
+    store: Option<Box<StoreWait>>,
+}
+
+/// An exchange's dealings with the session store.
+#[derive(Debug, Default)]
+struct StoreWait {
     /// The session store's lookup of a session this process does not know.
     prefetch: Option<Prefetch>,
     /// The session store's answer for a run key, once it came.
@@ -181,16 +190,24 @@ impl Exchange {
                 .extensions
                 .get::<axum::extract::MatchedPath>()
                 .cloned(),
-            uri: parts.uri.clone(),
+            path: parts.uri.path_and_query().cloned(),
             method: parts.method.clone(),
             arrived: Moment::now(),
             known_run,
             taped_run: None,
-            prefetch,
-            resolved: None,
-            read: None,
+            store: prefetch.map(|prefetch| {
+                Box::new(StoreWait {
+                    prefetch: Some(prefetch),
+                    ..StoreWait::default()
+                })
+            }),
             shared,
         }
+    }
+
+    /// Notes the session store's answer for `key`.
+    pub(super) fn note_resolved(&mut self, key: Arc<str>, resolved: Resolved) {
+        self.store.get_or_insert_default().resolved = Some((key, resolved));
     }
 
     /// The request's span, whose input the request body fills as the inner
@@ -201,7 +218,7 @@ impl Exchange {
 
     /// The request's path.
     fn path(&self) -> &str {
-        self.uri.path()
+        self.path.as_ref().map_or("", http::uri::PathAndQuery::path)
     }
 
     /// The state of the layer this exchange went through.
@@ -232,9 +249,7 @@ impl Exchange {
         if !(self.method == Method::POST
             && self.shared.mirror.is_none()
             && response.status.is_success()
-            && self.prefetch.is_none()
-            && self.resolved.is_none()
-            && self.read.is_none())
+            && self.store.is_none())
         {
             return None;
         }
@@ -313,7 +328,11 @@ impl Exchange {
         if self.shared.mirror.is_none() {
             return Some(sessions.run_for(table_key, self.arrived, || open(Uuid::new_v4())));
         }
-        match &self.resolved {
+        match self
+            .store
+            .as_ref()
+            .and_then(|store| store.resolved.as_ref())
+        {
             Some((key, resolved)) if **key == *table_key => {
                 Some(sessions.settle(table_key, *resolved, self.arrived, open))
             }
@@ -335,8 +354,9 @@ impl Exchange {
         let Some(mirror) = self.shared.mirror.as_ref() else {
             return Head::Ready(None);
         };
-        self.read = Some((request.map(ClientMessage::Request), input));
-        let prefetch = self.prefetch.take().filter(|p| p.is_for(&table_key));
+        let store = self.store.get_or_insert_default();
+        store.read = Some((request.map(ClientMessage::Request), input));
+        let prefetch = store.prefetch.take().filter(|p| p.is_for(&table_key));
         let run_id = Uuid::new_v4();
         let run = NewRun::new(&*table_key, run_id, SystemTime::now());
         let wait = mirror.resolve(&self.shared, prefetch, run);
@@ -529,7 +549,7 @@ impl Exchange {
     /// The request as one JSON-RPC message (if it is one) and as text: as
     /// read before a wait for the store, else read now.
     fn read_request(&mut self) -> (Option<ClientMessage>, Input) {
-        if let Some(read) = self.read.take() {
+        if let Some(read) = self.store.as_mut().and_then(|store| store.read.take()) {
             return read;
         }
         // Read once (a wait for the store keeps what was read): the capture

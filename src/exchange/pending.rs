@@ -52,7 +52,7 @@ impl Pending {
                 let Some(mut exchange) = resolving.exchange.take() else {
                     return Poll::Ready(None);
                 };
-                exchange.resolved = Some((resolving.key.clone(), resolved));
+                exchange.note_resolved(resolving.key.clone(), resolved);
                 Poll::Ready(match exchange.on_response(response) {
                     Head::Ready(recorder) => recorder,
                     // Decided with the answer at hand: no second wait.
