@@ -27,6 +27,32 @@ use crate::state::{Shared, Trodo};
 /// # Ok(())
 /// # }
 /// ```
+///
+/// `Router::layer` wraps each route, and axum then clones the service under
+/// the route once more per request (for rmcp's `StreamableHttpService`,
+/// 2,000 to 4,000 instructions a call; true of any layer put there). Put
+/// around the whole router instead, the layer costs only its own work; it
+/// then sees requests before routing, so a span of a non-MCP route is named
+/// by its path rather than its route pattern:
+///
+/// ```no_run
+/// use axum::{Router, ServiceExt, response::IntoResponse, routing::get};
+/// use std::net::SocketAddr;
+/// use tower::ServiceBuilder;
+/// use trodo_tower::{TrodoConfig, TrodoLayer};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let router = Router::new().route("/health", get(|| async { "ok" }));
+/// let app = ServiceBuilder::new()
+///     .map_response(IntoResponse::into_response) // back to axum's body
+///     .layer(TrodoLayer::new(TrodoConfig::from_env()?))
+///     .service(router);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// let app = ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<SocketAddr>(app);
+/// axum::serve(listener, app).await?;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct TrodoLayer {
