@@ -7,10 +7,11 @@
 //! what the server's own work on a small `tools/call` leaves for a layer
 //! that must not show in its throughput. A [`Tape`] keeps the response's
 //! chunks (small ones copied, large ones shared) until the answer, then
-//! hands the exchange to the backlog. The response head only notes the session's run (a
-//! table lookup); the backlog builds the span as a recorder made on the
-//! head would have, ending it at the time the tape saw the end, and a span
-//! whose run ended meanwhile goes nowhere, as a recorder's would.
+//! hands the exchange to the backlog. The response head only notes the
+//! session's run (a table lookup); the backlog builds the span as a
+//! recorder made on the head would have, ending it at the time the tape
+//! saw the end, and a span whose run ended meanwhile goes nowhere, as a
+//! recorder's would.
 //!
 //! Only what changes nothing the next request can see is put off: an
 //! `initialize` (it opens a run), a DELETE or a 404 (they close one), a
