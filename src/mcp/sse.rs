@@ -136,6 +136,9 @@ pub(crate) struct SseDecoder {
     last_id: Vec<u8>,
     /// The value of the `id` line being read.
     id_line: Vec<u8>,
+    /// Calls of the fast path, for tests.
+    #[cfg(test)]
+    whole_tries: usize,
 }
 
 impl SseDecoder {
@@ -160,6 +163,8 @@ impl SseDecoder {
             event: Vec::new(),
             last_id: Vec::new(),
             id_line: Vec::new(),
+            #[cfg(test)]
+            whole_tries: 0,
         }
     }
 
@@ -189,7 +194,10 @@ impl SseDecoder {
 
     /// Splits `input` into line contents and line ends.
     fn feed(&mut self, mut input: &[u8], on_event: &mut impl FnMut(SseEvent<'_>)) {
-        // Whether a whole event may still start in `input`.
+        // Whether the fast path may take the next event in `input`: not
+        // once `input` ran out before an event's end, and not again within
+        // an event it left to the general path (each try scans to the end
+        // of the event, so trying on every line would be quadratic).
         let mut whole_events = true;
         while let Some(&first) = input.first() {
             if whole_events && self.between_events() {
@@ -198,8 +206,7 @@ impl SseDecoder {
                         input = &input[used..];
                         continue;
                     }
-                    Whole::Unfinished => whole_events = false,
-                    Whole::Unusual => {}
+                    Whole::Unfinished | Whole::Unusual => whole_events = false,
                 }
             }
             if self.after_cr {
@@ -216,7 +223,10 @@ impl SseDecoder {
             self.line_content(&input[..end]);
             self.after_cr = input[end] == b'\r';
             input = &input[end + 1..];
+            let blank = !self.line_started;
             self.end_line(on_event);
+            // A blank line ends the event: the next may be a whole one.
+            whole_events |= blank && memchr::memchr2(b'\n', b'\r', input).is_some();
         }
     }
 
@@ -236,6 +246,10 @@ impl SseDecoder {
     /// ends, at most one `data` line, and no `event` or `id` line that this
     /// decoder keeps). Otherwise reads nothing and says why.
     fn whole_event(&mut self, input: &[u8], on_event: &mut impl FnMut(SseEvent<'_>)) -> Whole {
+        #[cfg(test)]
+        {
+            self.whole_tries += 1;
+        }
         let mut used = 0;
         let mut data: Option<&[u8]> = None;
         loop {
@@ -843,6 +857,20 @@ mod tests {
         decoder.push(b"\n\n", |e| events.push(owned(&e)));
         assert_eq!(events, vec![data_event("a"), data_event("b")]);
         assert_eq!(decoder.buffered_bytes(), 5 + 1, "only the data buffer grew");
+    }
+
+    #[test]
+    fn an_event_the_fast_path_leaves_is_not_tried_again_on_every_line() {
+        // Many comment lines, then two data lines: the fast path scans to
+        // the second data line once and leaves the event to the general
+        // path, which must not hand each of its lines back to it.
+        let mut chunk = ":\n".repeat(10_000).into_bytes();
+        chunk.extend_from_slice(b"data: a\ndata: b\n\ndata: c\n\n");
+        let mut decoder = SseDecoder::data_only(1024);
+        let mut events = Vec::new();
+        decoder.push(&chunk, |e| events.push(owned(&e)));
+        assert_eq!(events, vec![data_event("a\nb"), data_event("c")]);
+        assert_eq!(decoder.whole_tries, 2, "once for each event");
     }
 
     #[test]
