@@ -33,17 +33,17 @@ impl<'a> RequestHeaders<'a> {
     pub(super) fn of(headers: &'a HeaderMap, session_header: &HeaderName) -> Self {
         let mut found = Self::default();
         for (name, value) in headers {
-            let slot = if name == session_header {
-                &mut found.session
-            } else {
-                match name.as_str() {
-                    "mcp-protocol-version" => &mut found.protocol_version,
-                    "mcp-method" => &mut found.method,
-                    "mcp-name" => &mut found.name,
-                    RUN_ID_HEADER => &mut found.run_id,
-                    PARENT_SPAN_ID_HEADER => &mut found.parent_span_id,
-                    _ => continue,
-                }
+            // The session header may be configured as one of the others.
+            if name == session_header {
+                found.session.get_or_insert(value);
+            }
+            let slot = match name.as_str() {
+                "mcp-protocol-version" => &mut found.protocol_version,
+                "mcp-method" => &mut found.method,
+                "mcp-name" => &mut found.name,
+                RUN_ID_HEADER => &mut found.run_id,
+                PARENT_SPAN_ID_HEADER => &mut found.parent_span_id,
+                _ => continue,
             };
             slot.get_or_insert(value);
         }
@@ -120,6 +120,11 @@ mod tests {
         assert_eq!(text(found.name).as_deref(), Some("add"));
         assert_eq!(text(found.run_id).as_deref(), Some("run"));
         assert_eq!(text(found.parent_span_id).as_deref(), Some("span"));
+
+        // A session header named like another fills both.
+        let same = RequestHeaders::of(&headers, &HeaderName::from_static("mcp-name"));
+        assert_eq!(text(same.session).as_deref(), Some("add"));
+        assert_eq!(text(same.name).as_deref(), Some("add"));
 
         let empty = HeaderMap::new();
         let none = RequestHeaders::of(&empty, &HeaderName::from_static("x-session"));
