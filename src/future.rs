@@ -103,7 +103,7 @@ where
                         return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, None))));
                     };
                     let head = ResponseHead::of(&response);
-                    let watch = if let Some(request_bytes) = exchange.tapes(&head) {
+                    let watch = if let Some(request_bytes) = exchange.tapes(&head, &response) {
                         Some(Watch::Taped(Tape::new(*exchange, head, request_bytes)))
                     } else {
                         let head = exchange.with_session(head, &response);

@@ -83,6 +83,13 @@ async fn scripted_with(
                         sse(Body::from_stream(futures::stream::iter(chunks)))
                     }
                     "method_in_result" => sse(Body::from(format!("data: {METHOD_IN_RESULT}\n\n"))),
+                    "other_session" => Response::builder()
+                        .header("content-type", "application/json")
+                        .header("mcp-session-id", "another-session")
+                        .body(Body::from(
+                            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
+                        ))
+                        .unwrap(),
                     "fine" => Response::builder()
                         .header("content-type", "application/json")
                         .body(Body::from(
@@ -224,6 +231,31 @@ async fn a_known_sessions_exchange_is_read_on_the_delivery_thread() {
             Some("trodo-export".to_owned())
         ],
         "the next one is read off the request path"
+    );
+}
+
+/// An answer that names another session is read as it is answered, never
+/// from a tape.
+#[tokio::test]
+async fn an_answer_naming_another_session_is_read_live() {
+    let readers = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&readers);
+    let (ingest, client) = scripted_with(move |config| {
+        config.with_redaction(move |_: &mut Value| {
+            let thread = std::thread::current().name().map(str::to_owned);
+            seen.lock().unwrap().push(thread);
+        })
+    })
+    .await;
+    // The session becomes known here with its first answer.
+    assert_eq!(span_of(&ingest, &client, "fine").await["status"], "ok");
+    let span = span_of(&ingest, &client, "other_session").await;
+    assert_eq!(span["status"], "ok");
+    let readers = readers.lock().unwrap().clone();
+    assert_eq!(readers.len(), 4, "input and output of each: {readers:?}");
+    assert!(
+        readers.iter().all(|t| t.as_deref() != Some("trodo-export")),
+        "both are read as they are answered: {readers:?}"
     );
 }
 

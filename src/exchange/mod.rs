@@ -242,14 +242,26 @@ impl Exchange {
     /// without a session store (other workers must see its totals at once).
     /// If so, the exchange belongs to the run open now, as a recorder made
     /// now would, and the bytes of the request it keeps are returned.
-    pub(crate) fn tapes(&mut self, response: &ResponseHead) -> Option<usize> {
+    ///
+    /// An answer that names another session is read live, whatever the
+    /// request looked like by then (the taped head does not keep it).
+    pub(crate) fn tapes<B>(
+        &mut self,
+        head: &ResponseHead,
+        response: &Response<B>,
+    ) -> Option<usize> {
         let (Some(known_run), Some(session_id)) = (self.known_run, &self.session_id) else {
             return None;
         };
+        let same_session = response
+            .headers()
+            .get(&self.shared.settings.session_header)
+            .is_none_or(|value| value.as_bytes() == session_id.as_bytes());
         if !(self.method == Method::POST
             && self.shared.mirror.is_none()
-            && response.status.is_success()
-            && self.store.is_none())
+            && head.status.is_success()
+            && self.store.is_none()
+            && same_session)
         {
             return None;
         }
