@@ -205,10 +205,10 @@ impl Tape {
                 return None;
             }
         };
-        let copied = (!copied.is_empty()).then(|| Bytes::from(copied));
         let answered = chunks
             .iter()
-            .chain(&copied)
+            .map(|chunk| &chunk[..])
+            .chain((!copied.is_empty()).then_some(&copied[..]))
             .any(|chunk| recorder.on_data(chunk));
         Some((recorder, answered))
     }

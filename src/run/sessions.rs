@@ -98,9 +98,11 @@ impl From<ClosedVia> for Ending {
 /// How many ended run ids are remembered, so that a repeated `end_run` sends nothing.
 const REMEMBERED_ENDS: usize = 4_096;
 
-/// The run table's hasher: keyed per process like std's SipHash (a client
-/// cannot pick colliding session ids), several times faster on a session id,
-/// which every request in a session looks up twice.
+/// The run table's hasher: seeded at random per process, like std's
+/// SipHash, and several times faster on a session id, which every request
+/// in a session looks up twice. foldhash claims only minimal resistance to
+/// chosen collisions; the keys that open runs are ids the server issued
+/// (or, for clients without sessions, keys that identify the client).
 type Hasher = foldhash::fast::RandomState;
 
 #[derive(Debug, Default)]
