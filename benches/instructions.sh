@@ -15,14 +15,30 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bench=$(cargo bench --bench overhead --no-run --message-format=json 2>/dev/null |
+bench=$(cargo bench --bench overhead --no-run --message-format=json |
     python3 -c 'import json,sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "overhead" and m.get("executable"):
         print(m["executable"])')
+[ -n "$bench" ] || { echo "instructions.sh: no overhead bench binary" >&2; exit 1; }
+command -v callgrind_control >/dev/null || { echo "instructions.sh: needs valgrind" >&2; exit 1; }
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+runner=
+trap '[ -n "$runner" ] && kill "$runner" 2>/dev/null; pkill -f "valgrind.*$bench" 2>/dev/null; rm -rf "$work"' EXIT
+
+# Waits until `$2` holds `$3`, while the bench under valgrind (`$1`) runs.
+wait_for() {
+    local dir=$1 file=$2 pattern=$3
+    until grep -q "$pattern" "$dir/$file" 2>/dev/null; do
+        if ! kill -0 "$runner" 2>/dev/null; then
+            echo "instructions.sh: the bench stopped early:" >&2
+            cat "$dir/out.txt" "$dir/err.txt" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
 
 # Instructions per call on the server thread, for one server: $1 = bare or
 # layered, then environment settings for the bench.
@@ -30,24 +46,28 @@ per_call() {
     local only=$1 dir
     shift
     dir=$(mktemp -d -p "$work")
-    (cd "$dir" && env "$@" OVERHEAD_ONLY="$only" OVERHEAD_ROUNDS=3 OVERHEAD_ROUND_SECS=4 \
-        OVERHEAD_WARMUP_SECS=1 valgrind --tool=callgrind --separate-threads=yes \
-        "$bench" --bench >out.txt 2>err.txt) &
-    local runner=$!
-    until [ -s "$dir/err.txt" ] && grep -q '^==[0-9]*==' "$dir/err.txt"; do sleep 0.2; done
+    # One server worker thread: it is the process's second thread.
+    (cd "$dir" && env "$@" OVERHEAD_ONLY="$only" OVERHEAD_SERVER_THREADS=1 OVERHEAD_ROUNDS=3 \
+        OVERHEAD_ROUND_SECS=4 OVERHEAD_WARMUP_SECS=1 valgrind --tool=callgrind \
+        --separate-threads=yes "$bench" --bench >out.txt 2>err.txt) &
+    runner=$!
+    wait_for "$dir" err.txt '^==[0-9]*=='
     local pid
     pid=$(grep -m1 -o '^==[0-9]*==' "$dir/err.txt" | tr -d '=')
-    until grep -q "round 1" "$dir/out.txt" 2>/dev/null; do sleep 0.2; done
+    wait_for "$dir" out.txt "round 1"
     callgrind_control -z "$pid" >/dev/null 2>&1
-    until grep -q "round 2" "$dir/out.txt" 2>/dev/null; do sleep 0.2; done
+    wait_for "$dir" out.txt "round 2"
     callgrind_control -d "$pid" >/dev/null 2>&1
     wait "$runner"
-    # The server runtime's one worker is the process's second thread.
+    runner=
     python3 - "$dir"/callgrind.out.*.1-02 <<'PY'
 import re, sys
 text = open(sys.argv[1], errors="replace").read()
 total = int(re.search(r"^summary: (\d+)", text, re.M).group(1))
-# Calls of the demo tool handler: every `calls=` line under a `cfn=` naming it.
+# Calls of the demo tool handler, counted where its future is dropped (once
+# per call): every `calls=` line under the `cfn=` naming that drop.
+handler = re.compile(r"^core::ptr::drop_in_place<<\w+::tools::DemoTools as "
+                     r"rmcp::handler::server::ServerHandler>::call_tool::\{\{closure\}\}>$")
 names, calls, cfn = {}, 0, None
 for line in text.splitlines():
     m = re.match(r"(c?fn)=\((\d+)\)(?: (.*))?", line)
@@ -56,7 +76,7 @@ for line in text.splitlines():
             names[m.group(2)] = m.group(3)
         if m.group(1) == "cfn":
             cfn = names.get(m.group(2), "")
-    elif line.startswith("calls=") and cfn and "DemoTools as rmcp::handler::server::ServerHandler>::call_tool::{{closure}}>" in cfn:
+    elif line.startswith("calls=") and cfn and handler.match(cfn):
         calls += int(line.split()[0][6:])
 print(f"{total / calls:.0f} {calls}")
 PY
@@ -73,7 +93,7 @@ report "bare                        " "$bare"
 routes=$(per_call layered)
 report "layered (Router::layer)     " "$routes"
 outer=$(per_call layered OVERHEAD_PLACEMENT=outer)
-report "layered (around the router)" "$outer"
+report "layered (around the router) " "$outer"
 python3 - "${bare% *}" "${routes% *}" "${outer% *}" <<'PY'
 import sys
 bare, routes, outer = map(float, sys.argv[1:])
