@@ -110,6 +110,24 @@ async fn scripted_with(
     (ingest, client)
 }
 
+/// The names of the threads that read exchanges (the redaction hook runs
+/// there), in order.
+type Readers = Arc<Mutex<Vec<Option<String>>>>;
+
+/// [`scripted`], noting the thread that reads each input and output.
+async fn scripted_noting_readers() -> (RecordingIngest, RawClient, Readers) {
+    let readers = Readers::default();
+    let seen = Arc::clone(&readers);
+    let (ingest, client) = scripted_with(move |config| {
+        config.with_redaction(move |_: &mut Value| {
+            let thread = std::thread::current().name().map(str::to_owned);
+            seen.lock().unwrap().push(thread);
+        })
+    })
+    .await;
+    (ingest, client, readers)
+}
+
 /// Calls `tool` and returns its span; a broken answer may fail the call.
 async fn span_of(ingest: &RecordingIngest, client: &RawClient, tool: &str) -> Value {
     let name = format!("tool.{tool}");
@@ -204,15 +222,7 @@ async fn an_answer_only_parsing_can_tell_is_found() {
 
 #[tokio::test]
 async fn a_known_sessions_exchange_is_read_on_the_delivery_thread() {
-    let readers = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&readers);
-    let (ingest, client) = scripted_with(move |config| {
-        config.with_redaction(move |_: &mut Value| {
-            let thread = std::thread::current().name().map(str::to_owned);
-            seen.lock().unwrap().push(thread);
-        })
-    })
-    .await;
+    let (ingest, client, readers) = scripted_noting_readers().await;
     let [live, taped] = live_and_taped(&ingest, &client, "fine").await;
     assert_eq!(live["status"], "ok");
     assert_eq!(taped["output"], live["output"]);
@@ -238,15 +248,7 @@ async fn a_known_sessions_exchange_is_read_on_the_delivery_thread() {
 /// from a tape.
 #[tokio::test]
 async fn an_answer_naming_another_session_is_read_live() {
-    let readers = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&readers);
-    let (ingest, client) = scripted_with(move |config| {
-        config.with_redaction(move |_: &mut Value| {
-            let thread = std::thread::current().name().map(str::to_owned);
-            seen.lock().unwrap().push(thread);
-        })
-    })
-    .await;
+    let (ingest, client, readers) = scripted_noting_readers().await;
     // The session becomes known here with its first answer.
     assert_eq!(span_of(&ingest, &client, "fine").await["status"], "ok");
     let span = span_of(&ingest, &client, "other_session").await;
