@@ -25,7 +25,7 @@ for line in sys.stdin:
 command -v callgrind_control >/dev/null || { echo "instructions.sh: needs valgrind" >&2; exit 1; }
 work=$(mktemp -d)
 runner=
-trap '[ -n "$runner" ] && kill "$runner" 2>/dev/null; pkill -f "valgrind.*$bench" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'set +e; [ -n "$runner" ] && kill "$runner" 2>/dev/null; pkill -f "valgrind.*$bench" 2>/dev/null; rm -rf "$work"' EXIT
 
 # Waits until `$2` holds `$3`, while the bench under valgrind (`$1`) runs.
 wait_for() {
