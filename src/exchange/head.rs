@@ -23,8 +23,8 @@ pub(super) struct RequestHeaders<'a> {
     pub(super) protocol_version: Option<&'a HeaderValue>,
     pub(super) method: Option<&'a HeaderValue>,
     pub(super) name: Option<&'a HeaderValue>,
-    /// The caller's run and span ([`RUN_ID_HEADER`](crate::RUN_ID_HEADER),
-    /// [`PARENT_SPAN_ID_HEADER`](crate::PARENT_SPAN_ID_HEADER)).
+    /// The caller's run and span ([`RUN_ID_HEADER`],
+    /// [`PARENT_SPAN_ID_HEADER`]).
     pub(super) run_id: Option<&'a HeaderValue>,
     pub(super) parent_span_id: Option<&'a HeaderValue>,
 }

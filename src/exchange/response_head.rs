@@ -15,8 +15,9 @@ pub(crate) struct ResponseHead {
     pub(crate) status: StatusCode,
     pub(crate) content_type: Option<HeaderValue>,
     /// The session header, which the answer to `initialize` sets; read
-    /// only for an exchange read live (a taped one is never `initialize`),
-    /// as taking it may cost an allocation.
+    /// only for an exchange read live, as taking it may cost an allocation
+    /// (a taped one is never `initialize`, and its answer names no other
+    /// session: see [`Exchange::tapes`](super::Exchange::tapes)).
     session: Option<HeaderValue>,
     /// The kind a [`SpanKindLayer`](crate::SpanKindLayer) put on the response.
     pub(crate) route_kind: Option<SpanKind>,
