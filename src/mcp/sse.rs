@@ -265,15 +265,11 @@ impl SseDecoder {
             if line.is_empty() {
                 if let Some(data) = data.filter(|data| !data.is_empty()) {
                     let data_truncated = data.len() > self.max_event_bytes;
-                    let len = if data_truncated {
-                        complete_prefix(&data[..self.max_event_bytes])
-                    } else {
-                        data.len()
-                    };
+                    let kept = &data[..data.len().min(self.max_event_bytes)];
                     on_event(SseEvent {
                         event: b"",
                         id: &self.last_id,
-                        data: &data[..len],
+                        data: kept_data(kept, data_truncated),
                         data_truncated,
                     });
                 }
@@ -404,15 +400,10 @@ impl SseDecoder {
         let data_truncated = std::mem::replace(&mut self.data_truncated, false);
         self.has_data = false;
         if !self.data.is_empty() || data_truncated {
-            let len = if data_truncated {
-                complete_prefix(&self.data)
-            } else {
-                self.data.len()
-            };
             on_event(SseEvent {
                 event: &self.event,
                 id: &self.last_id,
-                data: &self.data[..len],
+                data: kept_data(&self.data, data_truncated),
                 data_truncated,
             });
         }
@@ -445,6 +436,16 @@ fn push_bounded(buf: &mut Vec<u8>, bytes: &[u8], max: usize) {
         buf.reserve_exact(target - buf.len());
     }
     buf.extend_from_slice(&bytes[..take]);
+}
+
+/// The data bytes an event reports of what was `kept`: a cut (when
+/// `truncated`) does not end in half a UTF-8 character.
+fn kept_data(kept: &[u8], truncated: bool) -> &[u8] {
+    if truncated {
+        &kept[..complete_prefix(kept)]
+    } else {
+        kept
+    }
 }
 
 /// The length of `bytes` without an incomplete UTF-8 sequence at its end
