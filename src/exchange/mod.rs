@@ -50,16 +50,20 @@ pub(crate) struct Exchange {
     /// When the request arrived.
     arrived: Moment,
     method: Method,
-    /// The request's path and query (shared, not copied), for its path.
-    path: Option<http::uri::PathAndQuery>,
+    /// The request's path. Copied, as are the header texts below: a
+    /// shared [`HeaderValue`] or URI would hold hyper's whole read buffer
+    /// until the exchange is read, often on the delivery thread, which
+    /// then frees it (see [`owned_text`]).
+    path: Box<str>,
     /// axum's matched route (shared, not copied).
     route: Option<axum::extract::MatchedPath>,
     /// The session id, unless the config groups sessions by the key chain.
     session_id: Option<Arc<str>>,
-    protocol_header: Option<HeaderValue>,
-    /// `Mcp-Method` / `Mcp-Name` (MCP 2026-07-28): name a request too large to parse.
-    method_header: Option<HeaderValue>,
-    name_header: Option<HeaderValue>,
+    /// `Mcp-Protocol-Version`, if it is text.
+    protocol_header: Option<Box<str>>,
+    /// `Mcp-Method` / `Mcp-Name` (MCP 2026-07-28), if text: name a request too large to parse.
+    method_header: Option<Box<str>>,
+    name_header: Option<Box<str>>,
     wants_event_stream: bool,
     /// The application's run key, for requests without a session.
     app_key: Option<String>,
@@ -182,15 +186,15 @@ impl Exchange {
             distinct_id,
             joined: inbound_propagation(found.run_id, found.parent_span_id),
             request_span,
-            protocol_header: found.protocol_version.cloned(),
-            method_header: found.method.cloned(),
-            name_header: found.name.cloned(),
+            protocol_header: found.protocol_version.and_then(owned_text),
+            method_header: found.method.and_then(owned_text),
+            name_header: found.name.and_then(owned_text),
             wants_event_stream,
             route: parts
                 .extensions
                 .get::<axum::extract::MatchedPath>()
                 .cloned(),
-            path: parts.uri.path_and_query().cloned(),
+            path: Box::from(parts.uri.path()),
             method: parts.method.clone(),
             arrived: Moment::now(),
             known_run,
@@ -218,7 +222,7 @@ impl Exchange {
 
     /// The request's path.
     fn path(&self) -> &str {
-        self.path.as_ref().map_or("", http::uri::PathAndQuery::path)
+        &self.path
     }
 
     /// The state of the layer this exchange went through.
@@ -572,12 +576,10 @@ impl Exchange {
         } else if capture.is_truncated() {
             // Too large to read whole; a 2026-07-28 client names the method
             // (and tool) in headers.
-            let text =
-                |value: &Option<HeaderValue>| value.as_ref()?.to_str().ok().map(str::to_owned);
-            text(&self.method_header).map(|method| {
+            self.method_header.as_deref().map(|method| {
                 ClientMessage::Request(McpRequest::named(
-                    method,
-                    text(&self.name_header),
+                    method.to_owned(),
+                    self.name_header.as_deref().map(str::to_owned),
                     self.protocol_header().map(str::to_owned),
                 ))
             })
@@ -598,7 +600,7 @@ impl Exchange {
 
     /// The `Mcp-Protocol-Version` header, if it is text.
     fn protocol_header(&self) -> Option<&str> {
-        self.protocol_header.as_ref()?.to_str().ok()
+        self.protocol_header.as_deref()
     }
 
     /// A DELETE or a GET event stream on the MCP endpoint: about the session itself.
@@ -658,6 +660,16 @@ fn is_session_control(
     path: &str,
 ) -> bool {
     (*method == Method::DELETE || wants_event_stream) && shared.is_mcp_path(path)
+}
+
+/// A header's text, copied: the exchange must not keep a share of the
+/// buffer hyper read the request head into. Held until the exchange is
+/// read (on the delivery thread, for a taped one), such a share keeps
+/// hyper from reusing its buffer, and the delivery thread then frees the
+/// server's memory, taking the lock of the server thread's allocator
+/// arena while the server allocates (seen as one futex call per request).
+fn owned_text(value: &HeaderValue) -> Option<Box<str>> {
+    value.to_str().ok().map(Box::from)
 }
 
 /// The request body as the span's input.
