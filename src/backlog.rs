@@ -19,6 +19,9 @@
 //! nothing is lost, and no request does much of it; after shutdown (which
 //! ends the delivery thread), work is read as it is added. A panic while reading
 //! (a redaction hook, say) costs the piece it was reading, and is logged.
+//!
+//! What reading leaves of the memory the request path allocated goes back
+//! to the request path to be freed (see [`crate::leftovers`]).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -27,12 +30,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+use crate::leftovers::{Leftover, Leftovers};
+
 /// Work put off until later: an exchange whose body is over.
 pub(crate) trait Later: Send + 'static {
+    /// What reading leaves of the memory the adding thread allocated.
+    type Leftover: Leftover;
     /// Bytes it holds, for the backlog's bound.
     fn weight(&self) -> usize;
-    /// Does the work.
-    fn read(self);
+    /// Does the work; returns what is left to free on a request's thread.
+    fn read(self) -> Option<Self::Leftover>;
 }
 
 /// How often the reader looks while there is work.
@@ -64,10 +71,11 @@ thread_local! {
 
 /// Reads one piece of work; a panic in it (a redaction hook, say) costs
 /// that piece only, and is logged.
-fn read_one<T: Later>(work: T) {
-    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.read())).is_err() {
+fn read_one<T: Later>(work: T) -> Option<T::Leftover> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.read())).unwrap_or_else(|_| {
         tracing::error!("trodo: reading a finished exchange panicked; its span is lost");
-    }
+        None
+    })
 }
 
 /// Whether this thread is reading a backlog now.
@@ -112,8 +120,10 @@ impl<T> Default for Waiting<T> {
 
 /// The backlog of one layer's state; see the module docs.
 #[derive(Debug)]
-pub(crate) struct Backlog<T> {
+pub(crate) struct Backlog<T: Later> {
     waiting: Mutex<Waiting<T>>,
+    /// What reading left, for requests to free.
+    leftovers: Leftovers<T::Leftover>,
     /// The turn to read, held while reading: work is read in the order it
     /// was added. It counts the pieces read since the start, so that a
     /// catch-up knows when everything added before it was read.
@@ -130,10 +140,11 @@ pub(crate) struct Backlog<T> {
     abandoned: AtomicBool,
 }
 
-impl<T> Default for Backlog<T> {
+impl<T: Later> Default for Backlog<T> {
     fn default() -> Self {
         Self {
             waiting: Mutex::default(),
+            leftovers: Leftovers::default(),
             turn: Mutex::default(),
             waiters: AtomicUsize::new(0),
             wake: Notify::new(),
@@ -155,6 +166,7 @@ impl<T: Later> Backlog<T> {
             waiting.added += 1;
             (waiting.work.len(), waiting.bytes)
         };
+        self.leftovers.free_some();
         if self.closed.load(Ordering::Acquire) {
             self.catch_up();
             return;
@@ -243,9 +255,15 @@ impl<T: Later> Backlog<T> {
             batch
         };
         let count = batch.len();
+        let mut left = Vec::new();
         for (work, _) in batch {
-            read_one(work);
+            left.extend(read_one(work));
             *turn += 1;
+        }
+        // Shut down, the reader is gone and may not free what is left;
+        // and what is left holds the layer's state.
+        if !left.is_empty() && !self.closed.load(Ordering::Acquire) {
+            self.leftovers.give_back(left);
         }
         count
     }
@@ -299,6 +317,8 @@ pub(crate) async fn read<T: Later>(backlog: Arc<Backlog<T>>) {
             }
             continue;
         }
+        // No requests come to free what reading left, and none allocate.
+        backlog.leftovers.free_all();
         backlog.parked.store(true, Ordering::Release);
         // An exchange added before `parked` was set found no one to wake.
         if !backlog.is_empty() {
@@ -312,6 +332,7 @@ pub(crate) async fn read<T: Later>(backlog: Arc<Backlog<T>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::convert::Infallible;
     use std::sync::mpsc;
 
     /// Work that reports its number when read, and weighs `weight` bytes.
@@ -322,12 +343,15 @@ mod tests {
     }
 
     impl Later for Numbered {
+        type Leftover = Infallible;
+
         fn weight(&self) -> usize {
             self.weight
         }
 
-        fn read(self) {
+        fn read(self) -> Option<Infallible> {
             let _ = self.read.send(self.number);
+            None
         }
     }
 
@@ -403,11 +427,13 @@ mod tests {
     struct Panicking;
 
     impl Later for Panicking {
+        type Leftover = Infallible;
+
         fn weight(&self) -> usize {
             0
         }
 
-        fn read(self) {
+        fn read(self) -> Option<Infallible> {
             panic!("a redaction hook failed");
         }
     }
@@ -436,7 +462,9 @@ mod tests {
         Right(R),
     }
 
-    impl<L: Later, R: Later> Later for Either<L, R> {
+    impl<L: Later, R: Later<Leftover = L::Leftover>> Later for Either<L, R> {
+        type Leftover = L::Leftover;
+
         fn weight(&self) -> usize {
             match self {
                 Self::Left(l) => l.weight(),
@@ -444,7 +472,7 @@ mod tests {
             }
         }
 
-        fn read(self) {
+        fn read(self) -> Option<L::Leftover> {
             match self {
                 Self::Left(l) => l.read(),
                 Self::Right(r) => r.read(),
@@ -469,13 +497,102 @@ mod tests {
     struct Reentrant(Arc<Backlog<Reentrant>>, mpsc::Sender<usize>);
 
     impl Later for Reentrant {
+        type Leftover = Infallible;
+
         fn weight(&self) -> usize {
             0
         }
 
-        fn read(self) {
+        fn read(self) -> Option<Infallible> {
             let _ = self.1.send(self.0.catch_up());
+            None
         }
+    }
+
+    /// Work whose reading leaves memory behind, which reports the thread
+    /// that frees it.
+    struct LeavesBehind(mpsc::Sender<std::thread::ThreadId>);
+
+    struct Left(mpsc::Sender<std::thread::ThreadId>);
+
+    impl Leftover for Left {
+        fn bytes(&self) -> usize {
+            64
+        }
+    }
+
+    impl Drop for Left {
+        fn drop(&mut self) {
+            let _ = self.0.send(std::thread::current().id());
+        }
+    }
+
+    impl Later for LeavesBehind {
+        type Leftover = Left;
+
+        fn weight(&self) -> usize {
+            0
+        }
+
+        fn read(self) -> Option<Left> {
+            Some(Left(self.0))
+        }
+    }
+
+    #[test]
+    fn what_reading_leaves_is_freed_by_the_requests_that_add_work() {
+        let backlog = Arc::new(Backlog::default());
+        let (freed, freed_on) = mpsc::channel();
+        for _ in 0..3 {
+            backlog.push(LeavesBehind(freed.clone()));
+        }
+        let reader = {
+            let backlog = Arc::clone(&backlog);
+            std::thread::spawn(move || backlog.catch_up())
+        };
+        assert_eq!(reader.join().unwrap(), 3);
+        assert!(freed_on.try_recv().is_err(), "the reader freed nothing");
+        assert_eq!(backlog.leftovers.waiting(), (3, 3 * 64));
+
+        // Each request that adds work frees two (its own work waits).
+        let me = std::thread::current().id();
+        backlog.push(LeavesBehind(freed.clone()));
+        assert_eq!(freed_on.try_iter().collect::<Vec<_>>(), [me, me]);
+        backlog.push(LeavesBehind(freed));
+        assert_eq!(freed_on.try_iter().collect::<Vec<_>>(), [me]);
+        assert_eq!(backlog.leftovers.waiting(), (0, 0));
+        assert_eq!(backlog.catch_up(), 2);
+        assert_eq!(backlog.leftovers.waiting(), (2, 2 * 64));
+    }
+
+    #[test]
+    fn once_closed_what_reading_leaves_is_freed_at_once() {
+        // No reader is left to free it, and it may hold the layer's state.
+        let backlog = Backlog::default();
+        let (freed, freed_on) = mpsc::channel();
+        backlog.push(LeavesBehind(freed.clone()));
+        backlog.close();
+        assert_eq!(freed_on.try_iter().count(), 1);
+        backlog.push(LeavesBehind(freed));
+        assert_eq!(freed_on.try_iter().count(), 1);
+        assert_eq!(backlog.leftovers.waiting(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reader_frees_what_is_left_before_it_parks() {
+        let backlog = Arc::new(Backlog::default());
+        let (freed, freed_on) = mpsc::channel();
+        let reader = tokio::spawn(read(Arc::clone(&backlog)));
+        backlog.push(LeavesBehind(freed.clone()));
+        // The reader reads it, then (no more work) frees what is left and parks.
+        while !backlog.parked.load(Ordering::Acquire) {
+            tokio::task::yield_now().await;
+            tokio::time::advance(READ_PACE).await;
+        }
+        assert_eq!(freed_on.try_iter().count(), 1);
+        assert_eq!(backlog.leftovers.waiting(), (0, 0));
+        backlog.abandon();
+        reader.await.unwrap();
     }
 
     #[test]

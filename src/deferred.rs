@@ -3,7 +3,7 @@
 
 use crate::backlog::Later;
 use crate::span_draft::FinishedSpan;
-use crate::tape::Ended;
+use crate::tape::{Ended, Tape};
 
 /// One piece of finished work.
 #[derive(Debug)]
@@ -15,6 +15,9 @@ pub(crate) enum Deferred {
 }
 
 impl Later for Deferred {
+    /// A played tape, which holds what the request path allocated for it.
+    type Leftover = Box<Tape>;
+
     fn weight(&self) -> usize {
         match self {
             Self::Taped(ended) => ended.weight(),
@@ -22,10 +25,13 @@ impl Later for Deferred {
         }
     }
 
-    fn read(self) {
+    fn read(self) -> Option<Box<Tape>> {
         match self {
-            Self::Taped(ended) => ended.read(),
-            Self::Span(span) => span.record(),
+            Self::Taped(ended) => Some(ended.read()),
+            Self::Span(span) => {
+                span.record();
+                None
+            }
         }
     }
 }

@@ -101,6 +101,7 @@ mod exchange;
 mod export;
 mod future;
 mod layer;
+mod leftovers;
 mod mcp;
 mod moment;
 mod recorder;

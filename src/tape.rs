@@ -23,6 +23,9 @@
 //! Small chunks are copied onto the tape, large ones kept shared (see
 //! [`COPIED_CHUNK_BYTES`]).
 //!
+//! Once read, the tape goes back to the request path to be freed there,
+//! with the request's span (see [`crate::leftovers`]).
+//!
 //! The tape tells the answer by a look at each event's first bytes (a
 //! `result` or `error` member and no `method`). What a look cannot tell
 //! (both), a stream of more than [`MAX_TAPED_CHUNKS`] chunks or
@@ -32,8 +35,10 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
+use crate::api::RequestSpan;
 use crate::deferred::Deferred;
 use crate::exchange::{Exchange, Head, ResponseHead};
+use crate::leftovers::Leftover;
 use crate::mcp::envelope::{Look, look};
 use crate::mcp::sse::SseDecoder;
 use crate::moment::Moment;
@@ -64,7 +69,11 @@ const FIRST_COPY_BYTES: usize = 512;
 #[derive(Debug)]
 pub(crate) struct Tape {
     // Not boxed on its own: one allocation holds the exchange and its tape.
-    exchange: Exchange,
+    /// The exchange, until the tape is played.
+    exchange: Option<Exchange>,
+    /// The request's span, held so that its allocation (made on the
+    /// request path) is freed with the tape, where it was made.
+    request_span: RequestSpan,
     head: ResponseHead,
     /// Large chunks, shared, and small ones before them copied into one;
     /// all come before `copied`.
@@ -113,7 +122,8 @@ impl Tape {
             .then(|| SseDecoder::data_only(ANSWER_PREFIX_BYTES));
         let capture_limit = exchange.shared().settings.capture_limit;
         Box::new(Self {
-            exchange,
+            request_span: exchange.request_span(),
+            exchange: Some(exchange),
             head,
             chunks: Vec::new(),
             copied: Vec::new(),
@@ -167,7 +177,7 @@ impl Tape {
     /// The body is over: hands the exchange to the backlog.
     pub(crate) fn end(self: Box<Self>, how: BodyEnd) {
         let at = Moment::now();
-        let shared = Arc::clone(self.exchange.shared());
+        let shared = Arc::clone(self.request_span.shared());
         shared.backlog.push(Deferred::Taped(Ended {
             tape: self,
             how,
@@ -177,7 +187,7 @@ impl Tape {
 
     /// Too much to keep: decides now and gives the recorder what was
     /// taped. `None` when there is nothing more to watch.
-    pub(crate) fn go_live(self: Box<Self>) -> Option<Box<Recorder>> {
+    pub(crate) fn go_live(mut self: Box<Self>) -> Option<Box<Recorder>> {
         let (recorder, answered) = self.play()?;
         if answered {
             recorder.end(BodyEnd::Complete, Moment::now());
@@ -189,26 +199,22 @@ impl Tape {
     /// Decides what the response head would have (without waiting for the
     /// session store: the run was open when the head came, see
     /// [`Exchange::tapes`]) and feeds the recorder the taped chunks.
-    /// Returns it, and whether it saw the answer among them.
-    fn play(self: Box<Self>) -> Option<(Box<Recorder>, bool)> {
-        let Self {
-            exchange,
-            head,
-            chunks,
-            copied,
-            ..
-        } = *self;
-        let mut recorder = match Box::new(exchange).on_response(&head) {
+    /// Returns it, and whether it saw the answer among them. The tape
+    /// keeps its chunks, to be freed with it; it plays once.
+    fn play(&mut self) -> Option<(Box<Recorder>, bool)> {
+        let exchange = self.exchange.take()?;
+        let mut recorder = match Box::new(exchange).on_response(&self.head) {
             Head::Ready(recorder) => recorder?,
             Head::Wait(pending) => {
                 pending.cancel();
                 return None;
             }
         };
-        let answered = chunks
+        let answered = self
+            .chunks
             .iter()
             .map(|chunk| &chunk[..])
-            .chain((!copied.is_empty()).then_some(&copied[..]))
+            .chain((!self.copied.is_empty()).then_some(&self.copied[..]))
             .any(|chunk| recorder.on_data(chunk));
         Some((recorder, answered))
     }
@@ -230,10 +236,94 @@ impl Ended {
 
     /// Records the span as a live recorder would have, ending when the
     /// tape saw the end (complete, if the answer was among the chunks).
-    pub(crate) fn read(self) {
-        let Self { tape, how, at } = self;
+    /// Returns the played tape, to be freed on a request's thread.
+    pub(crate) fn read(self) -> Box<Tape> {
+        let Self { mut tape, how, at } = self;
         if let Some((recorder, answered)) = tape.play() {
             recorder.end(if answered { BodyEnd::Complete } else { how }, at);
         }
+        tape
+    }
+}
+
+impl Leftover for Box<Tape> {
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<Tape>()
+            + self.copied.capacity()
+            + self.chunks.capacity() * std::mem::size_of::<Bytes>()
+            + self.chunks.iter().map(Bytes::len).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TrodoConfig;
+    use crate::state::Shared;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The memory under a chunk, which notes when it is freed.
+    struct Owned {
+        data: Vec<u8>,
+        freed: Arc<AtomicBool>,
+    }
+
+    impl AsRef<[u8]> for Owned {
+        fn as_ref(&self) -> &[u8] {
+            &self.data
+        }
+    }
+
+    impl Drop for Owned {
+        fn drop(&mut self) {
+            self.freed.store(true, Ordering::Release);
+        }
+    }
+
+    #[tokio::test]
+    async fn reading_a_tape_leaves_its_memory_to_whoever_holds_the_tape() {
+        // Switched off: no delivery thread, nothing sent.
+        let shared = Shared::of(&TrodoConfig::new().with_enabled(false));
+        let (mut parts, ()) = http::Request::post("/mcp")
+            .header("mcp-session-id", "s-1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let exchange = Exchange::new(Arc::clone(&shared), &mut parts);
+        drop(parts);
+        let response = http::Response::builder()
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        let mut tape = Tape::new(exchange, ResponseHead::of(&response), 0);
+        let freed = Arc::new(AtomicBool::new(false));
+        // Larger than a tape copies: kept shared.
+        let large = Bytes::from_owner(Owned {
+            data: vec![b' '; COPIED_CHUNK_BYTES + 1],
+            freed: Arc::clone(&freed),
+        });
+        assert_eq!(tape.on_data(&large), Step::Going);
+        assert_eq!(tape.on_data(&Bytes::from_static(b"{}")), Step::Going);
+        drop(large);
+        let ended = Ended {
+            tape,
+            how: BodyEnd::Complete,
+            at: Moment::now(),
+        };
+
+        let tape = ended.read();
+        assert!(tape.exchange.is_none(), "played");
+        assert!(
+            !freed.load(Ordering::Acquire),
+            "the tape still holds its chunk"
+        );
+        // It counts the shared chunk and the copy's room.
+        assert!(
+            tape.bytes() > std::mem::size_of::<Tape>() + COPIED_CHUNK_BYTES + FIRST_COPY_BYTES,
+            "{}",
+            tape.bytes()
+        );
+        drop(tape);
+        assert!(freed.load(Ordering::Acquire), "freed with the tape");
     }
 }

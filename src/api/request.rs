@@ -94,6 +94,11 @@ impl RequestSpan {
         }
     }
 
+    /// The state of the layer the request went through.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
     /// The request body read so far (the span's input).
     pub(crate) fn input(&self) -> MutexGuard<'_, Capture> {
         self.inner
