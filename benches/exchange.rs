@@ -26,7 +26,8 @@
 //! (`benches/overhead.rs`), where the network, rmcp and the load generator
 //! share the machine.
 //!
-//! Environment (all optional):
+//! Environment (all optional; a value not understood stops the bench with
+//! a message that names the variable):
 //!
 //! | variable | meaning | default |
 //! |---|---|---|

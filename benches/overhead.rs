@@ -17,7 +17,8 @@
 //! on a small machine they still share the cores, which is why both servers
 //! are measured under the same generator.
 //!
-//! Environment (all optional):
+//! Environment (all optional; a value not understood stops the bench with
+//! a message that names the variable):
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
@@ -101,17 +102,10 @@ impl Options {
             warmup: Duration::from_secs(var("OVERHEAD_WARMUP_SECS", 2)),
             server_threads: var("OVERHEAD_SERVER_THREADS", 1) as usize,
             client_threads: var("OVERHEAD_CLIENT_THREADS", 1) as usize,
-            only: match std::env::var("OVERHEAD_ONLY").as_deref() {
-                Ok("bare") => Some(false),
-                Ok("layered") => Some(true),
-                _ => None,
-            },
+            only: env::choice("OVERHEAD_ONLY", &["bare", "layered"]).map(|s| s == "layered"),
             trodo_enabled: env::layer_enabled("OVERHEAD_TRODO_ENABLED"),
-            outer: std::env::var("OVERHEAD_PLACEMENT").as_deref() == Ok("outer"),
-            tool_ms: std::env::var("OVERHEAD_TOOL_MS")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0),
+            outer: env::choice("OVERHEAD_PLACEMENT", &["route", "outer"]) == Some("outer"),
+            tool_ms: env::whole("OVERHEAD_TOOL_MS", 0),
         }
     }
 }
