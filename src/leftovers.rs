@@ -1,5 +1,5 @@
 //! Memory the request path allocated and the delivery thread is done
-//! with, handed back so that a request path frees it.
+//! with, handed back so that the request path reuses or frees it.
 //!
 //! glibc's allocator (the default on Linux) gives each thread an arena of
 //! its own. A thread that frees a block of another thread's arena takes
@@ -7,19 +7,27 @@
 //! freeing what the server allocated for them there made the server
 //! thread wait for its own arena's lock about once per request (a futex
 //! call each time, seen with `perf stat -e syscalls:sys_enter_futex`).
-//! So the reader keeps what it read (a tape and the request's span) and
-//! puts it here; each request that adds work to the backlog frees up to
-//! [`FREED_PER_REQUEST`] of them, more than it adds, on its own thread.
+//! So the reader keeps what it read (a tape, which holds the request's
+//! span) and puts it here. A request that tapes its exchange takes one
+//! back to fill again, so that in steady state the layer's largest blocks
+//! are neither allocated nor freed; when more than [`KEPT_FOR_REUSE`]
+//! wait, each request that adds work frees [`FREED_PER_REQUEST`] of them,
+//! on its own thread.
 //!
 //! What waits here is bounded by [`MAX_LEFTOVER_BYTES`]: past it, the
 //! reader frees what it read itself. When no requests come, the reader
 //! frees what waits before it parks (no one allocates then).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// How many leftovers a request frees: more than the one piece of work it
-/// adds, so that the bin empties while requests come.
+/// How many leftovers wait for reuse before requests start freeing them:
+/// what the reader reads in one turn.
+pub(crate) const KEPT_FOR_REUSE: usize = 256;
+
+/// How many leftovers a request frees past [`KEPT_FOR_REUSE`]: more than
+/// the one piece of work it adds, so that the excess goes while requests come.
 pub(crate) const FREED_PER_REQUEST: usize = 2;
 
 /// The most bytes waiting to be freed; past it, the reader frees what it read.
@@ -49,7 +57,8 @@ pub(crate) struct Leftovers<L> {
 
 #[derive(Debug)]
 struct Bin<L> {
-    items: Vec<(L, usize)>,
+    /// Oldest first.
+    items: VecDeque<(L, usize)>,
     bytes: usize,
 }
 
@@ -57,7 +66,7 @@ impl<L> Default for Leftovers<L> {
     fn default() -> Self {
         Self {
             bin: Mutex::new(Bin {
-                items: Vec::new(),
+                items: VecDeque::new(),
                 bytes: 0,
             }),
             waiting: AtomicUsize::new(0),
@@ -79,23 +88,39 @@ impl<L: Leftover> Leftovers<L> {
                     continue;
                 }
                 bin.bytes += bytes;
-                bin.items.push((item, bytes));
+                bin.items.push_back((item, bytes));
             }
             self.waiting.store(bin.items.len(), Ordering::Release);
         }
         drop(unkept);
     }
 
-    /// Frees up to [`FREED_PER_REQUEST`] leftovers on this thread (a
-    /// request's), outside the lock; returns how many.
-    pub(crate) fn free_some(&self) -> usize {
+    /// A leftover to fill again (the latest handed back), if one waits.
+    pub(crate) fn reuse(&self) -> Option<L> {
         if self.waiting.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut bin = self.bin();
+        let (item, bytes) = bin.items.pop_back()?;
+        bin.bytes -= bytes;
+        self.waiting.store(bin.items.len(), Ordering::Release);
+        Some(item)
+    }
+
+    /// Past [`KEPT_FOR_REUSE`], frees up to [`FREED_PER_REQUEST`] leftovers
+    /// on this thread (a request's), outside the lock; returns how many.
+    pub(crate) fn free_excess(&self) -> usize {
+        if self.waiting.load(Ordering::Acquire) <= KEPT_FOR_REUSE {
             return 0;
         }
         let taken: [Option<L>; FREED_PER_REQUEST] = {
             let mut bin = self.bin();
             let taken = std::array::from_fn(|_| {
-                let (item, bytes) = bin.items.pop()?;
+                if bin.items.len() <= KEPT_FOR_REUSE {
+                    return None;
+                }
+                // The oldest: the latest are warmest for reuse.
+                let (item, bytes) = bin.items.pop_front()?;
                 bin.bytes -= bytes;
                 Some(item)
             });
@@ -166,30 +191,50 @@ mod tests {
     }
 
     #[test]
-    fn what_the_reader_gives_back_is_freed_by_requests_a_few_at_a_time() {
+    fn what_the_reader_gives_back_is_reused_latest_first_on_the_requests_thread() {
         let bin = Arc::new(Leftovers::default());
         let freed_on = Arc::new(Mutex::new(Vec::new()));
         let reader = {
             let (bin, freed_on) = (Arc::clone(&bin), Arc::clone(&freed_on));
             thread::spawn(move || {
-                bin.give_back(traced(5, 100, &freed_on));
-                thread::current().id()
+                let mut items = traced(3, 100, &freed_on);
+                items[2].bytes = 300;
+                bin.give_back(items);
             })
         };
-        let reader = reader.join().unwrap();
+        reader.join().unwrap();
         assert!(freed_on.lock().unwrap().is_empty(), "the reader freed none");
-        assert_eq!(bin.waiting(), (5, 500));
+        assert_eq!(bin.waiting(), (3, 500));
 
-        assert_eq!(bin.free_some(), FREED_PER_REQUEST);
-        assert_eq!(bin.waiting(), (3, 300));
-        assert_eq!(bin.free_some(), 2);
-        assert_eq!(bin.free_some(), 1);
-        assert_eq!(bin.free_some(), 0);
-        assert_eq!(bin.waiting(), (0, 0));
+        let latest = bin.reuse().unwrap();
+        assert_eq!(latest.bytes, 300, "the latest comes back first");
+        assert_eq!(bin.waiting(), (2, 200));
+        assert_eq!(bin.free_excess(), 0, "few wait: they are kept for reuse");
+        drop(latest);
+        assert_eq!(*freed_on.lock().unwrap(), [thread::current().id()]);
+        assert!(bin.reuse().is_some() && bin.reuse().is_some());
+        assert!(bin.reuse().is_none());
+    }
+
+    #[test]
+    fn past_what_is_kept_for_reuse_each_request_frees_the_oldest() {
+        let bin = Leftovers::default();
+        let freed_on = Arc::new(Mutex::new(Vec::new()));
+        let mut items = traced(KEPT_FOR_REUSE + 3, 1, &freed_on);
+        items[0].bytes = 7; // the oldest
+        bin.give_back(items);
+        assert_eq!(bin.free_excess(), FREED_PER_REQUEST);
+        assert_eq!(
+            bin.waiting(),
+            (KEPT_FOR_REUSE + 1, KEPT_FOR_REUSE + 1),
+            "the oldest went first"
+        );
+        assert_eq!(bin.free_excess(), 1, "down to what is kept");
+        assert_eq!(bin.free_excess(), 0);
+        assert_eq!(bin.waiting().0, KEPT_FOR_REUSE);
         let freed_on = freed_on.lock().unwrap();
-        assert_eq!(freed_on.len(), 5);
+        assert_eq!(freed_on.len(), 3);
         assert!(freed_on.iter().all(|id| *id == thread::current().id()));
-        assert!(!freed_on.contains(&reader));
     }
 
     #[test]
@@ -207,9 +252,9 @@ mod tests {
         // Room again: a smaller one fits.
         bin.give_back(traced(1, 1, &freed_on));
         assert_eq!(bin.waiting(), (2, 2 * half), "still full");
-        assert_eq!(bin.free_some(), 2);
+        assert!(bin.reuse().is_some());
         bin.give_back(traced(1, 1, &freed_on));
-        assert_eq!(bin.waiting(), (1, 1));
+        assert_eq!(bin.waiting(), (2, half + 1));
     }
 
     #[test]
@@ -221,6 +266,6 @@ mod tests {
         assert_eq!(bin.waiting(), (0, 0));
         assert_eq!(freed_on.lock().unwrap().len(), 7);
         assert_eq!(bin.free_all(), 0);
-        assert_eq!(bin.free_some(), 0);
+        assert!(bin.reuse().is_none());
     }
 }

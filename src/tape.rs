@@ -23,8 +23,9 @@
 //! Small chunks are copied onto the tape, large ones kept shared (see
 //! [`COPIED_CHUNK_BYTES`]).
 //!
-//! Once read, the tape goes back to the request path to be freed there,
-//! with the request's span (see [`crate::leftovers`]).
+//! Once read, the tape goes back to the request path, with the request's
+//! span: the next exchange to be taped fills it again, so that its box and
+//! its copy's room are neither allocated nor freed (see [`crate::leftovers`]).
 //!
 //! The tape tells the answer by a look at each event's first bytes (a
 //! `result` or `error` member and no `method`). What a look cannot tell
@@ -64,6 +65,9 @@ const COPIED_CHUNK_BYTES: usize = 4 * 1024;
 
 /// The room the first copied chunk reserves.
 const FIRST_COPY_BYTES: usize = 512;
+
+/// The most room for copies a tape keeps when it is filled again.
+const MAX_REUSED_COPY_BYTES: usize = 8 * 1024;
 
 /// The bytes of one exchange, kept for the backlog to read.
 #[derive(Debug)]
@@ -115,24 +119,40 @@ pub(crate) struct Ended {
 
 impl Tape {
     /// Tapes the body of `exchange`'s answer `head`; `request_bytes`: what
-    /// the exchange keeps of the request.
+    /// the exchange keeps of the request. Fills a tape the delivery thread
+    /// has read, if one waits (its box and its copy's room), else a new one.
     pub(crate) fn new(exchange: Exchange, head: ResponseHead, request_bytes: usize) -> Box<Self> {
         let answer = head
             .is_event_stream()
             .then(|| SseDecoder::data_only(ANSWER_PREFIX_BYTES));
-        let capture_limit = exchange.shared().settings.capture_limit;
-        Box::new(Self {
+        let shared = exchange.shared();
+        let capture_limit = shared.settings.capture_limit;
+        let reused = shared.backlog.leftovers().reuse();
+        let fill = |chunks, copied| Self {
             request_span: exchange.request_span(),
-            exchange: Some(exchange),
             head,
-            chunks: Vec::new(),
-            copied: Vec::new(),
+            chunks,
+            copied,
             chunk_count: 0,
             bytes: 0,
             max_bytes: MAX_TAPED_BYTES.min(capture_limit.saturating_mul(4)),
             request_bytes,
             answer,
-        })
+            exchange: Some(exchange),
+        };
+        let Some(mut tape) = reused else {
+            return Box::new(fill(Vec::new(), Vec::new()));
+        };
+        let mut chunks = std::mem::take(&mut tape.chunks);
+        chunks.clear();
+        let mut copied = std::mem::take(&mut tape.copied);
+        copied.clear();
+        if copied.capacity() > MAX_REUSED_COPY_BYTES {
+            copied = Vec::new();
+        }
+        // The read tape's request span and head are dropped here.
+        *tape = fill(chunks, copied);
+        tape
     }
 
     /// Keeps a chunk of the body: a copy of a small one, a shared
@@ -280,22 +300,69 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn reading_a_tape_leaves_its_memory_to_whoever_holds_the_tape() {
-        // Switched off: no delivery thread, nothing sent.
-        let shared = Shared::of(&TrodoConfig::new().with_enabled(false));
+    /// A layer's state, switched off: no delivery thread, nothing sent.
+    fn switched_off() -> Arc<Shared> {
+        Shared::of(&TrodoConfig::new().with_enabled(false))
+    }
+
+    /// A new tape of a POST in a session, answered with JSON.
+    fn tape(shared: &Arc<Shared>) -> Box<Tape> {
         let (mut parts, ()) = http::Request::post("/mcp")
             .header("mcp-session-id", "s-1")
             .body(())
             .unwrap()
             .into_parts();
-        let exchange = Exchange::new(Arc::clone(&shared), &mut parts);
-        drop(parts);
+        let exchange = Exchange::new(Arc::clone(shared), &mut parts);
         let response = http::Response::builder()
             .header("content-type", "application/json")
             .body(())
             .unwrap();
-        let mut tape = Tape::new(exchange, ResponseHead::of(&response), 0);
+        Tape::new(exchange, ResponseHead::of(&response), 0)
+    }
+
+    /// `tape`, with `bytes` copied onto it in small chunks, read.
+    fn read(mut tape: Box<Tape>, bytes: usize) -> Box<Tape> {
+        let chunk = Bytes::from(vec![b' '; bytes.min(COPIED_CHUNK_BYTES)]);
+        let mut left = bytes;
+        while left > 0 {
+            let piece = chunk.slice(..left.min(chunk.len()));
+            left -= piece.len();
+            assert_eq!(tape.on_data(&piece), Step::Going);
+        }
+        Ended {
+            tape,
+            how: BodyEnd::Complete,
+            at: Moment::now(),
+        }
+        .read()
+    }
+
+    #[tokio::test]
+    async fn a_read_tape_is_filled_again_with_its_room_for_copies() {
+        let shared = switched_off();
+        let first = read(tape(&shared), 1_000);
+        let (address, room) = (&raw const *first, first.copied.capacity());
+        assert!(room >= 1_000);
+        shared.backlog.leftovers().give_back(vec![first]);
+
+        let second = tape(&shared);
+        assert!(std::ptr::eq(&raw const *second, address), "the same box");
+        assert!(second.exchange.is_some(), "holding the new exchange");
+        assert_eq!((second.copied.len(), second.copied.capacity()), (0, room));
+        assert_eq!((second.bytes, second.chunk_count), (0, 0));
+
+        // A tape that copied much gives its room back instead.
+        let large = read(second, MAX_REUSED_COPY_BYTES + 1);
+        assert!(large.copied.capacity() > MAX_REUSED_COPY_BYTES);
+        shared.backlog.leftovers().give_back(vec![large]);
+        assert_eq!(tape(&shared).copied.capacity(), 0);
+        assert!(shared.backlog.leftovers().reuse().is_none());
+    }
+
+    #[tokio::test]
+    async fn reading_a_tape_leaves_its_memory_to_whoever_holds_the_tape() {
+        let shared = switched_off();
+        let mut tape = tape(&shared);
         let freed = Arc::new(AtomicBool::new(false));
         // Larger than a tape copies: kept shared.
         let large = Bytes::from_owner(Owned {
@@ -303,15 +370,9 @@ mod tests {
             freed: Arc::clone(&freed),
         });
         assert_eq!(tape.on_data(&large), Step::Going);
-        assert_eq!(tape.on_data(&Bytes::from_static(b"{}")), Step::Going);
         drop(large);
-        let ended = Ended {
-            tape,
-            how: BodyEnd::Complete,
-            at: Moment::now(),
-        };
 
-        let tape = ended.read();
+        let tape = read(tape, 2);
         assert!(tape.exchange.is_none(), "played");
         assert!(
             !freed.load(Ordering::Acquire),
