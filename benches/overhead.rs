@@ -99,7 +99,7 @@ impl Options {
             clients: var("OVERHEAD_CLIENTS", 32) as usize,
             rounds: var("OVERHEAD_ROUNDS", 5) as usize,
             round: Duration::from_secs(var("OVERHEAD_ROUND_SECS", 5)),
-            warmup: Duration::from_secs(var("OVERHEAD_WARMUP_SECS", 2)),
+            warmup: Duration::from_secs(env::whole("OVERHEAD_WARMUP_SECS", 2)),
             server_threads: var("OVERHEAD_SERVER_THREADS", 1) as usize,
             client_threads: var("OVERHEAD_CLIENT_THREADS", 1) as usize,
             only: env::choice("OVERHEAD_ONLY", &["bare", "layered"]).map(|s| s == "layered"),

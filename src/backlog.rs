@@ -20,8 +20,11 @@
 //! ends the delivery thread), work is read as it is added. A panic while reading
 //! (a redaction hook, say) costs the piece it was reading, and is logged.
 //!
-//! What reading leaves of the memory the request path allocated goes back
-//! to the request path, to be reused or freed there (see [`crate::leftovers`]).
+//! What the reader's reading leaves of the memory the request path
+//! allocated goes back to the request path, to be reused or freed there
+//! (see [`crate::leftovers`]); any other thread that reads (a catch-up, a
+//! request past the bounds) is on the request path already and frees it at
+//! once.
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -62,7 +65,7 @@ pub(crate) const HELP_READS: usize = 2;
 
 /// The most pieces read in one turn; whoever waits for the turn (a close
 /// catching up, a request past the bounds) waits for at most this many.
-const TURN_READS: usize = 256;
+pub(crate) const TURN_READS: usize = 256;
 
 thread_local! {
     /// Whether this thread is reading the backlog (so that what it reads
@@ -98,6 +101,15 @@ impl Drop for Reading {
     fn drop(&mut self) {
         READING.with(|reading| reading.set(false));
     }
+}
+
+/// Where what reading leaves goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaving {
+    /// Back to the request path: the reader, on the delivery thread.
+    HandBack,
+    /// Freed at once: any other thread, on the request path already.
+    Free,
 }
 
 /// The work waiting to be read, with the weight of each piece.
@@ -196,7 +208,7 @@ impl<T: Later> Backlog<T> {
             let Some(mut turn) = turn.filter(|turn| **turn < goal) else {
                 return read;
             };
-            match self.read_front(&mut turn, TURN_READS) {
+            match self.read_front(&mut turn, TURN_READS, Leaving::Free) {
                 0 => return read,
                 count => read += count,
             }
@@ -207,7 +219,7 @@ impl<T: Later> Backlog<T> {
     fn read_all(&self) -> usize {
         let mut read = 0;
         loop {
-            match self.read_in_turn(TURN_READS) {
+            match self.read_in_turn(TURN_READS, Leaving::Free) {
                 0 => return read,
                 count => read += count,
             }
@@ -219,14 +231,14 @@ impl<T: Later> Backlog<T> {
     /// backlog is not `far_past` them.
     fn help(&self, far_past: bool) {
         if let Some(mut turn) = self.take_turn(far_past) {
-            self.read_front(&mut turn, HELP_READS);
+            self.read_front(&mut turn, HELP_READS, Leaving::Free);
         }
     }
 
     /// Reads up to `max` pieces in one turn; returns how many.
-    fn read_in_turn(&self, max: usize) -> usize {
+    fn read_in_turn(&self, max: usize, leaving: Leaving) -> usize {
         self.take_turn(true)
-            .map_or(0, |mut turn| self.read_front(&mut turn, max))
+            .map_or(0, |mut turn| self.read_front(&mut turn, max, leaving))
     }
 
     /// The turn to read: waited for, or only if free now. `None` on a
@@ -245,8 +257,9 @@ impl<T: Later> Backlog<T> {
         }
     }
 
-    /// Reads up to `max` pieces from the front, holding the `turn`.
-    fn read_front(&self, turn: &mut u64, max: usize) -> usize {
+    /// Reads up to `max` pieces from the front, holding the `turn`; what
+    /// reading leaves goes where `leaving` says.
+    fn read_front(&self, turn: &mut u64, max: usize, leaving: Leaving) -> usize {
         let _reading = Reading::start();
         let batch: Vec<(T, usize)> = {
             let mut waiting = self.waiting();
@@ -261,9 +274,11 @@ impl<T: Later> Backlog<T> {
             left.extend(read_one(work));
             *turn += 1;
         }
-        // Shut down, the reader is gone and may not free what is left;
-        // and what is left holds the layer's state.
-        if !left.is_empty() && !self.closed.load(Ordering::Acquire) {
+        // Shut down, the reader is gone and may not free what is left
+        // (which holds the layer's state): it is freed here, as is what
+        // any other thread reads.
+        if leaving == Leaving::HandBack && !left.is_empty() && !self.closed.load(Ordering::Acquire)
+        {
             self.leftovers.give_back(left);
         }
         count
@@ -274,6 +289,9 @@ impl<T: Later> Backlog<T> {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.catch_up();
+        // The reader handed these back before it saw the close (it did so
+        // holding the turn the catch-up waited for), and may be gone.
+        self.leftovers.free_all();
     }
 
     /// The layer's state is gone: the reader stops once it has read what waits.
@@ -310,7 +328,7 @@ pub(crate) async fn read<T: Later>(backlog: Arc<Backlog<T>>) {
         // A turn at a time, letting delivery run in between; a thread that
         // waits for the turn (a close catching up) goes first.
         let waiters = backlog.waiters.load(Ordering::Acquire) > 0;
-        if !waiters && backlog.read_in_turn(TURN_READS) > 0 {
+        if !waiters && backlog.read_in_turn(TURN_READS, Leaving::HandBack) > 0 {
             worked = true;
             tokio::task::yield_now().await;
             continue;
@@ -323,7 +341,8 @@ pub(crate) async fn read<T: Later>(backlog: Arc<Backlog<T>>) {
             }
             continue;
         }
-        // No requests come to free what reading left, and none allocate.
+        // No work came for a pace: few requests come to reuse what reading
+        // left, and few allocate.
         backlog.leftovers.free_all();
         backlog.parked.store(true, Ordering::Release);
         // An exchange added before `parked` was set found no one to wake.
@@ -546,7 +565,7 @@ mod tests {
     }
 
     #[test]
-    fn what_reading_leaves_waits_for_the_request_path() {
+    fn what_the_reader_leaves_waits_for_the_request_path() {
         let backlog = Arc::new(Backlog::default());
         let (freed, freed_on) = mpsc::channel();
         for _ in 0..3 {
@@ -554,34 +573,50 @@ mod tests {
         }
         let reader = {
             let backlog = Arc::clone(&backlog);
-            std::thread::spawn(move || backlog.catch_up())
+            std::thread::spawn(move || backlog.read_in_turn(TURN_READS, Leaving::HandBack))
         };
         assert_eq!(reader.join().unwrap(), 3);
         assert!(freed_on.try_recv().is_err(), "the reader freed nothing");
-        assert_eq!(backlog.leftovers.waiting(), (3, 3 * 64));
+        assert_eq!(backlog.leftovers.contents(), (3, 3 * 64));
 
         // A request takes one back; few wait, so adding work frees none.
-        let reused = backlog.leftovers().reuse().unwrap();
+        assert!(backlog.leftovers().reuse().is_some());
         backlog.push(LeavesBehind(freed));
-        assert_eq!(backlog.leftovers.waiting(), (2, 2 * 64));
-        drop(reused);
-        assert_eq!(
-            freed_on.try_iter().collect::<Vec<_>>(),
-            [std::thread::current().id()]
-        );
+        assert_eq!(backlog.leftovers.contents(), (2, 2 * 64));
     }
 
     #[test]
-    fn once_closed_what_reading_leaves_is_freed_at_once() {
-        // No reader is left to free it, and it may hold the layer's state.
+    fn a_thread_that_catches_up_frees_what_it_read_at_once() {
         let backlog = Backlog::default();
         let (freed, freed_on) = mpsc::channel();
         backlog.push(LeavesBehind(freed.clone()));
+        backlog.push(LeavesBehind(freed));
+        assert_eq!(backlog.catch_up(), 2);
+        assert_eq!(freed_on.try_iter().count(), 2);
+        assert_eq!(backlog.leftovers.contents(), (0, 0));
+    }
+
+    #[test]
+    fn closing_frees_what_the_reader_left() {
+        // The reader may be gone, and what it left holds the layer's state.
+        let backlog = Backlog::default();
+        let (freed, freed_on) = mpsc::channel();
+        backlog.push(LeavesBehind(freed.clone()));
+        assert_eq!(backlog.read_in_turn(TURN_READS, Leaving::HandBack), 1);
+        assert_eq!(backlog.leftovers.contents(), (1, 64));
         backlog.close();
         assert_eq!(freed_on.try_iter().count(), 1);
+        assert_eq!(backlog.leftovers.contents(), (0, 0));
+        // Read after the close, by the reader or another thread: freed at once.
+        backlog.push(LeavesBehind(freed.clone()));
         backlog.push(LeavesBehind(freed));
-        assert_eq!(freed_on.try_iter().count(), 1);
-        assert_eq!(backlog.leftovers.waiting(), (0, 0));
+        assert_eq!(
+            backlog.read_in_turn(TURN_READS, Leaving::HandBack),
+            0,
+            "read on push"
+        );
+        assert_eq!(freed_on.try_iter().count(), 2);
+        assert_eq!(backlog.leftovers.contents(), (0, 0));
     }
 
     #[tokio::test(start_paused = true)]
@@ -596,7 +631,7 @@ mod tests {
             tokio::time::advance(READ_PACE).await;
         }
         assert_eq!(freed_on.try_iter().count(), 1);
-        assert_eq!(backlog.leftovers.waiting(), (0, 0));
+        assert_eq!(backlog.leftovers.contents(), (0, 0));
         backlog.abandon();
         reader.await.unwrap();
     }

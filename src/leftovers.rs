@@ -11,27 +11,33 @@
 //! span) and puts it here. A request that tapes its exchange takes one
 //! back to fill again, so that in steady state the layer's largest blocks
 //! are neither allocated nor freed; when more than [`KEPT_FOR_REUSE`]
-//! wait, each request that adds work frees [`FREED_PER_REQUEST`] of them,
-//! on its own thread.
+//! wait, each request that adds work frees [`FREED_PER_REQUEST`] of them.
+//! Either happens on a request's thread; with several server workers, not
+//! always the one that allocated the block (as with the server's own
+//! memory that moves between its workers).
 //!
 //! What waits here is bounded by [`MAX_LEFTOVER_BYTES`]: past it, the
-//! reader frees what it read itself. When no requests come, the reader
-//! frees what waits before it parks (no one allocates then).
+//! reader frees what it read itself. When no work came for a
+//! [`READ_PACE`](crate::backlog::READ_PACE), the reader frees what waits
+//! before it parks: few requests come then, to reuse it or to contend
+//! for the allocator.
 
 use std::collections::VecDeque;
+
+use crate::backlog::TURN_READS;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// How many leftovers wait for reuse before requests start freeing them:
 /// what the reader reads in one turn.
-pub(crate) const KEPT_FOR_REUSE: usize = 256;
+pub(crate) const KEPT_FOR_REUSE: usize = TURN_READS;
 
 /// How many leftovers a request frees past [`KEPT_FOR_REUSE`]: more than
 /// the one piece of work it adds, so that the excess goes while requests come.
 pub(crate) const FREED_PER_REQUEST: usize = 2;
 
-/// The most bytes waiting to be freed; past it, the reader frees what it read.
-pub(crate) const MAX_LEFTOVER_BYTES: usize = 4 * 1024 * 1024;
+/// The most bytes waiting; past it, the reader frees what it read.
+pub(crate) const MAX_LEFTOVER_BYTES: usize = 1024 * 1024;
 
 /// Memory handed back: it knows how many bytes it holds.
 pub(crate) trait Leftover: Send + 'static {
@@ -52,7 +58,7 @@ pub(crate) struct Leftovers<L> {
     bin: Mutex<Bin<L>>,
     /// How many wait, read without the lock, so that a request finds an
     /// empty bin without taking it.
-    waiting: AtomicUsize,
+    len_hint: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -69,7 +75,7 @@ impl<L> Default for Leftovers<L> {
                 items: VecDeque::new(),
                 bytes: 0,
             }),
-            waiting: AtomicUsize::new(0),
+            len_hint: AtomicUsize::new(0),
         }
     }
 }
@@ -90,27 +96,27 @@ impl<L: Leftover> Leftovers<L> {
                 bin.bytes += bytes;
                 bin.items.push_back((item, bytes));
             }
-            self.waiting.store(bin.items.len(), Ordering::Release);
+            self.len_hint.store(bin.items.len(), Ordering::Release);
         }
         drop(unkept);
     }
 
     /// A leftover to fill again (the latest handed back), if one waits.
     pub(crate) fn reuse(&self) -> Option<L> {
-        if self.waiting.load(Ordering::Acquire) == 0 {
+        if self.len_hint.load(Ordering::Acquire) == 0 {
             return None;
         }
         let mut bin = self.bin();
         let (item, bytes) = bin.items.pop_back()?;
         bin.bytes -= bytes;
-        self.waiting.store(bin.items.len(), Ordering::Release);
+        self.len_hint.store(bin.items.len(), Ordering::Release);
         Some(item)
     }
 
     /// Past [`KEPT_FOR_REUSE`], frees up to [`FREED_PER_REQUEST`] leftovers
     /// on this thread (a request's), outside the lock; returns how many.
     pub(crate) fn free_excess(&self) -> usize {
-        if self.waiting.load(Ordering::Acquire) <= KEPT_FOR_REUSE {
+        if self.len_hint.load(Ordering::Acquire) <= KEPT_FOR_REUSE {
             return 0;
         }
         let taken: [Option<L>; FREED_PER_REQUEST] = {
@@ -124,7 +130,7 @@ impl<L: Leftover> Leftovers<L> {
                 bin.bytes -= bytes;
                 Some(item)
             });
-            self.waiting.store(bin.items.len(), Ordering::Release);
+            self.len_hint.store(bin.items.len(), Ordering::Release);
             taken
         };
         taken.into_iter().flatten().count()
@@ -132,13 +138,13 @@ impl<L: Leftover> Leftovers<L> {
 
     /// Frees everything waiting, on this thread; returns how many.
     pub(crate) fn free_all(&self) -> usize {
-        if self.waiting.load(Ordering::Acquire) == 0 {
+        if self.len_hint.load(Ordering::Acquire) == 0 {
             return 0;
         }
         let items = {
             let mut bin = self.bin();
             bin.bytes = 0;
-            self.waiting.store(0, Ordering::Release);
+            self.len_hint.store(0, Ordering::Release);
             std::mem::take(&mut bin.items)
         };
         items.len()
@@ -146,7 +152,7 @@ impl<L: Leftover> Leftovers<L> {
 
     /// How many leftovers wait, and the bytes they hold.
     #[cfg(test)]
-    pub(crate) fn waiting(&self) -> (usize, usize) {
+    pub(crate) fn contents(&self) -> (usize, usize) {
         let bin = self.bin();
         (bin.items.len(), bin.bytes)
     }
@@ -191,7 +197,7 @@ mod tests {
     }
 
     #[test]
-    fn what_the_reader_gives_back_is_reused_latest_first_on_the_requests_thread() {
+    fn what_the_reader_gives_back_waits_and_is_reused_latest_first() {
         let bin = Arc::new(Leftovers::default());
         let freed_on = Arc::new(Mutex::new(Vec::new()));
         let reader = {
@@ -204,14 +210,13 @@ mod tests {
         };
         reader.join().unwrap();
         assert!(freed_on.lock().unwrap().is_empty(), "the reader freed none");
-        assert_eq!(bin.waiting(), (3, 500));
+        assert_eq!(bin.contents(), (3, 500));
 
         let latest = bin.reuse().unwrap();
         assert_eq!(latest.bytes, 300, "the latest comes back first");
-        assert_eq!(bin.waiting(), (2, 200));
+        assert_eq!(bin.contents(), (2, 200));
         assert_eq!(bin.free_excess(), 0, "few wait: they are kept for reuse");
-        drop(latest);
-        assert_eq!(*freed_on.lock().unwrap(), [thread::current().id()]);
+        assert!(freed_on.lock().unwrap().is_empty());
         assert!(bin.reuse().is_some() && bin.reuse().is_some());
         assert!(bin.reuse().is_none());
     }
@@ -225,16 +230,14 @@ mod tests {
         bin.give_back(items);
         assert_eq!(bin.free_excess(), FREED_PER_REQUEST);
         assert_eq!(
-            bin.waiting(),
+            bin.contents(),
             (KEPT_FOR_REUSE + 1, KEPT_FOR_REUSE + 1),
             "the oldest went first"
         );
         assert_eq!(bin.free_excess(), 1, "down to what is kept");
         assert_eq!(bin.free_excess(), 0);
-        assert_eq!(bin.waiting().0, KEPT_FOR_REUSE);
-        let freed_on = freed_on.lock().unwrap();
-        assert_eq!(freed_on.len(), 3);
-        assert!(freed_on.iter().all(|id| *id == thread::current().id()));
+        assert_eq!(bin.contents().0, KEPT_FOR_REUSE);
+        assert_eq!(freed_on.lock().unwrap().len(), 3);
     }
 
     #[test]
@@ -243,7 +246,7 @@ mod tests {
         let freed_on = Arc::new(Mutex::new(Vec::new()));
         let half = MAX_LEFTOVER_BYTES / 2;
         bin.give_back(traced(3, half, &freed_on));
-        assert_eq!(bin.waiting(), (2, 2 * half), "two fit under the bound");
+        assert_eq!(bin.contents(), (2, 2 * half), "two fit under the bound");
         assert_eq!(
             freed_on.lock().unwrap().len(),
             1,
@@ -251,10 +254,10 @@ mod tests {
         );
         // Room again: a smaller one fits.
         bin.give_back(traced(1, 1, &freed_on));
-        assert_eq!(bin.waiting(), (2, 2 * half), "still full");
+        assert_eq!(bin.contents(), (2, 2 * half), "still full");
         assert!(bin.reuse().is_some());
         bin.give_back(traced(1, 1, &freed_on));
-        assert_eq!(bin.waiting(), (2, half + 1));
+        assert_eq!(bin.contents(), (2, half + 1));
     }
 
     #[test]
@@ -263,7 +266,7 @@ mod tests {
         let freed_on = Arc::new(Mutex::new(Vec::new()));
         bin.give_back(traced(7, 10, &freed_on));
         assert_eq!(bin.free_all(), 7);
-        assert_eq!(bin.waiting(), (0, 0));
+        assert_eq!(bin.contents(), (0, 0));
         assert_eq!(freed_on.lock().unwrap().len(), 7);
         assert_eq!(bin.free_all(), 0);
         assert!(bin.reuse().is_none());

@@ -58,6 +58,13 @@ impl Shared {
         Arc::clone(shared)
     }
 
+    /// The state of a layer switched off (no delivery thread, nothing
+    /// sent), for unit tests of what it holds.
+    #[cfg(test)]
+    pub(crate) fn switched_off() -> Arc<Self> {
+        Self::of(&TrodoConfig::new().with_enabled(false))
+    }
+
     fn new(settings: Settings) -> Self {
         let sink = match &settings.site_id {
             Some(site_id) => Sink::Http(HttpSink::new(

@@ -52,8 +52,7 @@ pub(crate) struct Exchange {
     method: Method,
     /// The request's path. Copied, as are the header texts below: a
     /// shared [`HeaderValue`] or URI would hold hyper's whole read buffer
-    /// until the exchange is read, often on the delivery thread, which
-    /// then frees it (see [`owned_text`]).
+    /// until the exchange is read (see [`owned_text`]).
     path: Box<str>,
     /// axum's matched route (shared, not copied).
     route: Option<axum::extract::MatchedPath>,
@@ -665,9 +664,10 @@ fn is_session_control(
 /// A header's text, copied: the exchange must not keep a share of the
 /// buffer hyper read the request head into. Held until the exchange is
 /// read (on the delivery thread, for a taped one), such a share keeps
-/// hyper from reusing its buffer, and the delivery thread then frees the
-/// server's memory, taking the lock of the server thread's allocator
-/// arena while the server allocates (seen as one futex call per request).
+/// hyper from reusing its buffer, and the delivery thread then frees that
+/// large block of the server thread's allocator arena, taking the arena's
+/// lock while the server allocates. The copies are small blocks, which
+/// glibc frees from another thread without that lock.
 fn owned_text(value: &HeaderValue) -> Option<Box<str>> {
     value.to_str().ok().map(Box::from)
 }
@@ -678,4 +678,60 @@ struct Input {
     text: Option<String>,
     truncated: bool,
     bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A buffer that notes when it is freed, as hyper's read buffer.
+    struct ReadBuffer {
+        data: &'static [u8],
+        freed: Arc<AtomicBool>,
+    }
+
+    impl AsRef<[u8]> for ReadBuffer {
+        fn as_ref(&self) -> &[u8] {
+            self.data
+        }
+    }
+
+    impl Drop for ReadBuffer {
+        fn drop(&mut self) {
+            self.freed.store(true, Ordering::Release);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_exchange_keeps_no_share_of_the_request_heads_buffer() {
+        let freed = Arc::new(AtomicBool::new(false));
+        let buffer = Bytes::from_owner(ReadBuffer {
+            data: b"/mcp?x=1 2025-11-25 tools/call add",
+            freed: Arc::clone(&freed),
+        });
+        let shared_text = |range: std::ops::Range<usize>| {
+            HeaderValue::from_maybe_shared(buffer.slice(range)).unwrap()
+        };
+        let mut request =
+            http::Request::post(http::Uri::from_maybe_shared(buffer.slice(0..8)).unwrap())
+                .body(())
+                .unwrap();
+        let headers = request.headers_mut();
+        headers.insert("mcp-session-id", HeaderValue::from_static("s-1"));
+        headers.insert("mcp-protocol-version", shared_text(9..19));
+        headers.insert("mcp-method", shared_text(20..30));
+        headers.insert("mcp-name", shared_text(31..34));
+        let (mut parts, ()) = request.into_parts();
+        drop(buffer);
+
+        let exchange = Exchange::new(Shared::switched_off(), &mut parts);
+        drop(parts);
+        assert!(freed.load(Ordering::Acquire), "no share is kept");
+        assert_eq!(exchange.path(), "/mcp");
+        assert_eq!(exchange.protocol_header(), Some("2025-11-25"));
+        assert_eq!(exchange.method_header.as_deref(), Some("tools/call"));
+        assert_eq!(exchange.name_header.as_deref(), Some("add"));
+    }
 }
