@@ -41,8 +41,8 @@ pub(crate) trait Later: Send + 'static {
     type Leftover: Leftover;
     /// Bytes it holds, for the backlog's bound.
     fn weight(&self) -> usize;
-    /// Does the work; returns what is left for a request's thread to
-    /// reuse or free.
+    /// Does the work; returns what is left of the adding thread's memory,
+    /// for the backlog to free at once or hand back to the request path.
     fn read(self) -> Option<Self::Leftover>;
 }
 
@@ -106,7 +106,8 @@ impl Drop for Reading {
 /// Where what reading leaves goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Leaving {
-    /// Back to the request path: the reader, on the delivery thread.
+    /// Back to the request path: the reader (on the delivery thread, or
+    /// on the server's runtime when no thread could be made).
     HandBack,
     /// Freed at once: any other thread, on the request path already.
     Free,
@@ -616,6 +617,30 @@ mod tests {
             "read on push"
         );
         assert_eq!(freed_on.try_iter().count(), 2);
+        assert_eq!(backlog.leftovers.contents(), (0, 0));
+    }
+
+    #[test]
+    fn after_the_close_even_the_reader_frees_what_it_read() {
+        let backlog = Backlog::default();
+        let (freed, freed_on) = mpsc::channel();
+        backlog.close();
+        // Work the reader finds after the close (put there directly: a
+        // push after the close reads it at once).
+        backlog.waiting().work.push_back((LeavesBehind(freed), 0));
+        assert_eq!(backlog.read_in_turn(TURN_READS, Leaving::HandBack), 1);
+        assert_eq!(freed_on.try_iter().count(), 1);
+        assert_eq!(backlog.leftovers.contents(), (0, 0));
+    }
+
+    #[test]
+    fn a_request_past_the_bound_frees_what_it_helped_read() {
+        let backlog = Backlog::default();
+        let (freed, freed_on) = mpsc::channel();
+        for _ in 0..=HELP_AT {
+            backlog.push(LeavesBehind(freed.clone()));
+        }
+        assert_eq!(freed_on.try_iter().count(), HELP_READS);
         assert_eq!(backlog.leftovers.contents(), (0, 0));
     }
 

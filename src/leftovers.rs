@@ -23,10 +23,10 @@
 //! for the allocator.
 
 use std::collections::VecDeque;
-
-use crate::backlog::TURN_READS;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::backlog::TURN_READS;
 
 /// How many leftovers wait for reuse before requests start freeing them:
 /// what the reader reads in one turn.
@@ -36,7 +36,8 @@ pub(crate) const KEPT_FOR_REUSE: usize = TURN_READS;
 /// the one piece of work it adds, so that the excess goes while requests come.
 pub(crate) const FREED_PER_REQUEST: usize = 2;
 
-/// The most bytes waiting; past it, the reader frees what it read.
+/// The most bytes waiting, as the leftovers count them (their main
+/// blocks); past it, the reader frees what it read.
 pub(crate) const MAX_LEFTOVER_BYTES: usize = 1024 * 1024;
 
 /// Memory handed back: it knows how many bytes it holds.

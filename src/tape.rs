@@ -23,9 +23,12 @@
 //! Small chunks are copied onto the tape, large ones kept shared (see
 //! [`COPIED_CHUNK_BYTES`]).
 //!
-//! Once read, the tape goes back to the request path, with the request's
-//! span: the next exchange to be taped fills it again, so that its box and
-//! its copy's room are neither allocated nor freed (see [`crate::leftovers`]).
+//! Once the backlog's reader has read it, the tape goes back to the
+//! request path, with the request's span but without its large chunks
+//! (those, and a copy merged into them before a large one, are freed
+//! where it was read): the next exchange to be taped fills it again, so
+//! that its box and its copy's room are neither allocated nor freed (see
+//! [`crate::leftovers`]).
 //!
 //! The tape tells the answer by a look at each event's first bytes (a
 //! `result` or `error` member and no `method`). What a look cannot tell
@@ -224,8 +227,7 @@ impl Tape {
     /// Decides what the response head would have (without waiting for the
     /// session store: the run was open when the head came, see
     /// [`Exchange::tapes`]) and feeds the recorder the taped chunks.
-    /// Returns it, and whether it saw the answer among them. The tape
-    /// keeps its chunks, to be freed with it; it plays once.
+    /// Returns it, and whether it saw the answer among them. It plays once.
     fn play(&mut self) -> Option<(Box<Recorder>, bool)> {
         let exchange = self.exchange.take()?;
         let mut recorder = match Box::new(exchange).on_response(&self.head) {
@@ -261,9 +263,9 @@ impl Ended {
 
     /// Records the span as a live recorder would have, ending when the
     /// tape saw the end (complete, if the answer was among the chunks).
-    /// Returns the played tape, to be freed on a request's thread.
-    /// Its large chunks are let go here: a tape waiting to be filled
-    /// again must not keep the server's buffers.
+    /// Returns the played tape, for the backlog to hand back to the
+    /// request path. Its large chunks are let go here: a tape waiting to
+    /// be filled again must not keep the server's buffers.
     pub(crate) fn read(self) -> Box<Tape> {
         let Self { mut tape, how, at } = self;
         if let Some((recorder, answered)) = tape.play() {

@@ -667,7 +667,8 @@ fn is_session_control(
 /// hyper from reusing its buffer, and the delivery thread then frees that
 /// large block of the server thread's allocator arena, taking the arena's
 /// lock while the server allocates. The copies are small blocks, which
-/// glibc frees from another thread without that lock.
+/// glibc mostly frees from another thread without that lock (its
+/// per-thread cache, and its lock-free bins up to 128 bytes).
 fn owned_text(value: &HeaderValue) -> Option<Box<str>> {
     value.to_str().ok().map(Box::from)
 }
@@ -708,7 +709,7 @@ mod tests {
     async fn an_exchange_keeps_no_share_of_the_request_heads_buffer() {
         let freed = Arc::new(AtomicBool::new(false));
         let buffer = Bytes::from_owner(ReadBuffer {
-            data: b"/mcp?x=1 2025-11-25 tools/call add",
+            data: b"/mcp?x=1 2025-11-25 tools/call add s-1",
             freed: Arc::clone(&freed),
         });
         let shared_text = |range: std::ops::Range<usize>| {
@@ -719,7 +720,7 @@ mod tests {
                 .body(())
                 .unwrap();
         let headers = request.headers_mut();
-        headers.insert("mcp-session-id", HeaderValue::from_static("s-1"));
+        headers.insert("mcp-session-id", shared_text(35..38));
         headers.insert("mcp-protocol-version", shared_text(9..19));
         headers.insert("mcp-method", shared_text(20..30));
         headers.insert("mcp-name", shared_text(31..34));
@@ -733,5 +734,6 @@ mod tests {
         assert_eq!(exchange.protocol_header(), Some("2025-11-25"));
         assert_eq!(exchange.method_header.as_deref(), Some("tools/call"));
         assert_eq!(exchange.name_header.as_deref(), Some("add"));
+        assert_eq!(exchange.session_id.as_deref(), Some("s-1"));
     }
 }
