@@ -114,6 +114,8 @@ mod state;
 pub mod store;
 mod tape;
 mod watch;
+#[cfg(test)]
+mod watched_bytes;
 mod wire;
 
 pub use api::{

@@ -289,25 +289,7 @@ impl Leftover for Box<Tape> {
 mod tests {
     use super::*;
     use crate::state::Shared;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    /// The memory under a chunk, which notes when it is freed.
-    struct Owned {
-        data: Vec<u8>,
-        freed: Arc<AtomicBool>,
-    }
-
-    impl AsRef<[u8]> for Owned {
-        fn as_ref(&self) -> &[u8] {
-            &self.data
-        }
-    }
-
-    impl Drop for Owned {
-        fn drop(&mut self) {
-            self.freed.store(true, Ordering::Release);
-        }
-    }
+    use crate::watched_bytes::watched;
 
     /// A new tape of a POST in a session, answered with JSON.
     fn tape(shared: &Arc<Shared>) -> Box<Tape> {
@@ -367,20 +349,16 @@ mod tests {
     async fn a_read_tape_lets_its_large_chunks_go_and_keeps_its_span_and_room() {
         let shared = Shared::switched_off();
         let mut tape = tape(&shared);
-        let freed = Arc::new(AtomicBool::new(false));
         // Larger than a tape copies: kept shared.
-        let large = Bytes::from_owner(Owned {
-            data: vec![b' '; COPIED_CHUNK_BYTES + 1],
-            freed: Arc::clone(&freed),
-        });
+        let (large, freed) = watched(vec![b' '; COPIED_CHUNK_BYTES + 1]);
         assert_eq!(tape.on_data(&large), Step::Going);
         drop(large);
-        assert!(!freed.load(Ordering::Acquire), "taped");
+        assert!(!freed.is_freed(), "taped");
         let span_id = tape.request_span.span_id();
 
         let tape = read(tape, 2);
         assert!(tape.exchange.is_none(), "played");
-        assert!(freed.load(Ordering::Acquire), "the large chunk is let go");
+        assert!(freed.is_freed(), "the large chunk is let go");
         assert!(tape.chunks.is_empty());
         assert_eq!(tape.request_span.span_id(), span_id, "the span stays");
         assert!(tape.copied.capacity() >= FIRST_COPY_BYTES, "and the room");

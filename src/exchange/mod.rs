@@ -684,34 +684,12 @@ struct Input {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    /// A buffer that notes when it is freed, as hyper's read buffer.
-    struct ReadBuffer {
-        data: &'static [u8],
-        freed: Arc<AtomicBool>,
-    }
-
-    impl AsRef<[u8]> for ReadBuffer {
-        fn as_ref(&self) -> &[u8] {
-            self.data
-        }
-    }
-
-    impl Drop for ReadBuffer {
-        fn drop(&mut self) {
-            self.freed.store(true, Ordering::Release);
-        }
-    }
+    use crate::watched_bytes::watched;
 
     #[tokio::test]
     async fn an_exchange_keeps_no_share_of_the_request_heads_buffer() {
-        let freed = Arc::new(AtomicBool::new(false));
-        let buffer = Bytes::from_owner(ReadBuffer {
-            data: b"/mcp?x=1 2025-11-25 tools/call add s-1",
-            freed: Arc::clone(&freed),
-        });
+        // As hyper's read buffer, which the request head's parts share.
+        let (buffer, freed) = watched(&b"/mcp?x=1 2025-11-25 tools/call add s-1"[..]);
         let shared_text = |range: std::ops::Range<usize>| {
             HeaderValue::from_maybe_shared(buffer.slice(range)).unwrap()
         };
@@ -729,7 +707,7 @@ mod tests {
 
         let exchange = Exchange::new(Shared::switched_off(), &mut parts);
         drop(parts);
-        assert!(freed.load(Ordering::Acquire), "no share is kept");
+        assert!(freed.is_freed(), "no share is kept");
         assert_eq!(exchange.path(), "/mcp");
         assert_eq!(exchange.protocol_header(), Some("2025-11-25"));
         assert_eq!(exchange.method_header.as_deref(), Some("tools/call"));
