@@ -535,11 +535,11 @@ mod tests {
         }
     }
 
-    /// Work whose reading leaves memory behind, which reports the thread
-    /// that frees it.
-    struct LeavesBehind(mpsc::Sender<std::thread::ThreadId>);
+    /// Work whose reading leaves memory behind, which reports when it is
+    /// freed.
+    struct LeavesBehind(mpsc::Sender<()>);
 
-    struct Left(mpsc::Sender<std::thread::ThreadId>);
+    struct Left(mpsc::Sender<()>);
 
     impl Leftover for Left {
         fn bytes(&self) -> usize {
@@ -549,7 +549,7 @@ mod tests {
 
     impl Drop for Left {
         fn drop(&mut self) {
-            let _ = self.0.send(std::thread::current().id());
+            let _ = self.0.send(());
         }
     }
 

@@ -168,12 +168,11 @@ impl<L: Leftover> Leftovers<L> {
 mod tests {
     use super::*;
     use std::sync::Arc;
-    use std::thread::{self, ThreadId};
 
-    /// A leftover that reports the thread it is freed on.
+    /// A leftover that counts its drop.
     struct Traced {
         bytes: usize,
-        freed_on: Arc<Mutex<Vec<ThreadId>>>,
+        freed: Arc<AtomicUsize>,
     }
 
     impl Leftover for Traced {
@@ -184,40 +183,39 @@ mod tests {
 
     impl Drop for Traced {
         fn drop(&mut self) {
-            self.freed_on.lock().unwrap().push(thread::current().id());
+            self.freed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    fn traced(count: usize, bytes: usize, freed_on: &Arc<Mutex<Vec<ThreadId>>>) -> Vec<Traced> {
+    fn traced(count: usize, bytes: usize, freed: &Arc<AtomicUsize>) -> Vec<Traced> {
         (0..count)
             .map(|_| Traced {
                 bytes,
-                freed_on: Arc::clone(freed_on),
+                freed: Arc::clone(freed),
             })
             .collect()
     }
 
+    fn freed(count: &AtomicUsize) -> usize {
+        count.load(Ordering::Relaxed)
+    }
+
     #[test]
     fn what_the_reader_gives_back_waits_and_is_reused_latest_first() {
-        let bin = Arc::new(Leftovers::default());
-        let freed_on = Arc::new(Mutex::new(Vec::new()));
-        let reader = {
-            let (bin, freed_on) = (Arc::clone(&bin), Arc::clone(&freed_on));
-            thread::spawn(move || {
-                let mut items = traced(3, 100, &freed_on);
-                items[2].bytes = 300;
-                bin.give_back(items);
-            })
-        };
-        reader.join().unwrap();
-        assert!(freed_on.lock().unwrap().is_empty(), "the reader freed none");
+        let bin = Leftovers::default();
+        let freed_on = Arc::new(AtomicUsize::new(0));
+        let mut items = traced(3, 100, &freed_on);
+        items[2].bytes = 300;
+        bin.give_back(items);
+        assert_eq!(freed(&freed_on), 0, "the reader freed none");
         assert_eq!(bin.contents(), (3, 500));
 
         let latest = bin.reuse().unwrap();
         assert_eq!(latest.bytes, 300, "the latest comes back first");
         assert_eq!(bin.contents(), (2, 200));
         assert_eq!(bin.free_excess(), 0, "few wait: they are kept for reuse");
-        assert!(freed_on.lock().unwrap().is_empty());
+        drop(latest);
+        assert_eq!(freed(&freed_on), 1, "only the one taken");
         assert!(bin.reuse().is_some() && bin.reuse().is_some());
         assert!(bin.reuse().is_none());
     }
@@ -225,7 +223,7 @@ mod tests {
     #[test]
     fn past_what_is_kept_for_reuse_each_request_frees_the_oldest() {
         let bin = Leftovers::default();
-        let freed_on = Arc::new(Mutex::new(Vec::new()));
+        let freed_on = Arc::new(AtomicUsize::new(0));
         let mut items = traced(KEPT_FOR_REUSE + 3, 1, &freed_on);
         items[0].bytes = 7; // the oldest
         bin.give_back(items);
@@ -238,24 +236,21 @@ mod tests {
         assert_eq!(bin.free_excess(), 1, "down to what is kept");
         assert_eq!(bin.free_excess(), 0);
         assert_eq!(bin.contents().0, KEPT_FOR_REUSE);
-        assert_eq!(freed_on.lock().unwrap().len(), 3);
+        assert_eq!(freed(&freed_on), 3);
     }
 
     #[test]
     fn past_the_bound_the_reader_frees_what_it_read_itself() {
         let bin = Leftovers::default();
-        let freed_on = Arc::new(Mutex::new(Vec::new()));
+        let freed_on = Arc::new(AtomicUsize::new(0));
         let half = MAX_LEFTOVER_BYTES / 2;
         bin.give_back(traced(3, half, &freed_on));
         assert_eq!(bin.contents(), (2, 2 * half), "two fit under the bound");
-        assert_eq!(
-            freed_on.lock().unwrap().len(),
-            1,
-            "the third was freed at once"
-        );
-        // Room again: a smaller one fits.
+        assert_eq!(freed(&freed_on), 1, "the third was freed at once");
+        // Full: even a small one is freed at once, until one is taken.
         bin.give_back(traced(1, 1, &freed_on));
         assert_eq!(bin.contents(), (2, 2 * half), "still full");
+        assert_eq!(freed(&freed_on), 2);
         assert!(bin.reuse().is_some());
         bin.give_back(traced(1, 1, &freed_on));
         assert_eq!(bin.contents(), (2, half + 1));
@@ -264,11 +259,11 @@ mod tests {
     #[test]
     fn free_all_empties_the_bin() {
         let bin = Leftovers::default();
-        let freed_on = Arc::new(Mutex::new(Vec::new()));
+        let freed_on = Arc::new(AtomicUsize::new(0));
         bin.give_back(traced(7, 10, &freed_on));
         assert_eq!(bin.free_all(), 7);
         assert_eq!(bin.contents(), (0, 0));
-        assert_eq!(freed_on.lock().unwrap().len(), 7);
+        assert_eq!(freed(&freed_on), 7);
         assert_eq!(bin.free_all(), 0);
         assert!(bin.reuse().is_none());
     }

@@ -575,10 +575,10 @@ impl Exchange {
         } else if capture.is_truncated() {
             // Too large to read whole; a 2026-07-28 client names the method
             // (and tool) in headers.
-            self.method_header.as_deref().map(|method| {
+            self.method_header.take().map(|method| {
                 ClientMessage::Request(McpRequest::named(
-                    method.to_owned(),
-                    self.name_header.as_deref().map(str::to_owned),
+                    method.into(),
+                    self.name_header.take().map(String::from),
                     self.protocol_header().map(str::to_owned),
                 ))
             })
