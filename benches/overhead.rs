@@ -31,12 +31,16 @@
 //! | `OVERHEAD_ONLY` | `bare` or `layered`: load one server only (for a profiler) | both |
 //! | `OVERHEAD_TOOL_MS` | above 0: call `slow_progress` (waits this many ms, sends one progress event, then answers) instead of `add` | 0 |
 //! | `OVERHEAD_PLACEMENT` | `route`: `Router::layer(TrodoLayer)` (the README's one line); `outer`: the layer wraps the whole router (`ServiceBuilder::new().map_response(IntoResponse::into_response).layer(layer).service(router)`), which spares axum one clone of the inner service per request | `route` |
+//! | `OVERHEAD_LAYER` | `trodo`: the layered server runs `TrodoLayer`; `floor`: it runs instead the least a layer that records bodies must do (copy both bodies, hand them to another thread; see `support/floor_layer.rs`), on its routes | `trodo` |
+//! | `OVERHEAD_FLOOR_BURN_US` | with `OVERHEAD_LAYER=floor`: the other thread also spins this many µs per exchange, as a layer's delivery work would | 0 |
 //! | `OVERHEAD_TRODO_ENABLED` | `false`: the layered server's layer is switched off (`TRODO_ENABLED=false`), to measure the pass-through | `true` |
 
 #[path = "support/counting_ingest.rs"]
 mod counting_ingest;
 #[path = "support/env.rs"]
 mod env;
+#[path = "support/floor_layer.rs"]
+mod floor_layer;
 #[path = "support/machine.rs"]
 mod machine;
 #[path = "../examples/support/tools.rs"]
@@ -52,6 +56,7 @@ use axum::body::Bytes;
 use axum::response::IntoResponse;
 use axum::serve::ListenerExt;
 use counting_ingest::CountingIngest;
+use floor_layer::FloorLayer;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -90,6 +95,10 @@ struct Options {
     outer: bool,
     /// Above 0: how long the called tool waits (`slow_progress`), in ms.
     tool_ms: u64,
+    /// Whether the layered server runs the floor layer instead of Trodo's.
+    floor: bool,
+    /// The floor layer's CPU per exchange on its thread, in µs.
+    floor_burn_us: u64,
 }
 
 impl Options {
@@ -106,6 +115,8 @@ impl Options {
             trodo_enabled: env::layer_enabled("OVERHEAD_TRODO_ENABLED"),
             outer: env::choice("OVERHEAD_PLACEMENT", &["route", "outer"]) == Some("outer"),
             tool_ms: env::whole("OVERHEAD_TOOL_MS", 0),
+            floor: env::choice("OVERHEAD_LAYER", &["trodo", "floor"]) == Some("floor"),
+            floor_burn_us: env::whole("OVERHEAD_FLOOR_BURN_US", 0),
         }
     }
 }
@@ -128,7 +139,7 @@ fn main() {
     // generator, not on the server's runtime.
     let ingest = client_rt.block_on(CountingIngest::start());
     let (bare, layered, trodo) = server_rt.block_on(async {
-        let bare = serve(None, false).await;
+        let bare = serve(Layered::Bare).await;
         let layer = TrodoLayer::new(
             TrodoConfig::new()
                 .with_site_id("bench")
@@ -137,7 +148,15 @@ fn main() {
                 .with_enabled(options.trodo_enabled),
         );
         let trodo = layer.trodo();
-        let layered = serve(Some(layer), options.outer).await;
+        let layered = if options.floor {
+            let burn = Duration::from_micros(options.floor_burn_us);
+            // Named as the delivery thread, so that its CPU is counted there.
+            serve(Layered::Floor(FloorLayer::new(EXPORT_THREAD, burn))).await
+        } else if options.outer {
+            serve(Layered::TrodoOuter(layer)).await
+        } else {
+            serve(Layered::Trodo(layer)).await
+        };
         (bare, layered, trodo)
     });
 
@@ -151,9 +170,19 @@ fn main() {
     ingest.print_delivery(&trodo, flushed);
 }
 
-/// The demo MCP server, bare or behind `layer` (on its routes, or with
-/// `outer` around the whole router), on a loopback port.
-async fn serve(layer: Option<TrodoLayer>, outer: bool) -> SocketAddr {
+/// What the demo MCP server runs behind.
+enum Layered {
+    Bare,
+    /// `TrodoLayer` on the routes (`Router::layer`).
+    Trodo(TrodoLayer),
+    /// `TrodoLayer` around the whole router.
+    TrodoOuter(TrodoLayer),
+    /// The floor layer on the routes.
+    Floor(FloorLayer),
+}
+
+/// The demo MCP server behind `layered`, on a loopback port.
+async fn serve(layered: Layered) -> SocketAddr {
     let mcp = tools::mcp_service(StreamableHttpServerConfig::default(), None);
     let app = Router::new().nest_service("/mcp", mcp);
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
@@ -161,8 +190,11 @@ async fn serve(layer: Option<TrodoLayer>, outer: bool) -> SocketAddr {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    match layer {
-        Some(layer) if outer => {
+    let app = match layered {
+        Layered::Bare => app,
+        Layered::Trodo(layer) => app.layer(layer),
+        Layered::Floor(layer) => app.layer(layer),
+        Layered::TrodoOuter(layer) => {
             // axum::serve wants axum's body: map the layer's back into it.
             let app = tower::ServiceBuilder::new()
                 .map_response(IntoResponse::into_response)
@@ -172,18 +204,11 @@ async fn serve(layer: Option<TrodoLayer>, outer: bool) -> SocketAddr {
                 SocketAddr,
             >(app);
             tokio::spawn(async move { axum::serve(listener, app).await });
+            return addr;
         }
-        Some(layer) => {
-            let app = app
-                .layer(layer)
-                .into_make_service_with_connect_info::<SocketAddr>();
-            tokio::spawn(async move { axum::serve(listener, app).await });
-        }
-        None => {
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            tokio::spawn(async move { axum::serve(listener, app).await });
-        }
-    }
+    };
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, app).await });
     addr
 }
 
@@ -520,7 +545,12 @@ fn print_machine(options: &Options) {
         "server runtime: {} worker thread(s); load generator and ingest: {} worker thread(s)",
         options.server_threads, options.client_threads
     );
-    if options.outer {
+    if options.floor {
+        println!(
+            "the layered server runs the floor layer (OVERHEAD_LAYER=floor), its thread spinning {} us per exchange",
+            options.floor_burn_us
+        );
+    } else if options.outer {
         println!("the layer wraps the whole router (OVERHEAD_PLACEMENT=outer)");
     }
     if !options.trodo_enabled {
