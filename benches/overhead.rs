@@ -3,7 +3,8 @@
 //!
 //! One process serves the demo rmcp server (the example's tools; sessions,
 //! SSE answers, rmcp's defaults) twice: bare, and behind `TrodoLayer`
-//! delivering to a local ingest over HTTP. Both set `TCP_NODELAY`, as the
+//! delivering to a local ingest over HTTP (or, with `OVERHEAD_LAYER=floor`,
+//! behind a minimal recording layer, to compare). Both set `TCP_NODELAY`, as the
 //! example server does. N clients, each in its own MCP session on its own
 //! keep-alive connection, call `tools/call add` back to back (or, with
 //! `OVERHEAD_TOOL_MS`, a tool that waits that long, reports progress once and answers). After a
@@ -31,8 +32,8 @@
 //! | `OVERHEAD_ONLY` | `bare` or `layered`: load one server only (for a profiler) | both |
 //! | `OVERHEAD_TOOL_MS` | above 0: call `slow_progress` (waits this many ms, sends one progress event, then answers) instead of `add` | 0 |
 //! | `OVERHEAD_PLACEMENT` | `route`: `Router::layer(TrodoLayer)` (the README's one line); `outer`: the layer wraps the whole router (`ServiceBuilder::new().map_response(IntoResponse::into_response).layer(layer).service(router)`), which spares axum one clone of the inner service per request | `route` |
-//! | `OVERHEAD_LAYER` | `trodo`: the layered server runs `TrodoLayer`; `floor`: it runs instead the least a layer that records bodies must do (copy both bodies, hand them to another thread; see `support/floor_layer.rs`), on its routes | `trodo` |
-//! | `OVERHEAD_FLOOR_BURN_US` | with `OVERHEAD_LAYER=floor`: the other thread also spins this many µs per exchange, as a layer's delivery work would | 0 |
+//! | `OVERHEAD_LAYER` | `trodo`: the layered server runs `TrodoLayer`; `floor`: it runs instead a minimal recording layer (copies both bodies, hands them to another thread; see `support/floor_layer.rs`), on its routes (not with `OVERHEAD_PLACEMENT=outer` or `OVERHEAD_TRODO_ENABLED=false`) | `trodo` |
+//! | `OVERHEAD_FLOOR_BURN_US` | with `OVERHEAD_LAYER=floor` only: the floor layer's other thread also spins this many µs per exchange (at most 1000), as a layer's delivery work would | 0 |
 //! | `OVERHEAD_TRODO_ENABLED` | `false`: the layered server's layer is switched off (`TRODO_ENABLED=false`), to measure the pass-through | `true` |
 
 #[path = "support/counting_ingest.rs"]
@@ -71,6 +72,9 @@ use trodo_tower::{TrodoConfig, TrodoLayer};
 const TARGET_THROUGHPUT: f64 = 0.97;
 /// p99 latency of the layered server over the bare one, at most.
 const TARGET_P99: f64 = 1.05;
+/// The most CPU the floor layer's thread may spin per exchange, in µs:
+/// beyond it the thread falls behind the server for good.
+const MAX_FLOOR_BURN_US: u64 = 1_000;
 const PROTOCOL_VERSION: &str = "2025-11-25";
 /// The name of the server runtime's threads.
 const SERVER_THREAD: &str = "server";
@@ -118,6 +122,43 @@ impl Options {
             floor: env::choice("OVERHEAD_LAYER", &["trodo", "floor"]) == Some("floor"),
             floor_burn_us: env::whole("OVERHEAD_FLOOR_BURN_US", 0),
         }
+        .checked()
+    }
+
+    /// Stops the bench on settings that do not go together.
+    fn checked(self) -> Self {
+        if self.floor_burn_us > MAX_FLOOR_BURN_US {
+            env::refuse(
+                "OVERHEAD_FLOOR_BURN_US",
+                &self.floor_burn_us.to_string(),
+                &format!("at most {MAX_FLOOR_BURN_US}"),
+            );
+        }
+        if !self.floor {
+            if self.floor_burn_us > 0 {
+                env::refuse(
+                    "OVERHEAD_FLOOR_BURN_US",
+                    &self.floor_burn_us.to_string(),
+                    "0 or unset, unless OVERHEAD_LAYER=floor",
+                );
+            }
+            return self;
+        }
+        if self.outer {
+            env::refuse(
+                "OVERHEAD_PLACEMENT",
+                "outer",
+                "route or unset with OVERHEAD_LAYER=floor (the floor layer goes on the routes)",
+            );
+        }
+        if !self.trodo_enabled {
+            env::refuse(
+                "OVERHEAD_TRODO_ENABLED",
+                "false",
+                "true or unset with OVERHEAD_LAYER=floor (no TrodoLayer runs)",
+            );
+        }
+        self
     }
 }
 
@@ -140,6 +181,12 @@ fn main() {
     let ingest = client_rt.block_on(CountingIngest::start());
     let (bare, layered, trodo) = server_rt.block_on(async {
         let bare = serve(Layered::Bare).await;
+        if options.floor {
+            let burn = Duration::from_micros(options.floor_burn_us);
+            // Named as the delivery thread, so that its CPU is counted there.
+            let floor = FloorLayer::new(EXPORT_THREAD, burn);
+            return (bare, serve(Layered::Floor(floor)).await, None);
+        }
         let layer = TrodoLayer::new(
             TrodoConfig::new()
                 .with_site_id("bench")
@@ -148,16 +195,12 @@ fn main() {
                 .with_enabled(options.trodo_enabled),
         );
         let trodo = layer.trodo();
-        let layered = if options.floor {
-            let burn = Duration::from_micros(options.floor_burn_us);
-            // Named as the delivery thread, so that its CPU is counted there.
-            serve(Layered::Floor(FloorLayer::new(EXPORT_THREAD, burn))).await
-        } else if options.outer {
+        let layered = if options.outer {
             serve(Layered::TrodoOuter(layer)).await
         } else {
             serve(Layered::Trodo(layer)).await
         };
-        (bare, layered, trodo)
+        (bare, layered, Some(trodo))
     });
 
     print_machine(&options);
@@ -166,8 +209,10 @@ fn main() {
         report(&options, &results);
     }
 
-    let flushed = server_rt.block_on(trodo.shutdown(Duration::from_secs(30)));
-    ingest.print_delivery(&trodo, flushed);
+    if let Some(trodo) = trodo {
+        let flushed = server_rt.block_on(trodo.shutdown(Duration::from_secs(30)));
+        ingest.print_delivery(&trodo, flushed);
+    }
 }
 
 /// What the demo MCP server runs behind.

@@ -13,7 +13,7 @@ fn set(name: &str) -> Option<String> {
 }
 
 /// Stops the bench: `name` holds `value`, which is not `expected`.
-fn refuse(name: &str, value: &str, expected: &str) -> ! {
+pub(crate) fn refuse(name: &str, value: &str, expected: &str) -> ! {
     eprintln!("{name}={value:?}: expected {expected}");
     std::process::exit(2)
 }
