@@ -9,11 +9,11 @@ use crate::route_kind::RouteSpanKind;
 use crate::span_kind::SpanKind;
 
 /// A response head, as far as the layer reads it. Cheap to take: the
-/// header values are shared, not copied.
+/// content type is read into [`BodyType`], the session header shared.
 #[derive(Debug)]
 pub(crate) struct ResponseHead {
     pub(crate) status: StatusCode,
-    pub(crate) content_type: Option<HeaderValue>,
+    body_type: BodyType,
     /// The session header, which the answer to `initialize` sets; read
     /// only for an exchange read live, as taking it may cost an allocation
     /// (a taped one is never `initialize`, and its answer names no other
@@ -23,12 +23,38 @@ pub(crate) struct ResponseHead {
     pub(crate) route_kind: Option<SpanKind>,
 }
 
+/// What the `content-type` of a response says its body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyType {
+    EventStream,
+    Json,
+    Other,
+}
+
+impl BodyType {
+    /// Read, not kept: a clone of a header value made from a `&str` (as
+    /// rmcp's are) would allocate to share it.
+    fn of(content_type: Option<&HeaderValue>) -> Self {
+        let Some(value) = content_type else {
+            return Self::Other;
+        };
+        let value = value.as_bytes();
+        if value.starts_with(b"text/event-stream") {
+            Self::EventStream
+        } else if value.starts_with(b"application/json") {
+            Self::Json
+        } else {
+            Self::Other
+        }
+    }
+}
+
 impl ResponseHead {
     /// What `response` says, but for its session id.
     pub(crate) fn of<B>(response: &Response<B>) -> Self {
         Self {
             status: response.status(),
-            content_type: response.headers().get(header::CONTENT_TYPE).cloned(),
+            body_type: BodyType::of(response.headers().get(header::CONTENT_TYPE)),
             session: None,
             route_kind: response.extensions().get::<RouteSpanKind>().map(|k| k.0),
         }
@@ -51,17 +77,11 @@ impl ResponseHead {
 
     /// Whether the body is an event stream.
     pub(crate) fn is_event_stream(&self) -> bool {
-        self.content_type_starts_with("text/event-stream")
+        self.body_type == BodyType::EventStream
     }
 
     /// Whether the body is JSON.
     pub(crate) fn is_json(&self) -> bool {
-        self.content_type_starts_with("application/json")
-    }
-
-    fn content_type_starts_with(&self, prefix: &str) -> bool {
-        self.content_type
-            .as_ref()
-            .is_some_and(|value| value.as_bytes().starts_with(prefix.as_bytes()))
+        self.body_type == BodyType::Json
     }
 }
