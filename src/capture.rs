@@ -17,8 +17,12 @@ pub(crate) struct Capture {
     limit: usize,
     /// The kept bytes: a prefix of the stream.
     kept: Vec<u8>,
-    /// Characters started in `kept` (the last one may still be incomplete).
+    /// Characters started in `kept` but for its last `uncounted` bytes
+    /// (the last one may still be incomplete).
     chars: usize,
+    /// Bytes at the end of `kept` not counted yet: while the bytes seen fit
+    /// in the limit, so do their characters, and nothing is counted.
+    uncounted: usize,
     /// Continuation bytes still expected by the last character in `kept`.
     need: u8,
     /// Lowest byte allowed as the next continuation byte.
@@ -38,6 +42,7 @@ impl Capture {
             limit: limit_chars,
             kept: Vec::new(),
             chars: 0,
+            uncounted: 0,
             need: 0,
             lo: 0,
             hi: 0,
@@ -55,6 +60,35 @@ impl Capture {
         if self.truncated {
             return;
         }
+        // The common case, a body shorter in bytes than the limit in
+        // characters: kept as it is, counted only if more comes.
+        if self.kept.len() + chunk.len() <= self.limit {
+            self.reserve(chunk.len());
+            self.kept.extend_from_slice(chunk);
+            self.uncounted += chunk.len();
+            return;
+        }
+        self.count_kept();
+        let keep = self.count(chunk);
+        self.reserve(keep);
+        self.kept.extend_from_slice(&chunk[..keep]);
+    }
+
+    /// Counts the characters of the kept bytes not counted yet.
+    fn count_kept(&mut self) {
+        if self.uncounted == 0 {
+            return;
+        }
+        let kept = std::mem::take(&mut self.kept);
+        let keep = self.count(&kept[kept.len() - self.uncounted..]);
+        debug_assert_eq!(keep, self.uncounted, "bytes within the limit are kept");
+        self.kept = kept;
+        self.uncounted = 0;
+    }
+
+    /// Counts the characters of `chunk`, which follows what was counted,
+    /// up to the limit; returns how many of its bytes to keep.
+    fn count(&mut self, chunk: &[u8]) -> usize {
         // The common case, a chunk of valid UTF-8 after a complete
         // character: counted and cut by the standard library's fast paths.
         if self.need == 0
@@ -64,12 +98,8 @@ impl Capture {
             let (kept, cut) = truncate_chars(text, room);
             self.chars += if cut { room } else { kept.chars().count() };
             self.truncated = cut;
-            let keep = kept.len();
-            self.reserve(keep);
-            self.kept.extend_from_slice(&chunk[..keep]);
-            return;
+            return kept.len();
         }
-        let mut keep = chunk.len();
         for (i, &b) in chunk.iter().enumerate() {
             if self.need > 0 && (self.lo..=self.hi).contains(&b) {
                 self.need -= 1;
@@ -78,14 +108,12 @@ impl Capture {
             }
             if self.chars == self.limit {
                 self.truncated = true;
-                keep = i;
-                break;
+                return i;
             }
             self.chars += 1;
             (self.need, self.lo, self.hi) = lead(b);
         }
-        self.reserve(keep);
-        self.kept.extend_from_slice(&chunk[..keep]);
+        chunk.len()
     }
 
     /// Total bytes seen (including those not kept).
@@ -335,6 +363,7 @@ mod tests {
             let total = lossy.chars().count();
             let mut c = Capture::new(usize::MAX);
             c.push(&bytes);
+            c.count_kept();
             assert_eq!(c.chars, total, "{bytes:x?}");
             for limit in 0..total {
                 let mut c = Capture::new(limit);
@@ -344,6 +373,22 @@ mod tests {
                 assert!(c.is_truncated());
             }
         }
+    }
+
+    #[test]
+    fn bytes_within_the_limit_are_counted_only_when_more_comes() {
+        let mut c = Capture::new(4);
+        c.push("é".as_bytes());
+        c.push(&"😀".as_bytes()[..1]);
+        assert_eq!((c.chars, c.uncounted), (0, 3), "kept as they are");
+        // Past 4 bytes: what was kept is counted first (é and the start
+        // of 😀), then the rest of 😀 and two more characters fit.
+        c.push(&"😀".as_bytes()[1..]);
+        c.push(b"abc");
+        assert_eq!((c.chars, c.uncounted), (4, 0));
+        assert_eq!(c.text(), "é😀ab");
+        assert!(c.is_truncated());
+        assert_eq!(c.total_bytes(), 9);
     }
 
     #[test]
