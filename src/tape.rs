@@ -43,7 +43,7 @@ use crate::api::RequestSpan;
 use crate::deferred::Deferred;
 use crate::exchange::{Exchange, Head, ResponseHead};
 use crate::leftovers::Leftover;
-use crate::mcp::envelope::{Look, look};
+use crate::mcp::envelope::{Look, look, mentions_outcome};
 use crate::mcp::sse::SseDecoder;
 use crate::moment::Moment;
 use crate::recorder::{BodyEnd, Recorder};
@@ -187,6 +187,11 @@ impl Tape {
         let Some(decoder) = &mut self.answer else {
             return Step::Going;
         };
+        // Whole events of which none can be the answer (a priming event,
+        // progress): nothing to decode.
+        if !mentions_outcome(data) && decoder.pass_over(data) {
+            return Step::Going;
+        }
         let mut step = Step::Going;
         decoder.push(data, |event| {
             if step != Step::Going {
@@ -293,6 +298,11 @@ mod tests {
 
     /// A new tape of a POST in a session, answered with JSON.
     fn tape(shared: &Arc<Shared>) -> Box<Tape> {
+        tape_of(shared, "application/json")
+    }
+
+    /// A new tape of a POST in a session, answered with `content_type`.
+    fn tape_of(shared: &Arc<Shared>, content_type: &str) -> Box<Tape> {
         let (mut parts, ()) = http::Request::post("/mcp")
             .header("mcp-session-id", "s-1")
             .body(())
@@ -300,10 +310,54 @@ mod tests {
             .into_parts();
         let exchange = Exchange::new(Arc::clone(shared), &mut parts);
         let response = http::Response::builder()
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(())
             .unwrap();
         Tape::new(exchange, ResponseHead::of(&response), 0)
+    }
+
+    /// The steps of an event stream's tape fed `chunks`.
+    fn steps(chunks: &[&[u8]]) -> Vec<Step> {
+        let shared = Shared::switched_off();
+        let mut tape = tape_of(&shared, "text/event-stream");
+        chunks
+            .iter()
+            .map(|chunk| tape.on_data(&Bytes::copy_from_slice(chunk)))
+            .collect()
+    }
+
+    const PRIMING: &[u8] = b"data: \nid: 0/1\nretry: 3000\n\n";
+    const PROGRESS: &[u8] = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n";
+    const ANSWER: &[u8] = b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\nid: 1/1\n\n";
+
+    #[tokio::test]
+    async fn an_event_stream_tape_finds_the_answer_after_events_it_passes_over() {
+        assert_eq!(
+            steps(&[PRIMING, PROGRESS, ANSWER]),
+            [Step::Going, Step::Going, Step::Answered]
+        );
+        // A BOM before the first event; the answer and progress together.
+        let first = [b"\xEF\xBB\xBF", PRIMING].concat();
+        let both = [PROGRESS, ANSWER].concat();
+        assert_eq!(steps(&[&first, &both]), [Step::Going, Step::Answered]);
+        // A look cannot tell an event with a method and a result.
+        let unsure = b"data: {\"id\":1,\"result\":{\"method\":\"x\"}}\n\n";
+        assert_eq!(steps(&[PRIMING, unsure]), [Step::Going, Step::Live]);
+    }
+
+    #[tokio::test]
+    async fn an_answer_split_across_chunks_is_found() {
+        // Neither piece mentions "result" whole; the first ends inside an
+        // event, so it is decoded, not passed over.
+        let at = ANSWER.windows(4).position(|w| w == b"\"res").unwrap() + 4;
+        let (head, tail) = ANSWER.split_at(at);
+        assert_eq!(
+            steps(&[PRIMING, head, tail]),
+            [Step::Going, Step::Going, Step::Answered]
+        );
+        // A chunk that ends with a blank line but starts inside an event.
+        let (head, tail) = ANSWER.split_at(10);
+        assert_eq!(steps(&[head, tail]), [Step::Going, Step::Answered]);
     }
 
     /// `tape`, with `bytes` copied onto it in small chunks, read.

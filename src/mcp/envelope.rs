@@ -364,18 +364,25 @@ pub(crate) enum Look {
     Unsure,
 }
 
+static RESULT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"result\""));
+static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+
 /// What the first 512 bytes of a message suggest it is.
 pub(crate) fn look(prefix: &[u8]) -> Look {
-    static RESULT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"result\""));
-    static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
     static METHOD: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"method\""));
     let head = &prefix[..prefix.len().min(512)];
-    let has = |finder: &Finder<'_>| finder.find(head).is_some();
-    match (has(&RESULT) || has(&ERROR), has(&METHOD)) {
+    match (mentions_outcome(head), METHOD.find(head).is_some()) {
         (true, false) => Look::Response,
         (true, true) => Look::Unsure,
         (false, _) => Look::Other,
     }
+}
+
+/// Whether `bytes` mention a `"result"` or an `"error"` anywhere: a
+/// message without either can be no response (see [`look`]), nor can any
+/// of several in `bytes`.
+pub(crate) fn mentions_outcome(bytes: &[u8]) -> bool {
+    RESULT.find(bytes).is_some() || ERROR.find(bytes).is_some()
 }
 
 /// Whether the start of a message too large to parse reads like a response

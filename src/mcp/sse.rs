@@ -192,6 +192,20 @@ impl SseDecoder {
         self.feed(chunk, &mut on_event);
     }
 
+    /// Takes `chunk` without reading it, if that changes nothing but its
+    /// events (which go unreported): a data-only decoder (no id to keep)
+    /// between events, and a chunk that ends with a blank line, after
+    /// which the decoder is between events again. For a caller that knows
+    /// no event in `chunk` matters to it. Returns whether it took it.
+    pub(crate) fn pass_over(&mut self, chunk: &[u8]) -> bool {
+        if self.keeps_meta || !self.between_events() || !chunk.ends_with(b"\n\n") {
+            return false;
+        }
+        // Any BOM was at the start of `chunk`, which is behind us now.
+        self.started = true;
+        true
+    }
+
     /// Splits `input` into line contents and line ends.
     fn feed(&mut self, mut input: &[u8], on_event: &mut impl FnMut(SseEvent<'_>)) {
         // Whether the fast path may take the next event in `input`: not
