@@ -270,7 +270,7 @@ impl<T: Later> Backlog<T> {
             batch
         };
         let count = batch.len();
-        let mut left = Vec::new();
+        let mut left = Vec::with_capacity(count);
         for (work, _) in batch {
             left.extend(read_one(work));
             *turn += 1;
