@@ -14,6 +14,7 @@
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 use uuid::Uuid;
@@ -22,10 +23,10 @@ use crate::api::{RequestSpan, inbound_propagation};
 use crate::capture::Capture;
 use crate::capture_policy::Side;
 use crate::config::Sessionless;
-use crate::mcp::INITIALIZE;
 use crate::mcp::envelope::{
     ClientMessage, Request as McpRequest, mentions_initialize, parse_client_message,
 };
+use crate::mcp::{INITIALIZE, published_version};
 use crate::moment::Moment;
 use crate::recorder::Recorder;
 use crate::run::{ClosedVia, KeySource, RunKey, client_identity, meta_conversation};
@@ -59,7 +60,8 @@ pub(crate) struct Exchange {
     /// The session id, unless the config groups sessions by the key chain.
     session_id: Option<Arc<str>>,
     /// `Mcp-Protocol-Version`, if it is text.
-    protocol_header: Option<Box<str>>,
+    /// A published version lent, any other text copied.
+    protocol_header: Option<Cow<'static, str>>,
     /// `Mcp-Method` / `Mcp-Name` (MCP 2026-07-28), if text: name a request too large to parse.
     method_header: Option<Box<str>>,
     name_header: Option<Box<str>>,
@@ -185,7 +187,7 @@ impl Exchange {
             distinct_id,
             joined: inbound_propagation(found.run_id, found.parent_span_id),
             request_span,
-            protocol_header: found.protocol_version.and_then(owned_text),
+            protocol_header: found.protocol_version.and_then(version_text),
             method_header: found.method.and_then(owned_text),
             name_header: found.name.and_then(owned_text),
             wants_event_stream,
@@ -673,6 +675,14 @@ fn owned_text(value: &HeaderValue) -> Option<Box<str>> {
     value.to_str().ok().map(Box::from)
 }
 
+/// The text of an `Mcp-Protocol-Version` header, lent when it is a
+/// published version (as it nearly always is): copying it would cost every
+/// request an allocation, which the delivery thread would free.
+fn version_text(value: &HeaderValue) -> Option<Cow<'static, str>> {
+    let text = value.to_str().ok()?;
+    Some(published_version(text).map_or_else(|| Cow::Owned(text.to_owned()), Cow::Borrowed))
+}
+
 /// The request body as the span's input.
 #[derive(Debug)]
 struct Input {
@@ -710,6 +720,10 @@ mod tests {
         assert!(freed.is_freed(), "no share is kept");
         assert_eq!(exchange.path(), "/mcp");
         assert_eq!(exchange.protocol_header(), Some("2025-11-25"));
+        assert!(
+            matches!(exchange.protocol_header, Some(Cow::Borrowed(_))),
+            "a published version is lent"
+        );
         assert_eq!(exchange.method_header.as_deref(), Some("tools/call"));
         assert_eq!(exchange.name_header.as_deref(), Some("add"));
         assert_eq!(exchange.session_id.as_deref(), Some("s-1"));

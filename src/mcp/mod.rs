@@ -11,6 +11,23 @@ pub(crate) const INITIALIZE: &str = "initialize";
 /// The MCP method that calls a tool.
 pub(crate) const TOOLS_CALL: &str = "tools/call";
 
+/// The protocol versions published so far, oldest first.
+pub(crate) const PROTOCOL_VERSIONS: [&str; 5] = [
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
+
+/// `version` as a published protocol version's own text, if it is one:
+/// kept without a copy.
+pub(crate) fn published_version(version: &str) -> Option<&'static str> {
+    PROTOCOL_VERSIONS
+        .into_iter()
+        .find(|known| *known == version)
+}
+
 /// The span name of an MCP request: `tool.<name>` for `tools/call`,
 /// `resource.<uri>` for `resources/read`, `prompt.<name>` for `prompts/get`,
 /// `mcp.<method>` otherwise.
@@ -56,6 +73,16 @@ mod tests {
         assert_eq!(span_name("prompts/get", Some("greet")), "prompt.greet");
         assert_eq!(span_name("tools/list", None), "mcp.tools/list");
         assert_eq!(span_name("tools/call", None), "mcp.tools/call");
+    }
+
+    #[test]
+    fn published_versions_are_lent_and_others_are_not() {
+        let header = String::from("2025-11-25");
+        let known = published_version(&header).unwrap();
+        assert_eq!(known, "2025-11-25");
+        assert_ne!(known.as_ptr(), header.as_ptr(), "not the header's bytes");
+        assert_eq!(published_version("2025-11-26"), None);
+        assert_eq!(published_version("2025-11-25 "), None);
     }
 
     #[test]
