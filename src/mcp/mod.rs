@@ -12,7 +12,7 @@ pub(crate) const INITIALIZE: &str = "initialize";
 pub(crate) const TOOLS_CALL: &str = "tools/call";
 
 /// The protocol versions published so far, oldest first.
-pub(crate) const PROTOCOL_VERSIONS: [&str; 5] = [
+const PROTOCOL_VERSIONS: [&str; 5] = [
     "2024-11-05",
     "2025-03-26",
     "2025-06-18",
