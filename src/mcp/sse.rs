@@ -603,6 +603,27 @@ mod tests {
     }
 
     #[test]
+    fn whole_events_are_passed_over_only_between_events() {
+        let priming = b"data: \nid: 0/1\nretry: 3000\n\n";
+        let answer = b"data: {\"id\":1,\"result\":{}}\n\n";
+        let mut events = Vec::new();
+
+        let mut decoder = SseDecoder::data_only(1024);
+        assert!(decoder.pass_over(priming));
+        assert_eq!(decoder.whole_tries, 0, "not read");
+        decoder.push(answer, |e| events.push(owned(&e)));
+        assert_eq!(events, [data_event(r#"{"id":1,"result":{}}"#)]);
+
+        // Not inside an event, not a chunk that ends inside one, and not
+        // for a decoder that keeps the last id.
+        let mut decoder = SseDecoder::data_only(1024);
+        decoder.push(b"data: {\"id\":1,", |_| {});
+        assert!(!decoder.pass_over(b"\"result\":{}}\n\n"));
+        assert!(!SseDecoder::data_only(1024).pass_over(b"data: x\n"));
+        assert!(!SseDecoder::new(1024).pass_over(priming));
+    }
+
+    #[test]
     fn priming_event_with_empty_data_is_dropped() {
         assert_eq!(decode("data: \nid: 0\nretry: 3000\n\n"), vec![]);
         assert_eq!(decode("data\n\n"), vec![]);
