@@ -1,8 +1,9 @@
 //! The `attributes` object of a span.
 
-use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 use std::borrow::Cow;
+
+use crate::json_writer::JsonObject;
 
 /// How many attributes the layer sets on a request's span, at most: room
 /// made once, so that recording them never grows the list.
@@ -81,13 +82,17 @@ fn entry_size_estimate(key: &str, value: &Value) -> usize {
     text_size_estimate(key) + 1 + value_size_estimate(value) + 1
 }
 
-impl Serialize for Attributes {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+impl Attributes {
+    /// Appends them to `out` as one JSON object, in the order they were set.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
+        let mut object = JsonObject::new(out);
         for (key, value) in &self.0 {
-            map.serialize_entry(key.as_ref(), value)?;
+            match value {
+                Value::String(text) => object.text(key, text),
+                other => object.value(key, other),
+            }
         }
-        map.end()
+        object.end();
     }
 }
 
@@ -104,11 +109,14 @@ mod tests {
         attributes.insert("http.request.body.size", 96);
         attributes.insert(String::from("custom"), json!({"nested": [1, 2]}));
         attributes.insert("http.request.body.size", 97);
-        let json = serde_json::to_string(&attributes).unwrap();
+        attributes.insert(String::from("a \"quoted\" key"), "a\nb");
+        let mut json = Vec::new();
+        attributes.write_json(&mut json);
+        let json = String::from_utf8(json).unwrap();
         assert!(json.len() <= attributes.json_size_estimate(), "{json}");
         assert_eq!(
-            serde_json::to_string(&attributes).unwrap(),
-            r#"{"mcp.method.name":"tools/call","http.request.body.size":97,"custom":{"nested":[1,2]}}"#
+            json,
+            r#"{"mcp.method.name":"tools/call","http.request.body.size":97,"custom":{"nested":[1,2]},"a \"quoted\" key":"a\nb"}"#
         );
     }
 }

@@ -87,7 +87,9 @@ impl SampleSpan {
 
     /// The span's JSON, as the delivery thread serializes it.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.0).unwrap_or_default()
+        let mut out = Vec::new();
+        self.0.write_json(&mut out);
+        out
     }
 }
 

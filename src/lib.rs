@@ -100,6 +100,7 @@ mod error;
 mod exchange;
 mod export;
 mod future;
+mod json_writer;
 mod layer;
 mod leftovers;
 mod mcp;

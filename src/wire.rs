@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use uuid::Uuid;
 
 use crate::attributes::Attributes;
+use crate::json_writer::{JsonObject, write_json_string};
 use crate::span_kind::SpanKind;
 
 /// Most characters kept of a run's or span's `input` and `output`.
@@ -87,12 +88,11 @@ pub(crate) enum SpanStatus {
     Error,
 }
 
-/// A span as sent to `runs/{id}/spans`.
-#[derive(Debug, Clone, Serialize)]
+/// A span as sent to `runs/{id}/spans`; [`Span::write_json`] writes its JSON.
+#[derive(Debug, Clone)]
 pub(crate) struct Span {
     pub(crate) span_id: Uuid,
     pub(crate) run_id: Uuid,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) parent_span_id: Option<Uuid>,
     pub(crate) kind: SpanKind,
     pub(crate) name: String,
@@ -100,29 +100,17 @@ pub(crate) struct Span {
     pub(crate) started_at: Timestamp,
     pub(crate) ended_at: Timestamp,
     pub(crate) duration_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) input: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) output: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error_type: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error_message: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) model: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) provider: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) input_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) output_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cost: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) temperature: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) tool_name: Option<String>,
-    #[serde(skip_serializing_if = "Attributes::is_empty")]
     pub(crate) attributes: Attributes,
 }
 
@@ -159,6 +147,47 @@ impl Span {
             tool_name: None,
             attributes: Attributes::default(),
         }
+    }
+
+    /// Appends the span's JSON to `out`; fields without a value are left
+    /// out. Written by hand rather than derived, for the escaping of
+    /// `input` and `output` (see [`crate::json_writer`]).
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
+        let mut object = JsonObject::new(out);
+        object.uuid("span_id", self.span_id);
+        object.uuid("run_id", self.run_id);
+        if let Some(parent) = self.parent_span_id {
+            object.uuid("parent_span_id", parent);
+        }
+        object.text("kind", self.kind.as_str());
+        object.text("name", &self.name);
+        object.value("status", &self.status);
+        object.with("started_at", |out| self.started_at.write_json(out));
+        object.with("ended_at", |out| self.ended_at.write_json(out));
+        object.value("duration_ms", &self.duration_ms);
+        object.optional_text("input", self.input.as_deref());
+        object.optional_text("output", self.output.as_deref());
+        object.optional_text("error_type", self.error_type.as_deref());
+        object.optional_text("error_message", self.error_message.as_deref());
+        object.optional_text("model", self.model.as_deref());
+        object.optional_text("provider", self.provider.as_deref());
+        object.optional_value("input_tokens", self.input_tokens.as_ref());
+        object.optional_value("output_tokens", self.output_tokens.as_ref());
+        object.optional_value("cost", self.cost.as_ref());
+        object.optional_value("temperature", self.temperature.as_ref());
+        object.optional_text("tool_name", self.tool_name.as_deref());
+        if !self.attributes.is_empty() {
+            object.with("attributes", |out| self.attributes.write_json(out));
+        }
+        object.end();
+    }
+
+    /// The span's JSON (see [`Span::write_json`]).
+    #[cfg(test)]
+    pub(crate) fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_json(&mut out);
+        out
     }
 
     /// About the size of this span's JSON, without making it: what the
@@ -280,14 +309,28 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// Calls `with` with the timestamp's text. A time before 1970 or after
+    /// 9999 (a clock far off) is written as the nearest end of that range,
+    /// which RFC 3339 and the ingest API can hold.
+    fn with_text<R>(&self, with: impl FnOnce(&str) -> R) -> R {
+        let mut buf = [0; RFC3339_MICROS_LEN];
+        with(match rfc3339_micros(self.0, &mut buf) {
+            Some(text) => text,
+            None if self.0 < SystemTime::UNIX_EPOCH => "1970-01-01T00:00:00.000000Z",
+            None => "9999-12-31T23:59:59.999999Z",
+        })
+    }
+
+    /// Appends the timestamp to `out` as a JSON string.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
+        self.with_text(|text| write_json_string(text, out));
+    }
+}
+
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut buf = [0; RFC3339_MICROS_LEN];
-        match rfc3339_micros(self.0, &mut buf) {
-            Some(text) => s.serialize_str(text),
-            // Before 1970 or after 9999: the general (slower) formatter.
-            None => s.collect_str(&humantime::format_rfc3339_micros(self.0)),
-        }
+        self.with_text(|text| s.serialize_str(text))
     }
 }
 
@@ -298,7 +341,7 @@ const RFC3339_MICROS_LEN: usize = 27;
 /// `humantime::format_rfc3339_micros` does, without the formatting
 /// machinery (two timestamps go into every span, which the delivery
 /// thread serializes one by one).
-/// `None` before 1970 and after 9999.
+/// `None` before 1970 and after 9999 (where `humantime` fails too).
 fn rfc3339_micros(time: SystemTime, buf: &mut [u8; RFC3339_MICROS_LEN]) -> Option<&str> {
     const MAX_SECS: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
     let since_epoch = time.duration_since(SystemTime::UNIX_EPOCH).ok()?;
@@ -383,10 +426,23 @@ mod tests {
                 "{t:?}"
             );
         }
-        // Outside 1970..=9999 the general formatter takes over.
+        // Outside 1970..=9999 (which the general formatter cannot write
+        // either), the nearest end of that range.
         let late = SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        let early = SystemTime::UNIX_EPOCH - Duration::from_micros(1);
         let mut buf = [0; RFC3339_MICROS_LEN];
         assert_eq!(rfc3339_micros(late, &mut buf), None);
+        assert_eq!(rfc3339_micros(early, &mut buf), None);
+        for (t, text) in [
+            (SystemTime::UNIX_EPOCH, "\"1970-01-01T00:00:00.000000Z\""),
+            (early, "\"1970-01-01T00:00:00.000000Z\""),
+            (late, "\"9999-12-31T23:59:59.999999Z\""),
+        ] {
+            let mut out = Vec::new();
+            Timestamp(t).write_json(&mut out);
+            assert_eq!(String::from_utf8(out).unwrap(), text);
+            assert_eq!(serde_json::to_string(&Timestamp(t)).unwrap(), text);
+        }
     }
 
     #[test]
@@ -394,6 +450,89 @@ mod tests {
         assert_eq!(io_text(&Value::from("plain"), 10), "plain");
         assert_eq!(io_text(&serde_json::json!({"a": 1}), 100), r#"{"a":1}"#);
         assert_eq!(io_text(&Value::from("héllo"), 2), "hé");
+    }
+
+    #[test]
+    fn a_span_json_leaves_out_the_fields_without_a_value() {
+        let mut span = Span::new(
+            Uuid::nil(),
+            Uuid::nil(),
+            SpanKind::Tool,
+            "tool.add".to_owned(),
+            Timestamp(SystemTime::UNIX_EPOCH),
+        );
+        let fields = r#""span_id":"00000000-0000-0000-0000-000000000000","run_id":"00000000-0000-0000-0000-000000000000","kind":"tool","name":"tool.add","status":"ok","started_at":"1970-01-01T00:00:00.000000Z","ended_at":"1970-01-01T00:00:00.000000Z","duration_ms":0"#;
+        assert_eq!(
+            String::from_utf8(span.to_json()).unwrap(),
+            format!("{{{fields}}}")
+        );
+
+        span.output = Some("{\"result\":\"a\nb\"}".to_owned());
+        span.tool_name = Some("add".to_owned());
+        assert_eq!(
+            String::from_utf8(span.to_json()).unwrap(),
+            format!(r#"{{{fields},"output":"{{\"result\":\"a\nb\"}}","tool_name":"add"}}"#)
+        );
+    }
+
+    #[test]
+    fn a_span_json_has_every_field_set() {
+        let (span_id, run_id, parent) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_790_000_000_123_456);
+        let mut attributes = Attributes::default();
+        attributes.insert("mcp.method.name", "tools/call");
+        let span = Span {
+            parent_span_id: Some(parent),
+            status: SpanStatus::Error,
+            ended_at: Timestamp(at + Duration::from_millis(1_500)),
+            duration_ms: 1_500,
+            input: Some("é\u{1}".to_owned()),
+            output: Some("🦀\"".to_owned()),
+            error_type: Some("tool_error".to_owned()),
+            error_message: Some("no\tway".to_owned()),
+            model: Some("claude-sonnet".to_owned()),
+            provider: Some("anthropic".to_owned()),
+            input_tokens: Some(120),
+            output_tokens: Some(40),
+            cost: Some(0.0009),
+            temperature: Some(0.5),
+            tool_name: Some("add".to_owned()),
+            attributes,
+            ..Span::new(
+                span_id,
+                run_id,
+                SpanKind::Llm,
+                "llm.answer".to_owned(),
+                Timestamp(at),
+            )
+        };
+        let json: Value = serde_json::from_slice(&span.to_json()).unwrap();
+        assert_eq!(
+            json,
+            json!({
+                "span_id": span_id,
+                "run_id": run_id,
+                "parent_span_id": parent,
+                "kind": "llm",
+                "name": "llm.answer",
+                "status": "error",
+                "started_at": "2026-09-21T14:13:20.123456Z",
+                "ended_at": "2026-09-21T14:13:21.623456Z",
+                "duration_ms": 1_500,
+                "input": "é\u{1}",
+                "output": "🦀\"",
+                "error_type": "tool_error",
+                "error_message": "no\tway",
+                "model": "claude-sonnet",
+                "provider": "anthropic",
+                "input_tokens": 120,
+                "output_tokens": 40,
+                "cost": 0.0009,
+                "temperature": 0.5,
+                "tool_name": "add",
+                "attributes": {"mcp.method.name": "tools/call"},
+            })
+        );
     }
 
     #[test]
@@ -407,7 +546,7 @@ mod tests {
             "tool.add".to_owned(),
             Timestamp::now(),
         );
-        let bare = serde_json::to_vec(&span).unwrap().len();
+        let bare = span.to_json().len();
         assert!(bare <= span.json_size_estimate(), "{bare}");
         span.input = Some(request.to_owned());
         span.output = Some(answer.repeat(50));
@@ -424,7 +563,7 @@ mod tests {
         ] {
             span.attributes.insert(key, value);
         }
-        let json = serde_json::to_vec(&span).unwrap().len();
+        let json = span.to_json().len();
         let estimate = span.json_size_estimate();
         assert!(
             json <= estimate && estimate <= 2 * json,
@@ -434,7 +573,7 @@ mod tests {
         // An attribute set through the manual API may be large.
         span.attributes
             .insert("document", json!({"pages": ["x".repeat(100_000)]}));
-        let json = serde_json::to_vec(&span).unwrap().len();
+        let json = span.to_json().len();
         let estimate = span.json_size_estimate();
         assert!(
             json <= estimate && estimate <= 2 * json,

@@ -154,7 +154,12 @@ mod tests {
             max_items: 50,
         };
         let body: serde_json::Value = serde_json::from_slice(&batch.body()).unwrap();
-        assert_eq!(body, serde_json::json!({ "spans": spans }));
+        let each: Vec<serde_json::Value> = spans
+            .iter()
+            .map(|span| serde_json::from_slice(&span.to_json()).unwrap())
+            .collect();
+        assert_eq!(each[0]["input"], r#"{"say":"\"hi\""}"#);
+        assert_eq!(body, serde_json::json!({ "spans": each }));
         assert_eq!(
             batch.bytes(),
             spans.iter().map(Span::json_size_estimate).sum::<usize>()

@@ -3,7 +3,6 @@
 //! thread; the other records are serialized when they are queued (a one-shot
 //! run, one per request with `Sessionless::RunPerRequest`, too).
 
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::IngestCall;
@@ -27,11 +26,21 @@ pub(crate) enum ItemKind {
     Feedback,
 }
 
-/// The body of `runs/ingest`.
-#[derive(Serialize)]
-struct IngestBody<'a> {
-    run: &'a Run,
-    spans: &'a [Span],
+/// The body of `runs/ingest`: `{"run": ..., "spans": [...]}`.
+fn ingest_body(run: &Run, spans: &[Span]) -> Vec<u8> {
+    let mut body = b"{\"run\":".to_vec();
+    // A run holds only strings, numbers and string-keyed maps: serializing
+    // it cannot fail.
+    let _ = serde_json::to_writer(&mut body, run);
+    body.extend_from_slice(b",\"spans\":[");
+    for (i, span) in spans.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        span.write_json(&mut body);
+    }
+    body.extend_from_slice(b"]}");
+    body
 }
 
 /// What a record will send: its JSON, or a span to serialize when it is sent.
@@ -65,11 +74,7 @@ impl Payload {
     pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
         match self {
             Self::Json(json) => out.extend_from_slice(json),
-            // A span holds only strings, numbers and string-keyed maps:
-            // serializing it cannot fail.
-            Self::Span { span, .. } => {
-                let _ = serde_json::to_writer(out, span);
-            }
+            Self::Span { span, .. } => span.write_json(out),
         }
     }
 }
@@ -128,14 +133,10 @@ impl Encoded {
                 vec![encode(run_id, ItemKind::End, serde_json::to_vec(&end))]
             }
             IngestCall::Ingest { run, spans } => {
-                let body = IngestBody {
-                    run: &run,
-                    spans: &spans,
-                };
                 vec![encode(
                     run.run_id,
                     ItemKind::Ingest,
-                    serde_json::to_vec(&body),
+                    Ok(ingest_body(&run, &spans)),
                 )]
             }
             IngestCall::Feedback { run_id, feedback } => {
