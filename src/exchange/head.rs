@@ -76,9 +76,13 @@ pub(super) fn session_id_of(value: &HeaderValue) -> Option<Arc<str>> {
 /// The session id in a header value, borrowed, if it is one MCP allows.
 pub(super) fn session_id_text(value: &HeaderValue) -> Option<&str> {
     let bytes = value.as_bytes();
+    // Every byte is looked at (no early exit), which the compiler does a
+    // vector at a time: it is read on every request.
     let valid = !bytes.is_empty()
         && bytes.len() <= MAX_SESSION_ID_LEN
-        && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+        && bytes
+            .iter()
+            .fold(true, |visible, b| visible & (0x21..=0x7e).contains(b));
     // Visible ASCII is valid UTF-8.
     valid.then(|| std::str::from_utf8(bytes).ok()).flatten()
 }
@@ -98,6 +102,30 @@ pub(super) fn accepts_event_stream(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_id_is_1_to_256_visible_ascii_characters() {
+        let text_of = |bytes: &[u8]| {
+            session_id_text(&HeaderValue::from_bytes(bytes).unwrap()).map(str::to_owned)
+        };
+        let longest = "~".repeat(MAX_SESSION_ID_LEN);
+        for good in ["a", "4f1c0e0e-7f7a-4b8e-9a53-0c3b1f7f2d11", "!~", &longest] {
+            assert_eq!(text_of(good.as_bytes()).as_deref(), Some(good));
+        }
+        let too_long = "a".repeat(MAX_SESSION_ID_LEN + 1);
+        // A bad byte last, after a vector's worth of good ones, is found too.
+        let bad = |byte: u8| [&[b'a'; 40][..], &[byte]].concat();
+        for wrong in [
+            Vec::new(),
+            too_long.into_bytes(),
+            bad(b' '),
+            bad(b'\t'),
+            bad(0x80),
+            bad(0xff),
+        ] {
+            assert_eq!(text_of(&wrong), None, "{wrong:?}");
+        }
+    }
 
     #[test]
     fn one_pass_finds_each_header_with_its_first_value() {
