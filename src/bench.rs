@@ -87,9 +87,7 @@ impl SampleSpan {
 
     /// The span's JSON, as the delivery thread serializes it.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.0.write_json(&mut out);
-        out
+        self.0.to_json()
     }
 }
 

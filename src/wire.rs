@@ -183,7 +183,7 @@ impl Span {
     }
 
     /// The span's JSON (see [`Span::write_json`]).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "bench-internals"))]
     pub(crate) fn to_json(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.write_json(&mut out);
@@ -307,9 +307,7 @@ impl Timestamp {
     pub(crate) fn now() -> Self {
         Self(SystemTime::now())
     }
-}
 
-impl Timestamp {
     /// Calls `with` with the timestamp's text. A time before 1970 or after
     /// 9999 (a clock far off) is written as the nearest end of that range,
     /// which RFC 3339 and the ingest API can hold.
