@@ -13,12 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bench=$(cargo bench --bench exchange --no-run --message-format=json |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "exchange" and m.get("executable"):
-        print(m["executable"])')
+# shellcheck source=support/bench_executable.sh
+source benches/support/bench_executable.sh
+bench=$(bench_executable exchange)
 [ -n "$bench" ] || { echo "exchange_instructions.sh: no exchange bench binary" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "exchange_instructions.sh: needs valgrind" >&2; exit 1; }
 work=$(mktemp -d)

@@ -15,12 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bench=$(cargo bench --bench overhead --no-run --message-format=json |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "overhead" and m.get("executable"):
-        print(m["executable"])')
+# shellcheck source=support/bench_executable.sh
+source benches/support/bench_executable.sh
+bench=$(bench_executable overhead)
 [ -n "$bench" ] || { echo "instructions.sh: no overhead bench binary" >&2; exit 1; }
 command -v callgrind_control >/dev/null || { echo "instructions.sh: needs valgrind" >&2; exit 1; }
 work=$(mktemp -d)
