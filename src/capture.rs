@@ -11,7 +11,7 @@
 /// a valid UTF-8 sequence is one character and so is every maximal invalid
 /// subpart (which becomes one U+FFFD), so [`Capture::into_text`] holds exactly the
 /// characters counted here.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Capture {
     /// The most characters kept.
     limit: usize,

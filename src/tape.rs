@@ -79,8 +79,8 @@ pub(crate) struct Tape {
     /// The exchange, until the tape is played.
     exchange: Option<Exchange>,
     /// The request's span, held so that its allocation (made on the
-    /// request path) is freed with the tape, on a request's thread (see
-    /// [`crate::leftovers`]).
+    /// request path) and the request body it captured are freed with the
+    /// tape, on a request's thread (see [`crate::leftovers`]).
     request_span: RequestSpan,
     head: ResponseHead,
     /// Large chunks, shared, and small ones before them copied into one;
@@ -287,6 +287,8 @@ impl Leftover for Box<Tape> {
             + self.copied.capacity()
             + self.chunks.capacity() * std::mem::size_of::<Bytes>()
             + self.chunks.iter().map(Bytes::len).sum::<usize>()
+            // The request body, which its span keeps once read.
+            + self.request_bytes
     }
 }
 

@@ -51,10 +51,11 @@ pub(crate) struct Exchange {
     /// When the request arrived.
     arrived: Moment,
     method: Method,
-    /// The request's path. Copied, as are the header texts below: a
-    /// shared [`HeaderValue`] or URI would hold hyper's whole read buffer
-    /// until the exchange is read (see [`owned_text`]).
-    path: Box<str>,
+    /// The request's path, if it is not the matched route's text (see
+    /// [`path_copy`]). Copied, as are the header texts below: a shared
+    /// [`HeaderValue`] or URI would hold hyper's whole read buffer until
+    /// the exchange is read (see [`owned_text`]).
+    path: Option<Box<str>>,
     /// axum's matched route (shared, not copied).
     route: Option<axum::extract::MatchedPath>,
     /// The session id, unless the config groups sessions by the key chain.
@@ -137,6 +138,10 @@ impl Exchange {
             .as_ref()
             .and_then(|extract| (extract.0)(parts));
         let wants_event_stream = parts.method == Method::GET && accepts_event_stream(headers);
+        let route = parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .cloned();
         let mut prefetch = None;
         let mut known_run = None;
         let mut session_id = None;
@@ -191,11 +196,8 @@ impl Exchange {
             method_header: found.method.and_then(owned_text),
             name_header: found.name.and_then(owned_text),
             wants_event_stream,
-            route: parts
-                .extensions
-                .get::<axum::extract::MatchedPath>()
-                .cloned(),
-            path: Box::from(parts.uri.path()),
+            path: path_copy(parts.uri.path(), route.as_ref()),
+            route,
             method: parts.method.clone(),
             arrived: Moment::now(),
             known_run,
@@ -223,7 +225,11 @@ impl Exchange {
 
     /// The request's path.
     fn path(&self) -> &str {
-        &self.path
+        match (&self.path, &self.route) {
+            (Some(path), _) => path,
+            (None, Some(route)) => route.as_str(),
+            (None, None) => unreachable!("the path is copied when no route matched"),
+        }
     }
 
     /// The state of the layer this exchange went through.
@@ -569,9 +575,18 @@ impl Exchange {
         if let Some(read) = self.store.as_mut().and_then(|store| store.read.take()) {
             return read;
         }
-        // Read once (a wait for the store keeps what was read): the capture
-        // is taken, so that its bytes become the input text without a copy.
-        let capture = std::mem::replace(&mut *self.request_span.input(), Capture::new(0));
+        // Read once (a wait for the store keeps what was read). A live
+        // reading takes the capture, so that its bytes become the input
+        // text without a copy. A taped exchange is read on the delivery
+        // thread: it copies the bytes there and leaves the capture's room
+        // with the request's span, which the tape holds until the request
+        // path fills it again, so that the room is freed on the thread
+        // that allocated it (see `crate::leftovers`).
+        let capture = if self.taped_run.is_some() {
+            self.request_span.input().clone()
+        } else {
+            std::mem::replace(&mut *self.request_span.input(), Capture::new(0))
+        };
         let message = if capture.total_bytes() == 0 {
             None
         } else if capture.is_truncated() {
@@ -663,6 +678,16 @@ fn is_session_control(
     (*method == Method::DELETE || wants_event_stream) && shared.is_mcp_path(path)
 }
 
+/// The request's path, copied unless it is the text of the route axum
+/// matched (a route without parameters, such as the usual `/mcp`), which
+/// the exchange holds anyway. A copy is mostly freed where the exchange is
+/// read, on the delivery thread: the block then stays in that thread's
+/// cache, and the request path's allocator must find a new one for the
+/// next request (see `crate::leftovers`).
+fn path_copy(path: &str, route: Option<&axum::extract::MatchedPath>) -> Option<Box<str>> {
+    (route.map(axum::extract::MatchedPath::as_str) != Some(path)).then(|| Box::from(path))
+}
+
 /// A header's text, copied: the exchange must not keep a share of the
 /// buffer hyper read the request head into. Held until the exchange is
 /// read (on the delivery thread, for a taped one), such a share keeps
@@ -695,6 +720,7 @@ struct Input {
 mod tests {
     use super::*;
     use crate::watched_bytes::watched;
+    use axum::Router;
 
     #[tokio::test]
     async fn an_exchange_keeps_no_share_of_the_request_heads_buffer() {
@@ -727,5 +753,64 @@ mod tests {
         assert_eq!(exchange.method_header.as_deref(), Some("tools/call"));
         assert_eq!(exchange.name_header.as_deref(), Some("add"));
         assert_eq!(exchange.session_id.as_deref(), Some("s-1"));
+    }
+
+    /// `path` served by `app`, whose routes hand the exchange their
+    /// request makes to `made`.
+    async fn exchange_of(app: Router, path: &str) -> Exchange {
+        let (made, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let app = app.layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let (mut parts, body) = request.into_parts();
+                made.send(Exchange::new(Shared::switched_off(), &mut parts))
+                    .unwrap();
+                next.run(axum::extract::Request::from_parts(parts, body))
+            },
+        ));
+        let request = http::Request::post(path).body(axum::body::Body::empty());
+        tower::ServiceExt::oneshot(app, request.unwrap())
+            .await
+            .unwrap();
+        received.recv().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_path_is_copied_only_when_it_is_not_the_matched_route() {
+        let app = Router::new()
+            .route("/mcp", axum::routing::post(|| async {}))
+            .route("/items/{id}", axum::routing::post(|| async {}));
+
+        let exchange = exchange_of(app.clone(), "/mcp").await;
+        assert_eq!(exchange.path, None, "the route's text serves");
+        assert_eq!(exchange.path(), "/mcp");
+
+        let exchange = exchange_of(app, "/items/7").await;
+        assert_eq!(exchange.path.as_deref(), Some("/items/7"));
+        assert_eq!(exchange.path(), "/items/7");
+        assert_eq!(exchange.route.unwrap().as_str(), "/items/{id}");
+    }
+
+    #[tokio::test]
+    async fn a_taped_exchange_reads_a_copy_and_leaves_the_capture_to_its_span() {
+        const BODY: &[u8] =
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add"}}"#;
+        let exchange = || {
+            let (mut parts, ()) = http::Request::post("/mcp").body(()).unwrap().into_parts();
+            let exchange = Exchange::new(Shared::switched_off(), &mut parts);
+            exchange.request_span.input().push(BODY);
+            exchange
+        };
+
+        let mut taped = exchange();
+        taped.taped_run = Some(Uuid::new_v4());
+        let (message, input) = taped.read_request();
+        assert!(matches!(message, Some(ClientMessage::Request(_))));
+        assert_eq!(input.text.as_deref().map(str::as_bytes), Some(BODY));
+        assert_eq!(taped.request_span.input().bytes(), BODY, "left to the span");
+
+        let mut live = exchange();
+        let (_, input) = live.read_request();
+        assert_eq!(input.text.as_deref().map(str::as_bytes), Some(BODY));
+        assert_eq!(live.request_span.input().bytes(), b"", "taken");
     }
 }
