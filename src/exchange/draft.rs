@@ -1,6 +1,7 @@
 //! What an exchange's run and span records say: metadata, names, kinds,
 //! attributes.
 
+use axum::extract::MatchedPath;
 use http::{Method, StatusCode};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -156,7 +157,7 @@ impl Exchange {
                 }
             }
             None => {
-                let route = self.route.as_ref().map_or(self.path(), |r| r.as_str());
+                let route = self.route().map_or(self.path(), MatchedPath::as_str);
                 attributes.insert("http.request.method", Value::from(self.method.as_str()));
                 attributes.insert("http.route", Value::from(route));
                 let name = format!("http.{} {route}", self.method);

@@ -11,6 +11,7 @@
 //! answer in time is left to finish in the background, and the exchange
 //! goes on as without a store.
 
+use axum::extract::MatchedPath;
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
 use serde_json::Value;
@@ -51,13 +52,8 @@ pub(crate) struct Exchange {
     /// When the request arrived.
     arrived: Moment,
     method: Method,
-    /// The request's path, if it is not the matched route's text (see
-    /// [`path_copy`]). Copied, as are the header texts below: a shared
-    /// [`HeaderValue`] or URI would hold hyper's whole read buffer until
-    /// the exchange is read (see [`owned_text`]).
-    path: Option<Box<str>>,
-    /// axum's matched route (shared, not copied).
-    route: Option<axum::extract::MatchedPath>,
+    /// The request's path and axum's matched route.
+    target: Target,
     /// The session id, unless the config groups sessions by the key chain.
     session_id: Option<Arc<str>>,
     /// `Mcp-Protocol-Version`, if it is text.
@@ -138,10 +134,6 @@ impl Exchange {
             .as_ref()
             .and_then(|extract| (extract.0)(parts));
         let wants_event_stream = parts.method == Method::GET && accepts_event_stream(headers);
-        let route = parts
-            .extensions
-            .get::<axum::extract::MatchedPath>()
-            .cloned();
         let mut prefetch = None;
         let mut known_run = None;
         let mut session_id = None;
@@ -196,8 +188,7 @@ impl Exchange {
             method_header: found.method.and_then(owned_text),
             name_header: found.name.and_then(owned_text),
             wants_event_stream,
-            path: path_copy(parts.uri.path(), route.as_ref()),
-            route,
+            target: Target::of(parts),
             method: parts.method.clone(),
             arrived: Moment::now(),
             known_run,
@@ -225,11 +216,12 @@ impl Exchange {
 
     /// The request's path.
     fn path(&self) -> &str {
-        match (&self.path, &self.route) {
-            (Some(path), _) => path,
-            (None, Some(route)) => route.as_str(),
-            (None, None) => unreachable!("the path is copied when no route matched"),
-        }
+        self.target.path()
+    }
+
+    /// axum's matched route, if the layer is on a route.
+    fn route(&self) -> Option<&MatchedPath> {
+        self.target.route()
     }
 
     /// The state of the layer this exchange went through.
@@ -678,14 +670,46 @@ fn is_session_control(
     (*method == Method::DELETE || wants_event_stream) && shared.is_mcp_path(path)
 }
 
-/// The request's path, copied unless it is the text of the route axum
-/// matched (a route without parameters, such as the usual `/mcp`), which
-/// the exchange holds anyway. A copy is mostly freed where the exchange is
+/// Where a request went: its path and the route axum matched for it.
+///
+/// The path is copied unless it is the route's text (a route without
+/// parameters, such as the usual `/mcp`), which the exchange holds anyway
+/// (shared, not copied). A copy is mostly freed where the exchange is
 /// read, on the delivery thread: the block then stays in that thread's
 /// cache, and the request path's allocator must find a new one for the
-/// next request (see `crate::leftovers`).
-fn path_copy(path: &str, route: Option<&axum::extract::MatchedPath>) -> Option<Box<str>> {
-    (route.map(axum::extract::MatchedPath::as_str) != Some(path)).then(|| Box::from(path))
+/// next request (see `crate::leftovers`). Copied, as are the header texts:
+/// a shared URI would hold hyper's whole read buffer until the exchange is
+/// read (see [`owned_text`]).
+#[derive(Debug)]
+enum Target {
+    /// The path is this route's text.
+    Route(MatchedPath),
+    /// The path, copied, and the route it matched, if any.
+    Path(Box<str>, Option<MatchedPath>),
+}
+
+impl Target {
+    fn of(parts: &Parts) -> Self {
+        let path = parts.uri.path();
+        match parts.extensions.get::<MatchedPath>() {
+            Some(route) if route.as_str() == path => Self::Route(route.clone()),
+            route => Self::Path(Box::from(path), route.cloned()),
+        }
+    }
+
+    fn path(&self) -> &str {
+        match self {
+            Self::Route(route) => route.as_str(),
+            Self::Path(path, _) => path,
+        }
+    }
+
+    fn route(&self) -> Option<&MatchedPath> {
+        match self {
+            Self::Route(route) | Self::Path(_, Some(route)) => Some(route),
+            Self::Path(_, None) => None,
+        }
+    }
 }
 
 /// A header's text, copied: the exchange must not keep a share of the
@@ -781,13 +805,20 @@ mod tests {
             .route("/items/{id}", axum::routing::post(|| async {}));
 
         let exchange = exchange_of(app.clone(), "/mcp").await;
-        assert_eq!(exchange.path, None, "the route's text serves");
+        assert!(matches!(exchange.target, Target::Route(_)), "not copied");
         assert_eq!(exchange.path(), "/mcp");
+        assert_eq!(exchange.route().unwrap().as_str(), "/mcp");
 
         let exchange = exchange_of(app, "/items/7").await;
-        assert_eq!(exchange.path.as_deref(), Some("/items/7"));
+        assert!(matches!(&exchange.target, Target::Path(path, _) if &**path == "/items/7"));
         assert_eq!(exchange.path(), "/items/7");
-        assert_eq!(exchange.route.unwrap().as_str(), "/items/{id}");
+        assert_eq!(exchange.route().unwrap().as_str(), "/items/{id}");
+
+        // Outside any route (the layer around the router): copied.
+        let (mut parts, ()) = http::Request::post("/mcp").body(()).unwrap().into_parts();
+        let exchange = Exchange::new(Shared::switched_off(), &mut parts);
+        assert!(matches!(&exchange.target, Target::Path(path, None) if &**path == "/mcp"));
+        assert!(exchange.route().is_none());
     }
 
     #[tokio::test]
