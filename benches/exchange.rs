@@ -34,6 +34,7 @@
 //! | `EXCHANGE_CALLS` | exchanges per round | 100000 |
 //! | `EXCHANGE_ROUNDS` | measured rounds per service | 5 |
 //! | `EXCHANGE_TRODO_ENABLED` | `false`: the layer is switched off (`TRODO_ENABLED=false`), to measure the pass-through | `true` |
+//! | `EXCHANGE_PROTOCOL` | `2025-11-25`: `initialize`, then every call in the session; `2026-07-28`: no session, every call names the client in `params._meta` and the method in `Mcp-Method` / `Mcp-Name` (as Python's `mcp.Client` and `fastmcp.Client` do by default), grouped into one run by the client's identity | `2025-11-25` |
 
 #[path = "support/counting_ingest.rs"]
 mod counting_ingest;
@@ -66,11 +67,18 @@ const SESSION_ID: &str = "7f3c2a9e41b04d5f8a6e2c1b9d0e4f37";
 const PROTOCOL_VERSION: &str = "2025-11-25";
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"exchange-bench","version":"1"}}}"#;
 const TOOLS_CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}"#;
+/// `TOOLS_CALL` as a 2026-07-28 client sends it, without a session.
+const SESSIONLESS_PROTOCOL_VERSION: &str = "2026-07-28";
+const SESSIONLESS_TOOLS_CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"exchange-bench","version":"1"}}}}"#;
 /// rmcp's SSE answer to `TOOLS_CALL`, frame by frame: a priming event, then
 /// the result (as in the wire captures of the official clients).
 const ANSWER: [&str; 2] = [
     "data: \nid: 0/1\nretry: 3000\n\n",
     "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"3\"}],\"isError\":false}}\nid: 1/1\n\n",
+];
+/// rmcp's answer to `SESSIONLESS_TOOLS_CALL`: the result alone, no event ids.
+const SESSIONLESS_ANSWER: [&str; 1] = [
+    "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"3\"}],\"isError\":false}}\n\n",
 ];
 const INITIALIZE_ANSWER: [&str; 2] = [
     "data: \nid: 0/0\nretry: 3000\n\n",
@@ -81,6 +89,7 @@ fn main() {
     let calls = env::positive("EXCHANGE_CALLS", 100_000) as usize;
     let rounds = env::positive("EXCHANGE_ROUNDS", 5) as usize;
     let enabled = env::layer_enabled("EXCHANGE_TRODO_ENABLED");
+    let protocol = Protocol::from_env();
     let ingest = serve_ingest();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -101,7 +110,10 @@ fn main() {
         let trodo = layer.trodo();
         let mut bare = app();
         let mut layered = app().layer(layer);
-        call(&mut layered, INITIALIZE, false).await;
+        if protocol == Protocol::InSession {
+            let initialize = mcp_post().body(Body::from(INITIALIZE)).expect("a request");
+            call(&mut layered, initialize).await;
+        }
         let (mut bare_rounds, mut layered_rounds) = (Vec::new(), Vec::new());
         // A warm-up round of each, not counted.
         for round in 0..=rounds {
@@ -112,9 +124,9 @@ fn main() {
             };
             for with_layer in order {
                 let result = if with_layer {
-                    drive(&mut layered, calls).await
+                    drive(&mut layered, calls, protocol).await
                 } else {
-                    drive(&mut bare, calls).await
+                    drive(&mut bare, calls, protocol).await
                 };
                 if round == 0 {
                     continue;
@@ -132,7 +144,10 @@ fn main() {
             }
         }
         let (bare, layered) = (Cost::median(bare_rounds), Cost::median(layered_rounds));
-        println!("tools/call exchanges in process, {rounds} rounds of {calls}; medians:");
+        println!(
+            "tools/call exchanges in process ({}), {rounds} rounds of {calls}; medians:",
+            protocol.describe()
+        );
         println!(
             "  bare    {:7.0} ns CPU, {:6.0} B allocated per exchange",
             bare.cpu_ns, bare.bytes
@@ -183,19 +198,23 @@ fn app() -> Router {
                 .expect("a body")
                 .to_bytes();
             let initialize = body.starts_with(&INITIALIZE.as_bytes()[..40]);
+            let sessionless = body.len() == SESSIONLESS_TOOLS_CALL.len();
             let mut response = Response::builder()
                 .header(CONTENT_TYPE, "text/event-stream")
                 .header("cache-control", "no-cache");
             if initialize {
                 response = response.header("mcp-session-id", SESSION_ID);
             }
-            let answer = if initialize {
-                INITIALIZE_ANSWER
+            let answer: &[&'static str] = if initialize {
+                &INITIALIZE_ANSWER
+            } else if sessionless {
+                &SESSIONLESS_ANSWER
             } else {
-                ANSWER
+                &ANSWER
             };
-            let frames =
-                answer.map(|frame| Ok::<_, Infallible>(Bytes::from_static(frame.as_bytes())));
+            let frames = answer
+                .iter()
+                .map(|frame| Ok::<_, Infallible>(Bytes::from_static(frame.as_bytes())));
             response
                 .body(Body::from_stream(futures::stream::iter(frames)))
                 .expect("a response")
@@ -203,17 +222,59 @@ fn app() -> Router {
     )
 }
 
-/// One exchange: POSTs `body` and reads the whole answer.
-async fn call(service: &mut Router, body: &'static str, in_session: bool) {
-    let mut request = Request::post("/mcp")
-        .header(CONTENT_TYPE, "application/json")
-        .header(ACCEPT, "application/json, text/event-stream");
-    if in_session {
-        request = request
-            .header("mcp-session-id", SESSION_ID)
-            .header("mcp-protocol-version", PROTOCOL_VERSION);
+/// How the bench's client calls the tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// 2025-11-25: in the session `initialize` opened.
+    InSession,
+    /// 2026-07-28: no session; the client named in every request.
+    Sessionless,
+}
+
+impl Protocol {
+    fn from_env() -> Self {
+        match env::choice(
+            "EXCHANGE_PROTOCOL",
+            &[PROTOCOL_VERSION, SESSIONLESS_PROTOCOL_VERSION],
+        ) {
+            Some(SESSIONLESS_PROTOCOL_VERSION) => Self::Sessionless,
+            _ => Self::InSession,
+        }
     }
-    let request = request.body(Body::from(body)).expect("a request");
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::InSession => "2025-11-25, in a session",
+            Self::Sessionless => "2026-07-28, without a session",
+        }
+    }
+
+    /// A `tools/call` request as this client sends it.
+    fn tools_call(self) -> Request<Body> {
+        match self {
+            Self::InSession => mcp_post()
+                .header("mcp-session-id", SESSION_ID)
+                .header("mcp-protocol-version", PROTOCOL_VERSION)
+                .body(Body::from(TOOLS_CALL)),
+            Self::Sessionless => mcp_post()
+                .header("mcp-protocol-version", SESSIONLESS_PROTOCOL_VERSION)
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", "add")
+                .body(Body::from(SESSIONLESS_TOOLS_CALL)),
+        }
+        .expect("a request")
+    }
+}
+
+/// A POST to the endpoint, as an MCP client sends it.
+fn mcp_post() -> http::request::Builder {
+    Request::post("/mcp")
+        .header(CONTENT_TYPE, "application/json")
+        .header(ACCEPT, "application/json, text/event-stream")
+}
+
+/// One exchange: sends `request` and reads the whole answer.
+async fn call(service: &mut Router, request: Request<Body>) {
     let response: Response<Body> = ServiceExt::<Request<Body>>::ready(service)
         .await
         .unwrap_or_else(|e: Infallible| match e {})
@@ -255,13 +316,13 @@ impl Cost {
     }
 }
 
-/// `calls` tools/call exchanges in the session, in bursts of [`BURST`].
-async fn drive(service: &mut Router, calls: usize) -> Cost {
+/// `calls` tools/call exchanges, in bursts of [`BURST`].
+async fn drive(service: &mut Router, calls: usize, protocol: Protocol) -> Cost {
     let allocated = ALLOCATOR.total_allocated();
     let cpu = cpu_ns("/proc/thread-self/schedstat");
     let delivery = delivery_cpu_ns();
     for call_number in 0..calls {
-        call(service, TOOLS_CALL, true).await;
+        call(service, protocol.tools_call()).await;
         if call_number % BURST == BURST - 1 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
