@@ -1,24 +1,32 @@
 //! The common exchange, read later: a request in a session this process
-//! already knows keeps only its bytes and times on the request path, and
-//! the [backlog](crate::backlog) reads them on the delivery thread.
+//! already knows, or in none (MCP 2026-07-28), keeps only its bytes and
+//! times on the request path, and the [backlog](crate::backlog) reads them
+//! on the delivery thread.
 //!
 //! Reading an exchange (parsing the JSON-RPC request and its answer,
 //! naming the span, redacting, totting up the run) costs several times
 //! what the server's own work on a small `tools/call` leaves for a layer
 //! that must not show in its throughput. A [`Tape`] keeps the response's
 //! chunks (small ones copied, large ones shared) until the answer, then
-//! hands the exchange to the backlog. The response head only notes the
-//! session's run (a table lookup); the backlog builds the span as a
-//! recorder made on the head would have, ending it at the time the tape
-//! saw the end, and a span whose run ended meanwhile goes nowhere, as a
-//! recorder's would.
+//! hands the exchange to the backlog. In a session, the response head
+//! only notes the session's run (a table lookup); the backlog builds the
+//! span as a recorder made on the head would have, ending it at the time
+//! the tape saw the end, and a span whose run ended meanwhile goes
+//! nowhere, as a recorder's would. Without a session, the head notes
+//! nothing: the backlog finds the run by the key chain (opening it if
+//! none is open), or makes the request a run of its own, as the head
+//! would have.
 //!
 //! Only what changes nothing the next request can see is put off: an
 //! `initialize` (it opens a run), a DELETE or a 404 (they close one), a
 //! session this process does not know (the head may wait for the store),
-//! anything but a 2xx, a batch, and every exchange of a layer with a
-//! session store (other workers must see a run's totals at once) are
-//! decided on the response head, as before.
+//! an answer that names a session, anything but a 2xx, a batch, and every
+//! exchange of a layer with a session store (other workers must see a
+//! run's totals at once) are decided on the response head, as before. The
+//! one thing a sessionless request read later changes is the opening of
+//! its key's run: a later request of that key decided on its head (one of
+//! the above) may open the run first, and the run's `start` then comes
+//! from that request. The run is the same either way.
 //!
 //! Small chunks are copied onto the tape, large ones kept shared (see
 //! [`COPIED_CHUNK_BYTES`]).

@@ -76,8 +76,10 @@ pub(crate) struct Exchange {
     request_span: RequestSpan,
     /// The session's run, if it was open in this process when the request came.
     known_run: Option<Uuid>,
-    /// The run the response head found open, for an exchange read later
-    /// (see [`crate::tape`]): its span goes there, or nowhere.
+    /// Whether the exchange is read later (see [`crate::tape`]).
+    taped: bool,
+    /// The run the response head found open, for an exchange in a session
+    /// read later: its span goes there, or nowhere.
     taped_run: Option<Uuid>,
     /// What a session store's lookup left (only with a store): boxed, as
     /// most exchanges have none and the exchange is moved and copied
@@ -192,6 +194,7 @@ impl Exchange {
             method: parts.method.clone(),
             arrived: Moment::now(),
             known_run,
+            taped: false,
             taped_run: None,
             store: prefetch.map(|prefetch| {
                 Box::new(StoreWait {
@@ -240,34 +243,40 @@ impl Exchange {
     }
 
     /// Whether reading this exchange can wait for the backlog (see
-    /// [`crate::tape`]): a 2xx answer to one JSON-RPC message POSTed in a
-    /// session whose run this process knows, which is not an `initialize`,
-    /// without a session store (other workers must see its totals at once).
-    /// If so, the exchange belongs to the run open now, as a recorder made
-    /// now would, and the bytes of the request it keeps are returned.
+    /// [`crate::tape`]): a 2xx answer to one JSON-RPC message POSTed
+    /// without a session store (other workers must see a run's totals at
+    /// once), which is not an `initialize`, and which is either in a
+    /// session whose run this process knows or in none. In a session, the
+    /// exchange belongs to the run open now, as a recorder made now would;
+    /// without one, the backlog finds its run (by the key chain, or a run
+    /// of its own) as the response head would have. If so, the bytes of
+    /// the request it keeps are returned.
     ///
-    /// An answer that names another session is read live, whatever the
-    /// request looked like by then (the taped head does not keep it).
+    /// An answer that names a session is read live, whatever the request
+    /// looked like by then (the taped head does not keep it).
     pub(crate) fn tapes<B>(
         &mut self,
         head: &ResponseHead,
         response: &Response<B>,
     ) -> Option<usize> {
-        let (Some(known_run), Some(session_id)) = (self.known_run, &self.session_id) else {
-            return None;
-        };
-        let same_session = response
-            .headers()
-            .get(&self.shared.settings.session_header)
-            .is_none_or(|value| value.as_bytes() == session_id.as_bytes());
         if !(self.method == Method::POST
             && self.shared.mirror.is_none()
             && head.status.is_success()
-            && self.store.is_none()
-            && same_session)
+            && self.store.is_none())
         {
             return None;
         }
+        let answered_session = response.headers().get(&self.shared.settings.session_header);
+        let known_run = match (&self.session_id, self.known_run) {
+            (Some(session_id), Some(known_run))
+                if answered_session
+                    .is_none_or(|value| value.as_bytes() == session_id.as_bytes()) =>
+            {
+                Some(known_run)
+            }
+            (None, _) if answered_session.is_none() => None,
+            _ => return None,
+        };
         let capture = self.request_span.input();
         let body = capture.bytes();
         // Not a batch: the tape tells the answer by its look alone. Any
@@ -280,10 +289,13 @@ impl Exchange {
         if !one_message {
             return None;
         }
-        // The head is activity, as it is for a recorder made now.
-        let open = self.shared.sessions.run_if_open(session_id, Moment::now());
-        self.taped_run = open.filter(|run_id| *run_id == known_run);
-        self.taped_run.map(|_| request_bytes)
+        if let (Some(known_run), Some(session_id)) = (known_run, &self.session_id) {
+            // The head is activity, as it is for a recorder made now.
+            let open = self.shared.sessions.run_if_open(session_id, Moment::now());
+            self.taped_run = Some(open.filter(|run_id| *run_id == known_run)?);
+        }
+        self.taped = true;
+        Some(request_bytes)
     }
 
     /// Decides, on the response head, what this exchange means for its
@@ -574,7 +586,7 @@ impl Exchange {
         // with the request's span, which the tape holds until the request
         // path fills it again, so that the room is freed on the thread
         // that allocated it (see `crate::leftovers`).
-        let capture = if self.taped_run.is_some() {
+        let capture = if self.taped {
             self.request_span.input().clone()
         } else {
             std::mem::replace(&mut *self.request_span.input(), Capture::new(0))
@@ -822,6 +834,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_sessionless_request_is_taped_unless_it_may_open_a_session() {
+        const CALL: &[u8] =
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add"}}"#;
+        const INITIALIZE: &[u8] = br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#;
+        // (what `tapes` returns, whether the exchange is marked taped)
+        let tapes = |body: &[u8], status: u16, answer_session: Option<&str>| {
+            let (mut parts, ()) = http::Request::post("/mcp").body(()).unwrap().into_parts();
+            let mut exchange = Exchange::new(Shared::switched_off(), &mut parts);
+            exchange.request_span.input().push(body);
+            let mut response = http::Response::builder()
+                .status(status)
+                .header("content-type", "text/event-stream");
+            if let Some(id) = answer_session {
+                response = response.header("mcp-session-id", id);
+            }
+            let response = response.body(()).unwrap();
+            let taped = exchange.tapes(&ResponseHead::of(&response), &response);
+            (taped, exchange.taped)
+        };
+        assert_eq!(tapes(CALL, 200, None), (Some(CALL.len()), true));
+        assert_eq!(
+            tapes(CALL, 200, Some("s-1")),
+            (None, false),
+            "names a session"
+        );
+        assert_eq!(
+            tapes(INITIALIZE, 200, None),
+            (None, false),
+            "may open a run"
+        );
+        assert_eq!(tapes(b"[{}]", 200, None), (None, false), "a batch");
+        assert_eq!(tapes(CALL, 500, None), (None, false), "not a 2xx");
+    }
+
+    #[tokio::test]
     async fn a_taped_exchange_reads_a_copy_and_leaves_the_capture_to_its_span() {
         const BODY: &[u8] =
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add"}}"#;
@@ -833,7 +880,7 @@ mod tests {
         };
 
         let mut taped = exchange();
-        taped.taped_run = Some(Uuid::new_v4());
+        taped.taped = true;
         let (message, input) = taped.read_request();
         assert!(matches!(message, Some(ClientMessage::Request(_))));
         assert_eq!(input.text.as_deref().map(str::as_bytes), Some(BODY));
