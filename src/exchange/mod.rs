@@ -582,7 +582,8 @@ impl Exchange {
         // Read once (a wait for the store keeps what was read). A live
         // reading takes the capture, so that its bytes become the input
         // text without a copy. A taped exchange is read on the delivery
-        // thread: it copies the bytes there and leaves the capture's room
+        // thread (but for a stream too long to tape, which goes live on
+        // the request's): it copies the bytes and leaves the capture's room
         // with the request's span, which the tape holds until the request
         // path fills it again, so that the room is freed on the thread
         // that allocated it (see `crate::leftovers`).
