@@ -34,6 +34,7 @@
 //! | `OVERHEAD_PLACEMENT` | `route`: `Router::layer(TrodoLayer)` (the README's one line); `outer`: the layer wraps the whole router (`ServiceBuilder::new().map_response(IntoResponse::into_response).layer(layer).service(router)`), which spares axum one clone of the inner service per request | `route` |
 //! | `OVERHEAD_LAYER` | `trodo`: the layered server runs `TrodoLayer`; `floor`: it runs instead a minimal recording layer (copies both bodies, hands them to another thread; see `support/floor_layer.rs`), on its routes (not with `OVERHEAD_PLACEMENT=outer` or `OVERHEAD_TRODO_ENABLED=false`) | `trodo` |
 //! | `OVERHEAD_FLOOR_BURN_US` | with `OVERHEAD_LAYER=floor` only: the floor layer's other thread also spins this many µs per exchange (at most 1000), as a layer's delivery work would | 0 |
+//! | `OVERHEAD_PROTOCOL` | `2025-11-25`: each client opens a session (`initialize`) and calls in it; `2026-07-28`: no session, every call names the client in `params._meta` and the method in `Mcp-Method` / `Mcp-Name`, as Python's `mcp.Client` and `fastmcp.Client` do by default (the layer groups the calls by the client's identity) | `2025-11-25` |
 //! | `OVERHEAD_TRODO_ENABLED` | `false`: the layered server's layer is switched off (`TRODO_ENABLED=false`), to measure the pass-through | `true` |
 
 #[path = "support/counting_ingest.rs"]
@@ -76,6 +77,8 @@ const TARGET_P99: f64 = 1.05;
 /// beyond it the thread falls behind the server for good.
 const MAX_FLOOR_BURN_US: u64 = 1_000;
 const PROTOCOL_VERSION: &str = "2025-11-25";
+/// The protocol version without sessions.
+const SESSIONLESS_PROTOCOL_VERSION: &str = "2026-07-28";
 /// The name of the server runtime's threads.
 const SERVER_THREAD: &str = "server";
 /// The name of the load generator's (and the ingest's) threads.
@@ -101,6 +104,8 @@ struct Options {
     tool_ms: u64,
     /// Whether the layered server runs the floor layer instead of Trodo's.
     floor: bool,
+    /// Whether the clients speak 2026-07-28, without sessions.
+    sessionless: bool,
     /// The floor layer's CPU per exchange on its thread, in µs.
     floor_burn_us: u64,
 }
@@ -120,6 +125,10 @@ impl Options {
             outer: env::choice("OVERHEAD_PLACEMENT", &["route", "outer"]) == Some("outer"),
             tool_ms: env::whole("OVERHEAD_TOOL_MS", 0),
             floor: env::choice("OVERHEAD_LAYER", &["trodo", "floor"]) == Some("floor"),
+            sessionless: env::choice(
+                "OVERHEAD_PROTOCOL",
+                &[PROTOCOL_VERSION, SESSIONLESS_PROTOCOL_VERSION],
+            ) == Some(SESSIONLESS_PROTOCOL_VERSION),
             floor_burn_us: env::whole("OVERHEAD_FLOOR_BURN_US", 0),
         }
         .checked()
@@ -257,16 +266,19 @@ async fn serve(layered: Layered) -> SocketAddr {
     addr
 }
 
-/// One MCP client: its own session on its own keep-alive connection.
+/// One MCP client: its own session (unless it speaks 2026-07-28) on its
+/// own keep-alive connection.
 struct Client {
     sender: SendRequest<Full<Bytes>>,
     authority: String,
+    /// The session id; empty without one.
     session: String,
+    sessionless: bool,
     next_id: u64,
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr) -> Self {
+    async fn connect(addr: SocketAddr, sessionless: bool) -> Self {
         let tcp = TcpStream::connect(addr).await.expect("a connection");
         tcp.set_nodelay(true).expect("TCP_NODELAY");
         let (sender, connection) = http1::handshake(TokioIo::new(tcp))
@@ -277,23 +289,35 @@ impl Client {
             sender,
             authority: addr.to_string(),
             session: String::new(),
+            sessionless,
             next_id: 1,
         };
+        if sessionless {
+            return client;
+        }
         let init = format!(
             r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"{PROTOCOL_VERSION}","capabilities":{{}},"clientInfo":{{"name":"overhead-bench","version":"1"}}}}}}"#
         );
-        let (status, session, _) = client.post(init).await;
+        let (status, session, _) = client.post(init, None).await;
         assert_eq!(status, StatusCode::OK, "initialize");
         client.session = session.expect("a session id");
         let (status, _, _) = client
-            .post(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_owned())
+            .post(
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_owned(),
+                None,
+            )
             .await;
         assert_eq!(status, StatusCode::ACCEPTED, "notifications/initialized");
         client
     }
 
-    /// POSTs `body` to `/mcp`; the status, the session id answered, the body.
-    async fn post(&mut self, body: String) -> (StatusCode, Option<String>, Bytes) {
+    /// POSTs `body` to `/mcp` (a call of `tool`, if named); the status, the
+    /// session id answered, the body.
+    async fn post(
+        &mut self,
+        body: String,
+        tool: Option<&str>,
+    ) -> (StatusCode, Option<String>, Bytes) {
         let mut request = Request::post("/mcp")
             .header(HOST, &self.authority)
             .header(CONTENT_TYPE, "application/json")
@@ -302,6 +326,12 @@ impl Client {
             request = request
                 .header("mcp-session-id", &self.session)
                 .header("mcp-protocol-version", PROTOCOL_VERSION);
+        }
+        if self.sessionless {
+            request = request
+                .header("mcp-protocol-version", SESSIONLESS_PROTOCOL_VERSION)
+                .header("mcp-method", "tools/call")
+                .header("mcp-name", tool.unwrap_or_default());
         }
         let request = request
             .body(Full::new(Bytes::from(body)))
@@ -327,22 +357,42 @@ impl Client {
     async fn call(&mut self, tool_ms: u64) {
         let id = self.next_id;
         self.next_id += 1;
-        let (body, expected) = if tool_ms == 0 {
+        // What a 2026-07-28 client adds to every request's `_meta`.
+        let client_meta = if self.sessionless {
+            format!(
+                r#""io.modelcontextprotocol/protocolVersion":"{SESSIONLESS_PROTOCOL_VERSION}","io.modelcontextprotocol/clientInfo":{{"name":"overhead-bench","version":"1"}},"io.modelcontextprotocol/clientCapabilities":{{}}"#
+            )
+        } else {
+            String::new()
+        };
+        let add_meta = if client_meta.is_empty() {
+            String::new()
+        } else {
+            format!(r#","_meta":{{{client_meta}}}"#)
+        };
+        let progress_meta = if client_meta.is_empty() {
+            String::new()
+        } else {
+            format!(",{client_meta}")
+        };
+        let (tool, body, expected) = if tool_ms == 0 {
             (
+                "add",
                 format!(
-                    r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"add","arguments":{{"a":{id},"b":2}}}}}}"#
+                    r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"add","arguments":{{"a":{id},"b":2}}{add_meta}}}}}"#
                 ),
                 format!("\"text\":\"{}\"", id + 2),
             )
         } else {
             (
+                "slow_progress",
                 format!(
-                    r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"slow_progress","arguments":{{"steps":1,"delay_ms":{tool_ms}}},"_meta":{{"progressToken":{id}}}}}}}"#
+                    r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"slow_progress","arguments":{{"steps":1,"delay_ms":{tool_ms}}},"_meta":{{"progressToken":{id}{progress_meta}}}}}}}"#
                 ),
                 "done after 1 steps".to_owned(),
             )
         };
-        let (status, _, answer) = self.post(body).await;
+        let (status, _, answer) = self.post(body, Some(tool)).await;
         assert_eq!(status, StatusCode::OK);
         assert!(
             answer
@@ -459,8 +509,8 @@ async fn measure(options: Options, bare: SocketAddr, layered: SocketAddr) -> Res
     let mut bare_clients = Vec::new();
     let mut layered_clients = Vec::new();
     for _ in 0..options.clients {
-        bare_clients.push(Client::connect(bare).await);
-        layered_clients.push(Client::connect(layered).await);
+        bare_clients.push(Client::connect(bare, options.sessionless).await);
+        layered_clients.push(Client::connect(layered, options.sessionless).await);
     }
     if options.only != Some(true) {
         round(&mut bare_clients, options.warmup, options.tool_ms).await;
