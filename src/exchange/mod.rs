@@ -553,7 +553,7 @@ impl Exchange {
             });
         }
         let meta_keys = &self.shared.settings.conversation_meta_keys;
-        if let Some((meta_key, id)) = meta_conversation(request.meta.as_ref(), meta_keys) {
+        if let Some((meta_key, id)) = meta_conversation(request.meta.as_deref(), meta_keys) {
             return Some(RunKey::Resolved {
                 key: id,
                 source: KeySource::Meta(meta_key),

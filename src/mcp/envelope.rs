@@ -8,19 +8,14 @@
 
 use memchr::memmem::Finder;
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+use serde::de::{Deserializer, SeqAccess, Visitor};
+use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::LazyLock;
 
-/// The `_meta` key that carries the protocol version in MCP 2026-07-28 requests.
-pub(crate) const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
-/// The `_meta` key that carries the client's identity in MCP 2026-07-28 requests.
-pub(crate) const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
-/// The `_meta` key that carries the server's identity in MCP 2026-07-28 results.
-pub(crate) const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+use super::meta::{Member, Meta};
 
 /// A client or server identity (`clientInfo` / `serverInfo`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -53,8 +48,9 @@ pub(crate) struct Request {
     /// The version the client asks for (`params.protocolVersion` or `_meta`).
     pub(crate) protocol_version: Option<String>,
     /// `params._meta`, where MCP 2026-07-28 puts the protocol version and
-    /// client identity and vendors put conversation ids.
-    pub(crate) meta: Option<Map<String, Value>>,
+    /// client identity and vendors put conversation ids (boxed: most
+    /// requests have none).
+    pub(crate) meta: Option<Box<Meta>>,
 }
 
 impl Request {
@@ -77,9 +73,7 @@ impl Request {
 
     /// Whether the request carries its own protocol metadata (MCP 2026-07-28).
     pub(crate) fn is_self_contained(&self) -> bool {
-        self.meta
-            .as_ref()
-            .is_some_and(|m| m.contains_key(META_PROTOCOL_VERSION))
+        self.meta.as_deref().is_some_and(Meta::has_protocol_version)
     }
 }
 
@@ -133,7 +127,7 @@ struct RawParams {
     #[serde(default, rename = "protocolVersion")]
     protocol_version: Option<String>,
     #[serde(default, rename = "_meta")]
-    meta: Option<Map<String, Value>>,
+    meta: Option<Box<Meta>>,
 }
 
 #[derive(Deserialize)]
@@ -149,7 +143,7 @@ struct RawResult<'a> {
     #[serde(default, rename = "serverInfo")]
     server_info: Option<Implementation>,
     #[serde(default, rename = "_meta")]
-    meta: Option<Map<String, Value>>,
+    meta: Option<Box<Meta>>,
 }
 
 #[derive(Deserialize)]
@@ -199,48 +193,13 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
 }
 
 /// Any value: `None` for `null`, `Some(Some(text))` for a string,
-/// `Some(None)` for anything else (skipped without building it).
+/// `Some(None)` for anything else (not built).
 fn string_or_other<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    struct StringOrOther;
-    impl<'de> Visitor<'de> for StringOrOther {
-        type Value = Option<Option<String>>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("any JSON value")
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(Some(Some(v.to_owned())))
-        }
-        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-            Ok(Some(Some(v)))
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(Some(None))
-        }
-        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(Some(None))
-        }
-        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(Some(None))
-        }
-        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(Some(None))
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(Some(None))
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok(Some(None))
-        }
-    }
-    d.deserialize_any(StringOrOther)
+    Ok(match Member::deserialize(d)? {
+        Member::Text(text) => Some(Some(text)),
+        Member::Null => None,
+        _ => Some(None),
+    })
 }
 
 fn parse_raw(bytes: &[u8]) -> Option<RawMessage<'_>> {
@@ -252,10 +211,6 @@ fn parse_raw(bytes: &[u8]) -> Option<RawMessage<'_>> {
     (raw.jsonrpc.as_deref() == Some("2.0")).then_some(raw)
 }
 
-fn meta_implementation(meta: Option<&Map<String, Value>>, key: &str) -> Option<Implementation> {
-    serde_json::from_value(meta?.get(key)?.clone()).ok()
-}
-
 /// Reads what a client POSTed; `None` when it is not one JSON-RPC 2.0 message
 /// (invalid JSON, invalid UTF-8, a batch, something else).
 pub(crate) fn parse_client_message(bytes: &[u8]) -> Option<ClientMessage> {
@@ -264,16 +219,13 @@ pub(crate) fn parse_client_message(bytes: &[u8]) -> Option<ClientMessage> {
         (Some(method), Some(id)) => {
             let params = raw.params.unwrap_or_default();
             let target = params.name.or(params.uri).flatten();
-            let meta = params.meta;
+            let mut meta = params.meta;
             let client = params
                 .client_info
-                .or_else(|| meta_implementation(meta.as_ref(), META_CLIENT_INFO));
-            let protocol_version = params.protocol_version.or_else(|| {
-                meta.as_ref()?
-                    .get(META_PROTOCOL_VERSION)?
-                    .as_str()
-                    .map(str::to_owned)
-            });
+                .or_else(|| meta.as_mut()?.take_client_info());
+            let protocol_version = params
+                .protocol_version
+                .or_else(|| Some(meta.as_ref()?.protocol_version()?.to_owned()));
             Some(ClientMessage::Request(Request {
                 id,
                 method,
@@ -344,7 +296,7 @@ pub(crate) fn parse_server_message(bytes: &[u8]) -> Option<ServerMessage> {
     };
     let server = result
         .server_info
-        .or_else(|| meta_implementation(result.meta.as_ref(), META_SERVER_INFO));
+        .or_else(|| result.meta?.take_server_info());
     Some(ServerMessage::Response(Response {
         id,
         outcome,

@@ -2,6 +2,7 @@
 //! Pure functions, no I/O.
 
 pub(crate) mod envelope;
+pub(crate) mod meta;
 pub(crate) mod sse;
 
 use crate::span_kind::SpanKind;

@@ -7,7 +7,7 @@
 //! derives from the request, a vendor conversation id in `params._meta`, or
 //! the client's identity; an idle gap closes such a run.
 
-use serde_json::Value;
+use crate::mcp::meta::Meta;
 use std::fmt;
 use std::sync::Arc;
 
@@ -74,20 +74,12 @@ impl fmt::Display for KeySource {
     }
 }
 
-/// A conversation id under one of `keys` in `params._meta` (a string or a number).
-pub(crate) fn meta_conversation(
-    meta: Option<&serde_json::Map<String, Value>>,
-    keys: &[String],
-) -> Option<(String, String)> {
+/// A conversation id under one of `keys` in `params._meta` (a non-empty
+/// string or a number).
+pub(crate) fn meta_conversation(meta: Option<&Meta>, keys: &[String]) -> Option<(String, String)> {
     let meta = meta?;
-    keys.iter().find_map(|key| {
-        let id = match meta.get(key)? {
-            Value::String(s) if !s.is_empty() => s.clone(),
-            Value::Number(n) => n.to_string(),
-            _ => return None,
-        };
-        Some((key.clone(), id))
-    })
+    keys.iter()
+        .find_map(|key| Some((key.clone(), meta.text(key)?.to_owned())))
 }
 
 /// The client identity key: `name/version@caller`, or `@caller` without a
@@ -150,20 +142,18 @@ mod tests {
 
     #[test]
     fn meta_conversation_takes_the_first_key_present() {
-        let meta = json!({"openai/session": "conv-1", "x/id": 7});
+        let meta: Meta =
+            serde_json::from_value(json!({"openai/session": "conv-1", "x/id": 7})).unwrap();
         let keys = [
             "missing".to_owned(),
             "x/id".to_owned(),
             "openai/session".to_owned(),
         ];
         assert_eq!(
-            meta_conversation(meta.as_object(), &keys),
+            meta_conversation(Some(&meta), &keys),
             Some(("x/id".into(), "7".into()))
         );
-        assert_eq!(
-            meta_conversation(meta.as_object(), &["nope".to_owned()]),
-            None
-        );
+        assert_eq!(meta_conversation(Some(&meta), &["nope".to_owned()]), None);
     }
 
     #[test]

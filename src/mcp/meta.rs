@@ -1,0 +1,336 @@
+//! `_meta` of a JSON-RPC message, as far as the layer reads it.
+//!
+//! MCP 2026-07-28 clients put their protocol version, capabilities and
+//! identity in every request's `params._meta`, and vendors put conversation
+//! ids there. Building the whole object as `serde_json` values (and
+//! cloning the identity out of it) cost about twice what parsing the rest
+//! of a `tools/call` request did; this reads each member once and keeps
+//! only what the layer asks for.
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::fmt;
+
+use super::envelope::Implementation;
+
+/// The `_meta` key that carries the protocol version in MCP 2026-07-28 requests.
+pub(crate) const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// The `_meta` key that carries the client's identity in MCP 2026-07-28 requests.
+pub(crate) const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+/// The `_meta` key that carries the server's identity in MCP 2026-07-28 results.
+pub(crate) const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+
+/// `params._meta` or `result._meta`: the identities and protocol version
+/// MCP 2026-07-28 puts there, and every other member whose value is a
+/// non-empty string or a number (a conversation id, perhaps), as text.
+/// Other values are skipped without being built. Of a key given twice,
+/// the last counts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Meta {
+    /// Whether the protocol version is there, whatever its value.
+    has_protocol_version: bool,
+    /// The protocol version, if it is a string.
+    protocol_version: Option<String>,
+    client_info: Option<Implementation>,
+    server_info: Option<Implementation>,
+    /// Members whose value is a non-empty string or a number, as text.
+    texts: Vec<(String, String)>,
+}
+
+impl Meta {
+    /// Whether the protocol version is there: the request carries its own
+    /// protocol metadata (MCP 2026-07-28).
+    pub(crate) fn has_protocol_version(&self) -> bool {
+        self.has_protocol_version
+    }
+
+    /// The protocol version, if it is a string.
+    pub(crate) fn protocol_version(&self) -> Option<&str> {
+        self.protocol_version.as_deref()
+    }
+
+    /// The client's identity, taken out.
+    pub(crate) fn take_client_info(&mut self) -> Option<Implementation> {
+        self.client_info.take()
+    }
+
+    /// The server's identity, taken out.
+    pub(crate) fn take_server_info(&mut self) -> Option<Implementation> {
+        self.server_info.take()
+    }
+
+    /// The member `key` as text, if it is a non-empty string or a number.
+    pub(crate) fn text(&self, key: &str) -> Option<&str> {
+        self.texts
+            .iter()
+            .find(|(member, _)| member == key)
+            .map(|(_, text)| text.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Meta {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(MetaVisitor)
+    }
+}
+
+struct MetaVisitor;
+
+impl<'de> Visitor<'de> for MetaVisitor {
+    type Value = Meta;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a `_meta` object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Meta, A::Error> {
+        let mut meta = Meta::default();
+        while let Some(key) = map.next_key::<String>()? {
+            let member = map.next_value::<Member>()?;
+            meta.texts.retain(|(text_key, _)| *text_key != key);
+            match (key.as_str(), member) {
+                (META_CLIENT_INFO, member) => meta.client_info = member.identity(),
+                (META_SERVER_INFO, member) => meta.server_info = member.identity(),
+                (META_PROTOCOL_VERSION, member) => {
+                    meta.has_protocol_version = true;
+                    meta.protocol_version = match member {
+                        Member::Text(text) => Some(text),
+                        _ => None,
+                    };
+                }
+                (_, Member::Text(text) | Member::Number(text)) if !text.is_empty() => {
+                    meta.texts.push((key, text));
+                }
+                _ => {}
+            }
+        }
+        Ok(meta)
+    }
+}
+
+/// A JSON value, as far as the layer reads `_meta` and the envelope's
+/// texts: a string, a number (written as `serde_json` writes it), null, an
+/// object read as an identity (`name`, and `version` if a string), or
+/// anything else. Nothing else is built.
+pub(crate) enum Member {
+    Text(String),
+    Number(String),
+    Null,
+    /// An object: its identity, if it has a string `name` (and a `version`
+    /// that is a string or null, if any).
+    Object(Option<Implementation>),
+    Other,
+}
+
+impl Member {
+    fn identity(self) -> Option<Implementation> {
+        match self {
+            Self::Object(identity) => identity,
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(MemberVisitor)
+    }
+}
+
+struct MemberVisitor;
+
+impl<'de> Visitor<'de> for MemberVisitor {
+    type Value = Member;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Member, E> {
+        Ok(Member::Text(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Member, E> {
+        Ok(Member::Text(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Member, E> {
+        Ok(Member::Number(v.to_string()))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Member, E> {
+        Ok(Member::Number(v.to_string()))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Member, E> {
+        Ok(
+            serde_json::Number::from_f64(v)
+                .map_or(Member::Other, |n| Member::Number(n.to_string())),
+        )
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Member, E> {
+        Ok(Member::Other)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Member, E> {
+        Ok(Member::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Member, E> {
+        Ok(Member::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Member, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Member::Other)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Member, A::Error> {
+        let (mut name, mut version, mut well_formed) = (None, None, true);
+        while let Some(field) = map.next_key::<IdentityField>()? {
+            match field {
+                IdentityField::Name => match map.next_value::<Member>()? {
+                    Member::Text(text) => name = Some(text),
+                    _ => well_formed = false,
+                },
+                IdentityField::Version => match map.next_value::<Member>()? {
+                    Member::Text(text) => version = Some(text),
+                    Member::Null => version = None,
+                    _ => well_formed = false,
+                },
+                IdentityField::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let identity = name
+            .filter(|_| well_formed)
+            .map(|name| Implementation { name, version });
+        Ok(Member::Object(identity))
+    }
+}
+
+/// A key of an object read as an identity, told without copying it.
+enum IdentityField {
+    Name,
+    Version,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for IdentityField {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = IdentityField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<IdentityField, E> {
+                Ok(match key {
+                    "name" => IdentityField::Name,
+                    "version" => IdentityField::Version,
+                    _ => IdentityField::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn meta(value: Value) -> Meta {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn the_identities_and_the_protocol_version_are_read() {
+        let mut read = meta(json!({
+            META_PROTOCOL_VERSION: "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {"roots": {"listChanged": true}},
+            META_CLIENT_INFO: {"name": "mcp", "version": "0.1.0", "title": "MCP"},
+            META_SERVER_INFO: {"name": "rmcp"},
+        }));
+        assert!(read.has_protocol_version());
+        assert_eq!(read.protocol_version(), Some("2026-07-28"));
+        assert_eq!(
+            read.take_client_info(),
+            Some(Implementation {
+                name: "mcp".into(),
+                version: Some("0.1.0".into())
+            })
+        );
+        assert_eq!(read.take_server_info().unwrap().name, "rmcp");
+        assert_eq!(
+            read.text("io.modelcontextprotocol/clientCapabilities"),
+            None
+        );
+    }
+
+    #[test]
+    fn members_are_text_when_they_are_non_empty_strings_or_numbers() {
+        let read = meta(json!({
+            "a": "conv-1", "b": 7, "c": -3, "d": 2.5, "e": "", "f": true,
+            "g": null, "h": [1, {"x": 2}], "i": {"y": [3]},
+        }));
+        let texts: Vec<_> = ["a", "b", "c", "d", "e", "f", "g", "h", "i"]
+            .map(|key| read.text(key))
+            .to_vec();
+        assert_eq!(
+            texts,
+            [
+                Some("conv-1"),
+                Some("7"),
+                Some("-3"),
+                Some("2.5"),
+                None,
+                None,
+                None,
+                None,
+                None
+            ]
+        );
+        // A number is written as serde_json writes it.
+        assert_eq!(read.text("d"), Some(&*json!(2.5).to_string()));
+    }
+
+    #[test]
+    fn an_identity_is_read_as_serde_would_read_it_from_a_value() {
+        let cases = [
+            json!({"name": "mcp", "version": "1"}),
+            json!({"name": "mcp"}),
+            json!({"name": "mcp", "version": null}),
+            json!({"name": "mcp", "version": 1}),
+            json!({"name": 7}),
+            json!({"version": "1"}),
+            json!({"name": "mcp", "icons": [{"src": "x"}], "title": "T"}),
+            json!("mcp"),
+            json!(null),
+            json!([1]),
+        ];
+        for case in cases {
+            let mut read = meta(json!({ META_CLIENT_INFO: case.clone() }));
+            let expected = serde_json::from_value::<Implementation>(case.clone()).ok();
+            assert_eq!(read.take_client_info(), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_identity_or_version_is_none_and_the_last_of_a_key_counts() {
+        let read: Meta = serde_json::from_str(
+            r#"{"io.modelcontextprotocol/clientInfo":{"version":"1"},
+                "io.modelcontextprotocol/protocolVersion":7,
+                "k":"first","k":{"nested":true},"m":{"x":1},"m":"last"}"#,
+        )
+        .unwrap();
+        assert_eq!(read.client_info, None);
+        assert!(read.has_protocol_version(), "present, if not a string");
+        assert_eq!(read.protocol_version(), None);
+        assert_eq!(read.text("k"), None);
+        assert_eq!(read.text("m"), Some("last"));
+    }
+}
