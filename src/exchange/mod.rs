@@ -77,14 +77,23 @@ pub(crate) struct Exchange {
     /// The session's run, if it was open in this process when the request came.
     known_run: Option<Uuid>,
     /// Whether the exchange is read later (see [`crate::tape`]).
-    taped: bool,
-    /// The run the response head found open, for an exchange in a session
-    /// read later: its span goes there, or nowhere.
-    taped_run: Option<Uuid>,
+    reading: Reading,
     /// What a session store's lookup left (only with a store): boxed, as
     /// most exchanges have none and the exchange is moved and copied
     /// between threads.
     store: Option<Box<StoreWait>>,
+}
+
+/// How an exchange is read: as its response streams, or later (see
+/// [`crate::tape`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    Live,
+    /// Read later; in a session, `run` is the run the response head found
+    /// open: the span goes there, or nowhere.
+    Taped {
+        run: Option<Uuid>,
+    },
 }
 
 /// An exchange's dealings with the session store.
@@ -194,8 +203,7 @@ impl Exchange {
             method: parts.method.clone(),
             arrived: Moment::now(),
             known_run,
-            taped: false,
-            taped_run: None,
+            reading: Reading::Live,
             store: prefetch.map(|prefetch| {
                 Box::new(StoreWait {
                     prefetch: Some(prefetch),
@@ -289,12 +297,15 @@ impl Exchange {
         if !one_message {
             return None;
         }
-        if let (Some(known_run), Some(session_id)) = (known_run, &self.session_id) {
-            // The head is activity, as it is for a recorder made now.
-            let open = self.shared.sessions.run_if_open(session_id, Moment::now());
-            self.taped_run = Some(open.filter(|run_id| *run_id == known_run)?);
-        }
-        self.taped = true;
+        let run = match (known_run, &self.session_id) {
+            (Some(known_run), Some(session_id)) => {
+                // The head is activity, as it is for a recorder made now.
+                let open = self.shared.sessions.run_if_open(session_id, Moment::now());
+                Some(open.filter(|run_id| *run_id == known_run)?)
+            }
+            _ => None,
+        };
+        self.reading = Reading::Taped { run };
         Some(request_bytes)
     }
 
@@ -469,7 +480,10 @@ impl Exchange {
         }
         let key = RunKey::Session(session_id);
         let table_key = key.table_key();
-        let (run_id, opened) = if let Some(taped_run) = self.taped_run {
+        let (run_id, opened) = if let Reading::Taped {
+            run: Some(taped_run),
+        } = self.reading
+        {
             // Read later: the run of the head, if it is still open; a span
             // after its run ended goes nowhere, as a recorder's would.
             if sessions.run_if_open(&table_key, self.arrived) != Some(taped_run) {
@@ -587,7 +601,7 @@ impl Exchange {
         // with the request's span, which the tape holds until the request
         // path fills it again, so that the room is freed on the thread
         // that allocated it (see `crate::leftovers`).
-        let capture = if self.taped {
+        let capture = if matches!(self.reading, Reading::Taped { .. }) {
             self.request_span.input().clone()
         } else {
             std::mem::replace(&mut *self.request_span.input(), Capture::new(0))
@@ -839,7 +853,7 @@ mod tests {
         const CALL: &[u8] =
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add"}}"#;
         const INITIALIZE: &[u8] = br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#;
-        // (what `tapes` returns, whether the exchange is marked taped)
+        // (what `tapes` returns, whether it marked the exchange taped outside any run)
         let tapes = |body: &[u8], status: u16, answer_session: Option<&str>| {
             let (mut parts, ()) = http::Request::post("/mcp").body(()).unwrap().into_parts();
             let mut exchange = Exchange::new(Shared::switched_off(), &mut parts);
@@ -852,7 +866,10 @@ mod tests {
             }
             let response = response.body(()).unwrap();
             let taped = exchange.tapes(&ResponseHead::of(&response), &response);
-            (taped, exchange.taped)
+            (
+                taped,
+                matches!(exchange.reading, Reading::Taped { run: None }),
+            )
         };
         assert_eq!(tapes(CALL, 200, None), (Some(CALL.len()), true));
         assert_eq!(
@@ -881,7 +898,7 @@ mod tests {
         };
 
         let mut taped = exchange();
-        taped.taped = true;
+        taped.reading = Reading::Taped { run: None };
         let (message, input) = taped.read_request();
         assert!(matches!(message, Some(ClientMessage::Request(_))));
         assert_eq!(input.text.as_deref().map(str::as_bytes), Some(BODY));
