@@ -33,12 +33,18 @@ pub(crate) fn published_version(version: &str) -> Option<&'static str> {
 /// `resource.<uri>` for `resources/read`, `prompt.<name>` for `prompts/get`,
 /// `mcp.<method>` otherwise.
 pub(crate) fn span_name(method: &str, target: Option<&str>) -> String {
-    match (method, target) {
-        (TOOLS_CALL, Some(name)) => format!("tool.{name}"),
-        ("resources/read", Some(uri)) => format!("resource.{uri}"),
-        ("prompts/get", Some(name)) => format!("prompt.{name}"),
-        _ => format!("mcp.{method}"),
-    }
+    let (prefix, rest) = match (method, target) {
+        (TOOLS_CALL, Some(name)) => ("tool.", name),
+        ("resources/read", Some(uri)) => ("resource.", uri),
+        ("prompts/get", Some(name)) => ("prompt.", name),
+        _ => ("mcp.", method),
+    };
+    // Not `format!`: every span is named on the delivery thread, and the
+    // formatting machinery costs several times the two copies.
+    let mut name = String::with_capacity(prefix.len() + rest.len());
+    name.push_str(prefix);
+    name.push_str(rest);
+    name
 }
 
 /// The kind of an MCP request's span when the config says nothing else.
