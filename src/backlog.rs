@@ -69,7 +69,8 @@ pub(crate) const TURN_READS: usize = 256;
 
 thread_local! {
     /// Whether this thread is reading the backlog (so that what it reads
-    /// does not try to catch up again).
+    /// does not try to catch up again, and the spans it queues are
+    /// serialized at once).
     static READING: Cell<bool> = const { Cell::new(false) };
 }
 

@@ -1,8 +1,11 @@
 //! A queued record: a run's start, one span, a run's end, a one-shot run or
-//! feedback. Spans, one per request in a run, are serialized on the delivery
-//! thread; the other records are serialized when they are queued (a one-shot
-//! run, one per request with `Sessionless::RunPerRequest`, too).
+//! feedback. Spans, one per request in a run, are serialized off the request
+//! path: when they are queued by a thread reading the layer's
+//! [backlog](crate::backlog) (the delivery thread, mostly), else when they
+//! are sent. The other records are serialized when they are queued (a
+//! one-shot run, one per request with `Sessionless::RunPerRequest`, too).
 
+use std::cell::RefCell;
 use uuid::Uuid;
 
 use super::IngestCall;
@@ -43,19 +46,52 @@ fn ingest_body(run: &Run, spans: &[Span]) -> Vec<u8> {
     body
 }
 
+thread_local! {
+    /// Where a span is written before its JSON is copied out at its size
+    /// (a buffer sized to the estimate would be shrunk, reallocated, for
+    /// every span).
+    static SPAN_JSON: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The most room [`SPAN_JSON`] keeps from one span to the next.
+const KEPT_SPAN_JSON_BYTES: usize = 64 * 1024;
+
+/// A span's JSON, allocated at its size.
+fn span_json(span: &Span) -> Box<[u8]> {
+    SPAN_JSON.with_borrow_mut(|buffer| {
+        buffer.clear();
+        span.write_json(buffer);
+        let json = Box::from(buffer.as_slice());
+        if buffer.capacity() > KEPT_SPAN_JSON_BYTES {
+            *buffer = Vec::new();
+        }
+        json
+    })
+}
+
 /// What a record will send: its JSON, or a span to serialize when it is sent.
 #[derive(Debug, Clone)]
 pub(crate) enum Payload {
     /// The JSON, made when the record was queued.
     Json(Box<[u8]>),
-    /// A span, serialized on the delivery thread so that the request path
-    /// does not pay for it; `bytes` is its size as the queue counts it.
+    /// A span queued on the request path, serialized on the delivery
+    /// thread so that the request path does not pay for it; `bytes` is its
+    /// size as the queue counts it.
     Span { span: Box<Span>, bytes: usize },
 }
 
 impl Payload {
-    /// A span to serialize later.
+    /// A span's record. A thread that reads the backlog serializes it at
+    /// once: it is off the request path (or catching up on it anyway), and
+    /// the span it has just built is still in its cache. Serialized when it
+    /// is sent, a batch of spans queued milliseconds before is read back
+    /// from memory, which took about a quarter of the delivery thread's time.
+    /// Any other thread (a layer with a session store records on the
+    /// request path) leaves it to the delivery thread.
     pub(crate) fn span(span: Span) -> Self {
+        if crate::backlog::is_reading() {
+            return Self::Json(span_json(&span));
+        }
         Self::Span {
             bytes: span.json_size_estimate(),
             span: Box::new(span),
@@ -157,5 +193,97 @@ impl Encoded {
             kind: self.kind,
             payload: self.payload,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backlog::{Backlog, Later};
+    use crate::span_kind::SpanKind;
+    use crate::wire::Timestamp;
+    use std::convert::Infallible;
+    use std::sync::mpsc;
+
+    /// A span whose record is made when the backlog reads it.
+    struct Queued(Span, mpsc::Sender<Payload>);
+
+    impl Later for Queued {
+        type Leftover = Infallible;
+
+        fn weight(&self) -> usize {
+            1
+        }
+
+        fn read(self) -> Option<Infallible> {
+            let _ = self.1.send(Payload::span(self.0));
+            None
+        }
+    }
+
+    fn span(input: String) -> Span {
+        let mut span = Span::new(
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            SpanKind::Tool,
+            "tool.add".to_owned(),
+            Timestamp::now(),
+        );
+        span.input = Some(input);
+        span.attributes.insert("mcp.method.name", "tools/call");
+        span
+    }
+
+    /// The records the backlog's reader makes of `spans`, in order.
+    fn queued_while_reading(spans: &[Span]) -> Vec<Payload> {
+        let (queue, queued) = mpsc::channel();
+        let backlog = Backlog::default();
+        for span in spans {
+            backlog.push(Queued(span.clone(), queue.clone()));
+        }
+        assert_eq!(backlog.catch_up(), spans.len());
+        queued.try_iter().collect()
+    }
+
+    fn written(payload: &Payload) -> Vec<u8> {
+        let mut out = Vec::new();
+        payload.write_to(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_span_queued_while_reading_the_backlog_is_serialized_at_once() {
+        let small = span(r#"{"jsonrpc":"2.0","id":1,"params":{"name":"add"}}"#.to_owned());
+        // Larger than the buffer keeps: the next span is written afresh.
+        let large = span(format!("\"{}\"", "x".repeat(2 * KEPT_SPAN_JSON_BYTES)));
+        let spans = [small.clone(), large, small];
+        let payloads = queued_while_reading(&spans);
+        assert_eq!(payloads.len(), 3);
+        for (span, payload) in spans.iter().zip(&payloads) {
+            let Payload::Json(json) = payload else {
+                panic!("not serialized: {payload:?}");
+            };
+            assert_eq!(json[..], span.to_json()[..]);
+            assert_eq!(payload.bytes(), json.len());
+            assert_eq!(written(payload), span.to_json());
+        }
+        SPAN_JSON.with_borrow(|buffer| {
+            assert!(
+                buffer.capacity() <= KEPT_SPAN_JSON_BYTES,
+                "{}",
+                buffer.capacity()
+            );
+        });
+    }
+
+    #[test]
+    fn a_span_queued_on_the_request_path_is_serialized_when_sent() {
+        let span = span(r#"{"say":"\"hi\""}"#.to_owned());
+        let payload = Payload::span(span.clone());
+        let Payload::Span { bytes, .. } = &payload else {
+            panic!("serialized on the request path: {payload:?}");
+        };
+        assert_eq!(*bytes, span.json_size_estimate());
+        assert_eq!(written(&payload), span.to_json());
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! The request path only calls [`Exporter::send`], which never waits: it
 //! puts the records of a call (a run's start, its spans, its end) on a
-//! bounded [`queue`] with one FIFO per run (spans are serialized later, on
-//! the delivery thread). One background
+//! bounded [`queue`] with one FIFO per run (a span recorded on the request
+//! path is serialized later, on the delivery thread). One background
 //! [`Worker`], on a thread of its own, takes due batches off the queue (the spans of one run that wait
 //! together go in one call), delivers them through a [`Sink`] (the ingest
 //! API over HTTP, or the console) and acts on each answer:
