@@ -326,6 +326,20 @@ impl Timestamp {
     }
 }
 
+#[cfg(test)]
+impl Span {
+    /// A bare span of `tools/call add`, in a run of its own, started now.
+    pub(crate) fn tool_add() -> Self {
+        Self::new(
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            SpanKind::Tool,
+            "tool.add".to_owned(),
+            Timestamp::now(),
+        )
+    }
+}
+
 impl Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.with_text(|text| s.serialize_str(text))
@@ -537,13 +551,7 @@ mod tests {
     fn span_size_estimate_covers_the_json_within_twice() {
         let request = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}"#;
         let answer = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"3"}],"isError":false}}"#;
-        let mut span = Span::new(
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-            SpanKind::Tool,
-            "tool.add".to_owned(),
-            Timestamp::now(),
-        );
+        let mut span = Span::tool_add();
         let bare = span.to_json().len();
         assert!(bare <= span.json_size_estimate(), "{bare}");
         span.input = Some(request.to_owned());

@@ -200,8 +200,6 @@ impl Encoded {
 mod tests {
     use super::*;
     use crate::backlog::{Backlog, Later};
-    use crate::span_kind::SpanKind;
-    use crate::wire::Timestamp;
     use std::convert::Infallible;
     use std::sync::mpsc;
 
@@ -222,13 +220,7 @@ mod tests {
     }
 
     fn span(input: String) -> Span {
-        let mut span = Span::new(
-            Uuid::new_v4(),
-            Uuid::new_v4(),
-            SpanKind::Tool,
-            "tool.add".to_owned(),
-            Timestamp::now(),
-        );
+        let mut span = Span::tool_add();
         span.input = Some(input);
         span.attributes.insert("mcp.method.name", "tools/call");
         span
