@@ -186,9 +186,13 @@ impl Exchange {
 }
 
 /// The JSON-RPC id as text: a string as it is, a number in decimal.
+/// A JSON-RPC id as text: a string as it is, a number as JSON writes it.
 fn id_text(id: &Value) -> String {
     match id {
         Value::String(s) => s.clone(),
+        // Most ids are integers: written without the formatting machinery
+        // JSON's `Display` goes through, on every span.
+        Value::Number(n) => n.as_i64().map_or_else(|| n.to_string(), |i| i.to_string()),
         other => other.to_string(),
     }
 }
@@ -198,6 +202,30 @@ fn insert_client(metadata: &mut Map<String, Value>, client: Option<&Implementati
         metadata.insert("client_name".to_owned(), Value::from(client.name.as_str()));
         if let Some(version) = &client.version {
             metadata.insert("client_version".to_owned(), Value::from(version.as_str()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::id_text;
+    use serde_json::json;
+
+    #[test]
+    fn an_id_is_written_as_json_writes_it_and_a_string_as_it_is() {
+        let cases = [
+            (json!(7), "7"),
+            (json!(-3), "-3"),
+            (json!(u64::MAX), "18446744073709551615"),
+            (json!(1.5), "1.5"),
+            (json!("req-7"), "req-7"),
+            (json!(true), "true"),
+        ];
+        for (id, text) in cases {
+            assert_eq!(id_text(&id), text, "{id}");
+            if !id.is_string() {
+                assert_eq!(id_text(&id), id.to_string());
+            }
         }
     }
 }
