@@ -9,6 +9,10 @@
 #
 #   bash benches/instructions.sh          # needs valgrind (callgrind_control)
 #
+# The minimal recording layer (`OVERHEAD_LAYER=floor`: copies both bodies,
+# hands them to another thread) is counted too, on the routes, as a floor
+# for any layer that records the bodies there.
+#
 # Takes 5 to 10 minutes. What it cannot show: the cost of memory the layer
 # hands to its delivery thread on another core (callgrind runs one thread
 # at a time); see "Performance" in the README.
@@ -91,9 +95,13 @@ routes=$(per_call layered)
 report "layered (Router::layer)     " "$routes"
 outer=$(per_call layered OVERHEAD_PLACEMENT=outer)
 report "layered (around the router) " "$outer"
-python3 - "${bare% *}" "${routes% *}" "${outer% *}" <<'PY'
+floor=$(per_call layered OVERHEAD_LAYER=floor)
+report "minimal (Router::layer)     " "$floor"
+python3 - "${bare% *}" "${routes% *}" "${outer% *}" "${floor% *}" <<'PY'
 import sys
-bare, routes, outer = map(float, sys.argv[1:])
+bare, routes, outer, floor = map(float, sys.argv[1:])
 print(f"  layered / bare: {routes / bare:.3f} (Router::layer, +{routes - bare:.0f}), "
       f"{outer / bare:.3f} (around the router, +{outer - bare:.0f})")
+print(f"  minimal layer / bare: {floor / bare:.3f} (Router::layer, +{floor - bare:.0f}); "
+      f"TrodoLayer on the routes adds {routes - floor:+.0f} more")
 PY
