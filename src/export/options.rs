@@ -8,6 +8,12 @@ use super::retry::Backoff;
 pub(crate) const DEFAULT_MAX_QUEUE_ITEMS: usize = 10_000;
 /// Most JSON bytes of records held for delivery: 64 MiB.
 pub(crate) const DEFAULT_MAX_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Most spans in one call, and how many records of one run make a full
+/// call that goes at once: OpenTelemetry's batch size. Each call costs the
+/// delivery thread about as much as reading a few spans (reqwest, hyper,
+/// the answer), so under load fewer, fuller calls spare it; records still
+/// wait at most the flush interval.
+pub(crate) const DEFAULT_MAX_BATCH_ITEMS: usize = 512;
 
 /// How delivery behaves. Built from the [`TrodoConfig`](crate::TrodoConfig)
 /// queue settings; tests shorten the timings.
@@ -43,10 +49,10 @@ impl Default for DeliveryOptions {
         Self {
             max_queue_items: DEFAULT_MAX_QUEUE_ITEMS,
             max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
-            max_batch_items: 50,
+            max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
             max_batch_bytes: 1024 * 1024,
             flush_interval: Duration::from_secs(1),
-            flush_items: 50,
+            flush_items: DEFAULT_MAX_BATCH_ITEMS,
             request_timeout: Duration::from_secs(10),
             max_in_flight: 4,
             backoff: Backoff::default(),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::options::DEFAULT_MAX_BATCH_ITEMS as FULL;
 use super::outcome::Outcome;
 use super::script::{Script, end, options, span, span_with, spawn, start};
 use super::{DeliveryCounters, DeliveryOptions, Exporter};
@@ -80,39 +81,40 @@ async fn records_wait_at_most_a_second_and_a_runs_spans_share_one_call() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn fifty_waiting_records_go_at_once() {
+async fn a_full_call_of_waiting_records_goes_at_once() {
     let script = Script::ok();
     let (exporter, _worker) = spawn(&script, options());
     exporter.send(start(1));
-    for i in 0..49 {
+    for i in 0..FULL - 1 {
         exporter.send(span(1, &i.to_string()));
     }
     script.wait_calls(2).await;
     assert_eq!(script.times_ms(), [0, 0]);
-    assert_eq!(script.calls()[1].span_count(), 49);
+    assert_eq!(script.calls()[1].span_count(), FULL - 1);
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_spans_call_carries_at_most_fifty_spans() {
+async fn a_spans_call_carries_at_most_a_full_call_of_spans() {
     let script = Script::ok();
     let (exporter, _worker) = spawn(&script, options());
+    let spans = 2 * FULL + 20;
     exporter.send(start(1));
-    for i in 0..120 {
+    for i in 0..spans {
         exporter.send(span(1, &i.to_string()));
     }
     exporter.send(end(1));
     assert!(exporter.flush(HOUR).await);
     let sizes: Vec<usize> = script.calls().iter().map(|c| c.span_count()).collect();
-    assert_eq!(sizes, [0, 50, 50, 20, 0]);
+    assert_eq!(sizes, [0, FULL, FULL, 20, 0]);
     let names: Vec<String> = script
         .calls()
         .iter()
         .flat_map(|c| c.body["spans"].as_array().cloned().unwrap_or_default())
         .map(|s| s["name"].as_str().unwrap().to_owned())
         .collect();
-    let expected: Vec<String> = (0..120).map(|i| i.to_string()).collect();
+    let expected: Vec<String> = (0..spans).map(|i| i.to_string()).collect();
     assert_eq!(names, expected, "every span once, in order");
-    assert_eq!(exporter.counters().sent, 122);
+    assert_eq!(exporter.counters().sent, spans as u64 + 2);
 }
 
 #[tokio::test(start_paused = true)]
