@@ -185,7 +185,6 @@ impl Exchange {
     }
 }
 
-/// The JSON-RPC id as text: a string as it is, a number in decimal.
 /// A JSON-RPC id as text: a string as it is, a number as JSON writes it.
 fn id_text(id: &Value) -> String {
     match id {
