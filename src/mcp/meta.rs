@@ -9,6 +9,7 @@
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::borrow::Cow;
 use std::fmt;
 
 use super::envelope::Implementation;
@@ -76,6 +77,12 @@ impl<'de> Deserialize<'de> for Meta {
 
 struct MetaVisitor;
 
+/// A member's name, borrowed from the message unless it has escapes: most
+/// names are only compared, and a 2026-07-28 request has three of them.
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct MemberName<'a>(#[serde(borrow)] Cow<'a, str>);
+
 impl<'de> Visitor<'de> for MetaVisitor {
     type Value = Meta;
 
@@ -85,10 +92,10 @@ impl<'de> Visitor<'de> for MetaVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Meta, A::Error> {
         let mut meta = Meta::default();
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(MemberName(key)) = map.next_key()? {
             let member = map.next_value::<Member>()?;
-            meta.texts.retain(|(text_key, _)| *text_key != key);
-            match (key.as_str(), member) {
+            meta.texts.retain(|(text_key, _)| **text_key != *key);
+            match (&*key, member) {
                 (META_CLIENT_INFO, member) => meta.client_info = member.identity(),
                 (META_SERVER_INFO, member) => meta.server_info = member.identity(),
                 (META_PROTOCOL_VERSION, member) => {
@@ -99,7 +106,7 @@ impl<'de> Visitor<'de> for MetaVisitor {
                     };
                 }
                 (_, Member::Text(text) | Member::Number(text)) if !text.is_empty() => {
-                    meta.texts.push((key, text));
+                    meta.texts.push((key.into_owned(), text));
                 }
                 _ => {}
             }
@@ -317,6 +324,19 @@ mod tests {
             let expected = serde_json::from_value::<Implementation>(case.clone()).ok();
             assert_eq!(read.take_client_info(), expected, "{case}");
         }
+    }
+
+    #[test]
+    fn a_member_name_with_escapes_is_read_as_its_text() {
+        let mut read: Meta = serde_json::from_str(
+            r#"{"io.modelcontextprotocol\/clientInfo":{"name":"mcp"},
+                "io.modelcontextprotocol/protocolVersion":"2026-07-28",
+                "conversation\u005fid":"conv-1"}"#,
+        )
+        .unwrap();
+        assert_eq!(read.take_client_info().map(|c| c.name), Some("mcp".into()));
+        assert_eq!(read.protocol_version(), Some("2026-07-28"));
+        assert_eq!(read.text("conversation_id"), Some("conv-1"));
     }
 
     #[test]
