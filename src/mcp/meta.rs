@@ -75,13 +75,13 @@ impl<'de> Deserialize<'de> for Meta {
     }
 }
 
-struct MetaVisitor;
-
 /// A member's name, borrowed from the message unless it has escapes: most
 /// names are only compared, and a 2026-07-28 request has three of them.
 #[derive(Deserialize)]
 #[serde(transparent)]
 struct MemberName<'a>(#[serde(borrow)] Cow<'a, str>);
+
+struct MetaVisitor;
 
 impl<'de> Visitor<'de> for MetaVisitor {
     type Value = Meta;
