@@ -17,8 +17,8 @@ use crate::exchange::ResponseHead;
 use crate::mcp::envelope::{
     Outcome, Response, ServerMessage, looks_like_response, parse_response, parse_server_message,
 };
-use crate::mcp::error_type;
 use crate::mcp::sse::{SseDecoder, SseEvent};
+use crate::mcp::{SERVER_ERROR, error_type};
 use crate::moment::Moment;
 use crate::span_draft::{Destination, Ending, SpanDraft, note_server};
 use crate::state::Shared;
@@ -246,7 +246,8 @@ fn classify(
 ) -> Option<(String, String, Option<i64>)> {
     match response.map(|r| &r.outcome) {
         Some(Outcome::Error { code, message }) => {
-            return Some((error_type(*code).to_owned(), message.clone(), Some(*code)));
+            let error_type = code.map_or(SERVER_ERROR, error_type);
+            return Some((error_type.to_owned(), message.clone(), *code));
         }
         Some(Outcome::ToolError { message }) => {
             return Some(("tool_error".to_owned(), message.clone(), None));

@@ -230,3 +230,61 @@ async fn a_delete_counts_the_calls_before_it_while_delivery_is_held() {
     assert_eq!(end["tool_count"], 3);
     assert_eq!(ingest.starts().len(), 1);
 }
+
+/// A server other than rmcp may take an `initialize` whose identities have
+/// odd shapes (a number for a version); the layer reads what it can and
+/// still opens the session's run on it, rather than resuming the run on the
+/// next request with nothing known of the client.
+#[tokio::test]
+async fn an_initialize_with_odd_identities_still_opens_the_run() {
+    use axum::body::Body;
+    use axum::http::Response;
+    use axum::routing::post;
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let app = Router::new()
+        .route(
+            "/mcp",
+            post(|body: String| async move {
+                let request: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let answer = match request["method"].as_str().unwrap() {
+                    "initialize" => json!({"jsonrpc": "2.0", "id": 0, "result": {
+                        "protocolVersion": "2025-11-25", "capabilities": {},
+                        "serverInfo": {"name": "odd-server", "version": 2}}}),
+                    _ => json!({"jsonrpc": "2.0", "id": request["id"], "result": null}),
+                };
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .header("mcp-session-id", "odd-session")
+                    .body(Body::from(answer.to_string()))
+                    .unwrap()
+            }),
+        )
+        .layer(TrodoLayer::new(config(&ingest)));
+    let mut client = RawClient::new(serve(app).await);
+    let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "odd-client", "version": 3}}});
+    assert_eq!(client.send(initialize.to_string()).await.status, 200);
+    client.session = Some("odd-session".to_owned());
+    let ping = client.request(1, "ping", json!({})).await;
+    assert_eq!(ping.response()["result"], serde_json::Value::Null);
+
+    ingest
+        .wait_until(WAIT, |r| span_count(r) == 1)
+        .await
+        .unwrap();
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1);
+    let metadata = &starts[0]["metadata"];
+    assert!(metadata.get("resumed").is_none(), "{metadata}");
+    assert_eq!(metadata["client_name"], "odd-client");
+    assert_eq!(metadata["client_version"], "3");
+    assert_eq!(metadata["server_name"], "odd-server");
+    assert_eq!(metadata["server_version"], "2");
+    assert_eq!(metadata["protocol_version"], "2025-11-25");
+    let spans = spans_of(&ingest, starts[0]["run_id"].as_str().unwrap());
+    let names: Vec<_> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["mcp.ping"]);
+    assert_eq!(spans[0]["status"], "ok", "a null result is an answer");
+}

@@ -25,6 +25,12 @@ const LONG_ANSWER: &str =
 const METHOD_IN_RESULT: &str =
     r#"{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"method":"GET"},"content":[]}}"#;
 
+/// Answers of shapes MCP does not use: a `null` result, and an error whose
+/// code and message are not a number and a string.
+const NULL_RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":null}"#;
+const ODD_ERROR: &str =
+    r#"{"jsonrpc":"2.0","id":1,"error":{"code":"E42","message":{"text":"no"}}}"#;
+
 /// A progress event of about 6 KB (more than a tape copies, less than it keeps).
 fn big_progress() -> String {
     let message = "x".repeat(6_000);
@@ -82,6 +88,8 @@ async fn scripted_with(
                         .map(Ok::<_, std::io::Error>);
                         sse(Body::from_stream(futures::stream::iter(chunks)))
                     }
+                    "null_result" => sse(Body::from(format!("data: {NULL_RESULT}\n\n"))),
+                    "odd_error" => sse(Body::from(format!("data: {ODD_ERROR}\n\n"))),
                     "method_in_result" => sse(Body::from(format!("data: {METHOD_IN_RESULT}\n\n"))),
                     "other_session" => Response::builder()
                         .header("content-type", "application/json")
@@ -172,6 +180,25 @@ async fn an_event_stream_that_ends_without_the_answer_is_a_stream_error() {
         );
         assert_eq!(span["attributes"]["mcp.progress_events"], 1);
         assert!(span.get("output").is_none());
+    }
+}
+
+/// The layer reads an answer leniently: a member of a shape it does not
+/// expect is taken as absent, and the answer is still the answer.
+#[tokio::test]
+async fn answers_of_unexpected_shapes_are_still_answers() {
+    let (ingest, client) = scripted().await;
+    for span in live_and_taped(&ingest, &client, "null_result").await {
+        assert_eq!(span["status"], "ok");
+        assert_eq!(span["output"], NULL_RESULT);
+    }
+    let (ingest, client) = scripted().await;
+    for span in live_and_taped(&ingest, &client, "odd_error").await {
+        assert_eq!(span["status"], "error");
+        assert_eq!(span["error_type"], "server_error");
+        assert_eq!(span["error_message"], "JSON-RPC error without a message");
+        assert_eq!(span["output"], ODD_ERROR);
+        assert!(span["attributes"].get("jsonrpc.error.code").is_none());
     }
 }
 

@@ -8,20 +8,21 @@
 
 use memchr::memmem::Finder;
 use serde::Deserialize;
-use serde::de::{Deserializer, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::LazyLock;
 
-use super::meta::{Member, Meta};
+use super::member::{self, Shape};
+use super::meta::Meta;
 
-/// A client or server identity (`clientInfo` / `serverInfo`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A client or server identity (`clientInfo` / `serverInfo`), read as
+/// [`Member::identity`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Implementation {
     pub(crate) name: String,
-    #[serde(default)]
     pub(crate) version: Option<String>,
 }
 
@@ -82,11 +83,15 @@ impl Request {
 pub(crate) enum Outcome {
     /// A result that is not a tool error.
     Success,
-    /// A JSON-RPC error object.
-    Error { code: i64, message: String },
+    /// A JSON-RPC error: its code, if it is an integer, and its message
+    /// (if it has no string message, [`NO_ERROR_MESSAGE`]).
+    Error { code: Option<i64>, message: String },
     /// A tool result with `isError: true`; `message` is its first text block.
     ToolError { message: String },
 }
+
+/// The message of a JSON-RPC error that has none.
+pub(crate) const NO_ERROR_MESSAGE: &str = "JSON-RPC error without a message";
 
 /// A JSON-RPC response from the server.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,107 +104,141 @@ pub(crate) struct Response {
     pub(crate) server: Option<Implementation>,
 }
 
+/// A message's members, each read leniently (see [`super::member`]).
 #[derive(Deserialize)]
 struct RawMessage<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "member::text")]
     jsonrpc: Option<Cow<'a, str>>,
-    #[serde(default, deserialize_with = "present")]
+    /// `"id": null` is kept apart from a missing id.
+    #[serde(default, deserialize_with = "member::present")]
     id: Option<Value>,
-    #[serde(default)]
-    method: Option<String>,
-    #[serde(default)]
-    params: Option<RawParams>,
+    #[serde(default, borrow, deserialize_with = "member::text")]
+    method: Option<Cow<'a, str>>,
+    /// Not an object (by-position params): none the layer reads.
     #[serde(default, borrow)]
-    result: Option<RawResult<'a>>,
-    #[serde(default)]
-    error: Option<RawError>,
+    params: Option<Shape<RawParams<'a>>>,
+    /// Any value but an object (`null` too) is still a result.
+    #[serde(default, borrow, deserialize_with = "member::present")]
+    result: Option<Shape<RawResult<'a>>>,
+    /// Any value but an object is still an error; `null` is none.
+    #[serde(default, borrow, deserialize_with = "member::present")]
+    error: Option<Shape<RawError<'a>>>,
 }
 
 #[derive(Deserialize, Default)]
-struct RawParams {
+struct RawParams<'a> {
     /// `Some(None)`: present, but not a string.
-    #[serde(default, deserialize_with = "string_or_other")]
+    #[serde(default, deserialize_with = "member::string_or_other")]
     name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "string_or_other")]
+    #[serde(default, deserialize_with = "member::string_or_other")]
     uri: Option<Option<String>>,
-    #[serde(default, rename = "clientInfo")]
+    #[serde(default, rename = "clientInfo", deserialize_with = "member::identity")]
     client_info: Option<Implementation>,
-    #[serde(default, rename = "protocolVersion")]
-    protocol_version: Option<String>,
+    #[serde(
+        default,
+        borrow,
+        rename = "protocolVersion",
+        deserialize_with = "member::text"
+    )]
+    protocol_version: Option<Cow<'a, str>>,
     #[serde(default, rename = "_meta")]
-    meta: Option<Box<Meta>>,
+    meta: Option<Shape<Box<Meta>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct RawResult<'a> {
-    #[serde(default, rename = "isError")]
+    #[serde(default, rename = "isError", deserialize_with = "member::flag")]
     is_error: Option<bool>,
     /// The first text of `content` (borrowed while it can be; kept only if
     /// `isError` says so).
     #[serde(default, borrow)]
     content: Option<FirstText<'a>>,
-    #[serde(default, rename = "protocolVersion")]
-    protocol_version: Option<String>,
-    #[serde(default, rename = "serverInfo")]
+    #[serde(
+        default,
+        borrow,
+        rename = "protocolVersion",
+        deserialize_with = "member::text"
+    )]
+    protocol_version: Option<Cow<'a, str>>,
+    #[serde(default, rename = "serverInfo", deserialize_with = "member::identity")]
     server_info: Option<Implementation>,
     #[serde(default, rename = "_meta")]
-    meta: Option<Box<Meta>>,
+    meta: Option<Shape<Box<Meta>>>,
 }
 
 #[derive(Deserialize)]
 struct RawContent<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "member::text")]
     text: Option<Cow<'a, str>>,
 }
 
 /// The first `text` of a list of content blocks, borrowed from the input
-/// where it can be: a tool result's text is only copied when it is an error's.
+/// where it can be: a tool result's text is only copied when it is an
+/// error's. Blocks that are not objects are passed over, and `content`
+/// that is not a list has none.
 struct FirstText<'a>(Option<Cow<'a, str>>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for FirstText<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Blocks<'a>(PhantomData<&'a str>);
-        impl<'de: 'a, 'a> Visitor<'de> for Blocks<'a> {
-            type Value = FirstText<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of content blocks")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut first = None;
-                // Every block is still read: one that is not a block fails the message.
-                while let Some(block) = seq.next_element::<RawContent<'a>>()? {
-                    if first.is_none() {
-                        first = block.text;
-                    }
-                }
-                Ok(FirstText(first))
-            }
-        }
-        d.deserialize_seq(Blocks(PhantomData))
+        d.deserialize_any(Blocks(PhantomData))
     }
 }
 
-#[derive(Deserialize)]
-struct RawError {
-    #[serde(default)]
-    code: i64,
-    #[serde(default)]
-    message: String,
+struct Blocks<'a>(PhantomData<&'a str>);
+
+impl<'de: 'a, 'a> Visitor<'de> for Blocks<'a> {
+    type Value = FirstText<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of content blocks")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut first = None;
+        while let Some(block) = seq.next_element::<Shape<RawContent<'a>>>()? {
+            if let (None, Shape::Object(block)) = (&first, block) {
+                first = block.text;
+            }
+        }
+        Ok(FirstText(first))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(FirstText(None))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(FirstText(None))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(FirstText(None))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(FirstText(None))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(FirstText(None))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(FirstText(None))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(FirstText(None))
+    }
 }
 
-/// Keeps `"id": null` apart from a missing id.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
-    Value::deserialize(d).map(Some)
-}
-
-/// Any value: `None` for `null`, `Some(Some(text))` for a string,
-/// `Some(None)` for anything else (not built).
-fn string_or_other<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Ok(match Member::deserialize(d)? {
-        Member::Text(text) => Some(Some(text)),
-        Member::Null => None,
-        _ => Some(None),
-    })
+#[derive(Deserialize, Default)]
+struct RawError<'a> {
+    #[serde(default, deserialize_with = "member::integer")]
+    code: Option<i64>,
+    #[serde(default, borrow, deserialize_with = "member::text")]
+    message: Option<Cow<'a, str>>,
 }
 
 fn parse_raw(bytes: &[u8]) -> Option<RawMessage<'_>> {
@@ -217,26 +256,34 @@ pub(crate) fn parse_client_message(bytes: &[u8]) -> Option<ClientMessage> {
     let raw = parse_raw(bytes)?;
     match (raw.method, raw.id) {
         (Some(method), Some(id)) => {
-            let params = raw.params.unwrap_or_default();
+            let params = match raw.params {
+                Some(Shape::Object(params)) => params,
+                _ => RawParams::default(),
+            };
             let target = params.name.or(params.uri).flatten();
-            let mut meta = params.meta;
+            let mut meta = params.meta.and_then(Shape::object);
             let client = params
                 .client_info
                 .or_else(|| meta.as_mut()?.take_client_info());
             let protocol_version = params
                 .protocol_version
+                .map(Cow::into_owned)
                 .or_else(|| Some(meta.as_ref()?.protocol_version()?.to_owned()));
             Some(ClientMessage::Request(Request {
                 id,
-                method,
+                method: method.into_owned(),
                 target,
                 client,
                 protocol_version,
                 meta,
             }))
         }
-        (Some(method), None) => Some(ClientMessage::Notification { method }),
-        (None, Some(_)) if raw.result.is_some() || raw.error.is_some() => {
+        (Some(method), None) => Some(ClientMessage::Notification {
+            method: method.into_owned(),
+        }),
+        (None, Some(_))
+            if raw.result.is_some() || raw.error.and_then(Shape::unless_null).is_some() =>
+        {
             Some(ClientMessage::Response)
         }
         (None, _) => None,
@@ -267,24 +314,30 @@ pub(crate) enum ServerMessage {
 pub(crate) fn parse_server_message(bytes: &[u8]) -> Option<ServerMessage> {
     let raw = parse_raw(bytes)?;
     if let Some(method) = raw.method {
+        let method = method.into_owned();
         return Some(match raw.id {
             Some(_) => ServerMessage::Request { method },
             None => ServerMessage::Notification { method },
         });
     }
     let id = raw.id.unwrap_or(Value::Null);
-    if let Some(error) = raw.error {
+    if let Some(error) = raw.error.and_then(Shape::unless_null) {
         return Some(ServerMessage::Response(Response {
             id,
             outcome: Outcome::Error {
                 code: error.code,
-                message: error.message,
+                message: error
+                    .message
+                    .map_or_else(|| NO_ERROR_MESSAGE.to_owned(), Cow::into_owned),
             },
             protocol_version: None,
             server: None,
         }));
     }
-    let result = raw.result?;
+    let result = match raw.result? {
+        Shape::Object(result) => result,
+        Shape::Null | Shape::Other => RawResult::default(),
+    };
     let outcome = if result.is_error == Some(true) {
         let message = result
             .content
@@ -296,11 +349,11 @@ pub(crate) fn parse_server_message(bytes: &[u8]) -> Option<ServerMessage> {
     };
     let server = result
         .server_info
-        .or_else(|| result.meta?.take_server_info());
+        .or_else(|| result.meta.and_then(Shape::object)?.take_server_info());
     Some(ServerMessage::Response(Response {
         id,
         outcome,
-        protocol_version: result.protocol_version,
+        protocol_version: result.protocol_version.map(Cow::into_owned),
         server,
     }))
 }
@@ -425,6 +478,103 @@ mod tests {
         assert_eq!(parse_client_message(deep.as_bytes()), None);
     }
 
+    fn request(body: &[u8]) -> Request {
+        match parse_client_message(body) {
+            Some(ClientMessage::Request(request)) => request,
+            other => panic!("not a request: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_whose_members_have_unexpected_shapes_is_still_read() {
+        let odd_identity = request(
+            br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":20251125,"capabilities":{},"clientInfo":{"name":"odd-client","version":3}}}"#,
+        );
+        assert_eq!(odd_identity.method, "initialize");
+        assert_eq!(odd_identity.protocol_version, None);
+        assert_eq!(
+            odd_identity.client,
+            Some(Implementation {
+                name: "odd-client".into(),
+                version: Some("3".into())
+            })
+        );
+        let no_identity = request(
+            br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","clientInfo":"odd-client"}}"#,
+        );
+        assert_eq!(no_identity.client, None);
+        assert_eq!(no_identity.protocol_version.as_deref(), Some("2025-11-25"));
+        let by_position =
+            request(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["add",{"a":1}]}"#);
+        assert_eq!((by_position.id, by_position.target), (json!(1), None));
+        let odd_meta = request(
+            br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"add","_meta":"x"}}"#,
+        );
+        assert_eq!(odd_meta.target.as_deref(), Some("add"));
+        assert_eq!(odd_meta.meta, None);
+        assert_eq!(
+            parse_client_message(br#"{"jsonrpc":"2.0","id":0,"result":null}"#),
+            Some(ClientMessage::Response)
+        );
+        assert_eq!(
+            parse_client_message(br#"{"jsonrpc":"2.0","id":0,"error":null}"#),
+            None,
+            "an error that is null is none"
+        );
+    }
+
+    #[test]
+    fn a_response_whose_members_have_unexpected_shapes_is_still_an_answer() {
+        let outcome = |body: &[u8]| parse_response(body).map(|r| r.outcome);
+        for result in [r#"null"#, r#""ok""#, "[1]", "7", r#"{"isError":"yes"}"#] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{result}}}"#);
+            assert_eq!(outcome(body.as_bytes()), Some(Outcome::Success), "{result}");
+        }
+        assert_eq!(
+            outcome(br#"{"jsonrpc":"2.0","id":1,"result":{"isError":true,"content":"boom"}}"#),
+            Some(Outcome::ToolError {
+                message: "tool returned isError: true".into()
+            })
+        );
+        assert_eq!(
+            outcome(
+                br#"{"jsonrpc":"2.0","id":1,"result":{"isError":true,"content":[1,"x",{"type":"image"},{"text":7},{"text":"boom"},{"text":"later"}]}}"#
+            ),
+            Some(Outcome::ToolError {
+                message: "boom".into()
+            })
+        );
+        for error in [
+            r#"{"code":"-32602","message":42}"#,
+            r#"{"code":-32602.5}"#,
+            r#""boom""#,
+            "[]",
+        ] {
+            let body = format!(r#"{{"jsonrpc":"2.0","id":1,"error":{error}}}"#);
+            let expected = Outcome::Error {
+                code: None,
+                message: NO_ERROR_MESSAGE.into(),
+            };
+            assert_eq!(outcome(body.as_bytes()), Some(expected), "{error}");
+        }
+        assert_eq!(
+            outcome(br#"{"jsonrpc":"2.0","id":1,"error":null,"result":{}}"#),
+            Some(Outcome::Success)
+        );
+        let initialized = parse_response(
+            br#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":2025,"serverInfo":{"name":"calc","version":1},"_meta":7}}"#,
+        )
+        .unwrap();
+        assert_eq!(initialized.protocol_version, None);
+        assert_eq!(
+            initialized.server,
+            Some(Implementation {
+                name: "calc".into(),
+                version: Some("1".into())
+            })
+        );
+    }
+
     #[test]
     fn initialize_result_gives_version_and_server() {
         let body = br#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-11-25","capabilities":{"tools":{}},"serverInfo":{"name":"calc","version":"0.1.0"}}}"#;
@@ -481,7 +631,7 @@ mod tests {
         assert_eq!(
             err.outcome,
             Outcome::Error {
-                code: -32602,
+                code: Some(-32602),
                 message: "tool not found".into()
             }
         );

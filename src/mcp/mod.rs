@@ -2,6 +2,7 @@
 //! Pure functions, no I/O.
 
 pub(crate) mod envelope;
+pub(crate) mod member;
 pub(crate) mod meta;
 pub(crate) mod sse;
 
@@ -62,9 +63,13 @@ pub(crate) fn default_kind(method: &str) -> SpanKind {
 pub(crate) fn error_type(code: i64) -> &'static str {
     match code {
         -32700 | -32600 | -32601 | -32602 | -32002 => "caller_error",
-        _ => "server_error",
+        _ => SERVER_ERROR,
     }
 }
+
+/// The span `error_type` of a JSON-RPC error the layer cannot blame on the
+/// request (also when its code is not an integer).
+pub(crate) const SERVER_ERROR: &str = "server_error";
 
 #[cfg(test)]
 mod tests {
