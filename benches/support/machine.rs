@@ -2,7 +2,8 @@
 //! through `#[path = "support/machine.rs"] mod machine;`.
 
 /// `CPU model, N cores, M GiB; rustc version`, read from `/proc` (and
-/// `rustc --version`); "unknown ..." where it cannot be read.
+/// `rustc --version`); "unknown ..." where it cannot be read. Cores
+/// the process may not run on (`taskset`, a cgroup) are named apart.
 pub(crate) fn describe() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -13,7 +14,7 @@ pub(crate) fn describe() -> String {
                 .map(|(_, v)| v.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let cores = cores();
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|info| {
@@ -28,5 +29,21 @@ pub(crate) fn describe() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    format!("{cpu}, {cores} cores, {memory}; {rustc}")
+    format!("{cpu}, {cores}, {memory}; {rustc}")
+}
+
+/// The machine's cores, and how many of them this process may run on if
+/// fewer: "2 cores", "2 cores (1 available to this process)".
+fn cores() -> String {
+    let available = std::thread::available_parallelism().map_or(0, usize::from);
+    let online = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|info| info.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(0)
+        .max(available);
+    let plural = if online == 1 { "core" } else { "cores" };
+    if available < online {
+        format!("{online} {plural} ({available} available to this process)")
+    } else {
+        format!("{online} {plural}")
+    }
 }
