@@ -53,6 +53,26 @@ use crate::state::{Shared, Trodo};
 /// # Ok(())
 /// # }
 /// ```
+///
+/// Keep the layer inside any compression layer, so that it reads the
+/// bodies as the server wrote them: it does not decode a compressed body,
+/// and keeps none of it (the span says `http.response.content_encoding`).
+/// With axum, a later `.layer(...)` wraps the earlier ones:
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use tower_http::compression::CompressionLayer;
+/// use trodo_tower::{TrodoConfig, TrodoLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let app: Router = Router::new()
+///     .route("/mcp", get(|| async { "an MCP service here" }))
+///     .layer(TrodoLayer::new(TrodoConfig::from_env()?))
+///     .layer(CompressionLayer::new()); // outermost: compresses what the layer read
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct TrodoLayer {

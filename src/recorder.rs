@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::capture::{Capture, truncate_chars};
 use crate::capture_policy::Side;
-use crate::exchange::ResponseHead;
+use crate::exchange::{ResponseHead, encoding_text};
 use crate::mcp::envelope::{
     Outcome, Response, ServerMessage, looks_like_response, parse_response, parse_server_message,
 };
@@ -59,6 +59,8 @@ enum Reader {
     },
     /// The whole body, up to the capture limit.
     Whole { capture: Capture, json: bool },
+    /// An encoded body (see [`ResponseHead::encoding`]): nothing is kept.
+    Encoded,
 }
 
 /// The SSE event that carried the response.
@@ -95,10 +97,15 @@ impl Recorder {
     /// is made: it rides along with the response body, which moves.
     pub(crate) fn span(
         shared: Arc<Shared>,
-        draft: SpanDraft,
+        mut draft: SpanDraft,
         destination: Destination,
         head: &ResponseHead,
     ) -> Box<Self> {
+        if let Some(encoding) = head.encoding() {
+            draft
+                .attributes
+                .insert("http.response.content_encoding", encoding_text(encoding));
+        }
         let reader = Reader::for_body(head, shared.settings.capture_limit);
         Box::new(Self {
             shared,
@@ -163,6 +170,7 @@ impl Recorder {
                 capture.push(chunk);
                 false
             }
+            Reader::Encoded => false,
         }
     }
 
@@ -263,7 +271,9 @@ fn classify(
 
 impl Reader {
     fn for_body(head: &ResponseHead, limit: usize) -> Self {
-        if head.is_event_stream() {
+        if head.encoding().is_some() {
+            Self::Encoded
+        } else if head.is_event_stream() {
             Self::EventStream {
                 decoder: SseDecoder::data_only(limit.saturating_mul(4)),
                 found: None,
@@ -288,7 +298,7 @@ impl Reader {
             Self::EventStream {
                 progress_events, ..
             } => *progress_events,
-            Self::Whole { .. } => 0,
+            Self::Whole { .. } | Self::Encoded => 0,
         }
     }
 
@@ -298,7 +308,7 @@ impl Reader {
             Self::EventStream {
                 found: Some(found), ..
             } => (Some(found.text), found.truncated, found.response),
-            Self::EventStream { found: None, .. } => (None, false, None),
+            Self::EventStream { found: None, .. } | Self::Encoded => (None, false, None),
             Self::Whole { capture, json } => {
                 if capture.total_bytes() == 0 {
                     return (None, false, None);

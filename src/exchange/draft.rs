@@ -145,8 +145,9 @@ impl Exchange {
                 // A POST to the MCP endpoint that is not one JSON-RPC message.
                 attributes.insert("http.route", Value::from(self.path()));
                 let kind = route_kind.unwrap_or(SpanKind::Generic);
-                if input.truncated {
-                    // Too large to read whole: its method is unknown, not wrong.
+                if input.truncated || input.encoding.is_some() {
+                    // Too large to read whole, or encoded: its method is
+                    // unknown, not wrong.
                     ("mcp.request".to_owned(), kind, None, None)
                 } else {
                     preset_error = Some((
@@ -168,6 +169,12 @@ impl Exchange {
             attributes.insert("http.response.status_code", Value::from(status.as_u16()));
         }
         attributes.insert("http.request.body.size", Value::from(input.bytes));
+        if let Some(encoding) = input.encoding {
+            attributes.insert(
+                "http.request.content_encoding",
+                Value::from(String::from(encoding)),
+            );
+        }
         attributes.insert("input_truncated", Value::Bool(input.truncated));
         SpanDraft {
             request_span: self.request_span.clone(),

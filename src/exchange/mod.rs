@@ -41,7 +41,8 @@ mod pending;
 mod response_head;
 
 use crate::wire::Run;
-use head::{RequestHeaders, accepts_event_stream, caller, session_id_text};
+pub(crate) use head::encoding_text;
+use head::{RequestHeaders, accepts_event_stream, caller, is_encoded, session_id_text};
 pub(crate) use pending::{Head, Pending, Resolving};
 pub(crate) use response_head::ResponseHead;
 
@@ -62,6 +63,9 @@ pub(crate) struct Exchange {
     /// `Mcp-Method` / `Mcp-Name` (MCP 2026-07-28), if text: name a request too large to parse.
     method_header: Option<Box<str>>,
     name_header: Option<Box<str>>,
+    /// The request body's `content-encoding`, if it is encoded: the layer
+    /// neither reads nor keeps it.
+    encoding: Option<Box<str>>,
     wants_event_stream: bool,
     /// The application's run key, for requests without a session.
     app_key: Option<String>,
@@ -198,6 +202,10 @@ impl Exchange {
             protocol_header: found.protocol_version.and_then(version_text),
             method_header: found.method.and_then(owned_text),
             name_header: found.name.and_then(owned_text),
+            encoding: found
+                .content_encoding
+                .filter(|value| is_encoded(value))
+                .map(|value| encoding_text(value).into()),
             wants_event_stream,
             target: Target::of(parts),
             method: parts.method.clone(),
@@ -608,9 +616,9 @@ impl Exchange {
         };
         let message = if capture.total_bytes() == 0 {
             None
-        } else if capture.is_truncated() {
-            // Too large to read whole; a 2026-07-28 client names the method
-            // (and tool) in headers.
+        } else if capture.is_truncated() || self.encoding.is_some() {
+            // Too large to read whole, or encoded; a 2026-07-28 client names
+            // the method (and tool) in headers.
             self.method_header.take().map(|method| {
                 ClientMessage::Request(McpRequest::named(
                     method.into(),
@@ -623,12 +631,14 @@ impl Exchange {
         };
         let settings = &self.shared.settings;
         let (truncated, bytes) = (capture.is_truncated(), capture.total_bytes());
+        let encoding = self.encoding.take();
         let input = Input {
-            text: (bytes > 0)
+            text: (bytes > 0 && encoding.is_none())
                 .then(|| capture.into_text())
                 .and_then(|text| settings.captured_text(Side::Input, text, !truncated)),
             truncated,
             bytes,
+            encoding,
         };
         (message, input)
     }
@@ -765,6 +775,8 @@ struct Input {
     text: Option<String>,
     truncated: bool,
     bytes: u64,
+    /// The body's `content-encoding`, if it is encoded (and so not read).
+    encoding: Option<Box<str>>,
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use std::sync::Arc;
 
-use super::head::session_id_of;
+use super::head::{is_encoded, session_id_of};
 use crate::route_kind::RouteSpanKind;
 use crate::span_kind::SpanKind;
 
@@ -14,6 +14,8 @@ use crate::span_kind::SpanKind;
 pub(crate) struct ResponseHead {
     pub(crate) status: StatusCode,
     body_type: BodyType,
+    /// The `content-encoding`, if the body is encoded (not `identity`).
+    encoding: Option<HeaderValue>,
     /// The session header, which the answer to `initialize` sets; read
     /// only for an exchange read live, as taking it may cost an allocation
     /// (a taped one is never `initialize`, and its answer names no other
@@ -52,9 +54,14 @@ impl BodyType {
 impl ResponseHead {
     /// What `response` says, but for its session id.
     pub(crate) fn of<B>(response: &Response<B>) -> Self {
+        let headers = response.headers();
         Self {
             status: response.status(),
-            body_type: BodyType::of(response.headers().get(header::CONTENT_TYPE)),
+            body_type: BodyType::of(headers.get(header::CONTENT_TYPE)),
+            encoding: headers
+                .get(header::CONTENT_ENCODING)
+                .filter(|value| is_encoded(value))
+                .cloned(),
             session: None,
             route_kind: response.extensions().get::<RouteSpanKind>().map(|k| k.0),
         }
@@ -75,13 +82,59 @@ impl ResponseHead {
         session_id_of(self.session.as_ref()?)
     }
 
-    /// Whether the body is an event stream.
+    /// Whether the body is an event stream the layer can read (not encoded).
     pub(crate) fn is_event_stream(&self) -> bool {
-        self.body_type == BodyType::EventStream
+        self.body_type == BodyType::EventStream && self.encoding.is_none()
     }
 
-    /// Whether the body is JSON.
+    /// Whether the body is JSON the layer can read (not encoded).
     pub(crate) fn is_json(&self) -> bool {
-        self.body_type == BodyType::Json
+        self.body_type == BodyType::Json && self.encoding.is_none()
+    }
+
+    /// The body's `content-encoding`, if it is encoded: the layer does not
+    /// decode it, so it keeps none of it.
+    pub(crate) fn encoding(&self) -> Option<&HeaderValue> {
+        self.encoding.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_encoded_body_is_neither_json_nor_an_event_stream_to_the_layer() {
+        let cases = [
+            (None, false),
+            (Some(""), false),
+            (Some("identity"), false),
+            (Some(" Identity "), false),
+            (Some("gzip"), true),
+            (Some("br"), true),
+            (Some("gzip, identity"), true),
+        ];
+        for content_type in ["application/json", "text/event-stream"] {
+            for (encoding, encoded) in cases {
+                let mut response = Response::builder().header(header::CONTENT_TYPE, content_type);
+                if let Some(encoding) = encoding {
+                    response = response.header(header::CONTENT_ENCODING, encoding);
+                }
+                let head = ResponseHead::of(&response.body(()).unwrap());
+                let case = format!("{content_type} {encoding:?}");
+                assert_eq!(head.encoding().is_some(), encoded, "{case}");
+                let readable = !encoded;
+                assert_eq!(
+                    head.is_json(),
+                    readable && content_type == "application/json",
+                    "{case}"
+                );
+                assert_eq!(
+                    head.is_event_stream(),
+                    readable && content_type == "text/event-stream",
+                    "{case}"
+                );
+            }
+        }
     }
 }
