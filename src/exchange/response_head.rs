@@ -40,10 +40,16 @@ impl BodyType {
         let Some(value) = content_type else {
             return Self::Other;
         };
+        // The media type, before any parameters; case does not count.
         let value = value.as_bytes();
-        if value.starts_with(b"text/event-stream") {
+        let media_type = value
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or(value)
+            .trim_ascii();
+        if media_type.eq_ignore_ascii_case(b"text/event-stream") {
             Self::EventStream
-        } else if value.starts_with(b"application/json") {
+        } else if media_type.eq_ignore_ascii_case(b"application/json") {
             Self::Json
         } else {
             Self::Other
@@ -102,6 +108,38 @@ impl ResponseHead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn head_of(content_type: &str) -> ResponseHead {
+        let response = Response::builder()
+            .header(header::CONTENT_TYPE, content_type)
+            .body(())
+            .unwrap();
+        ResponseHead::of(&response)
+    }
+
+    #[test]
+    fn the_media_type_counts_whatever_its_case_and_parameters() {
+        for json in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON;charset=UTF-8",
+            " application/json ",
+        ] {
+            assert!(head_of(json).is_json(), "{json}");
+        }
+        for stream in ["text/event-stream", "Text/Event-Stream; charset=utf-8"] {
+            assert!(head_of(stream).is_event_stream(), "{stream}");
+        }
+        for other in [
+            "application/jsonl",
+            "application/json-seq",
+            "text/plain",
+            "text/event-streams",
+        ] {
+            let head = head_of(other);
+            assert!(!head.is_json() && !head.is_event_stream(), "{other}");
+        }
+    }
 
     #[test]
     fn an_encoded_body_is_neither_json_nor_an_event_stream_to_the_layer() {
