@@ -105,17 +105,38 @@ fn header_text(headers: &HeaderMap, name: impl AsHeaderName) -> Option<String> {
     headers.get(name)?.to_str().ok().map(str::to_owned)
 }
 
+/// Whether an `Accept` header names `text/event-stream` (media types are
+/// case-insensitive): a GET that does opens the session's own event stream.
 pub(super) fn accepts_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/event-stream"))
+    const EVENT_STREAM: &[u8] = b"text/event-stream";
+    headers.get_all(header::ACCEPT).iter().any(|value| {
+        value
+            .as_bytes()
+            .windows(EVENT_STREAM.len())
+            .any(|media_type| media_type.eq_ignore_ascii_case(EVENT_STREAM))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_stream_is_accepted_whatever_the_case_and_among_others() {
+        let accepts = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(header::ACCEPT, HeaderValue::from_str(value).unwrap());
+            }
+            accepts_event_stream(&headers)
+        };
+        assert!(accepts(&["text/event-stream"]));
+        assert!(accepts(&["application/json, Text/Event-Stream;q=0.9"]));
+        assert!(accepts(&["application/json", "text/event-stream"]));
+        assert!(!accepts(&["application/json"]));
+        assert!(!accepts(&["text/event"]));
+        assert!(!accepts(&[]));
+    }
 
     #[test]
     fn a_session_id_is_1_to_256_visible_ascii_characters() {
