@@ -112,9 +112,20 @@ async fn outside_a_request_decompression_layer_the_layer_keeps_none_of_the_reque
         answer.response()["result"]["content"][0]["text"],
         "echo: packed"
     );
+    // A client that names the method and tool in headers (as MCP
+    // 2026-07-28 clients do) names the span of its encoded request.
+    let named = client
+        .post(gzip(&call(3)))
+        .header("content-encoding", "gzip")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "echo")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read(named).await.status, 200);
 
     ingest
-        .wait_until(WAIT, |r| span_count(r) == 2)
+        .wait_until(WAIT, |r| span_count(r) == 3)
         .await
         .unwrap();
     let spans: Vec<Value> = ingest.spans().into_iter().map(|(_, s)| s).collect();
@@ -135,4 +146,10 @@ async fn outside_a_request_decompression_layer_the_layer_keeps_none_of_the_reque
     let attributes = &span["attributes"];
     assert_eq!(attributes["http.request.content_encoding"], "gzip");
     assert_eq!(attributes["http.request.body.size"], packed.len());
+    assert_eq!(attributes["input_truncated"], false, "not read, so not cut");
+    let named = &spans[2];
+    assert_eq!(named["name"], "tool.echo");
+    assert_eq!(named["tool_name"], "echo");
+    assert!(named.get("input").is_none(), "{named}");
+    assert_eq!(named["attributes"]["http.request.content_encoding"], "gzip");
 }

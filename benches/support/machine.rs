@@ -5,16 +5,13 @@
 /// `rustc --version`); "unknown ..." where it cannot be read. Cores
 /// the process may not run on (`taskset`, a cgroup) are named apart.
 pub(crate) fn describe() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = cores();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or_else(|| "unknown CPU".to_owned(), |(_, v)| v.trim().to_owned());
+    let cores = cores(&cpuinfo);
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|info| {
@@ -32,16 +29,18 @@ pub(crate) fn describe() -> String {
     format!("{cpu}, {cores}, {memory}; {rustc}")
 }
 
-/// The machine's cores, and how many of them this process may run on if
-/// fewer: "2 cores", "2 cores (1 available to this process)".
-fn cores() -> String {
+/// The machine's cores (counted in `cpuinfo`), and how many of them this
+/// process may run on if fewer: "2 cores", "2 cores (1 available to this
+/// process)".
+fn cores(cpuinfo: &str) -> String {
     let available = std::thread::available_parallelism().map_or(0, usize::from);
-    let online = std::fs::read_to_string("/proc/cpuinfo")
-        .map(|info| info.lines().filter(|l| l.starts_with("processor")).count())
-        .unwrap_or(0)
+    let online = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count()
         .max(available);
     let plural = if online == 1 { "core" } else { "cores" };
-    if available < online {
+    if (1..online).contains(&available) {
         format!("{online} {plural} ({available} available to this process)")
     } else {
         format!("{online} {plural}")

@@ -82,8 +82,10 @@ impl fmt::Debug for RequestSpan {
 }
 
 impl RequestSpan {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        let input = Capture::new(shared.settings.capture_limit);
+    /// A request's span, whose capture of the request body keeps up to
+    /// `input_limit` characters.
+    pub(crate) fn new(shared: Arc<Shared>, input_limit: usize) -> Self {
+        let input = Capture::new(input_limit);
         Self {
             inner: Arc::new(Inner {
                 shared,

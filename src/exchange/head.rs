@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::encoding::is_encoded;
 use crate::api::{PARENT_SPAN_ID_HEADER, RUN_ID_HEADER};
 
 const FORWARDED_FOR_HEADER: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -27,6 +28,7 @@ pub(super) struct RequestHeaders<'a> {
     /// [`PARENT_SPAN_ID_HEADER`]).
     pub(super) run_id: Option<&'a HeaderValue>,
     pub(super) parent_span_id: Option<&'a HeaderValue>,
+    /// A `content-encoding` that says the body is encoded (see [`is_encoded`]).
     pub(super) content_encoding: Option<&'a HeaderValue>,
 }
 
@@ -44,25 +46,14 @@ impl<'a> RequestHeaders<'a> {
                 "mcp-name" => &mut found.name,
                 RUN_ID_HEADER => &mut found.run_id,
                 PARENT_SPAN_ID_HEADER => &mut found.parent_span_id,
-                "content-encoding" => &mut found.content_encoding,
+                // The first value that says the body is encoded.
+                "content-encoding" if is_encoded(value) => &mut found.content_encoding,
                 _ => continue,
             };
             slot.get_or_insert(value);
         }
         found
     }
-}
-
-/// Whether a `content-encoding` says the body is encoded (compressed,
-/// say): anything but `identity`. The layer does not decode bodies.
-pub(crate) fn is_encoded(content_encoding: &HeaderValue) -> bool {
-    let name = content_encoding.as_bytes().trim_ascii();
-    !name.is_empty() && !name.eq_ignore_ascii_case(b"identity")
-}
-
-/// A `content-encoding` as text, for a span's attribute.
-pub(crate) fn encoding_text(content_encoding: &HeaderValue) -> String {
-    String::from_utf8_lossy(content_encoding.as_bytes()).into_owned()
 }
 
 /// The caller for the client identity key: the first `X-Forwarded-For` hop,

@@ -36,13 +36,14 @@ use crate::state::Shared;
 use crate::store::{NewRun, Prefetch, Resolved};
 
 mod draft;
+mod encoding;
 mod head;
 mod pending;
 mod response_head;
 
 use crate::wire::Run;
-pub(crate) use head::encoding_text;
-use head::{RequestHeaders, accepts_event_stream, caller, is_encoded, session_id_text};
+pub(crate) use encoding::encoding_text;
+use head::{RequestHeaders, accepts_event_stream, caller, session_id_text};
 pub(crate) use pending::{Head, Pending, Resolving};
 pub(crate) use response_head::ResponseHead;
 
@@ -125,11 +126,20 @@ impl Exchange {
     /// Notes what the request head says, makes the capture its body will
     /// fill, and puts the request's [`RequestSpan`] in its extensions.
     pub(crate) fn new(shared: Arc<Shared>, parts: &mut Parts) -> Self {
-        let request_span = RequestSpan::new(Arc::clone(&shared));
-        parts.extensions.insert(request_span.clone());
         let settings = &shared.settings;
+        let found = RequestHeaders::of(&parts.headers, &settings.session_header);
+        // An encoded body is not read: its capture only counts its bytes.
+        let encoding = found
+            .content_encoding
+            .map(|value| encoding_text(value).into_boxed_str());
+        let input_limit = if encoding.is_some() {
+            0
+        } else {
+            settings.capture_limit
+        };
+        let request_span = RequestSpan::new(Arc::clone(&shared), input_limit);
+        parts.extensions.insert(request_span.clone());
         let headers = &parts.headers;
-        let found = RequestHeaders::of(headers, &settings.session_header);
         let session_text = found
             .session
             .and_then(session_id_text)
@@ -202,10 +212,7 @@ impl Exchange {
             protocol_header: found.protocol_version.and_then(version_text),
             method_header: found.method.and_then(owned_text),
             name_header: found.name.and_then(owned_text),
-            encoding: found
-                .content_encoding
-                .filter(|value| is_encoded(value))
-                .map(|value| encoding_text(value).into()),
+            encoding,
             wants_event_stream,
             target: Target::of(parts),
             method: parts.method.clone(),
@@ -298,6 +305,8 @@ impl Exchange {
         // Not a batch: the tape tells the answer by its look alone. Any
         // mention of initialize is decided now, as it may open a run.
         let one_message = !capture.is_truncated()
+            && self.encoding.is_none()
+            && head.encoding().is_none()
             && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
             && !mentions_initialize(body);
         let request_bytes = body.len();
@@ -630,8 +639,10 @@ impl Exchange {
             parse_client_message(capture.bytes())
         };
         let settings = &self.shared.settings;
-        let (truncated, bytes) = (capture.is_truncated(), capture.total_bytes());
         let encoding = self.encoding.take();
+        // An encoded body's capture keeps nothing: it is not read, not cut.
+        let truncated = capture.is_truncated() && encoding.is_none();
+        let bytes = capture.total_bytes();
         let input = Input {
             text: (bytes > 0 && encoding.is_none())
                 .then(|| capture.into_text())

@@ -4,7 +4,8 @@
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use std::sync::Arc;
 
-use super::head::{is_encoded, session_id_of};
+use super::encoding::is_encoded;
+use super::head::session_id_of;
 use crate::route_kind::RouteSpanKind;
 use crate::span_kind::SpanKind;
 
@@ -65,8 +66,9 @@ impl ResponseHead {
             status: response.status(),
             body_type: BodyType::of(headers.get(header::CONTENT_TYPE)),
             encoding: headers
-                .get(header::CONTENT_ENCODING)
-                .filter(|value| is_encoded(value))
+                .get_all(header::CONTENT_ENCODING)
+                .iter()
+                .find(|value| is_encoded(value))
                 .cloned(),
             session: None,
             route_kind: response.extensions().get::<RouteSpanKind>().map(|k| k.0),
@@ -118,6 +120,22 @@ mod tests {
     }
 
     #[test]
+    fn the_first_encoding_of_several_header_lines_counts() {
+        let response = Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_ENCODING, "identity")
+            .header(header::CONTENT_ENCODING, "gzip")
+            .body(())
+            .unwrap();
+        let head = ResponseHead::of(&response);
+        assert_eq!(
+            head.encoding().map(HeaderValue::as_bytes),
+            Some(&b"gzip"[..])
+        );
+        assert!(!head.is_json());
+    }
+
+    #[test]
     fn the_media_type_counts_whatever_its_case_and_parameters() {
         for json in [
             "application/json",
@@ -161,6 +179,11 @@ mod tests {
                 let head = ResponseHead::of(&response.body(()).unwrap());
                 let case = format!("{content_type} {encoding:?}");
                 assert_eq!(head.encoding().is_some(), encoded, "{case}");
+                assert_eq!(
+                    head.encoding().map(HeaderValue::as_bytes),
+                    encoding.filter(|_| encoded).map(str::as_bytes),
+                    "{case}"
+                );
                 let readable = !encoded;
                 assert_eq!(
                     head.is_json(),

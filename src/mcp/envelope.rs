@@ -19,7 +19,7 @@ use super::member::{self, Shape};
 use super::meta::Meta;
 
 /// A client or server identity (`clientInfo` / `serverInfo`), read as
-/// [`Member::identity`] reads it.
+/// [`Member::identity`](super::member::Member::identity) reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Implementation {
     pub(crate) name: String,

@@ -7,7 +7,9 @@
 //! expect is taken as absent, never as a reason to drop the whole message:
 //! an `initialize` whose `clientInfo.version` is a number still opens its
 //! run, and a `result` that is `null` is still an answer. Only JSON that
-//! does not parse, or is not JSON-RPC 2.0, makes a message unreadable.
+//! does not parse, is not JSON-RPC 2.0, or gives a member the layer reads
+//! twice in one object (serde's derived structs refuse that; in `_meta`
+//! and in an identity the last one counts) makes a message unreadable.
 
 use serde::Deserialize;
 use serde::de::value::MapAccessDeserializer;
