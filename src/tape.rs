@@ -20,9 +20,10 @@
 //! Only what changes nothing the next request can see is put off: an
 //! `initialize` (it opens a run), a DELETE or a 404 (they close one), a
 //! session this process does not know (the head may wait for the store),
-//! an answer that names a session, anything but a 2xx, a batch, and every
-//! exchange of a layer with a session store (other workers must see a
-//! run's totals at once) are decided on the response head, as before. The
+//! an answer that names a session, anything but a 2xx, a batch, an
+//! encoded request or answer, and every exchange of a layer with a
+//! session store (other workers must see a run's totals at once) are
+//! decided on the response head, as before. The
 //! one thing a sessionless request read later changes is the opening of
 //! its key's run: a later request of that key decided on its head (one of
 //! the above) may open the run first, and the run's `start` then comes

@@ -267,7 +267,7 @@ impl Exchange {
 
     /// Whether reading this exchange can wait for the backlog (see
     /// [`crate::tape`]): a 2xx answer to one JSON-RPC message POSTed
-    /// without a session store (other workers must see a run's totals at
+    /// (neither body encoded) without a session store (other workers must see a run's totals at
     /// once), which is not an `initialize`, and which is either in a
     /// session whose run this process knows or in none. In a session, the
     /// exchange belongs to the run open now, as a recorder made now would;
@@ -302,8 +302,9 @@ impl Exchange {
         };
         let capture = self.request_span.input();
         let body = capture.bytes();
-        // Not a batch: the tape tells the answer by its look alone. Any
-        // mention of initialize is decided now, as it may open a run.
+        // One message, neither body encoded: the tape tells the answer by
+        // its look alone. Any mention of initialize is decided now, as it
+        // may open a run.
         let one_message = !capture.is_truncated()
             && self.encoding.is_none()
             && head.encoding().is_none()
