@@ -3,7 +3,7 @@
 use serde_json::Value;
 use std::borrow::Cow;
 
-use crate::json_writer::JsonObject;
+use crate::json_writer::{JsonObject, write_json_value};
 
 /// How many attributes the layer sets on a request's span, at most: room
 /// made once, so that recording them never grows the list.
@@ -26,6 +26,8 @@ impl Attributes {
     }
 
     /// Sets `key` to `value`, replacing (in place) an earlier value of it.
+    /// A static key is one of the layer's own and is written as it is: it
+    /// must need no escaping (no `"`, no `\`, no control character).
     pub(crate) fn insert(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Value>) {
         let key = key.into();
         let value = value.into();
@@ -87,10 +89,11 @@ impl Attributes {
     pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
         let mut object = JsonObject::new(out);
         for (key, value) in &self.0 {
-            match value {
-                Value::String(text) => object.text(key, text),
-                other => object.value(key, other),
-            }
+            let out = match key {
+                Cow::Borrowed(key) => object.key(key),
+                Cow::Owned(key) => object.escaped_key(key),
+            };
+            write_json_value(value, out);
         }
         object.end();
     }

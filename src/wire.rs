@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use uuid::Uuid;
 
 use crate::attributes::Attributes;
-use crate::json_writer::{JsonObject, write_json_string};
+use crate::json_writer::JsonObject;
 use crate::span_kind::SpanKind;
 
 /// Most characters kept of a run's or span's `input` and `output`.
@@ -81,11 +81,20 @@ pub(crate) enum RunStatus {
 }
 
 /// The status of a span.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SpanStatus {
     Ok,
     Error,
+}
+
+impl SpanStatus {
+    /// As the ingest API names it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+        }
+    }
 }
 
 /// A span as sent to `runs/{id}/spans`; [`Span::write_json`] writes its JSON.
@@ -161,18 +170,18 @@ impl Span {
         }
         object.text("kind", self.kind.as_str());
         object.text("name", &self.name);
-        object.value("status", &self.status);
+        object.text("status", self.status.as_str());
         object.with("started_at", |out| self.started_at.write_json(out));
         object.with("ended_at", |out| self.ended_at.write_json(out));
-        object.value("duration_ms", &self.duration_ms);
+        object.integer("duration_ms", self.duration_ms);
         object.optional_text("input", self.input.as_deref());
         object.optional_text("output", self.output.as_deref());
         object.optional_text("error_type", self.error_type.as_deref());
         object.optional_text("error_message", self.error_message.as_deref());
         object.optional_text("model", self.model.as_deref());
         object.optional_text("provider", self.provider.as_deref());
-        object.optional_value("input_tokens", self.input_tokens.as_ref());
-        object.optional_value("output_tokens", self.output_tokens.as_ref());
+        object.optional_integer("input_tokens", self.input_tokens);
+        object.optional_integer("output_tokens", self.output_tokens);
         object.optional_value("cost", self.cost.as_ref());
         object.optional_value("temperature", self.temperature.as_ref());
         object.optional_text("tool_name", self.tool_name.as_deref());
@@ -320,9 +329,14 @@ impl Timestamp {
         })
     }
 
-    /// Appends the timestamp to `out` as a JSON string.
+    /// Appends the timestamp to `out` as a JSON string: digits and
+    /// `-:.TZ`, which need no escaping.
     pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
-        self.with_text(|text| write_json_string(text, out));
+        self.with_text(|text| {
+            out.push(b'"');
+            out.extend_from_slice(text.as_bytes());
+            out.push(b'"');
+        });
     }
 }
 
