@@ -8,7 +8,7 @@
 
 use memchr::memmem::Finder;
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
@@ -151,7 +151,7 @@ struct RawResult<'a> {
     is_error: Option<bool>,
     /// The first text of `content` (borrowed while it can be; kept only if
     /// `isError` says so).
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "member::list")]
     content: Option<FirstText<'a>>,
     #[serde(
         default,
@@ -175,12 +175,12 @@ struct RawContent<'a> {
 /// The first `text` of a list of content blocks, borrowed from the input
 /// where it can be: a tool result's text is only copied when it is an
 /// error's. Blocks that are not objects are passed over, and `content`
-/// that is not a list has none.
+/// that is not a list has none (see [`member::list`]).
 struct FirstText<'a>(Option<Cow<'a, str>>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for FirstText<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Blocks(PhantomData))
+        d.deserialize_seq(Blocks(PhantomData))
     }
 }
 
@@ -196,40 +196,11 @@ impl<'de: 'a, 'a> Visitor<'de> for Blocks<'a> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut first = None;
         while let Some(block) = seq.next_element::<Shape<RawContent<'a>>>()? {
-            if let (None, Shape::Object(block)) = (&first, block) {
+            if let (None, Shape::Expected(block)) = (&first, block) {
                 first = block.text;
             }
         }
         Ok(FirstText(first))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(FirstText(None))
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-        Ok(FirstText(None))
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(FirstText(None))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(FirstText(None))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(FirstText(None))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(FirstText(None))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(FirstText(None))
     }
 }
 
@@ -257,11 +228,11 @@ pub(crate) fn parse_client_message(bytes: &[u8]) -> Option<ClientMessage> {
     match (raw.method, raw.id) {
         (Some(method), Some(id)) => {
             let params = match raw.params {
-                Some(Shape::Object(params)) => params,
+                Some(Shape::Expected(params)) => params,
                 _ => RawParams::default(),
             };
             let target = params.name.or(params.uri).flatten();
-            let mut meta = params.meta.and_then(Shape::object);
+            let mut meta = params.meta.and_then(Shape::expected);
             let client = params
                 .client_info
                 .or_else(|| meta.as_mut()?.take_client_info());
@@ -335,7 +306,7 @@ pub(crate) fn parse_server_message(bytes: &[u8]) -> Option<ServerMessage> {
         }));
     }
     let result = match raw.result? {
-        Shape::Object(result) => result,
+        Shape::Expected(result) => result,
         Shape::Null | Shape::Other => RawResult::default(),
     };
     let outcome = if result.is_error == Some(true) {
@@ -349,7 +320,7 @@ pub(crate) fn parse_server_message(bytes: &[u8]) -> Option<ServerMessage> {
     };
     let server = result
         .server_info
-        .or_else(|| result.meta.and_then(Shape::object)?.take_server_info());
+        .or_else(|| result.meta.and_then(Shape::expected)?.take_server_info());
     Some(ServerMessage::Response(Response {
         id,
         outcome,

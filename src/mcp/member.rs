@@ -12,7 +12,7 @@
 //! and in an identity the last one counts) makes a message unreadable.
 
 use serde::Deserialize;
-use serde::de::value::MapAccessDeserializer;
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::borrow::Cow;
 use std::fmt;
@@ -147,42 +147,51 @@ enum IdentityField {
     Other,
 }
 
-/// A member that should be an object of type `T`: `Null`, or `Other` for
-/// any other value (skipped, not built).
+/// A member that should be an object of type `T` (or, read with
+/// [`list`], a list): `Null`, or `Other` for any other value (skipped, not
+/// built).
 pub(crate) enum Shape<T> {
-    Object(T),
+    Expected(T),
     Null,
     Other,
 }
 
 impl<T> Shape<T> {
-    /// The object, if it is one.
-    pub(crate) fn object(self) -> Option<T> {
+    /// The value, if it has the expected shape.
+    pub(crate) fn expected(self) -> Option<T> {
         match self {
-            Self::Object(object) => Some(object),
+            Self::Expected(value) => Some(value),
             Self::Null | Self::Other => None,
         }
     }
 }
 
 impl<T: Default> Shape<T> {
-    /// The object; the default for any other value but null.
+    /// The value; the default for any other value but null.
     pub(crate) fn unless_null(self) -> Option<T> {
         match self {
-            Self::Object(object) => Some(object),
+            Self::Expected(value) => Some(value),
             Self::Null => None,
             Self::Other => Some(T::default()),
         }
     }
 }
 
+/// An object read as `T`.
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Shape<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ShapeVisitor(PhantomData))
+        deserializer.deserialize_any(ShapeVisitor {
+            list: false,
+            read: PhantomData,
+        })
     }
 }
 
-struct ShapeVisitor<T>(PhantomData<T>);
+/// Reads a [`Shape`]: `T` from an object, or from a list if `list` is set.
+struct ShapeVisitor<T> {
+    list: bool,
+    read: PhantomData<T>,
+}
 
 impl<'de, T: Deserialize<'de>> Visitor<'de> for ShapeVisitor<T> {
     type Value = Shape<T>;
@@ -191,17 +200,24 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for ShapeVisitor<T> {
         f.write_str("any JSON value")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        T::deserialize(MapAccessDeserializer::new(map)).map(Shape::Object)
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        if self.list {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(Shape::Other);
+        }
+        T::deserialize(MapAccessDeserializer::new(map)).map(Shape::Expected)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        if self.list {
+            return T::deserialize(SeqAccessDeserializer::new(seq)).map(Shape::Expected);
+        }
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Shape::Other)
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
         Ok(Shape::Null)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Shape::Other)
     }
 
     fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
@@ -223,6 +239,18 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for ShapeVisitor<T> {
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
         Ok(Shape::Other)
     }
+}
+
+/// `deserialize_with`: a member that should be a list, read as `T` from its
+/// items; `None` for null or any other value (skipped, not built).
+pub(crate) fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    let list = ShapeVisitor {
+        list: true,
+        read: PhantomData,
+    };
+    d.deserialize_any(list).map(Shape::expected)
 }
 
 /// `deserialize_with`: a member that is there, whatever its value: `null`
@@ -356,14 +384,32 @@ mod tests {
             a: i64,
         }
         let read = |text: &str| serde_json::from_str::<Shape<Pair>>(text).unwrap();
-        assert_eq!(read(r#"{"a":3}"#).object(), Some(Pair { a: 3 }));
+        assert_eq!(read(r#"{"a":3}"#).expected(), Some(Pair { a: 3 }));
         assert_eq!(read(r#"{"a":3}"#).unless_null(), Some(Pair { a: 3 }));
         assert_eq!(read("null").unless_null(), None);
         for other in [r#"[{"a":3}]"#, r#""a""#, "true", "-1", "7", "2.5"] {
-            assert_eq!(read(other).object(), None, "{other}");
+            assert_eq!(read(other).expected(), None, "{other}");
             assert_eq!(read(other).unless_null(), Some(Pair::default()), "{other}");
         }
         // A value that is not JSON still fails.
         assert!(serde_json::from_str::<Shape<Pair>>("{").is_err());
+    }
+
+    #[test]
+    fn a_list_member_is_read_from_a_list_and_any_other_value_is_absent() {
+        #[derive(Deserialize)]
+        struct Holder {
+            #[serde(default, deserialize_with = "list")]
+            items: Option<Vec<i64>>,
+        }
+        let read = |text: &str| serde_json::from_str::<Holder>(text).unwrap().items;
+        assert_eq!(read(r#"{"items":[1,2]}"#), Some(vec![1, 2]));
+        assert_eq!(read(r#"{"items":[]}"#), Some(vec![]));
+        assert_eq!(read(r#"{}"#), None);
+        for other in ["null", r#"{"a":[1]}"#, r#""a""#, "true", "-1", "7", "2.5"] {
+            assert_eq!(read(&format!(r#"{{"items":{other}}}"#)), None, "{other}");
+        }
+        // A list whose items are not `T` still fails.
+        assert!(serde_json::from_str::<Holder>(r#"{"items":["x"]}"#).is_err());
     }
 }
