@@ -20,10 +20,9 @@ async fn echo_twice_through(app: impl FnOnce(TrodoLayer) -> Router) -> (Answer, 
     client.session = Some("sticky-session-1".to_owned());
     let mut answer = None;
     for id in 1..=2 {
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"text": "squeezed"}}});
+        let body = tool_call_body(id, "echo", json!({"text": "squeezed"}));
         let response = client
-            .post(body.to_string())
+            .post(body)
             .header("accept-encoding", "gzip")
             .send()
             .await
@@ -94,11 +93,7 @@ async fn outside_a_request_decompression_layer_the_layer_keeps_none_of_the_reque
         .layer(TrodoLayer::new(config(&ingest)));
     let mut client = RawClient::new(serve(app).await);
     client.session = Some("sticky-session-1".to_owned());
-    let call = |id: i64| {
-        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-            "params": {"name": "echo", "arguments": {"text": "packed"}}})
-        .to_string()
-    };
+    let call = |id: i64| tool_call_body(id, "echo", json!({"text": "packed"}));
     client.send(call(1)).await;
     let packed = gzip(&call(2));
     let response = client

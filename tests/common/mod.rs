@@ -163,17 +163,11 @@ impl RawClient {
     }
 
     pub async fn request(&self, id: i64, method: &str, params: Value) -> Answer {
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        self.send(body.to_string()).await
+        self.send(request_body(id, method, params)).await
     }
 
     pub async fn call_tool(&self, id: i64, name: &str, arguments: Value) -> Answer {
-        self.request(
-            id,
-            "tools/call",
-            json!({"name": name, "arguments": arguments}),
-        )
-        .await
+        self.send(tool_call_body(id, name, arguments)).await
     }
 
     pub async fn delete(&self) -> Answer {
@@ -183,6 +177,20 @@ impl RawClient {
         }
         read(request.send().await.unwrap()).await
     }
+}
+
+/// A JSON-RPC request's body.
+pub fn request_body(id: i64, method: &str, params: Value) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
+}
+
+/// The body of a `tools/call` of `name`.
+pub fn tool_call_body(id: i64, name: &str, arguments: Value) -> String {
+    request_body(
+        id,
+        "tools/call",
+        json!({"name": name, "arguments": arguments}),
+    )
 }
 
 pub fn initialize_body(client_name: &str) -> String {
