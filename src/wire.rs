@@ -274,6 +274,16 @@ impl Totals {
         self.total_tokens_out += span.output_tokens.unwrap_or(0);
         self.total_cost += span.cost.unwrap_or(0.0);
     }
+
+    /// Adds other totals (of more spans of the run) to these.
+    pub(crate) fn add_totals(&mut self, other: &Totals) {
+        self.span_count += other.span_count;
+        self.tool_count += other.tool_count;
+        self.error_count += other.error_count;
+        self.total_tokens_in += other.total_tokens_in;
+        self.total_tokens_out += other.total_tokens_out;
+        self.total_cost += other.total_cost;
+    }
 }
 
 fn serialize_cost<S: serde::Serializer>(cost: &f64, s: S) -> Result<S::Ok, S::Error> {

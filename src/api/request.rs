@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::span::{SpanGuard, SpanSink};
 use crate::capture::Capture;
-use crate::export::IngestCall;
+use crate::export::SpanRecords;
 use crate::span_draft::Destination;
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
@@ -254,6 +254,8 @@ fn with_run_id(mut spans: Vec<Span>, run_id: Uuid) -> Vec<Span> {
 pub(crate) fn record_in_run(shared: &Shared, key: Option<&str>, run_id: Uuid, spans: Vec<Span>) {
     let sessions = &shared.sessions;
     let exporter = &shared.exporter;
+    // Serialized before the run table is locked (see `SpanRecords`).
+    let spans = SpanRecords::new(run_id, spans);
     match key {
         Some(key) => {
             if let Err(spans) = sessions.record_spans(key, spans, exporter) {
@@ -264,10 +266,10 @@ pub(crate) fn record_in_run(shared: &Shared, key: Option<&str>, run_id: Uuid, sp
             }
         }
         None => {
-            if let Err(spans) = sessions.record_spans_in_run(run_id, spans, exporter) {
+            if let Err(spans) = sessions.record_spans_in_run(spans, exporter) {
                 // Another process's run: the session store (if any) counts them.
-                sessions.record_elsewhere(run_id, &spans);
-                exporter.send(IngestCall::Spans { run_id, spans });
+                sessions.record_elsewhere(&spans);
+                exporter.send_spans(spans);
             }
         }
     }

@@ -8,6 +8,7 @@ use super::core::Core;
 use super::counters::{DeliveryCounters, DropReason};
 use super::item::Encoded;
 use super::queue::Queue;
+use super::span_records::SpanRecords;
 use super::{DeliveryOptions, IngestCall, Sink, Worker};
 
 /// How long shutdown waits, past its timeout, for the worker to abandon the
@@ -33,7 +34,17 @@ impl Exporter {
     /// it takes one short lock and may drop the oldest queued records to
     /// make room (see [`Queue::push`]).
     pub(crate) fn send(&self, call: IngestCall) {
-        let records = Encoded::of(call);
+        self.queue(Encoded::of(call));
+    }
+
+    /// Queues spans made ready beforehand (see [`SpanRecords`]), as
+    /// [`send`](Self::send) queues a call's.
+    pub(crate) fn send_spans(&self, spans: SpanRecords) {
+        self.queue(spans.records);
+    }
+
+    /// Puts records on the queue, in order, and wakes the worker if one is due.
+    fn queue(&self, records: Vec<Encoded>) {
         let now = Instant::now();
         let stats = &self.core.stats;
         let wake = self.core.update(|queue| {

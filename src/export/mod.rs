@@ -37,6 +37,7 @@ mod retry;
 #[cfg(test)]
 mod script;
 mod sink;
+mod span_records;
 #[cfg(test)]
 mod tests;
 mod thread;
@@ -49,5 +50,6 @@ pub(crate) use exporter::Exporter;
 pub(crate) use http::HttpSink;
 pub(crate) use options::{DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, DeliveryOptions};
 pub(crate) use sink::Sink;
+pub(crate) use span_records::SpanRecords;
 pub(crate) use thread::spawn as spawn_thread;
 pub(crate) use worker::Worker;

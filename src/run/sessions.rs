@@ -20,10 +20,10 @@ use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
 use super::ClosedVia;
-use crate::export::{Exporter, IngestCall};
+use crate::export::{Exporter, IngestCall, SpanRecords};
 use crate::moment::Moment;
 use crate::store::{EndOp, NewRun, Resolved, StoreQueue};
-use crate::wire::{End, Run, RunStatus, Span, Timestamp, Totals};
+use crate::wire::{End, Run, RunStatus, Timestamp, Totals};
 
 /// One open run.
 #[derive(Debug)]
@@ -381,18 +381,18 @@ impl Sessions {
     }
 
     /// Counts finished spans into the run under `key` and queues them.
-    /// Returns them back when the run is not open (it ended meanwhile).
+    /// Returns them back when that run is not open (it ended meanwhile).
     pub(crate) fn record_spans(
         &self,
         key: &str,
-        spans: Vec<Span>,
+        spans: SpanRecords,
         exporter: &Exporter,
-    ) -> Result<(), Vec<Span>> {
+    ) -> Result<(), SpanRecords> {
         let mut table = self.lock();
         let open = table
             .by_key
             .get_mut(key)
-            .filter(|open| spans.iter().all(|s| s.run_id == open.run_id));
+            .filter(|open| open.run_id == spans.run_id());
         let Some(open) = open else {
             return Err(spans);
         };
@@ -404,12 +404,11 @@ impl Sessions {
     /// key, and queues them. Returns them back when no such run is open here.
     pub(crate) fn record_spans_in_run(
         &self,
-        run_id: Uuid,
-        spans: Vec<Span>,
+        spans: SpanRecords,
         exporter: &Exporter,
-    ) -> Result<(), Vec<Span>> {
+    ) -> Result<(), SpanRecords> {
         let mut table = self.lock();
-        let Some(open) = table.get_run(run_id) else {
+        let Some(open) = table.get_run(spans.run_id()) else {
             return Err(spans);
         };
         record(open, spans, exporter, self.store.as_ref());
@@ -418,11 +417,11 @@ impl Sessions {
 
     /// Counts spans of a run this process does not hold into the session
     /// store's aggregates of the run (if the store holds it).
-    pub(crate) fn record_elsewhere(&self, run_id: Uuid, spans: &[Span]) {
-        let (Some(store), Some(last)) = (&self.store, spans.last()) else {
+    pub(crate) fn record_elsewhere(&self, spans: &SpanRecords) {
+        let (Some(store), Some(last_ended_at)) = (&self.store, spans.last_ended_at()) else {
             return;
         };
-        store.record(run_id, Totals::of(spans).into(), last.ended_at);
+        store.record(spans.run_id(), spans.totals().into(), last_ended_at);
     }
 
     /// Ends the run under `key` now. Returns `false` when it was not open
@@ -607,22 +606,18 @@ impl Sessions {
 /// The aggregates of some spans.
 /// Counts spans into an open run and queues them, after its `start` if
 /// that still waits; a run the session store holds sends the store its share.
-fn record(open: &mut OpenRun, spans: Vec<Span>, exporter: &Exporter, store: Option<&StoreQueue>) {
+fn record(open: &mut OpenRun, spans: SpanRecords, exporter: &Exporter, store: Option<&StoreQueue>) {
     open.send_pending_start(exporter);
-    let Some(last) = spans.last() else { return };
+    let Some(last_ended_at) = spans.last_ended_at() else {
+        return;
+    };
     open.last_seen = Instant::now();
-    open.last_activity = open.last_activity.max(last.ended_at);
-    let store = store.filter(|_| open.shared);
-    for span in &spans {
-        open.totals.add(span);
+    open.last_activity = open.last_activity.max(last_ended_at);
+    open.totals.add_totals(&spans.totals());
+    if let Some(store) = store.filter(|_| open.shared) {
+        store.record(open.run_id, spans.totals().into(), open.last_activity);
     }
-    if let Some(store) = store {
-        store.record(open.run_id, Totals::of(&spans).into(), open.last_activity);
-    }
-    exporter.send(IngestCall::Spans {
-        run_id: open.run_id,
-        spans,
-    });
+    exporter.send_spans(spans);
 }
 
 /// Queues the `start` if it is still pending, then the `end` with the run's totals.
