@@ -110,30 +110,33 @@ impl Exchange {
         let mut preset_error = None;
         let (name, kind, tool_name, request_id) = match request {
             Some(request) => {
-                let tool = (request.method == mcp::TOOLS_CALL)
-                    .then(|| request.target.clone())
-                    .flatten();
+                // The request's strings are moved into the span, not copied:
+                // every span is drafted on the delivery thread.
+                let name = mcp::span_name(&request.method, request.target.as_deref());
+                let self_contained = request.is_self_contained();
+                let tool = if request.method == mcp::TOOLS_CALL {
+                    request.target
+                } else {
+                    None
+                };
                 let kind = self.kind_of(&request.method, tool.as_deref(), route_kind);
-                attributes.insert("mcp.method.name", Value::from(request.method.as_str()));
+                attributes.insert("mcp.method.name", Value::String(request.method));
                 if !request.id.is_null() {
                     attributes.insert("jsonrpc.request.id", Value::from(id_text(&request.id)));
                 }
                 let version = request
                     .protocol_version
-                    .as_deref()
-                    .or(self.protocol_header());
+                    .map(Value::String)
+                    .or_else(|| self.protocol_header().map(Value::from));
                 if let Some(version) = version {
-                    attributes.insert("mcp.protocol.version", Value::from(version));
+                    attributes.insert("mcp.protocol.version", version);
                 }
-                if request.is_self_contained()
-                    && let Some(client) = &request.client
-                {
-                    attributes.insert("mcp.client.name", Value::from(client.name.as_str()));
-                    if let Some(version) = &client.version {
-                        attributes.insert("mcp.client.version", Value::from(version.as_str()));
+                if self_contained && let Some(client) = request.client {
+                    attributes.insert("mcp.client.name", Value::String(client.name));
+                    if let Some(version) = client.version {
+                        attributes.insert("mcp.client.version", Value::String(version));
                     }
                 }
-                let name = mcp::span_name(&request.method, request.target.as_deref());
                 // A null id is an unknown one: any response answers it.
                 let id = (!request.id.is_null()).then_some(request.id);
                 (name, kind, tool, id)
