@@ -502,12 +502,10 @@ impl Exchange {
             run: Some(taped_run),
         } = self.reading
         {
-            // Read later: the run of the head, if it is still open; a span
-            // after its run ended goes nowhere, as a recorder's would.
-            if sessions.run_if_open(&table_key, self.arrived) != Some(taped_run) {
-                tracing::debug!("trodo: spans after their run ended, dropped");
-                return Head::Ready(None);
-            }
+            // Read later: the run the head found open. Recording the span
+            // checks that it still is (a span after its run ended goes
+            // nowhere, as a recorder's would), so the run table, which every
+            // request locks, is not locked here once more.
             (taped_run, false)
         } else {
             let run = self.run_of(&table_key, |run_id| {
