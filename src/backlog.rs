@@ -263,13 +263,14 @@ impl<T: Later> Backlog<T> {
     /// reading leaves goes where `leaving` says.
     fn read_front(&self, turn: &mut u64, max: usize, leaving: Leaving) -> usize {
         let _reading = Reading::start();
-        let batch: Vec<(T, usize)> = {
+        // Allocated before the lock, which every request takes to add work.
+        let mut batch: Vec<(T, usize)> = Vec::with_capacity(max);
+        {
             let mut waiting = self.waiting();
             let count = max.min(waiting.work.len());
-            let batch: Vec<_> = waiting.work.drain(..count).collect();
+            batch.extend(waiting.work.drain(..count));
             waiting.bytes -= batch.iter().map(|(_, weight)| weight).sum::<usize>();
-            batch
-        };
+        }
         let count = batch.len();
         let mut left = Vec::with_capacity(count);
         for (work, _) in batch {
