@@ -1,6 +1,8 @@
 //! Delivery of runs and spans to the ingest API, off the request path.
 //!
-//! The request path only calls [`Exporter::send`], which never waits: it
+//! The request path only calls [`Exporter::send`] (or
+//! [`Exporter::send_spans`] for spans serialized beforehand, see
+//! [`SpanRecords`]), which never waits: it
 //! puts the records of a call (a run's start, its spans, its end) on a
 //! bounded [`queue`] with one FIFO per run (a span recorded on the request
 //! path is serialized later, on the delivery thread). One background

@@ -603,7 +603,6 @@ impl Sessions {
     }
 }
 
-/// The aggregates of some spans.
 /// Counts spans into an open run and queues them, after its `start` if
 /// that still waits; a run the session store holds sends the store its share.
 fn record(open: &mut OpenRun, spans: SpanRecords, exporter: &Exporter, store: Option<&StoreQueue>) {
