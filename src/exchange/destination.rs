@@ -1,0 +1,286 @@
+//! Which run an exchange's span goes to, decided on the response head:
+//! the run of its session (opened by `initialize`, closed by a DELETE or
+//! a 404), the run its key chain names for a request without a session, a
+//! run of its own, or its caller's run. With a session store, a key this
+//! process does not know is first looked up there (see [`super`]).
+
+use http::{Method, StatusCode};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::SystemTime;
+use uuid::Uuid;
+
+use super::{Exchange, Head, Input, Pending, Reading, Resolving, ResponseHead};
+use crate::config::Sessionless;
+use crate::mcp::INITIALIZE;
+use crate::mcp::envelope::{ClientMessage, Request as McpRequest};
+use crate::recorder::Recorder;
+use crate::run::{ClosedVia, KeySource, RunKey, client_identity, meta_conversation};
+use crate::span_draft::Destination;
+use crate::store::NewRun;
+use crate::wire::Run;
+
+impl Exchange {
+    /// What the response head means for the exchange's run: the recorder
+    /// of its span, nothing, or first a wait for the session store.
+    pub(super) fn decide(mut self: Box<Self>, response: &ResponseHead) -> Head {
+        let (message, input) = self.read_request();
+        let request = match message {
+            Some(ClientMessage::Request(request)) => {
+                self.shared.learn_mcp_path(self.path());
+                Some(request)
+            }
+            Some(ClientMessage::Notification { .. } | ClientMessage::Response) => {
+                if let Some(session_id) = &self.session_id {
+                    self.shared.sessions.touch(session_id, self.arrived);
+                }
+                return Head::Ready(None);
+            }
+            None => None,
+        };
+        let grouping = self.shared.settings.group_sessions;
+        if let Some(request) = request
+            .as_ref()
+            .filter(|r| r.method == INITIALIZE && !grouping)
+            && let Some(new_session) = response.session_id()
+        {
+            return self.open_session(new_session, response, request, input);
+        }
+        match (self.session_id.clone(), request, self.joined) {
+            (Some(session_id), request, _) => self.in_session(session_id, request, input, response),
+            (None, Some(request), _) => self.sessionless(request, input, response),
+            // Another service's call, joining its caller's run.
+            (None, None, Some((run_id, _))) => {
+                let draft = self.draft(None, input, response.route_kind, Some(response.status));
+                let destination = Destination::Joined { run_id };
+                Head::Ready(Some(self.recorder(draft, destination, response)))
+            }
+            (None, None, None) => Head::Ready(None),
+        }
+    }
+
+    /// The run of `table_key`: the run table's; with a session store, for a
+    /// key this process does not know, the store's answer once it came
+    /// (`None` before: ask the store). `open` makes the `start` of a run
+    /// opened here. Returns the run id and whether this request opened it.
+    fn run_of(&self, table_key: &str, open: impl FnOnce(Uuid) -> Run) -> Option<(Uuid, bool)> {
+        let sessions = &self.shared.sessions;
+        if self.shared.mirror.is_none() {
+            return Some(sessions.run_for(table_key, self.arrived, || open(Uuid::new_v4())));
+        }
+        match self
+            .store
+            .as_ref()
+            .and_then(|store| store.resolved.as_ref())
+        {
+            Some((key, resolved)) if **key == *table_key => {
+                Some(sessions.settle(table_key, *resolved, self.arrived, open))
+            }
+            _ => sessions
+                .run_if_open(table_key, self.arrived)
+                .map(|run_id| (run_id, false)),
+        }
+    }
+
+    /// Asks the session store for the run of `table_key` (using the lookup
+    /// started with the request, if it is of this key); the head decides
+    /// again with the answer.
+    fn resolve(
+        mut self: Box<Self>,
+        table_key: Arc<str>,
+        request: Option<McpRequest>,
+        input: Input,
+    ) -> Head {
+        let Some(mirror) = self.shared.mirror.as_ref() else {
+            return Head::Ready(None);
+        };
+        let store = self.store.get_or_insert_default();
+        store.read = Some((request.map(ClientMessage::Request), input));
+        let prefetch = store.prefetch.take().filter(|p| p.is_for(&table_key));
+        let run_id = Uuid::new_v4();
+        let run = NewRun::new(&*table_key, run_id, SystemTime::now());
+        let wait = mirror.resolve(&self.shared, prefetch, run);
+        Head::Wait(Pending::Resolve(Box::new(Resolving {
+            exchange: Some(self),
+            key: table_key,
+            run_id,
+            wait,
+        })))
+    }
+
+    /// A request that carries a session id.
+    fn in_session(
+        self: Box<Self>,
+        session_id: Arc<str>,
+        request: Option<McpRequest>,
+        input: Input,
+        response: &ResponseHead,
+    ) -> Head {
+        let status = response.status;
+        let sessions = &self.shared.sessions;
+        let exporter = &self.shared.exporter;
+        if status == StatusCode::NOT_FOUND && self.shared.is_mcp_path(self.path()) {
+            // The end's totals count every request answered before it.
+            if sessions.contains(&session_id) {
+                self.shared.backlog.catch_up();
+            }
+            sessions.close(&session_id, ClosedVia::SessionExpired, exporter);
+            return Head::Ready(None);
+        }
+        if request.is_none() && self.is_session_control() {
+            if self.method == Method::DELETE && status.is_success() {
+                if sessions.contains(&session_id) {
+                    self.shared.backlog.catch_up();
+                }
+                sessions.close(&session_id, ClosedVia::SessionDeleted, exporter);
+            }
+            return Head::Ready(None);
+        }
+        if !status.is_success() && !sessions.contains(&session_id) {
+            return Head::Ready(None);
+        }
+        let key = RunKey::Session(session_id);
+        let table_key = key.table_key();
+        let (run_id, opened) = if let Reading::Taped {
+            run: Some(taped_run),
+        } = self.reading
+        {
+            // Read later: the run the head found open. Recording the span
+            // checks that it still is (a span after its run ended goes
+            // nowhere, as a recorder's would), so the run table, which every
+            // request locks, is not locked here once more.
+            (taped_run, false)
+        } else {
+            let run = self.run_of(&table_key, |run_id| {
+                // A session this process does not know: restarted, or another
+                // worker's that the store does not hold.
+                let mut metadata = self.metadata(&key, request.as_ref());
+                metadata.insert("resumed".to_owned(), Value::Bool(true));
+                self.run(&key, run_id, None, metadata)
+            });
+            let Some(run) = run else {
+                return self.resolve(table_key, request, input);
+            };
+            run
+        };
+        let draft = self.draft(request, input, response.route_kind, Some(status));
+        let destination = Destination::Run {
+            key: table_key,
+            run_id,
+            opened,
+        };
+        Head::Ready(Some(self.recorder(draft, destination, response)))
+    }
+
+    /// A JSON-RPC request without a session: grouped by the key chain, or a
+    /// run of its own.
+    fn sessionless(
+        self: Box<Self>,
+        request: McpRequest,
+        input: Input,
+        response: &ResponseHead,
+    ) -> Head {
+        let key = match self.shared.settings.sessionless {
+            Sessionless::Ignore => return Head::Ready(None),
+            Sessionless::RunPerRequest => None,
+            Sessionless::Group => self.resolve_key(&request),
+        };
+        let destination = match key {
+            Some(key) => {
+                let table_key = key.table_key();
+                let run = self.run_of(&table_key, |run_id| {
+                    let metadata = self.metadata(&key, Some(&request));
+                    self.run(&key, run_id, None, metadata)
+                });
+                let Some((run_id, opened)) = run else {
+                    return self.resolve(table_key, Some(request), input);
+                };
+                Destination::Run {
+                    key: table_key,
+                    run_id,
+                    opened,
+                }
+            }
+            None => {
+                let mut metadata = self.metadata_without_key(false, Some(&request));
+                metadata.insert("run_key_source".to_owned(), Value::from("request"));
+                Destination::OwnRun(Box::new(self.run_without_key(metadata)))
+            }
+        };
+        let draft = self.draft(
+            Some(request),
+            input,
+            response.route_kind,
+            Some(response.status),
+        );
+        Head::Ready(Some(self.recorder(draft, destination, response)))
+    }
+
+    /// The first key of the chain: the application's, a conversation id in
+    /// `_meta`, the client's identity.
+    fn resolve_key(&self, request: &McpRequest) -> Option<RunKey> {
+        if let Some(key) = &self.app_key {
+            return Some(RunKey::Resolved {
+                key: key.clone(),
+                source: KeySource::App,
+            });
+        }
+        let meta_keys = &self.shared.settings.conversation_meta_keys;
+        if let Some((meta_key, id)) = meta_conversation(request.meta.as_deref(), meta_keys) {
+            return Some(RunKey::Resolved {
+                key: id,
+                source: KeySource::Meta(meta_key),
+            });
+        }
+        // Only a self-contained request's clientInfo: a stateless legacy
+        // client names itself in initialize alone, and its later requests
+        // must land in the same run.
+        let client = request
+            .client
+            .as_ref()
+            .filter(|_| request.is_self_contained())
+            .map(|c| (c.name.as_str(), c.version.as_deref()));
+        client_identity(client, self.caller.as_deref()).map(|key| RunKey::Resolved {
+            key,
+            source: KeySource::Client,
+        })
+    }
+
+    /// Opens the run of the session an initialize response creates.
+    fn open_session(
+        self: Box<Self>,
+        session_id: Arc<str>,
+        response: &ResponseHead,
+        request: &McpRequest,
+        input: Input,
+    ) -> Head {
+        let key = RunKey::Session(session_id);
+        let mut metadata = self.metadata(&key, Some(request));
+        if let Some(version) = &request.protocol_version {
+            metadata.insert(
+                "requested_protocol_version".to_owned(),
+                Value::from(version.as_str()),
+            );
+        }
+        // The negotiated version comes from the result, not the request.
+        metadata.remove("protocol_version");
+        let run = self.run(&key, Uuid::new_v4(), input.text, metadata);
+        let table_key = key.table_key();
+        let run_id = self.shared.sessions.open_pending(&table_key, run);
+        let publish = self.shared.mirror.as_ref().map(|mirror| {
+            let run = NewRun::new(&*table_key, run_id, self.arrived.at.0);
+            mirror.publish(&self.shared, run)
+        });
+        let recorder = Recorder::initialize(
+            Arc::clone(&self.shared),
+            table_key,
+            run_id,
+            request.id.clone(),
+            response,
+        );
+        match publish {
+            Some(wait) => Head::Wait(Pending::Publish(Some(recorder), wait)),
+            None => Head::Ready(Some(recorder)),
+        }
+    }
+}
