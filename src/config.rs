@@ -451,8 +451,10 @@ impl TrodoConfig {
     }
 
     /// Turns the layer on or off; off, it passes every request through
-    /// untouched and records nothing, so you can measure its overhead.
-    /// Defaults to `TRODO_ENABLED`, else on.
+    /// untouched, records and sends nothing and starts no thread (a kill
+    /// switch, and a way to measure its overhead). Handlers still find a
+    /// [`RequestSpan`](crate::RequestSpan) in the request's extensions, one
+    /// that is part of no run. Defaults to `TRODO_ENABLED`, else on.
     #[must_use]
     pub fn with_enabled(self, enabled: bool) -> Self {
         self.edit(|s| s.enabled = enabled)

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower_service::Service;
 
+use crate::api::RequestSpan;
 use crate::body::{RequestBody, ResponseBody};
 use crate::exchange::Exchange;
 use crate::future::ResponseFuture;
@@ -20,11 +21,20 @@ use crate::state::Shared;
 pub struct TrodoService<S> {
     inner: S,
     shared: Arc<Shared>,
+    /// With the layer switched off: the span every request gets, which
+    /// records nothing (shared, so that switched off costs no allocation).
+    switched_off: Option<RequestSpan>,
 }
 
 impl<S> TrodoService<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+        let switched_off =
+            (!shared.settings.enabled).then(|| RequestSpan::switched_off(Arc::clone(&shared)));
+        Self {
+            inner,
+            shared,
+            switched_off,
+        }
     }
 
     /// The inner service.
@@ -66,8 +76,10 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        if !self.shared.settings.enabled {
-            let request = request.map(|body| RequestBody::new(body, None));
+        if let Some(span) = &self.switched_off {
+            let (mut parts, body) = request.into_parts();
+            parts.extensions.insert(span.clone());
+            let request = Request::from_parts(parts, RequestBody::new(body, None));
             return ResponseFuture::new(self.inner.call(request), None);
         }
         self.shared.start_background();

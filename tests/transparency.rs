@@ -5,12 +5,13 @@ mod common;
 
 use std::net::SocketAddr;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use common::*;
 use serde_json::json;
-use trodo_tower::{TrodoConfig, TrodoLayer};
+use trodo_tower::{RequestSpan, SpanKind, TrodoConfig, TrodoLayer};
+use uuid::Uuid;
 
 const TEN_MB: usize = 10 * 1024 * 1024;
 
@@ -238,4 +239,33 @@ async fn without_a_site_id_the_layer_prints_and_serves_the_same() {
         counters.sent >= 3,
         "start, spans and end printed: {counters:?}"
     );
+}
+
+#[tokio::test]
+async fn switched_off_the_layer_serves_the_same_sends_nothing_and_lends_handlers_a_span() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest).with_enabled(false));
+    assert_same_answers_as_bare(layer.clone()).await;
+
+    // A handler that takes the request's span, as the README shows.
+    let answer = |Extension(span): Extension<RequestSpan>| async move {
+        let mut llm = span.child(SpanKind::Llm, "llm.answer");
+        llm.set_tokens(10, 2);
+        llm.finish();
+        format!("{} {}", span.span_id(), span.propagation_headers().len())
+    };
+    let app = Router::new()
+        .route("/answer", post(answer))
+        .layer(layer.clone());
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/answer", serve(app).await))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), format!("{} 0", Uuid::nil()));
+
+    assert!(layer.trodo().flush(WAIT).await);
+    assert_eq!(layer.trodo().delivery_counters().sent, 0);
+    assert!(ingest.received().is_empty(), "{:?}", ingest.received());
 }

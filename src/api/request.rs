@@ -23,7 +23,11 @@ const MAX_WAITING_CHILDREN: usize = 1_000;
 /// from the HTTP request parts rmcp hands to the handler
 /// (`ctx.extensions.get::<http::request::Parts>()`, then [`RequestSpan::of`]).
 /// Its children (LLM calls, retrievals, ...) have the request's span as
-/// parent and count in the run's totals.
+/// parent and count in the run's totals. A layer switched off
+/// ([`TrodoConfig::with_enabled`](crate::TrodoConfig::with_enabled), `TRODO_ENABLED=false`)
+/// puts a span there too, one that is part of no run: its id is nil, it
+/// gives no propagation headers, and its children are dropped, so your
+/// handlers need no change to run without the layer's recording.
 ///
 /// ```
 /// use axum::{Extension, Router, routing::post};
@@ -92,6 +96,20 @@ impl RequestSpan {
                 span_id: Uuid::new_v4(),
                 state: Mutex::new(State::Waiting(Vec::new())),
                 input: Mutex::new(input),
+            }),
+        }
+    }
+
+    /// The span a switched-off layer lends every request: part of no run,
+    /// so its children are dropped, and a nil id. Handlers that take a
+    /// `RequestSpan` work the same with the layer switched off.
+    pub(crate) fn switched_off(shared: Arc<Shared>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                shared,
+                span_id: Uuid::nil(),
+                state: Mutex::new(State::Detached),
+                input: Mutex::new(Capture::new(0)),
             }),
         }
     }
