@@ -173,6 +173,35 @@ async fn end_run_records_an_error_and_tolerates_a_failing_ingest() {
 }
 
 #[tokio::test]
+async fn a_joined_span_that_finishes_after_its_run_ended_here_is_not_sent() {
+    let (ingest, trodo) = trodo().await;
+    let run_id = trodo.start_run(StartRun::new("session"));
+    let late = trodo.join_run(run_id, SpanKind::Tool, "tool.late");
+    let on_time = trodo.join_run(run_id, SpanKind::Tool, "tool.on_time");
+    on_time.finish();
+    trodo.end_run(run_id, EndRun::ok());
+    late.finish();
+    assert!(trodo.flush(WAIT).await);
+
+    let paths: Vec<String> = ingest.received().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/sdk/runs/start".to_owned(),
+            format!("/api/sdk/runs/{run_id}/spans"),
+            format!("/api/sdk/runs/{run_id}/end"),
+        ]
+    );
+    let names: Vec<Value> = ingest
+        .spans()
+        .into_iter()
+        .map(|(_, s)| s["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("tool.on_time")]);
+    assert_eq!(ingest.ends()[0].1["span_count"], 1);
+}
+
+#[tokio::test]
 async fn feedback_on_a_run() {
     let (ingest, trodo) = trodo().await;
     let run_id = Uuid::new_v4();

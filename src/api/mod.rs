@@ -75,7 +75,9 @@ impl Trodo {
 
     /// A span of the run `run_id`, from any process: it is sent with
     /// `POST /runs/{id}/spans` when it finishes, and counts in the run's
-    /// totals when the run is open in this process.
+    /// totals when the run is open in this process. A span that finishes
+    /// after this process ended its run is dropped (logged at `debug`), as
+    /// the run's `end` and totals are out already.
     pub fn join_run(&self, run_id: Uuid, kind: SpanKind, name: impl Into<String>) -> SpanGuard {
         self.shared.start_background();
         SpanGuard::new(

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::span::{SpanGuard, SpanSink};
 use crate::capture::Capture;
 use crate::export::SpanRecords;
+use crate::run::NotOpenHere;
 use crate::span_draft::Destination;
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
@@ -267,8 +268,8 @@ fn with_run_id(mut spans: Vec<Span>, run_id: Uuid) -> Vec<Span> {
 
 /// Records spans in their run. Under a key: into that open run, or nowhere
 /// if it has ended meanwhile (its `end` and totals are out already). By id
-/// alone: into the run if it is open here, else sent as they are (the run
-/// belongs to another process).
+/// alone: into the run if it is open here, nowhere if it ended here, else
+/// sent as they are (the run belongs to another process).
 pub(crate) fn record_in_run(shared: &Shared, key: Option<&str>, run_id: Uuid, spans: Vec<Span>) {
     let sessions = &shared.sessions;
     let exporter = &shared.exporter;
@@ -283,12 +284,19 @@ pub(crate) fn record_in_run(shared: &Shared, key: Option<&str>, run_id: Uuid, sp
                 );
             }
         }
-        None => {
-            if let Err(spans) = sessions.record_spans_in_run(spans, exporter) {
+        None => match sessions.record_spans_in_run(spans, exporter) {
+            Ok(()) => {}
+            Err(NotOpenHere::Ended(spans)) => {
+                tracing::debug!(
+                    count = spans.len(),
+                    "trodo: spans after their run ended, dropped"
+                );
+            }
+            Err(NotOpenHere::Elsewhere(spans)) => {
                 // Another process's run: the session store (if any) counts them.
                 sessions.record_elsewhere(&spans);
                 exporter.send_spans(spans);
             }
-        }
+        },
     }
 }

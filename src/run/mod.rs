@@ -4,7 +4,7 @@ mod key;
 mod sessions;
 
 pub(crate) use key::{HeadFn, KeySource, RunKey, client_identity, meta_conversation};
-pub(crate) use sessions::{CloseRun, Ending as RunEnding, Sessions, send_end};
+pub(crate) use sessions::{CloseRun, Ending as RunEnding, NotOpenHere, Sessions, send_end};
 
 use serde_json::{Map, Value};
 use std::fmt;

@@ -75,6 +75,15 @@ impl OpenRun {
     }
 }
 
+/// Spans for a run that is not open in this process, given back.
+#[derive(Debug)]
+pub(crate) enum NotOpenHere {
+    /// The run ended here (among the latest ends remembered).
+    Ended(SpanRecords),
+    /// A run this process does not know: another process's.
+    Elsewhere(SpanRecords),
+}
+
 /// How a run ends: the fields of its `end` besides the totals.
 #[derive(Debug, Clone)]
 pub(crate) struct Ending {
@@ -401,15 +410,22 @@ impl Sessions {
     }
 
     /// Counts finished spans into the open run with this id, whatever its
-    /// key, and queues them. Returns them back when no such run is open here.
+    /// key, and queues them. Returns them back when no such run is open here,
+    /// saying whether it ended here (its `end` is queued: spans after it go
+    /// nowhere) or is another process's.
     pub(crate) fn record_spans_in_run(
         &self,
         spans: SpanRecords,
         exporter: &Exporter,
-    ) -> Result<(), SpanRecords> {
+    ) -> Result<(), NotOpenHere> {
         let mut table = self.lock();
-        let Some(open) = table.get_run(spans.run_id()) else {
-            return Err(spans);
+        let run_id = spans.run_id();
+        let Some(open) = table.get_run(run_id) else {
+            return Err(if table.ended_set.contains(&run_id) {
+                NotOpenHere::Ended(spans)
+            } else {
+                NotOpenHere::Elsewhere(spans)
+            });
         };
         record(open, spans, exporter, self.store.as_ref());
         Ok(())
