@@ -336,3 +336,82 @@ async fn an_answer_after_its_run_ended_opens_no_run() {
     assert!(ingest.spans().is_empty(), "the late span goes nowhere");
     assert_eq!(trodo.open_runs(), 0);
 }
+
+/// A JSON MCP server in a few lines: `initialize` opens the session `s-1`,
+/// `tools/call` answers once `release` is notified (telling `reached` it
+/// started), DELETE ends the session. Its answers are plain JSON, so a
+/// call's response head comes only when the call is done.
+fn json_session_server(
+    release: Arc<tokio::sync::Notify>,
+    reached: tokio::sync::mpsc::Sender<()>,
+) -> Router {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    let answer = move |body: axum::body::Bytes| {
+        let (release, reached) = (Arc::clone(&release), reached.clone());
+        async move {
+            let message: Value = serde_json::from_slice(&body).unwrap();
+            let json = [(header::CONTENT_TYPE, "application/json")];
+            match message["method"].as_str() {
+                Some("initialize") => (
+                    [("mcp-session-id", "s-1")],
+                    json,
+                    json!({"jsonrpc": "2.0", "id": message["id"], "result": {
+                        "protocolVersion": "2025-11-25", "capabilities": {},
+                        "serverInfo": {"name": "json-server", "version": "1"}}})
+                    .to_string(),
+                )
+                    .into_response(),
+                Some("tools/call") => {
+                    reached.send(()).await.unwrap();
+                    release.notified().await;
+                    (
+                        json,
+                        json!({"jsonrpc": "2.0", "id": message["id"], "result": {
+                            "content": [{"type": "text", "text": "done"}], "isError": false}})
+                        .to_string(),
+                    )
+                        .into_response()
+                }
+                _ => StatusCode::ACCEPTED.into_response(),
+            }
+        }
+    };
+    Router::new().route("/mcp", post(answer).delete(|| async { StatusCode::OK }))
+}
+
+#[tokio::test]
+async fn an_answer_whose_head_comes_after_its_run_ended_opens_no_run() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (reached, mut call_started) = tokio::sync::mpsc::channel(1);
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let app = json_session_server(Arc::clone(&release), reached).layer(layer);
+    let mut client = RawClient::new(serve(app).await);
+    assert_eq!(client.initialize("json-test").await.status, 200);
+    assert_eq!(client.session.as_deref(), Some("s-1"));
+
+    let call = {
+        let request = client.post(tool_call_body(1, "slow", json!({})));
+        tokio::spawn(async move { read(request.send().await.unwrap()).await })
+    };
+    call_started.recv().await.unwrap();
+    // The session ends while the call is under way; then the call answers.
+    assert_eq!(client.delete().await.status, 200);
+    release.notify_one();
+    let answer = call.await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert!(answer.text().contains("done"), "the client gets its answer");
+
+    assert!(trodo.flush(WAIT).await);
+    assert_eq!(ingest.starts().len(), 1, "no run is resumed for the answer");
+    assert_eq!(ingest.ends().len(), 1);
+    assert_eq!(
+        ingest.ends()[0].1["metadata"]["closed_via"],
+        "session_deleted"
+    );
+    assert!(ingest.spans().is_empty(), "the late span goes nowhere");
+    assert_eq!(trodo.open_runs(), 0);
+}

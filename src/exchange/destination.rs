@@ -150,6 +150,15 @@ impl Exchange {
             // nowhere, as a recorder's would), so the run table, which every
             // request locks, is not locked here once more.
             (taped_run, false)
+        } else if let Some(known_run) = self.known_run {
+            // The run was open here when the request came: the span goes
+            // there, or nowhere if it ended meanwhile (a DELETE, a 404, the
+            // idle sweep, `end_run`), as a taped exchange's does. A new
+            // run for the session would outlive its end.
+            match sessions.run_if_open(&table_key, self.arrived) {
+                Some(run_id) if run_id == known_run => (run_id, false),
+                _ => return Head::Ready(None),
+            }
         } else {
             let run = self.run_of(&table_key, |run_id| {
                 // A session this process does not know: restarted, or another
