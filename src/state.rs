@@ -80,6 +80,11 @@ impl Shared {
             ..DeliveryOptions::default()
         };
         let (exporter, worker) = Exporter::new(sink, delivery);
+        let exporter = if settings.enabled {
+            exporter
+        } else {
+            exporter.switched_off()
+        };
         let backlog = Arc::new(Backlog::default());
         // Delivery, and reading the backlog, run on a thread of their own;
         // if that cannot be made, on the server's runtime once one is at hand.
@@ -91,13 +96,18 @@ impl Shared {
             Some(Err(worker)) => Some(*worker),
             None => None,
         };
-        let mirror = settings.store.as_ref().map(|store| {
-            Mirror::new(
-                Arc::clone(store),
-                settings.idle_timeout,
-                settings.store_timeout,
-            )
-        });
+        // Switched off, nothing is recorded, so nothing is shared either.
+        let mirror = settings
+            .store
+            .as_ref()
+            .filter(|_| settings.enabled)
+            .map(|store| {
+                Mirror::new(
+                    Arc::clone(store),
+                    settings.idle_timeout,
+                    settings.store_timeout,
+                )
+            });
         Self {
             sessions: Sessions::new(mirror.as_ref().map(Mirror::queue)),
             mirror,

@@ -202,6 +202,27 @@ async fn a_joined_span_that_finishes_after_its_run_ended_here_is_not_sent() {
 }
 
 #[tokio::test]
+async fn switched_off_the_manual_api_records_nothing_and_flush_has_nothing_to_wait_for() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let trodo = Trodo::new(&config(&ingest).with_enabled(false));
+    let run_id = trodo.start_run(StartRun::new("session"));
+    trodo.join_run(run_id, SpanKind::Tool, "tool.x").finish();
+    trodo.end_run(run_id, EndRun::ok());
+    trodo.feedback(run_id, Feedback::new().rating(5.0));
+
+    let counters = trodo.delivery_counters();
+    assert_eq!(
+        (counters.queued_items, counters.sent, counters.dropped()),
+        (0, 0, 0)
+    );
+    // With records queued and no delivery thread, these would wait WAIT
+    // and return false.
+    assert!(trodo.flush(WAIT).await);
+    assert!(trodo.shutdown(WAIT).await);
+    assert!(ingest.received().is_empty(), "{:?}", ingest.received());
+}
+
+#[tokio::test]
 async fn feedback_on_a_run() {
     let (ingest, trodo) = trodo().await;
     let run_id = Uuid::new_v4();

@@ -20,6 +20,9 @@ const STOP_GRACE: Duration = Duration::from_millis(100);
 #[derive(Debug)]
 pub(crate) struct Exporter {
     core: Arc<Core>,
+    /// A switched-off layer's: records are dropped at once, uncounted (no
+    /// worker runs to deliver them).
+    switched_off: bool,
 }
 
 impl Exporter {
@@ -27,7 +30,18 @@ impl Exporter {
     pub(crate) fn new(sink: Sink, options: DeliveryOptions) -> (Self, Worker) {
         let core = Arc::new(Core::new(Queue::new(options.clone())));
         let worker = Worker::new(Arc::clone(&core), sink, options);
-        (Self { core }, worker)
+        let exporter = Self {
+            core,
+            switched_off: false,
+        };
+        (exporter, worker)
+    }
+
+    /// The exporter of a switched-off layer: it queues nothing, so flush
+    /// and shutdown have nothing to wait for.
+    pub(crate) fn switched_off(mut self) -> Self {
+        self.switched_off = true;
+        self
     }
 
     /// Queues a call's records without waiting. Never blocks on delivery:
@@ -45,6 +59,9 @@ impl Exporter {
 
     /// Puts records on the queue, in order, and wakes the worker if one is due.
     fn queue(&self, records: Vec<Encoded>) {
+        if self.switched_off {
+            return;
+        }
         let now = Instant::now();
         let stats = &self.core.stats;
         let wake = self.core.update(|queue| {
