@@ -170,12 +170,14 @@ impl TrodoConfig {
     ///
     /// | variable | meaning | default |
     /// |---|---|---|
-    /// | `TRODO_SITE_ID` | your Trodo site id; unset or empty: print to the console | unset |
+    /// | `TRODO_SITE_ID` | your Trodo site id; unset: print to the console | unset |
     /// | `TRODO_API_BASE` | base URL of the ingest API | `https://sdkapi.trodo.ai` |
     /// | `TRODO_AGENT_NAME` | `agent_name` of every run | `mcp_server` |
     /// | `TRODO_IDLE_TIMEOUT_SECS` | seconds without a request before a session's run ends | `300` |
     /// | `TRODO_ENABLED` | `false` turns the layer into a pass-through | `true` |
     /// | `TRODO_REDIS_URL` | a Redis server whose session store every worker shares (feature `redis`) | unset |
+    ///
+    /// A variable that is empty or only blanks counts as unset.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the variable whose value cannot work.
@@ -184,9 +186,14 @@ impl TrodoConfig {
     }
 
     /// [`from_env`](Self::from_env) over any source of variables.
-    pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub(crate) fn from_lookup(
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        // A blank variable counts as unset (`TRODO_ENABLED=${TRODO_ENABLED}`
+        // in a compose file gives one).
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
         let mut config = Self::new();
-        if let Some(site) = get("TRODO_SITE_ID").filter(|s| !s.trim().is_empty()) {
+        if let Some(site) = get("TRODO_SITE_ID") {
             config = config.with_site_id(site.trim());
         }
         if let Some(base) = get("TRODO_API_BASE") {
@@ -218,7 +225,7 @@ impl TrodoConfig {
             };
             config = config.with_enabled(on);
         }
-        if let Some(url) = get("TRODO_REDIS_URL").filter(|u| !u.trim().is_empty()) {
+        if let Some(url) = get("TRODO_REDIS_URL") {
             config = config.with_redis_url_from_env(&url)?;
         }
         Ok(config)
@@ -657,7 +664,6 @@ mod tests {
             ("TRODO_IDLE_TIMEOUT_SECS", "0"),
             ("TRODO_API_BASE", "sdkapi.trodo.ai"),
             ("TRODO_API_BASE", "ftp://x"),
-            ("TRODO_AGENT_NAME", "  "),
             ("TRODO_ENABLED", "maybe"),
         ] {
             let err = env(&[(var, value)]).unwrap_err();
@@ -667,6 +673,29 @@ mod tests {
                 err.to_string().starts_with(&format!("invalid {var} = ")),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn blank_variables_count_as_unset() {
+        let vars = [
+            "TRODO_SITE_ID",
+            "TRODO_API_BASE",
+            "TRODO_AGENT_NAME",
+            "TRODO_IDLE_TIMEOUT_SECS",
+            "TRODO_ENABLED",
+            "TRODO_REDIS_URL",
+        ];
+        let defaults = TrodoConfig::new().settings;
+        for blank in ["", "  ", "\t"] {
+            let pairs: Vec<(&str, &str)> = vars.iter().map(|var| (*var, blank)).collect();
+            let c = env(&pairs).unwrap().settings;
+            assert_eq!(c.site_id, None);
+            assert_eq!(c.api_base, defaults.api_base);
+            assert_eq!(c.agent_name, defaults.agent_name);
+            assert_eq!(c.idle_timeout, defaults.idle_timeout);
+            assert!(c.enabled);
+            assert!(c.store.is_none());
         }
     }
 
