@@ -223,6 +223,26 @@ async fn switched_off_the_manual_api_records_nothing_and_flush_has_nothing_to_wa
 }
 
 #[tokio::test]
+async fn a_run_id_started_again_after_its_end_can_be_ended_again() {
+    let (ingest, trodo) = trodo().await;
+    let run_id = Uuid::new_v4();
+    for round in 1..=2 {
+        trodo.start_run(StartRun::new("session").run_id(run_id));
+        trodo.join_run(run_id, SpanKind::Tool, "tool.x").finish();
+        trodo.end_run(run_id, EndRun::ok());
+        assert_eq!(trodo.open_runs(), 0, "round {round}");
+    }
+    assert!(trodo.flush(WAIT).await);
+    assert_eq!(ingest.starts().len(), 2);
+    let ends = ingest.ends();
+    assert_eq!(ends.len(), 2);
+    assert!(
+        ends.iter()
+            .all(|(id, end)| *id == run_id.to_string() && end["span_count"] == 1)
+    );
+}
+
+#[tokio::test]
 async fn feedback_on_a_run() {
     let (ingest, trodo) = trodo().await;
     let run_id = Uuid::new_v4();

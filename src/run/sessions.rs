@@ -127,6 +127,11 @@ struct Table {
 
 impl Table {
     fn insert(&mut self, key: &str, open: OpenRun) {
+        // A run id given again (`StartRun::run_id`) after its run ended
+        // here is a run open again, to be ended again.
+        if self.ended_set.remove(&open.run_id) {
+            self.ended.retain(|ended| *ended != open.run_id);
+        }
         let key: Arc<str> = key.into();
         self.by_run.insert(open.run_id, Arc::clone(&key));
         self.by_key.insert(key, open);
