@@ -22,6 +22,8 @@ pub const DEFAULT_AGENT_NAME: &str = "mcp_server";
 /// How long a session may go without a request before its run is ended:
 /// 300 s, rmcp's own session keep-alive.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest idle timeout: a year (as good as never).
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The MCP session header (header names are case-insensitive).
 pub const DEFAULT_SESSION_HEADER: &str = "mcp-session-id";
 /// Most characters of a request or response body kept as a span's input or output.
@@ -211,7 +213,7 @@ impl TrodoConfig {
                 .trim()
                 .parse::<u64>()
                 .ok()
-                .filter(|s| *s > 0)
+                .filter(|s| (1..=MAX_IDLE_TIMEOUT.as_secs()).contains(s))
                 .ok_or_else(|| {
                     ConfigError::new("TRODO_IDLE_TIMEOUT_SECS", &secs, EXPECTED_SECONDS)
                 })?;
@@ -296,10 +298,15 @@ impl TrodoConfig {
     /// Defaults to `TRODO_IDLE_TIMEOUT_SECS`, else [`DEFAULT_IDLE_TIMEOUT`].
     ///
     /// # Errors
-    /// A [`ConfigError`] for `idle_timeout` when it is zero.
+    /// A [`ConfigError`] for `idle_timeout` when it is zero or longer than
+    /// [`MAX_IDLE_TIMEOUT`].
     pub fn with_idle_timeout(self, idle_timeout: Duration) -> Result<Self, ConfigError> {
-        if idle_timeout.is_zero() {
-            return Err(ConfigError::new("idle_timeout", "0s", EXPECTED_SECONDS));
+        if idle_timeout.is_zero() || idle_timeout > MAX_IDLE_TIMEOUT {
+            return Err(ConfigError::new(
+                "idle_timeout",
+                format!("{}s", idle_timeout.as_secs()),
+                EXPECTED_SECONDS,
+            ));
         }
         Ok(self.edit(|s| s.idle_timeout = idle_timeout))
     }
@@ -594,7 +601,7 @@ impl TrodoConfig {
 
 const EXPECTED_URL: &str = "an http:// or https:// URL";
 const EXPECTED_NAME: &str = "a non-empty name";
-const EXPECTED_SECONDS: &str = "a whole number of seconds greater than zero";
+const EXPECTED_SECONDS: &str = "a whole number of seconds from 1 to 31536000 (a year)";
 const EXPECTED_BOOL: &str = "true or false";
 const EXPECTED_COUNT: &str = "a number greater than zero";
 
@@ -662,6 +669,8 @@ mod tests {
         for (var, value) in [
             ("TRODO_IDLE_TIMEOUT_SECS", "soon"),
             ("TRODO_IDLE_TIMEOUT_SECS", "0"),
+            ("TRODO_IDLE_TIMEOUT_SECS", "31536001"),
+            ("TRODO_IDLE_TIMEOUT_SECS", "18446744073709551615"),
             ("TRODO_API_BASE", "sdkapi.trodo.ai"),
             ("TRODO_API_BASE", "ftp://x"),
             ("TRODO_ENABLED", "maybe"),
@@ -734,6 +743,18 @@ mod tests {
                 .setting(),
             "session_header"
         );
+        for idle in [
+            Duration::ZERO,
+            MAX_IDLE_TIMEOUT + Duration::from_secs(1),
+            Duration::MAX,
+        ] {
+            let err = TrodoConfig::new().with_idle_timeout(idle).unwrap_err();
+            assert_eq!(err.setting(), "idle_timeout");
+        }
+        let longest = TrodoConfig::new()
+            .with_idle_timeout(MAX_IDLE_TIMEOUT)
+            .unwrap();
+        assert_eq!(longest.settings.idle_timeout, MAX_IDLE_TIMEOUT);
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl Mirror {
             receiver: Mutex::new(Some(receiver)),
             request_timeout,
             idle_timeout,
-            ttl: (idle_timeout * TTL_IDLE_TIMEOUTS).max(MIN_TTL),
+            ttl: idle_timeout.saturating_mul(TTL_IDLE_TIMEOUTS).max(MIN_TTL),
         }
     }
 
