@@ -50,6 +50,7 @@ fn main() {
 fn config(ingest: &RecordingIngest) -> TrodoConfig {
     TrodoConfig::new()
         .with_site_id("bench")
+        .expect("a site id")
         .with_api_base(&ingest.base_url())
         .expect("a loopback URL")
 }

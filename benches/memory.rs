@@ -67,6 +67,7 @@ fn main() {
 async fn quiet_layer() -> (TrodoLayer, Trodo) {
     let config = TrodoConfig::new()
         .with_site_id("bench")
+        .expect("a site id")
         .with_api_base("http://127.0.0.1:9")
         .expect("a URL");
     let layer = TrodoLayer::new(config);

@@ -199,6 +199,7 @@ fn main() {
         let layer = TrodoLayer::new(
             TrodoConfig::new()
                 .with_site_id("bench")
+                .expect("a site id")
                 .with_api_base(&ingest.base_url)
                 .expect("a loopback URL")
                 .with_enabled(options.trodo_enabled),

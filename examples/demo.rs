@@ -51,7 +51,7 @@ async fn main() -> anyhow::Result<()> {
     // 1. The recording ingest server and the MCP server that sends to it.
     let ingest = RecordingIngest::start().await?;
     let config = TrodoConfig::new()
-        .with_site_id("demo-site")
+        .with_site_id("demo-site")?
         .with_api_base(&ingest.base_url())?;
     let layer = TrodoLayer::new(config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -53,7 +53,7 @@ pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
 /// use trodo_tower::{SpanKind, TrodoConfig};
 ///
 /// let config = TrodoConfig::new()
-///     .with_site_id("site_123")
+///     .with_site_id("site_123")?
 ///     .with_agent_name("weather_mcp")?
 ///     .with_idle_timeout(Duration::from_secs(600))?
 ///     .with_tool_kind("search_docs", SpanKind::Retrieval)
@@ -196,7 +196,9 @@ impl TrodoConfig {
         let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
         let mut config = Self::new();
         if let Some(site) = get("TRODO_SITE_ID") {
-            config = config.with_site_id(site.trim());
+            config = config
+                .with_site_id(&site)
+                .map_err(|e| ConfigError::new("TRODO_SITE_ID", e.value(), EXPECTED_SITE_ID))?;
         }
         if let Some(base) = get("TRODO_API_BASE") {
             config = config
@@ -257,10 +259,19 @@ impl TrodoConfig {
     }
 
     /// Sets the Trodo site id sent as `X-Trodo-Site-Id`; with it, runs go to
-    /// the ingest API instead of the console. Defaults to `TRODO_SITE_ID`, else none.
-    #[must_use]
-    pub fn with_site_id(self, site_id: impl Into<String>) -> Self {
-        self.edit(|s| s.site_id = Some(site_id.into()))
+    /// the ingest API instead of the console. Blanks around it are dropped (a
+    /// value read from a file often ends in a newline). Defaults to
+    /// `TRODO_SITE_ID`, else none.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for `site_id` when it is empty or cannot be sent
+    /// as a header value (a control character, say).
+    pub fn with_site_id(self, site_id: &str) -> Result<Self, ConfigError> {
+        let id = site_id.trim();
+        if id.is_empty() || http::HeaderValue::from_str(id).is_err() {
+            return Err(ConfigError::new("site_id", site_id, EXPECTED_SITE_ID));
+        }
+        Ok(self.edit(|s| s.site_id = Some(id.to_owned())))
     }
 
     /// Sets the base URL of the ingest API (`http` or `https`).
@@ -601,6 +612,7 @@ impl TrodoConfig {
 
 const EXPECTED_URL: &str = "an http:// or https:// URL";
 const EXPECTED_NAME: &str = "a non-empty name";
+const EXPECTED_SITE_ID: &str = "a site id of visible ASCII characters";
 const EXPECTED_SECONDS: &str = "a whole number of seconds from 1 to 31536000 (a year)";
 const EXPECTED_BOOL: &str = "true or false";
 const EXPECTED_COUNT: &str = "a number greater than zero";
@@ -674,6 +686,7 @@ mod tests {
             ("TRODO_API_BASE", "sdkapi.trodo.ai"),
             ("TRODO_API_BASE", "ftp://x"),
             ("TRODO_ENABLED", "maybe"),
+            ("TRODO_SITE_ID", "site\u{1}1"),
         ] {
             let err = env(&[(var, value)]).unwrap_err();
             assert_eq!(err.setting(), var);
@@ -743,6 +756,12 @@ mod tests {
                 .setting(),
             "session_header"
         );
+        for site_id in ["", "  ", "site\n123", "site\u{7f}"] {
+            let err = TrodoConfig::new().with_site_id(site_id).unwrap_err();
+            assert_eq!((err.setting(), err.value()), ("site_id", site_id));
+        }
+        let trimmed = TrodoConfig::new().with_site_id(" site_123\n").unwrap();
+        assert_eq!(trimmed.site_id(), Some("site_123"));
         for idle in [
             Duration::ZERO,
             MAX_IDLE_TIMEOUT + Duration::from_secs(1),

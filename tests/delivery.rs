@@ -315,6 +315,7 @@ async fn an_application_http_client_is_used() {
         .unwrap();
     let config = TrodoConfig::new()
         .with_site_id("test-site")
+        .unwrap()
         .with_api_base(&ingest.base_url())
         .unwrap()
         .with_http_client(client);

@@ -223,6 +223,7 @@ async fn an_unreachable_ingest_never_changes_a_response() {
     // Nothing listens on this port: every delivery fails with a network error.
     let config = TrodoConfig::new()
         .with_site_id("s")
+        .unwrap()
         .with_api_base("http://127.0.0.1:9")
         .unwrap();
     assert_same_answers_as_bare(TrodoLayer::new(config)).await;

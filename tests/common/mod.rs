@@ -29,6 +29,7 @@ pub const WAIT: Duration = Duration::from_secs(15);
 pub fn config(ingest: &RecordingIngest) -> TrodoConfig {
     TrodoConfig::new()
         .with_site_id("test-site")
+        .unwrap()
         .with_api_base(&ingest.base_url())
         .unwrap()
 }
