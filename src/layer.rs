@@ -12,8 +12,9 @@ use crate::state::{Shared, Trodo};
 ///
 /// Not generic and cheap to clone; works with axum's `Router::layer`,
 /// `Router::route_layer` and `nest_service`, and with
-/// `tower::ServiceBuilder` around any `Service<http::Request<B>>`. Layers
-/// built from one config share one state.
+/// `tower::ServiceBuilder` around any `Service<http::Request<B>>` whose
+/// request and response bodies yield `Bytes` (hyper's and axum's do).
+/// Layers built from one config share one state.
 ///
 /// ```
 /// use axum::{Router, routing::get};

@@ -62,7 +62,8 @@
 //! - `Router::layer` on the router that nests the MCP service records MCP
 //!   requests and, for requests that carry the session header, the router's
 //!   other routes. `route_layer` records only matched routes.
-//! - Around any `Service<http::Request<B>>` with `tower::ServiceBuilder`.
+//! - Around any `Service<http::Request<B>>` whose bodies yield `Bytes`
+//!   (hyper's and axum's do), with `tower::ServiceBuilder`.
 //! - [`SpanKindLayer`] with `route_layer` sets the span kind of some routes.
 //!
 //! # Beyond the layer

@@ -270,8 +270,12 @@ impl Totals {
         if span.status == SpanStatus::Error {
             self.error_count += 1;
         }
-        self.total_tokens_in += span.input_tokens.unwrap_or(0);
-        self.total_tokens_out += span.output_tokens.unwrap_or(0);
+        self.total_tokens_in = self
+            .total_tokens_in
+            .saturating_add(span.input_tokens.unwrap_or(0));
+        self.total_tokens_out = self
+            .total_tokens_out
+            .saturating_add(span.output_tokens.unwrap_or(0));
         self.total_cost += span.cost.unwrap_or(0.0);
     }
 
@@ -280,8 +284,8 @@ impl Totals {
         self.span_count += other.span_count;
         self.tool_count += other.tool_count;
         self.error_count += other.error_count;
-        self.total_tokens_in += other.total_tokens_in;
-        self.total_tokens_out += other.total_tokens_out;
+        self.total_tokens_in = self.total_tokens_in.saturating_add(other.total_tokens_in);
+        self.total_tokens_out = self.total_tokens_out.saturating_add(other.total_tokens_out);
         self.total_cost += other.total_cost;
     }
 }
@@ -431,6 +435,26 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::time::Duration;
+
+    #[test]
+    fn token_totals_saturate_rather_than_overflow() {
+        let mut span = Span::tool_add();
+        span.input_tokens = Some(u64::MAX);
+        span.output_tokens = Some(u64::MAX - 1);
+        let spans = [span.clone(), span];
+        let totals = Totals::of(&spans);
+        assert_eq!(
+            (
+                totals.total_tokens_in,
+                totals.total_tokens_out,
+                totals.span_count
+            ),
+            (u64::MAX, u64::MAX, 2)
+        );
+        let mut sum = totals;
+        sum.add_totals(&totals);
+        assert_eq!((sum.total_tokens_in, sum.span_count), (u64::MAX, 4));
+    }
 
     #[test]
     fn timestamps_are_utc_with_z() {

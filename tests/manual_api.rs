@@ -243,6 +243,31 @@ async fn a_run_id_started_again_after_its_end_can_be_ended_again() {
 }
 
 #[tokio::test]
+async fn a_cost_or_temperature_that_is_not_a_number_is_left_out() {
+    let (ingest, trodo) = trodo().await;
+    let run_id = trodo.start_run(StartRun::new("session"));
+    let mut llm = trodo.join_run(run_id, SpanKind::Llm, "llm.answer");
+    llm.set_cost(f64::NAN).set_temperature(f64::INFINITY);
+    llm.finish();
+    let mut other = trodo.join_run(run_id, SpanKind::Llm, "llm.again");
+    other.set_cost(0.25);
+    other.finish();
+    trodo.end_run(run_id, EndRun::ok());
+    assert!(trodo.flush(WAIT).await);
+
+    let spans = ingest.spans();
+    assert_eq!(spans.len(), 2);
+    assert!(spans[0].1.get("cost").is_none(), "{}", spans[0].1);
+    assert!(spans[0].1.get("temperature").is_none(), "{}", spans[0].1);
+    assert_eq!(spans[1].1["cost"], 0.25);
+    assert_eq!(
+        ingest.ends()[0].1["total_cost"],
+        0.25,
+        "the run's total stays a number"
+    );
+}
+
+#[tokio::test]
 async fn feedback_on_a_run() {
     let (ingest, trodo) = trodo().await;
     let run_id = Uuid::new_v4();

@@ -50,6 +50,7 @@ pub(crate) enum SpanSink {
 /// llm.finish();
 /// # }
 /// ```
+#[must_use = "a span is recorded when its guard is finished or dropped; dropped at once, it lasts no time"]
 pub struct SpanGuard {
     shared: Arc<Shared>,
     sink: SpanSink,
@@ -149,15 +150,17 @@ impl SpanGuard {
         self
     }
 
-    /// The cost; it counts in the run's totals.
+    /// The cost; it counts in the run's totals. A cost that is not a
+    /// finite number (JSON has no NaN) is not recorded.
     pub fn set_cost(&mut self, cost: f64) -> &mut Self {
-        self.span().cost = Some(cost);
+        self.span().cost = cost.is_finite().then_some(cost);
         self
     }
 
-    /// The sampling temperature of an LLM call.
+    /// The sampling temperature of an LLM call; one that is not a finite
+    /// number is not recorded.
     pub fn set_temperature(&mut self, temperature: f64) -> &mut Self {
-        self.span().temperature = Some(temperature);
+        self.span().temperature = temperature.is_finite().then_some(temperature);
         self
     }
 

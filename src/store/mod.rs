@@ -191,8 +191,8 @@ impl RunTotals {
         self.span_count += other.span_count;
         self.tool_count += other.tool_count;
         self.error_count += other.error_count;
-        self.tokens_in += other.tokens_in;
-        self.tokens_out += other.tokens_out;
+        self.tokens_in = self.tokens_in.saturating_add(other.tokens_in);
+        self.tokens_out = self.tokens_out.saturating_add(other.tokens_out);
         self.cost += other.cost;
     }
 
