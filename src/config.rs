@@ -302,10 +302,9 @@ impl TrodoConfig {
     }
 
     /// Sets how long a session may go without a request before its run is
-    /// ended with `closed_via: "idle_timeout"`. Keep it at least as long as
-    /// your MCP server's own session keep-alive, and longer than your
-    /// longest tool call: a request still under way is not activity, and
-    /// its span is dropped if its run ended meanwhile.
+    /// ended with `closed_via: "idle_timeout"`; a request still being
+    /// answered (a long tool call) keeps its run open. Keep it at least as
+    /// long as your MCP server's own session keep-alive.
     /// Defaults to `TRODO_IDLE_TIMEOUT_SECS`, else [`DEFAULT_IDLE_TIMEOUT`].
     ///
     /// # Errors

@@ -20,6 +20,7 @@ use crate::mcp::envelope::{
 use crate::mcp::sse::{SseDecoder, SseEvent};
 use crate::mcp::{SERVER_ERROR, error_type};
 use crate::moment::Moment;
+use crate::run::UnderWay;
 use crate::span_draft::{Destination, Ending, SpanDraft, note_server};
 use crate::state::Shared;
 
@@ -90,6 +91,8 @@ pub(crate) struct Recorder {
     reader: Reader,
     status: StatusCode,
     bytes_out: u64,
+    /// The request under way in its run, until the recorder is done.
+    under_way: Option<UnderWay>,
 }
 
 impl Recorder {
@@ -100,6 +103,7 @@ impl Recorder {
         mut draft: SpanDraft,
         destination: Destination,
         head: &ResponseHead,
+        under_way: Option<UnderWay>,
     ) -> Box<Self> {
         if let Some(encoding) = head.encoding() {
             draft
@@ -113,6 +117,7 @@ impl Recorder {
             reader,
             status: head.status,
             bytes_out: 0,
+            under_way,
         })
     }
 
@@ -136,6 +141,7 @@ impl Recorder {
             reader,
             status: StatusCode::OK,
             bytes_out: 0,
+            under_way: None,
         })
     }
 
@@ -191,6 +197,7 @@ impl Recorder {
             reader,
             status,
             bytes_out,
+            under_way,
         } = self;
         let unanswered = reader.ended_unanswered();
         let progress_events = reader.progress_events();
@@ -240,6 +247,10 @@ impl Recorder {
                 draft.finish(&shared, destination, ending);
             }
         }
+        // Under way until its span is recorded or deferred (a deferred one
+        // is recorded before the idle sweep could end the run: see
+        // `OpenRun::idle_at`).
+        drop(under_way);
     }
 }
 

@@ -288,3 +288,67 @@ async fn an_initialize_with_odd_identities_still_opens_the_run() {
     assert_eq!(names, ["mcp.ping"]);
     assert_eq!(spans[0]["status"], "ok", "a null result is an answer");
 }
+
+#[tokio::test]
+async fn a_call_longer_than_the_idle_timeout_keeps_its_run_open() {
+    use futures::StreamExt;
+    let ingest = RecordingIngest::start().await.unwrap();
+    let tools = DemoTools::new();
+    let layer = TrodoLayer::new(
+        config(&ingest)
+            .with_idle_timeout(Duration::from_millis(300))
+            .unwrap(),
+    );
+    let trodo = layer.trodo();
+    let addr = serve_demo(tools.clone(), layer).await;
+    let mut busy = RawClient::new(addr);
+    busy.initialize("busy-session").await;
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "wait_for_release", "arguments": {}, "_meta": {"progressToken": 7}}});
+    let response = busy.post(call.to_string()).send().await.unwrap();
+    let mut stream = std::pin::pin!(response.bytes_stream());
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "notifications/progress").await;
+
+    // A second session, idle from after the call began: by the sweep that
+    // ends its run, the busy session's run was idle longer.
+    let mut idle = RawClient::new(addr);
+    idle.initialize("idle-session").await;
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let starts = ingest.starts();
+    let run_of = |i: usize| starts[i]["run_id"].as_str().unwrap().to_owned();
+    let (busy_run, idle_run) = (run_of(0), run_of(1));
+    assert_eq!(
+        ingest.ends()[0].0,
+        idle_run,
+        "the idle session's run ends first"
+    );
+    assert_eq!(
+        trodo.open_runs(),
+        1,
+        "the run of the call under way stays open"
+    );
+
+    tools.release();
+    while let Some(chunk) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(seen.contains("released"), "the client gets its answer");
+    ingest
+        .wait_until(WAIT, |r| {
+            r.iter().filter(|r| r.path.ends_with("/end")).count() == 2
+        })
+        .await
+        .unwrap();
+    let ends = ingest.ends();
+    let (_, busy_end) = ends.iter().find(|(id, _)| *id == busy_run).unwrap();
+    assert_eq!(busy_end["metadata"]["closed_via"], "idle_timeout");
+    assert_eq!(busy_end["span_count"], 1, "the long call's span counts");
+    let spans = spans_of(&ingest, &busy_run);
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0]["name"], "tool.wait_for_release");
+    assert_eq!(ingest.starts().len(), 2, "no run was resumed");
+}

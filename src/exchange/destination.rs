@@ -110,7 +110,7 @@ impl Exchange {
 
     /// A request that carries a session id.
     fn in_session(
-        self: Box<Self>,
+        mut self: Box<Self>,
         session_id: Arc<str>,
         request: Option<McpRequest>,
         input: Input,
@@ -184,7 +184,7 @@ impl Exchange {
     /// A JSON-RPC request without a session: grouped by the key chain, or a
     /// run of its own.
     fn sessionless(
-        self: Box<Self>,
+        mut self: Box<Self>,
         request: McpRequest,
         input: Input,
         response: &ResponseHead,

@@ -28,6 +28,7 @@ use crate::mcp::envelope::{
 use crate::mcp::published_version;
 use crate::moment::Moment;
 use crate::recorder::Recorder;
+use crate::run::UnderWay;
 use crate::span_draft::{Destination, SpanDraft};
 use crate::state::Shared;
 use crate::store::{Prefetch, Resolved};
@@ -78,6 +79,9 @@ pub(crate) struct Exchange {
     request_span: RequestSpan,
     /// The session's run, if it was open in this process when the request came.
     known_run: Option<Uuid>,
+    /// This request, under way in `known_run` until its answer has passed
+    /// (the idle sweep does not end the run meanwhile).
+    under_way: Option<UnderWay>,
     /// Whether the exchange is read later (see [`crate::tape`]).
     reading: Reading,
     /// What a session store's lookup left (only with a store): boxed, as
@@ -158,12 +162,13 @@ impl Exchange {
         let wants_event_stream = parts.method == Method::GET && accepts_event_stream(headers);
         let mut prefetch = None;
         let mut known_run = None;
+        let mut under_way = None;
         let mut session_id = None;
         if let Some(text) = session_text {
             let (id, known) = match &shared.mirror {
                 // A known session lends the table's copy of its id.
                 None => match shared.sessions.open_key(text) {
-                    Some((id, run_id)) => (id, Some(run_id)),
+                    Some((id, run_id, request)) => (id, Some((run_id, request))),
                     None => (Arc::from(text), None),
                 },
                 Some(mirror) => {
@@ -187,6 +192,10 @@ impl Exchange {
                     (session_id, known)
                 }
             };
+            let known = known.map(|(run_id, request)| {
+                under_way = Some(request);
+                run_id
+            });
             known_run = known;
             // A session known here already has its run: handlers can use it
             // (child spans, propagation headers) before the answer.
@@ -215,6 +224,7 @@ impl Exchange {
             method: parts.method.clone(),
             arrived: Moment::now(),
             known_run,
+            under_way,
             reading: Reading::Live,
             store: prefetch.map(|prefetch| {
                 Box::new(StoreWait {
@@ -336,15 +346,17 @@ impl Exchange {
         head
     }
 
-    /// The recorder of a span, once its run is decided.
+    /// The recorder of a span, once its run is decided; the request stays
+    /// under way in its run until the recorder is done.
     fn recorder(
-        &self,
+        &mut self,
         draft: SpanDraft,
         destination: Destination,
         response: &ResponseHead,
     ) -> Box<Recorder> {
         self.request_span.attach(&destination);
-        Recorder::span(Arc::clone(&self.shared), draft, destination, response)
+        let shared = Arc::clone(&self.shared);
+        Recorder::span(shared, draft, destination, response, self.under_way.take())
     }
 
     /// Records a span for an exchange that ended without a response head.

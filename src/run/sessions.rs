@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
 
 use super::ClosedVia;
+use super::under_way::{UnderWay, UnderWayCount};
 use crate::export::{Exporter, IngestCall, SpanRecords};
 use crate::moment::Moment;
 use crate::store::{EndOp, NewRun, Resolved, StoreQueue};
@@ -44,6 +45,8 @@ struct OpenRun {
     shared: bool,
     /// Whether another worker opened it (and sends its `start`).
     adopted: bool,
+    /// Its requests being answered: the idle sweep passes it over meanwhile.
+    under_way: UnderWayCount,
 }
 
 impl OpenRun {
@@ -57,7 +60,19 @@ impl OpenRun {
             sweepable: true,
             shared: false,
             adopted: false,
+            under_way: UnderWayCount::default(),
         }
+    }
+
+    /// Whether the idle sweep ends it at `now`. A run with a request under
+    /// way is active at `now` (so it idles from about the end of its last
+    /// request, and a span recorded just after that still finds it open).
+    fn idle_at(&mut self, now: Instant, idle_timeout: Duration) -> bool {
+        if self.under_way.any() {
+            self.last_seen = self.last_seen.max(now);
+            return false;
+        }
+        self.sweepable && now.saturating_duration_since(self.last_seen) >= idle_timeout
     }
 
     /// Queues the run's `start` if it still waits (metadata from the first
@@ -344,28 +359,30 @@ impl Sessions {
     }
 
     /// The open run under `key`, with the table's own copy of the key (a
-    /// request in a known session takes it instead of copying its header).
-    pub(crate) fn open_key(&self, key: &str) -> Option<(Arc<str>, Uuid)> {
+    /// request in a known session takes it instead of copying its header),
+    /// and the request under way in it until the token is dropped.
+    pub(crate) fn open_key(&self, key: &str) -> Option<(Arc<str>, Uuid, UnderWay)> {
         self.lock()
             .by_key
             .get_key_value(key)
-            .map(|(key, open)| (Arc::clone(key), open.run_id))
+            .map(|(key, open)| (Arc::clone(key), open.run_id, open.under_way.start()))
     }
 
     /// The run id of a run this process may trust without the session
-    /// store: with a store, a run idle for `idle_timeout` here may have
-    /// been ended by another worker, so it leaves the table (and goes to the
-    /// store's claim, as the idle sweep would send it) and `None` is returned.
+    /// store, and the request under way in it: with a store, a run idle for
+    /// `idle_timeout` here (no request of it under way) may have been ended
+    /// by another worker, so it leaves the table (and goes to the store's
+    /// claim, as the idle sweep would send it) and `None` is returned.
     pub(crate) fn fresh_run_id(
         &self,
         key: &str,
         idle_timeout: Duration,
         exporter: &Exporter,
-    ) -> Option<Uuid> {
+    ) -> Option<(Uuid, UnderWay)> {
         let mut table = self.lock();
         let open = table.by_key.get(key)?;
-        if self.store.is_none() || open.last_seen.elapsed() < idle_timeout {
-            return Some(open.run_id);
+        if self.store.is_none() || open.last_seen.elapsed() < idle_timeout || open.under_way.any() {
+            return Some((open.run_id, open.under_way.start()));
         }
         let stale = table.evict(key)?;
         drop(table);
@@ -507,11 +524,8 @@ impl Sessions {
         let mut table = self.lock();
         let expired: Vec<Arc<str>> = table
             .by_key
-            .iter()
-            .filter(|(_, open)| {
-                open.sweepable && now.saturating_duration_since(open.last_seen) >= idle_timeout
-            })
-            .map(|(key, _)| key.clone())
+            .iter_mut()
+            .filter_map(|(key, open)| open.idle_at(now, idle_timeout).then(|| key.clone()))
             .collect();
         // Queue while holding the lock: no span of these runs can slip in between.
         for key in &expired {
