@@ -199,6 +199,7 @@ async fn a_joined_span_that_finishes_after_its_run_ended_here_is_not_sent() {
         .collect();
     assert_eq!(names, [json!("tool.on_time")]);
     assert_eq!(ingest.ends()[0].1["span_count"], 1);
+    assert_eq!(trodo.delivery_counters().dropped_after_run_end, 1);
 }
 
 #[tokio::test]
@@ -350,6 +351,32 @@ async fn wrap_agent_sends_one_ingest_call() {
     let failed = &with_status("error").body["run"];
     assert_eq!(failed["status"], "error");
     assert_eq!(failed["error_summary"], "kaboom");
+}
+
+#[tokio::test]
+async fn a_wrap_agent_span_that_finishes_after_its_run_was_sent_is_dropped_and_counted() {
+    let (ingest, trodo) = trodo().await;
+    let handle = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let kept = std::sync::Arc::clone(&handle);
+    let answer: Result<(), String> = trodo
+        .wrap_agent(StartRun::new("chat"), |run| async move {
+            run.span(SpanKind::Llm, "llm.on_time").finish();
+            *kept.lock().unwrap() = Some(run);
+            Ok(())
+        })
+        .await;
+    assert_eq!(answer, Ok(()));
+    let run = handle.lock().unwrap().take().unwrap();
+    run.span(SpanKind::Llm, "llm.late").finish();
+    assert!(trodo.flush(WAIT).await);
+
+    let received = ingest.received();
+    assert_eq!(received.len(), 1, "the late span made no call of its own");
+    let spans = received[0].body["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0]["name"], "llm.on_time");
+    assert_eq!(received[0].body["run"]["span_count"], 1);
+    assert_eq!(trodo.delivery_counters().dropped_after_run_end, 1);
 }
 
 #[tokio::test]

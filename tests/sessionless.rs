@@ -5,7 +5,8 @@
 
 mod common;
 
-use axum::Router;
+use axum::routing::post;
+use axum::{Extension, Json, Router};
 use common::*;
 use rmcp::model::{
     CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation, ProtocolVersion,
@@ -13,7 +14,7 @@ use rmcp::model::{
 use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
 use rmcp::transport::StreamableHttpClientTransport;
 use serde_json::{Value, json};
-use trodo_tower::{Sessionless, TrodoConfig, TrodoLayer};
+use trodo_tower::{RequestSpan, Sessionless, SpanGuard, SpanKind, TrodoConfig, TrodoLayer};
 
 const SHORT_IDLE: std::time::Duration = std::time::Duration::from_millis(300);
 
@@ -257,6 +258,42 @@ async fn run_per_request_sends_each_request_whole() {
     assert_eq!(failed["run"]["status"], "error");
     assert_eq!(failed["run"]["error_summary"], "this tool always fails");
     assert_eq!(failed["run"]["error_count"], 1);
+}
+
+#[tokio::test]
+async fn a_child_that_finishes_after_its_request_run_was_sent_is_dropped_and_counted() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest).with_sessionless(Sessionless::RunPerRequest));
+    let trodo = layer.trodo();
+    // The handler hands its still-open child out: work that outlives the
+    // request. (The layer reads the request as the handler reads it.)
+    let (escape, escaped) = tokio::sync::mpsc::unbounded_channel::<SpanGuard>();
+    let answer = move |Extension(span): Extension<RequestSpan>, _request: String| async move {
+        span.child(SpanKind::Retrieval, "retrieval.on_time")
+            .finish();
+        escape.send(span.child(SpanKind::Llm, "llm.late")).unwrap();
+        Json(json!({"jsonrpc": "2.0", "id": 1, "result": {"content": []}}))
+    };
+    let app = Router::new().route("/mcp", post(answer)).layer(layer);
+    let client = RawClient::new(serve(app).await);
+    assert_eq!(client.call_tool(1, "echo", json!({})).await.status, 200);
+    ingest.wait_until(WAIT, |r| r.len() == 1).await.unwrap();
+    let mut escaped = escaped;
+    escaped.recv().await.unwrap().finish();
+    assert!(trodo.flush(WAIT).await);
+
+    let received = ingest.received();
+    assert_eq!(received.len(), 1, "the late child made no call of its own");
+    let whole = &received[0].body;
+    let names: Vec<&str> = whole["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|span| span["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["retrieval.on_time", "tool.echo"]);
+    assert_eq!(whole["run"]["span_count"], 2);
+    assert_eq!(trodo.delivery_counters().dropped_after_run_end, 1);
 }
 
 #[tokio::test]

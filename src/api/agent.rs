@@ -1,7 +1,7 @@
 //! [`AgentRun`]: the handle of a run sent whole by [`Trodo::wrap_agent`](crate::Trodo::wrap_agent).
 
 use serde_json::Value;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use uuid::Uuid;
 
@@ -19,7 +19,31 @@ use crate::wire::{MAX_ERROR_CHARS, Run, RunStatus, Span, Timestamp, Totals};
 pub struct AgentRun {
     shared: Arc<Shared>,
     run_id: Uuid,
-    spans: Arc<Mutex<Vec<Span>>>,
+    spans: Arc<RunSpans>,
+}
+
+/// The spans of a run sent whole: kept until the run is sent; a span that
+/// finishes later is refused (its run's totals are out already).
+#[derive(Debug)]
+pub(crate) struct RunSpans(Mutex<Option<Vec<Span>>>);
+
+impl RunSpans {
+    /// An empty list, taking spans.
+    pub(crate) fn new() -> Self {
+        Self(Mutex::new(Some(Vec::new())))
+    }
+
+    /// Keeps `span` for the run; `false` if the run was sent already.
+    pub(crate) fn push(&self, span: Span) -> bool {
+        let mut spans = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        spans.as_mut().map(|spans| spans.push(span)).is_some()
+    }
+
+    /// The spans kept so far, for sending the run; later ones are refused.
+    pub(crate) fn take(&self) -> Vec<Span> {
+        let mut spans = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        spans.take().unwrap_or_default()
+    }
 }
 
 impl std::fmt::Debug for AgentRun {
@@ -31,7 +55,7 @@ impl std::fmt::Debug for AgentRun {
 }
 
 impl AgentRun {
-    pub(crate) fn new(shared: Arc<Shared>, run_id: Uuid, spans: Arc<Mutex<Vec<Span>>>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, run_id: Uuid, spans: Arc<RunSpans>) -> Self {
         Self {
             shared,
             run_id,
@@ -45,7 +69,10 @@ impl AgentRun {
         self.run_id
     }
 
-    /// A span of this run.
+    /// A span of this run. It must finish before the agent's future
+    /// completes: one that finishes after the run was sent is dropped, and
+    /// counted in
+    /// [`DeliveryCounters::dropped_after_run_end`](crate::DeliveryCounters::dropped_after_run_end).
     pub fn span(&self, kind: SpanKind, name: impl Into<String>) -> SpanGuard {
         let sink = SpanSink::Collect(Arc::clone(&self.spans));
         SpanGuard::new(

@@ -18,7 +18,7 @@ pub(crate) use propagation::inbound_from as inbound_propagation;
 pub(crate) use request::record_in_run;
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::capture::truncate_chars;
@@ -76,8 +76,9 @@ impl Trodo {
     /// A span of the run `run_id`, from any process: it is sent with
     /// `POST /runs/{id}/spans` when it finishes, and counts in the run's
     /// totals when the run is open in this process. A span that finishes
-    /// after this process ended its run is dropped (logged at `debug`), as
-    /// the run's `end` and totals are out already.
+    /// after this process ended its run is dropped, as the run's `end` and
+    /// totals are out already (counted in
+    /// [`DeliveryCounters::dropped_after_run_end`](crate::DeliveryCounters::dropped_after_run_end)).
     pub fn join_run(&self, run_id: Uuid, kind: SpanKind, name: impl Into<String>) -> SpanGuard {
         self.shared.start_background();
         SpanGuard::new(
@@ -97,7 +98,9 @@ impl Trodo {
     /// store, the store decides (the end carries every worker's totals if
     /// this process claims it, and nothing is sent if the run already
     /// ended); without one, the end is sent with the totals this process
-    /// knows (none).
+    /// knows (none). A process remembers the last 4,096 runs it ended: an
+    /// `end_run` for a run it ended longer ago is taken as one of another
+    /// process.
     pub fn end_run(&self, run_id: Uuid, end: EndRun) {
         self.shared.start_background();
         let shared = &self.shared;
@@ -176,12 +179,12 @@ impl Trodo {
     {
         self.shared.start_background();
         let run_id = run.run_id.unwrap_or_else(Uuid::new_v4);
-        let spans = Arc::new(Mutex::new(Vec::new()));
+        let spans = Arc::new(agent::RunSpans::new());
         let handle = AgentRun::new(Arc::clone(&self.shared), run_id, Arc::clone(&spans));
         let started_at = Timestamp::now();
         let started = std::time::Instant::now();
         let result = agent(handle).await;
-        let spans = std::mem::take(&mut *spans.lock().unwrap_or_else(PoisonError::into_inner));
+        let spans = spans.take();
         agent::send_whole(
             &self.shared,
             run,

@@ -73,6 +73,9 @@ enum State {
     InRun { key: Option<Arc<str>>, run_id: Uuid },
     /// Into the span list of the request's own run, sent whole at its end.
     Collecting { run_id: Uuid, spans: Vec<Span> },
+    /// The request's own run was sent: later children are dropped (and
+    /// counted, see [`Exporter::drop_after_run_end`](crate::export::Exporter::drop_after_run_end)).
+    Sent { run_id: Uuid },
     /// The request is part of no run: children are dropped.
     Detached,
 }
@@ -145,7 +148,9 @@ impl RequestSpan {
     #[must_use]
     pub fn run_id(&self) -> Option<Uuid> {
         match &*self.lock() {
-            State::InRun { run_id, .. } | State::Collecting { run_id, .. } => Some(*run_id),
+            State::InRun { run_id, .. }
+            | State::Collecting { run_id, .. }
+            | State::Sent { run_id } => Some(*run_id),
             State::Waiting(_) | State::Detached => None,
         }
     }
@@ -203,6 +208,10 @@ impl RequestSpan {
                 span.run_id = *run_id;
                 spans.push(span);
             }
+            State::Sent { .. } => {
+                drop(state);
+                shared.exporter.drop_after_run_end(1);
+            }
             State::Detached => {}
         }
     }
@@ -250,10 +259,16 @@ impl RequestSpan {
         *self.lock() = State::Detached;
     }
 
-    /// The children collected for the request's own run.
+    /// The children collected for the request's own run, which is being
+    /// sent: children that finish later are dropped.
     pub(crate) fn take_collected(&self) -> Vec<Span> {
-        match &mut *self.lock() {
-            State::Collecting { spans, .. } => std::mem::take(spans),
+        let mut state = self.lock();
+        match &mut *state {
+            State::Collecting { run_id, spans } => {
+                let spans = std::mem::take(spans);
+                *state = State::Sent { run_id: *run_id };
+                spans
+            }
             _ => Vec::new(),
         }
     }
@@ -278,20 +293,12 @@ pub(crate) fn record_in_run(shared: &Shared, key: Option<&str>, run_id: Uuid, sp
     match key {
         Some(key) => {
             if let Err(spans) = sessions.record_spans(key, spans, exporter) {
-                tracing::debug!(
-                    count = spans.len(),
-                    "trodo: spans after their run ended, dropped"
-                );
+                exporter.drop_after_run_end(spans.len());
             }
         }
         None => match sessions.record_spans_in_run(spans, exporter) {
             Ok(()) => {}
-            Err(NotOpenHere::Ended(spans)) => {
-                tracing::debug!(
-                    count = spans.len(),
-                    "trodo: spans after their run ended, dropped"
-                );
-            }
+            Err(NotOpenHere::Ended(spans)) => exporter.drop_after_run_end(spans.len()),
             Err(NotOpenHere::Elsewhere(spans)) => {
                 // Another process's run: the session store (if any) counts them.
                 sessions.record_elsewhere(&spans);

@@ -3,10 +3,11 @@
 use serde_json::Value;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 use uuid::Uuid;
 
+use super::agent::RunSpans;
 use super::request::{RequestSpan, record_in_run};
 use crate::capture::truncate_chars;
 use crate::capture_policy::Side;
@@ -23,7 +24,7 @@ pub(crate) enum SpanSink {
     /// Under a request's span, into the request's run.
     Request(RequestSpan),
     /// Into the span list of a run sent whole ([`Trodo::wrap_agent`](crate::Trodo::wrap_agent)).
-    Collect(Arc<Mutex<Vec<Span>>>),
+    Collect(Arc<RunSpans>),
 }
 
 /// A span under way, recorded by hand: set what you know, then let it
@@ -274,9 +275,10 @@ fn deliver(shared: &Shared, sink: &SpanSink, span: Span) {
     match sink {
         SpanSink::Run(run_id) => record_in_run(shared, None, *run_id, vec![span]),
         SpanSink::Request(request) => request.record_child(span),
-        SpanSink::Collect(spans) => spans
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(span),
+        SpanSink::Collect(spans) => {
+            if !spans.push(span) {
+                shared.exporter.drop_after_run_end(1);
+            }
+        }
     }
 }

@@ -17,15 +17,19 @@ pub(crate) enum DropReason {
     Rejected,
     /// Recorded after shutdown, or still queued when shutdown's time ran out.
     Shutdown,
+    /// A span finished after its run's `end` (with the run's totals) was
+    /// queued: a task that outlived its request, say.
+    AfterRunEnd,
 }
 
 impl DropReason {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::QueueFull,
         Self::GaveUp,
         Self::TooLarge,
         Self::Rejected,
         Self::Shutdown,
+        Self::AfterRunEnd,
     ];
 
     /// The name used in logs.
@@ -36,6 +40,7 @@ impl DropReason {
             Self::TooLarge => "too_large",
             Self::Rejected => "rejected",
             Self::Shutdown => "shutdown",
+            Self::AfterRunEnd => "after_run_end",
         }
     }
 
@@ -55,8 +60,8 @@ impl fmt::Display for DropReason {
 pub(crate) struct Stats {
     sent: AtomicU64,
     retried: AtomicU64,
-    dropped: [AtomicU64; 5],
-    warned: [AtomicBool; 5],
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    warned: [AtomicBool; DropReason::ALL.len()],
 }
 
 impl Stats {
@@ -91,7 +96,14 @@ impl Stats {
     /// A snapshot, with the queue's current size.
     pub(crate) fn snapshot(&self, queued_items: usize, queued_bytes: usize) -> DeliveryCounters {
         let dropped = |reason: DropReason| self.dropped[reason.index()].load(Ordering::Relaxed);
-        let [queue_full, gave_up, too_large, rejected, shutdown] = DropReason::ALL.map(dropped);
+        let [
+            queue_full,
+            gave_up,
+            too_large,
+            rejected,
+            shutdown,
+            after_run_end,
+        ] = DropReason::ALL.map(dropped);
         DeliveryCounters {
             sent: self.sent.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
@@ -101,6 +113,7 @@ impl Stats {
             dropped_too_large: too_large,
             dropped_rejected: rejected,
             dropped_shutdown: shutdown,
+            dropped_after_run_end: after_run_end,
             queued_items: queued_items as u64,
             queued_bytes: queued_bytes as u64,
         }
@@ -112,7 +125,7 @@ impl Stats {
 ///
 /// Counts are of *records*: a run's start, one span, a run's end, a
 /// one-shot run, a feedback. Every
-/// record handed to delivery is, at any moment, exactly one of: sent,
+/// record made is, at any moment, exactly one of: sent,
 /// queued (`queued_items`, including calls in flight), or dropped for one
 /// reason. Export them as metrics: a rising `dropped_*` means records did not
 /// reach Trodo; the first drop of each reason is also logged with `tracing`.
@@ -140,6 +153,14 @@ pub struct DeliveryCounters {
     pub dropped_rejected: u64,
     /// Records made after shutdown, or still queued when its time ran out.
     pub dropped_shutdown: u64,
+    /// Spans that finished after their run's `end` was queued, so could no
+    /// longer count in its totals: a child of a request's span, or a span
+    /// of [`AgentRun`](crate::AgentRun) or of
+    /// [`join_run`](crate::Trodo::join_run), still open when the run ended
+    /// (work spawned by a handler that outlives its request, say). The
+    /// `end` carries the totals the ingest API is told are final, so such
+    /// spans are not sent.
+    pub dropped_after_run_end: u64,
     /// Records waiting for delivery or in flight now.
     pub queued_items: u64,
     /// Bytes of the records waiting for delivery or in flight now: their
@@ -151,7 +172,7 @@ impl DeliveryCounters {
     /// Every record dropped, whatever the reason.
     #[must_use]
     pub fn dropped(&self) -> u64 {
-        self.failed + self.dropped_queue_full
+        self.failed + self.dropped_queue_full + self.dropped_after_run_end
     }
 }
 
@@ -169,6 +190,7 @@ mod tests {
         stats.dropped(DropReason::TooLarge, 2, "HTTP 413");
         stats.dropped(DropReason::Rejected, 4, "HTTP 400");
         stats.dropped(DropReason::Shutdown, 8, "");
+        stats.dropped(DropReason::AfterRunEnd, 16, "");
         let c = stats.snapshot(7, 700);
         assert_eq!((c.sent, c.retried), (5, 1));
         assert_eq!(
@@ -177,12 +199,13 @@ mod tests {
                 c.dropped_gave_up,
                 c.dropped_too_large,
                 c.dropped_rejected,
-                c.dropped_shutdown
+                c.dropped_shutdown,
+                c.dropped_after_run_end
             ),
-            (3, 1, 2, 4, 8)
+            (3, 1, 2, 4, 8, 16)
         );
         assert_eq!(c.failed, 15);
-        assert_eq!(c.dropped(), 18);
+        assert_eq!(c.dropped(), 34);
         assert_eq!((c.queued_items, c.queued_bytes), (7, 700));
     }
 
@@ -197,6 +220,6 @@ mod tests {
             .iter()
             .map(|w| w.load(Ordering::Relaxed))
             .collect();
-        assert_eq!(warned, [false, false, false, true, false]);
+        assert_eq!(warned, [false, false, false, true, false, false]);
     }
 }

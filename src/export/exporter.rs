@@ -57,6 +57,18 @@ impl Exporter {
         self.queue(spans.records);
     }
 
+    /// Counts `spans` that finished after their run's `end` was queued:
+    /// they are not sent, as the `end`'s totals are final (see
+    /// [`DeliveryCounters::dropped_after_run_end`]).
+    pub(crate) fn drop_after_run_end(&self, spans: usize) {
+        if !self.switched_off {
+            let detail = "a span finished after its run ended";
+            self.core
+                .stats
+                .dropped(DropReason::AfterRunEnd, spans, detail);
+        }
+    }
+
     /// Puts records on the queue, in order, and wakes the worker if one is due.
     fn queue(&self, records: Vec<Encoded>) {
         if self.switched_off {

@@ -39,7 +39,7 @@ impl SpanRecords {
         Self {
             run_id,
             totals: Totals::of(&spans),
-            last_ended_at: spans.last().map(|span| span.ended_at),
+            last_ended_at: spans.iter().map(|span| span.ended_at).max(),
             records: Encoded::of(IngestCall::Spans { run_id, spans }),
         }
     }
@@ -54,7 +54,9 @@ impl SpanRecords {
         self.totals
     }
 
-    /// When the last of them ended; `None` if there are none.
+    /// The latest of their ends (not the end of the last in the list: a
+    /// request's span comes after children that may outlive it); `None` if
+    /// there are none.
     pub(crate) fn last_ended_at(&self) -> Option<Timestamp> {
         self.last_ended_at
     }
@@ -109,6 +111,19 @@ mod tests {
             Some(Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(12)))
         );
         assert!(ready.records.iter().all(|record| record.run_id == run_id));
+    }
+
+    #[test]
+    fn the_last_end_is_the_latest_not_that_of_the_last_span() {
+        let run_id = Uuid::from_u128(7);
+        let spans = vec![
+            span(run_id, 30, SpanStatus::Ok, 0.0),
+            span(run_id, 20, SpanStatus::Ok, 0.0),
+        ];
+        assert_eq!(
+            SpanRecords::new(run_id, spans).last_ended_at(),
+            Some(Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(30)))
+        );
     }
 
     #[test]
