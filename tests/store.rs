@@ -77,3 +77,35 @@ async fn a_request_that_waits_for_the_store_is_read_once() {
         "the input once, the output once"
     );
 }
+
+/// A run of `start_run` ended before the store finished opening it: the
+/// store counted none of its spans, so the end adds this process's own.
+#[tokio::test]
+async fn a_run_started_and_ended_at_once_ends_with_every_span_counted() {
+    use common::*;
+    use trodo_tower::{EndRun, SpanKind, StartRun, Trodo};
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let trodo = Trodo::new(&config(&ingest).with_session_store(memory().store()));
+    let run_id = trodo.start_run(StartRun::new("session"));
+    for _ in 0..2 {
+        let mut llm = trodo.join_run(run_id, SpanKind::Llm, "llm.call");
+        llm.set_tokens(5, 10);
+        llm.finish();
+    }
+    trodo.end_run(run_id, EndRun::ok());
+    assert!(trodo.flush(WAIT).await);
+
+    assert_eq!(ingest.spans().len(), 2);
+    let ends = ingest.ends();
+    assert_eq!(ends.len(), 1);
+    let end = &ends[0].1;
+    assert_eq!(
+        (
+            end["span_count"].as_u64(),
+            end["total_tokens_in"].as_u64(),
+            end["total_tokens_out"].as_u64()
+        ),
+        (Some(2), Some(10), Some(20))
+    );
+}

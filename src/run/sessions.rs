@@ -501,6 +501,7 @@ impl Sessions {
                     at: Timestamp::now(),
                     idle_before: None,
                     local: Default::default(),
+                    local_in_store: true,
                 };
                 store.end(op, exporter);
                 CloseRun::Closed
@@ -624,6 +625,7 @@ impl Sessions {
             at,
             idle_before,
             local: open.totals.into(),
+            local_in_store: open.shared,
         };
         store.end(op, exporter);
     }

@@ -83,6 +83,10 @@ pub(crate) struct EndOp {
     pub(crate) idle_before: Option<SystemTime>,
     /// The totals this process counted, for an end without the store.
     pub(crate) local: RunTotals,
+    /// Whether `local` went to the store as it was counted. A run of
+    /// `start_run` ended before its opening in the store was done has
+    /// counted nothing there: the store's totals then lack `local`.
+    pub(crate) local_in_store: bool,
 }
 
 /// The sending side of the store queue. Never waits.
@@ -308,10 +312,17 @@ impl StoreTask {
                     Some(_) => op.at.max(Timestamp(run.last_activity)),
                     None => op.at,
                 };
-                let totals = run.totals.into();
-                shared
-                    .sessions
-                    .finish_claimed(op.run_id, at, op.ending, totals, &shared.exporter);
+                let mut totals = run.totals;
+                if !op.local_in_store {
+                    totals.add(&op.local);
+                }
+                shared.sessions.finish_claimed(
+                    op.run_id,
+                    at,
+                    op.ending,
+                    totals.into(),
+                    &shared.exporter,
+                );
             }
             Some(Claim::Active | Claim::AlreadyEnded) => {}
             Some(Claim::Unknown) | None => self.queue.end_locally(op, &shared.exporter),
