@@ -249,7 +249,7 @@ impl Recorder {
         }
         // Under way until its span is recorded or deferred (a deferred one
         // is recorded before the idle sweep could end the run: see
-        // `OpenRun::idle_at`).
+        // `OpenRun::idleness_at`).
         drop(under_way);
     }
 }

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -9,6 +10,7 @@ use common::*;
 use rmcp::transport::streamable_http_server::session::SessionManager;
 use serde_json::json;
 use trodo_tower::TrodoLayer;
+use trodo_tower::store::{MemoryStore, SessionStore};
 
 #[tokio::test]
 async fn idle_session_ends_at_its_last_activity() {
@@ -291,14 +293,27 @@ async fn an_initialize_with_odd_identities_still_opens_the_run() {
 
 #[tokio::test]
 async fn a_call_longer_than_the_idle_timeout_keeps_its_run_open() {
+    a_call_longer_than_the_idle_timeout(None).await;
+}
+
+/// With a session store, the store's sweep (any worker's, here this one's)
+/// sees only the store's activity: the worker answering keeps it fresh.
+#[tokio::test]
+async fn with_a_store_a_call_longer_than_the_idle_timeout_keeps_its_run_open() {
+    a_call_longer_than_the_idle_timeout(Some(Arc::new(MemoryStore::new()))).await;
+}
+
+async fn a_call_longer_than_the_idle_timeout(store: Option<Arc<dyn SessionStore>>) {
     use futures::StreamExt;
     let ingest = RecordingIngest::start().await.unwrap();
     let tools = DemoTools::new();
-    let layer = TrodoLayer::new(
-        config(&ingest)
-            .with_idle_timeout(Duration::from_millis(300))
-            .unwrap(),
-    );
+    let mut config = config(&ingest)
+        .with_idle_timeout(Duration::from_millis(300))
+        .unwrap();
+    if let Some(store) = store {
+        config = config.with_session_store(store);
+    }
+    let layer = TrodoLayer::new(config);
     let trodo = layer.trodo();
     let addr = serve_demo(tools.clone(), layer).await;
     let mut busy = RawClient::new(addr);

@@ -64,15 +64,18 @@ impl OpenRun {
         }
     }
 
-    /// Whether the idle sweep ends it at `now`. A run with a request under
-    /// way is active at `now` (so it idles from about the end of its last
+    /// What the idle sweep finds at `now`. A run with a request under way
+    /// is active at `now` (so it idles from about the end of its last
     /// request, and a span recorded just after that still finds it open).
-    fn idle_at(&mut self, now: Instant, idle_timeout: Duration) -> bool {
+    fn idleness_at(&mut self, now: Instant, idle_timeout: Duration) -> Idleness {
         if self.under_way.any() {
             self.last_seen = self.last_seen.max(now);
-            return false;
+            Idleness::Answering
+        } else if self.sweepable && now.saturating_duration_since(self.last_seen) >= idle_timeout {
+            Idleness::Idle
+        } else {
+            Idleness::Active
         }
-        self.sweepable && now.saturating_duration_since(self.last_seen) >= idle_timeout
     }
 
     /// Queues the run's `start` if it still waits (metadata from the first
@@ -88,6 +91,18 @@ impl OpenRun {
         self.last_seen = self.last_seen.max(at.instant);
         self.last_activity = self.last_activity.max(at.at);
     }
+}
+
+/// What the idle sweep finds of an open run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idleness {
+    /// Idle for the idle timeout: it ends.
+    Idle,
+    /// A request of it is being answered: active now, whatever its last
+    /// activity.
+    Answering,
+    /// Active within the idle timeout.
+    Active,
 }
 
 /// Spans for a run that is not open in this process, given back.
@@ -516,6 +531,8 @@ impl Sessions {
     /// With a session store, an idle run here may be active on another
     /// worker: it leaves the table and the store's claim ends it only if the
     /// store saw no activity either (else the store's sweep ends it later).
+    /// A run with a request being answered here is marked active in the
+    /// store, so that no worker's store sweep ends it meanwhile.
     pub(crate) fn sweep_idle(
         &self,
         now: Instant,
@@ -523,11 +540,21 @@ impl Sessions {
         exporter: &Exporter,
     ) -> usize {
         let mut table = self.lock();
-        let expired: Vec<Arc<str>> = table
-            .by_key
-            .iter_mut()
-            .filter_map(|(key, open)| open.idle_at(now, idle_timeout).then(|| key.clone()))
-            .collect();
+        let answering_at = Timestamp::now();
+        let mut expired: Vec<Arc<str>> = Vec::new();
+        for (key, open) in &mut table.by_key {
+            match open.idleness_at(now, idle_timeout) {
+                Idleness::Idle => expired.push(key.clone()),
+                Idleness::Answering => {
+                    // The store's sweep (any worker's) sees only the store's
+                    // activity: tell it the run is active.
+                    if let Some(store) = self.store.as_ref().filter(|_| open.shared) {
+                        store.record(open.run_id, Default::default(), answering_at);
+                    }
+                }
+                Idleness::Active => {}
+            }
+        }
         // Queue while holding the lock: no span of these runs can slip in between.
         for key in &expired {
             if self.store.is_some() {
