@@ -33,6 +33,7 @@ fn spans(span_count: u64, cost: f64) -> RunTotals {
 pub(super) async fn check(store: Arc<dyn SessionStore>) {
     opens_once_per_key(&*store).await;
     records_add_up_and_claims_win_once(&*store).await;
+    huge_counts_saturate(&*store).await;
     idle_claims_respect_activity(&*store).await;
     concurrent_sweeps_claim_each_run_once(Arc::clone(&store)).await;
 }
@@ -72,6 +73,43 @@ async fn opens_once_per_key(store: &dyn SessionStore) {
     );
     assert_eq!(store.open(&second, TTL).await.unwrap(), Opened::Opened);
     store.claim(second.run_id, None, TTL).await.unwrap();
+}
+
+/// Counts past what the store can hold stay at its largest, and the rest
+/// of the update still counts.
+async fn huge_counts_saturate(store: &dyn SessionStore) {
+    let run = NewRun::new(format!("s-{}", Uuid::new_v4()), Uuid::new_v4(), at(30));
+    store.open(&run, TTL).await.unwrap();
+    let huge = RunTotals {
+        tokens_in: u64::MAX,
+        ..spans(1, 0.0)
+    };
+    for _ in 0..2 {
+        assert!(store.record(run.run_id, huge, at(10), TTL).await.unwrap());
+    }
+    assert!(
+        store
+            .record(run.run_id, spans(1, 0.5), at(5), TTL)
+            .await
+            .unwrap()
+    );
+    let Claim::Won(claimed) = store.claim(run.run_id, None, TTL).await.unwrap() else {
+        panic!("won");
+    };
+    assert!(
+        claimed.totals.tokens_in >= i64::MAX as u64,
+        "{:?}",
+        claimed.totals
+    );
+    assert_eq!(
+        (
+            claimed.totals.span_count,
+            claimed.totals.tokens_out,
+            claimed.totals.cost
+        ),
+        (3, 9, 0.5)
+    );
+    assert_eq!(claimed.last_activity, at(5));
 }
 
 async fn records_add_up_and_claims_win_once(store: &dyn SessionStore) {

@@ -138,6 +138,8 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// Adds `delta` to the aggregates of an open run and moves its last
     /// activity forward to `last_activity` (never back), renewing its time
     /// to live. Returns `false`, changing nothing, when the run is not open.
+    /// A count that would pass what the store holds stays at its largest
+    /// (at least `i64::MAX`); the rest of the update still counts.
     fn record(
         &self,
         run_id: Uuid,

@@ -73,7 +73,13 @@ end
 local fields = {'spans', 'tools', 'errors', 'tin', 'tout'}
 for i, field in ipairs(fields) do
   if ARGV[i + 2] ~= '0' then
-    redis.call('HINCRBY', KEYS[1], field, ARGV[i + 2])
+    local added = redis.pcall('HINCRBY', KEYS[1], field, ARGV[i + 2])
+    if type(added) == 'table' and added.err then
+      -- A sum or an increment past a signed 64-bit integer: the count
+      -- stays at the largest one (Redis would not change it and fail the
+      -- rest of the update, which it does not roll back).
+      redis.call('HSET', KEYS[1], field, '9223372036854775807')
+    end
   end
 end
 if ARGV[8] ~= '0' then
