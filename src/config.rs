@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use crate::capture_policy::Redactor;
 use crate::error::ConfigError;
-use crate::export::{DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS};
+use crate::export::{
+    DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS,
+    MAX_CONCURRENT_CALLS,
+};
 use crate::run::HeadFn;
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
@@ -91,6 +94,8 @@ pub(crate) struct Settings {
     pub(crate) max_queue_items: usize,
     /// Most JSON bytes the delivery queue holds (spans counted by estimate).
     pub(crate) max_queue_bytes: usize,
+    /// Most calls to the ingest API in flight at once.
+    pub(crate) max_concurrent_calls: usize,
     /// The application's client for the ingest API, if it gave one.
     pub(crate) http_client: Option<reqwest::Client>,
     /// The store shared with other workers, if any.
@@ -142,6 +147,7 @@ impl Default for TrodoConfig {
                 redactor: None,
                 distinct_id: None,
                 max_queue_items: DEFAULT_MAX_QUEUE_ITEMS,
+                max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
                 max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
                 http_client: None,
                 store: None,
@@ -517,6 +523,34 @@ impl TrodoConfig {
         Ok(self.edit(|s| s.max_queue_bytes = bytes))
     }
 
+    /// Sets the most calls to the ingest API in flight at once. Each run's
+    /// calls go one at a time, in order (its start, then its spans, then
+    /// its end), so this is how many runs deliver side by side, and
+    /// delivery keeps up with this many calls per round trip to the API: at
+    /// 50 ms and the default of 32, 640 calls a second (about 200 short
+    /// sessions a second, or 640 busy ones sending spans every second).
+    /// Past that the queue fills and its oldest spans are dropped.
+    ///
+    /// ```
+    /// # use trodo_tower::TrodoConfig;
+    /// let config = TrodoConfig::new().with_max_concurrent_calls(64)?;
+    /// # Ok::<(), trodo_tower::ConfigError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for `max_concurrent_calls` when it is zero or
+    /// above 256.
+    pub fn with_max_concurrent_calls(self, calls: usize) -> Result<Self, ConfigError> {
+        if !(1..=MAX_CONCURRENT_CALLS).contains(&calls) {
+            return Err(ConfigError::new(
+                "max_concurrent_calls",
+                calls.to_string(),
+                "a number from 1 to 256",
+            ));
+        }
+        Ok(self.edit(|s| s.max_concurrent_calls = calls))
+    }
+
     /// Sends to the ingest API through your `reqwest` client: its TLS
     /// settings, proxies, default headers and connection pool apply. Each
     /// call is still bounded by the layer's own 10 s timeout. Defaults to a
@@ -737,6 +771,24 @@ mod tests {
         assert_eq!((items.setting(), items.value()), ("max_queue_items", "0"));
         let bytes = TrodoConfig::new().with_max_queue_bytes(0).unwrap_err();
         assert_eq!((bytes.setting(), bytes.value()), ("max_queue_bytes", "0"));
+    }
+
+    #[test]
+    fn concurrent_calls_are_from_one_to_256() {
+        assert_eq!(TrodoConfig::new().settings.max_concurrent_calls, 32);
+        for calls in [1, 256] {
+            let c = TrodoConfig::new().with_max_concurrent_calls(calls).unwrap();
+            assert_eq!(c.settings.max_concurrent_calls, calls);
+        }
+        for calls in [0, 257] {
+            let err = TrodoConfig::new()
+                .with_max_concurrent_calls(calls)
+                .unwrap_err();
+            assert_eq!(
+                (err.setting(), err.value()),
+                ("max_concurrent_calls", calls.to_string().as_str())
+            );
+        }
     }
 
     #[test]

@@ -77,6 +77,7 @@ impl Shared {
         let delivery = DeliveryOptions {
             max_queue_items: settings.max_queue_items,
             max_queue_bytes: settings.max_queue_bytes,
+            max_in_flight: settings.max_concurrent_calls,
             ..DeliveryOptions::default()
         };
         let (exporter, worker) = Exporter::new(sink, delivery);

@@ -50,7 +50,10 @@ pub(crate) use console::ConsoleSink;
 pub use counters::DeliveryCounters;
 pub(crate) use exporter::Exporter;
 pub(crate) use http::HttpSink;
-pub(crate) use options::{DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS, DeliveryOptions};
+pub(crate) use options::{
+    DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS,
+    DeliveryOptions, MAX_CONCURRENT_CALLS,
+};
 pub(crate) use sink::Sink;
 pub(crate) use span_records::SpanRecords;
 pub(crate) use thread::spawn as spawn_thread;
