@@ -227,6 +227,15 @@ async fn a_retry_after_beyond_a_minute_is_capped() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_retry_after_of_zero_still_waits_a_second() {
+    let script = throttled_once(Duration::ZERO);
+    let (exporter, _worker) = spawn(&script, options());
+    exporter.send(start(1));
+    assert!(exporter.flush(HOUR).await);
+    assert_eq!(script.times_ms(), [0, 1000]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_413_splits_the_batch_and_a_single_record_is_dropped_as_too_large() {
     let script = Script::new(|call| {
         let huge = call.describe().contains("huge");

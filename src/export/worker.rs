@@ -138,8 +138,11 @@ impl Worker {
                 None => self.drop_batch(&batch, DropReason::GaveUp, &detail),
             },
             Outcome::Throttled { retry_after } => {
+                // A `Retry-After` of 0 (or a date past on this clock) still
+                // waits one first step: never a loop of calls against a
+                // throttling API.
                 let pause = match retry_after {
-                    Some(wait) => Some(wait.min(self.options.max_throttle)),
+                    Some(wait) => Some(wait.max(backoff.base).min(self.options.max_throttle)),
                     None => batch.retry.failed(now, backoff, None),
                 };
                 match pause {
