@@ -221,11 +221,16 @@ impl Queue {
         self.undue_since.map(|t| t + self.options.flush_interval)
     }
 
-    /// Refuses new records from now on and makes every queued one due.
+    /// Refuses new records from now on and makes every queued one due,
+    /// including those of runs backing off after a failure: shutdown is
+    /// their last chance, and the API may be back.
     pub(crate) fn close(&mut self) {
         self.closed = true;
         self.due = Seq::MAX;
         self.undue_since = None;
+        if let Some(&(last, _)) = self.waiting.last() {
+            self.wake_waiting(last);
+        }
     }
 
     /// Takes the next batch to send: from the run whose front record is the

@@ -373,6 +373,23 @@ async fn shutdown_out_of_time_drops_what_is_left_as_shutdown() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn shutdown_gives_a_run_backing_off_one_last_try() {
+    let script = Script::new(|_| unavailable());
+    let (exporter, worker) = spawn(&script, options());
+    send_run(&exporter, 1, &["a"]);
+    // Tries at 0, 1, 3, 7, 15 and 31 s; the next would be at 63 s.
+    assert!(!exporter.flush(Duration::from_secs(45)).await);
+    script.answer(|_| Outcome::Delivered);
+    assert!(exporter.shutdown(Duration::from_secs(5)).await);
+    worker.await.unwrap();
+    assert_eq!(
+        script.times_ms(),
+        [0, 1000, 3000, 7000, 15_000, 31_000, 45_000, 45_000, 45_000]
+    );
+    assert_eq!(fates(&exporter.counters()), [3, 0, 0, 0, 0, 0, 0]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_out_of_time_abandons_calls_in_flight() {
     let script = Script::timed(|_| (Duration::from_secs(8), Outcome::Delivered));
     let (exporter, worker) = spawn(&script, options());
