@@ -31,6 +31,9 @@ pub(crate) struct Shared {
     /// about the MCP session, elsewhere it is an ordinary route.
     mcp_paths: RwLock<Vec<Box<str>>>,
     shut_down: OnceLock<()>,
+    /// What shutdown returned, for every later call (a second call waits
+    /// for the first one's).
+    shutdown_outcome: tokio::sync::OnceCell<bool>,
 }
 
 impl fmt::Debug for Shared {
@@ -119,6 +122,7 @@ impl Shared {
             background: OnceLock::new(),
             mcp_paths: RwLock::new(Vec::new()),
             shut_down: OnceLock::new(),
+            shutdown_outcome: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -196,12 +200,19 @@ impl Shared {
         )
     }
 
+    /// Shuts down once: a call while another runs waits for it, and every
+    /// call returns what the first one did.
+    async fn shutdown(&self, timeout: Duration) -> bool {
+        *self
+            .shutdown_outcome
+            .get_or_init(|| self.shut_down_now(timeout))
+            .await
+    }
+
     /// Ends every open run (with a session store: those no other worker
     /// can continue), then delivers what is queued, within `timeout`.
-    async fn shutdown(&self, timeout: Duration) -> bool {
-        if self.shut_down.set(()).is_err() {
-            return true;
-        }
+    async fn shut_down_now(&self, timeout: Duration) -> bool {
+        let _ = self.shut_down.set(());
         let deadline = tokio::time::Instant::now() + timeout;
         self.backlog.close();
         match &self.mirror {
@@ -325,7 +336,8 @@ impl Trodo {
     /// store does not hold end as without a store. Returns `false` if delivery did not finish in time;
     /// what was left is counted in
     /// [`DeliveryCounters::dropped_shutdown`](crate::DeliveryCounters::dropped_shutdown).
-    /// A second call does nothing and returns `true`. Requests after shutdown
+    /// Shutdown happens once: a second call (from a signal handler and from
+    /// `main`, say) waits for the first to finish and returns its result. Requests after shutdown
     /// are still served; their telemetry is dropped (and counted the same way).
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         self.shared.shutdown(timeout).await
