@@ -289,6 +289,14 @@ async fn feedback_on_a_run() {
         received[0].body,
         json!({"satisfaction": "positive", "rating": 4.5, "comment": "spot on", "distinct_id": "user-1", "attributes": {"channel": "chat"}})
     );
+
+    trodo.feedback(run_id, Feedback::new().comment("meh").rating(f64::NAN));
+    assert!(trodo.flush(WAIT).await);
+    assert_eq!(
+        ingest.received()[1].body,
+        json!({"comment": "meh"}),
+        "a rating that is not a number is left out"
+    );
 }
 
 #[tokio::test]

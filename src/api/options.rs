@@ -179,9 +179,10 @@ impl Feedback {
         self
     }
 
-    /// A numeric rating.
+    /// A numeric rating; one that is not a finite number (JSON has no
+    /// NaN) is left out.
     pub fn rating(mut self, rating: f64) -> Self {
-        self.body.rating = Some(rating);
+        self.body.rating = rating.is_finite().then_some(rating);
         self
     }
 
