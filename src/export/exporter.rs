@@ -140,9 +140,12 @@ impl Exporter {
         drained
     }
 
-    /// A snapshot of the delivery counters.
+    /// A snapshot of the delivery counters, taken under the queue's lock
+    /// (records move between queued, sent and dropped under it), so each
+    /// record is counted exactly once.
     pub(crate) fn counters(&self) -> DeliveryCounters {
-        let (items, bytes) = self.core.queue().size();
+        let queue = self.core.queue();
+        let (items, bytes) = queue.size();
         self.core.stats.snapshot(items, bytes)
     }
 }

@@ -127,8 +127,12 @@ impl Worker {
         let backoff = &self.options.backoff;
         match outcome {
             Outcome::Delivered => {
-                stats.sent(batch.len());
-                self.core.update(|queue| queue.delivered(&batch));
+                // Counted under the queue's lock, as it leaves the queue: a
+                // snapshot never sees a record both sent and queued.
+                self.core.update(|queue| {
+                    stats.sent(batch.len());
+                    queue.delivered(&batch);
+                });
             }
             Outcome::Transient {
                 retry_after,
