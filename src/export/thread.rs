@@ -15,35 +15,41 @@ pub(crate) const THREAD_NAME: &str = "trodo-export";
 /// layer may run while delivery does; or the worker back if the thread or
 /// its runtime cannot be made (the caller then runs it on its own runtime).
 pub(crate) fn spawn(worker: Worker) -> Result<tokio::runtime::Handle, Box<Worker>> {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            tracing::warn!(error = %err, "trodo: no runtime for the delivery thread");
-            return Err(Box::new(worker));
-        }
-    };
-    let handle = runtime.handle().clone();
-    // The worker is handed over only once the thread exists.
+    // The runtime is made on the new thread and stays there: dropped on
+    // the caller's (inside `#[tokio::main]`, say), a runtime panics.
+    let (report, reported) = std::sync::mpsc::sync_channel(1);
+    // The worker is handed over only once the thread and its runtime exist.
     let (hand_over, handed) = std::sync::mpsc::sync_channel::<Worker>(1);
     let spawned = std::thread::Builder::new()
         .name(THREAD_NAME.to_owned())
         .spawn(move || {
-            if let Ok(worker) = handed.recv() {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let _ = report.send(
+                runtime
+                    .as_ref()
+                    .map(|r| r.handle().clone())
+                    .map_err(|e| e.to_string()),
+            );
+            if let (Ok(runtime), Ok(worker)) = (runtime, handed.recv()) {
                 runtime.block_on(worker.run());
             }
         });
-    match spawned {
-        Ok(_) => {
-            // The receiver waits for exactly this one send.
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "trodo: no delivery thread");
+        return Err(Box::new(worker));
+    }
+    match reported.recv() {
+        Ok(Ok(handle)) => {
+            // The thread waits for exactly this one send.
             let _ = hand_over.send(worker);
             Ok(handle)
         }
-        Err(err) => {
-            tracing::warn!(error = %err, "trodo: no delivery thread");
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "trodo: no runtime for the delivery thread");
             Err(Box::new(worker))
         }
+        Err(_) => Err(Box::new(worker)),
     }
 }
