@@ -215,39 +215,43 @@ impl Shared {
         let _ = self.shut_down.set(());
         let deadline = tokio::time::Instant::now() + timeout;
         self.backlog.close();
-        match &self.mirror {
+        let store_drained = match &self.mirror {
             None => {
                 let ended = self
                     .sessions
                     .close_all(ClosedVia::ServerShutdown, &self.exporter);
                 tracing::debug!(ended, "trodo: ended open runs on shutdown");
+                true
             }
             Some(mirror) => {
                 let (left, ended) = self.sessions.release_all(&self.exporter);
-                let drained = mirror.drain(timeout).await;
+                // At most half the time for the store: a slow store must
+                // not leave delivery none.
+                let drained = mirror.drain(timeout / 2).await;
                 tracing::debug!(
                     left,
                     ended,
                     drained,
                     "trodo: left shared runs to the store's idle sweep on shutdown"
                 );
+                drained
             }
-        }
+        };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.exporter.shutdown(remaining).await
+        self.exporter.shutdown(remaining).await && store_drained
     }
 
-    /// Works off the store queue, then delivers what is queued, within `timeout`.
+    /// Works off the store queue (in at most half the time), then delivers
+    /// what is queued, within `timeout`.
     async fn flush(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         self.backlog.catch_up();
-        if let Some(mirror) = &self.mirror
-            && !mirror.drain(timeout).await
-        {
-            return false;
-        }
+        let store_drained = match &self.mirror {
+            Some(mirror) => mirror.drain(timeout / 2).await,
+            None => true,
+        };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.exporter.flush(remaining).await
+        self.exporter.flush(remaining).await && store_drained
     }
 }
 
@@ -318,7 +322,10 @@ impl Trodo {
     /// ingest API (or printed), or dropped, at most `timeout`. Returns `false`
     /// on timeout: records still waiting (e.g. for an ingest API that is down)
     /// keep their place and their retries. With a session store, what is
-    /// queued for the store (aggregates, activity, end claims) is worked off first.
+    /// queued for the store (aggregates, activity, end claims) is worked off
+    /// first, in at most half of `timeout` (the same holds for
+    /// [`shutdown`](Self::shutdown)), so that a slow store leaves delivery
+    /// the rest.
     pub async fn flush(&self, timeout: Duration) -> bool {
         self.shared.flush(timeout).await
     }

@@ -109,3 +109,73 @@ async fn a_run_started_and_ended_at_once_ends_with_every_span_counted() {
         (Some(2), Some(10), Some(20))
     );
 }
+
+/// A store that never answers.
+#[derive(Debug)]
+struct Hanging;
+
+impl SessionStore for Hanging {
+    fn find<'a>(&'a self, _: &'a str) -> trodo_tower::store::StoreFuture<'a, Option<uuid::Uuid>> {
+        Box::pin(std::future::pending())
+    }
+    fn open<'a>(
+        &'a self,
+        _: &'a trodo_tower::store::NewRun,
+        _: std::time::Duration,
+    ) -> trodo_tower::store::StoreFuture<'a, trodo_tower::store::Opened> {
+        Box::pin(std::future::pending())
+    }
+    fn record(
+        &self,
+        _: uuid::Uuid,
+        _: trodo_tower::store::RunTotals,
+        _: std::time::SystemTime,
+        _: std::time::Duration,
+    ) -> trodo_tower::store::StoreFuture<'_, bool> {
+        Box::pin(std::future::pending())
+    }
+    fn claim(
+        &self,
+        _: uuid::Uuid,
+        _: Option<std::time::SystemTime>,
+        _: std::time::Duration,
+    ) -> trodo_tower::store::StoreFuture<'_, trodo_tower::store::Claim> {
+        Box::pin(std::future::pending())
+    }
+    fn claim_idle(
+        &self,
+        _: std::time::SystemTime,
+        _: usize,
+        _: std::time::Duration,
+    ) -> trodo_tower::store::StoreFuture<'_, Vec<trodo_tower::store::ClaimedRun>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// A store that hangs at shutdown takes at most half its time: what is
+/// queued for the ingest API is still delivered. (The run's end waits for
+/// the store's claim, which gives up only after a second: it is not
+/// delivered, and shutdown says so.)
+#[tokio::test]
+async fn a_hanging_store_leaves_shutdown_time_to_deliver() {
+    use common::*;
+    use std::time::Duration;
+    use trodo_tower::{SpanKind, StartRun, Trodo};
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let trodo = Trodo::new(&config(&ingest).with_session_store(Arc::new(Hanging)));
+    let run_id = trodo.start_run(StartRun::new("session"));
+    trodo.join_run(run_id, SpanKind::Tool, "tool.a").finish();
+    trodo.join_run(run_id, SpanKind::Tool, "tool.b").finish();
+    assert!(!trodo.shutdown(Duration::from_millis(600)).await);
+
+    let paths: Vec<String> = ingest.received().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/sdk/runs/start".to_owned(),
+            format!("/api/sdk/runs/{run_id}/spans"),
+        ]
+    );
+    assert_eq!(ingest.spans().len(), 2);
+}
