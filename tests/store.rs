@@ -110,48 +110,6 @@ async fn a_run_started_and_ended_at_once_ends_with_every_span_counted() {
     );
 }
 
-/// A store that never answers.
-#[derive(Debug)]
-struct Hanging;
-
-impl SessionStore for Hanging {
-    fn find<'a>(&'a self, _: &'a str) -> trodo_tower::store::StoreFuture<'a, Option<uuid::Uuid>> {
-        Box::pin(std::future::pending())
-    }
-    fn open<'a>(
-        &'a self,
-        _: &'a trodo_tower::store::NewRun,
-        _: std::time::Duration,
-    ) -> trodo_tower::store::StoreFuture<'a, trodo_tower::store::Opened> {
-        Box::pin(std::future::pending())
-    }
-    fn record(
-        &self,
-        _: uuid::Uuid,
-        _: trodo_tower::store::RunTotals,
-        _: std::time::SystemTime,
-        _: std::time::Duration,
-    ) -> trodo_tower::store::StoreFuture<'_, bool> {
-        Box::pin(std::future::pending())
-    }
-    fn claim(
-        &self,
-        _: uuid::Uuid,
-        _: Option<std::time::SystemTime>,
-        _: std::time::Duration,
-    ) -> trodo_tower::store::StoreFuture<'_, trodo_tower::store::Claim> {
-        Box::pin(std::future::pending())
-    }
-    fn claim_idle(
-        &self,
-        _: std::time::SystemTime,
-        _: usize,
-        _: std::time::Duration,
-    ) -> trodo_tower::store::StoreFuture<'_, Vec<trodo_tower::store::ClaimedRun>> {
-        Box::pin(std::future::pending())
-    }
-}
-
 /// A store that hangs at shutdown takes at most half its time: what is
 /// queued for the ingest API is still delivered. (The run's end waits for
 /// the store's claim, which gives up only after a second: it is not
@@ -163,7 +121,7 @@ async fn a_hanging_store_leaves_shutdown_time_to_deliver() {
     use trodo_tower::{SpanKind, StartRun, Trodo};
 
     let ingest = RecordingIngest::start().await.unwrap();
-    let trodo = Trodo::new(&config(&ingest).with_session_store(Arc::new(Hanging)));
+    let trodo = Trodo::new(&config(&ingest).with_session_store(Arc::new(workers::stores::Hanging)));
     let run_id = trodo.start_run(StartRun::new("session"));
     trodo.join_run(run_id, SpanKind::Tool, "tool.a").finish();
     trodo.join_run(run_id, SpanKind::Tool, "tool.b").finish();
@@ -178,4 +136,87 @@ async fn a_hanging_store_leaves_shutdown_time_to_deliver() {
         ]
     );
     assert_eq!(ingest.spans().len(), 2);
+}
+
+/// A run of `start_run` opened on one worker and ended with `end_run` on
+/// another: the first learns it from the store once the run idles there,
+/// forgets it, and drops its later spans instead of sending them after
+/// the end (or a second end at shutdown).
+#[tokio::test]
+async fn a_run_ended_on_another_worker_is_forgotten_by_the_one_that_started_it() {
+    use common::*;
+    use std::time::{Duration, Instant};
+    use trodo_tower::{EndRun, SpanKind, StartRun, Trodo};
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = memory().store();
+    let worker = |store: Arc<dyn SessionStore>| {
+        let config = config(&ingest)
+            .with_idle_timeout(Duration::from_millis(300))
+            .unwrap()
+            .with_session_store(store);
+        Trodo::new(&config)
+    };
+    let (a, b) = (worker(store.clone()), worker(store));
+    let run_id = a.start_run(StartRun::new("session"));
+    a.join_run(run_id, SpanKind::Tool, "tool.a").finish();
+    assert!(a.flush(WAIT).await, "the store holds the run and its span");
+    b.end_run(run_id, EndRun::ok());
+    assert!(b.flush(WAIT).await);
+    assert_eq!(ingest.ends().len(), 1);
+    assert_eq!(ingest.ends()[0].1["span_count"], 1);
+
+    let deadline = Instant::now() + WAIT;
+    while a.open_runs() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first worker still holds the run"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.join_run(run_id, SpanKind::Tool, "tool.late").finish();
+    assert!(a.shutdown(WAIT).await);
+    assert_eq!(ingest.ends().len(), 1, "no second end");
+    assert_eq!(ingest.spans().len(), 1, "the late span was not sent");
+    assert_eq!(a.delivery_counters().dropped_after_run_end, 1);
+}
+
+/// A run of `start_run` the store lost while it idled: asking the store
+/// about it tells the worker so, and its `end_run` still sends the end,
+/// with this worker's totals.
+#[tokio::test]
+async fn a_run_the_store_lost_still_ends_on_its_worker() {
+    use common::*;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    use trodo_tower::{EndRun, SpanKind, StartRun, Trodo};
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = Arc::new(workers::stores::Forgetful::default());
+    let config = config(&ingest)
+        .with_idle_timeout(Duration::from_millis(300))
+        .unwrap()
+        .with_session_store(store.clone());
+    let trodo = Trodo::new(&config);
+    let run_id = trodo.start_run(StartRun::new("session"));
+    trodo.join_run(run_id, SpanKind::Tool, "tool.a").finish();
+    assert!(
+        trodo.flush(WAIT).await,
+        "the store holds the run and its span"
+    );
+    store.forget_everything();
+
+    let deadline = Instant::now() + WAIT;
+    while store.asked.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the store was never asked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(trodo.flush(WAIT).await, "the answer was taken in");
+    assert_eq!(trodo.open_runs(), 1);
+    trodo.end_run(run_id, EndRun::ok());
+    assert!(trodo.flush(WAIT).await);
+    let ends = ingest.ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].0, run_id.to_string());
+    assert_eq!(ends[0].1["span_count"], 1);
 }

@@ -45,6 +45,10 @@ struct OpenRun {
     shared: bool,
     /// Whether another worker opened it (and sends its `start`).
     adopted: bool,
+    /// Whether the store said it does not know the run (it lost it: a
+    /// Redis restarted without persistence, say): its end is this
+    /// process's, with its own totals.
+    lost_by_store: bool,
     /// Its requests being answered: the idle sweep passes it over meanwhile.
     under_way: UnderWayCount,
 }
@@ -60,6 +64,7 @@ impl OpenRun {
             sweepable: true,
             shared: false,
             adopted: false,
+            lost_by_store: false,
             under_way: UnderWayCount::default(),
         }
     }
@@ -71,8 +76,15 @@ impl OpenRun {
         if self.under_way.any() {
             self.last_seen = self.last_seen.max(now);
             Idleness::Answering
-        } else if self.sweepable && now.saturating_duration_since(self.last_seen) >= idle_timeout {
+        } else if now.saturating_duration_since(self.last_seen) < idle_timeout {
+            Idleness::Active
+        } else if self.sweepable {
             Idleness::Idle
+        } else if self.shared {
+            // Another worker's `end_run` may have ended it: ask again after
+            // another idle timeout.
+            self.last_seen = now;
+            Idleness::IdleUnswept
         } else {
             Idleness::Active
         }
@@ -101,8 +113,11 @@ enum Idleness {
     /// A request of it is being answered: active now, whatever its last
     /// activity.
     Answering,
-    /// Active within the idle timeout.
+    /// Active within the idle timeout, or ended only by `end_run`.
     Active,
+    /// A run of `start_run` the store holds, idle here for the idle
+    /// timeout: the store is asked whether another worker ended it.
+    IdleUnswept,
 }
 
 /// Spans for a run that is not open in this process, given back.
@@ -552,6 +567,11 @@ impl Sessions {
                         store.record(open.run_id, Default::default(), answering_at);
                     }
                 }
+                Idleness::IdleUnswept => {
+                    if let Some(store) = &self.store {
+                        store.ask_if_ended(open.run_id);
+                    }
+                }
                 Idleness::Active => {}
             }
         }
@@ -627,6 +647,25 @@ impl Sessions {
         send_end(run_id, at, ending, totals, exporter);
     }
 
+    /// Forgets a run the store says another worker ended (its `end` is
+    /// out): later spans of it here are dropped, and no second `end` goes.
+    pub(crate) fn ended_elsewhere(&self, run_id: Uuid, exporter: &Exporter) {
+        let mut table = self.lock();
+        if let Some(mut open) = table.remove_run(run_id) {
+            open.send_pending_start(exporter);
+            tracing::debug!(%run_id, "trodo: run ended by another worker, forgotten here");
+        }
+    }
+
+    /// Notes that the store does not know a run it held: this process
+    /// ends it alone, with its own totals.
+    pub(crate) fn lost_by_store(&self, run_id: Uuid) {
+        if let Some(open) = self.lock().get_run(run_id) {
+            open.shared = false;
+            open.lost_by_store = true;
+        }
+    }
+
     /// How many runs are open.
     pub(crate) fn len(&self) -> usize {
         self.lock().by_key.len()
@@ -642,7 +681,7 @@ impl Sessions {
         idle_before: Option<SystemTime>,
         exporter: &Exporter,
     ) {
-        let Some(store) = &self.store else {
+        let Some(store) = self.store.as_ref().filter(|_| !open.lost_by_store) else {
             return end(open, at, ending, exporter);
         };
         open.send_pending_start(exporter);

@@ -151,6 +151,9 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// Claims the end of a run, atomically: exactly one claim of a run
     /// [wins](Claim::Won). With `idle_before`, only a run whose last activity
     /// is at or before it can be claimed (else [`Claim::Active`]).
+    /// The layer also asks whether another worker ended a run with a claim
+    /// whose `idle_before` is the Unix epoch, which no open run can meet:
+    /// [`Claim::AlreadyEnded`] then means ended, [`Claim::Active`] open.
     fn claim(
         &self,
         run_id: Uuid,

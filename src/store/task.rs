@@ -63,6 +63,8 @@ enum Late {
     TouchKey { key: String, at: Timestamp },
     /// Claims a run's end; the winner sends it.
     End(Box<EndOp>),
+    /// Asks whether a run this process holds was ended by another worker.
+    AskIfEnded(Uuid),
     /// Claims the end of the run of a key this process does not hold.
     EndKey {
         key: String,
@@ -131,6 +133,12 @@ impl StoreQueue {
             key: key.to_owned(),
             at,
         }));
+    }
+
+    /// Asks the store whether another worker ended a run this process
+    /// holds (a run of `start_run`, which no sweep ends).
+    pub(crate) fn ask_if_ended(&self, run_id: Uuid) {
+        self.send_or_drop(Op::Late(Late::AskIfEnded(run_id)));
     }
 
     /// Ends the run of a key this process does not hold, if the store has one.
@@ -277,6 +285,19 @@ impl StoreTask {
                 }
             }
             Late::End(op) => self.end(shared, *op).await,
+            Late::AskIfEnded(run_id) => {
+                // A claim no open run can lose: its activity is after the epoch.
+                let asked = self
+                    .store
+                    .claim(run_id, Some(SystemTime::UNIX_EPOCH), self.ttl);
+                match self.call("claim", asked).await {
+                    Some(Claim::AlreadyEnded) => {
+                        shared.sessions.ended_elsewhere(run_id, &shared.exporter);
+                    }
+                    Some(Claim::Unknown) => shared.sessions.lost_by_store(run_id),
+                    Some(Claim::Active | Claim::Won(_)) | None => {}
+                }
+            }
             Late::EndKey { key, via, at } => {
                 let Some(Some(run_id)) = self.call("find", self.store.find(&key)).await else {
                     return;

@@ -16,6 +16,8 @@ use trodo_tower::{Trodo, TrodoLayer};
 
 use crate::common::*;
 
+pub mod stores;
+
 /// Where workers get their stores: every store from one backend shares
 /// sessions with the others.
 pub trait Backend {

@@ -1,0 +1,99 @@
+//! Session stores for tests: one that never answers, and one that can
+//! lose everything it holds.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use trodo_tower::store::{
+    Claim, ClaimedRun, MemoryStore, NewRun, Opened, RunTotals, SessionStore, StoreFuture,
+};
+use uuid::Uuid;
+
+/// A store that never answers.
+#[derive(Debug)]
+pub struct Hanging;
+
+impl SessionStore for Hanging {
+    fn find<'a>(&'a self, _: &'a str) -> StoreFuture<'a, Option<Uuid>> {
+        Box::pin(std::future::pending())
+    }
+    fn open<'a>(&'a self, _: &'a NewRun, _: Duration) -> StoreFuture<'a, Opened> {
+        Box::pin(std::future::pending())
+    }
+    fn record(&self, _: Uuid, _: RunTotals, _: SystemTime, _: Duration) -> StoreFuture<'_, bool> {
+        Box::pin(std::future::pending())
+    }
+    fn claim(&self, _: Uuid, _: Option<SystemTime>, _: Duration) -> StoreFuture<'_, Claim> {
+        Box::pin(std::future::pending())
+    }
+    fn claim_idle(&self, _: SystemTime, _: usize, _: Duration) -> StoreFuture<'_, Vec<ClaimedRun>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// A memory store that can lose everything at once (a Redis restarted
+/// without persistence), and counts the claims that ask whether a run
+/// ended (with an idle bound at the epoch, which no open run can meet).
+#[derive(Debug, Default)]
+pub struct Forgetful {
+    inner: Mutex<Arc<MemoryStore>>,
+    /// Claims that asked whether a run ended.
+    pub asked: AtomicUsize,
+}
+
+impl Forgetful {
+    fn inner(&self) -> Arc<MemoryStore> {
+        self.inner.lock().unwrap().clone()
+    }
+
+    pub fn forget_everything(&self) {
+        *self.inner.lock().unwrap() = Arc::new(MemoryStore::new());
+    }
+}
+
+impl SessionStore for Forgetful {
+    fn find<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Uuid>> {
+        let inner = self.inner();
+        Box::pin(async move { inner.find(key).await })
+    }
+    fn open<'a>(&'a self, run: &'a NewRun, ttl: Duration) -> StoreFuture<'a, Opened> {
+        let inner = self.inner();
+        Box::pin(async move { inner.open(run, ttl).await })
+    }
+    fn record(
+        &self,
+        run_id: Uuid,
+        delta: RunTotals,
+        last: SystemTime,
+        ttl: Duration,
+    ) -> StoreFuture<'_, bool> {
+        let inner = self.inner();
+        Box::pin(async move { inner.record(run_id, delta, last, ttl).await })
+    }
+    fn claim(
+        &self,
+        run_id: Uuid,
+        idle_before: Option<SystemTime>,
+        ttl: Duration,
+    ) -> StoreFuture<'_, Claim> {
+        let inner = self.inner();
+        let asking = idle_before == Some(SystemTime::UNIX_EPOCH);
+        Box::pin(async move {
+            let claim = inner.claim(run_id, idle_before, ttl).await;
+            if asking {
+                self.asked.fetch_add(1, Ordering::SeqCst);
+            }
+            claim
+        })
+    }
+    fn claim_idle(
+        &self,
+        idle_before: SystemTime,
+        limit: usize,
+        ttl: Duration,
+    ) -> StoreFuture<'_, Vec<ClaimedRun>> {
+        let inner = self.inner();
+        Box::pin(async move { inner.claim_idle(idle_before, limit, ttl).await })
+    }
+}
