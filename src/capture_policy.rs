@@ -6,7 +6,9 @@
 
 use serde_json::Value;
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::Settings;
 use crate::wire::io_text;
@@ -23,6 +25,29 @@ pub(crate) enum Side {
 /// The application's redaction hook.
 #[derive(Clone)]
 pub(crate) struct Redactor(pub(crate) Arc<dyn Fn(&mut Value) + Send + Sync>);
+
+impl Redactor {
+    /// Runs the hook on `value`. A hook that panics leaves `value` unfit
+    /// to send (perhaps half redacted): `false` then, and the panic is
+    /// logged (at `error` the first time), never passed on to the request
+    /// being served.
+    fn redact(&self, value: &mut Value) -> bool {
+        static LOGGED: AtomicBool = AtomicBool::new(false);
+        let hook = &self.0;
+        if catch_unwind(AssertUnwindSafe(|| hook(value))).is_ok() {
+            return true;
+        }
+        if LOGGED.swap(true, Ordering::Relaxed) {
+            tracing::debug!("trodo: the redaction hook panicked; the value is left out");
+        } else {
+            tracing::error!(
+                "trodo: the redaction hook panicked; the value is left out of its span \
+                 (later panics are logged at debug)"
+            );
+        }
+        false
+    }
+}
 
 impl fmt::Debug for Redactor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -52,8 +77,9 @@ impl Settings {
             .then(|| serde_json::from_str::<Value>(&text).ok())
             .flatten()
             .unwrap_or(Value::String(text));
-        (redactor.0)(&mut value);
-        Some(io_text(&value, self.capture_limit))
+        redactor
+            .redact(&mut value)
+            .then(|| io_text(&value, self.capture_limit))
     }
 
     /// A value given to the manual API as the span keeps it.
@@ -61,8 +87,10 @@ impl Settings {
         if !self.captures(side) {
             return None;
         }
-        if let Some(redactor) = &self.redactor {
-            (redactor.0)(&mut value);
+        if let Some(redactor) = &self.redactor
+            && !redactor.redact(&mut value)
+        {
+            return None;
         }
         Some(io_text(&value, self.capture_limit))
     }
@@ -102,6 +130,22 @@ mod tests {
         let settings = mask_secrets().settings;
         let kept = settings.captured_text(Side::Output, "{\"pw\":\"hunter2".to_owned(), false);
         assert_eq!(kept.as_deref(), Some("{\"pw\":\"[redacted]"));
+    }
+
+    #[test]
+    fn a_panicking_hook_leaves_the_value_out_and_does_not_unwind() {
+        let settings = TrodoConfig::new()
+            .with_redaction(|value: &mut Value| {
+                value["params"] = Value::from("half done");
+                panic!("hook bug");
+            })
+            .settings;
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"secret":"s"}}"#;
+        assert_eq!(
+            settings.captured_text(Side::Input, body.to_owned(), true),
+            None
+        );
+        assert_eq!(settings.captured_value(Side::Output, json!({"a": 1})), None);
     }
 
     #[test]

@@ -443,7 +443,8 @@ impl TrodoConfig {
     ///
     /// The hook runs where the exchange is read: mostly on the layer's
     /// delivery thread, sometimes on a request's. Keep it quick, and free of
-    /// locks your handlers hold; a panic in it costs that span only.
+    /// locks your handlers hold. A panic in it never reaches a request:
+    /// the value it was given is left out of its span, and it is logged.
     ///
     /// ```
     /// use serde_json::Value;

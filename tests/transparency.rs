@@ -270,3 +270,35 @@ async fn switched_off_the_layer_serves_the_same_sends_nothing_and_lends_handlers
     assert_eq!(layer.trodo().delivery_counters().sent, 0);
     assert!(ingest.received().is_empty(), "{:?}", ingest.received());
 }
+
+/// A redaction hook that panics costs the values it saw, never an answer:
+/// the same conversation as bare, read on the delivery thread and, with a
+/// session store, on the requests' own threads.
+#[tokio::test]
+async fn a_panicking_redaction_hook_never_reaches_the_client() {
+    for store in [false, true] {
+        let ingest = RecordingIngest::start().await.unwrap();
+        let mut config = config(&ingest).with_redaction(|_: &mut serde_json::Value| {
+            panic!("a bug in the hook");
+        });
+        if store {
+            config = config
+                .with_session_store(std::sync::Arc::new(trodo_tower::store::MemoryStore::new()));
+        }
+        let layer = TrodoLayer::new(config);
+        assert_same_answers_as_bare(layer.clone()).await;
+        assert!(layer.trodo().flush(WAIT).await);
+
+        let starts = ingest.starts();
+        assert_eq!(starts.len(), 1, "store: {store}");
+        assert!(starts[0].get("input").is_none(), "{:?}", starts[0]);
+        let spans = ingest.spans();
+        assert!(!spans.is_empty());
+        for (_, span) in spans {
+            assert!(
+                span.get("input").is_none() && span.get("output").is_none(),
+                "{span}"
+            );
+        }
+    }
+}
