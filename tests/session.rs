@@ -337,11 +337,12 @@ async fn an_answer_after_its_run_ended_opens_no_run() {
     assert_eq!(trodo.open_runs(), 0);
 }
 
-/// A JSON MCP server in a few lines: `initialize` opens the session `s-1`,
-/// `tools/call` answers once `release` is notified (telling `reached` it
-/// started), DELETE ends the session. Its answers are plain JSON, so a
-/// call's response head comes only when the call is done.
+/// A JSON MCP server in a few lines: `initialize` opens the session
+/// `session_id`, `tools/call` answers once `release` is notified (telling
+/// `reached` it started), DELETE ends the session. Its answers are plain
+/// JSON, so a call's response head comes only when the call is done.
 fn json_session_server(
+    session_id: &'static str,
     release: Arc<tokio::sync::Notify>,
     reached: tokio::sync::mpsc::Sender<()>,
 ) -> Router {
@@ -355,7 +356,7 @@ fn json_session_server(
             let json = [(header::CONTENT_TYPE, "application/json")];
             match message["method"].as_str() {
                 Some("initialize") => (
-                    [("mcp-session-id", "s-1")],
+                    [("mcp-session-id", session_id)],
                     json,
                     json!({"jsonrpc": "2.0", "id": message["id"], "result": {
                         "protocolVersion": "2025-11-25", "capabilities": {},
@@ -388,7 +389,7 @@ async fn an_answer_whose_head_comes_after_its_run_ended_opens_no_run() {
     let (reached, mut call_started) = tokio::sync::mpsc::channel(1);
     let layer = TrodoLayer::new(config(&ingest));
     let trodo = layer.trodo();
-    let app = json_session_server(Arc::clone(&release), reached).layer(layer);
+    let app = json_session_server("s-1", Arc::clone(&release), reached).layer(layer);
     let mut client = RawClient::new(serve(app).await);
     assert_eq!(client.initialize("json-test").await.status, 200);
     assert_eq!(client.session.as_deref(), Some("s-1"));
@@ -414,4 +415,33 @@ async fn an_answer_whose_head_comes_after_its_run_ended_opens_no_run() {
     );
     assert!(ingest.spans().is_empty(), "the late span goes nowhere");
     assert_eq!(trodo.open_runs(), 0);
+}
+
+/// Session ids may be long (a signed token, say): one of 2,000 characters
+/// is a session like any other.
+#[tokio::test]
+async fn a_long_session_id_is_a_session() {
+    let long_id: &'static str =
+        Box::leak(format!("eyJhbGciOiJIUzI1NiJ9.{}.sig", "x".repeat(1_970)).into_boxed_str());
+    let ingest = RecordingIngest::start().await.unwrap();
+    let release = Arc::new(tokio::sync::Notify::new());
+    release.notify_one();
+    let (reached, _call_started) = tokio::sync::mpsc::channel(1);
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let app = json_session_server(long_id, release, reached).layer(layer);
+    let mut client = RawClient::new(serve(app).await);
+    client.initialize("long-id").await;
+    assert_eq!(client.session.as_deref(), Some(long_id));
+    assert_eq!(client.call_tool(1, "slow", json!({})).await.status, 200);
+    assert_eq!(client.delete().await.status, 200);
+
+    assert!(trodo.flush(WAIT).await);
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1);
+    assert_eq!(starts[0]["conversation_id"], long_id);
+    let ends = ingest.ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].1["metadata"]["closed_via"], "session_deleted");
+    assert_eq!(ends[0].1["span_count"], 1);
 }

@@ -11,8 +11,10 @@ use super::encoding::is_encoded;
 use crate::api::{PARENT_SPAN_ID_HEADER, RUN_ID_HEADER};
 
 const FORWARDED_FOR_HEADER: HeaderName = HeaderName::from_static("x-forwarded-for");
-/// Longest session id taken from a header; longer ones are ignored as bogus.
-pub(super) const MAX_SESSION_ID_LEN: usize = 256;
+/// Longest session id taken from a header; longer ones are ignored as
+/// bogus. MCP sets no bound, and servers may issue signed tokens (a JWT
+/// is often 1 to 2 KB); a header much past this is refused by most proxies.
+pub(super) const MAX_SESSION_ID_LEN: usize = 4096;
 
 /// The headers the layer reads off every request, found in one pass over
 /// them (rather than a hash of each name in turn). A name given twice
