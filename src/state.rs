@@ -11,7 +11,8 @@ use crate::export::{self, ConsoleSink, DeliveryOptions, Exporter, HttpSink, Sink
 use crate::run::{ClosedVia, Sessions};
 use crate::store::{Mirror, StoreCounters};
 
-/// Most distinct MCP endpoint paths remembered (a scanner must not grow the list).
+/// Most distinct MCP endpoints remembered (a scanner must not grow the
+/// list): axum routes, so one route with parameters counts once.
 const MAX_MCP_PATHS: usize = 16;
 
 /// Sessions, delivery and settings of one layer (and its clones).
@@ -27,8 +28,9 @@ pub(crate) struct Shared {
     /// The delivery worker, if it has no thread, until it runs on the runtime.
     worker: std::sync::Mutex<Option<Worker>>,
     background: OnceLock<()>,
-    /// Paths on which JSON-RPC requests were seen: a DELETE or GET there is
-    /// about the MCP session, elsewhere it is an ordinary route.
+    /// Endpoints (axum's route, else the path) where JSON-RPC requests were
+    /// seen: a DELETE or GET there is about the MCP session, elsewhere it
+    /// is an ordinary route.
     mcp_paths: RwLock<Vec<Box<str>>>,
     shut_down: OnceLock<()>,
     /// What shutdown returned, for every later call (a second call waits

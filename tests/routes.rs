@@ -98,3 +98,44 @@ async fn kinds_per_method_per_tool_and_per_route() {
     assert_eq!(end["span_count"], 5);
     assert_eq!(end["tool_count"], 2, "echo and the plain route are tools");
 }
+
+/// One MCP route with a parameter (an endpoint per tenant) is one endpoint
+/// however many tenants use it: every tenant's DELETE ends its run, past
+/// the number of distinct endpoints the layer remembers.
+#[tokio::test]
+async fn an_mcp_route_with_a_parameter_is_one_endpoint_for_every_tenant() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let app = Router::new()
+        .route_service(
+            "/t/{tenant}/mcp",
+            mcp(DemoTools::new(), session_manager(None)),
+        )
+        .layer(TrodoLayer::new(config(&ingest)));
+    let addr = serve(app).await;
+    let tenants = 20;
+    for tenant in 0..tenants {
+        let mut client = RawClient::new(addr);
+        client.url = format!("http://{addr}/t/{tenant}/mcp");
+        client.initialize(&format!("tenant-{tenant}")).await;
+        client.call_tool(1, "echo", json!({"text": "hi"})).await;
+        assert_eq!(client.delete().await.status, 202);
+    }
+    ingest
+        .wait_until(WAIT, |r| {
+            r.iter().filter(|r| r.path.ends_with("/end")).count() == tenants
+        })
+        .await
+        .unwrap();
+    let ends = ingest.ends();
+    assert!(
+        ends.iter()
+            .all(|(_, end)| end["metadata"]["closed_via"] == "session_deleted"),
+        "{ends:?}"
+    );
+    let names: Vec<String> = ingest
+        .spans()
+        .iter()
+        .map(|(_, span)| span["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, vec!["tool.echo".to_owned(); tenants]);
+}

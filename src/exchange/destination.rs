@@ -27,7 +27,7 @@ impl Exchange {
         let (message, input) = self.read_request();
         let request = match message {
             Some(ClientMessage::Request(request)) => {
-                self.shared.learn_mcp_path(self.path());
+                self.shared.learn_mcp_path(self.endpoint());
                 Some(request)
             }
             Some(ClientMessage::Notification { .. } | ClientMessage::Response) => {
@@ -119,7 +119,7 @@ impl Exchange {
         let status = response.status;
         let sessions = &self.shared.sessions;
         let exporter = &self.shared.exporter;
-        if status == StatusCode::NOT_FOUND && self.shared.is_mcp_path(self.path()) {
+        if status == StatusCode::NOT_FOUND && self.shared.is_mcp_path(self.endpoint()) {
             // The end's totals count every request answered before it.
             if sessions.contains(&session_id) {
                 self.shared.backlog.catch_up();

@@ -143,10 +143,10 @@ impl Exchange {
             }
             None if self.method == Method::POST
                 && input.bytes > 0
-                && self.shared.is_known_mcp_path(self.path()) =>
+                && self.shared.is_known_mcp_path(self.endpoint()) =>
             {
                 // A POST to the MCP endpoint that is not one JSON-RPC message.
-                attributes.insert("http.route", Value::from(self.path()));
+                attributes.insert("http.route", Value::from(self.endpoint()));
                 let kind = route_kind.unwrap_or(SpanKind::Generic);
                 if input.truncated || input.encoding.is_some() {
                     // Too large to read whole, or encoded: its method is

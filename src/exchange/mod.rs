@@ -182,7 +182,7 @@ impl Exchange {
                         &parts.method,
                         wants_event_stream,
                         &shared,
-                        parts.uri.path(),
+                        endpoint(parts.extensions.get(), parts.uri.path()),
                     );
                     if known.is_none() && !control {
                         // Another worker may hold the session: ask the store
@@ -255,6 +255,11 @@ impl Exchange {
     /// axum's matched route, if the layer is on a route.
     fn route(&self) -> Option<&MatchedPath> {
         self.target.route()
+    }
+
+    /// What identifies the endpoint (see [`endpoint`]).
+    fn endpoint(&self) -> &str {
+        endpoint(self.target.route(), self.path())
     }
 
     /// The state of the layer this exchange went through.
@@ -450,9 +455,16 @@ impl Exchange {
             &self.method,
             self.wants_event_stream,
             &self.shared,
-            self.path(),
+            self.endpoint(),
         )
     }
+}
+
+/// What identifies the endpoint a request went to: axum's matched route
+/// (`/t/{tenant}/mcp` for every tenant), else its path. The MCP endpoints
+/// the layer learns are these, so one route serves any number of paths.
+fn endpoint<'a>(route: Option<&'a MatchedPath>, path: &'a str) -> &'a str {
+    route.map_or(path, MatchedPath::as_str)
 }
 
 /// A DELETE or a GET event stream on the MCP endpoint: about the session itself.
