@@ -202,6 +202,15 @@ pub(crate) fn truncate_chars(s: &str, max_chars: usize) -> (&str, bool) {
     }
 }
 
+/// Cuts `text` in place to at most `max_chars` characters; returns
+/// whether it was cut.
+pub(crate) fn cut_to_chars(text: &mut String, max_chars: usize) -> bool {
+    let (kept, cut) = truncate_chars(text, max_chars);
+    let len = kept.len();
+    text.truncate(len);
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

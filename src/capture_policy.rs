@@ -10,6 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::capture::cut_to_chars;
 use crate::config::Settings;
 use crate::wire::io_text;
 
@@ -64,13 +65,20 @@ impl Settings {
         }
     }
 
-    /// A captured body as the span keeps it. A JSON body read whole is
-    /// redacted as JSON; any other text is redacted as a JSON string.
-    pub(crate) fn captured_text(&self, side: Side, text: String, whole: bool) -> Option<String> {
+    /// A captured body as the span keeps it, cut to the capture limit. A
+    /// JSON body read whole is redacted as JSON (before it is cut); any
+    /// other text is redacted as a JSON string.
+    pub(crate) fn captured_text(
+        &self,
+        side: Side,
+        mut text: String,
+        whole: bool,
+    ) -> Option<String> {
         if !self.captures(side) {
             return None;
         }
         let Some(redactor) = &self.redactor else {
+            cut_to_chars(&mut text, self.capture_limit);
             return Some(text);
         };
         let mut value = whole
@@ -123,6 +131,21 @@ mod tests {
         let kept: Value = serde_json::from_str(&kept).unwrap();
         assert_eq!(kept["params"]["arguments"]["password"], "[redacted]");
         assert_eq!(kept["params"]["name"], "login");
+    }
+
+    #[test]
+    fn a_body_read_whole_is_redacted_as_json_then_cut_to_the_limit() {
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"login","arguments":{"password":"hunter2","note":"a long note"}}}"#;
+        // Redacted whole (131 characters), then cut.
+        let redacted = mask_secrets().with_capture_limit(120).unwrap().settings;
+        let kept = redacted
+            .captured_text(Side::Input, body.to_owned(), true)
+            .unwrap();
+        assert_eq!(kept.chars().count(), 120);
+        assert!(kept.contains(r#""password":"[redacted]""#), "{kept}");
+        let plain = TrodoConfig::new().with_capture_limit(10).unwrap().settings;
+        let kept = plain.captured_text(Side::Input, body.to_owned(), true);
+        assert_eq!(kept.as_deref(), Some(r#"{"jsonrpc""#));
     }
 
     #[test]

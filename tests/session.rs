@@ -445,3 +445,37 @@ async fn a_long_session_id_is_a_session() {
     assert_eq!(ends[0].1["metadata"]["closed_via"], "session_deleted");
     assert_eq!(ends[0].1["span_count"], 1);
 }
+
+/// A small capture limit cuts what is kept, not what is understood: the
+/// `initialize` still opens the run with the client's identity, and calls
+/// are still named from their bodies.
+#[tokio::test]
+async fn a_small_capture_limit_still_opens_and_names_everything() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest).with_capture_limit(100).unwrap());
+    let trodo = layer.trodo();
+    let mut client = RawClient::new(serve_demo(DemoTools::new(), layer).await);
+    client.initialize("small-capture").await;
+    client
+        .call_tool(1, "echo", json!({"text": "y".repeat(500)}))
+        .await;
+    assert_eq!(client.delete().await.status, 202);
+    assert!(trodo.flush(WAIT).await);
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1);
+    assert_eq!(starts[0]["metadata"]["client_name"], "small-capture");
+    assert!(starts[0].get("metadata").unwrap().get("resumed").is_none());
+    assert_eq!(starts[0]["input"].as_str().unwrap().chars().count(), 100);
+    let spans = ingest.spans();
+    assert_eq!(spans.len(), 1);
+    let call = &spans[0].1;
+    assert_eq!(call["name"], "tool.echo");
+    assert_eq!(call["kind"], "tool");
+    assert_eq!(call["attributes"]["input_truncated"], true);
+    assert_eq!(call["input"].as_str().unwrap().chars().count(), 100);
+    assert_eq!(
+        ingest.ends()[0].1["metadata"]["closed_via"],
+        "session_deleted"
+    );
+}

@@ -440,6 +440,51 @@ async fn per_call_sessions_are_grouped_when_configured() {
     assert_eq!(ingest.ends()[0].1["metadata"]["closed_via"], "idle_timeout");
 }
 
+/// A request past the capture limit is still read whole to be understood
+/// (up to 1 Mi characters): a large `tools/call` stays in its
+/// conversation's run and is named from its body; its input is cut.
+#[tokio::test]
+async fn a_request_past_the_capture_limit_is_still_understood() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config(&ingest).with_idle_timeout(SHORT_IDLE).unwrap();
+    let addr = layered(config, true).await;
+    let client = RawClient::new(addr);
+    let call = |id: i64, text: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": text},
+                       "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                                 "io.modelcontextprotocol/clientInfo": {"name": "big", "version": "1"},
+                                 "io.modelcontextprotocol/clientCapabilities": {},
+                                 "openai/session": "conv-1"}}})
+        .to_string()
+    };
+    for (id, text) in [(1, "small".to_owned()), (2, "x".repeat(100_000))] {
+        let answer = client
+            .post(call(id, &text))
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "echo")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    // The run and the request id come from the body, not the headers.
+    assert_eq!(ingest.starts().len(), 1, "one run for the conversation");
+    let spans = ingest.spans();
+    assert_eq!(spans.len(), 2);
+    let big = &spans[1].1;
+    assert_eq!(big["name"], "tool.echo");
+    assert_eq!(big["attributes"]["jsonrpc.request.id"], "2");
+    assert_eq!(big["attributes"]["input_truncated"], true);
+    assert_eq!(big["input"].as_str().unwrap().chars().count(), 64_000);
+    assert_eq!(spans[0].1["attributes"]["input_truncated"], false);
+}
+
 #[tokio::test]
 async fn a_request_too_large_to_parse_is_named_by_its_headers() {
     let ingest = RecordingIngest::start().await.unwrap();
@@ -449,7 +494,7 @@ async fn a_request_too_large_to_parse_is_named_by_its_headers() {
         .with_sessionless(Sessionless::RunPerRequest);
     let addr = layered(config, true).await;
     let client = RawClient::new(addr);
-    let text = "x".repeat(100_000); // over the 64,000-character capture limit
+    let text = "x".repeat(1_100_000); // over the 1 Mi characters read to understand it
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "echo", "arguments": {"text": text},
                    "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::api::{RequestSpan, inbound_propagation};
-use crate::capture::Capture;
+use crate::capture::{Capture, truncate_chars};
 use crate::capture_policy::Side;
 use crate::config::Sessionless;
 use crate::mcp::envelope::{
@@ -136,7 +136,7 @@ impl Exchange {
         let input_limit = if encoding.is_some() {
             0
         } else {
-            settings.capture_limit
+            settings.capture_limit.max(REQUEST_READ_CHARS)
         };
         let request_span = RequestSpan::new(Arc::clone(&shared), input_limit);
         parts.extensions.insert(request_span.clone());
@@ -430,14 +430,18 @@ impl Exchange {
         };
         let settings = &self.shared.settings;
         let encoding = self.encoding.take();
-        // An encoded body's capture keeps nothing: it is not read, not cut.
-        let truncated = capture.is_truncated() && encoding.is_none();
+        let read_whole = !capture.is_truncated();
         let bytes = capture.total_bytes();
+        let text = (bytes > 0 && encoding.is_none()).then(|| capture.into_text());
+        // Read past the capture limit to be understood; kept only up to it.
+        let cut = !read_whole
+            || text
+                .as_deref()
+                .is_some_and(|text| truncate_chars(text, settings.capture_limit).1);
         let input = Input {
-            text: (bytes > 0 && encoding.is_none())
-                .then(|| capture.into_text())
-                .and_then(|text| settings.captured_text(Side::Input, text, !truncated)),
-            truncated,
+            text: text.and_then(|text| settings.captured_text(Side::Input, text, read_whole)),
+            // An encoded body's capture keeps nothing: it is not read, not cut.
+            truncated: cut && encoding.is_none(),
             bytes,
             encoding,
         };
@@ -476,6 +480,11 @@ fn is_session_control(
 ) -> bool {
     (*method == Method::DELETE || wants_event_stream) && shared.is_mcp_path(path)
 }
+
+/// How much of a request body is read to understand it (its method, id,
+/// tool and `_meta`), whatever the capture limit: a body read whole is
+/// parsed, one cut is not. rmcp refuses bodies over 4 MiB.
+const REQUEST_READ_CHARS: usize = 1 << 20;
 
 /// Where a request went: its path and the route axum matched for it.
 ///
