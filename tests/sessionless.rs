@@ -525,3 +525,55 @@ async fn a_request_too_large_to_parse_is_named_by_its_headers() {
     assert_eq!(span["attributes"]["input_truncated"], true);
     assert_eq!(span["input"].as_str().unwrap().chars().count(), 64_000);
 }
+
+/// A request without a session whose client goes away before the answer
+/// (a JSON server answers only when the tool is done): a cancelled span,
+/// in the run its key chain names: a run of its own for a client that says
+/// nothing of itself, its key's run for one that names itself.
+#[tokio::test]
+async fn a_request_without_a_session_cancelled_before_its_answer_gets_a_cancelled_span() {
+    for user_agent in [None, Some("agent/1")] {
+        let ingest = RecordingIngest::start().await.unwrap();
+        let tools = DemoTools::new();
+        let addr = serve(
+            Router::new()
+                .nest_service("/mcp", mcp_stateless_json(tools.clone()))
+                .layer(TrodoLayer::new(config(&ingest))),
+        )
+        .await;
+        let mut request =
+            RawClient::new(addr).post(tool_call_body(5, "wait_for_release", json!({})));
+        if let Some(user_agent) = user_agent {
+            request = request.header("user-agent", user_agent);
+        }
+        let call = tokio::spawn(request.send());
+        tools.started().await;
+        call.abort(); // the client goes away before the answer
+        let _ = call.await;
+        ingest
+            .wait_until(WAIT, |r| span_count(r) == 1)
+            .await
+            .unwrap();
+        tools.release();
+        let received = ingest.received();
+        let span = match user_agent {
+            None => {
+                assert_eq!(received.len(), 1);
+                assert_eq!(received[0].path, "/api/sdk/runs/ingest");
+                assert_eq!(received[0].body["run"]["error_count"], 1);
+                received[0].body["spans"][0].clone()
+            }
+            Some(_) => {
+                let starts = ingest.starts();
+                assert_eq!(starts.len(), 1);
+                let spans = spans_of(&ingest, starts[0]["run_id"].as_str().unwrap());
+                assert_eq!(spans.len(), 1);
+                spans[0].clone()
+            }
+        };
+        assert_eq!(span["name"], "tool.wait_for_release");
+        assert_eq!(span["status"], "error");
+        assert_eq!(span["error_type"], "cancelled");
+        assert_eq!(span["attributes"]["jsonrpc.request.id"], "5");
+    }
+}

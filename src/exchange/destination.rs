@@ -20,6 +20,16 @@ use crate::span_draft::Destination;
 use crate::store::NewRun;
 use crate::wire::Run;
 
+/// Where a JSON-RPC request without a session goes.
+pub(super) enum SessionlessRun {
+    /// Nowhere: such requests are ignored ([`Sessionless::Ignore`]).
+    Nowhere,
+    /// To this run.
+    To(Destination),
+    /// To the run the session store holds for this key, once it answers.
+    AskStore(Arc<str>),
+}
+
 impl Exchange {
     /// What the response head means for the exchange's run: the recorder
     /// of its span, nothing, or first a wait for the session store.
@@ -189,32 +199,12 @@ impl Exchange {
         input: Input,
         response: &ResponseHead,
     ) -> Head {
-        let key = match self.shared.settings.sessionless {
-            Sessionless::Ignore => return Head::Ready(None),
-            Sessionless::RunPerRequest => None,
-            Sessionless::Group => self.resolve_key(&request),
-        };
-        let destination = match key {
-            Some(key) => {
-                let table_key = key.table_key();
-                let run = self.run_of(&table_key, |run_id| {
-                    let metadata = self.metadata(&key, Some(&request));
-                    self.run(&key, run_id, None, metadata)
-                });
-                let Some((run_id, opened)) = run else {
-                    return self.resolve(table_key, Some(request), input);
-                };
-                Destination::Run {
-                    key: table_key,
-                    run_id,
-                    opened,
-                }
+        let destination = match self.sessionless_run(&request) {
+            SessionlessRun::Nowhere => return Head::Ready(None),
+            SessionlessRun::AskStore(table_key) => {
+                return self.resolve(table_key, Some(request), input);
             }
-            None => {
-                let mut metadata = self.metadata_without_key(false, Some(&request));
-                metadata.insert("run_key_source".to_owned(), Value::from("request"));
-                Destination::OwnRun(Box::new(self.run_without_key(metadata)))
-            }
+            SessionlessRun::To(destination) => destination,
         };
         let draft = self.draft(
             Some(request),
@@ -223,6 +213,34 @@ impl Exchange {
             Some(response.status),
         );
         Head::Ready(Some(self.recorder(draft, destination, response)))
+    }
+
+    /// Where a JSON-RPC request without a session goes.
+    pub(super) fn sessionless_run(&self, request: &McpRequest) -> SessionlessRun {
+        let key = match self.shared.settings.sessionless {
+            Sessionless::Ignore => return SessionlessRun::Nowhere,
+            Sessionless::RunPerRequest => None,
+            Sessionless::Group => self.resolve_key(request),
+        };
+        let Some(key) = key else {
+            let mut metadata = self.metadata_without_key(false, Some(request));
+            metadata.insert("run_key_source".to_owned(), Value::from("request"));
+            let run = self.run_without_key(metadata);
+            return SessionlessRun::To(Destination::OwnRun(Box::new(run)));
+        };
+        let table_key = key.table_key();
+        let run = self.run_of(&table_key, |run_id| {
+            let metadata = self.metadata(&key, Some(request));
+            self.run(&key, run_id, None, metadata)
+        });
+        match run {
+            Some((run_id, opened)) => SessionlessRun::To(Destination::Run {
+                key: table_key,
+                run_id,
+                opened,
+            }),
+            None => SessionlessRun::AskStore(table_key),
+        }
     }
 
     /// The first key of the chain: the application's, a conversation id in

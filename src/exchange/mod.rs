@@ -34,6 +34,7 @@ use crate::state::Shared;
 use crate::store::{Prefetch, Resolved};
 
 mod destination;
+use destination::SessionlessRun;
 mod draft;
 mod encoding;
 mod head;
@@ -364,14 +365,21 @@ impl Exchange {
         Recorder::span(shared, draft, destination, response, self.under_way.take())
     }
 
-    /// Records a span for an exchange that ended without a response head.
+    /// Records a span for an exchange that ended without a response head:
+    /// in its session's run, the run a request without a session goes to
+    /// (unless that is for the session store to say: there is no waiting
+    /// for it now), or its caller's run.
     pub(crate) fn on_failure(mut self: Box<Self>, failure: Failure) {
-        let Some(session_id) = self.session_id.clone() else {
-            return;
-        };
-        let sessions = &self.shared.sessions;
-        let Some(run_id) = sessions.run_id(&session_id) else {
-            return;
+        let in_session = match self.session_id.clone() {
+            Some(key) => match self.shared.sessions.run_id(&key) {
+                Some(run_id) => Some(Destination::Run {
+                    key,
+                    run_id,
+                    opened: false,
+                }),
+                None => return,
+            },
+            None => None,
         };
         let (message, input) = self.read_request();
         let request = match message {
@@ -380,15 +388,19 @@ impl Exchange {
             None if self.is_session_control() => return,
             None => None,
         };
+        let destination = match (in_session, &request, self.joined) {
+            (Some(destination), _, _) => destination,
+            (None, Some(request), _) => match self.sessionless_run(request) {
+                SessionlessRun::To(destination) => destination,
+                SessionlessRun::Nowhere | SessionlessRun::AskStore(_) => return,
+            },
+            (None, None, Some((run_id, _))) => Destination::Joined { run_id },
+            (None, None, None) => return,
+        };
         let draft = self.draft(request, input, None, None);
         let (error_type, message) = match failure {
             Failure::Service => ("server_error", "the service failed before answering"),
             Failure::Cancelled => ("cancelled", "the client went away before the answer"),
-        };
-        let destination = Destination::Run {
-            key: session_id,
-            run_id,
-            opened: false,
         };
         self.request_span.attach(&destination);
         draft.fail(&self.shared, destination, error_type, message);
