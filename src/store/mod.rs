@@ -193,12 +193,10 @@ pub struct RunTotals {
 impl RunTotals {
     /// Adds `other` to these totals.
     pub fn add(&mut self, other: &Self) {
-        self.span_count += other.span_count;
-        self.tool_count += other.tool_count;
-        self.error_count += other.error_count;
-        self.tokens_in = self.tokens_in.saturating_add(other.tokens_in);
-        self.tokens_out = self.tokens_out.saturating_add(other.tokens_out);
-        self.cost += other.cost;
+        // One sum for the store's totals and the wire's.
+        let mut sum = Totals::from(*self);
+        sum.add_totals(&Totals::from(*other));
+        *self = sum.into();
     }
 
     /// Whether every aggregate is zero.
