@@ -577,3 +577,78 @@ async fn a_request_without_a_session_cancelled_before_its_answer_gets_a_cancelle
         assert_eq!(span["attributes"]["jsonrpc.request.id"], "5");
     }
 }
+
+/// A call without a session that lasts longer than the idle timeout keeps
+/// its key's run open until it is answered. With a session store its
+/// exchange is read as it streams, so its run is decided on the response
+/// head (an SSE answer's comes at once) and must outlast the call.
+#[tokio::test]
+async fn a_long_call_without_a_session_keeps_its_run_open() {
+    use futures::StreamExt;
+    let ingest = RecordingIngest::start().await.unwrap();
+    let tools = DemoTools::new();
+    let stateless_sse = rmcp::transport::StreamableHttpService::new(
+        {
+            let tools = tools.clone();
+            move || Ok(tools.clone())
+        },
+        session_manager(None),
+        rmcp::transport::StreamableHttpServerConfig::default().with_legacy_session_mode(false),
+    );
+    let store = std::sync::Arc::new(trodo_tower::store::MemoryStore::new());
+    let config = config(&ingest).with_idle_timeout(SHORT_IDLE).unwrap();
+    let layer = TrodoLayer::new(config.with_session_store(store));
+    let addr = serve(
+        Router::new()
+            .nest_service("/mcp", stateless_sse)
+            .layer(layer),
+    )
+    .await;
+    let client = RawClient::new(addr);
+    let response = client
+        .post(tool_call_body(7, "wait_for_release", json!({})))
+        .header("user-agent", "busy/1")
+        .send()
+        .await
+        .unwrap();
+    let mut stream = std::pin::pin!(response.bytes_stream());
+    tools.started().await;
+
+    // A second client, idle from after the call began: by the sweep that
+    // ends its run, the busy client's run was idle longer.
+    let idle = client
+        .post(tool_call_body(1, "echo", json!({"text": "hi"})))
+        .header("user-agent", "idle/1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(idle.status(), 200);
+    let _ = idle.bytes().await;
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    assert_eq!(ingest.ends().len(), 1);
+    let idle_run = ingest.ends()[0].0.clone();
+    assert_eq!(spans_of(&ingest, &idle_run)[0]["name"], "tool.echo");
+
+    tools.release();
+    let mut seen = String::new();
+    while let Some(chunk) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(seen.contains("released"), "the client gets its answer");
+    ingest
+        .wait_until(WAIT, |r| {
+            r.iter().filter(|r| r.path.ends_with("/end")).count() == 2
+        })
+        .await
+        .unwrap();
+    let ends = ingest.ends();
+    let (busy_run, busy_end) = ends.iter().find(|(id, _)| *id != idle_run).unwrap();
+    assert_eq!(busy_end["span_count"], 1, "the long call's span counts");
+    assert_eq!(
+        spans_of(&ingest, busy_run)[0]["name"],
+        "tool.wait_for_release"
+    );
+}

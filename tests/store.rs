@@ -220,3 +220,72 @@ async fn a_run_the_store_lost_still_ends_on_its_worker() {
     assert_eq!(ends[0].0, run_id.to_string());
     assert_eq!(ends[0].1["span_count"], 1);
 }
+
+/// A call longer than the idle timeout on a worker that did not open its
+/// session (it found the run through the store): that worker keeps the run
+/// active in the store while it answers, so no worker's sweep ends it.
+#[tokio::test]
+async fn a_long_call_on_another_worker_keeps_its_run_open() {
+    use common::*;
+    use futures::StreamExt;
+    use serde_json::json;
+    use std::time::Duration;
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let backend = memory();
+    let tools = DemoTools::new();
+    let service = mcp(tools.clone(), session_manager(None));
+    let idle = Duration::from_millis(300);
+    let one = workers::worker(&ingest, &backend, idle);
+    let two = workers::worker(&ingest, &backend, idle);
+    let (on_one, on_two) = (
+        workers::serve_worker(&service, &one).await,
+        workers::serve_worker(&service, &two).await,
+    );
+    let mut busy = RawClient::new(on_one);
+    busy.initialize("busy-session").await;
+    assert!(one.trodo().flush(WAIT).await, "the store holds the run");
+    let mut on_two_client = RawClient::new(on_two);
+    on_two_client.session = busy.session.clone();
+    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "wait_for_release", "arguments": {}, "_meta": {"progressToken": 7}}});
+    let response = on_two_client.post(call.to_string()).send().await.unwrap();
+    let mut stream = std::pin::pin!(response.bytes_stream());
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "notifications/progress").await;
+
+    // A second session, idle from after the call began: by the sweep that
+    // ends its run, the busy session's run was idle longer.
+    let mut idle_client = RawClient::new(on_one);
+    idle_client.initialize("idle-session").await;
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let starts = ingest.starts();
+    let run_of = |i: usize| starts[i]["run_id"].as_str().unwrap().to_owned();
+    let (busy_run, idle_run) = (run_of(0), run_of(1));
+    assert_eq!(ingest.ends().len(), 1);
+    assert_eq!(
+        ingest.ends()[0].0,
+        idle_run,
+        "only the idle session's run ended"
+    );
+
+    tools.release();
+    while let Some(chunk) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(seen.contains("released"), "the client gets its answer");
+    ingest
+        .wait_until(WAIT, |r| {
+            r.iter().filter(|r| r.path.ends_with("/end")).count() == 2
+        })
+        .await
+        .unwrap();
+    let ends = ingest.ends();
+    let (_, busy_end) = ends.iter().find(|(id, _)| *id == busy_run).unwrap();
+    assert_eq!(busy_end["metadata"]["closed_via"], "idle_timeout");
+    assert_eq!(busy_end["span_count"], 1, "the long call's span counts");
+    assert_eq!(two.trodo().delivery_counters().dropped_after_run_end, 0);
+}

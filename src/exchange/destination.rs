@@ -15,7 +15,9 @@ use crate::config::Sessionless;
 use crate::mcp::INITIALIZE;
 use crate::mcp::envelope::{ClientMessage, Request as McpRequest};
 use crate::recorder::Recorder;
-use crate::run::{ClosedVia, KeySource, RunKey, client_identity, meta_conversation};
+use crate::run::{
+    ClosedVia, KeySource, RunFor, RunKey, UnderWay, client_identity, meta_conversation,
+};
 use crate::span_draft::Destination;
 use crate::store::NewRun;
 use crate::wire::Run;
@@ -24,8 +26,8 @@ use crate::wire::Run;
 pub(super) enum SessionlessRun {
     /// Nowhere: such requests are ignored ([`Sessionless::Ignore`]).
     Nowhere,
-    /// To this run.
-    To(Destination),
+    /// To this run, with the request under way in it (a run of the table).
+    To(Destination, Option<UnderWay>),
     /// To the run the session store holds for this key, once it answers.
     AskStore(Arc<str>),
 }
@@ -72,8 +74,8 @@ impl Exchange {
     /// The run of `table_key`: the run table's; with a session store, for a
     /// key this process does not know, the store's answer once it came
     /// (`None` before: ask the store). `open` makes the `start` of a run
-    /// opened here. Returns the run id and whether this request opened it.
-    fn run_of(&self, table_key: &str, open: impl FnOnce(Uuid) -> Run) -> Option<(Uuid, bool)> {
+    /// opened here.
+    fn run_of(&self, table_key: &str, open: impl FnOnce(Uuid) -> Run) -> Option<RunFor> {
         let sessions = &self.shared.sessions;
         if self.shared.mirror.is_none() {
             return Some(sessions.run_for(table_key, self.arrived, || open(Uuid::new_v4())));
@@ -86,9 +88,7 @@ impl Exchange {
             Some((key, resolved)) if **key == *table_key => {
                 Some(sessions.settle(table_key, *resolved, self.arrived, open))
             }
-            _ => sessions
-                .run_if_open(table_key, self.arrived)
-                .map(|run_id| (run_id, false)),
+            _ => sessions.run_for_known(table_key, self.arrived),
         }
     }
 
@@ -180,7 +180,8 @@ impl Exchange {
             let Some(run) = run else {
                 return self.resolve(table_key, request, input);
             };
-            run
+            self.under_way = Some(run.under_way);
+            (run.run_id, run.opened)
         };
         let draft = self.draft(request, input, response.route_kind, Some(status));
         let destination = Destination::Run {
@@ -204,7 +205,10 @@ impl Exchange {
             SessionlessRun::AskStore(table_key) => {
                 return self.resolve(table_key, Some(request), input);
             }
-            SessionlessRun::To(destination) => destination,
+            SessionlessRun::To(destination, under_way) => {
+                self.under_way = under_way;
+                destination
+            }
         };
         let draft = self.draft(
             Some(request),
@@ -226,7 +230,7 @@ impl Exchange {
             let mut metadata = self.metadata_without_key(false, Some(request));
             metadata.insert("run_key_source".to_owned(), Value::from("request"));
             let run = self.run_without_key(metadata);
-            return SessionlessRun::To(Destination::OwnRun(Box::new(run)));
+            return SessionlessRun::To(Destination::OwnRun(Box::new(run)), None);
         };
         let table_key = key.table_key();
         let run = self.run_of(&table_key, |run_id| {
@@ -234,11 +238,14 @@ impl Exchange {
             self.run(&key, run_id, None, metadata)
         });
         match run {
-            Some((run_id, opened)) => SessionlessRun::To(Destination::Run {
-                key: table_key,
-                run_id,
-                opened,
-            }),
+            Some(run) => {
+                let destination = Destination::Run {
+                    key: table_key,
+                    run_id: run.run_id,
+                    opened: run.opened,
+                };
+                SessionlessRun::To(destination, Some(run.under_way))
+            }
             None => SessionlessRun::AskStore(table_key),
         }
     }

@@ -391,7 +391,7 @@ impl Exchange {
         let destination = match (in_session, &request, self.joined) {
             (Some(destination), _, _) => destination,
             (None, Some(request), _) => match self.sessionless_run(request) {
-                SessionlessRun::To(destination) => destination,
+                SessionlessRun::To(destination, _) => destination,
                 SessionlessRun::Nowhere | SessionlessRun::AskStore(_) => return,
             },
             (None, None, Some((run_id, _))) => Destination::Joined { run_id },

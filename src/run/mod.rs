@@ -5,7 +5,7 @@ mod sessions;
 mod under_way;
 
 pub(crate) use key::{HeadFn, KeySource, RunKey, client_identity, meta_conversation};
-pub(crate) use sessions::{CloseRun, Ending as RunEnding, NotOpenHere, Sessions, send_end};
+pub(crate) use sessions::{CloseRun, Ending as RunEnding, NotOpenHere, RunFor, Sessions, send_end};
 pub(crate) use under_way::UnderWay;
 
 use serde_json::{Map, Value};

@@ -14,6 +14,7 @@
 //! leaving the table is ended through the store's end claim, which decides
 //! whether this process sends `end` and with which totals.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -105,6 +106,26 @@ impl OpenRun {
     }
 }
 
+/// The run a request goes to: its id, whether the request opened it, and
+/// the request under way in it (so that no sweep ends it meanwhile) until
+/// the token is dropped.
+#[derive(Debug)]
+pub(crate) struct RunFor {
+    pub(crate) run_id: Uuid,
+    pub(crate) opened: bool,
+    pub(crate) under_way: UnderWay,
+}
+
+impl RunFor {
+    fn of(open: &OpenRun, opened: bool) -> Self {
+        Self {
+            run_id: open.run_id,
+            opened,
+            under_way: open.under_way.start(),
+        }
+    }
+}
+
 /// What the idle sweep finds of an open run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Idleness {
@@ -171,7 +192,7 @@ struct Table {
 }
 
 impl Table {
-    fn insert(&mut self, key: &str, open: OpenRun) {
+    fn insert(&mut self, key: &str, open: OpenRun) -> &mut OpenRun {
         // A run id given again (`StartRun::run_id`) after its run ended
         // here is a run open again, to be ended again.
         if self.ended_set.remove(&open.run_id) {
@@ -179,7 +200,13 @@ impl Table {
         }
         let key: Arc<str> = key.into();
         self.by_run.insert(open.run_id, Arc::clone(&key));
-        self.by_key.insert(key, open);
+        match self.by_key.entry(key) {
+            Entry::Occupied(mut entry) => {
+                entry.insert(open);
+                entry.into_mut()
+            }
+            Entry::Vacant(entry) => entry.insert(open),
+        }
     }
 
     /// Removes a run that ends, and remembers that it ended.
@@ -257,7 +284,7 @@ impl Sessions {
     /// [`complete_start`](Self::complete_start) (or the first span / the end).
     /// Replaces nothing: a key already open keeps its run. Returns the run id.
     pub(crate) fn open_pending(&self, key: &str, run: Run) -> Uuid {
-        self.run_for(key, Moment::now(), || run).0
+        self.run_for(key, Moment::now(), || run).run_id
     }
 
     /// Opens a run and queues its `start` at once (`start_run`). Returns
@@ -304,24 +331,26 @@ impl Sessions {
 
     /// The run of a known key, marked active; or, for a key this process
     /// does not know, a new run made by `open`, whose `start` waits like
-    /// [`open_pending`](Self::open_pending)'s. Returns the run id and whether
-    /// it was opened now.
-    pub(crate) fn run_for(
-        &self,
-        key: &str,
-        at: Moment,
-        open: impl FnOnce() -> Run,
-    ) -> (Uuid, bool) {
+    /// [`open_pending`](Self::open_pending)'s.
+    pub(crate) fn run_for(&self, key: &str, at: Moment, open: impl FnOnce() -> Run) -> RunFor {
         let mut table = self.lock();
         if let Some(known) = table.by_key.get_mut(key) {
             known.mark_active(at);
-            return (known.run_id, false);
+            return RunFor::of(known, false);
         }
         let run = open();
-        let run_id = run.run_id;
         let started_at = run.started_at;
-        table.insert(key, OpenRun::new(run_id, Some(Box::new(run)), started_at));
-        (run_id, true)
+        let entry = OpenRun::new(run.run_id, Some(Box::new(run)), started_at);
+        RunFor::of(table.insert(key, entry), true)
+    }
+
+    /// [`run_if_open`](Self::run_if_open), for a request that is under way
+    /// in the run it finds.
+    pub(crate) fn run_for_known(&self, key: &str, at: Moment) -> Option<RunFor> {
+        let mut table = self.lock();
+        let known = table.by_key.get_mut(key)?;
+        known.mark_active(at);
+        Some(RunFor::of(known, false))
     }
 
     /// The run of a known key, marked active; `None` for a key this process
@@ -343,7 +372,7 @@ impl Sessions {
         resolved: Resolved,
         at: Moment,
         open: impl FnOnce(Uuid) -> Run,
-    ) -> (Uuid, bool) {
+    ) -> RunFor {
         let mut table = self.lock();
         if let Some(known) = table.by_key.get_mut(key) {
             known.mark_active(at);
@@ -355,9 +384,9 @@ impl Sessions {
                 // the start is this process's all the same.
                 known.adopted = false;
                 known.pending_start = Some(Box::new(open(run_id)));
-                return (run_id, true);
+                return RunFor::of(known, true);
             }
-            return (known.run_id, false);
+            return RunFor::of(known, false);
         }
         let (run_id, start, shared) = match resolved {
             Resolved::Found(run_id) => (run_id, None, true),
@@ -368,8 +397,7 @@ impl Sessions {
         entry.shared = shared;
         entry.adopted = matches!(resolved, Resolved::Found(_));
         let opened = entry.pending_start.is_some();
-        table.insert(key, entry);
-        (run_id, opened)
+        RunFor::of(table.insert(key, entry), opened)
     }
 
     /// Marks a run as held by the session store, and sends the store what
