@@ -181,11 +181,12 @@ async fn a_run_ended_on_another_worker_is_forgotten_by_the_one_that_started_it()
     assert_eq!(a.delivery_counters().dropped_after_run_end, 1);
 }
 
-/// A run of `start_run` the store lost while it idled: asking the store
-/// about it tells the worker so, and its `end_run` still sends the end,
-/// with this worker's totals.
+/// A run of `start_run` the store lost while it idled (a Redis restarted
+/// without persistence): the worker holding it gives it to the store again,
+/// with its totals, so that another worker's `end_run` ends it with them;
+/// the first worker then forgets it.
 #[tokio::test]
-async fn a_run_the_store_lost_still_ends_on_its_worker() {
+async fn a_run_the_store_lost_is_given_back_and_ends_with_its_totals() {
     use common::*;
     use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
@@ -193,32 +194,42 @@ async fn a_run_the_store_lost_still_ends_on_its_worker() {
 
     let ingest = RecordingIngest::start().await.unwrap();
     let store = Arc::new(workers::stores::Forgetful::default());
-    let config = config(&ingest)
-        .with_idle_timeout(Duration::from_millis(300))
-        .unwrap()
-        .with_session_store(store.clone());
-    let trodo = Trodo::new(&config);
-    let run_id = trodo.start_run(StartRun::new("session"));
-    trodo.join_run(run_id, SpanKind::Tool, "tool.a").finish();
-    assert!(
-        trodo.flush(WAIT).await,
-        "the store holds the run and its span"
-    );
+    let worker = || {
+        let config = config(&ingest)
+            .with_idle_timeout(Duration::from_millis(300))
+            .unwrap()
+            .with_session_store(store.clone());
+        Trodo::new(&config)
+    };
+    let (a, b) = (worker(), worker());
+    let run_id = a.start_run(StartRun::new("session"));
+    a.join_run(run_id, SpanKind::Tool, "tool.a").finish();
+    assert!(a.flush(WAIT).await, "the store holds the run and its span");
     store.forget_everything();
 
     let deadline = Instant::now() + WAIT;
-    while store.asked.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the store was never asked");
+    while store.opens.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the run was never given back");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(trodo.flush(WAIT).await, "the answer was taken in");
-    assert_eq!(trodo.open_runs(), 1);
-    trodo.end_run(run_id, EndRun::ok());
-    assert!(trodo.flush(WAIT).await);
+    assert!(a.flush(WAIT).await, "its totals followed");
+    b.end_run(run_id, EndRun::ok());
+    assert!(b.flush(WAIT).await);
     let ends = ingest.ends();
     assert_eq!(ends.len(), 1);
     assert_eq!(ends[0].0, run_id.to_string());
     assert_eq!(ends[0].1["span_count"], 1);
+
+    let deadline = Instant::now() + WAIT;
+    while a.open_runs() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first worker still holds the run"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(a.shutdown(WAIT).await);
+    assert_eq!(ingest.ends().len(), 1, "no second end");
 }
 
 /// A call longer than the idle timeout on a worker that did not open its

@@ -46,10 +46,6 @@ struct OpenRun {
     shared: bool,
     /// Whether another worker opened it (and sends its `start`).
     adopted: bool,
-    /// Whether the store said it does not know the run (it lost it: a
-    /// Redis restarted without persistence, say): its end is this
-    /// process's, with its own totals.
-    lost_by_store: bool,
     /// Its requests being answered: the idle sweep passes it over meanwhile.
     under_way: UnderWayCount,
 }
@@ -65,7 +61,6 @@ impl OpenRun {
             sweepable: true,
             shared: false,
             adopted: false,
-            lost_by_store: false,
             under_way: UnderWayCount::default(),
         }
     }
@@ -137,7 +132,8 @@ enum Idleness {
     /// Active within the idle timeout, or ended only by `end_run`.
     Active,
     /// A run of `start_run` the store holds, idle here for the idle
-    /// timeout: the store is asked whether another worker ended it.
+    /// timeout: the store is asked whether another worker ended it (and
+    /// given it again if it lost it).
     IdleUnswept,
 }
 
@@ -597,7 +593,8 @@ impl Sessions {
                 }
                 Idleness::IdleUnswept => {
                     if let Some(store) = &self.store {
-                        store.ask_if_ended(open.run_id);
+                        let run = NewRun::new(&**key, open.run_id, open.last_activity.0);
+                        store.ask_if_ended(run.sweepable(false));
                     }
                 }
                 Idleness::Active => {}
@@ -685,12 +682,13 @@ impl Sessions {
         }
     }
 
-    /// Notes that the store does not know a run it held: this process
-    /// ends it alone, with its own totals.
-    pub(crate) fn lost_by_store(&self, run_id: Uuid) {
+    /// A run the store had lost (a Redis restarted without persistence,
+    /// or its entry expired) and now holds again: it is given this
+    /// process's totals once more, so that any worker's end carries them.
+    pub(crate) fn restored_in_store(&self, run_id: Uuid) {
+        let Some(store) = &self.store else { return };
         if let Some(open) = self.lock().get_run(run_id) {
-            open.shared = false;
-            open.lost_by_store = true;
+            store.record(run_id, open.totals.into(), open.last_activity);
         }
     }
 
@@ -709,7 +707,7 @@ impl Sessions {
         idle_before: Option<SystemTime>,
         exporter: &Exporter,
     ) {
-        let Some(store) = self.store.as_ref().filter(|_| !open.lost_by_store) else {
+        let Some(store) = &self.store else {
             return end(open, at, ending, exporter);
         };
         open.send_pending_start(exporter);

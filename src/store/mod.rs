@@ -132,7 +132,9 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     fn find<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Uuid>>;
 
     /// Opens `run` under its key unless the key has an open run already, in
-    /// one atomic step. A run id that was claimed before is not opened again.
+    /// one atomic step. A run id that was claimed before is not opened again
+    /// ([`Opened::Ended`]): the layer also asks this way whether another
+    /// worker ended a run of `start_run` it holds.
     fn open<'a>(&'a self, run: &'a NewRun, ttl: Duration) -> StoreFuture<'a, Opened>;
 
     /// Adds `delta` to the aggregates of an open run and moves its last
@@ -151,9 +153,6 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// Claims the end of a run, atomically: exactly one claim of a run
     /// [wins](Claim::Won). With `idle_before`, only a run whose last activity
     /// is at or before it can be claimed (else [`Claim::Active`]).
-    /// The layer also asks whether another worker ended a run with a claim
-    /// whose `idle_before` is the Unix epoch, which no open run can meet:
-    /// [`Claim::AlreadyEnded`] then means ended, [`Claim::Active`] open.
     fn claim(
         &self,
         run_id: Uuid,

@@ -63,8 +63,9 @@ enum Late {
     TouchKey { key: String, at: Timestamp },
     /// Claims a run's end; the winner sends it.
     End(Box<EndOp>),
-    /// Asks whether a run this process holds was ended by another worker.
-    AskIfEnded(Uuid),
+    /// Asks whether a run this process holds was ended by another worker,
+    /// by opening it again: a run claimed before is not opened again.
+    AskIfEnded(NewRun),
     /// Claims the end of the run of a key this process does not hold.
     EndKey {
         key: String,
@@ -137,8 +138,8 @@ impl StoreQueue {
 
     /// Asks the store whether another worker ended a run this process
     /// holds (a run of `start_run`, which no sweep ends).
-    pub(crate) fn ask_if_ended(&self, run_id: Uuid) {
-        self.send_or_drop(Op::Late(Late::AskIfEnded(run_id)));
+    pub(crate) fn ask_if_ended(&self, run: NewRun) {
+        self.send_or_drop(Op::Late(Late::AskIfEnded(run)));
     }
 
     /// Ends the run of a key this process does not hold, if the store has one.
@@ -285,17 +286,18 @@ impl StoreTask {
                 }
             }
             Late::End(op) => self.end(shared, *op).await,
-            Late::AskIfEnded(run_id) => {
-                // A claim no open run can lose: its activity is after the epoch.
-                let asked = self
-                    .store
-                    .claim(run_id, Some(SystemTime::UNIX_EPOCH), self.ttl);
-                match self.call("claim", asked).await {
-                    Some(Claim::AlreadyEnded) => {
-                        shared.sessions.ended_elsewhere(run_id, &shared.exporter);
+            Late::AskIfEnded(run) => {
+                // Opening it again writes nothing for a run that is open
+                // (or was claimed), unlike a claim; a run the store lost is
+                // held again.
+                match self.call("open", self.store.open(&run, self.ttl)).await {
+                    Some(Opened::Ended) => {
+                        shared
+                            .sessions
+                            .ended_elsewhere(run.run_id, &shared.exporter);
                     }
-                    Some(Claim::Unknown) => shared.sessions.lost_by_store(run_id),
-                    Some(Claim::Active | Claim::Won(_)) | None => {}
+                    Some(Opened::Opened) => shared.sessions.restored_in_store(run.run_id),
+                    Some(Opened::Existing(_)) | None => {}
                 }
             }
             Late::EndKey { key, via, at } => {

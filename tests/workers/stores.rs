@@ -33,13 +33,12 @@ impl SessionStore for Hanging {
 }
 
 /// A memory store that can lose everything at once (a Redis restarted
-/// without persistence), and counts the claims that ask whether a run
-/// ended (with an idle bound at the epoch, which no open run can meet).
+/// without persistence), and counts the runs opened since.
 #[derive(Debug, Default)]
 pub struct Forgetful {
     inner: Mutex<Arc<MemoryStore>>,
-    /// Claims that asked whether a run ended.
-    pub asked: AtomicUsize,
+    /// Calls of `open` since the store was made or last lost everything.
+    pub opens: AtomicUsize,
 }
 
 impl Forgetful {
@@ -49,6 +48,7 @@ impl Forgetful {
 
     pub fn forget_everything(&self) {
         *self.inner.lock().unwrap() = Arc::new(MemoryStore::new());
+        self.opens.store(0, Ordering::SeqCst);
     }
 }
 
@@ -59,7 +59,11 @@ impl SessionStore for Forgetful {
     }
     fn open<'a>(&'a self, run: &'a NewRun, ttl: Duration) -> StoreFuture<'a, Opened> {
         let inner = self.inner();
-        Box::pin(async move { inner.open(run, ttl).await })
+        Box::pin(async move {
+            let opened = inner.open(run, ttl).await;
+            self.opens.fetch_add(1, Ordering::SeqCst);
+            opened
+        })
     }
     fn record(
         &self,
@@ -78,14 +82,7 @@ impl SessionStore for Forgetful {
         ttl: Duration,
     ) -> StoreFuture<'_, Claim> {
         let inner = self.inner();
-        let asking = idle_before == Some(SystemTime::UNIX_EPOCH);
-        Box::pin(async move {
-            let claim = inner.claim(run_id, idle_before, ttl).await;
-            if asking {
-                self.asked.fetch_add(1, Ordering::SeqCst);
-            }
-            claim
-        })
+        Box::pin(async move { inner.claim(run_id, idle_before, ttl).await })
     }
     fn claim_idle(
         &self,
