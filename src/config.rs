@@ -339,9 +339,10 @@ impl TrodoConfig {
 
     /// Sets the most characters of a request or response body kept as a span's
     /// `input` or `output`; the rest is cut, and the span says so in its
-    /// attributes. A request body is still read up to 1 Mi characters to be
-    /// understood (its method, id, tool and `_meta`), whatever this limit;
-    /// memory per exchange stays bounded whatever the body size.
+    /// attributes. A POST to the MCP endpoint is still read up to 1 Mi
+    /// characters to be understood (its method, id, tool and `_meta`),
+    /// whatever this limit; memory per exchange stays bounded whatever the
+    /// body size.
     /// Defaults to [`DEFAULT_CAPTURE_LIMIT`] (64,000, the most the ingest API keeps).
     ///
     /// # Errors

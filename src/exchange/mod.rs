@@ -134,10 +134,15 @@ impl Exchange {
         let encoding = found
             .content_encoding
             .map(|value| encoding_text(value).into_boxed_str());
-        let input_limit = if encoding.is_some() {
-            0
-        } else {
-            settings.capture_limit.max(REQUEST_READ_CHARS)
+        // A POST to the MCP endpoint (or, before it is known, to any path)
+        // is read far enough to be understood; any other body only up to
+        // the capture limit.
+        let to_mcp = parts.method == Method::POST
+            && shared.is_mcp_path(endpoint(parts.extensions.get(), parts.uri.path()));
+        let input_limit = match (&encoding, to_mcp) {
+            (Some(_), _) => 0,
+            (None, true) => settings.capture_limit.max(REQUEST_READ_CHARS),
+            (None, false) => settings.capture_limit,
         };
         let request_span = RequestSpan::new(Arc::clone(&shared), input_limit);
         parts.extensions.insert(request_span.clone());
@@ -493,9 +498,9 @@ fn is_session_control(
     (*method == Method::DELETE || wants_event_stream) && shared.is_mcp_path(path)
 }
 
-/// How much of a request body is read to understand it (its method, id,
-/// tool and `_meta`), whatever the capture limit: a body read whole is
-/// parsed, one cut is not. rmcp refuses bodies over 4 MiB.
+/// How much of a POST to the MCP endpoint is read to understand it (its
+/// method, id, tool and `_meta`), whatever the capture limit: a body read
+/// whole is parsed, one cut is not. rmcp refuses bodies over 4 MiB.
 const REQUEST_READ_CHARS: usize = 1 << 20;
 
 /// Where a request went: its path and the route axum matched for it.
@@ -626,6 +631,26 @@ mod tests {
             .await
             .unwrap();
         received.recv().await.unwrap()
+    }
+
+    #[test]
+    fn only_a_post_to_the_mcp_endpoint_is_read_past_the_capture_limit() {
+        let shared = Shared::switched_off();
+        shared.learn_mcp_path("/mcp");
+        let read_whole = |method: Method, path: &str| {
+            let request = http::Request::builder().method(method).uri(path);
+            let (mut parts, ()) = request.body(()).unwrap().into_parts();
+            let exchange = Exchange::new(Arc::clone(&shared), &mut parts);
+            let mut input = exchange.request_span.input();
+            input.push(&[b'x'; 100_000]);
+            !input.is_truncated()
+        };
+        assert!(read_whole(Method::POST, "/mcp"), "read to be understood");
+        assert!(
+            !read_whole(Method::POST, "/upload"),
+            "cut at the capture limit"
+        );
+        assert!(!read_whole(Method::PUT, "/mcp"));
     }
 
     #[tokio::test]
