@@ -446,8 +446,9 @@ impl TrodoConfig {
     ///
     /// The hook runs where the exchange is read: mostly on the layer's
     /// delivery thread, sometimes on a request's. Keep it quick, and free of
-    /// locks your handlers hold. A panic in it never reaches a request:
-    /// the value it was given is left out of its span, and it is logged.
+    /// locks your handlers hold. A panic in it (with `panic = "unwind"`,
+    /// the default) never reaches a request: the value it was given is left
+    /// out of its span, and it is logged.
     ///
     /// ```
     /// use serde_json::Value;

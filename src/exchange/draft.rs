@@ -1,12 +1,11 @@
 //! What an exchange's run and span records say: metadata, names, kinds,
 //! attributes.
 
-use axum::extract::MatchedPath;
 use http::{Method, StatusCode};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{Exchange, Input};
+use super::{Exchange, Input, route_or_path};
 use crate::attributes::Attributes;
 use crate::mcp::{
     self,
@@ -161,7 +160,7 @@ impl Exchange {
                 }
             }
             None => {
-                let route = self.route().map_or(self.path(), MatchedPath::as_str);
+                let route = route_or_path(self.route(), self.path());
                 attributes.insert("http.request.method", Value::from(self.method.as_str()));
                 attributes.insert("http.route", Value::from(route));
                 let name = format!("http.{} {route}", self.method);

@@ -484,7 +484,14 @@ impl Exchange {
 /// What identifies the endpoint a request went to: axum's matched route
 /// (`/t/{tenant}/mcp` for every tenant), else its path. The MCP endpoints
 /// the layer learns are these, so one route serves any number of paths.
+/// A route with a wildcard (`/{*rest}`, a gateway's) could be every path
+/// of the server: its paths count one by one.
 fn endpoint<'a>(route: Option<&'a MatchedPath>, path: &'a str) -> &'a str {
+    route_or_path(route.filter(|route| !route.as_str().contains("{*")), path)
+}
+
+/// axum's matched route, else the path: what names a route's span.
+fn route_or_path<'a>(route: Option<&'a MatchedPath>, path: &'a str) -> &'a str {
     route.map_or(path, MatchedPath::as_str)
 }
 
@@ -631,6 +638,18 @@ mod tests {
             .await
             .unwrap();
         received.recv().await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_is_the_route_unless_it_has_a_wildcard() {
+        let app = Router::new()
+            .route("/t/{tenant}/mcp", axum::routing::post(|| async {}))
+            .route("/gateway/{*rest}", axum::routing::post(|| async {}));
+        let exchange = exchange_of(app.clone(), "/t/7/mcp").await;
+        assert_eq!(exchange.endpoint(), "/t/{tenant}/mcp");
+        let exchange = exchange_of(app, "/gateway/a/mcp").await;
+        assert_eq!(exchange.endpoint(), "/gateway/a/mcp");
+        assert_eq!(exchange.route().unwrap().as_str(), "/gateway/{*rest}");
     }
 
     #[test]
