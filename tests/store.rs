@@ -300,3 +300,39 @@ async fn a_long_call_on_another_worker_keeps_its_run_open() {
     assert_eq!(busy_end["span_count"], 1, "the long call's span counts");
     assert_eq!(two.trodo().delivery_counters().dropped_after_run_end, 0);
 }
+
+/// A run of `start_run` idle on the worker holding it is renewed in the
+/// store at each of that worker's questions about it, so that its entry
+/// never expires while the worker holds it.
+#[tokio::test]
+async fn an_idle_start_run_run_is_renewed_in_the_store() {
+    use common::*;
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    use trodo_tower::{SpanKind, StartRun, Trodo};
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = Arc::new(workers::stores::Forgetful::default());
+    let config = config(&ingest)
+        .with_idle_timeout(Duration::from_millis(300))
+        .unwrap()
+        .with_session_store(store.clone());
+    let trodo = Trodo::new(&config);
+    let run_id = trodo.start_run(StartRun::new("session"));
+    trodo.join_run(run_id, SpanKind::Tool, "tool.a").finish();
+    assert!(
+        trodo.flush(WAIT).await,
+        "the store holds the run and its span"
+    );
+    let recorded = store.records.load(Ordering::SeqCst);
+
+    // No span, no request: only renewals record now.
+    let deadline = Instant::now() + WAIT;
+    while store.records.load(Ordering::SeqCst) < recorded + 2 {
+        assert!(Instant::now() < deadline, "the run was not renewed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its opening, then a question before each renewal.
+    assert!(store.opens.load(Ordering::SeqCst) >= 3);
+    assert_eq!(trodo.open_runs(), 1);
+}

@@ -289,7 +289,7 @@ impl StoreTask {
             Late::AskIfEnded(run) => {
                 // Opening it again writes nothing for a run that is open
                 // (or was claimed), unlike a claim; a run the store lost is
-                // held again.
+                // held again, one it holds is renewed.
                 match self.call("open", self.store.open(&run, self.ttl)).await {
                     Some(Opened::Ended) => {
                         shared
@@ -297,6 +297,19 @@ impl StoreTask {
                             .ended_elsewhere(run.run_id, &shared.exporter);
                     }
                     Some(Opened::Opened) => shared.sessions.restored_in_store(run.run_id),
+                    Some(Opened::Existing(run_id)) if run_id == run.run_id => {
+                        // Still open: renewed, so that a run held here
+                        // never expires in the store while it idles.
+                        let renew = self.store.record(
+                            run_id,
+                            RunTotals::default(),
+                            run.last_activity,
+                            self.ttl,
+                        );
+                        if self.call("record", renew).await.is_none() {
+                            self.health.dropped();
+                        }
+                    }
                     Some(Opened::Existing(_)) | None => {}
                 }
             }

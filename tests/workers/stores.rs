@@ -33,12 +33,15 @@ impl SessionStore for Hanging {
 }
 
 /// A memory store that can lose everything at once (a Redis restarted
-/// without persistence), and counts the runs opened since.
+/// without persistence), and counts the runs opened and the records
+/// (aggregates, activity, renewals) since.
 #[derive(Debug, Default)]
 pub struct Forgetful {
     inner: Mutex<Arc<MemoryStore>>,
     /// Calls of `open` since the store was made or last lost everything.
     pub opens: AtomicUsize,
+    /// Calls of `record` since the store was made.
+    pub records: AtomicUsize,
 }
 
 impl Forgetful {
@@ -73,7 +76,11 @@ impl SessionStore for Forgetful {
         ttl: Duration,
     ) -> StoreFuture<'_, bool> {
         let inner = self.inner();
-        Box::pin(async move { inner.record(run_id, delta, last, ttl).await })
+        Box::pin(async move {
+            let recorded = inner.record(run_id, delta, last, ttl).await;
+            self.records.fetch_add(1, Ordering::SeqCst);
+            recorded
+        })
     }
     fn claim(
         &self,
