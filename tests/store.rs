@@ -336,3 +336,54 @@ async fn an_idle_start_run_run_is_renewed_in_the_store() {
     assert!(store.opens.load(Ordering::SeqCst) >= 3);
     assert_eq!(trodo.open_runs(), 1);
 }
+
+/// A session's run that another worker ended (its sweep, say) while this
+/// worker still held it: the store refuses this worker's next aggregates,
+/// the worker asks about the run and forgets it, and the session's next
+/// request goes to a new run rather than to the ended one.
+#[tokio::test]
+async fn a_session_run_ended_elsewhere_is_left_for_a_new_one() {
+    use common::*;
+    use serde_json::json;
+    use std::time::{Duration, Instant};
+    use trodo_tower::TrodoLayer;
+    use trodo_tower::store::Claim;
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let layer = TrodoLayer::new(config(&ingest).with_session_store(store.clone()));
+    let trodo = layer.trodo();
+    let mut client = RawClient::new(serve_demo(DemoTools::new(), layer).await);
+    client.initialize("ended-elsewhere").await;
+    assert!(trodo.flush(WAIT).await);
+    let first_run = ingest.starts()[0]["run_id"].as_str().unwrap().to_owned();
+    let claim = store
+        .claim(first_run.parse().unwrap(), None, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        matches!(claim, Claim::Won(_)),
+        "another worker ends the run"
+    );
+
+    client.call_tool(1, "echo", json!({"text": "one"})).await;
+    let deadline = Instant::now() + WAIT;
+    while trodo.open_runs() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker still holds the ended run"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client.call_tool(2, "echo", json!({"text": "two"})).await;
+    assert!(trodo.flush(WAIT).await);
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 2);
+    let second_run = starts[1]["run_id"].as_str().unwrap();
+    assert_ne!(second_run, first_run);
+    assert_eq!(starts[1]["metadata"]["resumed"], true);
+    let spans = spans_of(&ingest, second_run);
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0]["attributes"]["jsonrpc.request.id"], "2");
+}

@@ -591,12 +591,7 @@ impl Sessions {
                         store.record(open.run_id, Default::default(), answering_at);
                     }
                 }
-                Idleness::IdleUnswept => {
-                    if let Some(store) = &self.store {
-                        let run = NewRun::new(&**key, open.run_id, open.last_activity.0);
-                        store.ask_if_ended(run.sweepable(false));
-                    }
-                }
+                Idleness::IdleUnswept => ask_store_about(self.store.as_ref(), key, open),
                 Idleness::Active => {}
             }
         }
@@ -672,6 +667,18 @@ impl Sessions {
         send_end(run_id, at, ending, totals, exporter);
     }
 
+    /// Asks the session store about a run it says is not open (a record
+    /// it refused), if this process holds the run: see [`ask_store_about`].
+    pub(crate) fn ask_store_about(&self, run_id: Uuid) {
+        let table = self.lock();
+        let Some(key) = table.by_run.get(&run_id).cloned() else {
+            return;
+        };
+        if let Some(open) = table.by_key.get(&key) {
+            ask_store_about(self.store.as_ref(), &key, open);
+        }
+    }
+
     /// Forgets a run the store says another worker ended (its `end` is
     /// out): later spans of it here are dropped, and no second `end` goes.
     pub(crate) fn ended_elsewhere(&self, run_id: Uuid, exporter: &Exporter) {
@@ -729,6 +736,17 @@ impl Sessions {
         let idle_before = SystemTime::now() - idle_timeout;
         let ending = ClosedVia::IdleTimeout.into();
         self.retire(open, at, ending, Some(idle_before), exporter);
+    }
+}
+
+/// Asks the session store whether another worker ended a run this process
+/// holds, by opening it again: a run claimed before is not opened again
+/// (then this process forgets it), a run the store lost is held again,
+/// one it holds is renewed.
+fn ask_store_about(store: Option<&StoreQueue>, key: &str, open: &OpenRun) {
+    if let Some(store) = store {
+        let run = NewRun::new(key, open.run_id, open.last_activity.0);
+        store.ask_if_ended(run.sweepable(open.sweepable));
     }
 }
 

@@ -245,12 +245,19 @@ impl StoreTask {
             }
         }
         all(opens.iter().map(|run| self.register(shared, run))).await;
-        let recorded = all(records.take().into_iter().map(|(run_id, delta, last)| {
+        let records = records.take();
+        let recorded = all(records.iter().map(|&(run_id, delta, last)| {
             self.call("record", self.store.record(run_id, delta, last.0, self.ttl))
         }))
         .await;
-        for _ in recorded.iter().filter(|r| r.is_none()) {
-            self.health.dropped();
+        for ((run_id, ..), recorded) in records.iter().zip(&recorded) {
+            match recorded {
+                None => self.health.dropped(),
+                // Not open in the store: another worker ended it (or the
+                // store lost it). This process asks, if it holds the run.
+                Some(false) => shared.sessions.ask_store_about(*run_id),
+                Some(true) => {}
+            }
         }
         all(rest.into_iter().map(|late| self.run_late(shared, late))).await;
         for done in drained {
@@ -291,11 +298,6 @@ impl StoreTask {
                 // (or was claimed), unlike a claim; a run the store lost is
                 // held again, one it holds is renewed.
                 match self.call("open", self.store.open(&run, self.ttl)).await {
-                    Some(Opened::Ended) => {
-                        shared
-                            .sessions
-                            .ended_elsewhere(run.run_id, &shared.exporter);
-                    }
                     Some(Opened::Opened) => shared.sessions.restored_in_store(run.run_id),
                     Some(Opened::Existing(run_id)) if run_id == run.run_id => {
                         // Still open: renewed, so that a run held here
@@ -310,7 +312,14 @@ impl StoreTask {
                             self.health.dropped();
                         }
                     }
-                    Some(Opened::Existing(_)) | None => {}
+                    // Ended, or its key has another run now (opened after
+                    // another worker ended this one).
+                    Some(Opened::Ended | Opened::Existing(_)) => {
+                        shared
+                            .sessions
+                            .ended_elsewhere(run.run_id, &shared.exporter);
+                    }
+                    None => {}
                 }
             }
             Late::EndKey { key, via, at } => {
