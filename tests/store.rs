@@ -387,3 +387,52 @@ async fn a_session_run_ended_elsewhere_is_left_for_a_new_one() {
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0]["attributes"]["jsonrpc.request.id"], "2");
 }
+
+/// The store lost everything (a Redis restarted without persistence) and
+/// another worker has since opened a new run for the session: the worker
+/// still holding the old run learns so from a refused record, and ends the
+/// old run itself, with its totals (nobody else can).
+#[tokio::test]
+async fn a_run_the_store_lost_whose_key_was_taken_is_ended_by_its_worker() {
+    use common::*;
+    use serde_json::json;
+    use std::time::{Duration, Instant};
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = Arc::new(workers::stores::Forgetful::default());
+    let service = mcp(DemoTools::new(), session_manager(None));
+    let worker = || trodo_tower::TrodoLayer::new(config(&ingest).with_session_store(store.clone()));
+    let (one, two) = (worker(), worker());
+    let mut on_one = RawClient::new(workers::serve_worker(&service, &one).await);
+    let mut on_two = RawClient::new(workers::serve_worker(&service, &two).await);
+    on_one.initialize("lost-store").await;
+    assert!(one.trodo().flush(WAIT).await);
+    let first_run = ingest.starts()[0]["run_id"].as_str().unwrap().to_owned();
+    store.forget_everything();
+
+    on_two.session = on_one.session.clone();
+    on_two.call_tool(1, "echo", json!({"text": "on two"})).await;
+    assert!(two.trodo().flush(WAIT).await);
+    assert_eq!(
+        ingest.starts().len(),
+        2,
+        "the second worker opened a new run"
+    );
+
+    on_one.call_tool(2, "echo", json!({"text": "on one"})).await;
+    let deadline = Instant::now() + WAIT;
+    while one.trodo().open_runs() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first worker still holds the old run"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(one.trodo().flush(WAIT).await);
+    let ends = ingest.ends();
+    let (_, end) = ends
+        .iter()
+        .find(|(run_id, _)| *run_id == first_run)
+        .expect("the old run ends");
+    assert_eq!(end["span_count"], 1, "with the first worker's totals");
+}

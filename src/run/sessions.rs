@@ -689,6 +689,24 @@ impl Sessions {
         }
     }
 
+    /// A run whose key the store gives to another run now: ended
+    /// elsewhere, or lost by the store and its key taken since. It leaves
+    /// the table through the store's claim, which sends nothing if the run
+    /// ended, and this process's end (with its totals) if the store does not
+    /// know it.
+    pub(crate) fn replaced_in_store(&self, run_id: Uuid, exporter: &Exporter) {
+        let open = self.lock().remove_run(run_id);
+        if let Some(open) = open {
+            let at = open.last_activity;
+            self.retire(open, at, ClosedVia::IdleTimeout.into(), None, exporter);
+        }
+    }
+
+    /// Whether this process holds the run.
+    pub(crate) fn holds(&self, run_id: Uuid) -> bool {
+        self.lock().by_run.contains_key(&run_id)
+    }
+
     /// A run the store had lost (a Redis restarted without persistence,
     /// or its entry expired) and now holds again: it is given this
     /// process's totals once more, so that any worker's end carries them.

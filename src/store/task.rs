@@ -296,7 +296,11 @@ impl StoreTask {
             Late::AskIfEnded(run) => {
                 // Opening it again writes nothing for a run that is open
                 // (or was claimed), unlike a claim; a run the store lost is
-                // held again, one it holds is renewed.
+                // held again, one it holds is renewed. A run this process
+                // let go of meanwhile is not opened again.
+                if !shared.sessions.holds(run.run_id) {
+                    return;
+                }
                 match self.call("open", self.store.open(&run, self.ttl)).await {
                     Some(Opened::Opened) => shared.sessions.restored_in_store(run.run_id),
                     Some(Opened::Existing(run_id)) if run_id == run.run_id => {
@@ -312,12 +316,17 @@ impl StoreTask {
                             self.health.dropped();
                         }
                     }
-                    // Ended, or its key has another run now (opened after
-                    // another worker ended this one).
-                    Some(Opened::Ended | Opened::Existing(_)) => {
+                    Some(Opened::Ended) => {
                         shared
                             .sessions
                             .ended_elsewhere(run.run_id, &shared.exporter);
+                    }
+                    // Its key has another run now: opened after another
+                    // worker ended this one, or after the store lost it.
+                    Some(Opened::Existing(_)) => {
+                        shared
+                            .sessions
+                            .replaced_in_store(run.run_id, &shared.exporter);
                     }
                     None => {}
                 }
