@@ -304,7 +304,6 @@ async fn with_a_store_a_call_longer_than_the_idle_timeout_keeps_its_run_open() {
 }
 
 async fn a_call_longer_than_the_idle_timeout(store: Option<Arc<dyn SessionStore>>) {
-    use futures::StreamExt;
     let ingest = RecordingIngest::start().await.unwrap();
     let tools = DemoTools::new();
     let mut config = config(&ingest)
@@ -348,9 +347,7 @@ async fn a_call_longer_than_the_idle_timeout(store: Option<Arc<dyn SessionStore>
     );
 
     tools.release();
-    while let Some(chunk) = stream.next().await {
-        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-    }
+    read_to_end(&mut stream, &mut seen).await;
     assert!(seen.contains("released"), "the client gets its answer");
     ingest
         .wait_until(WAIT, |r| {

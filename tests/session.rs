@@ -273,7 +273,6 @@ async fn rmcp_client_session_becomes_one_run_with_exact_wire() {
 
 #[tokio::test]
 async fn progress_events_reach_the_client_before_the_tool_finishes() {
-    use futures::StreamExt;
     let ingest = RecordingIngest::start().await.unwrap();
     let (tools, trodo, stream) = call_waiting_tool(&ingest, 7).await;
     let mut seen = String::new();
@@ -286,9 +285,7 @@ async fn progress_events_reach_the_client_before_the_tool_finishes() {
     assert_eq!(ingest.starts().len(), 1);
     assert!(ingest.spans().is_empty(), "no span before the answer");
     tools.release();
-    while let Some(chunk) = stream.next().await {
-        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-    }
+    read_to_end(&mut stream, &mut seen).await;
     assert!(seen.contains("released"));
 
     let received = ingest
@@ -309,7 +306,6 @@ async fn progress_events_reach_the_client_before_the_tool_finishes() {
 
 #[tokio::test]
 async fn an_answer_after_its_run_ended_opens_no_run() {
-    use futures::StreamExt;
     let ingest = RecordingIngest::start().await.unwrap();
     let (tools, trodo, stream) = call_waiting_tool(&ingest, 7).await;
     let mut seen = String::new();
@@ -324,9 +320,7 @@ async fn an_answer_after_its_run_ended_opens_no_run() {
     // The run ends while the call is under way; then the call answers.
     trodo.end_run(run_id, trodo_tower::EndRun::ok());
     tools.release();
-    while let Some(chunk) = stream.next().await {
-        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-    }
+    read_to_end(&mut stream, &mut seen).await;
     assert!(seen.contains("released"), "the client gets its answer");
 
     assert!(trodo.flush(WAIT).await);

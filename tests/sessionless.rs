@@ -584,7 +584,6 @@ async fn a_request_without_a_session_cancelled_before_its_answer_gets_a_cancelle
 /// head (an SSE answer's comes at once) and must outlast the call.
 #[tokio::test]
 async fn a_long_call_without_a_session_keeps_its_run_open() {
-    use futures::StreamExt;
     let ingest = RecordingIngest::start().await.unwrap();
     let tools = DemoTools::new();
     let stateless_sse = rmcp::transport::StreamableHttpService::new(
@@ -634,9 +633,7 @@ async fn a_long_call_without_a_session_keeps_its_run_open() {
 
     tools.release();
     let mut seen = String::new();
-    while let Some(chunk) = stream.next().await {
-        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-    }
+    read_to_end(&mut stream, &mut seen).await;
     assert!(seen.contains("released"), "the client gets its answer");
     ingest
         .wait_until(WAIT, |r| {

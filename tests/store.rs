@@ -145,7 +145,7 @@ async fn a_hanging_store_leaves_shutdown_time_to_deliver() {
 #[tokio::test]
 async fn a_run_ended_on_another_worker_is_forgotten_by_the_one_that_started_it() {
     use common::*;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use trodo_tower::{EndRun, SpanKind, StartRun, Trodo};
 
     let ingest = RecordingIngest::start().await.unwrap();
@@ -166,14 +166,10 @@ async fn a_run_ended_on_another_worker_is_forgotten_by_the_one_that_started_it()
     assert_eq!(ingest.ends().len(), 1);
     assert_eq!(ingest.ends()[0].1["span_count"], 1);
 
-    let deadline = Instant::now() + WAIT;
-    while a.open_runs() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first worker still holds the run"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the first worker still holds the run", || {
+        a.open_runs() == 0
+    })
+    .await;
     a.join_run(run_id, SpanKind::Tool, "tool.late").finish();
     assert!(a.shutdown(WAIT).await);
     assert_eq!(ingest.ends().len(), 1, "no second end");
@@ -189,7 +185,7 @@ async fn a_run_ended_on_another_worker_is_forgotten_by_the_one_that_started_it()
 async fn a_run_the_store_lost_is_given_back_and_ends_with_its_totals() {
     use common::*;
     use std::sync::atomic::Ordering;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use trodo_tower::{EndRun, SpanKind, StartRun, Trodo};
 
     let ingest = RecordingIngest::start().await.unwrap();
@@ -207,11 +203,10 @@ async fn a_run_the_store_lost_is_given_back_and_ends_with_its_totals() {
     assert!(a.flush(WAIT).await, "the store holds the run and its span");
     store.forget_everything();
 
-    let deadline = Instant::now() + WAIT;
-    while store.opens.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "the run was never given back");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the run was never given back", || {
+        store.opens.load(Ordering::SeqCst) > 0
+    })
+    .await;
     assert!(a.flush(WAIT).await, "its totals followed");
     b.end_run(run_id, EndRun::ok());
     assert!(b.flush(WAIT).await);
@@ -220,14 +215,10 @@ async fn a_run_the_store_lost_is_given_back_and_ends_with_its_totals() {
     assert_eq!(ends[0].0, run_id.to_string());
     assert_eq!(ends[0].1["span_count"], 1);
 
-    let deadline = Instant::now() + WAIT;
-    while a.open_runs() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first worker still holds the run"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the first worker still holds the run", || {
+        a.open_runs() == 0
+    })
+    .await;
     assert!(a.shutdown(WAIT).await);
     assert_eq!(ingest.ends().len(), 1, "no second end");
 }
@@ -238,7 +229,6 @@ async fn a_run_the_store_lost_is_given_back_and_ends_with_its_totals() {
 #[tokio::test]
 async fn a_long_call_on_another_worker_keeps_its_run_open() {
     use common::*;
-    use futures::StreamExt;
     use serde_json::json;
     use std::time::Duration;
 
@@ -284,9 +274,7 @@ async fn a_long_call_on_another_worker_keeps_its_run_open() {
     );
 
     tools.release();
-    while let Some(chunk) = stream.next().await {
-        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-    }
+    read_to_end(&mut stream, &mut seen).await;
     assert!(seen.contains("released"), "the client gets its answer");
     ingest
         .wait_until(WAIT, |r| {
@@ -308,7 +296,7 @@ async fn a_long_call_on_another_worker_keeps_its_run_open() {
 async fn an_idle_start_run_run_is_renewed_in_the_store() {
     use common::*;
     use std::sync::atomic::Ordering;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use trodo_tower::{SpanKind, StartRun, Trodo};
 
     let ingest = RecordingIngest::start().await.unwrap();
@@ -327,11 +315,10 @@ async fn an_idle_start_run_run_is_renewed_in_the_store() {
     let recorded = store.records.load(Ordering::SeqCst);
 
     // No span, no request: only renewals record now.
-    let deadline = Instant::now() + WAIT;
-    while store.records.load(Ordering::SeqCst) < recorded + 2 {
-        assert!(Instant::now() < deadline, "the run was not renewed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the run was not renewed", || {
+        store.records.load(Ordering::SeqCst) >= recorded + 2
+    })
+    .await;
     // Its opening, then a question before each renewal.
     assert!(store.opens.load(Ordering::SeqCst) >= 3);
     assert_eq!(trodo.open_runs(), 1);
@@ -345,7 +332,7 @@ async fn an_idle_start_run_run_is_renewed_in_the_store() {
 async fn a_session_run_ended_elsewhere_is_left_for_a_new_one() {
     use common::*;
     use serde_json::json;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     use trodo_tower::TrodoLayer;
     use trodo_tower::store::Claim;
 
@@ -367,14 +354,10 @@ async fn a_session_run_ended_elsewhere_is_left_for_a_new_one() {
     );
 
     client.call_tool(1, "echo", json!({"text": "one"})).await;
-    let deadline = Instant::now() + WAIT;
-    while trodo.open_runs() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the worker still holds the ended run"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the worker still holds the ended run", || {
+        trodo.open_runs() == 0
+    })
+    .await;
     client.call_tool(2, "echo", json!({"text": "two"})).await;
     assert!(trodo.flush(WAIT).await);
 
@@ -396,7 +379,6 @@ async fn a_session_run_ended_elsewhere_is_left_for_a_new_one() {
 async fn a_run_the_store_lost_whose_key_was_taken_is_ended_by_its_worker() {
     use common::*;
     use serde_json::json;
-    use std::time::{Duration, Instant};
 
     let ingest = RecordingIngest::start().await.unwrap();
     let store = Arc::new(workers::stores::Forgetful::default());
@@ -420,14 +402,10 @@ async fn a_run_the_store_lost_whose_key_was_taken_is_ended_by_its_worker() {
     );
 
     on_one.call_tool(2, "echo", json!({"text": "on one"})).await;
-    let deadline = Instant::now() + WAIT;
-    while one.trodo().open_runs() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first worker still holds the old run"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the first worker still holds the old run", || {
+        one.trodo().open_runs() == 0
+    })
+    .await;
     assert!(one.trodo().flush(WAIT).await);
     let ends = ingest.ends();
     let (_, end) = ends

@@ -247,6 +247,29 @@ pub async fn read_until(
     }
 }
 
+/// Reads the rest of `stream` into `seen`.
+#[allow(dead_code)]
+pub async fn read_to_end(
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    seen: &mut String,
+) {
+    use futures::StreamExt;
+    while let Some(chunk) = stream.next().await {
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+}
+
+/// Waits until `condition` holds, checking every 10 ms, for at most
+/// [`WAIT`]; fails the test with `what` if it never does.
+#[allow(dead_code)]
+pub async fn wait_for(what: &str, condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// How many spans the ingest received (spans of one run may share a call).
 pub fn span_count(received: &[ingest::Received]) -> usize {
     received
