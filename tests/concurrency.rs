@@ -34,12 +34,7 @@ async fn fifty_concurrent_sessions_of_ten_calls_each() {
     }))
     .await;
 
-    ingest
-        .wait_until(WAIT, |r| {
-            r.iter().filter(|r| r.path.ends_with("/end")).count() == SESSIONS
-        })
-        .await
-        .unwrap();
+    wait_for_ends(&ingest, SESSIONS).await;
     let starts = ingest.starts();
     assert_eq!(starts.len(), SESSIONS);
     let run_of_session: HashMap<String, String> = starts

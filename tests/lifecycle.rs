@@ -317,9 +317,7 @@ async fn a_call_longer_than_the_idle_timeout(store: Option<Arc<dyn SessionStore>
     let addr = serve_demo(tools.clone(), layer).await;
     let mut busy = RawClient::new(addr);
     busy.initialize("busy-session").await;
-    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-        "params": {"name": "wait_for_release", "arguments": {}, "_meta": {"progressToken": 7}}});
-    let response = busy.post(call.to_string()).send().await.unwrap();
+    let response = busy.post(waiting_call_body(7)).send().await.unwrap();
     let mut stream = std::pin::pin!(response.bytes_stream());
     let mut seen = String::new();
     read_until(&mut stream, &mut seen, "notifications/progress").await;
@@ -349,12 +347,7 @@ async fn a_call_longer_than_the_idle_timeout(store: Option<Arc<dyn SessionStore>
     tools.release();
     read_to_end(&mut stream, &mut seen).await;
     assert!(seen.contains("released"), "the client gets its answer");
-    ingest
-        .wait_until(WAIT, |r| {
-            r.iter().filter(|r| r.path.ends_with("/end")).count() == 2
-        })
-        .await
-        .unwrap();
+    wait_for_ends(&ingest, 2).await;
     let ends = ingest.ends();
     let (_, busy_end) = ends.iter().find(|(id, _)| *id == busy_run).unwrap();
     assert_eq!(busy_end["metadata"]["closed_via"], "idle_timeout");

@@ -120,12 +120,7 @@ async fn an_mcp_route_with_a_parameter_is_one_endpoint_for_every_tenant() {
         client.call_tool(1, "echo", json!({"text": "hi"})).await;
         assert_eq!(client.delete().await.status, 202);
     }
-    ingest
-        .wait_until(WAIT, |r| {
-            r.iter().filter(|r| r.path.ends_with("/end")).count() == tenants
-        })
-        .await
-        .unwrap();
+    wait_for_ends(&ingest, tenants).await;
     let ends = ingest.ends();
     assert!(
         ends.iter()

@@ -337,12 +337,7 @@ async fn the_application_key_comes_first_then_the_vendor_conversation_id() {
         let answer = read(call(id, conversation, user).await.unwrap()).await;
         assert_eq!(answer.status, 200, "{}", answer.text());
     }
-    ingest
-        .wait_until(WAIT, |r| {
-            r.iter().filter(|r| r.path.ends_with("/end")).count() == 3
-        })
-        .await
-        .unwrap();
+    wait_for_ends(&ingest, 3).await;
     let mut runs: Vec<(String, String, Vec<String>)> = ingest
         .starts()
         .iter()
@@ -635,12 +630,7 @@ async fn a_long_call_without_a_session_keeps_its_run_open() {
     let mut seen = String::new();
     read_to_end(&mut stream, &mut seen).await;
     assert!(seen.contains("released"), "the client gets its answer");
-    ingest
-        .wait_until(WAIT, |r| {
-            r.iter().filter(|r| r.path.ends_with("/end")).count() == 2
-        })
-        .await
-        .unwrap();
+    wait_for_ends(&ingest, 2).await;
     let ends = ingest.ends();
     let (busy_run, busy_end) = ends.iter().find(|(id, _)| *id != idle_run).unwrap();
     assert_eq!(busy_end["span_count"], 1, "the long call's span counts");

@@ -229,7 +229,6 @@ async fn a_run_the_store_lost_is_given_back_and_ends_with_its_totals() {
 #[tokio::test]
 async fn a_long_call_on_another_worker_keeps_its_run_open() {
     use common::*;
-    use serde_json::json;
     use std::time::Duration;
 
     let ingest = RecordingIngest::start().await.unwrap();
@@ -248,9 +247,11 @@ async fn a_long_call_on_another_worker_keeps_its_run_open() {
     assert!(one.trodo().flush(WAIT).await, "the store holds the run");
     let mut on_two_client = RawClient::new(on_two);
     on_two_client.session = busy.session.clone();
-    let call = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-        "params": {"name": "wait_for_release", "arguments": {}, "_meta": {"progressToken": 7}}});
-    let response = on_two_client.post(call.to_string()).send().await.unwrap();
+    let response = on_two_client
+        .post(waiting_call_body(7))
+        .send()
+        .await
+        .unwrap();
     let mut stream = std::pin::pin!(response.bytes_stream());
     let mut seen = String::new();
     read_until(&mut stream, &mut seen, "notifications/progress").await;
@@ -276,12 +277,7 @@ async fn a_long_call_on_another_worker_keeps_its_run_open() {
     tools.release();
     read_to_end(&mut stream, &mut seen).await;
     assert!(seen.contains("released"), "the client gets its answer");
-    ingest
-        .wait_until(WAIT, |r| {
-            r.iter().filter(|r| r.path.ends_with("/end")).count() == 2
-        })
-        .await
-        .unwrap();
+    wait_for_ends(&ingest, 2).await;
     let ends = ingest.ends();
     let (_, busy_end) = ends.iter().find(|(id, _)| *id == busy_run).unwrap();
     assert_eq!(busy_end["metadata"]["closed_via"], "idle_timeout");

@@ -227,10 +227,27 @@ pub async fn call_waiting_tool(
     let trodo = layer.trodo();
     let mut client = RawClient::new(serve_demo(tools.clone(), layer).await);
     client.initialize("waiting-test").await;
-    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-        "params": {"name": "wait_for_release", "arguments": {}, "_meta": {"progressToken": id}}});
-    let response = client.post(body.to_string()).send().await.unwrap();
+    let response = client.post(waiting_call_body(id)).send().await.unwrap();
     (tools, trodo, response.bytes_stream())
+}
+
+/// The body of a `wait_for_release` call that asks for progress (the tool
+/// reports "started", then waits until the test releases it).
+pub fn waiting_call_body(id: i64) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": {"name": "wait_for_release", "arguments": {}, "_meta": {"progressToken": id}}})
+    .to_string()
+}
+
+/// Waits until the ingest has received `count` run ends.
+#[allow(dead_code)]
+pub async fn wait_for_ends(ingest: &RecordingIngest, count: usize) {
+    ingest
+        .wait_until(WAIT, |r| {
+            r.iter().filter(|r| r.path.ends_with("/end")).count() == count
+        })
+        .await
+        .unwrap();
 }
 
 /// Reads `stream` into `seen` until it holds `needle`.
