@@ -14,7 +14,6 @@
 //! leaving the table is ended through the store's end claim, which decides
 //! whether this process sends `end` and with which totals.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -196,13 +195,7 @@ impl Table {
         }
         let key: Arc<str> = key.into();
         self.by_run.insert(open.run_id, Arc::clone(&key));
-        match self.by_key.entry(key) {
-            Entry::Occupied(mut entry) => {
-                entry.insert(open);
-                entry.into_mut()
-            }
-            Entry::Vacant(entry) => entry.insert(open),
-        }
+        self.by_key.entry(key).insert_entry(open).into_mut()
     }
 
     /// Removes a run that ends, and remembers that it ended.
