@@ -32,7 +32,7 @@
 //! | `OVERHEAD_ONLY` | `bare` or `layered`: load one server only (for a profiler) | both |
 //! | `OVERHEAD_TOOL_MS` | above 0: call `slow_progress` (waits this many ms, sends one progress event, then answers) instead of `add` | 0 |
 //! | `OVERHEAD_PLACEMENT` | `route`: `Router::layer(TrodoLayer)` (the README's one line); `outer`: the layer wraps the whole router (`ServiceBuilder::new().map_response(IntoResponse::into_response).layer(layer).service(router)`), which spares axum one clone of the inner service per request | `route` |
-//! | `OVERHEAD_LAYER` | `trodo`: the layered server runs `TrodoLayer`; `floor`: it runs instead a minimal recording layer (copies both bodies, hands them to another thread; see `support/floor_layer.rs`), on its routes (not with `OVERHEAD_PLACEMENT=outer` or `OVERHEAD_TRODO_ENABLED=false`) | `trodo` |
+//! | `OVERHEAD_LAYER` | `trodo`: the layered server runs `TrodoLayer`; `floor`: it runs instead a minimal recording layer (copies both bodies, hands them to another thread; see `support/floor_layer.rs`); `identity`: a layer that does nothing (`tower::layer::util::Identity`), which measures what axum's `Router::layer` itself costs; `floor` and `identity` go on the routes (not with `OVERHEAD_PLACEMENT=outer` or `OVERHEAD_TRODO_ENABLED=false`) | `trodo` |
 //! | `OVERHEAD_FLOOR_BURN_US` | with `OVERHEAD_LAYER=floor` only: the floor layer's other thread also spins this many µs per exchange (at most 1000), as a layer's delivery work would | 0 |
 //! | `OVERHEAD_PROTOCOL` | `2025-11-25`: each client opens a session (`initialize`) and calls in it; `2026-07-28`: no session, every call names the client in `params._meta` and the method in `Mcp-Method` / `Mcp-Name`, as Python's `mcp.Client` and `fastmcp.Client` do by default (the layer groups the calls by the client's identity) | `2025-11-25` |
 //! | `OVERHEAD_TRODO_ENABLED` | `false`: the layered server's layer is switched off (`TRODO_ENABLED=false`), to measure the pass-through | `true` |
@@ -67,6 +67,7 @@ use hyper_util::rt::TokioIo;
 use rmcp::transport::streamable_http_server::StreamableHttpServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
+use tower::layer::util::Identity;
 use trodo_tower::{TrodoConfig, TrodoLayer};
 
 /// Throughput of the layered server over the bare one, at least.
@@ -102,8 +103,8 @@ struct Options {
     outer: bool,
     /// Above 0: how long the called tool waits (`slow_progress`), in ms.
     tool_ms: u64,
-    /// Whether the layered server runs the floor layer instead of Trodo's.
-    floor: bool,
+    /// Which layer the layered server runs.
+    layer: LayerChoice,
     /// Whether the clients speak 2026-07-28, without sessions.
     sessionless: bool,
     /// The floor layer's CPU per exchange on its thread, in µs.
@@ -124,7 +125,11 @@ impl Options {
             trodo_enabled: env::layer_enabled("OVERHEAD_TRODO_ENABLED"),
             outer: env::choice("OVERHEAD_PLACEMENT", &["route", "outer"]) == Some("outer"),
             tool_ms: env::whole("OVERHEAD_TOOL_MS", 0),
-            floor: env::choice("OVERHEAD_LAYER", &["trodo", "floor"]) == Some("floor"),
+            layer: match env::choice("OVERHEAD_LAYER", &["trodo", "floor", "identity"]) {
+                Some("floor") => LayerChoice::Floor,
+                Some("identity") => LayerChoice::Identity,
+                _ => LayerChoice::Trodo,
+            },
             sessionless: env::choice(
                 "OVERHEAD_PROTOCOL",
                 &[PROTOCOL_VERSION, SESSIONLESS_PROTOCOL_VERSION],
@@ -143,28 +148,28 @@ impl Options {
                 &format!("at most {MAX_FLOOR_BURN_US}"),
             );
         }
-        if !self.floor {
-            if self.floor_burn_us > 0 {
-                env::refuse(
-                    "OVERHEAD_FLOOR_BURN_US",
-                    &self.floor_burn_us.to_string(),
-                    "0 or unset, unless OVERHEAD_LAYER=floor",
-                );
-            }
+        if self.layer != LayerChoice::Floor && self.floor_burn_us > 0 {
+            env::refuse(
+                "OVERHEAD_FLOOR_BURN_US",
+                &self.floor_burn_us.to_string(),
+                "0 or unset, unless OVERHEAD_LAYER=floor",
+            );
+        }
+        if self.layer == LayerChoice::Trodo {
             return self;
         }
         if self.outer {
             env::refuse(
                 "OVERHEAD_PLACEMENT",
                 "outer",
-                "route or unset with OVERHEAD_LAYER=floor (the floor layer goes on the routes)",
+                "route or unset with OVERHEAD_LAYER=floor or identity (those layers go on the routes)",
             );
         }
         if !self.trodo_enabled {
             env::refuse(
                 "OVERHEAD_TRODO_ENABLED",
                 "false",
-                "true or unset with OVERHEAD_LAYER=floor (no TrodoLayer runs)",
+                "true or unset with OVERHEAD_LAYER=floor or identity (no TrodoLayer runs)",
             );
         }
         self
@@ -190,7 +195,10 @@ fn main() {
     let ingest = client_rt.block_on(CountingIngest::start());
     let (bare, layered, trodo) = server_rt.block_on(async {
         let bare = serve(Layered::Bare).await;
-        if options.floor {
+        if options.layer == LayerChoice::Identity {
+            return (bare, serve(Layered::Identity).await, None);
+        }
+        if options.layer == LayerChoice::Floor {
             let burn = Duration::from_micros(options.floor_burn_us);
             // Named as the delivery thread, so that its CPU is counted there.
             let floor = FloorLayer::new(EXPORT_THREAD, burn);
@@ -234,6 +242,16 @@ enum Layered {
     TrodoOuter(TrodoLayer),
     /// The floor layer on the routes.
     Floor(FloorLayer),
+    /// A layer that does nothing, on the routes.
+    Identity,
+}
+
+/// The layer the layered server runs (`OVERHEAD_LAYER`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LayerChoice {
+    Trodo,
+    Floor,
+    Identity,
 }
 
 /// The demo MCP server behind `layered`, on a loopback port.
@@ -249,6 +267,7 @@ async fn serve(layered: Layered) -> SocketAddr {
         Layered::Bare => app,
         Layered::Trodo(layer) => app.layer(layer),
         Layered::Floor(layer) => app.layer(layer),
+        Layered::Identity => app.layer(Identity::new()),
         Layered::TrodoOuter(layer) => {
             // axum::serve wants axum's body: map the layer's back into it.
             let app = tower::ServiceBuilder::new()
@@ -641,7 +660,9 @@ fn print_machine(options: &Options) {
         "server runtime: {} worker thread(s); load generator and ingest: {} worker thread(s)",
         options.server_threads, options.client_threads
     );
-    if options.floor {
+    if options.layer == LayerChoice::Identity {
+        println!("the layered server runs a layer that does nothing (OVERHEAD_LAYER=identity)");
+    } else if options.layer == LayerChoice::Floor {
         println!(
             "the layered server runs the floor layer (OVERHEAD_LAYER=floor), its thread spinning {} us per exchange",
             options.floor_burn_us
