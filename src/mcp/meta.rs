@@ -22,11 +22,16 @@ pub(crate) const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
 /// The `_meta` key that carries the server's identity in MCP 2026-07-28 results.
 pub(crate) const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 
+/// The most members of a `_meta` kept as text (a client sends a handful).
+pub(crate) const MAX_META_TEXTS: usize = 64;
+
 /// `params._meta` or `result._meta`: the identities and protocol version
 /// MCP 2026-07-28 puts there, and every other member whose value is a
 /// non-empty string or a number (a conversation id, perhaps), as text.
 /// Other values are skipped without being built. Of a key given twice,
-/// the last counts.
+/// the last counts. At most [`MAX_META_TEXTS`] such members are kept (the
+/// first ones), so that a hostile `_meta` of many members costs time and
+/// memory in proportion to its size.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Meta {
     /// Whether the protocol version is there, whatever its value.
@@ -59,6 +64,13 @@ impl Meta {
     /// The server's identity, taken out.
     pub(crate) fn take_server_info(&mut self) -> Option<Implementation> {
         self.server_info.take()
+    }
+
+    /// Keeps member `key` as `text`, unless [`MAX_META_TEXTS`] are kept.
+    fn keep_text(&mut self, key: Cow<'_, str>, text: String) {
+        if self.texts.len() < MAX_META_TEXTS {
+            self.texts.push((key.into_owned(), text));
+        }
     }
 
     /// The member `key` as text, if it is a non-empty string or a number.
@@ -104,9 +116,9 @@ impl<'de> Visitor<'de> for MetaVisitor {
                     meta.protocol_version = member.text().map(Cow::into_owned);
                 }
                 (_, Member::Text(text)) if !text.is_empty() => {
-                    meta.texts.push((key.into_owned(), text.into_owned()));
+                    meta.keep_text(key, text.into_owned());
                 }
-                (_, Member::Number(number)) => meta.texts.push((key.into_owned(), number)),
+                (_, Member::Number(number)) => meta.keep_text(key, number),
                 _ => {}
             }
         }
@@ -200,5 +212,20 @@ mod tests {
         assert_eq!(read.protocol_version(), None);
         assert_eq!(read.text("k"), None);
         assert_eq!(read.text("m"), Some("last"));
+    }
+
+    #[test]
+    fn a_wide_meta_keeps_only_its_first_texts() {
+        let mut text = String::from(r#"{"k00000":"first""#);
+        for i in 1..20_000 {
+            text.push_str(&format!(r#","k{i:05}":{i}"#));
+        }
+        text.push_str(r#","k00000":"last"}"#);
+        // Every member was compared with every text kept before it.
+        let read: Meta = serde_json::from_str(&text).unwrap();
+        assert_eq!(read.texts.len(), MAX_META_TEXTS);
+        assert_eq!(read.text("k00000"), Some("last"), "a kept key's last value");
+        assert_eq!(read.text("k00063"), Some("63"));
+        assert_eq!(read.text("k00064"), None, "past the cap");
     }
 }
