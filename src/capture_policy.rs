@@ -6,12 +6,11 @@
 
 use serde_json::Value;
 use std::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::capture::cut_to_chars;
+use crate::capture::{cut_to_chars, truncate_chars};
 use crate::config::Settings;
+use crate::hook::Hook;
 use crate::wire::io_text;
 
 /// Which side of a span a text is.
@@ -30,23 +29,9 @@ pub(crate) struct Redactor(pub(crate) Arc<dyn Fn(&mut Value) + Send + Sync>);
 impl Redactor {
     /// Runs the hook on `value`. A hook that panics leaves `value` unfit
     /// to send (perhaps half redacted): `false` then, and the panic is
-    /// logged (at `error` the first time), never passed on to the request
-    /// being served.
+    /// logged, never passed on to the request being served.
     fn redact(&self, value: &mut Value) -> bool {
-        static LOGGED: AtomicBool = AtomicBool::new(false);
-        let hook = &self.0;
-        if catch_unwind(AssertUnwindSafe(|| hook(value))).is_ok() {
-            return true;
-        }
-        if LOGGED.swap(true, Ordering::Relaxed) {
-            tracing::debug!("trodo: the redaction hook panicked; the value is left out");
-        } else {
-            tracing::error!(
-                "trodo: the redaction hook panicked; the value is left out of its span \
-                 (later panics are logged at debug)"
-            );
-        }
-        false
+        Hook::Redaction.call(|| (self.0)(value)).is_some()
     }
 }
 
@@ -56,7 +41,17 @@ impl fmt::Debug for Redactor {
     }
 }
 
+/// How many capture limits of a JSON answer are read to understand it.
+const ANSWER_READ_LIMITS: usize = 4;
+
 impl Settings {
+    /// How much of a JSON answer (an SSE event's data, or a JSON body) is
+    /// read to understand it (its error status) and to redact it whole
+    /// before it is cut to the capture limit: four capture limits.
+    pub(crate) fn answer_read_window(&self) -> usize {
+        self.capture_limit.saturating_mul(ANSWER_READ_LIMITS)
+    }
+
     /// Whether a side is captured at all.
     pub(crate) fn captures(&self, side: Side) -> bool {
         match side {
@@ -65,29 +60,32 @@ impl Settings {
         }
     }
 
-    /// A captured body as the span keeps it, cut to the capture limit. A
-    /// JSON body read whole is redacted as JSON (before it is cut); any
-    /// other text is redacted as a JSON string.
+    /// A captured body as the span keeps it, cut to the capture limit, and
+    /// whether the span says it was cut (it was, or it was not `whole`: read
+    /// only in part). A JSON body read whole is redacted as JSON (before it
+    /// is cut); any other text is redacted as a JSON string.
     pub(crate) fn captured_text(
         &self,
         side: Side,
         mut text: String,
         whole: bool,
-    ) -> Option<String> {
+    ) -> (Option<String>, bool) {
         if !self.captures(side) {
-            return None;
+            return (None, !whole || truncate_chars(&text, self.capture_limit).1);
         }
         let Some(redactor) = &self.redactor else {
-            cut_to_chars(&mut text, self.capture_limit);
-            return Some(text);
+            let cut = cut_to_chars(&mut text, self.capture_limit);
+            return (Some(text), cut || !whole);
         };
         let mut value = whole
             .then(|| serde_json::from_str::<Value>(&text).ok())
             .flatten()
             .unwrap_or(Value::String(text));
-        redactor
-            .redact(&mut value)
-            .then(|| io_text(&value, self.capture_limit))
+        if !redactor.redact(&mut value) {
+            return (None, !whole);
+        }
+        let (kept, cut) = io_text(value, self.capture_limit);
+        (Some(kept), cut || !whole)
     }
 
     /// A value given to the manual API as the span keeps it.
@@ -100,7 +98,7 @@ impl Settings {
         {
             return None;
         }
-        Some(io_text(&value, self.capture_limit))
+        Some(io_text(value, self.capture_limit).0)
     }
 }
 
@@ -125,10 +123,9 @@ mod tests {
     fn json_bodies_are_redacted_as_json() {
         let settings = mask_secrets().settings;
         let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"login","arguments":{"password":"hunter2"}}}"#;
-        let kept = settings
-            .captured_text(Side::Input, body.to_owned(), true)
-            .unwrap();
-        let kept: Value = serde_json::from_str(&kept).unwrap();
+        let (kept, cut) = settings.captured_text(Side::Input, body.to_owned(), true);
+        assert!(!cut);
+        let kept: Value = serde_json::from_str(&kept.unwrap()).unwrap();
         assert_eq!(kept["params"]["arguments"]["password"], "[redacted]");
         assert_eq!(kept["params"]["name"], "login");
     }
@@ -138,21 +135,37 @@ mod tests {
         let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"login","arguments":{"password":"hunter2","note":"a long note"}}}"#;
         // Redacted whole (131 characters), then cut.
         let redacted = mask_secrets().with_capture_limit(120).unwrap().settings;
-        let kept = redacted
-            .captured_text(Side::Input, body.to_owned(), true)
-            .unwrap();
+        let (kept, cut) = redacted.captured_text(Side::Input, body.to_owned(), true);
+        let kept = kept.unwrap();
+        assert!(cut);
         assert_eq!(kept.chars().count(), 120);
         assert!(kept.contains(r#""password":"[redacted]""#), "{kept}");
         let plain = TrodoConfig::new().with_capture_limit(10).unwrap().settings;
         let kept = plain.captured_text(Side::Input, body.to_owned(), true);
-        assert_eq!(kept.as_deref(), Some(r#"{"jsonrpc""#));
+        assert_eq!(kept, (Some(r#"{"jsonrpc""#.to_owned()), true));
+    }
+
+    #[test]
+    fn a_redaction_that_outgrows_the_limit_is_cut_and_says_so() {
+        let settings = TrodoConfig::new()
+            .with_redaction(|value: &mut Value| {
+                if let Some(note) = value.pointer_mut("/note") {
+                    *note = Value::from("[a replacement longer than the note]");
+                }
+            })
+            .with_capture_limit(20)
+            .unwrap()
+            .settings;
+        let (kept, cut) = settings.captured_text(Side::Output, r#"{"note":"n"}"#.to_owned(), true);
+        assert_eq!(kept.as_deref(), Some(r#"{"note":"[a replacem"#));
+        assert!(cut);
     }
 
     #[test]
     fn cut_or_plain_text_is_redacted_as_a_string() {
         let settings = mask_secrets().settings;
         let kept = settings.captured_text(Side::Output, "{\"pw\":\"hunter2".to_owned(), false);
-        assert_eq!(kept.as_deref(), Some("{\"pw\":\"[redacted]"));
+        assert_eq!(kept, (Some("{\"pw\":\"[redacted]".to_owned()), true));
     }
 
     #[test]
@@ -166,7 +179,7 @@ mod tests {
         let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"secret":"s"}}"#;
         assert_eq!(
             settings.captured_text(Side::Input, body.to_owned(), true),
-            None
+            (None, false)
         );
         assert_eq!(settings.captured_value(Side::Output, json!({"a": 1})), None);
     }
@@ -176,7 +189,7 @@ mod tests {
         let settings = TrodoConfig::new().with_input_capture(false).settings;
         assert_eq!(
             settings.captured_text(Side::Input, "x".to_owned(), true),
-            None
+            (None, false)
         );
         assert_eq!(
             settings

@@ -12,6 +12,7 @@ use crate::export::{
     DEFAULT_MAX_CONCURRENT_CALLS, DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_ITEMS,
     MAX_CONCURRENT_CALLS,
 };
+use crate::hook::Hook;
 use crate::run::HeadFn;
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
@@ -341,7 +342,8 @@ impl TrodoConfig {
     /// `input` or `output`; the rest is cut, and the span says so in its
     /// attributes. A POST to the MCP endpoint is still read up to 1 Mi
     /// characters to be understood (its method, id, tool and `_meta`),
-    /// whatever this limit; memory per exchange stays bounded whatever the
+    /// whatever this limit, and a JSON answer up to four times this limit
+    /// (its error status); memory per exchange stays bounded whatever the
     /// body size.
     /// Defaults to [`DEFAULT_CAPTURE_LIMIT`] (64,000, the most the ingest API keeps).
     ///
@@ -401,7 +403,7 @@ impl TrodoConfig {
     where
         F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
     {
-        self.edit(|s| s.run_key = Some(HeadFn(Arc::new(resolver))))
+        self.edit(|s| s.run_key = Some(HeadFn::new(Hook::RunKey, resolver)))
     }
 
     /// Sets the `params._meta` keys whose value is a client's conversation
@@ -440,9 +442,16 @@ impl TrodoConfig {
     }
 
     /// Sets a redaction hook that sees every captured input and output
-    /// before it is serialised: a JSON body as its JSON value, any other text
-    /// (or a body cut by the capture limit) as a JSON string. Change the
-    /// value in place. Defaults to none.
+    /// before it is serialised and cut to the capture limit: a JSON body
+    /// read whole as its JSON value, any other text as a JSON string.
+    /// Change the value in place. Defaults to none.
+    ///
+    /// A JSON body is read whole up to a window past the capture limit: a
+    /// POST to the MCP endpoint up to 1 Mi characters, a JSON answer (a
+    /// JSON response body, or the SSE event that carries the answer) up to
+    /// four times the capture limit. A longer one reaches the hook as the
+    /// string of its first part, so a hook that masks secrets in large
+    /// answers should also look at strings.
     ///
     /// The hook runs where the exchange is read: mostly on the layer's
     /// delivery thread, sometimes on a request's. Keep it quick, and free of
@@ -484,7 +493,7 @@ impl TrodoConfig {
     where
         F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
     {
-        self.edit(|s| s.distinct_id = Some(HeadFn(Arc::new(extract))))
+        self.edit(|s| s.distinct_id = Some(HeadFn::new(Hook::DistinctId, extract)))
     }
 
     /// Turns the layer on or off; off, it passes every request through

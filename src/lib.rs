@@ -101,6 +101,7 @@ mod error;
 mod exchange;
 mod export;
 mod future;
+mod hook;
 mod json_writer;
 mod layer;
 mod leftovers;

@@ -4,15 +4,20 @@
 //! A `text/event-stream` body is decoded event by event: the span ends at the
 //! event that carries the JSON-RPC response to the request (earlier events are
 //! progress, logging or server-to-client requests). Any other body is captured
-//! up to the capture limit and read at its end.
+//! and read at its end.
+//!
+//! A JSON answer (an SSE event's, or a JSON body) is read up to four times
+//! the capture limit, so that one somewhat over the limit is still parsed
+//! (its error status seen) and redacted as JSON before it is cut.
 
 use http::StatusCode;
 use serde_json::Value;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use crate::capture::{Capture, truncate_chars};
+use crate::capture::Capture;
 use crate::capture_policy::Side;
+use crate::config::Settings;
 use crate::exchange::{ResponseHead, encoding_text};
 use crate::mcp::envelope::{
     Outcome, Response, ServerMessage, looks_like_response, parse_response, parse_server_message,
@@ -58,7 +63,7 @@ enum Reader {
         /// `notifications/progress` events seen before the answer.
         progress_events: u64,
     },
-    /// The whole body, up to the capture limit.
+    /// The whole body, up to the read window (JSON) or the capture limit.
     Whole { capture: Capture, json: bool },
     /// An encoded body (see [`ResponseHead::encoding`]): nothing is kept.
     Encoded,
@@ -67,8 +72,10 @@ enum Reader {
 /// The SSE event that carried the response.
 #[derive(Debug)]
 struct Found {
+    /// Its data, up to the read window.
     text: String,
-    truncated: bool,
+    /// Whether `text` is all of it.
+    read_whole: bool,
     response: Option<Response>,
 }
 
@@ -110,7 +117,7 @@ impl Recorder {
                 .attributes
                 .insert("http.response.content_encoding", encoding_text(encoding));
         }
-        let reader = Reader::for_body(head, shared.settings.capture_limit);
+        let reader = Reader::for_body(head, &shared.settings);
         Box::new(Self {
             shared,
             purpose: Purpose::Span { draft, destination },
@@ -130,7 +137,7 @@ impl Recorder {
         request_id: Value,
         head: &ResponseHead,
     ) -> Box<Self> {
-        let reader = Reader::for_body(head, shared.settings.capture_limit);
+        let reader = Reader::for_body(head, &shared.settings);
         Box::new(Self {
             shared,
             purpose: Purpose::Initialize {
@@ -153,7 +160,6 @@ impl Recorder {
             Purpose::Span { draft, .. } => draft.request_id.as_ref(),
             Purpose::Initialize { request_id, .. } => Some(request_id),
         };
-        let limit = self.shared.settings.capture_limit;
         match &mut self.reader {
             Reader::EventStream {
                 decoder,
@@ -164,7 +170,7 @@ impl Recorder {
                     if found.is_some() {
                         return;
                     }
-                    match Found::from_event(event, request_id, limit) {
+                    match Found::from_event(event, request_id) {
                         EventMeaning::Answer(answer) => *found = Some(answer),
                         EventMeaning::Progress => *progress_events += 1,
                         EventMeaning::Other => {}
@@ -201,7 +207,7 @@ impl Recorder {
         } = self;
         let unanswered = reader.ended_unanswered();
         let progress_events = reader.progress_events();
-        let (output, output_truncated, response) = reader.into_output();
+        let (output, read_whole, response) = reader.into_output();
         match purpose {
             Purpose::Initialize { key, run_id, .. } => {
                 shared
@@ -215,11 +221,12 @@ impl Recorder {
                 destination,
             } => {
                 // Only a span keeps the output (an initialize's goes nowhere).
-                let output = output.and_then(|text| {
-                    shared
+                let (output, output_truncated) = match output {
+                    Some(text) => shared
                         .settings
-                        .captured_text(Side::Output, text, !output_truncated)
-                });
+                        .captured_text(Side::Output, text, read_whole),
+                    None => (None, false),
+                };
                 if progress_events > 0 {
                     draft
                         .attributes
@@ -281,19 +288,25 @@ fn classify(
 }
 
 impl Reader {
-    fn for_body(head: &ResponseHead, limit: usize) -> Self {
+    fn for_body(head: &ResponseHead, settings: &Settings) -> Self {
+        let read_window = settings.answer_read_window();
         if head.encoding().is_some() {
             Self::Encoded
         } else if head.is_event_stream() {
             Self::EventStream {
-                decoder: SseDecoder::data_only(limit.saturating_mul(4)),
+                decoder: SseDecoder::data_only(read_window),
                 found: None,
                 progress_events: 0,
             }
         } else {
+            let json = head.is_json();
             Self::Whole {
-                capture: Capture::new(limit),
-                json: head.is_json(),
+                capture: Capture::new(if json {
+                    read_window
+                } else {
+                    settings.capture_limit
+                }),
+                json,
             }
         }
     }
@@ -313,22 +326,23 @@ impl Reader {
         }
     }
 
-    /// The output text, whether it was cut, and the JSON-RPC response it holds.
+    /// The output text as read, whether it was read whole, and the
+    /// JSON-RPC response it holds.
     fn into_output(self) -> (Option<String>, bool, Option<Response>) {
         match self {
             Self::EventStream {
                 found: Some(found), ..
-            } => (Some(found.text), found.truncated, found.response),
-            Self::EventStream { found: None, .. } | Self::Encoded => (None, false, None),
+            } => (Some(found.text), found.read_whole, found.response),
+            Self::EventStream { found: None, .. } | Self::Encoded => (None, true, None),
             Self::Whole { capture, json } => {
                 if capture.total_bytes() == 0 {
-                    return (None, false, None);
+                    return (None, true, None);
                 }
-                let response = (json && !capture.is_truncated())
+                let read_whole = !capture.is_truncated();
+                let response = (json && read_whole)
                     .then(|| parse_response(capture.bytes()))
                     .flatten();
-                let truncated = capture.is_truncated();
-                (Some(capture.into_text()), truncated, response)
+                (Some(capture.into_text()), read_whole, response)
             }
         }
     }
@@ -348,16 +362,16 @@ enum EventMeaning {
 impl Found {
     /// Reads one event: the response to `request_id` (any response when the
     /// id is unknown), a progress notification, or something else. An event
-    /// cut by the limit is taken as the answer when its start reads like a response.
-    fn from_event(event: SseEvent<'_>, request_id: Option<&Value>, limit: usize) -> EventMeaning {
+    /// cut by the read window is taken as the answer when its start reads
+    /// like a response.
+    fn from_event(event: SseEvent<'_>, request_id: Option<&Value>) -> EventMeaning {
         if event.data_truncated {
             if !looks_like_response(event.data) {
                 return EventMeaning::Other;
             }
-            let (text, _) = cut_to(event.text(), limit);
             return EventMeaning::Answer(Self {
-                text,
-                truncated: true,
+                text: event.text(),
+                read_whole: false,
                 response: None,
             });
         }
@@ -371,22 +385,10 @@ impl Found {
         if request_id.is_some_and(|id| *id != response.id) {
             return EventMeaning::Other;
         }
-        let (text, truncated) = cut_to(event.text(), limit);
         EventMeaning::Answer(Self {
-            text,
-            truncated,
+            text: event.text(),
+            read_whole: true,
             response: Some(response),
         })
     }
-}
-
-/// `text` cut to at most `limit` characters in place (no copy); whether it was cut.
-fn cut_to(mut text: String, limit: usize) -> (String, bool) {
-    let (kept, cut) = truncate_chars(&text, limit);
-    let len = kept.len();
-    text.truncate(len);
-    if cut {
-        text.shrink_to_fit();
-    }
-    (text, cut)
 }

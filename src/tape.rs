@@ -42,7 +42,7 @@
 //! The tape tells the answer by a look at each event's first bytes (a
 //! `result` or `error` member and no `method`). What a look cannot tell
 //! (both), a stream of more than [`MAX_TAPED_CHUNKS`] chunks or
-//! [`MAX_TAPED_BYTES`] bytes (or four times the capture limit, if less)
+//! [`MAX_TAPED_BYTES`] bytes (or the answer's read window, if less)
 //! before the answer, is decided at once and read live from there on.
 
 use bytes::Bytes;
@@ -139,7 +139,7 @@ impl Tape {
             .is_event_stream()
             .then(|| SseDecoder::data_only(ANSWER_PREFIX_BYTES));
         let shared = exchange.shared();
-        let capture_limit = shared.settings.capture_limit;
+        let max_bytes = MAX_TAPED_BYTES.min(shared.settings.answer_read_window());
         let reused = shared.backlog.leftovers().reuse();
         let fill = |chunks, copied| Self {
             request_span: exchange.request_span(),
@@ -148,7 +148,7 @@ impl Tape {
             copied,
             chunk_count: 0,
             bytes: 0,
-            max_bytes: MAX_TAPED_BYTES.min(capture_limit.saturating_mul(4)),
+            max_bytes,
             request_bytes,
             answer,
             exchange: Some(exchange),

@@ -310,15 +310,15 @@ pub(crate) struct FeedbackBody {
 }
 
 /// A value as `input` / `output` text: a string is kept as it is, any other
-/// JSON value is serialised; cut at `max_chars` characters.
-pub(crate) fn io_text(value: &Value, max_chars: usize) -> String {
-    let text = match value {
-        Value::String(s) => std::borrow::Cow::Borrowed(s.as_str()),
-        other => std::borrow::Cow::Owned(other.to_string()),
+/// JSON value is serialised; cut at `max_chars` characters. Also whether it
+/// was cut.
+pub(crate) fn io_text(value: Value, max_chars: usize) -> (String, bool) {
+    let mut text = match value {
+        Value::String(s) => s,
+        other => other.to_string(),
     };
-    crate::capture::truncate_chars(&text, max_chars)
-        .0
-        .to_owned()
+    let cut = crate::capture::cut_to_chars(&mut text, max_chars);
+    (text, cut)
 }
 
 /// A point in time, serialised as ISO-8601 UTC with a `Z` suffix and microseconds.
@@ -507,9 +507,12 @@ mod tests {
 
     #[test]
     fn io_text_keeps_strings_and_serialises_the_rest() {
-        assert_eq!(io_text(&Value::from("plain"), 10), "plain");
-        assert_eq!(io_text(&serde_json::json!({"a": 1}), 100), r#"{"a":1}"#);
-        assert_eq!(io_text(&Value::from("héllo"), 2), "hé");
+        assert_eq!(io_text(Value::from("plain"), 10), ("plain".into(), false));
+        assert_eq!(
+            io_text(serde_json::json!({"a": 1}), 100),
+            (r#"{"a":1}"#.into(), false)
+        );
+        assert_eq!(io_text(Value::from("héllo"), 2), ("hé".into(), true));
     }
 
     #[test]

@@ -42,38 +42,45 @@ async fn idle_session_ends_at_its_last_activity() {
     assert_eq!(layer.trodo().open_runs(), 0);
 }
 
+/// The message that meets the server's 404 ends the run, be it a request
+/// or a notification (which has no span of its own).
 #[tokio::test]
 async fn server_404_for_the_session_ends_the_run_as_expired() {
-    let ingest = RecordingIngest::start().await.unwrap();
-    let manager = session_manager(Some(Duration::from_millis(200)));
-    let app = Router::new()
-        .nest_service("/mcp", mcp(DemoTools::new(), manager.clone()))
-        .layer(TrodoLayer::new(config(&ingest)));
-    let mut client = RawClient::new(serve(app).await);
-    client.initialize("expiry-test").await;
-    client.call_tool(1, "echo", json!({"text": "x"})).await;
+    let cancelled =
+        json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}});
+    let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"y"}}});
+    for message in [call, cancelled] {
+        let ingest = RecordingIngest::start().await.unwrap();
+        let manager = session_manager(Some(Duration::from_millis(200)));
+        let app = Router::new()
+            .nest_service("/mcp", mcp(DemoTools::new(), manager.clone()))
+            .layer(TrodoLayer::new(config(&ingest)));
+        let mut client = RawClient::new(serve(app).await);
+        client.initialize("expiry-test").await;
+        client.call_tool(1, "echo", json!({"text": "x"})).await;
 
-    // rmcp drops the session after its keep-alive; wait for that condition.
-    let session = client.session.clone().unwrap().into();
-    tokio::time::timeout(WAIT, async {
-        while manager.has_session(&session).await.unwrap() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("rmcp expires the session");
-
-    let answer = client.call_tool(2, "echo", json!({"text": "y"})).await;
-    assert_eq!(answer.status, 404);
-    ingest
-        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        // rmcp drops the session after its keep-alive; wait for that condition.
+        let session = client.session.clone().unwrap().into();
+        tokio::time::timeout(WAIT, async {
+            while manager.has_session(&session).await.unwrap() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
         .await
-        .unwrap();
-    let ends = ingest.ends();
-    assert_eq!(ends.len(), 1);
-    assert_eq!(ends[0].1["metadata"]["closed_via"], "session_expired");
-    assert_eq!(ends[0].1["span_count"], 1, "the 404 request is not a span");
-    assert_eq!(ingest.spans().len(), 1);
+        .expect("rmcp expires the session");
+
+        let answer = client.send(message.to_string()).await;
+        assert_eq!(answer.status, 404, "{message}");
+        ingest
+            .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+            .await
+            .unwrap();
+        let ends = ingest.ends();
+        assert_eq!(ends.len(), 1, "{message}");
+        assert_eq!(ends[0].1["metadata"]["closed_via"], "session_expired");
+        assert_eq!(ends[0].1["span_count"], 1, "the 404 message is not a span");
+        assert_eq!(ingest.spans().len(), 1);
+    }
 }
 
 #[tokio::test]

@@ -39,6 +39,15 @@ fn big_progress() -> String {
     )
 }
 
+/// A failed tool's answer of about 65 KB (over the capture limit, within
+/// what a tape keeps), with a token a redaction hook must find.
+fn big_failure() -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":1,"result":{{"structuredContent":{{"api_token":"SECRET-TOKEN"}},"content":[{{"type":"text","text":"{}"}}],"isError":true}}}}"#,
+        "x".repeat(65_000)
+    )
+}
+
 fn sse(body: Body) -> Response<Body> {
     Response::builder()
         .header("content-type", "text/event-stream")
@@ -88,6 +97,11 @@ async fn scripted_with(
                         .map(Ok::<_, std::io::Error>);
                         sse(Body::from_stream(futures::stream::iter(chunks)))
                     }
+                    "big_failure_sse" => sse(Body::from(format!("data: {}\n\n", big_failure()))),
+                    "big_failure_json" => Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Body::from(big_failure()))
+                        .unwrap(),
                     "null_result" => sse(Body::from(format!("data: {NULL_RESULT}\n\n"))),
                     "odd_error" => sse(Body::from(format!("data: {ODD_ERROR}\n\n"))),
                     "method_in_result" => sse(Body::from(format!("data: {METHOD_IN_RESULT}\n\n"))),
@@ -323,4 +337,32 @@ async fn progress_before_the_answer_is_counted() {
         json_of(&span["output"])["result"]["content"][0]["text"],
         "done after 4 steps"
     );
+}
+
+/// An answer longer than the capture limit (within four times it) is still
+/// parsed, so its failure is seen, and redacted as JSON before it is cut:
+/// as an SSE event and as a JSON body, read live and from a tape.
+#[tokio::test]
+async fn an_answer_over_the_capture_limit_is_parsed_and_redacted_whole() {
+    for tool in ["big_failure_sse", "big_failure_json"] {
+        let (ingest, client) = scripted_with(|config| {
+            config.with_redaction(|value: &mut Value| {
+                if let Some(token) = value.pointer_mut("/result/structuredContent/api_token") {
+                    *token = Value::from("[redacted]");
+                }
+            })
+        })
+        .await;
+        for span in live_and_taped(&ingest, &client, tool).await {
+            assert_eq!(span["status"], "error", "{tool}");
+            assert_eq!(span["error_type"], "tool_error", "{tool}");
+            assert_eq!(span["attributes"]["output_truncated"], true, "{tool}");
+            let output = span["output"].as_str().unwrap();
+            assert_eq!(output.chars().count(), 64_000, "{tool}");
+            // Redacted as JSON: the hook found the token (which the
+            // serialised value's member order may put past the cut).
+            assert!(!output.contains("SECRET-TOKEN"), "{tool}");
+            assert!(output.starts_with('{'), "{tool}");
+        }
+    }
 }

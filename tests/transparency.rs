@@ -302,3 +302,22 @@ async fn a_panicking_redaction_hook_never_reaches_the_client() {
         }
     }
 }
+
+/// Run-key and distinct-id hooks that panic cost the run its key and its
+/// `distinct_id`, never an answer: the same conversation as bare, and the
+/// session's run is still recorded.
+#[tokio::test]
+async fn panicking_run_key_and_distinct_id_hooks_never_reach_the_client() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config(&ingest)
+        .with_run_key(|_| panic!("a bug in the run key hook"))
+        .with_distinct_id(|_| panic!("a bug in the distinct id hook"));
+    let layer = TrodoLayer::new(config);
+    assert_same_answers_as_bare(layer.clone()).await;
+    assert!(layer.trodo().flush(WAIT).await);
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1);
+    assert!(starts[0].get("distinct_id").is_none(), "{:?}", starts[0]);
+    assert!(!ingest.spans().is_empty());
+}

@@ -43,7 +43,9 @@ impl Exchange {
                 Some(request)
             }
             Some(ClientMessage::Notification { .. } | ClientMessage::Response) => {
-                if let Some(session_id) = &self.session_id {
+                if let Some(session_id) = &self.session_id
+                    && !self.closed_as_expired(session_id, response)
+                {
                     self.shared.sessions.touch(session_id, self.arrived);
                 }
                 return Head::Ready(None);
@@ -118,6 +120,21 @@ impl Exchange {
         })))
     }
 
+    /// A 404 from the MCP endpoint to any message in a session: the server
+    /// forgot the session, whose run ends (`true` then).
+    fn closed_as_expired(&self, session_id: &str, response: &ResponseHead) -> bool {
+        if response.status != StatusCode::NOT_FOUND || !self.shared.is_mcp_path(self.endpoint()) {
+            return false;
+        }
+        let sessions = &self.shared.sessions;
+        // The end's totals count every request answered before it.
+        if sessions.contains(session_id) {
+            self.shared.backlog.catch_up();
+        }
+        sessions.close(session_id, ClosedVia::SessionExpired, &self.shared.exporter);
+        true
+    }
+
     /// A request that carries a session id.
     fn in_session(
         mut self: Box<Self>,
@@ -129,12 +146,7 @@ impl Exchange {
         let status = response.status;
         let sessions = &self.shared.sessions;
         let exporter = &self.shared.exporter;
-        if status == StatusCode::NOT_FOUND && self.shared.is_mcp_path(self.endpoint()) {
-            // The end's totals count every request answered before it.
-            if sessions.contains(&session_id) {
-                self.shared.backlog.catch_up();
-            }
-            sessions.close(&session_id, ClosedVia::SessionExpired, exporter);
+        if self.closed_as_expired(&session_id, response) {
             return Head::Ready(None);
         }
         if request.is_none() && self.is_session_control() {
@@ -253,18 +265,18 @@ impl Exchange {
     /// The first key of the chain: the application's, a conversation id in
     /// `_meta`, the client's identity.
     fn resolve_key(&self, request: &McpRequest) -> Option<RunKey> {
-        if let Some(key) = &self.app_key {
-            return Some(RunKey::Resolved {
-                key: key.clone(),
-                source: KeySource::App,
-            });
+        if let Some(key) = self
+            .app_key
+            .clone()
+            .and_then(|key| RunKey::resolved(key, KeySource::App))
+        {
+            return Some(key);
         }
         let meta_keys = &self.shared.settings.conversation_meta_keys;
-        if let Some((meta_key, id)) = meta_conversation(request.meta.as_deref(), meta_keys) {
-            return Some(RunKey::Resolved {
-                key: id,
-                source: KeySource::Meta(meta_key),
-            });
+        if let Some(key) = meta_conversation(request.meta.as_deref(), meta_keys)
+            .and_then(|(meta_key, id)| RunKey::resolved(id, KeySource::Meta(meta_key)))
+        {
+            return Some(key);
         }
         // Only a self-contained request's clientInfo: a stateless legacy
         // client names itself in initialize alone, and its later requests
@@ -274,10 +286,8 @@ impl Exchange {
             .as_ref()
             .filter(|_| request.is_self_contained())
             .map(|c| (c.name.as_str(), c.version.as_deref()));
-        client_identity(client, self.caller.as_deref()).map(|key| RunKey::Resolved {
-            key,
-            source: KeySource::Client,
-        })
+        client_identity(client, self.caller.as_deref())
+            .and_then(|key| RunKey::resolved(key, KeySource::Client))
     }
 
     /// Opens the run of the session an initialize response creates.

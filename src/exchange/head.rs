@@ -14,7 +14,7 @@ const FORWARDED_FOR_HEADER: HeaderName = HeaderName::from_static("x-forwarded-fo
 /// Longest session id taken from a header; longer ones are ignored as
 /// bogus. MCP sets no bound, and servers may issue signed tokens (a JWT
 /// is often 1 to 2 KB); a header much past this is refused by most proxies.
-pub(super) const MAX_SESSION_ID_LEN: usize = 4096;
+pub(super) const MAX_SESSION_ID_LEN: usize = crate::run::MAX_RUN_KEY_LEN;
 
 /// The headers the layer reads off every request, found in one pass over
 /// them (rather than a hash of each name in turn). A name given twice

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::api::{RequestSpan, inbound_propagation};
-use crate::capture::{Capture, truncate_chars};
+use crate::capture::Capture;
 use crate::capture_policy::Side;
 use crate::config::Sessionless;
 use crate::mcp::envelope::{
@@ -156,7 +156,7 @@ impl Exchange {
                 let app_key = settings
                     .run_key
                     .as_ref()
-                    .and_then(|resolve| (resolve.0)(parts));
+                    .and_then(|resolve| resolve.call(parts));
                 (app_key, caller(parts))
             } else {
                 (None, None)
@@ -164,7 +164,7 @@ impl Exchange {
         let distinct_id = settings
             .distinct_id
             .as_ref()
-            .and_then(|extract| (extract.0)(parts));
+            .and_then(|extract| extract.call(parts));
         let wants_event_stream = parts.method == Method::GET && accepts_event_stream(headers);
         let mut prefetch = None;
         let mut known_run = None;
@@ -449,14 +449,14 @@ impl Exchange {
         let encoding = self.encoding.take();
         let read_whole = !capture.is_truncated();
         let bytes = capture.total_bytes();
-        let text = (bytes > 0 && encoding.is_none()).then(|| capture.into_text());
         // Read past the capture limit to be understood; kept only up to it.
-        let cut = !read_whole
-            || text
-                .as_deref()
-                .is_some_and(|text| truncate_chars(text, settings.capture_limit).1);
+        let (text, cut) = if bytes > 0 && encoding.is_none() {
+            settings.captured_text(Side::Input, capture.into_text(), read_whole)
+        } else {
+            (None, !read_whole)
+        };
         let input = Input {
-            text: text.and_then(|text| settings.captured_text(Side::Input, text, read_whole)),
+            text,
             // An encoded body's capture keeps nothing: it is not read, not cut.
             truncated: cut && encoding.is_none(),
             bytes,

@@ -7,6 +7,7 @@
 //! derives from the request, a vendor conversation id in `params._meta`, or
 //! the client's identity; an idle gap closes such a run.
 
+use crate::hook::Hook;
 use crate::mcp::meta::Meta;
 use std::fmt;
 use std::sync::Arc;
@@ -33,14 +34,27 @@ pub(crate) enum KeySource {
     Client,
 }
 
+/// The longest resolved key (as long as the longest session id the layer
+/// takes): a longer one, a mistake or hostile, is passed over for the next
+/// link of the chain, so that an idle run never holds much memory.
+pub(crate) const MAX_RUN_KEY_LEN: usize = 4096;
+
 impl RunKey {
+    /// A key resolved from `source`, unless it is longer than [`MAX_RUN_KEY_LEN`].
+    pub(crate) fn resolved(key: String, source: KeySource) -> Option<Self> {
+        (key.len() <= MAX_RUN_KEY_LEN).then_some(Self::Resolved { key, source })
+    }
+
     /// The key in the session table. Resolved keys start with a space and
     /// manual ones with a tab, which no session id can contain (they are
-    /// visible ASCII), so the three never collide.
+    /// visible ASCII), so the three never collide; a resolved key names its
+    /// source, so that a conversation id a request puts in `_meta` cannot
+    /// join the run of an application's key (a signed-in user's) or of a
+    /// client's identity.
     pub(crate) fn table_key(&self) -> Arc<str> {
         match self {
             Self::Session(id) => Arc::clone(id),
-            Self::Resolved { key, .. } => format!(" {key}").into(),
+            Self::Resolved { key, source } => format!(" {}:{key}", source.namespace()).into(),
             Self::Manual(run_id) => format!("\t{run_id}").into(),
         }
     }
@@ -60,6 +74,18 @@ impl RunKey {
             Self::Session(_) => "session".to_owned(),
             Self::Resolved { source, .. } => source.to_string(),
             Self::Manual(_) => "manual".to_owned(),
+        }
+    }
+}
+
+impl KeySource {
+    /// The source's part of a table key: conversation ids under any of the
+    /// `_meta` keys share one.
+    fn namespace(&self) -> &'static str {
+        match self {
+            Self::App => "app",
+            Self::Meta(_) => "meta",
+            Self::Client => "client",
         }
     }
 }
@@ -110,9 +136,27 @@ pub(crate) fn client_identity(
 
 /// An application's closure over a request head (run key, distinct id).
 #[derive(Clone)]
-pub(crate) struct HeadFn(
-    pub(crate) Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>,
-);
+pub(crate) struct HeadFn {
+    hook: Hook,
+    closure: Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>,
+}
+
+impl HeadFn {
+    pub(crate) fn new(
+        hook: Hook,
+        closure: impl Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            hook,
+            closure: Arc::new(closure),
+        }
+    }
+
+    /// The closure's answer for `parts`; `None` if it panicked (logged).
+    pub(crate) fn call(&self, parts: &http::request::Parts) -> Option<String> {
+        self.hook.call(|| (self.closure)(parts)).flatten()
+    }
+}
 
 impl fmt::Debug for HeadFn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -138,6 +182,36 @@ mod tests {
         assert_ne!(manual.table_key(), session.table_key());
         assert_eq!(manual.conversation_id(), None);
         assert_eq!(resolved.source(), "app");
+    }
+
+    #[test]
+    fn keys_of_different_sources_never_collide() {
+        let table_key = |source| {
+            RunKey::resolved("user:ann".into(), source)
+                .unwrap()
+                .table_key()
+        };
+        let keys = [
+            table_key(KeySource::App),
+            table_key(KeySource::Meta("openai/session".into())),
+            table_key(KeySource::Client),
+        ];
+        assert_eq!(
+            keys.each_ref().map(|key| &**key),
+            [" app:user:ann", " meta:user:ann", " client:user:ann"]
+        );
+        // Conversation ids under different `_meta` keys share one namespace.
+        assert_eq!(
+            keys[1],
+            table_key(KeySource::Meta("other/conversation".into()))
+        );
+    }
+
+    #[test]
+    fn a_key_longer_than_the_cap_is_passed_over() {
+        let longest = "k".repeat(MAX_RUN_KEY_LEN);
+        assert!(RunKey::resolved(longest.clone(), KeySource::Client).is_some());
+        assert_eq!(RunKey::resolved(longest + "k", KeySource::Client), None);
     }
 
     #[test]

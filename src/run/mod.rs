@@ -4,7 +4,9 @@ mod key;
 mod sessions;
 mod under_way;
 
-pub(crate) use key::{HeadFn, KeySource, RunKey, client_identity, meta_conversation};
+pub(crate) use key::{
+    HeadFn, KeySource, MAX_RUN_KEY_LEN, RunKey, client_identity, meta_conversation,
+};
 pub(crate) use sessions::{CloseRun, Ending as RunEnding, NotOpenHere, RunFor, Sessions, send_end};
 pub(crate) use under_way::UnderWay;
 

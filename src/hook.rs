@@ -1,0 +1,66 @@
+//! Calls the application's hooks (redaction, run key, distinct id) so that
+//! a panic in one never reaches the request being served: it is caught,
+//! logged, and the hook's answer is left out.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Which of the application's hooks is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hook {
+    /// `with_redaction`.
+    Redaction,
+    /// `with_run_key`.
+    RunKey,
+    /// `with_distinct_id`.
+    DistinctId,
+}
+
+impl Hook {
+    /// The hook's name and what its panic costs, for the log.
+    fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Redaction => (
+                "redaction",
+                "the value it was given is left out of its span",
+            ),
+            Self::RunKey => ("run key", "the request is grouped as if it gave no key"),
+            Self::DistinctId => ("distinct id", "the request's run gets no distinct_id"),
+        }
+    }
+
+    /// Whether a panic of this hook was logged at `error` already.
+    fn logged(self) -> &'static AtomicBool {
+        static LOGGED: [AtomicBool; 3] = [const { AtomicBool::new(false) }; 3];
+        &LOGGED[self as usize]
+    }
+
+    /// Calls `hook`: its answer, or `None` if it panicked (logged at
+    /// `error` the first time for this hook, at `debug` after).
+    pub(crate) fn call<R>(self, hook: impl FnOnce() -> R) -> Option<R> {
+        if let Ok(answer) = catch_unwind(AssertUnwindSafe(hook)) {
+            return Some(answer);
+        }
+        let (name, cost) = self.describe();
+        if self.logged().swap(true, Ordering::Relaxed) {
+            tracing::debug!("trodo: the {name} hook panicked; {cost}");
+        } else {
+            tracing::error!(
+                "trodo: the {name} hook panicked; {cost} (later panics are logged at debug)"
+            );
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_passes_and_a_panic_becomes_none() {
+        assert_eq!(Hook::RunKey.call(|| 7), Some(7));
+        assert_eq!(Hook::DistinctId.call(|| -> u8 { panic!("hook bug") }), None);
+        assert!(Hook::DistinctId.logged().load(Ordering::Relaxed));
+    }
+}
