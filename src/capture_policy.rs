@@ -88,9 +88,11 @@ impl Settings {
         (Some(kept), cut || !whole)
     }
 
-    /// A value given to the manual API as the span keeps it.
+    /// A value given to the manual API as the span keeps it; `null` is
+    /// left out.
     pub(crate) fn captured_value(&self, side: Side, mut value: Value) -> Option<String> {
-        if !self.captures(side) {
+        // `null` (a unit result, say) is no value: left out, not "null".
+        if !self.captures(side) || value.is_null() {
             return None;
         }
         if let Some(redactor) = &self.redactor
@@ -182,6 +184,18 @@ mod tests {
             (None, false)
         );
         assert_eq!(settings.captured_value(Side::Output, json!({"a": 1})), None);
+    }
+
+    #[test]
+    fn a_null_value_is_left_out() {
+        let settings = TrodoConfig::new().settings;
+        assert_eq!(settings.captured_value(Side::Output, Value::Null), None);
+        assert_eq!(
+            settings
+                .captured_value(Side::Output, json!([null]))
+                .as_deref(),
+            Some("[null]")
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use http::HeaderName;
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -186,38 +187,43 @@ impl TrodoConfig {
     /// | `TRODO_ENABLED` | `false` turns the layer into a pass-through | `true` |
     /// | `TRODO_REDIS_URL` | a Redis server whose session store every worker shares (feature `redis`) | unset |
     ///
-    /// A variable that is empty or only blanks counts as unset.
+    /// A variable that is empty or only blanks counts as unset; one that is
+    /// not UTF-8 text is an error.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the variable whose value cannot work.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(|name| std::env::var_os(name))
     }
 
     /// [`from_env`](Self::from_env) over any source of variables.
     pub(crate) fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
+        lookup: impl Fn(&str) -> Option<OsString>,
     ) -> Result<Self, ConfigError> {
         // A blank variable counts as unset (`TRODO_ENABLED=${TRODO_ENABLED}`
         // in a compose file gives one).
-        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+        let get = |name: &str| match lookup(name).map(OsString::into_string) {
+            None => Ok(None),
+            Some(Ok(value)) => Ok(Some(value).filter(|value| !value.trim().is_empty())),
+            Some(Err(raw)) => Err(ConfigError::new(name, raw.to_string_lossy(), EXPECTED_TEXT)),
+        };
         let mut config = Self::new();
-        if let Some(site) = get("TRODO_SITE_ID") {
+        if let Some(site) = get("TRODO_SITE_ID")? {
             config = config
                 .with_site_id(&site)
                 .map_err(|e| ConfigError::new("TRODO_SITE_ID", e.value(), EXPECTED_SITE_ID))?;
         }
-        if let Some(base) = get("TRODO_API_BASE") {
+        if let Some(base) = get("TRODO_API_BASE")? {
             config = config
                 .with_api_base(&base)
                 .map_err(|e| ConfigError::new("TRODO_API_BASE", e.value(), EXPECTED_URL))?;
         }
-        if let Some(name) = get("TRODO_AGENT_NAME") {
+        if let Some(name) = get("TRODO_AGENT_NAME")? {
             config = config
                 .with_agent_name(&name)
                 .map_err(|e| ConfigError::new("TRODO_AGENT_NAME", e.value(), EXPECTED_NAME))?;
         }
-        if let Some(secs) = get("TRODO_IDLE_TIMEOUT_SECS") {
+        if let Some(secs) = get("TRODO_IDLE_TIMEOUT_SECS")? {
             let seconds = secs
                 .trim()
                 .parse::<u64>()
@@ -228,7 +234,7 @@ impl TrodoConfig {
                 })?;
             config = config.with_idle_timeout(Duration::from_secs(seconds))?;
         }
-        if let Some(enabled) = get("TRODO_ENABLED") {
+        if let Some(enabled) = get("TRODO_ENABLED")? {
             let on = match enabled.trim().to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => true,
                 "0" | "false" | "no" | "off" => false,
@@ -236,7 +242,7 @@ impl TrodoConfig {
             };
             config = config.with_enabled(on);
         }
-        if let Some(url) = get("TRODO_REDIS_URL") {
+        if let Some(url) = get("TRODO_REDIS_URL")? {
             config = config.with_redis_url_from_env(&url)?;
         }
         Ok(config)
@@ -662,6 +668,7 @@ const EXPECTED_NAME: &str = "a non-empty name";
 const EXPECTED_SITE_ID: &str = "a site id of visible ASCII characters";
 const EXPECTED_SECONDS: &str = "a whole number of seconds from 1 to 31536000 (a year)";
 const EXPECTED_BOOL: &str = "true or false";
+const EXPECTED_TEXT: &str = "UTF-8 text";
 const EXPECTED_COUNT: &str = "a number greater than zero";
 
 #[cfg(test)]
@@ -677,8 +684,20 @@ mod tests {
             pairs
                 .iter()
                 .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| OsString::from(v))
         })
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_variable_that_is_not_utf8_names_itself() {
+        use std::os::unix::ffi::OsStrExt;
+        let raw = std::ffi::OsStr::from_bytes(b"f\xe4lse").to_owned();
+        let error = TrodoConfig::from_lookup(|name| (name == "TRODO_ENABLED").then(|| raw.clone()))
+            .unwrap_err();
+        assert_eq!(error.setting(), "TRODO_ENABLED");
+        assert_eq!(error.value(), "f\u{fffd}lse");
+        assert!(error.to_string().contains("UTF-8 text"), "{error}");
     }
 
     #[test]
