@@ -86,19 +86,27 @@ pin_project! {
         // Boxed inside: the body stays small (axum boxes it, hyper moves
         // it), and so does a pass-through layer's.
         watch: Option<Watch>,
+        // The bytes the head promised and the body has not passed yet.
+        // A consumer stops polling once none are left (hyper, by
+        // `content-length`; nothing at all for a HEAD request or a 204),
+        // so a drop then is the body's end, not the client going away.
+        unsent: Option<u64>,
     }
 
     impl<B> PinnedDrop for ResponseBody<B> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(watch) = this.project().watch.take() {
-                watch.end(BodyEnd::Dropped);
+            let this = this.project();
+            if let Some(watch) = this.watch.take() {
+                let all_sent = *this.unsent == Some(0);
+                watch.end(if all_sent { BodyEnd::Complete } else { BodyEnd::Dropped });
             }
         }
     }
 }
 
 impl<B: Body> ResponseBody<B> {
-    pub(crate) fn new(inner: B, watch: Option<Watch>) -> Self {
+    /// `inner` watched by `watch`; `declared_len`: the bytes its head promises.
+    pub(crate) fn new(inner: B, watch: Option<Watch>, declared_len: Option<u64>) -> Self {
         // A body that is already over (e.g. a 202 with no content) will not be polled.
         let watch = match watch {
             Some(watch) if inner.is_end_stream() => {
@@ -107,7 +115,11 @@ impl<B: Body> ResponseBody<B> {
             }
             other => other,
         };
-        Self { inner, watch }
+        Self {
+            inner,
+            watch,
+            unsent: declared_len,
+        }
     }
 }
 
@@ -134,10 +146,13 @@ where
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref()
-                    && let Some(watch) = this.watch.take()
-                {
-                    *this.watch = watch.on_data(data);
+                if let Some(data) = frame.data_ref() {
+                    if let Some(unsent) = this.unsent {
+                        *unsent = unsent.saturating_sub(data.len() as u64);
+                    }
+                    if let Some(watch) = this.watch.take() {
+                        *this.watch = watch.on_data(data);
+                    }
                 }
                 // The consumer may not poll again once the length is reached.
                 if this.inner.is_end_stream()

@@ -91,18 +91,26 @@ where
                     },
                     Err(_) => None,
                 };
-                let (_, _, answer) = *waiting;
+                let (_, head, answer) = *waiting;
                 let watch = recorder.map(Watch::Live);
-                return Poll::Ready(answer.map(|r| r.map(|body| ResponseBody::new(body, watch))));
+                return Poll::Ready(
+                    answer.map(|r| r.map(|body| ResponseBody::new(body, watch, head.declared_len))),
+                );
             }
             let result = ready!(this.inner.as_mut().poll(cx));
             let exchange = this.exchange.take();
             match result {
                 Ok(response) => {
                     let Some(mut exchange) = exchange else {
-                        return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, None))));
+                        return Poll::Ready(Ok(
+                            response.map(|body| ResponseBody::new(body, None, None))
+                        ));
                     };
-                    let head = ResponseHead::of(&response);
+                    let mut head = ResponseHead::of(&response);
+                    if exchange.is_head_request() {
+                        head = head.for_head_request();
+                    }
+                    let declared_len = head.declared_len;
                     let watch = if let Some(request_bytes) = exchange.tapes(&head, &response) {
                         Some(Watch::Taped(Tape::new(*exchange, head, request_bytes)))
                     } else {
@@ -115,7 +123,9 @@ where
                             }
                         }
                     };
-                    return Poll::Ready(Ok(response.map(|body| ResponseBody::new(body, watch))));
+                    return Poll::Ready(Ok(
+                        response.map(|body| ResponseBody::new(body, watch, declared_len))
+                    ));
                 }
                 Err(error) => {
                     if let Some(exchange) = exchange {

@@ -3,6 +3,8 @@
 mod common;
 
 use axum::Router;
+use axum::body::Body;
+use axum::http::Response;
 use axum::routing::{get, post};
 use common::*;
 use serde_json::json;
@@ -133,4 +135,65 @@ async fn an_mcp_route_with_a_parameter_is_one_endpoint_for_every_tenant() {
         .map(|(_, span)| span["name"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(names, vec!["tool.echo".to_owned(); tenants]);
+}
+
+/// Bodies a server drops once it sent what the head promised are complete,
+/// not cancelled: the answer to a HEAD request (never sent), a 204, and a
+/// streamed body with a `content-length` (hyper stops polling at that length).
+#[tokio::test]
+async fn bodies_dropped_once_their_declared_length_went_out_are_complete() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .route("/api/plain", get(|| async { "plain answer" }))
+        .route(
+            "/api/empty",
+            post(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
+        .route(
+            "/api/file",
+            get(|| async {
+                let chunks = ["hello ", "world"].map(Ok::<_, std::io::Error>);
+                Response::builder()
+                    .header("content-length", "11")
+                    .body(Body::from_stream(futures::stream::iter(chunks)))
+                    .unwrap()
+            }),
+        )
+        .layer(TrodoLayer::new(config(&ingest)));
+    let mut client = RawClient::new(serve(app).await);
+    client.initialize("lengths-test").await;
+    let base = client.url.trim_end_matches("/mcp").to_owned();
+    let session = client.session.clone().unwrap();
+    let http = &client.http;
+    let requests = [
+        http.head(format!("{base}/api/plain")),
+        http.post(format!("{base}/api/empty")),
+        http.get(format!("{base}/api/file")),
+    ];
+    let mut bodies = Vec::new();
+    for request in requests {
+        let answer = request
+            .header("mcp-session-id", &session)
+            .send()
+            .await
+            .unwrap();
+        bodies.push(answer.text().await.unwrap());
+    }
+    assert_eq!(bodies, ["", "", "hello world"]);
+    client.delete().await;
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let spans = ingest.spans();
+    for name in [
+        "http.HEAD /api/plain",
+        "http.POST /api/empty",
+        "http.GET /api/file",
+    ] {
+        let span = &spans.iter().find(|(_, s)| s["name"] == name).unwrap().1;
+        assert_eq!(span["status"], "ok", "{span}");
+    }
+    assert_eq!(ingest.ends()[0].1["error_count"], 0);
 }

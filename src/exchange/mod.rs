@@ -273,6 +273,11 @@ impl Exchange {
         &self.shared
     }
 
+    /// Whether the request is a HEAD, whose answer has no body.
+    pub(crate) fn is_head_request(&self) -> bool {
+        self.method == Method::HEAD
+    }
+
     /// `head` with the session id `response` gives, for an exchange read
     /// live (a new session's id comes with the answer to `initialize`).
     pub(crate) fn with_session<B>(

@@ -24,6 +24,9 @@ pub(crate) struct ResponseHead {
     session: Option<HeaderValue>,
     /// The kind a [`SpanKindLayer`](crate::SpanKindLayer) put on the response.
     pub(crate) route_kind: Option<SpanKind>,
+    /// How many body bytes the head promises (`content-length`; none for
+    /// a 204 or 304, or the answer to a HEAD request), if it says.
+    pub(crate) declared_len: Option<u64>,
 }
 
 /// What the `content-type` of a response says its body is.
@@ -72,7 +75,14 @@ impl ResponseHead {
                 .cloned(),
             session: None,
             route_kind: response.extensions().get::<RouteSpanKind>().map(|k| k.0),
+            declared_len: declared_len(response),
         }
+    }
+
+    /// The head of the answer to a HEAD request, whose body is never sent.
+    pub(crate) fn for_head_request(mut self) -> Self {
+        self.declared_len = Some(0);
+        self
     }
 
     /// Adds the session id `response` gives under `session_header`.
@@ -107,6 +117,22 @@ impl ResponseHead {
     }
 }
 
+/// How many body bytes `response` promises: none for a status that has
+/// no body, else its `content-length`, if valid.
+pub(crate) fn declared_len<B>(response: &Response<B>) -> Option<u64> {
+    let status = response.status();
+    if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Some(0);
+    }
+    response
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +143,24 @@ mod tests {
             .body(())
             .unwrap();
         ResponseHead::of(&response)
+    }
+
+    #[test]
+    fn the_declared_length_is_the_content_length_or_none_for_bodiless_statuses() {
+        let with = |status: u16, length: Option<&str>| {
+            let mut response = Response::builder().status(status);
+            if let Some(length) = length {
+                response = response.header(header::CONTENT_LENGTH, length);
+            }
+            ResponseHead::of(&response.body(()).unwrap()).declared_len
+        };
+        assert_eq!(with(200, Some("11")), Some(11));
+        assert_eq!(with(200, None), None);
+        assert_eq!(with(200, Some("eleven")), None);
+        assert_eq!(with(204, None), Some(0));
+        assert_eq!(with(304, Some("11")), Some(0));
+        let head = ResponseHead::of(&Response::builder().body(()).unwrap());
+        assert_eq!(head.for_head_request().declared_len, Some(0));
     }
 
     #[test]
