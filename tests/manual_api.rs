@@ -8,6 +8,9 @@ use axum::routing::post;
 use axum::{Extension, Router};
 use common::*;
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
 use trodo_tower::{EndRun, Feedback, RequestSpan, SpanKind, StartRun, Trodo, TrodoLayer};
 use uuid::Uuid;
 
@@ -296,6 +299,152 @@ async fn feedback_on_a_run() {
         ingest.received()[1].body,
         json!({"comment": "meh"}),
         "a rating that is not a number is left out"
+    );
+}
+
+/// Work that panics.
+async fn crash() -> Result<(), String> {
+    panic!("the model client crashed")
+}
+
+#[tokio::test]
+async fn a_span_dropped_by_a_panic_is_an_error_counted_in_the_end() {
+    let (ingest, trodo) = trodo().await;
+    let run_id = trodo.start_run(StartRun::new("session"));
+    let t = trodo.clone();
+    let crashed = tokio::spawn(async move {
+        t.join_run(run_id, SpanKind::Tool, "tool.done").finish();
+        let mut failed = t.join_run(run_id, SpanKind::Tool, "tool.failed");
+        failed.set_error("rate_limited", "429 from the provider");
+        let mut crashing = t.join_run(run_id, SpanKind::Tool, "tool.crash");
+        crashing.set_input("x");
+        panic!("the tool crashed");
+    })
+    .await;
+    assert!(crashed.unwrap_err().is_panic());
+    // A panic inside `run`'s work is a panic, not a cancellation.
+    let t = trodo.clone();
+    let crashed = tokio::spawn(async move {
+        t.join_run(run_id, SpanKind::Llm, "llm.crash")
+            .run(crash())
+            .await
+    })
+    .await;
+    assert!(crashed.unwrap_err().is_panic());
+    trodo.end_run(run_id, EndRun::ok());
+    assert!(trodo.flush(WAIT).await);
+
+    let spans = spans_of(&ingest, &run_id.to_string());
+    assert_eq!(spans.len(), 4, "{spans:?}");
+    let named = |name: &str| spans.iter().find(|s| s["name"] == name).unwrap();
+    for name in ["tool.crash", "llm.crash"] {
+        let span = named(name);
+        assert_eq!(span["status"], "error", "{span}");
+        assert_eq!(span["error_type"], "panic", "{span}");
+        assert_eq!(span["error_message"], "the span's work panicked", "{span}");
+    }
+    assert_eq!(named("tool.crash")["input"], "x", "what was set is kept");
+    assert_eq!(
+        named("tool.done")["status"],
+        "ok",
+        "finished before the panic"
+    );
+    assert!(named("tool.done").get("error_type").is_none());
+    let failed = named("tool.failed");
+    assert_eq!(
+        (&failed["error_type"], &failed["error_message"]),
+        (&json!("rate_limited"), &json!("429 from the provider")),
+        "an error set before the panic stands"
+    );
+    let end = &ingest.ends()[0].1;
+    assert_eq!(
+        (end["span_count"].as_u64(), end["error_count"].as_u64()),
+        (Some(4), Some(3))
+    );
+}
+
+#[tokio::test]
+async fn a_run_dropped_before_its_work_completed_is_cancelled_and_counted_in_the_end() {
+    let (ingest, trodo) = trodo().await;
+    let run_id = trodo.start_run(StartRun::new("session"));
+    let never = Arc::new(Notify::new());
+    let waiting = |never: &Arc<Notify>| {
+        let never = Arc::clone(never);
+        async move {
+            never.notified().await;
+            Ok::<_, String>("late")
+        }
+    };
+
+    // Cut short by a timeout.
+    let slow = trodo
+        .join_run(run_id, SpanKind::Llm, "llm.timed_out")
+        .run(waiting(&never));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), slow)
+            .await
+            .is_err()
+    );
+    // A `select!` branch that lost (polled once first).
+    tokio::select! {
+        biased;
+        _ = trodo.join_run(run_id, SpanKind::Tool, "tool.lost_race").run(waiting(&never)) => {
+            unreachable!("never notified")
+        }
+        () = std::future::ready(()) => {}
+    }
+    // An aborted task.
+    let task = tokio::spawn(
+        trodo
+            .join_run(run_id, SpanKind::Tool, "tool.aborted")
+            .run(waiting(&never)),
+    );
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    // A future dropped before it was ever polled.
+    drop(
+        trodo
+            .join_run(run_id, SpanKind::Tool, "tool.never_polled")
+            .run(async { Ok::<_, String>(1) }),
+    );
+    // One that completes is a success.
+    let done = trodo
+        .join_run(run_id, SpanKind::Tool, "tool.done")
+        .run(async { Ok::<_, String>(7) })
+        .await;
+    assert_eq!(done, Ok(7));
+    trodo.end_run(run_id, EndRun::ok());
+    assert!(trodo.flush(WAIT).await);
+
+    let spans = spans_of(&ingest, &run_id.to_string());
+    assert_eq!(spans.len(), 5, "{spans:?}");
+    let named = |name: &str| spans.iter().find(|s| s["name"] == name).unwrap();
+    for name in [
+        "llm.timed_out",
+        "tool.lost_race",
+        "tool.aborted",
+        "tool.never_polled",
+    ] {
+        let span = named(name);
+        assert_eq!(span["status"], "error", "{span}");
+        assert_eq!(span["error_type"], "cancelled", "{span}");
+        assert_eq!(
+            span["error_message"], "the span's work was cancelled before it finished",
+            "{span}"
+        );
+        assert!(span.get("output").is_none(), "{span}");
+    }
+    assert_eq!(named("tool.done")["status"], "ok");
+    assert_eq!(named("tool.done")["output"], "7");
+    let end = &ingest.ends()[0].1;
+    assert_eq!(end["status"], "ok");
+    assert_eq!(
+        (
+            end["span_count"].as_u64(),
+            end["tool_count"].as_u64(),
+            end["error_count"].as_u64()
+        ),
+        (Some(5), Some(4), Some(4))
     );
 }
 

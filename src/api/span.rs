@@ -31,6 +31,13 @@ pub(crate) enum SpanSink {
 /// finish (on [`finish`](Self::finish), on drop, or at the end of
 /// [`run`](Self::run)). Its duration runs from creation to finish.
 ///
+/// Dropped while its thread unwinds from a panic (the work it records
+/// panicked), a span that has no error yet ends as an error with
+/// `error_type` `panic`; one whose [`run`](Self::run) future is dropped
+/// before its work completed, with `error_type` `cancelled`. Either counts
+/// in its run's `error_count`; an error set before stands. A guard dropped
+/// in any other way finishes the span as it stands.
+///
 /// Make one with [`Trodo::join_run`](crate::Trodo::join_run), with
 /// [`RequestSpan::child`] inside a request the layer handles, or with
 /// [`SpanGuard::child`].
@@ -57,7 +64,16 @@ pub struct SpanGuard {
     sink: SpanSink,
     span: Option<Span>,
     started: Instant,
+    /// Inside [`run`](Self::run), whose work has not completed: dropped
+    /// now, the work was cancelled.
+    working: bool,
 }
+
+/// The `error_message` of a span dropped while its thread panicked.
+const PANICKED: &str = "the span's work panicked";
+/// The `error_message` of a span whose `run` future was dropped before its
+/// work completed.
+const CANCELLED: &str = "the span's work was cancelled before it finished";
 
 impl fmt::Debug for SpanGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -90,6 +106,7 @@ impl SpanGuard {
             sink,
             span: Some(span),
             started: Instant::now(),
+            working: false,
         }
     }
 
@@ -216,6 +233,13 @@ impl SpanGuard {
     /// Runs `work` inside this span and finishes it: an `Ok` value becomes
     /// the output, an `Err` marks the span failed (`error_type` `error`).
     ///
+    /// If `work` panics, the span ends as an error with `error_type`
+    /// `panic`. If the returned future is dropped before `work` completed
+    /// (a `tokio::time::timeout` that expired, a `select!` branch that
+    /// lost, an aborted task, or a future never polled), the span ends as
+    /// an error with `error_type` `cancelled`. Both count in the run's
+    /// `error_count`; an error set before `run` stands.
+    ///
     /// ```
     /// # use trodo_tower::{SpanKind, Trodo, TrodoConfig};
     /// # #[tokio::main(flavor = "current_thread")]
@@ -228,25 +252,31 @@ impl SpanGuard {
     ///     .await;
     /// # }
     /// ```
-    pub async fn run<T, E, F>(mut self, work: F) -> Result<T, E>
+    pub fn run<T, E, F>(mut self, work: F) -> impl Future<Output = Result<T, E>>
     where
         F: Future<Output = Result<T, E>>,
         T: serde::Serialize,
         E: fmt::Display,
     {
-        let result = work.await;
-        match &result {
-            Ok(value) => {
-                if let Ok(output) = serde_json::to_value(value) {
-                    self.set_output(output);
+        // Set before the future exists, so that one dropped unpolled
+        // counts as cancelled too.
+        self.working = true;
+        async move {
+            let result = work.await;
+            self.working = false;
+            match &result {
+                Ok(value) => {
+                    if let Ok(output) = serde_json::to_value(value) {
+                        self.set_output(output);
+                    }
+                }
+                Err(error) => {
+                    self.set_error("error", error.to_string());
                 }
             }
-            Err(error) => {
-                self.set_error("error", error.to_string());
-            }
+            self.finish();
+            result
         }
-        self.finish();
-        result
     }
 
     /// Finishes the span now and sends it on.
@@ -265,7 +295,20 @@ impl SpanGuard {
 }
 
 impl Drop for SpanGuard {
+    /// Finishes the span; as an error if its work panicked or its `run`
+    /// was cancelled (see [`SpanGuard`]).
     fn drop(&mut self) {
+        let unfailed = self
+            .span
+            .as_ref()
+            .is_some_and(|span| span.status != SpanStatus::Error);
+        if unfailed {
+            if std::thread::panicking() {
+                self.set_error("panic", PANICKED);
+            } else if self.working {
+                self.set_error("cancelled", CANCELLED);
+            }
+        }
         self.complete();
     }
 }
