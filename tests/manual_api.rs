@@ -537,6 +537,102 @@ async fn a_wrap_agent_span_that_finishes_after_its_run_was_sent_is_dropped_and_c
 }
 
 #[tokio::test]
+async fn a_wrap_agent_cut_short_still_sends_its_run_as_cancelled() {
+    let (ingest, trodo) = trodo().await;
+    let never = Arc::new(Notify::new());
+    let waiting = Arc::clone(&never);
+    let agent = trodo.wrap_agent(StartRun::new("chat").input("hello"), |run| async move {
+        let mut llm = run.span(SpanKind::Llm, "llm.reply");
+        llm.set_tokens(10, 3).set_cost(0.5);
+        llm.finish();
+        // Still under way when the agent is dropped.
+        run.span(SpanKind::Tool, "tool.wait")
+            .run(async move {
+                waiting.notified().await;
+                Ok::<_, String>("late")
+            })
+            .await
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), agent)
+            .await
+            .is_err()
+    );
+    assert!(trodo.flush(WAIT).await);
+
+    let received = ingest.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].path, "/api/sdk/runs/ingest");
+    let run = &received[0].body["run"];
+    assert_eq!(run["agent_name"], "chat");
+    assert_eq!(run["input"], "hello");
+    assert_eq!(run["status"], "error");
+    assert_eq!(run["error_summary"], "cancelled");
+    assert!(run.get("output").is_none(), "{run}");
+    assert!(run.get("ended_at").is_some(), "{run}");
+    assert_eq!(
+        (
+            run["span_count"].as_u64(),
+            run["tool_count"].as_u64(),
+            run["error_count"].as_u64(),
+            run["total_tokens_in"].as_u64(),
+            run["total_cost"].as_f64()
+        ),
+        (Some(2), Some(1), Some(1), Some(10), Some(0.5))
+    );
+    let spans = received[0].body["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_eq!(spans[0]["name"], "llm.reply");
+    assert_eq!(spans[0]["status"], "ok");
+    assert_eq!(spans[1]["name"], "tool.wait");
+    assert_eq!(
+        spans[1]["error_type"], "cancelled",
+        "the open span went with the run"
+    );
+    assert_eq!(trodo.delivery_counters().dropped_after_run_end, 0);
+}
+
+#[tokio::test]
+async fn a_wrap_agent_whose_agent_panics_still_sends_its_run_as_panicked() {
+    let (ingest, trodo) = trodo().await;
+    let t = trodo.clone();
+    let crashed = tokio::spawn(async move {
+        t.wrap_agent(StartRun::new("chat").input("hello"), |run| async move {
+            let mut llm = run.span(SpanKind::Llm, "llm.reply");
+            llm.set_tokens(10, 3);
+            llm.finish();
+            let _open = run.span(SpanKind::Tool, "tool.crash");
+            crash().await
+        })
+        .await
+    })
+    .await;
+    assert!(crashed.unwrap_err().is_panic());
+    assert!(trodo.flush(WAIT).await);
+
+    let received = ingest.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].path, "/api/sdk/runs/ingest");
+    let run = &received[0].body["run"];
+    assert_eq!(run["status"], "error");
+    assert_eq!(run["error_summary"], "panicked");
+    assert_eq!(
+        (
+            run["span_count"].as_u64(),
+            run["error_count"].as_u64(),
+            run["total_tokens_in"].as_u64()
+        ),
+        (Some(2), Some(1), Some(10))
+    );
+    let spans = received[0].body["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_eq!(spans[0]["name"], "llm.reply");
+    assert_eq!(spans[0]["status"], "ok");
+    assert_eq!(spans[1]["name"], "tool.crash");
+    assert_eq!(spans[1]["error_type"], "panic");
+}
+
+#[tokio::test]
 async fn an_rmcp_tool_adds_an_llm_child_span_that_counts_in_the_run() {
     let ingest = RecordingIngest::start().await.unwrap();
     let config = config(&ingest)

@@ -73,6 +73,9 @@ impl AgentRun {
     /// completes: one that finishes after the run was sent is dropped, and
     /// counted in
     /// [`DeliveryCounters::dropped_after_run_end`](crate::DeliveryCounters::dropped_after_run_end).
+    /// Should the agent's future be dropped or panic, the spans it holds
+    /// finish as it goes (see [`SpanGuard`] for their status) and are sent
+    /// with the failed run.
     pub fn span(&self, kind: SpanKind, name: impl Into<String>) -> SpanGuard {
         let sink = SpanSink::Collect(Arc::clone(&self.spans));
         SpanGuard::new(
@@ -86,44 +89,92 @@ impl AgentRun {
     }
 }
 
-/// Sends a finished `wrap_agent` run with its spans in one `runs/ingest` call.
-pub(crate) fn send_whole<T: serde::Serialize, E: std::fmt::Display>(
-    shared: &Shared,
-    run: StartRun,
+/// A [`Trodo::wrap_agent`](crate::Trodo::wrap_agent) run under way, made
+/// before the agent runs. It sends the run whole, with the spans finished
+/// so far, in one `runs/ingest` call, exactly once: on
+/// [`finish`](Self::finish) with the agent's result, or, dropped without
+/// one (the agent's future was dropped before it completed, or panicked),
+/// as a failed run whose `error_summary` is `cancelled` or `panicked`.
+pub(crate) struct WholeRun {
+    shared: Arc<Shared>,
+    /// Taken when the run is sent.
+    run: Option<StartRun>,
     run_id: Uuid,
+    spans: Arc<RunSpans>,
     started_at: Timestamp,
     started: Instant,
-    result: &Result<T, E>,
-    spans: Vec<Span>,
-) {
-    let settings = &shared.settings;
-    let totals = Totals::of(&spans);
-    let (status, output, error_summary) = match result {
-        Ok(value) => {
-            let output = serde_json::to_value(value)
-                .ok()
-                .filter(|v| *v != Value::Null);
-            let output = output.and_then(|v| settings.captured_value(Side::Output, v));
-            (RunStatus::Ok, output, None)
+}
+
+impl WholeRun {
+    /// The run `run`, started now, and the handle its agent makes spans with.
+    pub(crate) fn start(shared: Arc<Shared>, run: StartRun) -> (Self, AgentRun) {
+        let run_id = run.run_id.unwrap_or_else(Uuid::new_v4);
+        let spans = Arc::new(RunSpans::new());
+        let handle = AgentRun::new(Arc::clone(&shared), run_id, Arc::clone(&spans));
+        let whole = Self {
+            shared,
+            run: Some(run),
+            run_id,
+            spans,
+            started_at: Timestamp::now(),
+            started: Instant::now(),
+        };
+        (whole, handle)
+    }
+
+    /// Sends the run with the agent's result: an `Ok` value is its output,
+    /// an `Err` makes it failed with the error as its `error_summary`.
+    pub(crate) fn finish<T: serde::Serialize, E: std::fmt::Display>(
+        mut self,
+        result: &Result<T, E>,
+    ) {
+        match result {
+            Ok(value) => {
+                let output = serde_json::to_value(value)
+                    .ok()
+                    .filter(|v| *v != Value::Null)
+                    .and_then(|v| self.shared.settings.captured_value(Side::Output, v));
+                self.send(RunStatus::Ok, output, None);
+            }
+            Err(error) => self.send(RunStatus::Error, None, Some(error.to_string())),
         }
-        Err(error) => {
-            let summary = truncate_chars(&error.to_string(), MAX_ERROR_CHARS)
-                .0
-                .to_owned();
-            (RunStatus::Error, None, Some(summary))
-        }
-    };
-    let record = Run {
-        status,
-        output,
-        ended_at: Some(Timestamp::now()),
-        duration_ms: Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
-        error_summary,
-        totals: Some(totals),
-        ..run.into_run(run_id, started_at, settings)
-    };
-    shared.exporter.send(IngestCall::Ingest {
-        run: Box::new(record),
-        spans,
-    });
+    }
+
+    /// Sends the run with its spans finished so far (later ones are
+    /// refused), unless it was sent already.
+    fn send(&mut self, status: RunStatus, output: Option<String>, error_summary: Option<String>) {
+        let Some(run) = self.run.take() else {
+            return;
+        };
+        let spans = self.spans.take();
+        let record = Run {
+            status,
+            output,
+            ended_at: Some(Timestamp::now()),
+            duration_ms: Some(
+                u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            ),
+            error_summary: error_summary
+                .map(|summary| truncate_chars(&summary, MAX_ERROR_CHARS).0.to_owned()),
+            totals: Some(Totals::of(&spans)),
+            ..run.into_run(self.run_id, self.started_at, &self.shared.settings)
+        };
+        self.shared.exporter.send(IngestCall::Ingest {
+            run: Box::new(record),
+            spans,
+        });
+    }
+}
+
+impl Drop for WholeRun {
+    /// Sends a run its agent left without a result as failed: `panicked`
+    /// while the thread unwinds from a panic, `cancelled` otherwise.
+    fn drop(&mut self) {
+        let summary = if std::thread::panicking() {
+            "panicked"
+        } else {
+            "cancelled"
+        };
+        self.send(RunStatus::Error, None, Some(summary.to_owned()));
+    }
 }

@@ -154,6 +154,15 @@ impl Trodo {
     /// made with the [`AgentRun`] handle. An `Ok` value is the run's output;
     /// an `Err` makes it a failed run whose `error_summary` is the error.
     ///
+    /// If the returned future, once polled, is dropped before the agent
+    /// completes (a timeout, a client that went away, an aborted task), the
+    /// run is still sent, with the spans finished by then, as a failed run
+    /// whose `error_summary` is `cancelled`; if the agent panics,
+    /// `panicked`. Spans still open in the agent's future finish as it is
+    /// dropped, so they go with it (a [`SpanGuard::run`] cut short as
+    /// `cancelled`, a span dropped by the panic as `panic`). A future never
+    /// polled ran no agent and sends nothing.
+    ///
     /// ```
     /// use trodo_tower::{SpanKind, StartRun, Trodo, TrodoConfig};
     ///
@@ -178,22 +187,11 @@ impl Trodo {
         E: std::fmt::Display,
     {
         self.shared.start_background();
-        let run_id = run.run_id.unwrap_or_else(Uuid::new_v4);
-        let spans = Arc::new(agent::RunSpans::new());
-        let handle = AgentRun::new(Arc::clone(&self.shared), run_id, Arc::clone(&spans));
-        let started_at = Timestamp::now();
-        let started = std::time::Instant::now();
+        // Made before the agent runs: should its future be dropped or
+        // panic, the guard's drop still sends the run.
+        let (whole, handle) = agent::WholeRun::start(Arc::clone(&self.shared), run);
         let result = agent(handle).await;
-        let spans = spans.take();
-        agent::send_whole(
-            &self.shared,
-            run,
-            run_id,
-            started_at,
-            started,
-            &result,
-            spans,
-        );
+        whole.finish(&result);
         result
     }
 }
