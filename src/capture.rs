@@ -202,18 +202,34 @@ pub(crate) fn truncate_chars(s: &str, max_chars: usize) -> (&str, bool) {
     }
 }
 
-/// Cuts `text` in place to at most `max_chars` characters; returns
+/// Cuts `text` in place to at most `max_chars` characters, and frees
+/// what it no longer needs (queues weigh a text by its length); returns
 /// whether it was cut.
 pub(crate) fn cut_to_chars(text: &mut String, max_chars: usize) -> bool {
     let (kept, cut) = truncate_chars(text, max_chars);
     let len = kept.len();
-    text.truncate(len);
+    if cut {
+        text.truncate(len);
+        text.shrink_to_fit();
+    }
     cut
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_text_gives_back_the_room_it_no_longer_needs() {
+        let mut text = "é".repeat(100_000);
+        assert!(cut_to_chars(&mut text, 10));
+        assert_eq!(text, "é".repeat(10));
+        assert!(text.capacity() < 1_000, "{}", text.capacity());
+        let mut short = String::with_capacity(64);
+        short.push_str("short");
+        assert!(!cut_to_chars(&mut short, 10));
+        assert_eq!(short.capacity(), 64, "an uncut text is left alone");
+    }
 
     #[test]
     fn ascii_under_the_limit_is_kept_whole() {

@@ -45,9 +45,10 @@ impl fmt::Debug for Redactor {
 const ANSWER_READ_LIMITS: usize = 4;
 
 impl Settings {
-    /// How much of a JSON answer (an SSE event's data, or a JSON body) is
-    /// read to understand it (its error status) and to redact it whole
-    /// before it is cut to the capture limit: four capture limits.
+    /// How much of a JSON answer of the MCP endpoint (an SSE event's data,
+    /// or a JSON body) is read to understand it (its error status) and to
+    /// redact it whole before it is cut to the capture limit: four capture
+    /// limits.
     pub(crate) fn answer_read_window(&self) -> usize {
         self.capture_limit.saturating_mul(ANSWER_READ_LIMITS)
     }
@@ -77,12 +78,13 @@ impl Settings {
             let cut = cut_to_chars(&mut text, self.capture_limit);
             return (Some(text), cut || !whole);
         };
+        let over_limit = truncate_chars(&text, self.capture_limit).1;
         let mut value = whole
             .then(|| serde_json::from_str::<Value>(&text).ok())
             .flatten()
             .unwrap_or(Value::String(text));
         if !redactor.redact(&mut value) {
-            return (None, !whole);
+            return (None, over_limit || !whole);
         }
         let (kept, cut) = io_text(value, self.capture_limit);
         (Some(kept), cut || !whole)

@@ -205,7 +205,8 @@ impl TrodoConfig {
         let get = |name: &str| match lookup(name).map(OsString::into_string) {
             None => Ok(None),
             Some(Ok(value)) => Ok(Some(value).filter(|value| !value.trim().is_empty())),
-            Some(Err(raw)) => Err(ConfigError::new(name, raw.to_string_lossy(), EXPECTED_TEXT)),
+            // The value is not shown: it may hold a password (a Redis URL).
+            Some(Err(_)) => Err(ConfigError::new(name, "(not UTF-8)", EXPECTED_TEXT)),
         };
         let mut config = Self::new();
         if let Some(site) = get("TRODO_SITE_ID")? {
@@ -348,7 +349,7 @@ impl TrodoConfig {
     /// `input` or `output`; the rest is cut, and the span says so in its
     /// attributes. A POST to the MCP endpoint is still read up to 1 Mi
     /// characters to be understood (its method, id, tool and `_meta`),
-    /// whatever this limit, and a JSON answer up to four times this limit
+    /// whatever this limit, and its JSON answer up to four times this limit
     /// (its error status); memory per exchange stays bounded whatever the
     /// body size.
     /// Defaults to [`DEFAULT_CAPTURE_LIMIT`] (64,000, the most the ingest API keeps).
@@ -453,9 +454,10 @@ impl TrodoConfig {
     /// Change the value in place. Defaults to none.
     ///
     /// A JSON body is read whole up to a window past the capture limit: a
-    /// POST to the MCP endpoint up to 1 Mi characters, a JSON answer (a
+    /// POST to the MCP endpoint up to 1 Mi characters, its JSON answer (a
     /// JSON response body, or the SSE event that carries the answer) up to
-    /// four times the capture limit. A longer one reaches the hook as the
+    /// four times the capture limit; a body of any other route up to the
+    /// capture limit. A longer one reaches the hook as the
     /// string of its first part, so a hook that masks secrets in large
     /// answers should also look at strings.
     ///
@@ -696,7 +698,7 @@ mod tests {
         let error = TrodoConfig::from_lookup(|name| (name == "TRODO_ENABLED").then(|| raw.clone()))
             .unwrap_err();
         assert_eq!(error.setting(), "TRODO_ENABLED");
-        assert_eq!(error.value(), "f\u{fffd}lse");
+        assert_eq!(error.value(), "(not UTF-8)");
         assert!(error.to_string().contains("UTF-8 text"), "{error}");
     }
 

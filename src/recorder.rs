@@ -6,8 +6,8 @@
 //! progress, logging or server-to-client requests). Any other body is captured
 //! and read at its end.
 //!
-//! A JSON answer (an SSE event's, or a JSON body) is read up to four times
-//! the capture limit, so that one somewhat over the limit is still parsed
+//! A JSON answer of the MCP endpoint (an SSE event's, or a JSON body) is
+//! read up to four times the capture limit, so that one somewhat over the limit is still parsed
 //! (its error status seen) and redacted as JSON before it is cut.
 
 use http::StatusCode;
@@ -103,13 +103,16 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    /// Watches the body of a request that becomes a span. Boxed where it
-    /// is made: it rides along with the response body, which moves.
+    /// Watches the body of a request that becomes a span (`from_mcp`: an
+    /// answer of the MCP endpoint, whose JSON is read up to the read
+    /// window; any other body up to the capture limit). Boxed where it is
+    /// made: it rides along with the response body, which moves.
     pub(crate) fn span(
         shared: Arc<Shared>,
         mut draft: SpanDraft,
         destination: Destination,
         head: &ResponseHead,
+        from_mcp: bool,
         under_way: Option<UnderWay>,
     ) -> Box<Self> {
         if let Some(encoding) = head.encoding() {
@@ -117,7 +120,7 @@ impl Recorder {
                 .attributes
                 .insert("http.response.content_encoding", encoding_text(encoding));
         }
-        let reader = Reader::for_body(head, &shared.settings);
+        let reader = Reader::for_body(head, &shared.settings, from_mcp);
         Box::new(Self {
             shared,
             purpose: Purpose::Span { draft, destination },
@@ -137,7 +140,7 @@ impl Recorder {
         request_id: Value,
         head: &ResponseHead,
     ) -> Box<Self> {
-        let reader = Reader::for_body(head, &shared.settings);
+        let reader = Reader::for_body(head, &shared.settings, true);
         Box::new(Self {
             shared,
             purpose: Purpose::Initialize {
@@ -288,8 +291,12 @@ fn classify(
 }
 
 impl Reader {
-    fn for_body(head: &ResponseHead, settings: &Settings) -> Self {
-        let read_window = settings.answer_read_window();
+    fn for_body(head: &ResponseHead, settings: &Settings, from_mcp: bool) -> Self {
+        let read_window = if from_mcp {
+            settings.answer_read_window()
+        } else {
+            settings.capture_limit
+        };
         if head.encoding().is_some() {
             Self::Encoded
         } else if head.is_event_stream() {

@@ -197,3 +197,65 @@ async fn bodies_dropped_once_their_declared_length_went_out_are_complete() {
     }
     assert_eq!(ingest.ends()[0].1["error_count"], 0);
 }
+
+/// Only the MCP endpoint's answers are read past the capture limit: a
+/// large JSON answer of another route is read up to the limit, so the
+/// redaction hook sees its first part as a string.
+#[tokio::test]
+async fn another_routes_json_is_read_only_up_to_the_capture_limit() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = std::sync::Arc::clone(&seen);
+    let config = config(&ingest).with_redaction(move |value: &mut serde_json::Value| {
+        let text = value.to_string();
+        if text.contains("blob") {
+            noted.lock().unwrap().push(value.is_string());
+        }
+    });
+    let blob = "x".repeat(70_000);
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .route(
+            "/api/big",
+            get(move || {
+                let body = json!({ "blob": blob }).to_string();
+                async move {
+                    Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Body::from(body))
+                        .unwrap()
+                }
+            }),
+        )
+        .layer(TrodoLayer::new(config));
+    let mut client = RawClient::new(serve(app).await);
+    client.initialize("big-json-test").await;
+    let base = client.url.trim_end_matches("/mcp").to_owned();
+    let session = client.session.clone().unwrap();
+    let answer = client
+        .http
+        .get(format!("{base}/api/big"))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.text().await.unwrap().len(), 70_011);
+    client.delete().await;
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [true],
+        "the hook saw the cut body as a string"
+    );
+    let spans = ingest.spans();
+    let span = &spans
+        .iter()
+        .find(|(_, s)| s["name"] == "http.GET /api/big")
+        .unwrap()
+        .1;
+    assert_eq!(span["attributes"]["output_truncated"], true);
+    assert_eq!(span["output"].as_str().unwrap().chars().count(), 64_000);
+}

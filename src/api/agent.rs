@@ -1,6 +1,5 @@
 //! [`AgentRun`]: the handle of a run sent whole by [`Trodo::wrap_agent`](crate::Trodo::wrap_agent).
 
-use serde_json::Value;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use uuid::Uuid;
@@ -132,7 +131,6 @@ impl WholeRun {
             Ok(value) => {
                 let output = serde_json::to_value(value)
                     .ok()
-                    .filter(|v| *v != Value::Null)
                     .and_then(|v| self.shared.settings.captured_value(Side::Output, v));
                 self.send(RunStatus::Ok, output, None);
             }

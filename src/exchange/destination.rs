@@ -7,6 +7,7 @@
 use http::{Method, StatusCode};
 use serde_json::Value;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 use uuid::Uuid;
 
@@ -16,7 +17,8 @@ use crate::mcp::INITIALIZE;
 use crate::mcp::envelope::{ClientMessage, Request as McpRequest};
 use crate::recorder::Recorder;
 use crate::run::{
-    ClosedVia, KeySource, RunFor, RunKey, UnderWay, client_identity, meta_conversation,
+    ClosedVia, KeySource, MAX_RUN_KEY_LEN, RunFor, RunKey, UnderWay, client_identity,
+    meta_conversation,
 };
 use crate::span_draft::Destination;
 use crate::store::NewRun;
@@ -265,12 +267,11 @@ impl Exchange {
     /// The first key of the chain: the application's, a conversation id in
     /// `_meta`, the client's identity.
     fn resolve_key(&self, request: &McpRequest) -> Option<RunKey> {
-        if let Some(key) = self
-            .app_key
-            .clone()
-            .and_then(|key| RunKey::resolved(key, KeySource::App))
-        {
-            return Some(key);
+        if let Some(key) = &self.app_key {
+            match RunKey::resolved(key.clone(), KeySource::App) {
+                Some(key) => return Some(key),
+                None => warn_once_of_a_long_app_key(),
+            }
         }
         let meta_keys = &self.shared.settings.conversation_meta_keys;
         if let Some(key) = meta_conversation(request.meta.as_deref(), meta_keys)
@@ -326,5 +327,18 @@ impl Exchange {
             Some(wait) => Head::Wait(Pending::Publish(Some(recorder), wait)),
             None => Head::Ready(Some(recorder)),
         }
+    }
+}
+
+/// An application's run key longer than the cap is passed over (the
+/// request is grouped by the next link of the chain): said once, at `warn`.
+fn warn_once_of_a_long_app_key() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "trodo: a run key from with_run_key is longer than {MAX_RUN_KEY_LEN} bytes and is \
+             passed over; such requests are grouped by the next link of the key chain \
+             (said once)"
+        );
     }
 }

@@ -372,7 +372,9 @@ impl Exchange {
     ) -> Box<Recorder> {
         self.request_span.attach(&destination);
         let shared = Arc::clone(&self.shared);
-        Recorder::span(shared, draft, destination, response, self.under_way.take())
+        let from_mcp = shared.is_mcp_path(self.endpoint());
+        let under_way = self.under_way.take();
+        Recorder::span(shared, draft, destination, response, from_mcp, under_way)
     }
 
     /// Records a span for an exchange that ended without a response head:
