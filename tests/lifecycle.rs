@@ -327,19 +327,10 @@ async fn a_call_longer_than_the_idle_timeout(store: Option<Arc<dyn SessionStore>
     let response = busy.post(waiting_call_body(7)).send().await.unwrap();
     let mut stream = std::pin::pin!(response.bytes_stream());
     let mut seen = String::new();
-    read_until(&mut stream, &mut seen, "notifications/progress").await;
-
-    // A second session, idle from after the call began: by the sweep that
-    // ends its run, the busy session's run was idle longer.
-    let mut idle = RawClient::new(addr);
-    idle.initialize("idle-session").await;
-    ingest
-        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
-        .await
-        .unwrap();
-    let starts = ingest.starts();
-    let run_of = |i: usize| starts[i]["run_id"].as_str().unwrap().to_owned();
-    let (busy_run, idle_run) = (run_of(0), run_of(1));
+    // By the sweep that ends the idle session's run, the busy session's
+    // run was idle longer.
+    let (busy_run, idle_run) =
+        an_idle_session_beside_a_busy_call(&ingest, addr, &mut stream, &mut seen).await;
     assert_eq!(
         ingest.ends()[0].0,
         idle_run,
@@ -351,13 +342,8 @@ async fn a_call_longer_than_the_idle_timeout(store: Option<Arc<dyn SessionStore>
         "the run of the call under way stays open"
     );
 
-    tools.release();
-    read_to_end(&mut stream, &mut seen).await;
-    assert!(seen.contains("released"), "the client gets its answer");
-    wait_for_ends(&ingest, 2).await;
-    let ends = ingest.ends();
-    let (_, busy_end) = ends.iter().find(|(id, _)| *id == busy_run).unwrap();
-    assert_eq!(busy_end["metadata"]["closed_via"], "idle_timeout");
+    let busy_end =
+        end_of_the_released_call(&ingest, &tools, &busy_run, &mut stream, &mut seen).await;
     assert_eq!(busy_end["span_count"], 1, "the long call's span counts");
     let spans = spans_of(&ingest, &busy_run);
     assert_eq!(spans.len(), 1);

@@ -250,6 +250,51 @@ pub async fn wait_for_ends(ingest: &RecordingIngest, count: usize) {
         .unwrap();
 }
 
+/// With a call under way on `stream` (read until its progress shows),
+/// opens a second session on `addr`, idle from then on, and waits for the
+/// first run end (the idle session's, as its run was idle the shorter
+/// time). Returns the run ids of the busy session (the first started) and
+/// of the idle one.
+#[allow(dead_code)]
+pub async fn an_idle_session_beside_a_busy_call(
+    ingest: &RecordingIngest,
+    addr: SocketAddr,
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    seen: &mut String,
+) -> (String, String) {
+    read_until(stream, seen, "notifications/progress").await;
+    let mut idle = RawClient::new(addr);
+    idle.initialize("idle-session").await;
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+    let starts = ingest.starts();
+    let run_of = |i: usize| starts[i]["run_id"].as_str().unwrap().to_owned();
+    (run_of(0), run_of(1))
+}
+
+/// Releases the busy call of [`an_idle_session_beside_a_busy_call`],
+/// reads its answer to the end, waits for both runs' ends and returns the
+/// busy run's, which the idle sweep made after the call.
+#[allow(dead_code)]
+pub async fn end_of_the_released_call(
+    ingest: &RecordingIngest,
+    tools: &DemoTools,
+    busy_run: &str,
+    stream: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    seen: &mut String,
+) -> Value {
+    tools.release();
+    read_to_end(stream, seen).await;
+    assert!(seen.contains("released"), "the client gets its answer");
+    wait_for_ends(ingest, 2).await;
+    let ends = ingest.ends();
+    let (_, busy_end) = ends.iter().find(|(id, _)| *id == busy_run).unwrap();
+    assert_eq!(busy_end["metadata"]["closed_via"], "idle_timeout");
+    busy_end.clone()
+}
+
 /// Reads `stream` into `seen` until it holds `needle`.
 #[allow(dead_code)]
 pub async fn read_until(
