@@ -39,7 +39,10 @@ pub(crate) enum Destination {
 pub(crate) struct SpanDraft {
     /// The request's span: its id, and where its children go.
     pub(crate) request_span: RequestSpan,
-    pub(crate) parent_span_id: Option<Uuid>,
+    /// The caller's run and span, from the propagation headers: the span's
+    /// parent if the span goes into that run, else only noted (see
+    /// `record`).
+    pub(crate) caller: Option<(Uuid, Option<Uuid>)>,
     pub(crate) name: String,
     pub(crate) kind: SpanKind,
     pub(crate) tool_name: Option<String>,
@@ -127,8 +130,24 @@ impl SpanDraft {
             Destination::Run { run_id, .. } | Destination::Joined { run_id } => *run_id,
             Destination::OwnRun(run) => run.run_id,
         };
+        // A parent in another run (a caller's span, while this span goes
+        // into its session's run) would name a span its run does not hold:
+        // the caller is kept as attributes instead.
+        let parent_span_id = match self.caller {
+            Some((caller_run, parent)) if caller_run == run_id => parent,
+            Some((caller_run, parent)) => {
+                self.attributes
+                    .insert("trodo.caller.run_id", caller_run.to_string());
+                if let Some(parent) = parent {
+                    self.attributes
+                        .insert("trodo.caller.span_id", parent.to_string());
+                }
+                None
+            }
+            None => None,
+        };
         let span = Span {
-            parent_span_id: self.parent_span_id,
+            parent_span_id,
             status,
             ended_at: ended.at,
             duration_ms: u64::try_from(

@@ -825,6 +825,52 @@ async fn a_downstream_service_joins_the_callers_run() {
     assert_eq!(enrich["output"], "enriched payload");
 }
 
+#[tokio::test]
+async fn an_mcp_call_with_a_callers_headers_stays_in_its_sessions_run_and_names_the_caller() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let mut client =
+        RawClient::new(serve_demo(DemoTools::new(), TrodoLayer::new(config(&ingest))).await);
+    client.initialize("called-by-an-agent").await;
+    let (caller_run, caller_span) = (Uuid::new_v4(), Uuid::new_v4());
+    let answer = read(
+        client
+            .post(tool_call_body(1, "add", json!({"a": 1, "b": 2})))
+            .header("x-trodo-run-id", caller_run.to_string())
+            .header("x-trodo-parent-span-id", caller_span.to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    client.delete().await;
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
+        .await
+        .unwrap();
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1, "only the session's run");
+    let run_id = starts[0]["run_id"].as_str().unwrap().to_owned();
+    let spans = spans_of(&ingest, &run_id);
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let call = &spans[0];
+    assert_eq!(call["name"], "tool.add");
+    assert!(
+        call.get("parent_span_id").is_none(),
+        "no parent from another run: {call}"
+    );
+    assert_eq!(
+        call["attributes"]["trodo.caller.run_id"],
+        caller_run.to_string()
+    );
+    assert_eq!(
+        call["attributes"]["trodo.caller.span_id"],
+        caller_span.to_string()
+    );
+    assert!(spans_of(&ingest, &caller_run.to_string()).is_empty());
+}
+
 #[test]
 fn a_handle_made_outside_a_runtime_delivers_once_used_in_one() {
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -180,7 +180,7 @@ impl Exchange {
         attributes.insert("input_truncated", Value::Bool(input.truncated));
         SpanDraft {
             request_span: self.request_span.clone(),
-            parent_span_id: self.joined.and_then(|(_, parent)| parent),
+            caller: self.joined,
             name,
             kind,
             tool_name,
