@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+use crate::fence::{Stage, fenced};
 use crate::leftovers::{Leftover, Leftovers};
 
 /// Work put off until later: an exchange whose body is over.
@@ -74,13 +75,10 @@ thread_local! {
     static READING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Reads one piece of work; a panic in it (a redaction hook, say) costs
-/// that piece only, and is logged.
+/// Reads one piece of work behind the [fence](crate::fence): a panic in
+/// it costs that piece only.
 fn read_one<T: Later>(work: T) -> Option<T::Leftover> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.read())).unwrap_or_else(|_| {
-        tracing::error!("trodo: reading a finished exchange panicked; its span is lost");
-        None
-    })
+    fenced(Stage::Backlog, || work.read()).flatten()
 }
 
 /// Whether this thread is reading a backlog now.
@@ -468,6 +466,8 @@ mod tests {
 
     #[test]
     fn a_panic_while_reading_costs_that_work_only() {
+        let _turn = crate::fence::faults::counting();
+        let caught = crate::fence::panics_caught();
         let backlog = Backlog::default();
         let (items, reported) = numbered(2, 1);
         let mut items = items.into_iter();
@@ -482,6 +482,7 @@ mod tests {
             "the panicked piece counts as read"
         );
         assert!(!is_reading(), "the thread is no longer marked as reading");
+        assert_eq!(crate::fence::panics_caught(), caught + 1);
     }
 
     /// One of two kinds of work.

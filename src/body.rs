@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use crate::api::RequestSpan;
+use crate::fence::{Stage, fenced};
 use crate::recorder::BodyEnd;
 use crate::watch::Watch;
 
@@ -58,8 +59,9 @@ where
         let frame = ready!(this.inner.poll_frame(cx));
         if let (Some(Ok(frame)), Some(span)) = (&frame, this.span.as_ref())
             && let Some(data) = frame.data_ref()
+            && fenced(Stage::RequestBody, || span.input().push(data)).is_none()
         {
-            span.input().push(data);
+            *this.span = None;
         }
         Poll::Ready(frame)
     }
@@ -98,7 +100,7 @@ pin_project! {
             let this = this.project();
             if let Some(watch) = this.watch.take() {
                 let all_sent = *this.unsent == Some(0);
-                watch.end(if all_sent { BodyEnd::Complete } else { BodyEnd::Dropped });
+                end(watch, if all_sent { BodyEnd::Complete } else { BodyEnd::Dropped });
             }
         }
     }
@@ -110,7 +112,7 @@ impl<B: Body> ResponseBody<B> {
         // A body that is already over (e.g. a 202 with no content) will not be polled.
         let watch = match watch {
             Some(watch) if inner.is_end_stream() => {
-                watch.end(BodyEnd::Complete);
+                end(watch, BodyEnd::Complete);
                 None
             }
             other => other,
@@ -151,24 +153,24 @@ where
                         *unsent = unsent.saturating_sub(data.len() as u64);
                     }
                     if let Some(watch) = this.watch.take() {
-                        *this.watch = watch.on_data(data);
+                        *this.watch = fenced(Stage::ResponseBody, || watch.on_data(data)).flatten();
                     }
                 }
                 // The consumer may not poll again once the length is reached.
                 if this.inner.is_end_stream()
                     && let Some(watch) = this.watch.take()
                 {
-                    watch.end(BodyEnd::Complete);
+                    end(watch, BodyEnd::Complete);
                 }
             }
             Some(Err(_)) => {
                 if let Some(watch) = this.watch.take() {
-                    watch.end(BodyEnd::Broke);
+                    end(watch, BodyEnd::Broke);
                 }
             }
             None => {
                 if let Some(watch) = this.watch.take() {
-                    watch.end(BodyEnd::Complete);
+                    end(watch, BodyEnd::Complete);
                 }
             }
         }
@@ -182,4 +184,9 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Ends `watch` as `how`, behind the [fence](crate::fence).
+fn end(watch: Watch, how: BodyEnd) {
+    fenced(Stage::BodyEnd, || watch.end(how));
 }

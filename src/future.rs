@@ -10,6 +10,7 @@ use std::task::{Context, Poll, ready};
 
 use crate::body::ResponseBody;
 use crate::exchange::{Exchange, Failure, Head, Pending, ResponseHead};
+use crate::fence::{Stage, fenced};
 use crate::tape::Tape;
 use crate::watch::Watch;
 
@@ -44,10 +45,10 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(exchange) = this.exchange.take() {
-                exchange.on_failure(Failure::Cancelled);
+                fenced(Stage::ResponseHead, || exchange.on_failure(Failure::Cancelled));
             }
             if let Some(waiting) = this.waiting.take() {
-                waiting.0.cancel();
+                fenced(Stage::ResponseHead, || waiting.0.cancel());
             }
         }
     }
@@ -82,12 +83,13 @@ where
             if let Some(mut waiting) = this.waiting.take() {
                 let (pending, head, answer) = &mut *waiting;
                 let recorder = match answer {
-                    Ok(_) => match pending.poll_settle(cx, head) {
-                        Poll::Ready(recorder) => recorder,
-                        Poll::Pending => {
+                    Ok(_) => match fenced(Stage::ResponseHead, || pending.poll_settle(cx, head)) {
+                        Some(Poll::Ready(recorder)) => recorder,
+                        Some(Poll::Pending) => {
                             *this.waiting = Some(waiting);
                             return Poll::Pending;
                         }
+                        None => None,
                     },
                     Err(_) => None,
                 };
@@ -101,27 +103,16 @@ where
             let exchange = this.exchange.take();
             match result {
                 Ok(response) => {
-                    let Some(mut exchange) = exchange else {
-                        return Poll::Ready(Ok(
-                            response.map(|body| ResponseBody::new(body, None, None))
-                        ));
-                    };
-                    let mut head = ResponseHead::of(&response);
-                    if exchange.is_head_request() {
-                        head = head.for_head_request();
-                    }
-                    let declared_len = head.declared_len;
-                    let watch = if let Some(request_bytes) = exchange.tapes(&head, &response) {
-                        Some(Watch::Taped(Tape::new(*exchange, head, request_bytes)))
-                    } else {
-                        let head = exchange.with_session(head, &response);
-                        match exchange.on_response(&head) {
-                            Head::Ready(recorder) => recorder.map(Watch::Live),
-                            Head::Wait(pending) => {
-                                *this.waiting = Some(Box::new((pending, head, Ok(response))));
-                                continue;
-                            }
+                    let looked = exchange.and_then(|exchange| {
+                        fenced(Stage::ResponseHead, || look_at_head(exchange, &response))
+                    });
+                    let (watch, declared_len) = match looked {
+                        Some(Looked::Watch(watch, declared_len)) => (watch, declared_len),
+                        Some(Looked::Wait(pending, head)) => {
+                            *this.waiting = Some(Box::new((pending, head, Ok(response))));
+                            continue;
                         }
+                        None => (None, None),
                     };
                     return Poll::Ready(Ok(
                         response.map(|body| ResponseBody::new(body, watch, declared_len))
@@ -129,11 +120,40 @@ where
                 }
                 Err(error) => {
                     if let Some(exchange) = exchange {
-                        exchange.on_failure(Failure::Service);
+                        fenced(Stage::ResponseHead, || {
+                            exchange.on_failure(Failure::Service)
+                        });
                     }
                     return Poll::Ready(Err(error));
                 }
             }
         }
+    }
+}
+
+/// What the layer made of a response head.
+enum Looked {
+    /// Watch the body with this (or not at all); the bytes its head declares.
+    Watch(Option<Watch>, Option<u64>),
+    /// Wait for the session store first (see [`Pending`]).
+    Wait(Pending, ResponseHead),
+}
+
+/// Reads the response head of `exchange`: the body is taped for the
+/// backlog, watched live, or first waits for the session store.
+fn look_at_head<B>(mut exchange: Box<Exchange>, response: &Response<B>) -> Looked {
+    let mut head = ResponseHead::of(response);
+    if exchange.is_head_request() {
+        head = head.for_head_request();
+    }
+    let declared_len = head.declared_len;
+    if let Some(request_bytes) = exchange.tapes(&head, response) {
+        let tape = Tape::new(*exchange, head, request_bytes);
+        return Looked::Watch(Some(Watch::Taped(tape)), declared_len);
+    }
+    let head = exchange.with_session(head, response);
+    match exchange.on_response(&head) {
+        Head::Ready(recorder) => Looked::Watch(recorder.map(Watch::Live), declared_len),
+        Head::Wait(pending) => Looked::Wait(pending, head),
     }
 }

@@ -2,8 +2,9 @@
 //! a panic in one never reaches the request being served: it is caught,
 //! logged, and the hook's answer is left out.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
+
+use crate::fence::caught;
 
 /// Which of the application's hooks is called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,15 +18,21 @@ pub(crate) enum Hook {
 }
 
 impl Hook {
-    /// The hook's name and what its panic costs, for the log.
+    /// The hook and what its panic costs, for the log.
     fn describe(self) -> (&'static str, &'static str) {
         match self {
             Self::Redaction => (
-                "redaction",
+                "the redaction hook",
                 "the value it was given is left out of its span",
             ),
-            Self::RunKey => ("run key", "the request is grouped as if it gave no key"),
-            Self::DistinctId => ("distinct id", "the request's run gets no distinct_id"),
+            Self::RunKey => (
+                "the run key hook",
+                "the request is grouped as if it gave no key",
+            ),
+            Self::DistinctId => (
+                "the distinct id hook",
+                "the request's run gets no distinct_id",
+            ),
         }
     }
 
@@ -38,18 +45,8 @@ impl Hook {
     /// Calls `hook`: its answer, or `None` if it panicked (logged at
     /// `error` the first time for this hook, at `debug` after).
     pub(crate) fn call<R>(self, hook: impl FnOnce() -> R) -> Option<R> {
-        if let Ok(answer) = catch_unwind(AssertUnwindSafe(hook)) {
-            return Some(answer);
-        }
-        let (name, cost) = self.describe();
-        if self.logged().swap(true, Ordering::Relaxed) {
-            tracing::debug!("trodo: the {name} hook panicked; {cost}");
-        } else {
-            tracing::error!(
-                "trodo: the {name} hook panicked; {cost} (later panics are logged at debug)"
-            );
-        }
-        None
+        let (subject, cost) = self.describe();
+        caught(hook, self.logged(), subject, cost)
     }
 }
 
@@ -61,6 +58,10 @@ mod tests {
     fn an_answer_passes_and_a_panic_becomes_none() {
         assert_eq!(Hook::RunKey.call(|| 7), Some(7));
         assert_eq!(Hook::DistinctId.call(|| -> u8 { panic!("hook bug") }), None);
-        assert!(Hook::DistinctId.logged().load(Ordering::Relaxed));
+        assert!(
+            Hook::DistinctId
+                .logged()
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
     }
 }

@@ -100,6 +100,7 @@ mod deferred;
 mod error;
 mod exchange;
 mod export;
+mod fence;
 mod future;
 mod hook;
 mod json_writer;

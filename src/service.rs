@@ -11,6 +11,7 @@ use tower_service::Service;
 use crate::api::RequestSpan;
 use crate::body::{RequestBody, ResponseBody};
 use crate::exchange::Exchange;
+use crate::fence::{Stage, fenced};
 use crate::future::ResponseFuture;
 use crate::state::Shared;
 
@@ -84,7 +85,17 @@ where
         }
         self.shared.start_background();
         let (mut parts, body) = request.into_parts();
-        let exchange = Exchange::new(Arc::clone(&self.shared), &mut parts);
+        let shared = &self.shared;
+        let Some(exchange) = fenced(Stage::RequestHead, || {
+            Exchange::new(Arc::clone(shared), &mut parts)
+        }) else {
+            // Passed through unrecorded; handlers still find a span.
+            parts
+                .extensions
+                .insert(RequestSpan::switched_off(Arc::clone(shared)));
+            let request = Request::from_parts(parts, RequestBody::new(body, None));
+            return ResponseFuture::new(self.inner.call(request), None);
+        };
         let body = RequestBody::new(body, Some(exchange.request_span()));
         ResponseFuture::new(
             self.inner.call(Request::from_parts(parts, body)),

@@ -114,6 +114,7 @@ impl Stats {
             dropped_rejected: rejected,
             dropped_shutdown: shutdown,
             dropped_after_run_end: after_run_end,
+            panics_caught: crate::fence::panics_caught(),
             queued_items: queued_items as u64,
             queued_bytes: queued_bytes as u64,
         }
@@ -161,6 +162,12 @@ pub struct DeliveryCounters {
     /// `end` carries the totals the ingest API is told are final, so such
     /// spans are not sent.
     pub dropped_after_run_end: u64,
+    /// Panics caught in the layer's own work beside a request, in this
+    /// process (a bug of the layer; each is also logged with `tracing`).
+    /// Each cost the recording of one exchange, which passed through
+    /// untouched. They count events, not records, so they are not in
+    /// [`dropped`](Self::dropped).
+    pub panics_caught: u64,
     /// Records waiting for delivery or in flight now.
     pub queued_items: u64,
     /// Bytes of the records waiting for delivery or in flight now: their
