@@ -41,6 +41,13 @@ impl fmt::Debug for Redactor {
     }
 }
 
+/// The `error_message` of an error answer while output capture is off.
+pub(crate) const ERROR_TEXT_NOT_CAPTURED: &str = "the answer's error text is not captured";
+
+/// The `error_message` of an error answer whose redaction hook panicked.
+pub(crate) const ERROR_TEXT_WITHHELD: &str =
+    "the answer's error text is withheld (the redaction hook panicked)";
+
 /// How many capture limits of a JSON answer are read to understand it.
 const ANSWER_READ_LIMITS: usize = 4;
 
@@ -90,6 +97,27 @@ impl Settings {
         (Some(kept), cut || !whole)
     }
 
+    /// The text of an error the answer carried (a JSON-RPC error's
+    /// `message`, an `isError` result's text) as the span's
+    /// `error_message`: it is part of the output, so it follows the output
+    /// switch and goes through the redaction hook as a JSON string.
+    pub(crate) fn answered_error_text(&self, text: String) -> String {
+        if !self.captures(Side::Output) {
+            return ERROR_TEXT_NOT_CAPTURED.to_owned();
+        }
+        let Some(redactor) = &self.redactor else {
+            return text;
+        };
+        let mut value = Value::String(text);
+        if !redactor.redact(&mut value) {
+            return ERROR_TEXT_WITHHELD.to_owned();
+        }
+        match value {
+            Value::String(text) => text,
+            other => other.to_string(),
+        }
+    }
+
     /// A value given to the manual API as the span keeps it; `null` is
     /// left out.
     pub(crate) fn captured_value(&self, side: Side, mut value: Value) -> Option<String> {
@@ -121,6 +149,32 @@ mod tests {
                 *text = text.replace("hunter2", "[redacted]");
             }
         })
+    }
+
+    #[test]
+    fn an_answers_error_text_follows_the_output_switch_and_the_hook() {
+        let text = || "login failed for password hunter2".to_owned();
+        assert_eq!(
+            mask_secrets().settings.answered_error_text(text()),
+            "login failed for password [redacted]"
+        );
+        let off = mask_secrets().with_output_capture(false).settings;
+        assert_eq!(off.answered_error_text(text()), ERROR_TEXT_NOT_CAPTURED);
+        let panicking = TrodoConfig::new()
+            .with_redaction(|_: &mut Value| panic!("hook bug"))
+            .settings;
+        assert_eq!(panicking.answered_error_text(text()), ERROR_TEXT_WITHHELD);
+        let to_object = TrodoConfig::new()
+            .with_redaction(|value: &mut Value| *value = json!({"redacted": true}))
+            .settings;
+        assert_eq!(
+            to_object.answered_error_text(text()),
+            r#"{"redacted":true}"#
+        );
+        assert_eq!(
+            TrodoConfig::new().settings.answered_error_text(text()),
+            text()
+        );
     }
 
     #[test]

@@ -239,13 +239,18 @@ impl Recorder {
                     "stream_error",
                     "the response stream ended before the answer",
                 ));
-                let error = classify(status, response.as_ref(), interruption.or(ended_early))
-                    .or_else(|| {
-                        draft
-                            .preset_error
-                            .take()
-                            .map(|(kind, message)| (kind, message, None))
-                    });
+                let error = classify(
+                    &shared.settings,
+                    status,
+                    response.as_ref(),
+                    interruption.or(ended_early),
+                )
+                .or_else(|| {
+                    draft
+                        .preset_error
+                        .take()
+                        .map(|(kind, message)| (kind, message, None))
+                });
                 let ending = Ending {
                     ended,
                     output,
@@ -269,17 +274,21 @@ impl Recorder {
 /// the answer (a recorder that saw the answer is finished at once, so an
 /// interruption always came first).
 fn classify(
+    settings: &Settings,
     status: StatusCode,
     response: Option<&Response>,
     interruption: Option<(&str, &str)>,
 ) -> Option<(String, String, Option<i64>)> {
+    // A text the answer carried is output; the layer's own texts are not.
     match response.map(|r| &r.outcome) {
         Some(Outcome::Error { code, message }) => {
             let error_type = code.map_or(SERVER_ERROR, error_type);
-            return Some((error_type.to_owned(), message.clone(), *code));
+            let message = settings.answered_error_text(message.clone());
+            return Some((error_type.to_owned(), message, *code));
         }
         Some(Outcome::ToolError { message }) => {
-            return Some(("tool_error".to_owned(), message.clone(), None));
+            let message = settings.answered_error_text(message.clone());
+            return Some(("tool_error".to_owned(), message, None));
         }
         Some(Outcome::Success) => return None,
         None => {}

@@ -637,7 +637,20 @@ async fn an_rmcp_tool_adds_an_llm_child_span_that_counts_in_the_run() {
     let ingest = RecordingIngest::start().await.unwrap();
     let config = config(&ingest)
         .with_distinct_id(|parts| Some(parts.headers.get("x-user-id")?.to_str().ok()?.to_owned()));
-    let mut client = RawClient::new(serve_demo(DemoTools::new(), TrodoLayer::new(config)).await);
+    // Beside the MCP endpoint, a JSON-RPC route whose error quotes a secret.
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .route(
+            "/rpc",
+            post(|| async {
+                axum::Json(json!({
+                    "jsonrpc": "2.0", "id": 4,
+                    "error": {"code": -32000, "message": "refused: my password"}
+                }))
+            }),
+        )
+        .layer(TrodoLayer::new(config));
+    let mut client = RawClient::new(serve(app).await);
     client.http = reqwest::Client::builder()
         .default_headers(
             [("x-user-id".parse().unwrap(), "user-42".parse().unwrap())]
@@ -703,11 +716,26 @@ async fn capture_controls_and_headers_never_captured() {
     let config = config(&ingest)
         .with_output_capture(false)
         .with_redaction(|value: &mut Value| {
-            if let Some(text) = value.pointer_mut("/params/arguments/text") {
-                *text = Value::from("[redacted]");
+            for argument in ["text", "reason", "a"] {
+                if let Some(text) = value.pointer_mut(&format!("/params/arguments/{argument}")) {
+                    *text = Value::from("[redacted]");
+                }
             }
         });
-    let mut client = RawClient::new(serve_demo(DemoTools::new(), TrodoLayer::new(config)).await);
+    // Beside the MCP endpoint, a JSON-RPC route whose error quotes a secret.
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .route(
+            "/rpc",
+            post(|| async {
+                axum::Json(json!({
+                    "jsonrpc": "2.0", "id": 4,
+                    "error": {"code": -32000, "message": "refused: my password"}
+                }))
+            }),
+        )
+        .layer(TrodoLayer::new(config));
+    let mut client = RawClient::new(serve(app).await);
     client.http = reqwest::Client::builder()
         .default_headers(
             [
@@ -729,17 +757,54 @@ async fn capture_controls_and_headers_never_captured() {
     client
         .call_tool(1, "echo", json!({"text": "my password"}))
         .await;
+    // Error texts from the answer are output too: a tool error's text, and
+    // rmcp's JSON-RPC error, which quotes the argument it could not take.
+    client
+        .call_tool(2, "fail", json!({"reason": "my password"}))
+        .await;
+    let refused = client
+        .call_tool(3, "add", json!({"a": "my password", "b": 1}))
+        .await;
+    assert!(refused.text().contains("my password"), "{}", refused.text());
+    let rpc = client.url.replace("/mcp", "/rpc");
+    let refused = read(
+        client
+            .http
+            .post(rpc)
+            .header("content-type", "application/json")
+            .header("mcp-session-id", client.session.as_deref().unwrap())
+            .body(request_body(4, "tools/call", json!({"name": "refuse"})))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(refused.text().contains("my password"), "{}", refused.text());
     client.delete().await;
     ingest
         .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
         .await
         .unwrap();
-    let span = &ingest.spans()[0].1;
+    let spans = ingest.spans();
+    assert_eq!(spans.len(), 4, "{spans:?}");
+    let span = &spans[0].1;
     assert_eq!(
         json_of(&span["input"])["params"]["arguments"]["text"],
         "[redacted]"
     );
     assert!(span.get("output").is_none(), "output capture is off");
+    for (span, error_type) in [
+        (&spans[1].1, "tool_error"),
+        (&spans[2].1, "tool_error"),
+        (&spans[3].1, "server_error"),
+    ] {
+        assert_eq!(span["status"], "error", "{span}");
+        assert_eq!(span["error_type"], error_type, "{span}");
+        assert_eq!(
+            span["error_message"], "the answer's error text is not captured",
+            "{span}"
+        );
+    }
     let everything = serde_json::to_string(
         &ingest
             .received()
