@@ -633,24 +633,46 @@ async fn a_wrap_agent_whose_agent_panics_still_sends_its_run_as_panicked() {
 }
 
 #[tokio::test]
+async fn a_child_span_past_what_a_request_keeps_before_its_run_is_known_is_counted_as_dropped() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    // Without a session, the run is known once the answer's head is decided:
+    // every child the handler finishes before that waits for it.
+    let app = Router::new()
+        .route(
+            "/mcp",
+            // The layer reads the request as the handler does.
+            post(
+                |Extension(span): Extension<RequestSpan>, _call: String| async move {
+                    for step in 0..1_001 {
+                        span.child(SpanKind::Tool, format!("step {step}")).finish();
+                    }
+                    axum::Json(json!({"jsonrpc": "2.0", "id": 1, "result": {"content": []}}))
+                },
+            ),
+        )
+        .layer(layer);
+    let client = RawClient::new(serve(app).await);
+    let answer = client
+        .send(tool_call_body(1, "many_steps", json!({})))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(trodo.flush(WAIT).await);
+    assert_eq!(
+        span_count(&ingest.received()),
+        1 + 1_000,
+        "the request's span and the 1,000 children it kept"
+    );
+    assert_eq!(trodo.delivery_counters().dropped_queue_full, 1);
+}
+
+#[tokio::test]
 async fn an_rmcp_tool_adds_an_llm_child_span_that_counts_in_the_run() {
     let ingest = RecordingIngest::start().await.unwrap();
     let config = config(&ingest)
         .with_distinct_id(|parts| Some(parts.headers.get("x-user-id")?.to_str().ok()?.to_owned()));
-    // Beside the MCP endpoint, a JSON-RPC route whose error quotes a secret.
-    let app = Router::new()
-        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
-        .route(
-            "/rpc",
-            post(|| async {
-                axum::Json(json!({
-                    "jsonrpc": "2.0", "id": 4,
-                    "error": {"code": -32000, "message": "refused: my password"}
-                }))
-            }),
-        )
-        .layer(TrodoLayer::new(config));
-    let mut client = RawClient::new(serve(app).await);
+    let mut client = RawClient::new(serve_demo(DemoTools::new(), TrodoLayer::new(config)).await);
     client.http = reqwest::Client::builder()
         .default_headers(
             [("x-user-id".parse().unwrap(), "user-42".parse().unwrap())]

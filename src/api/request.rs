@@ -196,9 +196,7 @@ impl RequestSpan {
                 if spans.len() < MAX_WAITING_CHILDREN {
                     spans.push(span);
                 } else {
-                    tracing::debug!(
-                        "trodo: too many child spans before the run was known, dropped"
-                    );
+                    shared.exporter.drop_waiting_child();
                 }
             }
             State::InRun { key, run_id } => {

@@ -143,7 +143,9 @@ pub struct DeliveryCounters {
     pub failed: u64,
     /// Records dropped because the queue was at its item or byte bound (the
     /// oldest spans go first, see
-    /// [`TrodoConfig::with_max_queue_items`](crate::TrodoConfig::with_max_queue_items)).
+    /// [`TrodoConfig::with_max_queue_items`](crate::TrodoConfig::with_max_queue_items)),
+    /// and child spans past the 1,000 a request keeps while its run is not
+    /// known yet.
     pub dropped_queue_full: u64,
     /// Records dropped after the ingest API failed for 10 minutes.
     pub dropped_gave_up: u64,

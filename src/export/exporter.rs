@@ -69,6 +69,16 @@ impl Exporter {
         }
     }
 
+    /// Counts a child span dropped because its request already kept the
+    /// most child spans that wait for the run to be known (counted with
+    /// the queue's drops: [`DeliveryCounters::dropped_queue_full`]).
+    pub(crate) fn drop_waiting_child(&self) {
+        if !self.switched_off {
+            let detail = "too many child spans waited for their request's run";
+            self.core.stats.dropped(DropReason::QueueFull, 1, detail);
+        }
+    }
+
     /// Puts records on the queue, in order, and wakes the worker if one is due.
     fn queue(&self, records: Vec<Encoded>) {
         if self.switched_off {
