@@ -627,9 +627,9 @@ impl TrodoConfig {
     /// goes on in the background). Defaults to [`DEFAULT_STORE_TIMEOUT`].
     ///
     /// # Errors
-    /// A [`ConfigError`] for `store_timeout` when it is zero or above 10 s.
+    /// A [`ConfigError`] for `store_timeout` when it is under 1 ms or above 10 s.
     pub fn with_store_timeout(self, timeout: Duration) -> Result<Self, ConfigError> {
-        if timeout.is_zero() || timeout > Duration::from_secs(10) {
+        if timeout < Duration::from_millis(1) || timeout > Duration::from_secs(10) {
             return Err(ConfigError::new(
                 "store_timeout",
                 format!("{timeout:?}"),
@@ -875,10 +875,21 @@ mod tests {
             .settings;
         assert!(c.store.is_some());
         assert_eq!(c.store_timeout, Duration::from_millis(20));
-        let err = TrodoConfig::new()
-            .with_store_timeout(Duration::ZERO)
-            .unwrap_err();
-        assert_eq!(err.setting(), "store_timeout");
+        for out_of_range in [
+            Duration::ZERO,
+            Duration::from_micros(999),
+            Duration::from_millis(10_001),
+        ] {
+            let err = TrodoConfig::new()
+                .with_store_timeout(out_of_range)
+                .unwrap_err();
+            assert_eq!(err.setting(), "store_timeout");
+        }
+        assert!(
+            TrodoConfig::new()
+                .with_store_timeout(Duration::from_millis(1))
+                .is_ok()
+        );
     }
 
     #[cfg(feature = "redis")]
