@@ -12,7 +12,8 @@
 //! Every change is one Lua script, atomic on the server. A sweep reads the
 //! sorted set from the oldest score, so it costs in proportion to the idle
 //! runs. Scripts name keys they derive from the prefix, so the store needs
-//! one Redis server (a primary, with replicas or Sentinel), not a cluster.
+//! one Redis server (a primary, with replicas), not Sentinel or a cluster,
+//! over `redis://` (no TLS).
 
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
