@@ -77,11 +77,10 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        if let Some(span) = &self.switched_off {
-            let (mut parts, body) = request.into_parts();
-            parts.extensions.insert(span.clone());
-            let request = Request::from_parts(parts, RequestBody::new(body, None));
-            return ResponseFuture::new(self.inner.call(request), None);
+        // Switched off, or shut down (when nothing more is sent): passed
+        // through, so no run opens that no sweep would end.
+        if self.switched_off.is_some() || self.shared.is_shut_down() {
+            return self.pass_through(request);
         }
         self.shared.start_background();
         let (mut parts, body) = request.into_parts();
@@ -89,17 +88,30 @@ where
         let Some(exchange) = fenced(Stage::RequestHead, || {
             Exchange::new(Arc::clone(shared), &mut parts)
         }) else {
-            // Passed through unrecorded; handlers still find a span.
-            parts
-                .extensions
-                .insert(RequestSpan::switched_off(Arc::clone(shared)));
-            let request = Request::from_parts(parts, RequestBody::new(body, None));
-            return ResponseFuture::new(self.inner.call(request), None);
+            return self.pass_through(Request::from_parts(parts, body));
         };
         let body = RequestBody::new(body, Some(exchange.request_span()));
         ResponseFuture::new(
             self.inner.call(Request::from_parts(parts, body)),
             Some(exchange),
         )
+    }
+}
+
+impl<S> TrodoService<S> {
+    /// Calls the inner service with `request` unrecorded; its handlers
+    /// still find a [`RequestSpan`], one that records nothing.
+    fn pass_through<ReqBody>(&mut self, request: Request<ReqBody>) -> ResponseFuture<S::Future>
+    where
+        S: Service<Request<RequestBody<ReqBody>>>,
+    {
+        let span = match &self.switched_off {
+            Some(span) => span.clone(),
+            None => RequestSpan::switched_off(Arc::clone(&self.shared)),
+        };
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(span);
+        let request = Request::from_parts(parts, RequestBody::new(body, None));
+        ResponseFuture::new(self.inner.call(request), None)
     }
 }

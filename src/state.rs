@@ -346,8 +346,10 @@ impl Trodo {
     /// what was left is counted in
     /// [`DeliveryCounters::dropped_shutdown`](crate::DeliveryCounters::dropped_shutdown).
     /// Shutdown happens once: a second call (from a signal handler and from
-    /// `main`, say) waits for the first to finish and returns its result. Requests after shutdown
-    /// are still served; their telemetry is dropped (and counted the same way).
+    /// `main`, say) waits for the first to finish and returns its result.
+    /// Requests after shutdown are still served, passed through unrecorded
+    /// (they open no run); what the manual API records after it is dropped
+    /// and counted the same way.
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         self.shared.shutdown(timeout).await
     }

@@ -350,3 +350,26 @@ async fn a_call_longer_than_the_idle_timeout(store: Option<Arc<dyn SessionStore>
     assert_eq!(spans[0]["name"], "tool.wait_for_release");
     assert_eq!(ingest.starts().len(), 2, "no run was resumed");
 }
+
+#[tokio::test]
+async fn after_shutdown_requests_are_served_unrecorded_and_open_no_run() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let addr = serve_demo(DemoTools::new(), layer).await;
+    RawClient::new(addr).initialize("before-shutdown").await;
+    assert!(trodo.shutdown(WAIT).await);
+    let sent = ingest.received().len();
+
+    // The server goes on serving (graceful shutdown drains connections).
+    let mut late = RawClient::new(addr);
+    late.initialize("after-shutdown").await;
+    let answer = late.call_tool(1, "add", json!({"a": 1, "b": 2})).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.response()["result"]["content"][0]["text"], "3");
+    assert_eq!(late.delete().await.status, 202);
+
+    assert_eq!(trodo.open_runs(), 0, "no run that no sweep would end");
+    assert_eq!(ingest.received().len(), sent, "nothing more was sent");
+    assert_eq!(trodo.delivery_counters().dropped_shutdown, 0, "nor made");
+}
