@@ -843,11 +843,34 @@ async fn capture_controls_and_headers_never_captured() {
 #[tokio::test]
 async fn a_downstream_service_joins_the_callers_run() {
     let ingest = RecordingIngest::start().await.unwrap();
-    // Service B: another process with its own layer state.
+    // Service C: a third process, called by B.
+    let last = Router::new()
+        .route(
+            "/score",
+            post(|body: String| async move { format!("{} points", body.len()) }),
+        )
+        .layer(TrodoLayer::new(config(&ingest)));
+    let last = serve(last).await;
+    // Service B: another process with its own layer state; its handler
+    // passes the run on, from the request's span, before its answer.
     let downstream = Router::new()
         .route(
             "/enrich",
-            post(|body: String| async move { format!("enriched {body}") }),
+            post(
+                move |Extension(span): Extension<RequestSpan>, body: String| async move {
+                    let score = reqwest::Client::new()
+                        .post(format!("http://{last}/score"))
+                        .headers(span.propagation_headers())
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap()
+                        .text()
+                        .await
+                        .unwrap();
+                    format!("enriched {body} ({score})")
+                },
+            ),
         )
         .layer(TrodoLayer::new(config(&ingest)));
     let downstream = serve(downstream).await;
@@ -881,14 +904,14 @@ async fn a_downstream_service_joins_the_callers_run() {
         .text()
         .await
         .unwrap();
-    assert_eq!(answer, "enriched payload");
+    assert_eq!(answer, "enriched payload (7 points)");
     client.delete().await;
     ingest
         .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
         .await
         .unwrap();
     ingest
-        .wait_until(WAIT, |r| span_count(r) == 2)
+        .wait_until(WAIT, |r| span_count(r) == 3)
         .await
         .unwrap();
 
@@ -896,7 +919,7 @@ async fn a_downstream_service_joins_the_callers_run() {
     assert_eq!(
         ingest.starts().len(),
         1,
-        "the downstream service opened no run of its own"
+        "the downstream services opened no run of their own"
     );
     let spans = spans_of(&ingest, &run_id);
     let work = spans
@@ -909,15 +932,18 @@ async fn a_downstream_service_joins_the_callers_run() {
         .unwrap();
     assert_eq!(enrich["parent_span_id"], work["span_id"]);
     assert_eq!(enrich["input"], "payload");
-    assert_eq!(enrich["output"], "enriched payload");
+    assert_eq!(enrich["output"], "enriched payload (7 points)");
+    let score = spans
+        .iter()
+        .find(|s| s["name"] == "http.POST /score")
+        .unwrap();
+    assert_eq!(score["parent_span_id"], enrich["span_id"], "C under B");
+    assert_eq!(score["output"], "7 points");
 }
 
-#[tokio::test]
-async fn an_mcp_call_with_a_callers_headers_stays_in_its_sessions_run_and_names_the_caller() {
-    let ingest = RecordingIngest::start().await.unwrap();
-    let mut client =
-        RawClient::new(serve_demo(DemoTools::new(), TrodoLayer::new(config(&ingest))).await);
-    client.initialize("called-by-an-agent").await;
+/// Calls `add` as a service called by a Trodo-traced caller would be: with
+/// the propagation headers of a caller's run and span, which it returns.
+async fn call_add_as_a_callee(client: &RawClient) -> (Uuid, Uuid) {
     let (caller_run, caller_span) = (Uuid::new_v4(), Uuid::new_v4());
     let answer = read(
         client
@@ -930,6 +956,36 @@ async fn an_mcp_call_with_a_callers_headers_stays_in_its_sessions_run_and_names_
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.text());
+    (caller_run, caller_span)
+}
+
+#[tokio::test]
+async fn a_sessionless_mcp_call_with_a_callers_headers_joins_the_callers_run() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let app = Router::new()
+        .nest_service("/mcp", mcp_stateless_json(DemoTools::new()))
+        .layer(TrodoLayer::new(config(&ingest)));
+    let client = RawClient::new(serve(app).await);
+    let (caller_run, caller_span) = call_add_as_a_callee(&client).await;
+    ingest
+        .wait_until(WAIT, |r| span_count(r) == 1)
+        .await
+        .unwrap();
+
+    let spans = spans_of(&ingest, &caller_run.to_string());
+    assert_eq!(spans.len(), 1, "{:?}", ingest.received());
+    assert_eq!(spans[0]["name"], "tool.add");
+    assert_eq!(spans[0]["parent_span_id"], caller_span.to_string());
+    assert!(ingest.starts().is_empty(), "no run of its own");
+}
+
+#[tokio::test]
+async fn an_mcp_call_with_a_callers_headers_stays_in_its_sessions_run_and_names_the_caller() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let mut client =
+        RawClient::new(serve_demo(DemoTools::new(), TrodoLayer::new(config(&ingest))).await);
+    client.initialize("called-by-an-agent").await;
+    let (caller_run, caller_span) = call_add_as_a_callee(&client).await;
     client.delete().await;
     ingest
         .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))

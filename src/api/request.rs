@@ -171,10 +171,11 @@ impl RequestSpan {
 
     /// Headers that let a service you call join this request's run under
     /// its span: `X-Trodo-Run-Id` and `X-Trodo-Parent-Span-Id`. Empty while
-    /// the run is not known: a request in a session this process knows has
-    /// its run from the start; a new session's `initialize`, a sessionless
-    /// call or a session another worker opened gets it once the answer's
-    /// head is decided, after the handler.
+    /// the run is not known: a request in a session this process knows, or
+    /// one without a session that came with its caller's propagation
+    /// headers, has its run from the start; a new session's `initialize`,
+    /// another sessionless call or a session another worker opened gets it
+    /// once the answer's head is decided, after the handler.
     #[must_use]
     pub fn propagation_headers(&self) -> http::HeaderMap {
         super::propagation::headers(self.run_id(), self.span_id())

@@ -64,13 +64,13 @@ impl Exchange {
         }
         match (self.session_id.clone(), request, self.joined) {
             (Some(session_id), request, _) => self.in_session(session_id, request, input, response),
-            (None, Some(request), _) => self.sessionless(request, input, response),
-            // Another service's call, joining its caller's run.
-            (None, None, Some((run_id, _))) => {
-                let draft = self.draft(None, input, response.route_kind, Some(response.status));
+            // Another service's call (MCP or not), joining its caller's run.
+            (None, request, Some((run_id, _))) => {
+                let draft = self.draft(request, input, response.route_kind, Some(response.status));
                 let destination = Destination::Joined { run_id };
                 Head::Ready(Some(self.recorder(draft, destination, response)))
             }
+            (None, Some(request), None) => self.sessionless(request, input, response),
             (None, None, None) => Head::Ready(None),
         }
     }

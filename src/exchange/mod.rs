@@ -214,12 +214,21 @@ impl Exchange {
             }
             session_id = Some(id);
         }
+        let joined = inbound_propagation(found.run_id, found.parent_span_id);
+        // Without a session, a request with the caller's headers goes to the
+        // caller's run whatever its answer: its handler can use the run
+        // (child spans, propagation headers onwards) from the start.
+        if session_id.is_none()
+            && let Some((run_id, _)) = joined
+        {
+            request_span.attach(&Destination::Joined { run_id });
+        }
         Self {
             session_id,
             app_key,
             caller,
             distinct_id,
-            joined: inbound_propagation(found.run_id, found.parent_span_id),
+            joined,
             request_span,
             protocol_header: found.protocol_version.and_then(version_text),
             method_header: found.method.and_then(owned_text),
@@ -402,11 +411,11 @@ impl Exchange {
         };
         let destination = match (in_session, &request, self.joined) {
             (Some(destination), _, _) => destination,
-            (None, Some(request), _) => match self.sessionless_run(request) {
+            (None, _, Some((run_id, _))) => Destination::Joined { run_id },
+            (None, Some(request), None) => match self.sessionless_run(request) {
                 SessionlessRun::To(destination, _) => destination,
                 SessionlessRun::Nowhere | SessionlessRun::AskStore(_) => return,
             },
-            (None, None, Some((run_id, _))) => Destination::Joined { run_id },
             (None, None, None) => return,
         };
         let draft = self.draft(request, input, None, None);
