@@ -187,6 +187,36 @@ async fn a_429_holds_every_call_until_retry_after_as_an_http_date() {
 }
 
 #[tokio::test]
+async fn shutdown_lifts_a_429_pause_and_delivers_to_an_api_that_is_back() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    ingest.fail_next_with(1, 429, Some("60"));
+    let layer = TrodoLayer::new(config(&ingest));
+    let texts = texts(3);
+    session(server(&layer).await, &texts).await;
+    ingest.wait_attempts(WAIT, |a| !a.is_empty()).await.unwrap();
+
+    // A flush honours the pause, and the records keep their place.
+    let trodo = layer.trodo();
+    assert!(!trodo.flush(Duration::from_millis(500)).await);
+    let c = trodo.delivery_counters();
+    assert_eq!((c.sent, c.queued_items, c.dropped()), (0, records(3), 0));
+    // Shutdown does not wait out the minute: every run tries once more.
+    assert!(trodo.shutdown(WAIT).await);
+
+    assert_delivered_once_in_order(&ingest, &texts);
+    let statuses = statuses(&ingest.attempts());
+    assert_eq!(statuses[0], Some(429));
+    assert_eq!(
+        statuses[1..],
+        [Some(200); 3],
+        "the start, one call of spans, the end"
+    );
+    let c = trodo.delivery_counters();
+    assert_eq!(summary(&c), (records(3), 1, 0));
+    assert_eq!((c.queued_items, c.queued_bytes), (0, 0));
+}
+
+#[tokio::test]
 async fn connection_resets_are_retried() {
     let ingest = RecordingIngest::start().await.unwrap();
     ingest.reset_next_connections(2);

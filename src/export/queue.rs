@@ -33,6 +33,11 @@
 //! run rather than over all runs keeps calls full when many sessions are
 //! active: with 32 busy sessions a global count sent three spans per call.
 //!
+//! # Waits
+//! A run whose call failed waits out its back-off; a 429 pauses every run
+//! until its `Retry-After`. Shutdown ends both at once: it is the records'
+//! last chance, and the API may be back. A failure after that waits again.
+//!
 //! [`flush_interval`]: super::DeliveryOptions::flush_interval
 //! [`flush_items`]: super::DeliveryOptions::flush_items
 
@@ -81,6 +86,8 @@ pub(crate) struct Queue {
     ready: BTreeSet<(Seq, Uuid)>,
     /// Runs backing off, by the end of their wait.
     waiting: BTreeSet<(Instant, Uuid)>,
+    /// After a 429: no batch is taken before then.
+    paused_until: Option<Instant>,
     /// Queued spans (not in flight), oldest first: what goes when full.
     spans_by_age: BTreeMap<Seq, Uuid>,
     /// Queued starts, ends and one-shot runs (not in flight), oldest first.
@@ -111,6 +118,7 @@ impl Queue {
             runs: HashMap::new(),
             ready: BTreeSet::new(),
             waiting: BTreeSet::new(),
+            paused_until: None,
             spans_by_age: BTreeMap::new(),
             marks_by_age: BTreeMap::new(),
             in_flight: BTreeSet::new(),
@@ -222,20 +230,25 @@ impl Queue {
     }
 
     /// Refuses new records from now on and makes every queued one due,
-    /// including those of runs backing off after a failure: shutdown is
-    /// their last chance, and the API may be back.
+    /// including those of runs backing off after a failure or paused by a
+    /// 429: shutdown is their last chance, and the API may be back.
     pub(crate) fn close(&mut self) {
         self.closed = true;
         self.due = Seq::MAX;
         self.undue_since = None;
+        self.paused_until = None;
         if let Some(&(last, _)) = self.waiting.last() {
             self.wake_waiting(last);
         }
     }
 
     /// Takes the next batch to send: from the run whose front record is the
-    /// oldest among the ready runs, if that record is due.
+    /// oldest among the ready runs, if that record is due and no 429 pause
+    /// holds.
     pub(crate) fn take_batch(&mut self) -> Option<Batch> {
+        if self.paused_until.is_some() {
+            return None;
+        }
         let &(front, run_id) = self.ready.first()?;
         if front >= self.due {
             return None;
@@ -334,8 +347,18 @@ impl Queue {
         self.sync(batch.run_id);
     }
 
-    /// Makes ready the runs whose back-off ended by `now`.
+    /// After a 429: no batch is taken before `until` (nor before the end of
+    /// a longer pause already on).
+    pub(crate) fn pause(&mut self, until: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+    }
+
+    /// Ends the waits that ended by `now`: makes ready the runs whose
+    /// back-off ended, and lifts a 429 pause.
     pub(crate) fn wake_waiting(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|until| until <= now) {
+            self.paused_until = None;
+        }
         while let Some(&(at, run_id)) = self.waiting.first() {
             if at > now {
                 break;
@@ -350,9 +373,12 @@ impl Queue {
         }
     }
 
-    /// When the next back-off ends.
+    /// When the next wait (a back-off, or a 429 pause) ends.
     pub(crate) fn next_wake(&self) -> Option<Instant> {
-        self.waiting.first().map(|&(at, _)| at)
+        [self.waiting.first().map(|&(at, _)| at), self.paused_until]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Drops every record not in flight for `reason` (shutdown ran out of time).
@@ -766,6 +792,35 @@ mod tests {
         q.wake_waiting(now + Duration::from_secs(5));
         let again = q.take_batch().unwrap();
         assert_eq!(again.kind, ItemKind::Start, "the start still goes first");
+    }
+
+    #[test]
+    fn a_pause_holds_every_run_until_it_ends_or_the_queue_closes() {
+        let stats = Stats::default();
+        let mut q = queue(options(100, 1_000), vec![start(1), start(2)], &stats);
+        q.make_due();
+        let now = Instant::now();
+        q.pause(now + Duration::from_secs(5));
+        q.pause(now + Duration::from_secs(2));
+        assert!(q.take_batch().is_none(), "paused");
+        assert_eq!(
+            q.next_wake(),
+            Some(now + Duration::from_secs(5)),
+            "the longer pause"
+        );
+        q.wake_waiting(now + Duration::from_secs(4));
+        assert!(q.take_batch().is_none(), "still paused");
+        q.wake_waiting(now + Duration::from_secs(5));
+        assert_eq!(q.take_batch().unwrap().run_id.as_u128(), 1);
+        q.pause(now + Duration::from_secs(60));
+        assert!(q.take_batch().is_none());
+        q.close();
+        assert_eq!(q.next_wake(), None);
+        assert_eq!(
+            q.take_batch().unwrap().run_id.as_u128(),
+            2,
+            "shutdown lifts it"
+        );
     }
 
     #[test]

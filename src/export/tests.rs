@@ -390,6 +390,51 @@ async fn shutdown_gives_a_run_backing_off_one_last_try() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn shutdown_lifts_a_429_pause_for_one_last_try() {
+    let script = throttled_once(Duration::from_secs(60));
+    let (exporter, worker) = spawn(&script, options());
+    send_run(&exporter, 1, &["a"]);
+    send_run(&exporter, 2, &["b"]);
+    // Run 1's start is throttled; run 2's goes through, then the pause holds
+    // every run: a flush waits it out and keeps the records.
+    assert!(!exporter.flush(Duration::from_secs(5)).await);
+    assert_eq!(fates(&exporter.counters()), [1, 5, 0, 0, 0, 0, 0]);
+    assert!(exporter.shutdown(Duration::from_secs(5)).await);
+    worker.await.unwrap();
+    assert_eq!(
+        script.described(),
+        [
+            "start 1",
+            "start 2",
+            "start 1",
+            "spans 2 b",
+            "spans 1 a",
+            "end 2",
+            "end 1"
+        ]
+    );
+    assert_eq!(
+        script.times_ms(),
+        [0, 0, 5000, 5000, 5000, 5000, 5000],
+        "at shutdown, not after the minute"
+    );
+    let c = exporter.counters();
+    assert_eq!(fates(&c), [6, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(c.retried, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_during_shutdown_pauses_again() {
+    let script = throttled_once(Duration::from_secs(2));
+    let (exporter, worker) = spawn(&script, options());
+    send_run(&exporter, 1, &["a"]);
+    assert!(exporter.shutdown(Duration::from_secs(5)).await);
+    worker.await.unwrap();
+    assert_eq!(script.times_ms(), [0, 2000, 2000, 2000]);
+    assert_eq!(fates(&exporter.counters()), [3, 0, 0, 0, 0, 0, 0]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_out_of_time_abandons_calls_in_flight() {
     let script = Script::timed(|_| (Duration::from_secs(8), Outcome::Delivered));
     let (exporter, worker) = spawn(&script, options());

@@ -18,8 +18,6 @@ pub(crate) struct Worker {
     sink: Arc<Sink>,
     options: DeliveryOptions,
     in_flight: InFlight,
-    /// After a 429: no call starts before then.
-    paused_until: Option<Instant>,
     /// Once every handle is gone: the worker stops then at the latest.
     orphan_deadline: Option<Instant>,
 }
@@ -39,7 +37,6 @@ impl Worker {
             sink: Arc::new(sink),
             options,
             in_flight: InFlight::default(),
-            paused_until: None,
             orphan_deadline: None,
         }
     }
@@ -79,14 +76,10 @@ impl Worker {
                 return Next::Stop;
             }
         }
-        if self.paused_until.is_some_and(|until| until <= now) {
-            self.paused_until = None;
-        }
         let free = self
             .options
             .max_in_flight
             .saturating_sub(self.in_flight.len());
-        let paused = self.paused_until.is_some();
         let busy = !self.in_flight.is_empty();
         let (batches, done, wake_at) = self.core.update(|queue| {
             if queue.next_due().is_some_and(|at| at <= now) {
@@ -94,7 +87,7 @@ impl Worker {
             }
             queue.wake_waiting(now);
             let mut batches = Vec::new();
-            while !paused && batches.len() < free {
+            while batches.len() < free {
                 match queue.take_batch() {
                     Some(batch) => batches.push(batch),
                     None => break,
@@ -114,10 +107,7 @@ impl Worker {
             self.in_flight
                 .start(batch, &self.sink, self.options.request_timeout);
         }
-        let wake_at = [wake_at, self.paused_until, self.orphan_deadline]
-            .into_iter()
-            .flatten()
-            .min();
+        let wake_at = [wake_at, self.orphan_deadline].into_iter().flatten().min();
         Next::Wait(wake_at)
     }
 
@@ -151,8 +141,7 @@ impl Worker {
                 };
                 match pause {
                     Some(wait) => {
-                        let until = now + wait;
-                        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+                        self.core.update(|queue| queue.pause(now + wait));
                         self.retry(batch, None);
                     }
                     None => self.drop_batch(&batch, DropReason::GaveUp, "HTTP 429"),
