@@ -218,6 +218,29 @@ async fn a_429_pauses_every_run_until_retry_after() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_api_that_keeps_throttling_is_given_up_on_after_ten_minutes() {
+    let script = Script::new(|_| Outcome::Throttled {
+        retry_after: Some(Duration::from_secs(30)),
+    });
+    let (exporter, _worker) = spawn(&script, options());
+    send_run(&exporter, 1, &["a"]);
+    send_run(&exporter, 2, &["b"]);
+    assert!(exporter.flush(HOUR).await);
+    // Both starts every 30 s (`Retry-After`, not the back-off steps); the
+    // tries at 600 s are the first after ten minutes, and their 429s give up.
+    let expected: Vec<u128> = (0..=600_000).step_by(30_000).flat_map(|t| [t, t]).collect();
+    assert_eq!(script.times_ms(), expected);
+    assert!(
+        script.described().iter().all(|d| d.starts_with("start")),
+        "{:?}",
+        script.described()
+    );
+    let c = exporter.counters();
+    assert_eq!(fates(&c), [0, 0, 0, 6, 0, 0, 0]);
+    assert_eq!(c.retried, 40);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_retry_after_beyond_a_minute_is_capped() {
     let script = throttled_once(Duration::from_secs(86_400));
     let (exporter, _worker) = spawn(&script, options());

@@ -131,22 +131,22 @@ impl Worker {
                 Some(wait) => self.retry(batch, Some(now + wait)),
                 None => self.drop_batch(&batch, DropReason::GaveUp, &detail),
             },
-            Outcome::Throttled { retry_after } => {
-                // A `Retry-After` of 0 (or a date past on this clock) still
-                // waits one first step: never a loop of calls against a
-                // throttling API.
-                let pause = match retry_after {
-                    Some(wait) => Some(wait.max(backoff.base).min(self.options.max_throttle)),
-                    None => batch.retry.failed(now, backoff, None),
-                };
-                match pause {
-                    Some(wait) => {
-                        self.core.update(|queue| queue.pause(now + wait));
-                        self.retry(batch, None);
-                    }
-                    None => self.drop_batch(&batch, DropReason::GaveUp, "HTTP 429"),
+            // A 429 is a failure like the others: it counts toward giving
+            // up, or an API that keeps throttling holds the records forever.
+            Outcome::Throttled { retry_after } => match batch.retry.failed(now, backoff, None) {
+                Some(step) => {
+                    // `Retry-After` paces the calls, not the back-off step.
+                    // One of 0 (or a date past on this clock) still waits
+                    // the first step: never a loop of calls against a
+                    // throttling API.
+                    let wait = retry_after.map_or(step, |wait| {
+                        wait.max(backoff.base).min(self.options.max_throttle)
+                    });
+                    self.core.update(|queue| queue.pause(now + wait));
+                    self.retry(batch, None);
                 }
-            }
+                None => self.drop_batch(&batch, DropReason::GaveUp, "HTTP 429"),
+            },
             Outcome::TooLarge if batch.len() > 1 => {
                 batch.max_items = batch.len() / 2;
                 self.retry(batch, None);
