@@ -90,6 +90,45 @@ pub(crate) enum BodyEnd {
     Dropped,
 }
 
+/// Why a request's stream ended before its answer: `(error_type, error_message)`.
+pub(crate) type Interruption = (&'static str, &'static str);
+
+/// An event stream that ended normally without the answer to its request.
+pub(crate) const ENDED_EARLY: Interruption = (
+    "stream_error",
+    "the response stream ended before the answer",
+);
+
+impl BodyEnd {
+    /// What a body that is over this way says of a request whose answer
+    /// it did not carry, if anything: a stream that ended normally says
+    /// nothing (a body that is no event stream may end with its answer).
+    pub(crate) fn interruption(self) -> Option<Interruption> {
+        match self {
+            Self::Complete => None,
+            Self::Broke => Some(("stream_error", "the response stream broke")),
+            Self::Dropped => Some(("cancelled", "the client went away before the answer")),
+        }
+    }
+}
+
+/// What a request's response said of it, for its span.
+#[derive(Debug)]
+pub(crate) struct Said {
+    pub(crate) status: StatusCode,
+    pub(crate) bytes_out: u64,
+    /// `notifications/progress` events before the answer.
+    pub(crate) progress_events: u64,
+    /// The answer's text as read (up to the read window), if there is one.
+    pub(crate) output: Option<String>,
+    /// Whether `output` is all of the answer.
+    pub(crate) read_whole: bool,
+    /// The JSON-RPC response in it.
+    pub(crate) response: Option<Response>,
+    /// How the stream ended before the answer, if it did.
+    pub(crate) interruption: Option<Interruption>,
+}
+
 /// Watches one response body; see the module docs.
 #[derive(Debug)]
 pub(crate) struct Recorder {
@@ -191,15 +230,6 @@ impl Recorder {
 
     /// The body is over (`how`), as seen at `ended`: finishes the span.
     pub(crate) fn end(self, how: BodyEnd, ended: Moment) {
-        let interruption = match how {
-            BodyEnd::Complete => None,
-            BodyEnd::Broke => Some(("stream_error", "the response stream broke")),
-            BodyEnd::Dropped => Some(("cancelled", "the client went away before the answer")),
-        };
-        self.finish(interruption, ended);
-    }
-
-    fn finish(self, interruption: Option<(&str, &str)>, ended: Moment) {
         let Self {
             shared,
             purpose,
@@ -208,64 +238,77 @@ impl Recorder {
             bytes_out,
             under_way,
         } = self;
-        let unanswered = reader.ended_unanswered();
-        let progress_events = reader.progress_events();
-        let (output, read_whole, response) = reader.into_output();
-        match purpose {
+        let (mut draft, destination) = match purpose {
             Purpose::Initialize { key, run_id, .. } => {
+                let (_, _, response) = reader.into_output();
                 shared
                     .sessions
                     .complete_start(&key, run_id, &shared.exporter, |run| {
                         note_server(run, response.as_ref());
                     });
+                return;
             }
-            Purpose::Span {
-                mut draft,
-                destination,
-            } => {
-                // Only a span keeps the output (an initialize's goes nowhere).
-                let (output, output_truncated) = match output {
-                    Some(text) => shared
-                        .settings
-                        .captured_text(Side::Output, text, read_whole),
-                    None => (None, false),
-                };
-                if progress_events > 0 {
-                    draft
-                        .attributes
-                        .insert("mcp.progress_events", progress_events);
-                }
-                let ended_early = (unanswered && draft.request_id.is_some()).then_some((
-                    "stream_error",
-                    "the response stream ended before the answer",
-                ));
-                let error = classify(
-                    &shared.settings,
-                    status,
-                    response.as_ref(),
-                    interruption.or(ended_early),
-                )
-                .or_else(|| {
-                    draft
-                        .preset_error
-                        .take()
-                        .map(|(kind, message)| (kind, message, None))
-                });
-                let ending = Ending {
-                    ended,
-                    output,
-                    output_truncated,
-                    bytes_out,
-                    error,
-                    response,
-                };
-                draft.finish(&shared, destination, ending);
-            }
-        }
+            Purpose::Span { draft, destination } => (draft, destination),
+        };
+        let ended_early = reader.ended_unanswered() && draft.request_id.is_some();
+        let interruption = how.interruption().or(ended_early.then_some(ENDED_EARLY));
+        let progress_events = reader.progress_events();
+        let (output, read_whole, response) = reader.into_output();
+        let said = Said {
+            status,
+            bytes_out,
+            progress_events,
+            output,
+            read_whole,
+            response,
+            interruption,
+        };
+        let ending = span_ending(&shared.settings, &mut draft, said, ended);
+        draft.finish(&shared, destination, ending);
         // Under way until its span is recorded or deferred (a deferred one
         // is recorded before the idle sweep could end the run: see
         // `OpenRun::idleness_at`).
         drop(under_way);
+    }
+}
+
+/// How a request's span ends, from what its response said, seen at
+/// `ended`: its output as the span keeps it (cut to the capture limit,
+/// redacted), its progress, and its error if it failed.
+pub(crate) fn span_ending(
+    settings: &Settings,
+    draft: &mut SpanDraft,
+    said: Said,
+    ended: Moment,
+) -> Ending {
+    let (output, output_truncated) = match said.output {
+        Some(text) => settings.captured_text(Side::Output, text, said.read_whole),
+        None => (None, false),
+    };
+    if said.progress_events > 0 {
+        draft
+            .attributes
+            .insert("mcp.progress_events", said.progress_events);
+    }
+    let error = classify(
+        settings,
+        said.status,
+        said.response.as_ref(),
+        said.interruption,
+    )
+    .or_else(|| {
+        draft
+            .preset_error
+            .take()
+            .map(|(kind, message)| (kind, message, None))
+    });
+    Ending {
+        ended,
+        output,
+        output_truncated,
+        bytes_out: said.bytes_out,
+        error,
+        response: said.response,
     }
 }
 
@@ -277,7 +320,7 @@ fn classify(
     settings: &Settings,
     status: StatusCode,
     response: Option<&Response>,
-    interruption: Option<(&str, &str)>,
+    interruption: Option<Interruption>,
 ) -> Option<(String, String, Option<i64>)> {
     // A text the answer carried is output; the layer's own texts are not.
     match response.map(|r| &r.outcome) {

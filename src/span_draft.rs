@@ -41,7 +41,7 @@ pub(crate) struct SpanDraft {
     pub(crate) request_span: RequestSpan,
     /// The caller's run and span, from the propagation headers: the span's
     /// parent if the span goes into that run, else only noted (see
-    /// `record`).
+    /// `into_span`).
     pub(crate) caller: Option<(Uuid, Option<Uuid>)>,
     pub(crate) name: String,
     pub(crate) kind: SpanKind,
@@ -110,7 +110,39 @@ impl SpanDraft {
     }
 
     /// Builds the span and records it in its run.
-    fn record(mut self, shared: &Shared, destination: Destination, ending: Ending) {
+    fn record(self, shared: &Shared, destination: Destination, mut ending: Ending) {
+        let response = ending.response.take();
+        match destination {
+            Destination::Run {
+                key,
+                run_id,
+                opened,
+            } => {
+                let span = self.into_span(run_id, ending);
+                if opened {
+                    shared
+                        .sessions
+                        .complete_start(&key, run_id, &shared.exporter, |run| {
+                            note_server(run, response.as_ref())
+                        });
+                }
+                record_in_run(shared, Some(&key), run_id, vec![span]);
+            }
+            Destination::Joined { run_id } => {
+                record_in_run(shared, None, run_id, vec![self.into_span(run_id, ending)]);
+            }
+            Destination::OwnRun(mut run) => {
+                note_server(&mut run, response.as_ref());
+                let mut spans = self.request_span.take_collected();
+                spans.push(self.into_span(run.run_id, ending));
+                send_own_run(shared, *run, spans);
+            }
+        }
+    }
+
+    /// The span's record in run `run_id`, ended as `ending` says (its
+    /// response, if any, is left unread).
+    pub(crate) fn into_span(mut self, run_id: Uuid, ending: Ending) -> Span {
         let ended = ending.ended;
         self.attributes
             .insert("http.response.body.size", ending.bytes_out);
@@ -125,10 +157,6 @@ impl SpanDraft {
                 (SpanStatus::Error, Some(kind), Some(message))
             }
             None => (SpanStatus::Ok, None, None),
-        };
-        let run_id = match &destination {
-            Destination::Run { run_id, .. } | Destination::Joined { run_id } => *run_id,
-            Destination::OwnRun(run) => run.run_id,
         };
         // A parent in another run (a caller's span, while this span goes
         // into its session's run) would name a span its run does not hold:
@@ -146,7 +174,7 @@ impl SpanDraft {
             }
             None => None,
         };
-        let span = Span {
+        Span {
             parent_span_id,
             status,
             ended_at: ended.at,
@@ -170,30 +198,6 @@ impl SpanDraft {
                 self.name,
                 self.started_at,
             )
-        };
-        let response = ending.response.as_ref();
-        match destination {
-            Destination::Run {
-                key,
-                run_id,
-                opened,
-            } => {
-                if opened {
-                    shared
-                        .sessions
-                        .complete_start(&key, run_id, &shared.exporter, |run| {
-                            note_server(run, response)
-                        });
-                }
-                record_in_run(shared, Some(&key), run_id, vec![span]);
-            }
-            Destination::Joined { run_id } => record_in_run(shared, None, run_id, vec![span]),
-            Destination::OwnRun(mut run) => {
-                note_server(&mut run, response);
-                let mut spans = self.request_span.take_collected();
-                spans.push(span);
-                send_own_run(shared, *run, spans);
-            }
         }
     }
 }
