@@ -27,11 +27,11 @@ pub fn peek_response(body: &[u8]) -> bool {
     parse_server_message(body).is_some()
 }
 
-/// Decodes an event stream fed in `chunks` with a data-only decoder (as
-/// the layer's) keeping at most `max_event_bytes` data bytes of an event;
-/// returns the data bytes of the events.
+/// Decodes an event stream fed in `chunks` with a decoder that keeps data
+/// and event ids (as the layer's recorder) and at most `max_event_bytes`
+/// data bytes of an event; returns the data bytes of the events.
 pub fn decode_sse<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, max_event_bytes: usize) -> usize {
-    let mut decoder = SseDecoder::data_only(max_event_bytes);
+    let mut decoder = SseDecoder::data_and_id(max_event_bytes);
     let mut data = 0;
     for chunk in chunks {
         decoder.push(chunk, |event| data += event.data.len());

@@ -82,9 +82,9 @@ where
         loop {
             if let Some(mut waiting) = this.waiting.take() {
                 let (pending, head, answer) = &mut *waiting;
-                let recorder = match answer {
+                let watch = match answer {
                     Ok(_) => match fenced(Stage::ResponseHead, || pending.poll_settle(cx, head)) {
-                        Some(Poll::Ready(recorder)) => recorder,
+                        Some(Poll::Ready(watch)) => watch,
                         Some(Poll::Pending) => {
                             *this.waiting = Some(waiting);
                             return Poll::Pending;
@@ -94,7 +94,6 @@ where
                     Err(_) => None,
                 };
                 let (_, head, answer) = *waiting;
-                let watch = recorder.map(Watch::Live);
                 return Poll::Ready(
                     answer.map(|r| r.map(|body| ResponseBody::new(body, watch, head.declared_len))),
                 );
@@ -153,7 +152,7 @@ fn look_at_head<B>(mut exchange: Box<Exchange>, response: &Response<B>) -> Looke
     }
     let head = exchange.with_session(head, response);
     match exchange.on_response(&head) {
-        Head::Ready(recorder) => Looked::Watch(recorder.map(Watch::Live), declared_len),
         Head::Wait(pending) => Looked::Wait(pending, head),
+        decided => Looked::Watch(decided.into_watch(), declared_len),
     }
 }

@@ -109,6 +109,7 @@ mod leftovers;
 mod mcp;
 mod moment;
 mod recorder;
+mod resume;
 mod route_kind;
 mod run;
 mod service;

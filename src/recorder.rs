@@ -9,6 +9,10 @@
 //! A JSON answer of the MCP endpoint (an SSE event's, or a JSON body) is
 //! read up to four times the capture limit, so that one somewhat over the limit is still parsed
 //! (its error status seen) and redacted as JSON before it is cut.
+//!
+//! An event stream that ends before the answer, having carried an event id
+//! a client can resume it from, parks its span in its session's run rather
+//! than finishing it (see [`crate::resume`]).
 
 use http::StatusCode;
 use serde_json::Value;
@@ -25,6 +29,7 @@ use crate::mcp::envelope::{
 use crate::mcp::sse::{SseDecoder, SseEvent};
 use crate::mcp::{SERVER_ERROR, error_type};
 use crate::moment::Moment;
+use crate::resume::{ParkedCall, StreamLeft};
 use crate::run::UnderWay;
 use crate::span_draft::{Destination, Ending, SpanDraft, note_server};
 use crate::state::Shared;
@@ -71,12 +76,12 @@ enum Reader {
 
 /// The SSE event that carried the response.
 #[derive(Debug)]
-struct Found {
+pub(crate) struct Found {
     /// Its data, up to the read window.
-    text: String,
+    pub(crate) text: String,
     /// Whether `text` is all of it.
-    read_whole: bool,
-    response: Option<Response>,
+    pub(crate) read_whole: bool,
+    pub(crate) response: Option<Response>,
 }
 
 /// How a response body is over.
@@ -228,7 +233,9 @@ impl Recorder {
         }
     }
 
-    /// The body is over (`how`), as seen at `ended`: finishes the span.
+    /// The body is over (`how`), as seen at `ended`: finishes the span, or
+    /// parks it in its session's run if a resumed stream may still bring
+    /// its answer (see [`crate::resume`]).
     pub(crate) fn end(self, how: BodyEnd, ended: Moment) {
         let Self {
             shared,
@@ -253,6 +260,23 @@ impl Recorder {
         let ended_early = reader.ended_unanswered() && draft.request_id.is_some();
         let interruption = how.interruption().or(ended_early.then_some(ENDED_EARLY));
         let progress_events = reader.progress_events();
+        if let (Some(interruption), Some(last_event_id)) = (interruption, reader.resumable_from())
+            && ended_early
+            && status.is_success()
+            && destination.session_run().is_some()
+        {
+            let left = StreamLeft {
+                status,
+                bytes_out,
+                progress_events,
+                interruption,
+                ended,
+                last_event_id: last_event_id.into(),
+            };
+            let wait = shared.settings.idle_timeout;
+            ParkedCall::new(draft, destination, left, under_way, wait).park(&shared);
+            return;
+        }
         let (output, read_whole, response) = reader.into_output();
         let said = Said {
             status,
@@ -353,7 +377,8 @@ impl Reader {
             Self::Encoded
         } else if head.is_event_stream() {
             Self::EventStream {
-                decoder: SseDecoder::data_only(read_window),
+                // The last event id says whether a client can resume the stream.
+                decoder: SseDecoder::data_and_id(read_window),
                 found: None,
                 progress_events: 0,
             }
@@ -373,6 +398,19 @@ impl Reader {
     /// An event stream that is over without the answer to the request.
     fn ended_unanswered(&self) -> bool {
         matches!(self, Self::EventStream { found: None, .. })
+    }
+
+    /// The last event id of an event stream without the answer, which a
+    /// client would resume it from; `None` if it carried none.
+    fn resumable_from(&self) -> Option<&[u8]> {
+        match self {
+            Self::EventStream {
+                found: None,
+                decoder,
+                ..
+            } => Some(decoder.last_id()).filter(|id| !id.is_empty()),
+            _ => None,
+        }
     }
 
     /// How many progress notifications came before the answer.
@@ -409,7 +447,7 @@ impl Reader {
 
 /// What one SSE event means for the span.
 #[derive(Debug)]
-enum EventMeaning {
+pub(crate) enum EventMeaning {
     /// The response to the request.
     Answer(Found),
     /// A `notifications/progress` about it.
@@ -423,7 +461,7 @@ impl Found {
     /// id is unknown), a progress notification, or something else. An event
     /// cut by the read window is taken as the answer when its start reads
     /// like a response.
-    fn from_event(event: SseEvent<'_>, request_id: Option<&Value>) -> EventMeaning {
+    pub(crate) fn from_event(event: SseEvent<'_>, request_id: Option<&Value>) -> EventMeaning {
         if event.data_truncated {
             if !looks_like_response(event.data) {
                 return EventMeaning::Other;

@@ -14,6 +14,7 @@ use crate::deferred::Deferred;
 use crate::export::IngestCall;
 use crate::mcp::envelope::Response;
 use crate::moment::Moment;
+use crate::run::is_session_key;
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
 use crate::wire::{MAX_ERROR_CHARS, Run, RunStatus, Span, SpanStatus, Timestamp, Totals};
@@ -32,6 +33,25 @@ pub(crate) enum Destination {
     OwnRun(Box<Run>),
     /// Another service's run, joined through the propagation headers.
     Joined { run_id: Uuid },
+}
+
+impl Destination {
+    /// The run's id.
+    pub(crate) fn run_id(&self) -> Uuid {
+        match self {
+            Self::Run { run_id, .. } | Self::Joined { run_id } => *run_id,
+            Self::OwnRun(run) => run.run_id,
+        }
+    }
+
+    /// The key and id of the run, if it is a session's (a client can
+    /// resume the session's event streams).
+    pub(crate) fn session_run(&self) -> Option<(&Arc<str>, Uuid)> {
+        match self {
+            Self::Run { key, run_id, .. } if is_session_key(key) => Some((key, *run_id)),
+            _ => None,
+        }
+    }
 }
 
 /// A span known from the request, waiting for its response.

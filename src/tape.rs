@@ -246,6 +246,8 @@ impl Tape {
         let exchange = self.exchange.take()?;
         let mut recorder = match Box::new(exchange).on_response(&self.head) {
             Head::Ready(recorder) => recorder?,
+            // A POST: never a resumed stream.
+            Head::Resumed(_) => return None,
             Head::Wait(pending) => {
                 pending.cancel();
                 return None;

@@ -1,9 +1,11 @@
-//! How the layer watches a response body: live, or on tape for later.
+//! How the layer watches a response body: live, on tape for later, or as
+//! a resumed stream.
 
 use bytes::Bytes;
 
 use crate::moment::Moment;
 use crate::recorder::{BodyEnd, Recorder};
+use crate::resume::ResumedStream;
 use crate::tape::{Step, Tape};
 
 /// The layer's watch on one response body.
@@ -13,6 +15,9 @@ pub(crate) enum Watch {
     Live(Box<Recorder>),
     /// Kept for the backlog to read (see [`crate::tape`]).
     Taped(Box<Tape>),
+    /// Read for the answers of calls parked in its session's run (see
+    /// [`crate::resume`]).
+    Resumed(Box<ResumedStream>),
 }
 
 impl Watch {
@@ -34,6 +39,12 @@ impl Watch {
                 }
                 Step::Live => tape.go_live().map(Self::Live),
             },
+            Self::Resumed(mut stream) => {
+                if stream.on_data(data) {
+                    return None;
+                }
+                Some(Self::Resumed(stream))
+            }
         }
     }
 
@@ -42,6 +53,7 @@ impl Watch {
         match self {
             Self::Live(recorder) => recorder.end(how, Moment::now()),
             Self::Taped(tape) => tape.end(how),
+            Self::Resumed(stream) => stream.end(how),
         }
     }
 }

@@ -180,11 +180,20 @@ async fn a_10_mb_response_streams_whole_with_a_bounded_capture() {
     assert_eq!(span["attributes"]["http.response.body.size"], TEN_MB);
 }
 
+/// The client goes away before the answer. Its stream carried an event id,
+/// so it might resume it (see tests/resumption.rs): the call waits for
+/// that, for the idle timeout, and is then sent as cancelled.
 #[tokio::test]
 async fn client_gone_mid_stream_gives_a_cancelled_span() {
     use futures::StreamExt;
     let ingest = RecordingIngest::start().await.unwrap();
-    let (tools, _trodo, mut stream) = call_waiting_tool(&ingest, 9).await;
+    let tools = DemoTools::new();
+    let config = config(&ingest).with_idle_timeout(std::time::Duration::from_millis(200));
+    let mut client =
+        RawClient::new(serve_demo(tools.clone(), TrodoLayer::new(config.unwrap())).await);
+    client.initialize("gone-test").await;
+    let response = client.post(waiting_call_body(9)).send().await.unwrap();
+    let mut stream = response.bytes_stream();
     let first = stream.next().await.unwrap().unwrap();
     assert!(!first.is_empty());
     tools.started().await; // the tool runs: the answer is still to come

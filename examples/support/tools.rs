@@ -80,6 +80,16 @@ struct SlowProgressArgs {
     delay_ms: u64,
 }
 
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+struct WaitArgs {
+    /// Answer with a tool error (`isError: true`) once released.
+    #[serde(default)]
+    fail: bool,
+    /// Report progress once more ("released") when released, before answering.
+    #[serde(default)]
+    report_release: bool,
+}
+
 fn default_steps() -> u32 {
     3
 }
@@ -193,13 +203,28 @@ impl DemoTools {
         answer
     }
 
-    #[tool(description = "Report \"started\", then wait until the test releases the call")]
-    async fn wait_for_release(&self, ctx: RequestContext<RoleServer>) -> CallToolResult {
+    #[tool(
+        description = "Report \"started\", then wait until the test releases the call (and fail then, if asked)"
+    )]
+    async fn wait_for_release(
+        &self,
+        Parameters(WaitArgs {
+            fail,
+            report_release,
+        }): Parameters<WaitArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> CallToolResult {
         progress(&ctx, 0.0, None, "started").await;
         self.started.add_permits(1);
         tokio::select! {
             permit = self.released.acquire() => {
                 permit.expect("the semaphore is never closed").forget();
+                if report_release {
+                    progress(&ctx, 1.0, None, "released").await;
+                }
+                if fail {
+                    return CallToolResult::error(vec![ContentBlock::text("failed once released")]);
+                }
                 CallToolResult::success(vec![ContentBlock::text("released")])
             }
             // The client sent notifications/cancelled (or a stateless request lost its client).

@@ -16,6 +16,7 @@ use crate::config::Sessionless;
 use crate::mcp::INITIALIZE;
 use crate::mcp::envelope::{ClientMessage, Request as McpRequest};
 use crate::recorder::Recorder;
+use crate::resume::ResumedStream;
 use crate::run::{
     ClosedVia, KeySource, MAX_RUN_KEY_LEN, RunFor, RunKey, UnderWay, client_identity,
     meta_conversation,
@@ -157,6 +158,8 @@ impl Exchange {
                     self.shared.backlog.catch_up();
                 }
                 sessions.close(&session_id, ClosedVia::SessionDeleted, exporter);
+            } else if let Some(resumed) = self.resumed_stream(&session_id, response) {
+                return Head::Resumed(resumed);
             }
             return Head::Ready(None);
         }
@@ -204,6 +207,26 @@ impl Exchange {
             opened,
         };
         Head::Ready(Some(self.recorder(draft, destination, response)))
+    }
+
+    /// A GET that resumes an event stream of the session (`Last-Event-ID`),
+    /// answered with one, while calls are parked in the session's run: read
+    /// for their answers (see [`crate::resume`]).
+    fn resumed_stream(
+        &mut self,
+        session_id: &Arc<str>,
+        response: &ResponseHead,
+    ) -> Option<Box<ResumedStream>> {
+        let last_event_id = self.last_event_id.take()?;
+        let readable = response.status.is_success()
+            && response.is_event_stream()
+            && response.encoding().is_none();
+        if !readable || !self.shared.sessions.contains(session_id) {
+            return None;
+        }
+        // A call read off the request path parks when the backlog reads it.
+        self.shared.backlog.catch_up();
+        ResumedStream::open(&self.shared, session_id, &last_event_id)
     }
 
     /// A JSON-RPC request without a session: grouped by the key chain, or a

@@ -32,6 +32,8 @@ pub(super) struct RequestHeaders<'a> {
     pub(super) parent_span_id: Option<&'a HeaderValue>,
     /// A `content-encoding` that says the body is encoded (see [`is_encoded`]).
     pub(super) content_encoding: Option<&'a HeaderValue>,
+    /// `Last-Event-ID`: where a client resumes an event stream from.
+    pub(super) last_event_id: Option<&'a HeaderValue>,
 }
 
 impl<'a> RequestHeaders<'a> {
@@ -48,6 +50,7 @@ impl<'a> RequestHeaders<'a> {
                 "mcp-name" => &mut found.name,
                 RUN_ID_HEADER => &mut found.run_id,
                 PARENT_SPAN_ID_HEADER => &mut found.parent_span_id,
+                "last-event-id" => &mut found.last_event_id,
                 // The first value that says the body is encoded.
                 "content-encoding" if is_encoded(value) => &mut found.content_encoding,
                 _ => continue,
@@ -168,6 +171,7 @@ mod tests {
         headers.insert("mcp-name", value("add"));
         headers.insert(RUN_ID_HEADER, value("run"));
         headers.insert(PARENT_SPAN_ID_HEADER, value("span"));
+        headers.insert("last-event-id", value("2/0"));
         let found = RequestHeaders::of(&headers, &HeaderName::from_static("x-session"));
         let text = |v: Option<&HeaderValue>| v.map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(text(found.session).as_deref(), Some("s-1"));
@@ -176,6 +180,7 @@ mod tests {
         assert_eq!(text(found.name).as_deref(), Some("add"));
         assert_eq!(text(found.run_id).as_deref(), Some("run"));
         assert_eq!(text(found.parent_span_id).as_deref(), Some("span"));
+        assert_eq!(text(found.last_event_id).as_deref(), Some("2/0"));
 
         // A session header named like another fills both.
         let same = RequestHeaders::of(&headers, &HeaderName::from_static("mcp-name"));

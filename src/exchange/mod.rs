@@ -67,6 +67,9 @@ pub(crate) struct Exchange {
     /// neither reads nor keeps it.
     encoding: Option<Box<str>>,
     wants_event_stream: bool,
+    /// The `Last-Event-ID` of a GET event stream: a resumed stream (on a
+    /// POST it means nothing, and is not kept).
+    last_event_id: Option<Box<[u8]>>,
     /// The application's run key, for requests without a session.
     app_key: Option<String>,
     /// The caller's address (or user agent), for requests without a session.
@@ -235,6 +238,10 @@ impl Exchange {
             name_header: found.name.and_then(owned_text),
             encoding,
             wants_event_stream,
+            last_event_id: found
+                .last_event_id
+                .filter(|_| wants_event_stream)
+                .map(|value| value.as_bytes().into()),
             target: Target::of(parts),
             method: parts.method.clone(),
             arrived: Moment::now(),
@@ -365,7 +372,7 @@ impl Exchange {
     pub(crate) fn on_response(self: Box<Self>, response: &ResponseHead) -> Head {
         let request_span = self.request_span.clone();
         let head = self.decide(response);
-        if let Head::Ready(None) = head {
+        if let Head::Ready(None) | Head::Resumed(_) = head {
             request_span.detach();
         }
         head

@@ -7,15 +7,32 @@ use uuid::Uuid;
 use super::{Exchange, Failure, ResponseHead};
 use crate::moment::Moment;
 use crate::recorder::{BodyEnd, Recorder};
+use crate::resume::ResumedStream;
 use crate::store::{HeadWait, Resolved};
+use crate::watch::Watch;
 
 /// What the response head decided.
 #[derive(Debug)]
 pub(crate) enum Head {
     /// The recorder of the response body, if the exchange is recorded.
     Ready(Option<Box<Recorder>>),
+    /// A resumed event stream, read for the answers of calls parked in its
+    /// session's run (see [`crate::resume`]).
+    Resumed(Box<ResumedStream>),
     /// The response waits for the session store first.
     Wait(Pending),
+}
+
+impl Head {
+    /// How the response body is watched, for a head decided at once
+    /// (`None` for one that waits, or is not recorded).
+    pub(crate) fn into_watch(self) -> Option<Watch> {
+        match self {
+            Self::Ready(recorder) => recorder.map(Watch::Live),
+            Self::Resumed(stream) => Some(Watch::Resumed(stream)),
+            Self::Wait(_) => None,
+        }
+    }
 }
 
 /// What a response head waits for from the session store.
@@ -38,13 +55,13 @@ pub(crate) struct Resolving {
 }
 
 impl Pending {
-    /// The recorder of the response body once the store answered (or the
+    /// How the response body is watched once the store answered (or the
     /// store timeout passed).
     pub(crate) fn poll_settle(
         &mut self,
         cx: &mut Context<'_>,
         response: &ResponseHead,
-    ) -> Poll<Option<Box<Recorder>>> {
+    ) -> Poll<Option<Watch>> {
         match self {
             Self::Resolve(resolving) => {
                 let resolved = ready!(resolving.wait.poll_wait(cx))
@@ -53,15 +70,12 @@ impl Pending {
                     return Poll::Ready(None);
                 };
                 exchange.note_resolved(resolving.key.clone(), resolved);
-                Poll::Ready(match exchange.on_response(response) {
-                    Head::Ready(recorder) => recorder,
-                    // Decided with the answer at hand: no second wait.
-                    Head::Wait(_) => None,
-                })
+                // Decided with the answer at hand: no second wait.
+                Poll::Ready(exchange.on_response(response).into_watch())
             }
             Self::Publish(recorder, wait) => {
                 ready!(wait.poll_wait(cx));
-                Poll::Ready(recorder.take())
+                Poll::Ready(recorder.take().map(Watch::Live))
             }
         }
     }

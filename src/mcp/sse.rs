@@ -20,7 +20,8 @@
 //! difference: an event whose data is empty is not reported (the spec would
 //! dispatch `data:` alone as an empty message). MCP servers send such
 //! "priming" events (`data: \nid: 0\nretry: 3000\n\n`) to set a resumption
-//! id; they carry no JSON-RPC message.
+//! id; they carry no JSON-RPC message. Their id is kept all the same, by a
+//! decoder that keeps ids: it is what a client resumes the stream from.
 
 use crate::capture::text_of;
 
@@ -44,11 +45,7 @@ pub(crate) struct SseEvent<'a> {
     )]
     pub(crate) event: &'a [u8],
     /// The last event id when dispatched (it persists across events, per the
-    /// spec); empty while unset.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "decoded per the spec; the layer reads data only")
-    )]
+    /// spec); empty while unset, and for a decoder that keeps no ids.
     pub(crate) id: &'a [u8],
     /// The `data` lines joined with `\n` (never ending in half a UTF-8
     /// character cut by the limit).
@@ -130,8 +127,10 @@ pub(crate) struct SseDecoder {
     data_truncated: bool,
     /// The event type buffer.
     event: Vec<u8>,
-    /// Whether `event` and `id` are read (else only `data` is).
-    keeps_meta: bool,
+    /// Whether `event` types are read.
+    keeps_event: bool,
+    /// Whether `id`s are read (the last event id).
+    keeps_id: bool,
     /// The last event id buffer.
     last_id: Vec<u8>,
     /// The value of the `id` line being read.
@@ -146,7 +145,8 @@ impl SseDecoder {
     /// and the event is marked `data_truncated`.
     pub(crate) fn new(max_event_bytes: usize) -> Self {
         Self {
-            keeps_meta: true,
+            keeps_event: true,
+            keeps_id: true,
             max_event_bytes,
             bom_matched: 0,
             started: false,
@@ -198,7 +198,8 @@ impl SseDecoder {
     /// which the decoder is between events again. For a caller that knows
     /// no event in `chunk` matters to it. Returns whether it took it.
     pub(crate) fn pass_over(&mut self, chunk: &[u8]) -> bool {
-        if self.keeps_meta || !self.between_events() || !chunk.ends_with(b"\n\n") {
+        if self.keeps_event || self.keeps_id || !self.between_events() || !chunk.ends_with(b"\n\n")
+        {
             return false;
         }
         // Any BOM was at the start of `chunk`, which is behind us now.
@@ -257,8 +258,9 @@ impl SseDecoder {
     /// The fast path, for a decoder [between events](Self::between_events):
     /// reads the event at the start of `input` in place, without copying its
     /// data, if `input` holds all of it and it is a common one (`\n` line
-    /// ends, at most one `data` line, and no `event` or `id` line that this
-    /// decoder keeps). Otherwise reads nothing and says why.
+    /// ends, at most one `data` line, and no `event` line that this decoder
+    /// keeps; an `id` line is kept once the event is read). Otherwise reads
+    /// nothing and says why.
     fn whole_event(&mut self, input: &[u8], on_event: &mut impl FnMut(SseEvent<'_>)) -> Whole {
         #[cfg(test)]
         {
@@ -266,6 +268,7 @@ impl SseDecoder {
         }
         let mut used = 0;
         let mut data: Option<&[u8]> = None;
+        let mut id: Option<&[u8]> = None;
         loop {
             let rest = &input[used..];
             let Some(end) = memchr::memchr2(b'\n', b'\r', rest) else {
@@ -277,6 +280,11 @@ impl SseDecoder {
             let line = &rest[..end];
             used += end + 1;
             if line.is_empty() {
+                // An id with a NUL is ignored, as the general path does.
+                if let Some(id) = id.filter(|id| !id.contains(&0)) {
+                    self.last_id.clear();
+                    push_bounded(&mut self.last_id, id, MAX_META_BYTES);
+                }
                 if let Some(data) = data.filter(|data| !data.is_empty()) {
                     let data_truncated = data.len() > self.max_event_bytes;
                     let kept = &data[..data.len().min(self.max_event_bytes)];
@@ -299,7 +307,8 @@ impl SseDecoder {
             match name {
                 b"data" if data.is_some() => return Whole::Unusual,
                 b"data" => data = Some(value),
-                b"event" | b"id" if self.keeps_meta => return Whole::Unusual,
+                b"event" if self.keeps_event => return Whole::Unusual,
+                b"id" if self.keeps_id => id = Some(value),
                 _ => {}
             }
         }
@@ -342,9 +351,26 @@ impl SseDecoder {
     /// type or `id`, and it allocates nothing for them.
     pub(crate) fn data_only(max_event_bytes: usize) -> Self {
         Self {
-            keeps_meta: false,
+            keeps_event: false,
+            keeps_id: false,
             ..Self::new(max_event_bytes)
         }
+    }
+
+    /// A decoder that reads `data` and `id` lines: its events have no
+    /// `event` type, and [`last_id`](Self::last_id) says where a client
+    /// would resume the stream from.
+    pub(crate) fn data_and_id(max_event_bytes: usize) -> Self {
+        Self {
+            keeps_event: false,
+            ..Self::new(max_event_bytes)
+        }
+    }
+
+    /// The last event id the stream set (empty while unset, and for a
+    /// decoder that keeps no ids), cut at [`MAX_META_BYTES`].
+    pub(crate) fn last_id(&self) -> &[u8] {
+        &self.last_id
     }
 
     /// Adds bytes to the field name, remembering only a known name's length.
@@ -363,8 +389,8 @@ impl SseDecoder {
         self.field = match &self.name[..self.name_len] {
             _ if self.name_overflow => Field::Ignored,
             b"data" => Field::Data,
-            b"event" if self.keeps_meta => Field::Event,
-            b"id" if self.keeps_meta => Field::Id,
+            b"event" if self.keeps_event => Field::Event,
+            b"id" if self.keeps_id => Field::Id,
             _ => Field::Ignored,
         };
         match self.field {
@@ -529,26 +555,36 @@ mod tests {
     }
 
     /// Decodes `chunks` in order with a decoder keeping `max` data bytes.
-    /// A data-only decoder (which takes the fast path for more events) must
-    /// find the same events, without their type and id.
+    /// A data-only decoder and one that keeps ids (which take the fast
+    /// path for more events) must find the same events, without their type
+    /// (and id), and the latter the same last id.
     fn decode_chunks(max: usize, chunks: &[&[u8]]) -> Vec<SseEvent> {
         let mut decoder = SseDecoder::new(max);
         let mut data_only = SseDecoder::data_only(max);
+        let mut data_and_id = SseDecoder::data_and_id(max);
         let mut events = Vec::new();
         let mut data_events = Vec::new();
+        let mut id_events = Vec::new();
         for chunk in chunks {
             decoder.push(chunk, |e| events.push(owned(&e)));
             data_only.push(chunk, |e| data_events.push(owned(&e)));
+            data_and_id.push(chunk, |e| id_events.push(owned(&e)));
         }
-        let without_meta: Vec<SseEvent> = events
+        let without_event: Vec<SseEvent> = events
             .iter()
             .map(|e| SseEvent {
                 event: None,
-                id: None,
                 ..e.clone()
             })
             .collect();
+        assert_eq!(id_events, without_event, "decoding data and ids");
+        assert_eq!(data_and_id.last_id(), decoder.last_id(), "the last id");
+        let without_meta: Vec<SseEvent> = without_event
+            .into_iter()
+            .map(|e| SseEvent { id: None, ..e })
+            .collect();
         assert_eq!(data_events, without_meta, "data-only decoding");
+        assert_eq!(data_only.last_id(), b"", "a data-only decoder keeps no id");
         events
     }
 
@@ -893,6 +929,32 @@ mod tests {
         decoder.push(b"\n\n", |e| events.push(owned(&e)));
         assert_eq!(events, vec![data_event("a"), data_event("b")]);
         assert_eq!(decoder.buffered_bytes(), 5 + 1, "only the data buffer grew");
+    }
+
+    #[test]
+    fn a_decoder_that_keeps_ids_reads_rmcps_events_in_place() {
+        let mut decoder = SseDecoder::data_and_id(1 << 20);
+        let mut events = Vec::new();
+        for event in RMCP.split_inclusive("\n\n") {
+            decoder.push(event.as_bytes(), |e| events.push(owned(&e)));
+        }
+        assert_eq!(events, rmcp_events());
+        assert_eq!(decoder.whole_tries, 3, "each event by the fast path");
+        assert_eq!(decoder.data.capacity(), 0, "no data was copied");
+        assert_eq!(decoder.last_id(), b"2/0");
+
+        // A priming event alone sets the id a client resumes from.
+        let mut decoder = SseDecoder::data_and_id(1024);
+        decoder.push(b"data: \nid: 0/3\nretry: 3000\n\n", |_| unreachable!());
+        assert_eq!(decoder.last_id(), b"0/3");
+        // An id with a NUL is ignored, and an empty one unsets it; in an
+        // event split across chunks, as soon as its line is read.
+        decoder.push(b"id: 1\0\n\n", |_| unreachable!());
+        assert_eq!(decoder.last_id(), b"0/3");
+        decoder.push(b"id: 5/3\ndata: x", |_| unreachable!());
+        assert_eq!(decoder.last_id(), b"5/3");
+        decoder.push(b"\n\nid\n\n", |e| assert_eq!(e.id, b"5/3"));
+        assert_eq!(decoder.last_id(), b"");
     }
 
     #[test]

@@ -78,6 +78,13 @@ impl RunKey {
     }
 }
 
+/// Whether a key of the run table is a session id, not a resolved or
+/// manual key (those start with characters no session id has: see
+/// [`RunKey::table_key`]).
+pub(crate) fn is_session_key(table_key: &str) -> bool {
+    !table_key.starts_with([' ', '\t'])
+}
+
 impl KeySource {
     /// The source's part of a table key: conversation ids under any of the
     /// `_meta` keys share one.
@@ -182,6 +189,9 @@ mod tests {
         assert_ne!(manual.table_key(), session.table_key());
         assert_eq!(manual.conversation_id(), None);
         assert_eq!(resolved.source(), "app");
+        assert!(is_session_key(&session.table_key()));
+        assert!(!is_session_key(&resolved.table_key()));
+        assert!(!is_session_key(&manual.table_key()));
     }
 
     #[test]

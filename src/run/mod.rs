@@ -5,7 +5,7 @@ mod sessions;
 mod under_way;
 
 pub(crate) use key::{
-    HeadFn, KeySource, MAX_RUN_KEY_LEN, RunKey, client_identity, meta_conversation,
+    HeadFn, KeySource, MAX_RUN_KEY_LEN, RunKey, client_identity, is_session_key, meta_conversation,
 };
 pub(crate) use sessions::{CloseRun, Ending as RunEnding, NotOpenHere, RunFor, Sessions, send_end};
 pub(crate) use under_way::UnderWay;

@@ -14,6 +14,7 @@
 //! leaving the table is ended through the store's end claim, which decides
 //! whether this process sends `end` and with which totals.
 
+use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,6 +24,7 @@ use super::ClosedVia;
 use super::under_way::{UnderWay, UnderWayCount};
 use crate::export::{Exporter, IngestCall, SpanRecords};
 use crate::moment::Moment;
+use crate::resume::{Continued, ParkedCall, ParkedCalls, Resumable};
 use crate::store::{EndOp, NewRun, Resolved, StoreQueue};
 use crate::wire::{End, Run, RunStatus, Timestamp, Totals};
 
@@ -47,6 +49,9 @@ struct OpenRun {
     adopted: bool,
     /// Its requests being answered: the idle sweep passes it over meanwhile.
     under_way: UnderWayCount,
+    /// Its calls waiting for a resumed stream to bring their answers (see
+    /// [`crate::resume`]); each is under way until it is recorded.
+    parked: ParkedCalls,
 }
 
 impl OpenRun {
@@ -61,6 +66,7 @@ impl OpenRun {
             shared: false,
             adopted: false,
             under_way: UnderWayCount::default(),
+            parked: ParkedCalls::default(),
         }
     }
 
@@ -458,6 +464,67 @@ impl Sessions {
         }
     }
 
+    /// Parks a call in the open run `run_id` under `key` (see
+    /// [`crate::resume`]). Gives it back when that run is not open here,
+    /// or holds as many parked calls as it may.
+    pub(crate) fn park(&self, key: &str, run_id: Uuid, call: ParkedCall) -> Option<ParkedCall> {
+        let mut table = self.lock();
+        match table
+            .by_key
+            .get_mut(key)
+            .filter(|open| open.run_id == run_id)
+        {
+            Some(open) => open.parked.park(call),
+            None => Some(call),
+        }
+    }
+
+    /// For a stream of session `key` resumed now: the id of its run and
+    /// what it may continue of the calls parked there, whose waits are
+    /// renewed to `deadline`; `None` when none are.
+    pub(crate) fn resumable(&self, key: &str, deadline: Instant) -> Option<(Uuid, Vec<Resumable>)> {
+        let mut table = self.lock();
+        let open = table.by_key.get_mut(key)?;
+        let calls = open.parked.resumable(deadline);
+        (!calls.is_empty()).then_some((open.run_id, calls))
+    }
+
+    /// The call parked in run `run_id` under `key` whose request has
+    /// JSON-RPC id `id`, taken out, and whether calls are still parked there.
+    pub(crate) fn unpark(&self, key: &str, run_id: Uuid, id: &Value) -> (Option<ParkedCall>, bool) {
+        let mut table = self.lock();
+        let Some(open) = table
+            .by_key
+            .get_mut(key)
+            .filter(|open| open.run_id == run_id)
+        else {
+            return (None, false);
+        };
+        let call = open.parked.take(id);
+        (call, !open.parked.is_empty())
+    }
+
+    /// Notes that a resumed stream continued call `id`, parked in run
+    /// `run_id` under `key`, and ended before its answer; the call waits
+    /// `wait` from then.
+    pub(crate) fn continued(
+        &self,
+        key: &str,
+        run_id: Uuid,
+        id: &Value,
+        by: Continued,
+        wait: Duration,
+    ) {
+        let mut table = self.lock();
+        if let Some(open) = table
+            .by_key
+            .get_mut(key)
+            .filter(|open| open.run_id == run_id)
+        {
+            open.parked.continued(id, by, wait);
+        }
+    }
+
     /// Counts finished spans into the run under `key` and queues them.
     /// Returns them back when that run is not open (it ended meanwhile).
     pub(crate) fn record_spans(
@@ -575,6 +642,8 @@ impl Sessions {
         let answering_at = Timestamp::now();
         let mut expired: Vec<Arc<str>> = Vec::new();
         for (key, open) in &mut table.by_key {
+            let expired_calls = open.parked.take_expired(now);
+            settle(open, expired_calls, exporter, self.store.as_ref());
             match open.idleness_at(now, idle_timeout) {
                 Idleness::Idle => expired.push(key.clone()),
                 Idleness::Answering => {
@@ -629,6 +698,9 @@ impl Sessions {
                 continue;
             };
             if open.shared && open.sweepable {
+                // Parked calls wait in this process only.
+                let calls = open.parked.take_all();
+                settle(&mut open, calls, exporter, self.store.as_ref());
                 open.send_pending_start(exporter);
                 left += 1;
             } else {
@@ -652,7 +724,10 @@ impl Sessions {
         exporter: &Exporter,
     ) {
         let mut table = self.lock();
+        let mut totals = totals;
         if let Some(mut open) = table.remove_run(run_id) {
+            let calls = open.parked.take_all();
+            totals.add_totals(&settle(&mut open, calls, exporter, self.store.as_ref()));
             open.send_pending_start(exporter);
         } else {
             table.remember_end(run_id);
@@ -678,6 +753,11 @@ impl Sessions {
         let mut table = self.lock();
         if let Some(mut open) = table.remove_run(run_id) {
             open.send_pending_start(exporter);
+            // Their spans would come after the run's end.
+            let calls = open.parked.take_all();
+            if !calls.is_empty() {
+                exporter.drop_after_run_end(calls.len());
+            }
             tracing::debug!(%run_id, "trodo: run ended by another worker, forgotten here");
         }
     }
@@ -728,6 +808,8 @@ impl Sessions {
         let Some(store) = &self.store else {
             return end(open, at, ending, exporter);
         };
+        let calls = open.parked.take_all();
+        settle(&mut open, calls, exporter, Some(store));
         open.send_pending_start(exporter);
         let op = EndOp {
             run_id: open.run_id,
@@ -777,10 +859,36 @@ fn record(open: &mut OpenRun, spans: SpanRecords, exporter: &Exporter, store: Op
     exporter.send_spans(spans);
 }
 
-/// Queues the `start` if it is still pending, then the `end` with the run's totals.
+/// Queues the `start` if it is still pending, then the spans of its parked
+/// calls, then the `end` with the run's totals.
 fn end(mut open: OpenRun, at: Timestamp, ending: Ending, exporter: &Exporter) {
     open.send_pending_start(exporter);
+    let calls = open.parked.take_all();
+    settle(&mut open, calls, exporter, None);
     send_end(open.run_id, at, ending, open.totals, exporter);
+}
+
+/// Records parked calls of an open run as their streams left them (no
+/// resumed stream brought their answers: their wait ran out, or the run
+/// ends or leaves this process), counted in its totals; returns what they
+/// added. Their spans are written under the table's lock, which is rare.
+fn settle(
+    open: &mut OpenRun,
+    calls: Vec<ParkedCall>,
+    exporter: &Exporter,
+    store: Option<&StoreQueue>,
+) -> Totals {
+    if calls.is_empty() {
+        return Totals::default();
+    }
+    let spans = calls
+        .into_iter()
+        .map(ParkedCall::into_failed_span)
+        .collect();
+    let records = SpanRecords::new(open.run_id, spans);
+    let totals = records.totals();
+    record(open, records, exporter, store);
+    totals
 }
 
 /// Queues the `end` of a run.

@@ -1,0 +1,719 @@
+//! Resumed event streams (MCP 2025-11-25, SEP-1699 "SSE polling"): the
+//! answer to a POST whose event stream ended early, brought by a GET of
+//! the same session that resumes the stream with `Last-Event-ID`.
+//!
+//! A request's event stream that carried an event id (a client can resume
+//! it from there) and ended before the answer (the server closed it, it
+//! broke, or the client went away) does not finish the request's span:
+//! the call is parked in its session's run, keyed by its JSON-RPC id. It
+//! stays under way there (the idle sweep does not end the run while the
+//! server may still be working on it), for at most the idle timeout from
+//! its stream's end.
+//!
+//! A GET event stream of the session with `Last-Event-ID`, answered while
+//! calls are parked in the session's run, is read for their answers: a
+//! JSON-RPC response (result or error) whose id is a parked call's
+//! finishes that call's span as a live stream would have (the output
+//! captured, cut and redacted alike; the status, the error of a JSON-RPC
+//! error or an `isError` result, the duration up to the answer), marked
+//! `mcp.stream_resumed`. The GET itself makes no span, as before.
+//!
+//! `mcp.progress_events` counts the progress on the POST's stream, then on
+//! the resumed stream that continues it, from the last event the layer saw
+//! of the call (a server replays from the client's `Last-Event-ID`, which
+//! may be that event, or an earlier one the client saw last): the replay
+//! is not counted twice. A resumed stream that ends before the answer
+//! (the server polls again) hands its progress and its last event id on
+//! to the call, and renews the call's wait, as does any resumed stream
+//! opening in the session. `http.response.body.size` stays the POST's.
+//!
+//! A parked call whose answer does not come in time, a call past the
+//! [`MAX_PARKED_CALLS`] of its run, and the parked calls of a run that
+//! ends (DELETE, 404, the idle sweep, shutdown) are recorded as their
+//! streams left them: with the error they had before streams could be
+//! resumed (`stream_error`, or `cancelled`), before the run's `end`.
+//!
+//! Parking is for one process: a resumed stream served by another worker
+//! finds nothing parked there (the answer goes unrecorded, as before), and
+//! the worker that served the POST records the call as its stream left it
+//! when its wait runs out. rmcp's `LocalSessionManager` resumes a stream
+//! only on the worker that holds the session anyway.
+
+use http::StatusCode;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+use crate::mcp::sse::SseDecoder;
+use crate::moment::Moment;
+use crate::recorder::{BodyEnd, ENDED_EARLY, EventMeaning, Found, Interruption, Said, span_ending};
+use crate::run::UnderWay;
+use crate::span_draft::{Destination, SpanDraft};
+use crate::state::Shared;
+use crate::wire::Span;
+
+/// The most calls parked in one run: a call past it is recorded at once,
+/// as its stream left it.
+pub(crate) const MAX_PARKED_CALLS: usize = 16;
+
+/// What a call's latest stream left of it.
+#[derive(Debug)]
+pub(crate) struct StreamLeft {
+    /// The POST's HTTP status.
+    pub(crate) status: StatusCode,
+    /// The POST's response bytes.
+    pub(crate) bytes_out: u64,
+    /// Progress notifications so far.
+    pub(crate) progress_events: u64,
+    /// How the stream ended, and when: the span's error and end if no
+    /// answer comes.
+    pub(crate) interruption: Interruption,
+    pub(crate) ended: Moment,
+    /// The last event id the stream carried, which a client resumes from.
+    pub(crate) last_event_id: Box<[u8]>,
+}
+
+impl StreamLeft {
+    /// What the call's streams said of it without an answer.
+    fn said(&self) -> Said {
+        Said {
+            status: self.status,
+            bytes_out: self.bytes_out,
+            progress_events: self.progress_events,
+            output: None,
+            read_whole: true,
+            response: None,
+            interruption: Some(self.interruption),
+        }
+    }
+}
+
+/// A request whose event stream ended before its answer, waiting in its
+/// session's run for a resumed stream to bring the answer.
+#[derive(Debug)]
+pub(crate) struct ParkedCall {
+    draft: SpanDraft,
+    /// Its session's run.
+    destination: Destination,
+    left: StreamLeft,
+    /// When it stops waiting.
+    deadline: Instant,
+    /// Keeps the run open while it waits (see `OpenRun::idleness_at`).
+    under_way: Option<UnderWay>,
+}
+
+impl ParkedCall {
+    /// The call of `draft`, whose stream ended as `left` says, to wait
+    /// `wait` for its answer in the session's run `destination`, under way
+    /// meanwhile.
+    pub(crate) fn new(
+        draft: SpanDraft,
+        destination: Destination,
+        left: StreamLeft,
+        under_way: Option<UnderWay>,
+        wait: Duration,
+    ) -> Self {
+        Self {
+            deadline: left.ended.instant + wait,
+            draft,
+            destination,
+            left,
+            under_way,
+        }
+    }
+
+    /// Parks the call in its session's run; a call that cannot wait there
+    /// (the run is not open here, or holds as many as it may) is recorded
+    /// at once, as its stream left it.
+    pub(crate) fn park(self, shared: &Arc<Shared>) {
+        let Some((key, run_id)) = self.destination.session_run() else {
+            return self.give_up(shared);
+        };
+        let key = Arc::clone(key);
+        if let Some(call) = shared.sessions.park(&key, run_id, self) {
+            call.give_up(shared);
+        }
+    }
+
+    /// The JSON-RPC id of its request.
+    pub(crate) fn request_id(&self) -> Option<&Value> {
+        self.draft.request_id.as_ref()
+    }
+
+    /// Whether its wait ran out by `now`.
+    pub(crate) fn expired(&self, now: Instant) -> bool {
+        self.deadline <= now
+    }
+
+    /// Finishes the span with the answer `found` on a resumed stream at
+    /// `at`, after `progress_events` more progress notifications there.
+    fn answer(mut self, shared: &Arc<Shared>, found: Found, progress_events: u64, at: Moment) {
+        self.draft.attributes.insert("mcp.stream_resumed", true);
+        let said = Said {
+            progress_events: self.left.progress_events + progress_events,
+            output: Some(found.text),
+            read_whole: found.read_whole,
+            response: found.response,
+            interruption: None,
+            ..self.left.said()
+        };
+        self.finish(shared, said, at);
+    }
+
+    /// Finishes the span as its stream left it, with no answer.
+    fn give_up(self, shared: &Arc<Shared>) {
+        let (said, ended) = (self.left.said(), self.left.ended);
+        self.finish(shared, said, ended);
+    }
+
+    /// Finishes the span with what its streams `said`, seen at `ended`.
+    fn finish(self, shared: &Arc<Shared>, said: Said, ended: Moment) {
+        let Self {
+            mut draft,
+            destination,
+            under_way,
+            ..
+        } = self;
+        let ending = span_ending(&shared.settings, &mut draft, said, ended);
+        draft.finish(shared, destination, ending);
+        // Under way until its span is recorded or deferred, as a recorder's.
+        drop(under_way);
+    }
+
+    /// The span's record as its stream left it, with no answer, for the
+    /// run table to record while it holds the run (no output is captured,
+    /// so no redaction hook runs).
+    pub(crate) fn into_failed_span(self) -> Span {
+        let Self {
+            mut draft,
+            destination,
+            left,
+            ..
+        } = self;
+        let shared = Arc::clone(draft.request_span.shared());
+        let ending = span_ending(&shared.settings, &mut draft, left.said(), left.ended);
+        draft.into_span(destination.run_id(), ending)
+    }
+
+    /// A resumed stream that continued the call ended before its answer:
+    /// its progress counts, its end is now the call's, and the call waits
+    /// `wait` from there, for a client resuming from its last event id.
+    fn continued(&mut self, by: Continued, wait: Duration) {
+        self.left.progress_events += by.progress_events;
+        self.left.interruption = by.interruption;
+        self.left.ended = by.ended;
+        if !by.last_event_id.is_empty() {
+            self.left.last_event_id = by.last_event_id;
+        }
+        self.deadline = by.ended.instant + wait;
+    }
+}
+
+/// The calls parked in one run.
+#[derive(Debug, Default)]
+#[expect(
+    clippy::box_collection,
+    reason = "a run's entry in the run table grows by a pointer, not a Vec: most runs park no call"
+)]
+pub(crate) struct ParkedCalls(Option<Box<Vec<ParkedCall>>>);
+
+impl ParkedCalls {
+    /// Parks a call, unless [`MAX_PARKED_CALLS`] are parked already: then
+    /// it is given back.
+    pub(crate) fn park(&mut self, call: ParkedCall) -> Option<ParkedCall> {
+        let calls = self.0.get_or_insert_default();
+        if calls.len() >= MAX_PARKED_CALLS {
+            return Some(call);
+        }
+        calls.push(call);
+        None
+    }
+
+    /// The call whose request has JSON-RPC id `id`, taken out.
+    pub(crate) fn take(&mut self, id: &Value) -> Option<ParkedCall> {
+        let calls = self.0.as_mut()?;
+        let at = calls.iter().position(|c| c.request_id() == Some(id))?;
+        let call = calls.swap_remove(at);
+        self.free_if_empty();
+        Some(call)
+    }
+
+    /// What a resumed stream may continue: each call's JSON-RPC id and
+    /// last event id. Their waits are renewed to `deadline` (a client
+    /// resumes in the session).
+    pub(crate) fn resumable(&mut self, deadline: Instant) -> Vec<Resumable> {
+        let Some(calls) = self.0.as_mut() else {
+            return Vec::new();
+        };
+        calls
+            .iter_mut()
+            .filter_map(|call| {
+                call.deadline = call.deadline.max(deadline);
+                Some(Resumable {
+                    id: call.request_id()?.clone(),
+                    last_event_id: call.left.last_event_id.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Notes that a resumed stream continued call `id` and ended before
+    /// its answer; the call waits `wait` more.
+    pub(crate) fn continued(&mut self, id: &Value, by: Continued, wait: Duration) {
+        let call = self
+            .0
+            .as_mut()
+            .and_then(|calls| calls.iter_mut().find(|c| c.request_id() == Some(id)));
+        if let Some(call) = call {
+            call.continued(by, wait);
+        }
+    }
+
+    /// The calls whose wait ran out by `now`, taken out.
+    pub(crate) fn take_expired(&mut self, now: Instant) -> Vec<ParkedCall> {
+        let Some(calls) = self.0.as_mut() else {
+            return Vec::new();
+        };
+        let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut **calls)
+            .into_iter()
+            .partition(|call| call.expired(now));
+        **calls = waiting;
+        self.free_if_empty();
+        expired
+    }
+
+    /// Every call, taken out.
+    pub(crate) fn take_all(&mut self) -> Vec<ParkedCall> {
+        self.0.take().map(|calls| *calls).unwrap_or_default()
+    }
+
+    /// Whether no call is parked.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn free_if_empty(&mut self) {
+        if self.0.as_ref().is_some_and(|calls| calls.is_empty()) {
+            self.0 = None;
+        }
+    }
+}
+
+/// A parked call as a resumed stream knows it.
+#[derive(Debug)]
+pub(crate) struct Resumable {
+    /// The JSON-RPC id of its request.
+    pub(crate) id: Value,
+    /// The last event id of its latest stream.
+    pub(crate) last_event_id: Box<[u8]>,
+}
+
+/// What a resumed stream that continued a parked call and ended before its
+/// answer says of the call.
+#[derive(Debug)]
+pub(crate) struct Continued {
+    progress_events: u64,
+    interruption: Interruption,
+    ended: Moment,
+    /// Its last event id (empty if it carried none).
+    last_event_id: Box<[u8]>,
+}
+
+/// Where a resumed stream is among the calls parked in its run.
+#[derive(Debug)]
+enum Place {
+    /// Not past the last event the layer saw of any of these calls yet:
+    /// what comes first may be a server's replay of what the layer saw.
+    Before(Vec<Resumable>),
+    /// Past the last event the layer saw of this call: its stream,
+    /// continued, with this much progress since.
+    Continuing {
+        call: Resumable,
+        progress_events: u64,
+    },
+}
+
+impl Place {
+    /// Where a stream resumed from `last_event_id` starts: continuing the
+    /// call whose stream the layer saw end there, else before all of them.
+    fn start(mut calls: Vec<Resumable>, last_event_id: &[u8]) -> Self {
+        match calls
+            .iter()
+            .position(|c| *c.last_event_id == *last_event_id)
+        {
+            Some(at) => Self::Continuing {
+                call: calls.swap_remove(at),
+                progress_events: 0,
+            },
+            None => Self::Before(calls),
+        }
+    }
+
+    /// Notes that the stream reached event id `id`: past the last event
+    /// the layer saw of a call, it continues that call.
+    fn reach(&mut self, id: &[u8]) {
+        if let Self::Before(calls) = self
+            && let Some(at) = calls.iter().position(|c| *c.last_event_id == *id)
+        {
+            *self = Self::Continuing {
+                call: calls.swap_remove(at),
+                progress_events: 0,
+            };
+        }
+    }
+
+    /// Counts a progress event with (last) event id `id` for the call the
+    /// stream continues, unless it replays the last one the layer saw.
+    fn count_progress(&mut self, id: &[u8]) {
+        if let Self::Continuing {
+            call,
+            progress_events,
+        } = self
+            && *call.last_event_id != *id
+        {
+            *progress_events += 1;
+        }
+    }
+
+    /// The progress this stream counted for call `id`, which it answered:
+    /// nothing is counted from here on.
+    fn answered(&mut self, id: &Value) -> u64 {
+        match self {
+            Self::Continuing {
+                call,
+                progress_events,
+            } if call.id == *id => {
+                let counted = *progress_events;
+                *self = Self::Before(Vec::new());
+                counted
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// A resumed event stream (a GET with `Last-Event-ID`) of a session whose
+/// run has parked calls: read for their answers (see the module docs).
+#[derive(Debug)]
+pub(crate) struct ResumedStream {
+    shared: Arc<Shared>,
+    key: Arc<str>,
+    run_id: Uuid,
+    decoder: SseDecoder,
+    place: Place,
+}
+
+impl ResumedStream {
+    /// The resumed stream of session `key` from `last_event_id`, if calls
+    /// are parked in the session's run (their waits are renewed).
+    pub(crate) fn open(
+        shared: &Arc<Shared>,
+        key: &Arc<str>,
+        last_event_id: &[u8],
+    ) -> Option<Box<Self>> {
+        let deadline = Instant::now() + shared.settings.idle_timeout;
+        let (run_id, calls) = shared.sessions.resumable(key, deadline)?;
+        Some(Box::new(Self {
+            shared: Arc::clone(shared),
+            key: Arc::clone(key),
+            run_id,
+            decoder: SseDecoder::data_and_id(shared.settings.answer_read_window()),
+            place: Place::start(calls, last_event_id),
+        }))
+    }
+
+    /// Reads one chunk; `true` once no call is parked in the run any more.
+    pub(crate) fn on_data(&mut self, chunk: &[u8]) -> bool {
+        let Self {
+            shared,
+            key,
+            run_id,
+            decoder,
+            place,
+        } = self;
+        let mut any_left = true;
+        decoder.push(chunk, |event| {
+            place.reach(event.id);
+            match Found::from_event(event, None) {
+                EventMeaning::Progress => place.count_progress(event.id),
+                EventMeaning::Answer(found) => {
+                    // An answer too large to read whole has no id to match.
+                    let Some(id) = found.response.as_ref().map(|r| r.id.clone()) else {
+                        return;
+                    };
+                    let (call, left) = shared.sessions.unpark(key, *run_id, &id);
+                    any_left = left;
+                    if let Some(call) = call {
+                        call.answer(shared, found, place.answered(&id), Moment::now());
+                    }
+                }
+                EventMeaning::Other => {}
+            }
+        });
+        // An event without data (a server's priming event) is not reported;
+        // its id may be the one the layer saw last of a call all the same.
+        place.reach(decoder.last_id());
+        !any_left
+    }
+
+    /// The stream is over (`how`) before the answer of the call it
+    /// continued, if any: the call takes its progress and last event id,
+    /// and waits for the next resumption.
+    pub(crate) fn end(self, how: BodyEnd) {
+        let Place::Continuing {
+            call,
+            progress_events,
+        } = self.place
+        else {
+            return;
+        };
+        let continued = Continued {
+            progress_events,
+            interruption: how.interruption().unwrap_or(ENDED_EARLY),
+            ended: Moment::now(),
+            last_event_id: self.decoder.last_id().into(),
+        };
+        let wait = self.shared.settings.idle_timeout;
+        self.shared
+            .sessions
+            .continued(&self.key, self.run_id, &call.id, continued, wait);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::RequestSpan;
+    use crate::attributes::Attributes;
+    use crate::span_kind::SpanKind;
+    use crate::wire::{Run, Timestamp};
+    use serde_json::json;
+
+    /// Call `id`, whose stream ended at `ended` with last event id `0/<id>`,
+    /// parked to wait `wait`.
+    fn call(shared: &Arc<Shared>, id: i64, ended: Moment, wait: Duration) -> ParkedCall {
+        call_in(shared, Uuid::nil(), None, id, ended, wait)
+    }
+
+    /// [`call`], in run `run_id` of session `s-1`, under way there.
+    fn call_in(
+        shared: &Arc<Shared>,
+        run_id: Uuid,
+        under_way: Option<UnderWay>,
+        id: i64,
+        ended: Moment,
+        wait: Duration,
+    ) -> ParkedCall {
+        let draft = SpanDraft {
+            request_span: RequestSpan::new(Arc::clone(shared), 0),
+            caller: None,
+            name: "tool.wait".to_owned(),
+            kind: SpanKind::Tool,
+            tool_name: Some("wait".to_owned()),
+            request_id: Some(json!(id)),
+            started_at: Timestamp::now(),
+            started: Instant::now(),
+            input: None,
+            attributes: Attributes::for_request(),
+            preset_error: None,
+        };
+        let destination = Destination::Run {
+            key: Arc::from("s-1"),
+            run_id,
+            opened: false,
+        };
+        let left = StreamLeft {
+            status: StatusCode::OK,
+            bytes_out: 10,
+            progress_events: 1,
+            interruption: ENDED_EARLY,
+            ended,
+            last_event_id: format!("0/{id}").into_bytes().into(),
+        };
+        ParkedCall::new(draft, destination, left, under_way, wait)
+    }
+
+    fn ids(calls: &[ParkedCall]) -> Vec<i64> {
+        calls
+            .iter()
+            .map(|c| c.request_id().unwrap().as_i64().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_run_parks_a_bounded_number_of_calls_and_gives_them_back_by_id() {
+        let shared = Shared::switched_off();
+        let now = Moment::now();
+        let wait = Duration::from_secs(60);
+        let mut parked = ParkedCalls::default();
+        assert!(parked.is_empty());
+        for id in 0..MAX_PARKED_CALLS as i64 {
+            assert!(parked.park(call(&shared, id, now, wait)).is_none());
+        }
+        let refused = parked.park(call(&shared, 99, now, wait)).unwrap();
+        assert_eq!(refused.request_id(), Some(&json!(99)), "given back");
+
+        assert_eq!(ids(&[parked.take(&json!(3)).unwrap()]), [3]);
+        assert!(parked.take(&json!(3)).is_none(), "taken once");
+        assert!(
+            parked.take(&json!("3")).is_none(),
+            "ids are compared as JSON"
+        );
+        assert_eq!(parked.take_all().len(), MAX_PARKED_CALLS - 1);
+        assert!(parked.is_empty());
+
+        // The last call taken out leaves no room behind.
+        assert!(parked.park(call(&shared, 1, now, wait)).is_none());
+        parked.take(&json!(1)).unwrap();
+        assert!(parked.0.is_none());
+    }
+
+    #[test]
+    fn a_resumption_renews_the_wait_of_calls_and_the_others_run_out() {
+        let shared = Shared::switched_off();
+        let ended = Moment::now();
+        let t = ended.instant;
+        let mut parked = ParkedCalls::default();
+        assert!(
+            parked
+                .park(call(&shared, 1, ended, Duration::from_secs(1)))
+                .is_none()
+        );
+        assert!(
+            parked
+                .park(call(&shared, 2, ended, Duration::from_secs(10)))
+                .is_none()
+        );
+
+        assert!(parked.take_expired(t).is_empty());
+        assert_eq!(ids(&parked.take_expired(t + Duration::from_secs(2))), [1]);
+
+        let resumable = parked.resumable(t + Duration::from_secs(20));
+        assert_eq!(resumable.len(), 1);
+        assert_eq!(resumable[0].id, json!(2));
+        assert_eq!(&*resumable[0].last_event_id, b"0/2");
+        assert!(parked.take_expired(t + Duration::from_secs(15)).is_empty());
+        assert_eq!(ids(&parked.take_expired(t + Duration::from_secs(20))), [2]);
+        assert!(parked.is_empty());
+    }
+
+    #[test]
+    fn a_call_continued_by_a_stream_that_ended_early_takes_its_progress_and_id() {
+        let shared = Shared::switched_off();
+        let ended = Moment::now();
+        let mut parked = ParkedCalls::default();
+        assert!(
+            parked
+                .park(call(&shared, 1, ended, Duration::from_secs(1)))
+                .is_none()
+        );
+        let later = Moment {
+            instant: ended.instant + Duration::from_secs(5),
+            ..ended
+        };
+        let by = Continued {
+            progress_events: 2,
+            interruption: BodyEnd::Dropped.interruption().unwrap(),
+            ended: later,
+            last_event_id: Box::from(&b"4/1"[..]),
+        };
+        parked.continued(&json!(1), by, Duration::from_secs(1));
+        assert!(
+            parked
+                .take_expired(ended.instant + Duration::from_secs(2))
+                .is_empty(),
+            "waits from the later end"
+        );
+        let continued = parked.take(&json!(1)).unwrap();
+        assert_eq!(continued.left.progress_events, 3);
+        assert_eq!(continued.left.interruption.0, "cancelled");
+        assert_eq!(&*continued.left.last_event_id, b"4/1");
+
+        // A stream that carried no id leaves the call's.
+        assert!(parked.park(continued).is_none());
+        let by = Continued {
+            progress_events: 0,
+            interruption: ENDED_EARLY,
+            ended: later,
+            last_event_id: Box::default(),
+        };
+        parked.continued(&json!(1), by, Duration::from_secs(1));
+        assert_eq!(&*parked.take(&json!(1)).unwrap().left.last_event_id, b"4/1");
+    }
+
+    #[test]
+    fn a_parked_call_keeps_its_run_from_the_idle_sweep_until_its_wait_runs_out() {
+        let shared = Shared::switched_off();
+        let (sessions, exporter) = (&shared.sessions, &shared.exporter);
+        let idle = Duration::from_secs(10);
+        let run = sessions.run_for("s-1", Moment::now(), || {
+            Run::new(Uuid::new_v4(), "agent".to_owned(), Timestamp::now())
+        });
+        let t = Instant::now();
+        let wait = Duration::from_secs(30);
+        let parked = call_in(
+            &shared,
+            run.run_id,
+            Some(run.under_way),
+            1,
+            Moment::now(),
+            wait,
+        );
+        assert!(sessions.park("s-1", run.run_id, parked).is_none());
+        let sweep = |secs| sessions.sweep_idle(t + Duration::from_secs(secs), idle, exporter);
+        assert_eq!(sweep(20), 0, "waiting for its answer");
+        assert_eq!(sweep(29), 0, "waiting for its answer");
+        assert!(sessions.resumable("s-1", t).is_some());
+        // Recorded (as activity now, which on this test's clock is long
+        // ago): the run is idle.
+        assert_eq!(sweep(31), 1);
+        assert_eq!(sessions.len(), 0);
+    }
+
+    fn resumable(id: i64, last_event_id: &str) -> Resumable {
+        Resumable {
+            id: json!(id),
+            last_event_id: last_event_id.as_bytes().into(),
+        }
+    }
+
+    /// The progress a stream resumed from `from` counts for call 1 (whose
+    /// stream the layer last saw at `1/1`), given progress events with
+    /// these (last) event ids.
+    fn counted(from: &str, progress_ids: &[&str]) -> u64 {
+        let mut place = Place::start(
+            vec![resumable(1, "1/1"), resumable(2, "7/2")],
+            from.as_bytes(),
+        );
+        for id in progress_ids {
+            place.reach(id.as_bytes());
+            place.count_progress(id.as_bytes());
+        }
+        place.answered(&json!(1))
+    }
+
+    #[test]
+    fn progress_counts_once_the_stream_is_past_the_last_event_the_layer_saw() {
+        // Resumed from there: a replay of it is not counted, what follows is.
+        assert_eq!(counted("1/1", &["1/1", "2/1", "3/1"]), 2);
+        // From an earlier event: nothing counts until the replay passes it.
+        assert_eq!(counted("0/1", &["1/1", "2/1"]), 1);
+        assert_eq!(counted("0/1", &["0/1", "1/1", "2/1", "3/1"]), 2);
+        // A stream that never passes it (another stream's) counts nothing.
+        assert_eq!(counted("5/9", &["6/9"]), 0);
+        // Another call's stream counts nothing for this one.
+        assert_eq!(counted("7/2", &["8/2"]), 0);
+    }
+
+    #[test]
+    fn a_stream_counts_nothing_more_once_it_answered_its_call() {
+        let mut place = Place::start(vec![resumable(1, "1/1")], b"1/1");
+        place.count_progress(b"2/1");
+        assert_eq!(place.answered(&json!(2)), 0, "not the call it continues");
+        assert_eq!(place.answered(&json!(1)), 1);
+        place.reach(b"1/1");
+        place.count_progress(b"3/1");
+        assert_eq!(place.answered(&json!(1)), 0);
+    }
+}

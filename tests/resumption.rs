@@ -1,0 +1,334 @@
+//! SSE stream resumption (MCP 2025-11-25, SEP-1699 "SSE polling"): an rmcp
+//! server closes a tool call's POST stream before the answer (as a handler
+//! does to poll the client), and the client resumes it with a GET and
+//! `Last-Event-ID`. The call's span carries the answer the resumed stream
+//! brought; a call whose answer never comes is recorded as its stream left
+//! it, before its run's end.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use bytes::Bytes;
+use common::*;
+use futures::Stream;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use serde_json::{Value, json};
+use trodo_tower::store::{MemoryStore, SessionStore};
+use trodo_tower::{TrodoConfig, TrodoLayer};
+
+/// An event stream as the client reads it.
+type Events = std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// The layered demo server, with the rmcp session manager a handler
+/// would close its POST's stream through, and a client in a session.
+struct Polling {
+    ingest: RecordingIngest,
+    tools: DemoTools,
+    manager: Arc<LocalSessionManager>,
+    client: RawClient,
+}
+
+impl Polling {
+    /// The server, its layer's config changed by `edit`.
+    async fn start(edit: impl FnOnce(TrodoConfig) -> TrodoConfig) -> Self {
+        let ingest = RecordingIngest::start().await.unwrap();
+        let tools = DemoTools::new();
+        let manager = session_manager(None);
+        let app = Router::new()
+            .nest_service("/mcp", mcp(tools.clone(), Arc::clone(&manager)))
+            .layer(TrodoLayer::new(edit(config(&ingest))));
+        let mut client = RawClient::new(serve(app).await);
+        client.initialize("polling-test").await;
+        Self {
+            ingest,
+            tools,
+            manager,
+            client,
+        }
+    }
+
+    /// POSTs a `wait_for_release` call with `arguments` and reads its
+    /// stream until the tool reported that it started.
+    async fn call(&self, id: i64, arguments: Value) -> (Events, String) {
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "wait_for_release", "arguments": arguments,
+                       "_meta": {"progressToken": id}}});
+        let response = self.client.post(body.to_string()).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut stream: Events = Box::pin(response.bytes_stream());
+        let mut seen = String::new();
+        read_until(&mut stream, &mut seen, "notifications/progress").await;
+        self.tools.started().await;
+        (stream, seen)
+    }
+
+    /// The server closes the stream of the call whose stream began as
+    /// `first` (rmcp's per-request stream, named in its event ids), as a
+    /// handler that polls the client does: rmcp sends an event with a
+    /// `retry` and ends the stream, which the client reads to its end.
+    /// Returns the last event id the client saw.
+    async fn close(&self, first: &str, stream: &mut Events, seen: &mut String) -> String {
+        let stream_id: u64 = event_ids(first)[0]
+            .split_once('/')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        let session: Arc<str> = self.client.session.as_deref().unwrap().into();
+        let handle = self.manager.sessions.read().await[&session].clone();
+        handle
+            .close_sse_stream(stream_id, Some(Duration::from_millis(1)))
+            .await
+            .unwrap();
+        read_to_end(stream, seen).await;
+        event_ids(seen).pop().unwrap()
+    }
+
+    /// A GET that resumes the session's stream from `last_event_id`; its
+    /// head has come, so rmcp has attached the stream.
+    async fn resume(&self, last_event_id: &str) -> Events {
+        let response = self
+            .client
+            .http
+            .get(&self.client.url)
+            .header("accept", "text/event-stream")
+            .header("mcp-session-id", self.client.session.as_deref().unwrap())
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("last-event-id", last_event_id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        Box::pin(response.bytes_stream())
+    }
+
+    /// Ends the session and returns the spans of its run and its end.
+    async fn spans_and_end(&self) -> (Vec<Value>, Value) {
+        assert_eq!(self.client.delete().await.status, 202);
+        wait_for_ends(&self.ingest, 1).await;
+        let (run_id, end) = self.ingest.ends().pop().unwrap();
+        (spans_of(&self.ingest, &run_id), end)
+    }
+}
+
+/// The SSE event ids in `text`, in order.
+fn event_ids(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The data of the SSE event in `text` that answers request `id`.
+fn answer_data(text: &str, id: i64) -> String {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .find(|data| {
+            serde_json::from_str::<Value>(data)
+                .is_ok_and(|v| v["id"] == id && v["method"].is_null())
+        })
+        .unwrap_or_else(|| panic!("no answer to {id} in {text}"))
+        .to_owned()
+}
+
+fn time_of(field: &Value) -> SystemTime {
+    humantime::parse_rfc3339(field.as_str().unwrap()).unwrap()
+}
+
+/// The call's span, its only span, carries the answer the resumed stream
+/// brought: read from a tape on the delivery thread (a layer without a
+/// session store), and as it streams (with one).
+#[tokio::test]
+async fn a_call_answered_on_a_resumed_stream_carries_the_answer() {
+    let stores: [Option<Arc<dyn SessionStore>>; 2] = [None, Some(Arc::new(MemoryStore::new()))];
+    for store in stores {
+        let live = store.is_some();
+        let polling = Polling::start(|config| match store {
+            Some(store) => config.with_session_store(store),
+            None => config,
+        })
+        .await;
+        let (mut post, mut seen) = polling.call(2, json!({})).await;
+        let first = seen.clone();
+        let last_event_id = polling.close(&first, &mut post, &mut seen).await;
+        assert!(!seen.contains("released"), "no answer on the POST: {seen}");
+
+        let mut resumed = polling.resume(&last_event_id).await;
+        let released_at = SystemTime::now();
+        polling.tools.release();
+        let mut got = String::new();
+        read_to_end(&mut resumed, &mut got).await;
+        let answer = answer_data(&got, 2);
+
+        let (spans, end) = polling.spans_and_end().await;
+        assert_eq!(spans.len(), 1, "live: {live}; {spans:?}");
+        let span = &spans[0];
+        assert_eq!(span["name"], "tool.wait_for_release");
+        assert_eq!(span["status"], "ok", "live: {live}; {span}");
+        assert!(span.get("error_type").is_none(), "{span}");
+        assert!(span.get("error_message").is_none(), "{span}");
+        assert_eq!(span["output"], answer.as_str());
+        assert_eq!(
+            json_of(&span["output"])["result"]["content"][0]["text"],
+            "released"
+        );
+        let attributes = &span["attributes"];
+        assert_eq!(attributes["mcp.stream_resumed"], true);
+        assert_eq!(attributes["mcp.progress_events"], 1, "started, on the POST");
+        assert_eq!(attributes["jsonrpc.request.id"], "2");
+        assert_eq!(attributes["output_truncated"], false);
+        assert_eq!(attributes["http.response.status_code"], 200);
+        // It lasts until the answer, which came after the release.
+        assert!(time_of(&span["ended_at"]) >= released_at, "{span}");
+        let lasted = time_of(&span["ended_at"])
+            .duration_since(time_of(&span["started_at"]))
+            .unwrap();
+        assert_eq!(span["duration_ms"], lasted.as_millis() as u64);
+        assert_eq!(
+            (
+                end["span_count"].as_u64(),
+                end["tool_count"].as_u64(),
+                end["error_count"].as_u64()
+            ),
+            (Some(1), Some(1), Some(0)),
+            "{end}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_tool_error_answered_on_a_resumed_stream_is_the_spans_error() {
+    let polling = Polling::start(|config| config).await;
+    let (mut post, mut seen) = polling.call(3, json!({"fail": true})).await;
+    let first = seen.clone();
+    let last_event_id = polling.close(&first, &mut post, &mut seen).await;
+    let mut resumed = polling.resume(&last_event_id).await;
+    polling.tools.release();
+    let mut got = String::new();
+    read_to_end(&mut resumed, &mut got).await;
+
+    let (spans, end) = polling.spans_and_end().await;
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0];
+    assert_eq!(span["status"], "error");
+    assert_eq!(span["error_type"], "tool_error");
+    assert_eq!(span["error_message"], "failed once released");
+    assert_eq!(span["output"], answer_data(&got, 3).as_str());
+    assert_eq!(json_of(&span["output"])["result"]["isError"], true);
+    assert_eq!(span["attributes"]["mcp.stream_resumed"], true);
+    assert_eq!(end["error_count"], 1);
+}
+
+/// A client that resumes from an event before the last one the layer saw
+/// (its connection lost the rest) gets that event again: counted once.
+/// Progress after it counts.
+#[tokio::test]
+async fn progress_on_a_resumed_stream_counts_once() {
+    let polling = Polling::start(|config| config).await;
+    let (mut post, mut seen) = polling.call(4, json!({"report_release": true})).await;
+    let first = seen.clone();
+    polling.close(&first, &mut post, &mut seen).await;
+    // The id of the "started" progress event, before the closing one.
+    let progress_id = event_ids(&first).pop().unwrap();
+    let mut resumed = polling.resume(&progress_id).await;
+    polling.tools.release();
+    let mut got = String::new();
+    read_to_end(&mut resumed, &mut got).await;
+    assert!(got.contains("\"started\""), "rmcp replays from it: {got}");
+    assert!(got.contains("\"released\""), "{got}");
+
+    let (spans, _) = polling.spans_and_end().await;
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(spans[0]["status"], "ok");
+    assert_eq!(
+        spans[0]["attributes"]["mcp.progress_events"], 2,
+        "started and released, each once"
+    );
+}
+
+/// The server polls the client twice: the first resumed stream ends before
+/// the answer too, and the client resumes again from its last event.
+#[tokio::test]
+async fn a_resumed_stream_that_ends_early_hands_the_call_on() {
+    let polling = Polling::start(|config| config).await;
+    let (mut post, mut seen) = polling.call(5, json!({"report_release": true})).await;
+    let first = seen.clone();
+    let last_event_id = polling.close(&first, &mut post, &mut seen).await;
+    let mut again = polling.resume(&last_event_id).await;
+    let mut got = String::new();
+    let last_event_id = polling.close(&first, &mut again, &mut got).await;
+    let mut resumed = polling.resume(&last_event_id).await;
+    polling.tools.release();
+    let mut got = String::new();
+    read_to_end(&mut resumed, &mut got).await;
+
+    let (spans, _) = polling.spans_and_end().await;
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(spans[0]["status"], "ok");
+    assert_eq!(spans[0]["output"], answer_data(&got, 5).as_str());
+    assert_eq!(spans[0]["attributes"]["mcp.progress_events"], 2);
+}
+
+/// No resumed stream brings the answer: the call is recorded as its stream
+/// left it (as it was before streams could be resumed) when the session is
+/// deleted, before the run's end, and once.
+#[tokio::test]
+async fn a_call_whose_answer_never_comes_is_sent_failed_when_its_session_ends() {
+    let polling = Polling::start(|config| config).await;
+    let (mut post, mut seen) = polling.call(6, json!({})).await;
+    let first = seen.clone();
+    polling.close(&first, &mut post, &mut seen).await;
+
+    let (spans, end) = polling.spans_and_end().await;
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0];
+    assert_eq!(span["name"], "tool.wait_for_release");
+    assert_eq!(span["status"], "error");
+    assert_eq!(span["error_type"], "stream_error");
+    assert_eq!(
+        span["error_message"],
+        "the response stream ended before the answer"
+    );
+    assert!(span.get("output").is_none(), "{span}");
+    assert_eq!(span["attributes"]["mcp.progress_events"], 1);
+    assert!(span["attributes"].get("mcp.stream_resumed").is_none());
+    assert_eq!(end["metadata"]["closed_via"], "session_deleted");
+    assert_eq!(
+        (end["span_count"].as_u64(), end["error_count"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(span_count(&polling.ingest.received()), 1, "sent once");
+}
+
+/// A parked call waits at most the idle timeout: then it is recorded as its
+/// stream left it, and its run, idle, ends after it.
+#[tokio::test]
+async fn a_call_whose_wait_runs_out_is_sent_failed() {
+    let polling = Polling::start(|config| {
+        config
+            .with_idle_timeout(Duration::from_millis(200))
+            .unwrap()
+    })
+    .await;
+    let (mut post, mut seen) = polling.call(7, json!({})).await;
+    let first = seen.clone();
+    polling.close(&first, &mut post, &mut seen).await;
+
+    wait_for_ends(&polling.ingest, 1).await;
+    let received = polling.ingest.received();
+    let (run_id, end) = polling.ingest.ends().pop().unwrap();
+    let spans = spans_of(&polling.ingest, &run_id);
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(spans[0]["error_type"], "stream_error");
+    assert_eq!(end["metadata"]["closed_via"], "idle_timeout");
+    assert_eq!(end["error_count"], 1);
+    let order: Vec<&str> = received.iter().map(|r| r.path.as_str()).collect();
+    assert!(
+        order.last().unwrap().ends_with("/end"),
+        "the span first: {order:?}"
+    );
+    polling.tools.release();
+}
