@@ -39,6 +39,12 @@
 //!   a JSON-RPC error (`caller_error` or `server_error`), a tool result with
 //!   `isError: true` (`tool_error`), an HTTP 5xx (`http_error`), a broken
 //!   stream (`stream_error`) or a client that went away (`cancelled`).
+//! - An event stream that ends before its answer but can be resumed (it
+//!   carried an event id: MCP 2025-11-25 SSE polling, or a broken
+//!   connection) leaves its span waiting in the session's run: a GET of the
+//!   session that resumes the stream (`Last-Event-ID`) and brings the
+//!   answer ends the span with it (`mcp.stream_resumed`). No answer within
+//!   the idle timeout, or the session's end first, sends the span as before.
 //! - The run ends once, with the totals of all its spans and
 //!   `metadata.closed_via`: `session_deleted` (DELETE answered 2xx),
 //!   `idle_timeout`, `session_expired` (the server answered 404) or
