@@ -17,6 +17,7 @@
 use http::StatusCode;
 use serde_json::Value;
 use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
 
 use crate::capture::Capture;
@@ -104,7 +105,26 @@ pub(crate) const ENDED_EARLY: Interruption = (
     "the response stream ended before the answer",
 );
 
+/// How long a call whose client went away mid-stream waits for the client
+/// to resume it (unless the idle timeout is shorter): a dropped connection
+/// comes back within a few retries; a client that cancelled or crashed
+/// never does, and its call should not wait the idle timeout unsent.
+pub(crate) const DROPPED_STREAM_WAIT: Duration = Duration::from_secs(30);
+
 impl BodyEnd {
+    /// How long a call whose stream ended this way, resumable and before
+    /// its answer, waits for a resumed stream: the idle timeout for a
+    /// stream the server closed (it polls, and the work may be long) or
+    /// that broke, [`DROPPED_STREAM_WAIT`] at most for one the client
+    /// dropped. A client resuming in the session renews the wait to the
+    /// idle timeout either way.
+    pub(crate) fn resumption_wait(self, idle_timeout: Duration) -> Duration {
+        match self {
+            Self::Complete | Self::Broke => idle_timeout,
+            Self::Dropped => idle_timeout.min(DROPPED_STREAM_WAIT),
+        }
+    }
+
     /// What a body that is over this way says of a request whose answer
     /// it did not carry, if anything: a stream that ended normally says
     /// nothing (a body that is no event stream may end with its answer).
@@ -273,7 +293,7 @@ impl Recorder {
                 ended,
                 last_event_id: last_event_id.into(),
             };
-            let wait = shared.settings.idle_timeout;
+            let wait = how.resumption_wait(shared.settings.idle_timeout);
             ParkedCall::new(draft, destination, left, under_way, wait).park(&shared);
             return;
         }
@@ -487,5 +507,20 @@ impl Found {
             read_whole: true,
             response: Some(response),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_dropped_by_its_client_waits_less_for_a_resumption() {
+        let idle = Duration::from_secs(300);
+        assert_eq!(BodyEnd::Complete.resumption_wait(idle), idle);
+        assert_eq!(BodyEnd::Broke.resumption_wait(idle), idle);
+        assert_eq!(BodyEnd::Dropped.resumption_wait(idle), DROPPED_STREAM_WAIT);
+        let short = Duration::from_secs(5);
+        assert_eq!(BodyEnd::Dropped.resumption_wait(short), short);
     }
 }

@@ -8,7 +8,8 @@
 //! the call is parked in its session's run, keyed by its JSON-RPC id. It
 //! stays under way there (the idle sweep does not end the run while the
 //! server may still be working on it), for at most the idle timeout from
-//! its stream's end.
+//! its stream's end; at most [`DROPPED_STREAM_WAIT`](crate::recorder::DROPPED_STREAM_WAIT) if its client dropped
+//! the stream, unless a stream of the session is resumed by then.
 //!
 //! A GET event stream of the session with `Last-Event-ID`, answered while
 //! calls are parked in the session's run, is read for their answers: a
@@ -474,7 +475,7 @@ impl ResumedStream {
             ended: Moment::now(),
             last_event_id: self.decoder.last_id().into(),
         };
-        let wait = self.shared.settings.idle_timeout;
+        let wait = how.resumption_wait(self.shared.settings.idle_timeout);
         self.shared
             .sessions
             .continued(&self.key, self.run_id, &call.id, continued, wait);
