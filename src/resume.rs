@@ -182,6 +182,19 @@ impl ParkedCall {
         drop(under_way);
     }
 
+    /// Records the calls whose wait ran out by `now` as their streams left
+    /// them, through the same path as any span, outside the run table's
+    /// lock; each stays under way until its span is recorded or deferred.
+    /// Returns how many.
+    pub(crate) fn give_up_expired(shared: &Arc<Shared>, now: Instant) -> usize {
+        let expired = shared.sessions.take_expired_calls(now);
+        let count = expired.len();
+        for call in expired {
+            call.give_up(shared);
+        }
+        count
+    }
+
     /// The span's record as its stream left it, with no answer, for the
     /// run table to record while it holds the run (no output is captured,
     /// so no redaction hook runs).
@@ -666,6 +679,14 @@ mod tests {
         assert_eq!(sweep(20), 0, "waiting for its answer");
         assert_eq!(sweep(29), 0, "waiting for its answer");
         assert!(sessions.resumable("s-1", t).is_some());
+        // Its wait ran out, but the sweep leaves it to be recorded outside
+        // the table's lock: the run is still under way.
+        assert_eq!(sweep(31), 0);
+        assert_eq!(sessions.len(), 1);
+        let later = t + Duration::from_secs(31);
+        assert_eq!(ParkedCall::give_up_expired(&shared, later), 1);
+        assert_eq!(ParkedCall::give_up_expired(&shared, later), 0, "once");
+        shared.backlog.catch_up();
         // Recorded (as activity now, which on this test's clock is long
         // ago): the run is idle.
         assert_eq!(sweep(31), 1);

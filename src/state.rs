@@ -8,6 +8,7 @@ use crate::backlog::{self, Backlog};
 use crate::config::{Settings, TrodoConfig};
 use crate::deferred::Deferred;
 use crate::export::{self, ConsoleSink, DeliveryOptions, Exporter, HttpSink, Sink, Worker};
+use crate::resume::ParkedCall;
 use crate::run::{ClosedVia, Sessions};
 use crate::store::{Mirror, StoreCounters};
 
@@ -278,7 +279,10 @@ async fn sweep_idle_sessions(shared: std::sync::Weak<Shared>) {
         if shared.is_shut_down() {
             return;
         }
-        // Requests read later count as activity; they are read first.
+        // Calls whose wait for a resumed stream ran out are recorded (or
+        // deferred) first; requests read later count as activity: they
+        // are read before the sweep.
+        ParkedCall::give_up_expired(&shared, Instant::now());
         shared.backlog.catch_up();
         shared.sessions.sweep_idle(
             Instant::now(),

@@ -479,6 +479,19 @@ impl Sessions {
         }
     }
 
+    /// The parked calls whose wait ran out by `now`, taken out of their
+    /// runs (still under way there until each is recorded): they are
+    /// recorded after the lock is released, so every request does not
+    /// wait for their spans to be written.
+    pub(crate) fn take_expired_calls(&self, now: Instant) -> Vec<ParkedCall> {
+        let mut table = self.lock();
+        let mut expired = Vec::new();
+        for open in table.by_key.values_mut() {
+            expired.extend(open.parked.take_expired(now));
+        }
+        expired
+    }
+
     /// For a stream of session `key` resumed now: the id of its run and
     /// what it may continue of the calls parked there, whose waits are
     /// renewed to `deadline`; `None` when none are.
@@ -642,8 +655,6 @@ impl Sessions {
         let answering_at = Timestamp::now();
         let mut expired: Vec<Arc<str>> = Vec::new();
         for (key, open) in &mut table.by_key {
-            let expired_calls = open.parked.take_expired(now);
-            settle(open, expired_calls, exporter, self.store.as_ref());
             match open.idleness_at(now, idle_timeout) {
                 Idleness::Idle => expired.push(key.clone()),
                 Idleness::Answering => {
@@ -868,10 +879,11 @@ fn end(mut open: OpenRun, at: Timestamp, ending: Ending, exporter: &Exporter) {
     send_end(open.run_id, at, ending, open.totals, exporter);
 }
 
-/// Records parked calls of an open run as their streams left them (no
-/// resumed stream brought their answers: their wait ran out, or the run
-/// ends or leaves this process), counted in its totals; returns what they
-/// added. Their spans are written under the table's lock, which is rare.
+/// Records parked calls of a run that ends or leaves this process as
+/// their streams left them, counted in its totals, before its `end`;
+/// returns what they added. Their spans are written under the table's
+/// lock (a run ends once); calls whose wait ran out are recorded without
+/// it (see [`Sessions::take_expired_calls`]).
 fn settle(
     open: &mut OpenRun,
     calls: Vec<ParkedCall>,
