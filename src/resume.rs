@@ -58,6 +58,10 @@ use crate::wire::Span;
 /// as its stream left it.
 pub(crate) const MAX_PARKED_CALLS: usize = 16;
 
+/// The most calls parked in this process, over all its runs: a call past
+/// it is recorded at once, as its stream left it.
+pub(crate) const MAX_PARKED_CALLS_IN_PROCESS: usize = 1_024;
+
 /// What a call's latest stream left of it.
 #[derive(Debug)]
 pub(crate) struct StreamLeft {
@@ -253,17 +257,21 @@ impl ParkedCalls {
         Some(call)
     }
 
-    /// What a resumed stream may continue: each call's JSON-RPC id and
-    /// last event id. Their waits are renewed to `deadline` (a client
-    /// resumes in the session).
-    pub(crate) fn resumable(&mut self, deadline: Instant) -> Vec<Resumable> {
+    /// What a stream resumed from `last_event_id` may continue: each
+    /// call's JSON-RPC id and last event id. Only the call whose stream
+    /// the layer saw end at `last_event_id` (the one the stream continues)
+    /// has its wait renewed to `deadline`: a resumption does not keep the
+    /// other calls waiting.
+    pub(crate) fn resumable(&mut self, last_event_id: &[u8], deadline: Instant) -> Vec<Resumable> {
         let Some(calls) = self.0.as_mut() else {
             return Vec::new();
         };
         calls
             .iter_mut()
             .filter_map(|call| {
-                call.deadline = call.deadline.max(deadline);
+                if *call.left.last_event_id == *last_event_id {
+                    call.deadline = call.deadline.max(deadline);
+                }
                 Some(Resumable {
                     id: call.request_id()?.clone(),
                     last_event_id: call.left.last_event_id.clone(),
@@ -305,6 +313,11 @@ impl ParkedCalls {
     /// Whether no call is parked.
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_none()
+    }
+
+    /// How many calls are parked.
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |calls| calls.len())
     }
 
     fn free_if_empty(&mut self) {
@@ -420,14 +433,15 @@ pub(crate) struct ResumedStream {
 
 impl ResumedStream {
     /// The resumed stream of session `key` from `last_event_id`, if calls
-    /// are parked in the session's run (their waits are renewed).
+    /// are parked in the session's run (the wait of the one it continues
+    /// is renewed).
     pub(crate) fn open(
         shared: &Arc<Shared>,
         key: &Arc<str>,
         last_event_id: &[u8],
     ) -> Option<Box<Self>> {
         let deadline = Instant::now() + shared.settings.idle_timeout;
-        let (run_id, calls) = shared.sessions.resumable(key, deadline)?;
+        let (run_id, calls) = shared.sessions.resumable(key, last_event_id, deadline)?;
         Some(Box::new(Self {
             shared: Arc::clone(shared),
             key: Arc::clone(key),
@@ -500,6 +514,7 @@ mod tests {
     use super::*;
     use crate::api::RequestSpan;
     use crate::attributes::Attributes;
+    use crate::run::ClosedVia;
     use crate::span_kind::SpanKind;
     use crate::wire::{Run, Timestamp};
     use serde_json::json;
@@ -600,14 +615,24 @@ mod tests {
                 .is_none()
         );
 
+        assert!(
+            parked
+                .park(call(&shared, 3, ended, Duration::from_secs(10)))
+                .is_none()
+        );
+
         assert!(parked.take_expired(t).is_empty());
         assert_eq!(ids(&parked.take_expired(t + Duration::from_secs(2))), [1]);
 
-        let resumable = parked.resumable(t + Duration::from_secs(20));
-        assert_eq!(resumable.len(), 1);
+        // Resumed from call 2's last event: only its wait is renewed.
+        let resumable = parked.resumable(b"0/2", t + Duration::from_secs(20));
+        assert_eq!(resumable.len(), 2);
         assert_eq!(resumable[0].id, json!(2));
         assert_eq!(&*resumable[0].last_event_id, b"0/2");
-        assert!(parked.take_expired(t + Duration::from_secs(15)).is_empty());
+        assert_eq!(resumable[1].id, json!(3));
+        assert_eq!(ids(&parked.take_expired(t + Duration::from_secs(15))), [3]);
+        // A stream resumed from no call's last event renews nothing.
+        parked.resumable(b"9/9", t + Duration::from_secs(60));
         assert_eq!(ids(&parked.take_expired(t + Duration::from_secs(20))), [2]);
         assert!(parked.is_empty());
     }
@@ -678,7 +703,7 @@ mod tests {
         let sweep = |secs| sessions.sweep_idle(t + Duration::from_secs(secs), idle, exporter);
         assert_eq!(sweep(20), 0, "waiting for its answer");
         assert_eq!(sweep(29), 0, "waiting for its answer");
-        assert!(sessions.resumable("s-1", t).is_some());
+        assert!(sessions.resumable("s-1", b"", t).is_some());
         // Its wait ran out, but the sweep leaves it to be recorded outside
         // the table's lock: the run is still under way.
         assert_eq!(sweep(31), 0);
@@ -691,6 +716,46 @@ mod tests {
         // ago): the run is idle.
         assert_eq!(sweep(31), 1);
         assert_eq!(sessions.len(), 0);
+    }
+
+    #[test]
+    fn a_process_parks_a_bounded_number_of_calls_over_all_its_runs() {
+        let shared = Shared::switched_off();
+        let (sessions, exporter) = (&shared.sessions, &shared.exporter);
+        let wait = Duration::from_secs(60);
+        let runs = MAX_PARKED_CALLS_IN_PROCESS / MAX_PARKED_CALLS;
+        let open = |n: usize| {
+            let key = format!("s-{n}");
+            let run = sessions.run_for(&key, Moment::now(), || {
+                Run::new(Uuid::new_v4(), "agent".to_owned(), Timestamp::now())
+            });
+            (key, run.run_id)
+        };
+        let park = |(key, run_id): &(String, Uuid), id: i64| {
+            let parked = call_in(&shared, *run_id, None, id, Moment::now(), wait);
+            sessions.park(key, *run_id, parked)
+        };
+        let full: Vec<_> = (0..runs).map(open).collect();
+        for run in &full {
+            for id in 0..MAX_PARKED_CALLS as i64 {
+                assert!(park(run, id).is_none());
+            }
+        }
+        let last = open(runs);
+        let refused = park(&last, 1).expect("past the process's bound");
+        assert_eq!(refused.request_id(), Some(&json!(1)));
+
+        // A call answered makes room for one.
+        let (key, run_id) = &full[0];
+        assert!(sessions.unpark(key, *run_id, &json!(0)).0.is_some());
+        assert!(park(&last, 1).is_none());
+        assert!(park(&last, 2).is_some());
+        // A run that ends makes room for its calls.
+        assert!(sessions.close(key, ClosedVia::SessionDeleted, exporter));
+        for id in 2..MAX_PARKED_CALLS as i64 + 1 {
+            assert!(park(&last, id).is_none());
+        }
+        assert!(park(&open(runs + 1), 1).is_some());
     }
 
     fn resumable(id: i64, last_event_id: &str) -> Resumable {

@@ -24,7 +24,7 @@ use super::ClosedVia;
 use super::under_way::{UnderWay, UnderWayCount};
 use crate::export::{Exporter, IngestCall, SpanRecords};
 use crate::moment::Moment;
-use crate::resume::{Continued, ParkedCall, ParkedCalls, Resumable};
+use crate::resume::{Continued, MAX_PARKED_CALLS_IN_PROCESS, ParkedCall, ParkedCalls, Resumable};
 use crate::store::{EndOp, NewRun, Resolved, StoreQueue};
 use crate::wire::{End, Run, RunStatus, Timestamp, Totals};
 
@@ -190,6 +190,8 @@ struct Table {
     /// The latest runs ended here, oldest first.
     ended: VecDeque<Uuid>,
     ended_set: HashSet<Uuid>,
+    /// How many calls are parked in the open runs.
+    parked: usize,
 }
 
 impl Table {
@@ -216,6 +218,7 @@ impl Table {
     fn evict(&mut self, key: &str) -> Option<OpenRun> {
         let open = self.by_key.remove(key)?;
         self.by_run.remove(&open.run_id);
+        self.parked -= open.parked.len();
         Some(open)
     }
 
@@ -466,17 +469,25 @@ impl Sessions {
 
     /// Parks a call in the open run `run_id` under `key` (see
     /// [`crate::resume`]). Gives it back when that run is not open here,
-    /// or holds as many parked calls as it may.
+    /// holds as many parked calls as it may, or this process does
+    /// ([`MAX_PARKED_CALLS_IN_PROCESS`]).
     pub(crate) fn park(&self, key: &str, run_id: Uuid, call: ParkedCall) -> Option<ParkedCall> {
         let mut table = self.lock();
-        match table
+        if table.parked >= MAX_PARKED_CALLS_IN_PROCESS {
+            return Some(call);
+        }
+        let open = table
             .by_key
             .get_mut(key)
-            .filter(|open| open.run_id == run_id)
-        {
-            Some(open) => open.parked.park(call),
-            None => Some(call),
+            .filter(|open| open.run_id == run_id);
+        let Some(open) = open else {
+            return Some(call);
+        };
+        let refused = open.parked.park(call);
+        if refused.is_none() {
+            table.parked += 1;
         }
+        refused
     }
 
     /// The parked calls whose wait ran out by `now`, taken out of their
@@ -489,16 +500,23 @@ impl Sessions {
         for open in table.by_key.values_mut() {
             expired.extend(open.parked.take_expired(now));
         }
+        table.parked -= expired.len();
         expired
     }
 
-    /// For a stream of session `key` resumed now: the id of its run and
-    /// what it may continue of the calls parked there, whose waits are
-    /// renewed to `deadline`; `None` when none are.
-    pub(crate) fn resumable(&self, key: &str, deadline: Instant) -> Option<(Uuid, Vec<Resumable>)> {
+    /// For a stream of session `key` resumed now from `last_event_id`:
+    /// the id of its run and what it may continue of the calls parked
+    /// there (the wait of the one it continues renewed to `deadline`);
+    /// `None` when none are.
+    pub(crate) fn resumable(
+        &self,
+        key: &str,
+        last_event_id: &[u8],
+        deadline: Instant,
+    ) -> Option<(Uuid, Vec<Resumable>)> {
         let mut table = self.lock();
         let open = table.by_key.get_mut(key)?;
-        let calls = open.parked.resumable(deadline);
+        let calls = open.parked.resumable(last_event_id, deadline);
         (!calls.is_empty()).then_some((open.run_id, calls))
     }
 
@@ -514,7 +532,9 @@ impl Sessions {
             return (None, false);
         };
         let call = open.parked.take(id);
-        (call, !open.parked.is_empty())
+        let any_left = !open.parked.is_empty();
+        table.parked -= usize::from(call.is_some());
+        (call, any_left)
     }
 
     /// Notes that a resumed stream continued call `id`, parked in run
