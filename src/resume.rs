@@ -758,6 +758,32 @@ mod tests {
         assert!(park(&open(runs + 1), 1).is_some());
     }
 
+    #[test]
+    fn a_stream_may_bring_an_answer_only_with_calls_parked_or_under_way() {
+        let shared = Shared::switched_off();
+        let sessions = &shared.sessions;
+        assert!(!sessions.may_resume("s-1", 0), "no run");
+        let run = sessions.run_for("s-1", Moment::now(), || {
+            Run::new(Uuid::new_v4(), "agent".to_owned(), Timestamp::now())
+        });
+        // The resuming request's own token is no call under way.
+        assert!(!sessions.may_resume("s-1", 1));
+        assert!(sessions.may_resume("s-1", 0), "a request under way");
+        let parked = call_in(
+            &shared,
+            run.run_id,
+            Some(run.under_way),
+            1,
+            Moment::now(),
+            Duration::from_secs(60),
+        );
+        assert!(sessions.park("s-1", run.run_id, parked).is_none());
+        assert!(sessions.may_resume("s-1", 1), "a call parked");
+        let (call, _) = sessions.unpark("s-1", run.run_id, &json!(1));
+        drop(call);
+        assert!(!sessions.may_resume("s-1", 0));
+    }
+
     fn resumable(id: i64, last_event_id: &str) -> Resumable {
         Resumable {
             id: json!(id),

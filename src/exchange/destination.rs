@@ -221,10 +221,12 @@ impl Exchange {
         let readable = response.status.is_success()
             && response.is_event_stream()
             && response.encoding().is_none();
-        if !readable || !self.shared.sessions.contains(session_id) {
+        let own = usize::from(self.under_way.is_some());
+        if !readable || !self.shared.sessions.may_resume(session_id, own) {
             return None;
         }
-        // A call read off the request path parks when the backlog reads it.
+        // A call read off the request path (under way until then) parks
+        // when the backlog reads it.
         self.shared.backlog.catch_up();
         ResumedStream::open(&self.shared, session_id, &last_event_id)
     }

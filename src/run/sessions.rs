@@ -520,6 +520,17 @@ impl Sessions {
         (!calls.is_empty()).then_some((open.run_id, calls))
     }
 
+    /// Whether a stream of session `key` resumed now may bring a parked
+    /// call's answer: its run is open here and has calls parked, or
+    /// requests under way besides the `own` ones of the resuming request
+    /// (one read later parks when the backlog reads it).
+    pub(crate) fn may_resume(&self, key: &str, own: usize) -> bool {
+        self.lock()
+            .by_key
+            .get(key)
+            .is_some_and(|open| !open.parked.is_empty() || open.under_way.more_than(own))
+    }
+
     /// The call parked in run `run_id` under `key` whose request has
     /// JSON-RPC id `id`, taken out, and whether calls are still parked there.
     pub(crate) fn unpark(&self, key: &str, run_id: Uuid, id: &Value) -> (Option<ParkedCall>, bool) {

@@ -23,7 +23,12 @@ impl UnderWayCount {
 
     /// Whether any request of the run is under way.
     pub(crate) fn any(&self) -> bool {
-        self.0.load(Ordering::Acquire) > 0
+        self.more_than(0)
+    }
+
+    /// Whether more than `count` requests of the run are under way.
+    pub(crate) fn more_than(&self, count: usize) -> bool {
+        self.0.load(Ordering::Acquire) > count
     }
 }
 
