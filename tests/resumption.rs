@@ -139,64 +139,89 @@ fn time_of(field: &Value) -> SystemTime {
 }
 
 /// The call's span, its only span, carries the answer the resumed stream
-/// brought: read from a tape on the delivery thread (a layer without a
-/// session store), and as it streams (with one).
+/// brought.
 #[tokio::test]
 async fn a_call_answered_on_a_resumed_stream_carries_the_answer() {
-    let stores: [Option<Arc<dyn SessionStore>>; 2] = [None, Some(Arc::new(MemoryStore::new()))];
-    for store in stores {
-        let live = store.is_some();
-        let polling = Polling::start(|config| match store {
-            Some(store) => config.with_session_store(store),
-            None => config,
-        })
-        .await;
-        let (mut post, mut seen) = polling.call(2, json!({})).await;
-        let first = seen.clone();
-        let last_event_id = polling.close(&first, &mut post, &mut seen).await;
-        assert!(!seen.contains("released"), "no answer on the POST: {seen}");
+    let polling = Polling::start(|config| config).await;
+    let (mut post, mut seen) = polling.call(2, json!({})).await;
+    let first = seen.clone();
+    let last_event_id = polling.close(&first, &mut post, &mut seen).await;
+    assert!(!seen.contains("released"), "no answer on the POST: {seen}");
 
-        let mut resumed = polling.resume(&last_event_id).await;
-        let released_at = SystemTime::now();
-        polling.tools.release();
-        let mut got = String::new();
-        read_to_end(&mut resumed, &mut got).await;
-        let answer = answer_data(&got, 2);
+    let mut resumed = polling.resume(&last_event_id).await;
+    let released_at = SystemTime::now();
+    polling.tools.release();
+    let mut got = String::new();
+    read_to_end(&mut resumed, &mut got).await;
+    let answer = answer_data(&got, 2);
 
-        let (spans, end) = polling.spans_and_end().await;
-        assert_eq!(spans.len(), 1, "live: {live}; {spans:?}");
-        let span = &spans[0];
-        assert_eq!(span["name"], "tool.wait_for_release");
-        assert_eq!(span["status"], "ok", "live: {live}; {span}");
-        assert!(span.get("error_type").is_none(), "{span}");
-        assert!(span.get("error_message").is_none(), "{span}");
-        assert_eq!(span["output"], answer.as_str());
-        assert_eq!(
-            json_of(&span["output"])["result"]["content"][0]["text"],
-            "released"
-        );
-        let attributes = &span["attributes"];
-        assert_eq!(attributes["mcp.stream_resumed"], true);
-        assert_eq!(attributes["mcp.progress_events"], 1, "started, on the POST");
-        assert_eq!(attributes["jsonrpc.request.id"], "2");
-        assert_eq!(attributes["output_truncated"], false);
-        assert_eq!(attributes["http.response.status_code"], 200);
-        // It lasts until the answer, which came after the release.
-        assert!(time_of(&span["ended_at"]) >= released_at, "{span}");
-        let lasted = time_of(&span["ended_at"])
-            .duration_since(time_of(&span["started_at"]))
-            .unwrap();
-        assert_eq!(span["duration_ms"], lasted.as_millis() as u64);
-        assert_eq!(
-            (
-                end["span_count"].as_u64(),
-                end["tool_count"].as_u64(),
-                end["error_count"].as_u64()
-            ),
-            (Some(1), Some(1), Some(0)),
-            "{end}"
-        );
-    }
+    let (spans, end) = polling.spans_and_end().await;
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0];
+    assert_eq!(span["name"], "tool.wait_for_release");
+    assert_eq!(span["status"], "ok", "{span}");
+    assert!(span.get("error_type").is_none(), "{span}");
+    assert!(span.get("error_message").is_none(), "{span}");
+    assert_eq!(span["output"], answer.as_str());
+    assert_eq!(
+        json_of(&span["output"])["result"]["content"][0]["text"],
+        "released"
+    );
+    let attributes = &span["attributes"];
+    assert_eq!(attributes["mcp.stream_resumed"], true);
+    assert_eq!(attributes["mcp.progress_events"], 1, "started, on the POST");
+    assert_eq!(attributes["jsonrpc.request.id"], "2");
+    assert_eq!(attributes["output_truncated"], false);
+    assert_eq!(attributes["http.response.status_code"], 200);
+    // It lasts until the answer, which came after the release.
+    assert!(time_of(&span["ended_at"]) >= released_at, "{span}");
+    let lasted = time_of(&span["ended_at"])
+        .duration_since(time_of(&span["started_at"]))
+        .unwrap();
+    assert_eq!(span["duration_ms"], lasted.as_millis() as u64);
+    assert_eq!(
+        (
+            end["span_count"].as_u64(),
+            end["tool_count"].as_u64(),
+            end["error_count"].as_u64()
+        ),
+        (Some(1), Some(1), Some(0)),
+        "{end}"
+    );
+}
+
+/// With a session store, another worker may end the session's run, so a
+/// call is not parked: it is recorded at its POST's end, as its stream
+/// left it, and the answer on the resumed stream goes unrecorded.
+#[tokio::test]
+async fn with_a_session_store_a_call_is_recorded_at_its_streams_end() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let polling = Polling::start(|config| config.with_session_store(store)).await;
+    let (mut post, mut seen) = polling.call(2, json!({})).await;
+    let first = seen.clone();
+    let last_event_id = polling.close(&first, &mut post, &mut seen).await;
+    let mut resumed = polling.resume(&last_event_id).await;
+    polling.tools.release();
+    let mut got = String::new();
+    read_to_end(&mut resumed, &mut got).await;
+    answer_data(&got, 2);
+
+    let (spans, end) = polling.spans_and_end().await;
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0];
+    assert_eq!(span["status"], "error", "{span}");
+    assert_eq!(span["error_type"], "stream_error", "{span}");
+    assert!(span.get("output").is_none(), "{span}");
+    assert!(
+        span["attributes"].get("mcp.stream_resumed").is_none(),
+        "{span}"
+    );
+    assert_eq!(span["attributes"]["mcp.progress_events"], 1);
+    assert_eq!(
+        (end["span_count"].as_u64(), end["error_count"].as_u64()),
+        (Some(1), Some(1)),
+        "{end}"
+    );
 }
 
 #[tokio::test]
