@@ -403,6 +403,14 @@ impl Place {
         }
     }
 
+    /// The JSON-RPC id of the call the stream continues, if any.
+    fn continuing(&self) -> Option<&Value> {
+        match self {
+            Self::Continuing { call, .. } => Some(&call.id),
+            Self::Before(_) => None,
+        }
+    }
+
     /// The progress this stream counted for call `id`, which it answered:
     /// nothing is counted from here on.
     fn answered(&mut self, id: &Value) -> u64 {
@@ -466,8 +474,11 @@ impl ResumedStream {
             match Found::from_event(event, None) {
                 EventMeaning::Progress => place.count_progress(event.id),
                 EventMeaning::Answer(found) => {
-                    // An answer too large to read whole has no id to match.
-                    let Some(id) = found.response.as_ref().map(|r| r.id.clone()) else {
+                    // An answer too large to read whole has no id to read:
+                    // it answers the call the stream continues, if any, as
+                    // on a live stream.
+                    let id = found.response.as_ref().map(|r| &r.id);
+                    let Some(id) = id.or_else(|| place.continuing()).cloned() else {
                         return;
                     };
                     let (call, left) = shared.sessions.unpark(key, *run_id, &id);

@@ -224,6 +224,39 @@ async fn with_a_session_store_a_call_is_recorded_at_its_streams_end() {
     );
 }
 
+/// An answer on the resumed stream too large to read whole answers the
+/// call the stream continues, as on a live stream: its output cut, its
+/// status the HTTP status's.
+#[tokio::test]
+async fn an_answer_too_large_to_read_whole_on_a_resumed_stream_is_the_calls() {
+    let polling = Polling::start(|config| config.with_capture_limit(12).unwrap()).await;
+    let (mut post, mut seen) = polling.call(2, json!({})).await;
+    let first = seen.clone();
+    let last_event_id = polling.close(&first, &mut post, &mut seen).await;
+    let mut resumed = polling.resume(&last_event_id).await;
+    polling.tools.release();
+    let mut got = String::new();
+    read_to_end(&mut resumed, &mut got).await;
+    let answer = answer_data(&got, 2);
+    assert!(answer.len() > 4 * 12, "{answer}");
+
+    let (spans, end) = polling.spans_and_end().await;
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0];
+    assert_eq!(span["status"], "ok", "{span}");
+    assert!(span.get("error_type").is_none(), "{span}");
+    assert_eq!(span["output"], &answer[..12]);
+    let attributes = &span["attributes"];
+    assert_eq!(attributes["output_truncated"], true);
+    assert_eq!(attributes["mcp.stream_resumed"], true);
+    assert_eq!(attributes["http.response.status_code"], 200);
+    assert_eq!(
+        (end["span_count"].as_u64(), end["error_count"].as_u64()),
+        (Some(1), Some(0)),
+        "{end}"
+    );
+}
+
 #[tokio::test]
 async fn a_tool_error_answered_on_a_resumed_stream_is_the_spans_error() {
     let polling = Polling::start(|config| config).await;
