@@ -44,7 +44,10 @@
 //!   connection) leaves its span waiting in the session's run: a GET of the
 //!   session that resumes the stream (`Last-Event-ID`) and brings the
 //!   answer ends the span with it (`mcp.stream_resumed`). No answer within
-//!   the idle timeout, or the session's end first, sends the span as before.
+//!   the idle timeout (30 s if the client dropped the stream; a GET that
+//!   continues the call renews it), or the session's end first, sends the
+//!   span as before; so do more than 16 waiting calls in a session or
+//!   1,024 in the process, and every call with a session store.
 //! - The run ends once, with the totals of all its spans and
 //!   `metadata.closed_via`: `session_deleted` (DELETE answered 2xx),
 //!   `idle_timeout`, `session_expired` (the server answered 404) or

@@ -8,8 +8,11 @@
 //! the call is parked in its session's run, keyed by its JSON-RPC id. It
 //! stays under way there (the idle sweep does not end the run while the
 //! server may still be working on it), for at most the idle timeout from
-//! its stream's end; at most [`DROPPED_STREAM_WAIT`](crate::recorder::DROPPED_STREAM_WAIT) if its client dropped
-//! the stream, unless a stream of the session is resumed by then.
+//! its stream's end; at most [`DROPPED_STREAM_WAIT`](crate::recorder::DROPPED_STREAM_WAIT)
+//! if its client dropped the stream. Only a resumed stream that continues
+//! the call (from the last event id the layer saw of it) renews its wait,
+//! when it opens and when it ends early. Calls whose wait ran out are
+//! taken out under the run table's lock and recorded after it.
 //!
 //! A GET event stream of the session with `Last-Event-ID`, answered while
 //! calls are parked in the session's run, is read for their answers: a
@@ -25,20 +28,27 @@
 //! may be that event, or an earlier one the client saw last): the replay
 //! is not counted twice. A resumed stream that ends before the answer
 //! (the server polls again) hands its progress and its last event id on
-//! to the call, and renews the call's wait, as does any resumed stream
-//! opening in the session. `http.response.body.size` stays the POST's.
+//! to the call, and renews the call's wait. An answer too large to read
+//! whole (no id to read) answers the call the stream continues, as a live
+//! one would: output cut, status from HTTP. `http.response.body.size`
+//! stays the POST's.
+//!
+//! A GET with `Last-Event-ID` is read only if its session's run has calls
+//! parked or requests under way (one read later parks when the backlog
+//! reads it, which is caught up first).
 //!
 //! A parked call whose answer does not come in time, a call past the
-//! [`MAX_PARKED_CALLS`] of its run, and the parked calls of a run that
-//! ends (DELETE, 404, the idle sweep, shutdown) are recorded as their
-//! streams left them: with the error they had before streams could be
-//! resumed (`stream_error`, or `cancelled`), before the run's `end`.
+//! [`MAX_PARKED_CALLS`] of its run or the [`MAX_PARKED_CALLS_IN_PROCESS`]
+//! of the process, a call of a layer with a session store (another worker
+//! may end the run, and the span would come after its end), and the
+//! parked calls of a run that ends (DELETE, 404, the idle sweep,
+//! shutdown) are recorded as their streams left them: with the error they
+//! had before streams could be resumed (`stream_error`, or `cancelled`),
+//! before the run's `end`.
 //!
-//! Parking is for one process: a resumed stream served by another worker
-//! finds nothing parked there (the answer goes unrecorded, as before), and
-//! the worker that served the POST records the call as its stream left it
-//! when its wait runs out. rmcp's `LocalSessionManager` resumes a stream
-//! only on the worker that holds the session anyway.
+//! Parking is for one process without a session store: rmcp's
+//! `LocalSessionManager` resumes a stream only on the process that holds
+//! the session anyway.
 
 use http::StatusCode;
 use serde_json::Value;
@@ -129,8 +139,8 @@ impl ParkedCall {
     }
 
     /// Parks the call in its session's run; a call that cannot wait there
-    /// (the run is not open here, or holds as many as it may) is recorded
-    /// at once, as its stream left it.
+    /// (see [`Sessions::park`](crate::run::Sessions::park)) is recorded at
+    /// once, as its stream left it.
     pub(crate) fn park(self, shared: &Arc<Shared>) {
         let Some((key, run_id)) = self.destination.session_run() else {
             return self.give_up(shared);
