@@ -105,6 +105,11 @@ pub(crate) const ENDED_EARLY: Interruption = (
     "the response stream ended before the answer",
 );
 
+/// The error of a call the client cancelled (`notifications/cancelled`)
+/// while it waited for a resumed stream.
+pub(crate) const CANCELLED_BY_CLIENT: Interruption =
+    ("cancelled", "the client cancelled the request");
+
 /// How long a call whose client went away mid-stream waits for the client
 /// to resume it (unless the idle timeout is shorter): a dropped connection
 /// comes back within a few retries; a client that cancelled or crashed

@@ -44,7 +44,9 @@
 //! parked calls of a run that ends (DELETE, 404, the idle sweep,
 //! shutdown) are recorded as their streams left them: with the error they
 //! had before streams could be resumed (`stream_error`, or `cancelled`),
-//! before the run's `end`.
+//! before the run's `end`. A parked call the client cancels
+//! (`notifications/cancelled` naming its request id) is recorded then,
+//! `cancelled`.
 //!
 //! Parking is for one process without a session store: rmcp's
 //! `LocalSessionManager` resumes a stream only on the process that holds
@@ -58,7 +60,9 @@ use uuid::Uuid;
 
 use crate::mcp::sse::SseDecoder;
 use crate::moment::Moment;
-use crate::recorder::{BodyEnd, ENDED_EARLY, EventMeaning, Found, Interruption, Said, span_ending};
+use crate::recorder::{
+    BodyEnd, CANCELLED_BY_CLIENT, ENDED_EARLY, EventMeaning, Found, Interruption, Said, span_ending,
+};
 use crate::run::UnderWay;
 use crate::span_draft::{Destination, SpanDraft};
 use crate::state::Shared;
@@ -147,6 +151,20 @@ impl ParkedCall {
         };
         let key = Arc::clone(key);
         if let Some(call) = shared.sessions.park(&key, run_id, self) {
+            call.give_up(shared);
+        }
+    }
+
+    /// The client cancelled request `id` of session `key`
+    /// (`notifications/cancelled`): if that call is parked, it is recorded
+    /// at once, `cancelled` at `at`.
+    pub(crate) fn cancelled(shared: &Arc<Shared>, key: &str, id: &Value, at: Moment) {
+        let Some(run_id) = shared.sessions.run_id(key) else {
+            return;
+        };
+        if let (Some(mut call), _) = shared.sessions.unpark(key, run_id, id) {
+            call.left.interruption = CANCELLED_BY_CLIENT;
+            call.left.ended = at;
             call.give_up(shared);
         }
     }

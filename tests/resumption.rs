@@ -361,6 +361,45 @@ async fn a_call_whose_answer_never_comes_is_sent_failed_when_its_session_ends() 
     assert_eq!(span_count(&polling.ingest.received()), 1, "sent once");
 }
 
+/// A client that cancels a waiting call (`notifications/cancelled` naming
+/// its request id) ends its span then, `cancelled`, without waiting for
+/// the session's end or the wait to run out.
+#[tokio::test]
+async fn a_waiting_call_the_client_cancels_is_sent_cancelled_at_once() {
+    let polling = Polling::start(|config| config).await;
+    let (mut post, mut seen) = polling.call(8, json!({})).await;
+    let first = seen.clone();
+    polling.close(&first, &mut post, &mut seen).await;
+
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 8, "reason": "the user stopped it"}});
+    let response = polling
+        .client
+        .post(cancel.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    polling
+        .ingest
+        .wait_until(WAIT, |r| span_count(r) == 1)
+        .await
+        .unwrap();
+    assert!(polling.ingest.ends().is_empty(), "the session is open");
+
+    let (spans, end) = polling.spans_and_end().await;
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0];
+    assert_eq!(span["status"], "error");
+    assert_eq!(span["error_type"], "cancelled");
+    assert_eq!(span["error_message"], "the client cancelled the request");
+    assert_eq!(span["attributes"]["mcp.progress_events"], 1);
+    assert_eq!(
+        (end["span_count"].as_u64(), end["error_count"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
 /// A parked call waits at most the idle timeout: then it is recorded as its
 /// stream left it, and its run, idle, ends after it.
 #[tokio::test]

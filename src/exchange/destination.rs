@@ -16,7 +16,7 @@ use crate::config::Sessionless;
 use crate::mcp::INITIALIZE;
 use crate::mcp::envelope::{ClientMessage, Request as McpRequest};
 use crate::recorder::Recorder;
-use crate::resume::ResumedStream;
+use crate::resume::{ParkedCall, ResumedStream};
 use crate::run::{
     ClosedVia, KeySource, MAX_RUN_KEY_LEN, RunFor, RunKey, UnderWay, client_identity,
     meta_conversation,
@@ -45,11 +45,18 @@ impl Exchange {
                 self.shared.learn_mcp_path(self.endpoint());
                 Some(request)
             }
-            Some(ClientMessage::Notification { .. } | ClientMessage::Response) => {
+            Some(message @ (ClientMessage::Notification { .. } | ClientMessage::Response)) => {
                 if let Some(session_id) = &self.session_id
                     && !self.closed_as_expired(session_id, response)
                 {
                     self.shared.sessions.touch(session_id, self.arrived);
+                    if let ClientMessage::Notification {
+                        cancelled: Some(id),
+                        ..
+                    } = message
+                    {
+                        ParkedCall::cancelled(&self.shared, session_id, &id, self.arrived);
+                    }
                 }
                 return Head::Ready(None);
             }

@@ -15,6 +15,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::LazyLock;
 
+use super::CANCELLED;
 use super::member::{self, Shape};
 use super::meta::Meta;
 
@@ -31,8 +32,12 @@ pub(crate) struct Implementation {
 pub(crate) enum ClientMessage {
     /// A request: it gets an answer and becomes a span.
     Request(Request),
-    /// A notification (no `id`): answered 202, no span.
-    Notification { method: String },
+    /// A notification (no `id`): answered 202, no span. `cancelled` is
+    /// the `params.requestId` of a `notifications/cancelled`.
+    Notification {
+        method: String,
+        cancelled: Option<Value>,
+    },
     /// The client's answer to a server request (no `method`): answered 202, no span.
     Response,
 }
@@ -143,6 +148,9 @@ struct RawParams<'a> {
     protocol_version: Option<Cow<'a, str>>,
     #[serde(default, rename = "_meta")]
     meta: Option<Shape<Box<Meta>>>,
+    /// The request a `notifications/cancelled` cancels.
+    #[serde(default, rename = "requestId", deserialize_with = "member::present")]
+    request_id: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -249,9 +257,16 @@ pub(crate) fn parse_client_message(bytes: &[u8]) -> Option<ClientMessage> {
                 meta,
             }))
         }
-        (Some(method), None) => Some(ClientMessage::Notification {
-            method: method.into_owned(),
-        }),
+        (Some(method), None) => {
+            let cancelled = match raw.params {
+                Some(Shape::Expected(params)) if method == CANCELLED => params.request_id,
+                _ => None,
+            };
+            Some(ClientMessage::Notification {
+                method: method.into_owned(),
+                cancelled,
+            })
+        }
         (None, Some(_))
             if raw.result.is_some() || raw.error.and_then(Shape::unless_null).is_some() =>
         {
@@ -424,7 +439,16 @@ mod tests {
         assert_eq!(
             parse_client_message(br#"{"method":"notifications/initialized","jsonrpc":"2.0"}"#),
             Some(ClientMessage::Notification {
-                method: "notifications/initialized".into()
+                method: "notifications/initialized".into(),
+                cancelled: None,
+            })
+        );
+        let cancel = br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"a-1","reason":"no"}}"#;
+        assert_eq!(
+            parse_client_message(cancel),
+            Some(ClientMessage::Notification {
+                method: "notifications/cancelled".into(),
+                cancelled: Some(json!("a-1")),
             })
         );
         assert_eq!(

@@ -12,6 +12,8 @@ use crate::span_kind::SpanKind;
 pub(crate) const INITIALIZE: &str = "initialize";
 /// The MCP method that calls a tool.
 pub(crate) const TOOLS_CALL: &str = "tools/call";
+/// The notification by which a client cancels one of its requests.
+pub(crate) const CANCELLED: &str = "notifications/cancelled";
 
 /// The protocol versions published so far, oldest first.
 const PROTOCOL_VERSIONS: [&str; 5] = [
