@@ -220,8 +220,8 @@ impl SpanGuard {
 
     /// Headers that let a service you call join this run under this span:
     /// `X-Trodo-Run-Id` and `X-Trodo-Parent-Span-Id`. Empty for a child of a
-    /// [`RequestSpan`](crate::RequestSpan) made while the request's run was
-    /// not known (see [`RequestSpan::propagation_headers`](crate::RequestSpan::propagation_headers)).
+    /// [`crate::RequestSpan`] made while the request's run was not known
+    /// (see [`crate::RequestSpan::propagation_headers`]).
     #[must_use]
     pub fn propagation_headers(&self) -> http::HeaderMap {
         let run_id = self
