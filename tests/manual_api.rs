@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
-use trodo_tower::{EndRun, Feedback, RequestSpan, SpanKind, StartRun, Trodo, TrodoLayer};
+use trodo_tower::{
+    EndRun, Feedback, RequestSpan, SpanGuard, SpanKind, StartRun, Trodo, TrodoLayer,
+};
 use uuid::Uuid;
 
 async fn trodo() -> (RecordingIngest, Trodo) {
@@ -1026,4 +1028,100 @@ fn a_handle_made_outside_a_runtime_delivers_once_used_in_one() {
     });
     assert_eq!(ingest.starts().len(), 1);
     assert_eq!(ingest.ends().len(), 1);
+}
+
+/// A route outside the MCP endpoint whose handler makes a child span that
+/// it finishes at once, and hands out another that it finishes later.
+fn plain_route_with_children(
+    layer: TrodoLayer,
+) -> (Router, tokio::sync::mpsc::UnboundedReceiver<SpanGuard>) {
+    let (escape, escaped) = tokio::sync::mpsc::unbounded_channel::<SpanGuard>();
+    let handler = move |Extension(span): Extension<RequestSpan>| async move {
+        span.child(SpanKind::Retrieval, "retrieval.on_time")
+            .finish();
+        escape.send(span.child(SpanKind::Llm, "llm.late")).unwrap();
+        "ok"
+    };
+    let app = Router::new()
+        .route("/mcp", post(|| async { "mcp" }))
+        .route("/health", axum::routing::get(handler))
+        .layer(layer);
+    (app, escaped)
+}
+
+#[tokio::test]
+async fn children_of_a_request_in_no_run_are_counted_as_dropped() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let (app, mut escaped) = plain_route_with_children(layer);
+    let base = format!("http://{}", serve(app).await);
+    // No session and no propagation headers: the request goes into no run.
+    let answer = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.unwrap(), "ok");
+    escaped.recv().await.unwrap().finish();
+    assert!(trodo.flush(WAIT).await);
+
+    assert!(ingest.received().is_empty(), "{:?}", ingest.received());
+    let counters = trodo.delivery_counters();
+    assert_eq!(
+        (counters.dropped_no_run, counters.dropped_shutdown),
+        (2, 0),
+        "the child that waited for a run and the one finished after: {counters:?}"
+    );
+    assert_eq!(counters.dropped(), 2);
+}
+
+#[tokio::test]
+async fn children_of_a_request_after_shutdown_count_as_shutdown_drops() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let (app, mut escaped) = plain_route_with_children(layer);
+    let base = format!("http://{}", serve(app).await);
+    assert!(trodo.shutdown(WAIT).await);
+    let answer = reqwest::get(format!("{base}/health")).await.unwrap();
+    assert_eq!(answer.text().await.unwrap(), "ok");
+    escaped.recv().await.unwrap().finish();
+
+    let counters = trodo.delivery_counters();
+    assert_eq!(
+        (counters.dropped_shutdown, counters.dropped_no_run),
+        (2, 0),
+        "{counters:?}"
+    );
+}
+
+#[tokio::test]
+async fn children_of_a_request_the_client_abandoned_before_its_run_was_known_are_counted_as_dropped()
+ {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let child_finished = Arc::new(Notify::new());
+    let handler = {
+        let child_finished = Arc::clone(&child_finished);
+        move |Extension(span): Extension<RequestSpan>| async move {
+            span.child(SpanKind::Retrieval, "retrieval.before_the_client_left")
+                .finish();
+            child_finished.notify_one();
+            std::future::pending::<&'static str>().await
+        }
+    };
+    let app = Router::new()
+        .route("/slow", axum::routing::get(handler))
+        .layer(layer);
+    let base = format!("http://{}", serve(app).await);
+    let call = tokio::spawn(reqwest::get(format!("{base}/slow")));
+    child_finished.notified().await;
+    call.abort();
+
+    // The server drops the exchange when it sees the connection close.
+    wait_for("the waiting child counted", || {
+        trodo.delivery_counters().dropped_no_run == 1
+    })
+    .await;
+    assert!(trodo.flush(WAIT).await);
+    assert!(ingest.received().is_empty(), "{:?}", ingest.received());
 }

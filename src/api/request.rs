@@ -76,8 +76,19 @@ enum State {
     /// The request's own run was sent: later children are dropped (and
     /// counted, see [`Exporter::drop_after_run_end`](crate::export::Exporter::drop_after_run_end)).
     Sent { run_id: Uuid },
-    /// The request is part of no run: children are dropped.
+    /// The request is part of no run: children are dropped (and counted,
+    /// see [`Exporter::drop_without_run`](crate::export::Exporter::drop_without_run)).
     Detached,
+}
+
+impl Drop for Inner {
+    /// Children still waiting when the request is done never got a run.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let State::Waiting(spans) = state {
+            self.shared.exporter.drop_without_run(spans.len());
+        }
+    }
 }
 
 impl fmt::Debug for RequestSpan {
@@ -214,7 +225,10 @@ impl RequestSpan {
                 drop(state);
                 shared.exporter.drop_after_run_end(1);
             }
-            State::Detached => {}
+            State::Detached => {
+                drop(state);
+                shared.exporter.drop_without_run(1);
+            }
         }
     }
 
@@ -256,9 +270,14 @@ impl RequestSpan {
         }
     }
 
-    /// The request is part of no run.
+    /// The request is part of no run: the children that waited for one are
+    /// dropped, as are later ones.
     pub(crate) fn detach(&self) {
-        *self.lock() = State::Detached;
+        let waiting = match std::mem::replace(&mut *self.lock(), State::Detached) {
+            State::Waiting(spans) => spans.len(),
+            _ => 0,
+        };
+        self.inner.shared.exporter.drop_without_run(waiting);
     }
 
     /// The children collected for the request's own run, which is being

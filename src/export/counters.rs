@@ -20,16 +20,19 @@ pub(crate) enum DropReason {
     /// A span finished after its run's `end` (with the run's totals) was
     /// queued: a task that outlived its request, say.
     AfterRunEnd,
+    /// A child span of a request that went into no run.
+    NoRun,
 }
 
 impl DropReason {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::QueueFull,
         Self::GaveUp,
         Self::TooLarge,
         Self::Rejected,
         Self::Shutdown,
         Self::AfterRunEnd,
+        Self::NoRun,
     ];
 
     /// The name used in logs.
@@ -41,6 +44,7 @@ impl DropReason {
             Self::Rejected => "rejected",
             Self::Shutdown => "shutdown",
             Self::AfterRunEnd => "after_run_end",
+            Self::NoRun => "no_run",
         }
     }
 
@@ -103,6 +107,7 @@ impl Stats {
             rejected,
             shutdown,
             after_run_end,
+            no_run,
         ] = DropReason::ALL.map(dropped);
         DeliveryCounters {
             sent: self.sent.load(Ordering::Relaxed),
@@ -114,6 +119,7 @@ impl Stats {
             dropped_rejected: rejected,
             dropped_shutdown: shutdown,
             dropped_after_run_end: after_run_end,
+            dropped_no_run: no_run,
             panics_caught: crate::fence::panics_caught(),
             queued_items: queued_items as u64,
             queued_bytes: queued_bytes as u64,
@@ -164,6 +170,14 @@ pub struct DeliveryCounters {
     /// `end` carries the totals the ingest API is told are final, so such
     /// spans are not sent.
     pub dropped_after_run_end: u64,
+    /// Child spans of a request that went into no run, so had nowhere to
+    /// go: a request the layer records no span for (a route outside the
+    /// MCP endpoint without a session or the caller's propagation headers,
+    /// a sessionless call under `Sessionless::Ignore`, a session another
+    /// worker answers for when the session store cannot say which run, a
+    /// resumed stream), or one passed through while the layer is shut down
+    /// (those count as `dropped_shutdown`).
+    pub dropped_no_run: u64,
     /// Panics caught in the layer's own work beside a request, in this
     /// process (a bug of the layer; each is also logged with `tracing`).
     /// Each cost the recording of one exchange, which passed through
@@ -181,7 +195,7 @@ impl DeliveryCounters {
     /// Every record dropped, whatever the reason.
     #[must_use]
     pub fn dropped(&self) -> u64 {
-        self.failed + self.dropped_queue_full + self.dropped_after_run_end
+        self.failed + self.dropped_queue_full + self.dropped_after_run_end + self.dropped_no_run
     }
 }
 
@@ -200,6 +214,7 @@ mod tests {
         stats.dropped(DropReason::Rejected, 4, "HTTP 400");
         stats.dropped(DropReason::Shutdown, 8, "");
         stats.dropped(DropReason::AfterRunEnd, 16, "");
+        stats.dropped(DropReason::NoRun, 32, "");
         let c = stats.snapshot(7, 700);
         assert_eq!((c.sent, c.retried), (5, 1));
         assert_eq!(
@@ -209,12 +224,13 @@ mod tests {
                 c.dropped_too_large,
                 c.dropped_rejected,
                 c.dropped_shutdown,
-                c.dropped_after_run_end
+                c.dropped_after_run_end,
+                c.dropped_no_run
             ),
-            (3, 1, 2, 4, 8, 16)
+            (3, 1, 2, 4, 8, 16, 32)
         );
         assert_eq!(c.failed, 15);
-        assert_eq!(c.dropped(), 34);
+        assert_eq!(c.dropped(), 66);
         assert_eq!((c.queued_items, c.queued_bytes), (7, 700));
     }
 

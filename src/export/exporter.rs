@@ -79,6 +79,27 @@ impl Exporter {
         }
     }
 
+    /// Counts child `spans` of a request that went into no run (see
+    /// [`DeliveryCounters::dropped_no_run`]); after shutdown, they count as
+    /// made after shutdown.
+    pub(crate) fn drop_without_run(&self, spans: usize) {
+        if self.switched_off || spans == 0 {
+            return;
+        }
+        let stats = &self.core.stats;
+        let shut_down = self.core.queue().is_closed();
+        if shut_down {
+            stats.dropped(
+                DropReason::Shutdown,
+                spans,
+                "a child span made after shutdown",
+            );
+        } else {
+            let detail = "a child span of a request that went into no run";
+            stats.dropped(DropReason::NoRun, spans, detail);
+        }
+    }
+
     /// Puts records on the queue, in order, and wakes the worker if one is due.
     fn queue(&self, records: Vec<Encoded>) {
         if self.switched_off {
