@@ -7,6 +7,7 @@
 use serde_json::Value;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use crate::capture::{cut_to_chars, truncate_chars};
 use crate::config::Settings;
@@ -30,8 +31,8 @@ impl Redactor {
     /// Runs the hook on `value`. A hook that panics leaves `value` unfit
     /// to send (perhaps half redacted): `false` then, and the panic is
     /// logged, never passed on to the request being served.
-    fn redact(&self, value: &mut Value) -> bool {
-        Hook::Redaction.call(|| (self.0)(value)).is_some()
+    fn redact(&self, value: &mut Value, panics: &AtomicU64) -> bool {
+        Hook::Redaction.call(panics, || (self.0)(value)).is_some()
     }
 }
 
@@ -90,7 +91,7 @@ impl Settings {
             .then(|| serde_json::from_str::<Value>(&text).ok())
             .flatten()
             .unwrap_or(Value::String(text));
-        if !redactor.redact(&mut value) {
+        if !redactor.redact(&mut value, &self.hook_panics) {
             return (None, over_limit || !whole);
         }
         let (kept, cut) = io_text(value, self.capture_limit);
@@ -109,7 +110,7 @@ impl Settings {
             return text;
         };
         let mut value = Value::String(text);
-        if !redactor.redact(&mut value) {
+        if !redactor.redact(&mut value, &self.hook_panics) {
             return ERROR_TEXT_WITHHELD.to_owned();
         }
         match value {
@@ -126,7 +127,7 @@ impl Settings {
             return None;
         }
         if let Some(redactor) = &self.redactor
-            && !redactor.redact(&mut value)
+            && !redactor.redact(&mut value, &self.hook_panics)
         {
             return None;
         }

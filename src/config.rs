@@ -4,6 +4,7 @@ use http::HeaderName;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -104,6 +105,10 @@ pub(crate) struct Settings {
     pub(crate) store: Option<Arc<dyn SessionStore>>,
     /// The most a response head waits for the store.
     pub(crate) store_timeout: Duration,
+    /// Panics of the hooks above (`redactor`, `run_key`, `distinct_id`),
+    /// for [`DeliveryCounters::hook_panics`](crate::DeliveryCounters::hook_panics):
+    /// each layer's state counts its own (see `Shared::new`).
+    pub(crate) hook_panics: Arc<AtomicU64>,
 }
 
 /// What the layer does with MCP requests that belong to no session (MCP
@@ -154,6 +159,7 @@ impl Default for TrodoConfig {
                 http_client: None,
                 store: None,
                 store_timeout: DEFAULT_STORE_TIMEOUT,
+                hook_panics: Arc::default(),
             },
             state: Arc::default(),
         }

@@ -1,8 +1,8 @@
 //! Calls the application's hooks (redaction, run key, distinct id) so that
 //! a panic in one never reaches the request being served: it is caught,
-//! logged, and the hook's answer is left out.
+//! logged, counted, and the hook's answer is left out.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::fence::caught;
 
@@ -42,11 +42,16 @@ impl Hook {
         &LOGGED[self as usize]
     }
 
-    /// Calls `hook`: its answer, or `None` if it panicked (logged at
-    /// `error` the first time for this hook, at `debug` after).
-    pub(crate) fn call<R>(self, hook: impl FnOnce() -> R) -> Option<R> {
+    /// Calls `hook`: its answer, or `None` if it panicked (counted in
+    /// `panics`; logged at `error` the first time for this hook, at `debug`
+    /// after).
+    pub(crate) fn call<R>(self, panics: &AtomicU64, hook: impl FnOnce() -> R) -> Option<R> {
         let (subject, cost) = self.describe();
-        caught(hook, self.logged(), subject, cost)
+        let answer = caught(hook, self.logged(), subject, cost);
+        if answer.is_none() {
+            panics.fetch_add(1, Ordering::Relaxed);
+        }
+        answer
     }
 }
 
@@ -55,13 +60,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_answer_passes_and_a_panic_becomes_none() {
-        assert_eq!(Hook::RunKey.call(|| 7), Some(7));
-        assert_eq!(Hook::DistinctId.call(|| -> u8 { panic!("hook bug") }), None);
-        assert!(
-            Hook::DistinctId
-                .logged()
-                .load(std::sync::atomic::Ordering::Relaxed)
-        );
+    fn an_answer_passes_and_a_panic_becomes_none_and_is_counted() {
+        let panics = AtomicU64::new(0);
+        assert_eq!(Hook::RunKey.call(&panics, || 7), Some(7));
+        assert_eq!(panics.load(Ordering::Relaxed), 0);
+        let bug = || -> u8 { panic!("hook bug") };
+        assert_eq!(Hook::DistinctId.call(&panics, bug), None);
+        assert_eq!(Hook::DistinctId.call(&panics, bug), None);
+        assert_eq!(panics.load(Ordering::Relaxed), 2);
+        assert!(Hook::DistinctId.logged().load(Ordering::Relaxed));
     }
 }

@@ -1,6 +1,7 @@
 //! The state every layer built from one config shares, and the [`Trodo`] handle on it.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -71,7 +72,10 @@ impl Shared {
         Self::of(&TrodoConfig::new().with_enabled(false))
     }
 
-    fn new(settings: Settings) -> Self {
+    fn new(mut settings: Settings) -> Self {
+        // A config edited after it made a state makes another: each counts
+        // its own hook panics.
+        settings.hook_panics = Arc::default();
         let sink = match &settings.site_id {
             Some(site_id) => Sink::Http(HttpSink::new(
                 settings.api_base.clone(),
@@ -362,7 +366,9 @@ impl Trodo {
     /// dropped by reason, and what is queued now. Cheap; export them as metrics.
     #[must_use]
     pub fn delivery_counters(&self) -> crate::DeliveryCounters {
-        self.shared.exporter.counters()
+        let mut counters = self.shared.exporter.counters();
+        counters.hook_panics = self.shared.settings.hook_panics.load(Ordering::Relaxed);
+        counters
     }
 
     /// How many runs (sessions) are open in this process.

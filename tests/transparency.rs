@@ -303,12 +303,22 @@ async fn a_panicking_redaction_hook_never_reaches_the_client() {
         assert!(starts[0].get("input").is_none(), "{:?}", starts[0]);
         let spans = ingest.spans();
         assert!(!spans.is_empty());
-        for (_, span) in spans {
+        for (_, span) in &spans {
             assert!(
                 span.get("input").is_none() && span.get("output").is_none(),
                 "{span}"
             );
         }
+        // Each panic counted: the input and output of each of the 7 spans,
+        // the `initialize` (the run's input), the `initialized`
+        // notification, and the failing tool's error text.
+        assert_eq!(spans.len(), 7);
+        let counters = layer.trodo().delivery_counters();
+        assert_eq!(counters.hook_panics, 7 * 2 + 1 + 1 + 1, "{counters:?}");
+        assert_eq!(
+            counters.panics_caught, 0,
+            "the layer's own code did not panic"
+        );
     }
 }
 
@@ -329,4 +339,7 @@ async fn panicking_run_key_and_distinct_id_hooks_never_reach_the_client() {
     assert_eq!(starts.len(), 1);
     assert!(starts[0].get("distinct_id").is_none(), "{:?}", starts[0]);
     assert!(!ingest.spans().is_empty());
+    // The distinct id hook panicked for each of the conversation's 10
+    // requests; the run key hook for the one without a session (initialize).
+    assert_eq!(layer.trodo().delivery_counters().hook_panics, 10 + 1);
 }

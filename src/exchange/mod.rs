@@ -159,7 +159,7 @@ impl Exchange {
                 let app_key = settings
                     .run_key
                     .as_ref()
-                    .and_then(|resolve| resolve.call(parts));
+                    .and_then(|resolve| resolve.call(parts, &settings.hook_panics));
                 (app_key, caller(parts))
             } else {
                 (None, None)
@@ -167,7 +167,7 @@ impl Exchange {
         let distinct_id = settings
             .distinct_id
             .as_ref()
-            .and_then(|extract| extract.call(parts));
+            .and_then(|extract| extract.call(parts, &settings.hook_panics));
         let wants_event_stream = parts.method == Method::GET && accepts_event_stream(headers);
         let mut prefetch = None;
         let mut known_run = None;

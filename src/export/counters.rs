@@ -121,6 +121,7 @@ impl Stats {
             dropped_after_run_end: after_run_end,
             dropped_no_run: no_run,
             panics_caught: crate::fence::panics_caught(),
+            hook_panics: 0,
             queued_items: queued_items as u64,
             queued_bytes: queued_bytes as u64,
         }
@@ -184,6 +185,13 @@ pub struct DeliveryCounters {
     /// untouched. They count events, not records, so they are not in
     /// [`dropped`](Self::dropped).
     pub panics_caught: u64,
+    /// Panics of your hooks (`with_redaction`, `with_run_key`,
+    /// `with_distinct_id`) caught by this layer. Each is also logged with
+    /// `tracing` (the first of each hook at `error`), and costs what the
+    /// hook's docs say: a redacted value left out, a request grouped as if
+    /// the hook gave no key or no distinct id. Not in
+    /// [`dropped`](Self::dropped).
+    pub hook_panics: u64,
     /// Records waiting for delivery or in flight now.
     pub queued_items: u64,
     /// Bytes of the records waiting for delivery or in flight now: their

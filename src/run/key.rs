@@ -11,6 +11,7 @@ use crate::hook::Hook;
 use crate::mcp::meta::Meta;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 /// What groups requests into one run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,9 +160,10 @@ impl HeadFn {
         }
     }
 
-    /// The closure's answer for `parts`; `None` if it panicked (logged).
-    pub(crate) fn call(&self, parts: &http::request::Parts) -> Option<String> {
-        self.hook.call(|| (self.closure)(parts)).flatten()
+    /// The closure's answer for `parts`; `None` if it panicked (logged,
+    /// counted in `panics`).
+    pub(crate) fn call(&self, parts: &http::request::Parts, panics: &AtomicU64) -> Option<String> {
+        self.hook.call(panics, || (self.closure)(parts)).flatten()
     }
 }
 
