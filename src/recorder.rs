@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
+use crate::api::RequestSpan;
 use crate::capture::Capture;
 use crate::capture_policy::Side;
 use crate::config::Settings;
@@ -52,6 +53,8 @@ enum Purpose {
         key: Arc<str>,
         run_id: Uuid,
         request_id: Value,
+        /// The initialize's span, whose children wait for the start.
+        request_span: RequestSpan,
     },
 }
 
@@ -207,6 +210,7 @@ impl Recorder {
         key: Arc<str>,
         run_id: Uuid,
         request_id: Value,
+        request_span: RequestSpan,
         head: &ResponseHead,
     ) -> Box<Self> {
         let reader = Reader::for_body(head, &shared.settings, true);
@@ -216,6 +220,7 @@ impl Recorder {
                 key,
                 run_id,
                 request_id,
+                request_span,
             },
             reader,
             status: StatusCode::OK,
@@ -271,13 +276,19 @@ impl Recorder {
             under_way,
         } = self;
         let (mut draft, destination) = match purpose {
-            Purpose::Initialize { key, run_id, .. } => {
+            Purpose::Initialize {
+                key,
+                run_id,
+                request_span,
+                ..
+            } => {
                 let (_, _, response) = reader.into_output();
                 shared
                     .sessions
                     .complete_start(&key, run_id, &shared.exporter, |run| {
                         note_server(run, response.as_ref());
                     });
+                request_span.attach_initialize(key, run_id);
                 return;
             }
             Purpose::Span { draft, destination } => (draft, destination),

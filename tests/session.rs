@@ -473,3 +473,67 @@ async fn a_small_capture_limit_still_opens_and_names_everything() {
         "session_deleted"
     );
 }
+
+/// The `initialize` of a session is no span of its own (it fills the run's
+/// `start`), so the child spans its handler makes go into the run it opens
+/// without a parent, once the start is complete.
+#[tokio::test]
+async fn child_spans_of_the_initialize_handler_go_into_the_session_run() {
+    use axum::Extension;
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    use trodo_tower::{RequestSpan, SpanGuard, SpanKind};
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let (escape, mut escaped) = tokio::sync::mpsc::unbounded_channel::<SpanGuard>();
+    let answer = move |Extension(span): Extension<RequestSpan>, body: axum::body::Bytes| {
+        let escape = escape.clone();
+        async move {
+            let message: Value = serde_json::from_slice(&body).unwrap();
+            let json = [(header::CONTENT_TYPE, "application/json")];
+            let result = match message["method"].as_str() {
+                Some("initialize") => {
+                    span.child(SpanKind::Retrieval, "auth.lookup").finish();
+                    escape.send(span.child(SpanKind::Llm, "auth.late")).unwrap();
+                    json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                           "serverInfo": {"name": "json-server", "version": "1"}})
+                }
+                Some("tools/call") => json!({"content": [], "isError": false}),
+                _ => return StatusCode::ACCEPTED.into_response(),
+            };
+            let body = json!({"jsonrpc": "2.0", "id": message["id"], "result": result});
+            ([("mcp-session-id", "s-init")], json, body.to_string()).into_response()
+        }
+    };
+    let app = Router::new()
+        .route("/mcp", post(answer).delete(|| async { StatusCode::OK }))
+        .layer(layer);
+    let mut client = RawClient::new(serve(app).await);
+    assert_eq!(client.initialize("init-children").await.status, 200);
+    escaped.recv().await.unwrap().finish();
+    assert_eq!(client.call_tool(1, "work", json!({})).await.status, 200);
+    assert_eq!(client.delete().await.status, 200);
+    wait_for_ends(&ingest, 1).await;
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1);
+    let run_id = starts[0]["run_id"].as_str().unwrap();
+    assert_eq!(
+        starts[0]["metadata"]["server_name"], "json-server",
+        "the start waited for the answer: {}",
+        starts[0]
+    );
+    let spans = spans_of(&ingest, run_id);
+    let mut names: Vec<&str> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["auth.late", "auth.lookup", "tool.work"]);
+    for span in &spans {
+        assert_eq!(span["run_id"], run_id);
+        assert!(span.get("parent_span_id").is_none(), "{span}");
+    }
+    assert_eq!(ingest.ends()[0].1["span_count"], 3);
+    assert_eq!(trodo.delivery_counters().dropped(), 0);
+}

@@ -24,7 +24,9 @@ const MAX_WAITING_CHILDREN: usize = 1_000;
 /// from the HTTP request parts rmcp hands to the handler
 /// (`ctx.extensions.get::<http::request::Parts>()`, then [`RequestSpan::of`]).
 /// Its children (LLM calls, retrievals, ...) have the request's span as
-/// parent and count in the run's totals. A layer switched off
+/// parent and count in the run's totals (an `initialize`, which is no span
+/// of its own, puts its children in the session's run without a parent).
+/// A layer switched off
 /// ([`TrodoConfig::with_enabled`](crate::TrodoConfig::with_enabled), `TRODO_ENABLED=false`)
 /// puts a span there too, one that is part of no run: its id is nil, it
 /// gives no propagation headers, and its children are dropped, so your
@@ -70,7 +72,14 @@ enum State {
     /// The run is not known yet (it is decided on the response head).
     Waiting(Vec<Span>),
     /// Into an open run: under `key` in the run table, or by id (a joined run).
-    InRun { key: Option<Arc<str>>, run_id: Uuid },
+    InRun {
+        key: Option<Arc<str>>,
+        run_id: Uuid,
+        /// Whether the request's own span is sent. An `initialize`'s is not
+        /// (the exchange goes into its run's `start`): its children go into
+        /// the run without a parent.
+        own_span: bool,
+    },
     /// Into the span list of the request's own run, sent whole at its end.
     Collecting { run_id: Uuid, spans: Vec<Span> },
     /// The request's own run was sent: later children are dropped (and
@@ -211,8 +220,12 @@ impl RequestSpan {
                     shared.exporter.drop_waiting_child();
                 }
             }
-            State::InRun { key, run_id } => {
-                span.run_id = *run_id;
+            State::InRun {
+                key,
+                run_id,
+                own_span,
+            } => {
+                place(&mut span, *run_id, self.unsent_parent(*own_span));
                 let (key, run_id) = (key.clone(), *run_id);
                 drop(state);
                 record_in_run(shared, key.as_deref(), run_id, vec![span]);
@@ -235,6 +248,23 @@ impl RequestSpan {
     /// Binds the request to its run once the response head decided it, and
     /// sends the children that waited for it.
     pub(crate) fn attach(&self, destination: &Destination) {
+        self.attach_with(destination, true);
+    }
+
+    /// Binds an `initialize` to the run it opened, once the run's `start`
+    /// is complete (a child recorded sooner would send the start without
+    /// what the answer says). Its own span is never sent, so its children
+    /// go into the run without a parent.
+    pub(crate) fn attach_initialize(&self, key: Arc<str>, run_id: Uuid) {
+        let destination = Destination::Run {
+            key,
+            run_id,
+            opened: true,
+        };
+        self.attach_with(&destination, false);
+    }
+
+    fn attach_with(&self, destination: &Destination, own_span: bool) {
         let mut state = self.lock();
         let waiting = match std::mem::replace(&mut *state, State::Detached) {
             State::Waiting(spans) => spans,
@@ -247,7 +277,7 @@ impl RequestSpan {
             Destination::Run { key, run_id, .. } => (Some(key.clone()), *run_id),
             Destination::Joined { run_id, .. } => (None, *run_id),
             Destination::OwnRun(run) => {
-                let spans = with_run_id(waiting, run.run_id);
+                let spans = placed(waiting, run.run_id, None);
                 *state = State::Collecting {
                     run_id: run.run_id,
                     spans,
@@ -258,16 +288,18 @@ impl RequestSpan {
         *state = State::InRun {
             key: key.clone(),
             run_id,
+            own_span,
         };
         drop(state);
         if !waiting.is_empty() {
-            record_in_run(
-                &self.inner.shared,
-                key.as_deref(),
-                run_id,
-                with_run_id(waiting, run_id),
-            );
+            let waiting = placed(waiting, run_id, self.unsent_parent(own_span));
+            record_in_run(&self.inner.shared, key.as_deref(), run_id, waiting);
         }
+    }
+
+    /// The request's span id if its span is not sent (`own_span` unset).
+    fn unsent_parent(&self, own_span: bool) -> Option<Uuid> {
+        (!own_span).then_some(self.inner.span_id)
     }
 
     /// The request is part of no run: the children that waited for one are
@@ -295,9 +327,19 @@ impl RequestSpan {
     }
 }
 
-fn with_run_id(mut spans: Vec<Span>, run_id: Uuid) -> Vec<Span> {
+/// Puts `span` in the run `run_id`; a child of `unsent_parent` (a span
+/// that is not sent) loses its parent.
+fn place(span: &mut Span, run_id: Uuid, unsent_parent: Option<Uuid>) {
+    span.run_id = run_id;
+    if unsent_parent.is_some() && span.parent_span_id == unsent_parent {
+        span.parent_span_id = None;
+    }
+}
+
+/// [`place`] for each of `spans`.
+fn placed(mut spans: Vec<Span>, run_id: Uuid, unsent_parent: Option<Uuid>) -> Vec<Span> {
     for span in &mut spans {
-        span.run_id = run_id;
+        place(span, run_id, unsent_parent);
     }
     spans
 }

@@ -353,6 +353,7 @@ impl Exchange {
             table_key,
             run_id,
             request.id.clone(),
+            self.request_span(),
             response,
         );
         match publish {
