@@ -32,9 +32,10 @@ use crate::mcp::sse::{SseDecoder, SseEvent};
 use crate::mcp::{SERVER_ERROR, error_type};
 use crate::moment::Moment;
 use crate::resume::{ParkedCall, StreamLeft};
-use crate::run::UnderWay;
+use crate::run::{ClosedVia, RunEnding, UnderWay};
 use crate::span_draft::{Destination, Ending, SpanDraft, note_server};
 use crate::state::Shared;
+use crate::wire::RunStatus;
 
 /// What the recorder is for.
 #[derive(Debug)]
@@ -289,6 +290,9 @@ impl Recorder {
                         note_server(run, response.as_ref());
                     });
                 request_span.attach_initialize(key, run_id);
+                if let Some(Outcome::Error { message, .. }) = response.map(|r| r.outcome) {
+                    refused_session(&shared, run_id, message);
+                }
                 return;
             }
             Purpose::Span { draft, destination } => (draft, destination),
@@ -376,6 +380,19 @@ pub(crate) fn span_ending(
 /// is one; else an HTTP 5xx; else a stream that broke or was dropped before
 /// the answer (a recorder that saw the answer is finished at once, so an
 /// interruption always came first).
+/// Ends at once the run of a session whose `initialize` the server answered
+/// with a JSON-RPC error: the client will not use the session, and an idle
+/// timeout would end it with a misleading `ok`.
+fn refused_session(shared: &Shared, run_id: Uuid, message: String) {
+    let via = ClosedVia::InitializeFailed;
+    let ending = RunEnding {
+        status: RunStatus::Error,
+        error_summary: Some(shared.settings.answered_error_text(message)),
+        ..RunEnding::from(via)
+    };
+    shared.sessions.close_run(run_id, ending, &shared.exporter);
+}
+
 fn classify(
     settings: &Settings,
     status: StatusCode,

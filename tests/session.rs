@@ -537,3 +537,113 @@ async fn child_spans_of_the_initialize_handler_go_into_the_session_run() {
     assert_eq!(ingest.ends()[0].1["span_count"], 3);
     assert_eq!(trodo.delivery_counters().dropped(), 0);
 }
+
+/// An `initialize` the server refuses opens no session, even if its answer
+/// carries a session header: the client will not use that session, so its
+/// run would wait for the idle timeout.
+#[tokio::test]
+async fn a_refused_initialize_with_a_session_header_opens_no_session_run() {
+    use axum::http::StatusCode;
+    use axum::routing::post;
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    // It reads the request, as a server does (the layer reads it alongside).
+    let refuse = |_request: String| async {
+        (
+            StatusCode::UNAUTHORIZED,
+            [("mcp-session-id", "s-refused")],
+            "sign in first",
+        )
+    };
+    let app = Router::new().route("/mcp", post(refuse)).layer(layer);
+    let client = RawClient::new(serve(app).await);
+    let answer = client.send(initialize_body("refused")).await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(trodo.open_runs(), 0, "no session run waits for a DELETE");
+    assert!(trodo.flush(WAIT).await);
+    // It is recorded as any refused initialize is: a call of its own.
+    let received = ingest.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].path, "/api/sdk/runs/ingest");
+    let whole = &received[0].body;
+    assert!(whole["run"].get("conversation_id").is_none(), "{whole}");
+    assert_eq!(whole["spans"][0]["name"], "mcp.initialize");
+    assert_eq!(
+        whole["spans"][0]["attributes"]["http.response.status_code"],
+        401
+    );
+}
+
+/// An rmcp server whose `initialize` refuses every client.
+#[derive(Clone)]
+struct Refusing;
+
+impl rmcp::ServerHandler for Refusing {
+    async fn initialize(
+        &self,
+        _request: rmcp::model::InitializeRequestParams,
+        _context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::InitializeResult, rmcp::ErrorData> {
+        Err(rmcp::ErrorData::invalid_params(
+            "unsupported protocol version",
+            None,
+        ))
+    }
+}
+
+/// An `initialize` answered with a JSON-RPC error ends its run at once, as
+/// an error: rmcp makes the session before its handler answers, so the
+/// answer carries a session id, but the client will not use the session.
+#[tokio::test]
+async fn an_initialize_answered_with_an_error_ends_its_run_at_once() {
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let service = StreamableHttpService::new(
+        || Ok(Refusing),
+        session_manager(None),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = Router::new().nest_service("/mcp", service).layer(layer);
+    let client = RawClient::new(serve(app).await);
+    let answer = client.send(initialize_body("refused")).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.headers.contains_key("mcp-session-id"));
+    assert!(
+        answer.text().contains("unsupported protocol version"),
+        "{}",
+        answer.text()
+    );
+    wait_for_ends(&ingest, 1).await;
+
+    assert_eq!(trodo.open_runs(), 0);
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1);
+    assert_eq!(
+        starts[0]["conversation_id"],
+        answer.headers["mcp-session-id"].to_str().unwrap()
+    );
+    let ends = ingest.ends();
+    assert_eq!(ends[0].0, starts[0]["run_id"].as_str().unwrap());
+    let end = &ends[0].1;
+    assert_eq!(
+        (
+            &end["status"],
+            &end["error_summary"],
+            &end["metadata"]["closed_via"],
+            &end["span_count"]
+        ),
+        (
+            &json!("error"),
+            &json!("unsupported protocol version"),
+            &json!("initialize_failed"),
+            &json!(0)
+        )
+    );
+}

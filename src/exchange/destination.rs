@@ -63,9 +63,11 @@ impl Exchange {
             None => None,
         };
         let grouping = self.shared.settings.group_sessions;
+        // A refused initialize opens no session, whatever its headers say.
         if let Some(request) = request
             .as_ref()
             .filter(|r| r.method == INITIALIZE && !grouping)
+            && response.status.is_success()
             && let Some(new_session) = response.session_id()
         {
             return self.open_session(new_session, response, request, input);

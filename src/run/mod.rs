@@ -24,6 +24,9 @@ pub(crate) enum ClosedVia {
     SessionExpired,
     /// The process shut down gracefully.
     ServerShutdown,
+    /// The server answered the `initialize` that opened the session with a
+    /// JSON-RPC error: the client will not use the session.
+    InitializeFailed,
 }
 
 impl ClosedVia {
@@ -34,6 +37,7 @@ impl ClosedVia {
             Self::IdleTimeout => "idle_timeout",
             Self::SessionExpired => "session_expired",
             Self::ServerShutdown => "server_shutdown",
+            Self::InitializeFailed => "initialize_failed",
         }
     }
 
