@@ -173,11 +173,12 @@ pub struct DeliveryCounters {
     pub dropped_after_run_end: u64,
     /// Child spans of a request that went into no run, so had nowhere to
     /// go: a request the layer records no span for (a route outside the
-    /// MCP endpoint without a session or the caller's propagation headers,
-    /// a sessionless call under `Sessionless::Ignore`, a session another
-    /// worker answers for when the session store cannot say which run, a
-    /// resumed stream), or one passed through while the layer is shut down
-    /// (those count as `dropped_shutdown`).
+    /// MCP endpoint without a session or the caller's propagation headers;
+    /// a DELETE or GET of a session; an answer 404 for a session; a failed
+    /// request in a session this process does not know; a request whose
+    /// session's run ended while it was served; a sessionless call under
+    /// `Sessionless::Ignore`). Those of a request passed through while the
+    /// layer is shut down count as `dropped_shutdown`.
     pub dropped_no_run: u64,
     /// Panics caught in the layer's own work beside a request, in this
     /// process (a bug of the layer; each is also logged with `tracing`).
@@ -253,6 +254,6 @@ mod tests {
             .iter()
             .map(|w| w.load(Ordering::Relaxed))
             .collect();
-        assert_eq!(warned, [false, false, false, true, false, false]);
+        assert_eq!(warned, [false, false, false, true, false, false, false]);
     }
 }
