@@ -19,7 +19,14 @@ impl Moment {
     pub(crate) fn now() -> Self {
         Self {
             at: Timestamp::now(),
-            instant: Instant::now(),
+            instant: instant_now(),
         }
     }
+}
+
+/// The monotonic time now, on Tokio's clock: std's, except in a test that
+/// pauses Tokio's time (its `test-util` feature), where the layer's runs
+/// then idle and wait on the paused clock.
+pub(crate) fn instant_now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }

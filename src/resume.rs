@@ -59,7 +59,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::mcp::sse::SseDecoder;
-use crate::moment::Moment;
+use crate::moment::{Moment, instant_now};
 use crate::recorder::{
     BodyEnd, CANCELLED_BY_CLIENT, ENDED_EARLY, EventMeaning, Found, Interruption, Said, span_ending,
 };
@@ -476,7 +476,7 @@ impl ResumedStream {
         key: &Arc<str>,
         last_event_id: &[u8],
     ) -> Option<Box<Self>> {
-        let deadline = Instant::now() + shared.settings.idle_timeout;
+        let deadline = instant_now() + shared.settings.idle_timeout;
         let (run_id, calls) = shared.sessions.resumable(key, last_event_id, deadline)?;
         Some(Box::new(Self {
             shared: Arc::clone(shared),

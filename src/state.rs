@@ -3,12 +3,13 @@
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::backlog::{self, Backlog};
 use crate::config::{Settings, TrodoConfig};
 use crate::deferred::Deferred;
 use crate::export::{self, ConsoleSink, DeliveryOptions, Exporter, HttpSink, Sink, Worker};
+use crate::moment::instant_now;
 use crate::resume::ParkedCall;
 use crate::run::{ClosedVia, Sessions};
 use crate::store::{Mirror, StoreCounters};
@@ -160,6 +161,17 @@ impl Shared {
         });
     }
 
+    /// One idle sweep: calls whose wait for a resumed stream ran out are
+    /// recorded (or deferred) first; requests read later count as
+    /// activity: they are read before the sweep. Returns how many runs
+    /// left the table.
+    pub(crate) fn sweep(self: &Arc<Self>) -> usize {
+        ParkedCall::give_up_expired(self, instant_now());
+        self.backlog.catch_up();
+        self.sessions
+            .sweep_idle(instant_now(), self.settings.idle_timeout, &self.exporter)
+    }
+
     /// Whether [`Trodo::shutdown`] was called.
     pub(crate) fn is_shut_down(&self) -> bool {
         self.shut_down.get().is_some()
@@ -283,16 +295,7 @@ async fn sweep_idle_sessions(shared: std::sync::Weak<Shared>) {
         if shared.is_shut_down() {
             return;
         }
-        // Calls whose wait for a resumed stream ran out are recorded (or
-        // deferred) first; requests read later count as activity: they
-        // are read before the sweep.
-        ParkedCall::give_up_expired(&shared, Instant::now());
-        shared.backlog.catch_up();
-        shared.sessions.sweep_idle(
-            Instant::now(),
-            shared.settings.idle_timeout,
-            &shared.exporter,
-        );
+        shared.sweep();
     }
 }
 

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::ClosedVia;
 use super::under_way::{UnderWay, UnderWayCount};
 use crate::export::{Exporter, IngestCall, SpanRecords};
-use crate::moment::Moment;
+use crate::moment::{Moment, instant_now};
 use crate::resume::{Continued, MAX_PARKED_CALLS_IN_PROCESS, ParkedCall, ParkedCalls, Resumable};
 use crate::store::{EndOp, NewRun, Resolved, StoreQueue};
 use crate::wire::{End, Run, RunStatus, Timestamp, Totals};
@@ -60,7 +60,7 @@ impl OpenRun {
             run_id,
             pending_start,
             last_activity,
-            last_seen: Instant::now(),
+            last_seen: instant_now(),
             totals: Totals::default(),
             sweepable: true,
             shared: false,
@@ -897,7 +897,7 @@ fn record(open: &mut OpenRun, spans: SpanRecords, exporter: &Exporter, store: Op
     let Some(last_ended_at) = spans.last_ended_at() else {
         return;
     };
-    open.last_seen = Instant::now();
+    open.last_seen = instant_now();
     open.last_activity = open.last_activity.max(last_ended_at);
     open.totals.add_totals(&spans.totals());
     if let Some(store) = store.filter(|_| open.shared) {
