@@ -5,11 +5,13 @@
 //! A request's event stream that carried an event id (a client can resume
 //! it from there) and ended before the answer (the server closed it, it
 //! broke, or the client went away) does not finish the request's span:
-//! the call is parked in its session's run, keyed by its JSON-RPC id. It
-//! stays under way there (the idle sweep does not end the run while the
-//! server may still be working on it), for at most the idle timeout from
-//! its stream's end; at most [`DROPPED_STREAM_WAIT`](crate::recorder::DROPPED_STREAM_WAIT)
-//! if its client dropped the stream. Only a resumed stream that continues
+//! the call is parked in its session's run, keyed by its JSON-RPC id, for
+//! at most the idle timeout from its stream's end; at most
+//! [`DROPPED_STREAM_WAIT`](crate::recorder::DROPPED_STREAM_WAIT) if its
+//! client dropped the stream. The run does not end idle while the server
+//! may still be working on it, but the wait is no activity: a run left
+//! with waiting calls only ends an idle timeout after its last activity,
+//! or when their wait runs out, whichever is later. Only a resumed stream that continues
 //! the call (from the last event id the layer saw of it) renews its wait,
 //! when it opens and when it ends early. Calls whose wait ran out are
 //! taken out under the run table's lock and recorded after it.
@@ -118,14 +120,17 @@ pub(crate) struct ParkedCall {
     left: StreamLeft,
     /// When it stops waiting.
     deadline: Instant,
-    /// Keeps the run open while it waits (see `OpenRun::idleness_at`).
+    /// Its request under way in the run while it is not parked: until it
+    /// is, and once taken out, until its span is recorded. Parked, it
+    /// keeps its run open without its wait counting as activity (see
+    /// `OpenRun::idleness_at`).
     under_way: Option<UnderWay>,
 }
 
 impl ParkedCall {
     /// The call of `draft`, whose stream ended as `left` says, to wait
     /// `wait` for its answer in the session's run `destination`, under way
-    /// meanwhile.
+    /// there (`under_way`) until it is parked.
     pub(crate) fn new(
         draft: SpanDraft,
         destination: Destination,
@@ -172,6 +177,13 @@ impl ParkedCall {
     /// The JSON-RPC id of its request.
     pub(crate) fn request_id(&self) -> Option<&Value> {
         self.draft.request_id.as_ref()
+    }
+
+    /// The call taken out of its run, `under_way` there again until its
+    /// span is recorded.
+    pub(crate) fn taken_out(mut self, under_way: UnderWay) -> Self {
+        self.under_way = Some(under_way);
+        self
     }
 
     /// Whether its wait ran out by `now`.
@@ -265,13 +277,14 @@ impl ParkedCall {
 pub(crate) struct ParkedCalls(Option<Box<Vec<ParkedCall>>>);
 
 impl ParkedCalls {
-    /// Parks a call, unless [`MAX_PARKED_CALLS`] are parked already: then
-    /// it is given back.
-    pub(crate) fn park(&mut self, call: ParkedCall) -> Option<ParkedCall> {
+    /// Parks a call, no longer under way, unless [`MAX_PARKED_CALLS`] are
+    /// parked already: then it is given back.
+    pub(crate) fn park(&mut self, mut call: ParkedCall) -> Option<ParkedCall> {
         let calls = self.0.get_or_insert_default();
         if calls.len() >= MAX_PARKED_CALLS {
             return Some(call);
         }
+        call.under_way = None;
         calls.push(call);
         None
     }
@@ -551,10 +564,12 @@ impl ResumedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TrodoConfig;
     use crate::api::RequestSpan;
     use crate::attributes::Attributes;
     use crate::run::ClosedVia;
     use crate::span_kind::SpanKind;
+    use crate::state::sweep_interval;
     use crate::wire::{Run, Timestamp};
     use serde_json::json;
 
@@ -720,41 +735,52 @@ mod tests {
         assert_eq!(&*parked.take(&json!(1)).unwrap().left.last_event_id, b"4/1");
     }
 
-    #[test]
-    fn a_parked_call_keeps_its_run_from_the_idle_sweep_until_its_wait_runs_out() {
-        let shared = Shared::switched_off();
-        let (sessions, exporter) = (&shared.sessions, &shared.exporter);
-        let idle = Duration::from_secs(10);
-        let run = sessions.run_for("s-1", Moment::now(), || {
-            Run::new(Uuid::new_v4(), "agent".to_owned(), Timestamp::now())
-        });
-        let t = Instant::now();
-        let wait = Duration::from_secs(30);
-        let parked = call_in(
-            &shared,
-            run.run_id,
-            Some(run.under_way),
-            1,
-            Moment::now(),
-            wait,
-        );
-        assert!(sessions.park("s-1", run.run_id, parked).is_none());
-        let sweep = |secs| sessions.sweep_idle(t + Duration::from_secs(secs), idle, exporter);
-        assert_eq!(sweep(20), 0, "waiting for its answer");
-        assert_eq!(sweep(29), 0, "waiting for its answer");
-        assert!(sessions.resumable("s-1", b"", t).is_some());
-        // Its wait ran out, but the sweep leaves it to be recorded outside
-        // the table's lock: the run is still under way.
-        assert_eq!(sweep(31), 0);
-        assert_eq!(sessions.len(), 1);
-        let later = t + Duration::from_secs(31);
-        assert_eq!(ParkedCall::give_up_expired(&shared, later), 1);
-        assert_eq!(ParkedCall::give_up_expired(&shared, later), 0, "once");
-        shared.backlog.catch_up();
-        // Recorded (as activity now, which on this test's clock is long
-        // ago): the run is idle.
-        assert_eq!(sweep(31), 1);
-        assert_eq!(sessions.len(), 0);
+    /// Sweeps as the idle sweep does, every sweep interval on the paused
+    /// clock, until a run ends: how long after now that was.
+    async fn time_to_a_runs_end(shared: &Arc<Shared>) -> Duration {
+        let start = instant_now();
+        loop {
+            tokio::time::advance(sweep_interval(shared.settings.idle_timeout)).await;
+            let elapsed = instant_now() - start;
+            if shared.sweep() > 0 {
+                return elapsed;
+            }
+            assert!(elapsed < Duration::from_secs(3_600), "no run ends");
+        }
+    }
+
+    /// A run whose only leftover is a waiting call ends an idle timeout
+    /// after its last activity, or when the call's wait ends, whichever is
+    /// later: neither the sweeps while the call waits nor its span, sent
+    /// when the wait ends, are activity.
+    #[tokio::test(start_paused = true)]
+    async fn a_run_left_with_a_waiting_call_ends_idle_or_when_the_wait_ends() {
+        let secs = Duration::from_secs;
+        // (idle timeout, wait, the run's end after its last activity)
+        for (idle, wait, ends) in [(10, 30, 30), (60, 30, 60)] {
+            let config = TrodoConfig::new().with_enabled(false);
+            let shared = Shared::of(&config.with_idle_timeout(secs(idle)).unwrap());
+            let sessions = &shared.sessions;
+            let run = sessions.run_for("s-1", Moment::now(), || {
+                Run::new(Uuid::new_v4(), "agent".to_owned(), Timestamp::now())
+            });
+            let parked = call_in(
+                &shared,
+                run.run_id,
+                Some(run.under_way),
+                1,
+                Moment::now(),
+                secs(wait),
+            );
+            assert!(sessions.park("s-1", run.run_id, parked).is_none());
+            assert_eq!(
+                time_to_a_runs_end(&shared).await,
+                secs(ends),
+                "{idle}s idle"
+            );
+            assert_eq!(sessions.len(), 0);
+            assert_eq!(ParkedCall::give_up_expired(&shared, instant_now()), 0);
+        }
     }
 
     #[test]

@@ -129,9 +129,11 @@ impl SpanDraft {
         })));
     }
 
-    /// Builds the span and records it in its run.
+    /// Builds the span and records it in its run, as activity when it
+    /// ended.
     fn record(self, shared: &Shared, destination: Destination, mut ending: Ending) {
         let response = ending.response.take();
+        let seen = ending.ended.instant;
         match destination {
             Destination::Run {
                 key,
@@ -146,10 +148,11 @@ impl SpanDraft {
                             note_server(run, response.as_ref())
                         });
                 }
-                record_in_run(shared, Some(&key), run_id, vec![span]);
+                record_in_run(shared, Some(&key), run_id, vec![span], seen);
             }
             Destination::Joined { run_id } => {
-                record_in_run(shared, None, run_id, vec![self.into_span(run_id, ending)]);
+                let span = self.into_span(run_id, ending);
+                record_in_run(shared, None, run_id, vec![span], seen);
             }
             Destination::OwnRun(mut run) => {
                 note_server(&mut run, response.as_ref());

@@ -3,11 +3,13 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 use uuid::Uuid;
 
 use super::span::{SpanGuard, SpanSink};
 use crate::capture::Capture;
 use crate::export::SpanRecords;
+use crate::moment::instant_now;
 use crate::run::NotOpenHere;
 use crate::span_draft::Destination;
 use crate::span_kind::SpanKind;
@@ -228,7 +230,7 @@ impl RequestSpan {
                 place(&mut span, *run_id, self.unsent_parent(*own_span));
                 let (key, run_id) = (key.clone(), *run_id);
                 drop(state);
-                record_in_run(shared, key.as_deref(), run_id, vec![span]);
+                record_in_run(shared, key.as_deref(), run_id, vec![span], instant_now());
             }
             State::Collecting { run_id, spans } => {
                 span.run_id = *run_id;
@@ -293,7 +295,13 @@ impl RequestSpan {
         drop(state);
         if !waiting.is_empty() {
             let waiting = placed(waiting, run_id, self.unsent_parent(own_span));
-            record_in_run(&self.inner.shared, key.as_deref(), run_id, waiting);
+            record_in_run(
+                &self.inner.shared,
+                key.as_deref(),
+                run_id,
+                waiting,
+                instant_now(),
+            );
         }
     }
 
@@ -344,22 +352,29 @@ fn placed(mut spans: Vec<Span>, run_id: Uuid, unsent_parent: Option<Uuid>) -> Ve
     spans
 }
 
-/// Records spans in their run. Under a key: into that open run, or nowhere
-/// if it has ended meanwhile (its `end` and totals are out already). By id
-/// alone: into the run if it is open here, nowhere if it ended here, else
-/// sent as they are (the run belongs to another process).
-pub(crate) fn record_in_run(shared: &Shared, key: Option<&str>, run_id: Uuid, spans: Vec<Span>) {
+/// Records spans, activity `seen` then, in their run. Under a key: into
+/// that open run, or nowhere if it has ended meanwhile (its `end` and
+/// totals are out already). By id alone: into the run if it is open here,
+/// nowhere if it ended here, else sent as they are (the run belongs to
+/// another process).
+pub(crate) fn record_in_run(
+    shared: &Shared,
+    key: Option<&str>,
+    run_id: Uuid,
+    spans: Vec<Span>,
+    seen: Instant,
+) {
     let sessions = &shared.sessions;
     let exporter = &shared.exporter;
     // Serialized before the run table is locked (see `SpanRecords`).
     let spans = SpanRecords::new(run_id, spans);
     match key {
         Some(key) => {
-            if let Err(spans) = sessions.record_spans(key, spans, exporter) {
+            if let Err(spans) = sessions.record_spans(key, spans, seen, exporter) {
                 exporter.drop_after_run_end(spans.len());
             }
         }
-        None => match sessions.record_spans_in_run(spans, exporter) {
+        None => match sessions.record_spans_in_run(spans, seen, exporter) {
             Ok(()) => {}
             Err(NotOpenHere::Ended(spans)) => exporter.drop_after_run_end(spans.len()),
             Err(NotOpenHere::Elsewhere(spans)) => {

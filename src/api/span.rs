@@ -11,6 +11,7 @@ use super::agent::RunSpans;
 use super::request::{RequestSpan, record_in_run};
 use crate::capture::truncate_chars;
 use crate::capture_policy::Side;
+use crate::moment::instant_now;
 use crate::span_kind::SpanKind;
 use crate::state::Shared;
 use crate::wire::{MAX_ERROR_CHARS, Span, SpanStatus, Timestamp};
@@ -318,7 +319,7 @@ impl Drop for SpanGuard {
 /// Sends a finished manual span where it belongs.
 fn deliver(shared: &Shared, sink: &SpanSink, span: Span) {
     match sink {
-        SpanSink::Run(run_id) => record_in_run(shared, None, *run_id, vec![span]),
+        SpanSink::Run(run_id) => record_in_run(shared, None, *run_id, vec![span], instant_now()),
         SpanSink::Request(request) => request.record_child(span),
         SpanSink::Collect(spans) => {
             if !spans.push(span) {

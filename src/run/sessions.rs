@@ -50,7 +50,7 @@ struct OpenRun {
     /// Its requests being answered: the idle sweep passes it over meanwhile.
     under_way: UnderWayCount,
     /// Its calls waiting for a resumed stream to bring their answers (see
-    /// [`crate::resume`]); each is under way until it is recorded.
+    /// [`crate::resume`]): the run does not end idle while they wait.
     parked: ParkedCalls,
 }
 
@@ -73,11 +73,16 @@ impl OpenRun {
     /// What the idle sweep finds at `now`. A run with a request under way
     /// is active at `now` (so it idles from about the end of its last
     /// request, and a span recorded just after that still finds it open).
+    /// A run with calls parked is not idle, but their wait is no activity:
+    /// it ends an idle timeout after its last activity, or when their
+    /// wait runs out, whichever is later.
     fn idleness_at(&mut self, now: Instant, idle_timeout: Duration) -> Idleness {
         if self.under_way.any() {
             self.last_seen = self.last_seen.max(now);
             Idleness::Answering
-        } else if now.saturating_duration_since(self.last_seen) < idle_timeout {
+        } else if !self.parked.is_empty()
+            || now.saturating_duration_since(self.last_seen) < idle_timeout
+        {
             Idleness::Active
         } else if self.sweepable {
             Idleness::Idle
@@ -134,7 +139,8 @@ enum Idleness {
     /// A request of it is being answered: active now, whatever its last
     /// activity.
     Answering,
-    /// Active within the idle timeout, or ended only by `end_run`.
+    /// Active within the idle timeout, with calls parked, or ended only by
+    /// `end_run`.
     Active,
     /// A run of `start_run` the store holds, idle here for the idle
     /// timeout: the store is asked whether another worker ended it (and
@@ -496,14 +502,15 @@ impl Sessions {
     }
 
     /// The parked calls whose wait ran out by `now`, taken out of their
-    /// runs (still under way there until each is recorded): they are
+    /// runs (under way there until each is recorded): they are
     /// recorded after the lock is released, so every request does not
     /// wait for their spans to be written.
     pub(crate) fn take_expired_calls(&self, now: Instant) -> Vec<ParkedCall> {
         let mut table = self.lock();
         let mut expired = Vec::new();
         for open in table.by_key.values_mut() {
-            expired.extend(open.parked.take_expired(now));
+            let calls = open.parked.take_expired(now).into_iter();
+            expired.extend(calls.map(|call| call.taken_out(open.under_way.start())));
         }
         table.parked -= expired.len();
         expired
@@ -547,7 +554,10 @@ impl Sessions {
         else {
             return (None, false);
         };
-        let call = open.parked.take(id);
+        let call = open
+            .parked
+            .take(id)
+            .map(|call| call.taken_out(open.under_way.start()));
         let any_left = !open.parked.is_empty();
         table.parked -= usize::from(call.is_some());
         (call, any_left)
@@ -574,12 +584,14 @@ impl Sessions {
         }
     }
 
-    /// Counts finished spans into the run under `key` and queues them.
-    /// Returns them back when that run is not open (it ended meanwhile).
+    /// Counts finished spans, activity `seen` then, into the run under
+    /// `key` and queues them. Returns them back when that run is not open
+    /// (it ended meanwhile).
     pub(crate) fn record_spans(
         &self,
         key: &str,
         spans: SpanRecords,
+        seen: Instant,
         exporter: &Exporter,
     ) -> Result<(), SpanRecords> {
         let mut table = self.lock();
@@ -590,17 +602,18 @@ impl Sessions {
         let Some(open) = open else {
             return Err(spans);
         };
-        record(open, spans, exporter, self.store.as_ref());
+        record(open, spans, seen, exporter, self.store.as_ref());
         Ok(())
     }
 
-    /// Counts finished spans into the open run with this id, whatever its
-    /// key, and queues them. Returns them back when no such run is open here,
-    /// saying whether it ended here (its `end` is queued: spans after it go
-    /// nowhere) or is another process's.
+    /// Counts finished spans, activity `seen` then, into the open run with
+    /// this id, whatever its key, and queues them. Returns them back when
+    /// no such run is open here, saying whether it ended here (its `end`
+    /// is queued: spans after it go nowhere) or is another process's.
     pub(crate) fn record_spans_in_run(
         &self,
         spans: SpanRecords,
+        seen: Instant,
         exporter: &Exporter,
     ) -> Result<(), NotOpenHere> {
         let mut table = self.lock();
@@ -612,7 +625,7 @@ impl Sessions {
                 NotOpenHere::Elsewhere(spans)
             });
         };
-        record(open, spans, exporter, self.store.as_ref());
+        record(open, spans, seen, exporter, self.store.as_ref());
         Ok(())
     }
 
@@ -892,12 +905,19 @@ fn ask_store_about(store: Option<&StoreQueue>, key: &str, open: &OpenRun) {
 
 /// Counts spans into an open run and queues them, after its `start` if
 /// that still waits; a run the session store holds sends the store its share.
-fn record(open: &mut OpenRun, spans: SpanRecords, exporter: &Exporter, store: Option<&StoreQueue>) {
+/// They are activity `seen` then (when they ended, not when they are read).
+fn record(
+    open: &mut OpenRun,
+    spans: SpanRecords,
+    seen: Instant,
+    exporter: &Exporter,
+    store: Option<&StoreQueue>,
+) {
     open.send_pending_start(exporter);
     let Some(last_ended_at) = spans.last_ended_at() else {
         return;
     };
-    open.last_seen = instant_now();
+    open.last_seen = open.last_seen.max(seen);
     open.last_activity = open.last_activity.max(last_ended_at);
     open.totals.add_totals(&spans.totals());
     if let Some(store) = store.filter(|_| open.shared) {
@@ -935,7 +955,9 @@ fn settle(
         .collect();
     let records = SpanRecords::new(open.run_id, spans);
     let totals = records.totals();
-    record(open, records, exporter, store);
+    // The run leaves the table: no activity to note.
+    let seen = open.last_seen;
+    record(open, records, seen, exporter, store);
     totals
 }
 
