@@ -11,10 +11,12 @@
 //! client dropped the stream. The run does not end idle while the server
 //! may still be working on it, but the wait is no activity: a run left
 //! with waiting calls only ends an idle timeout after its last activity,
-//! or when their wait runs out, whichever is later. Only a resumed stream that continues
-//! the call (from the last event id the layer saw of it) renews its wait,
-//! when it opens and when it ends early. Calls whose wait ran out are
-//! taken out under the run table's lock and recorded after it.
+//! or when their wait runs out, whichever is later. Only a resumed stream
+//! that continues the call (from the last event id the layer saw of it)
+//! renews its wait: when it opens, or when it reaches that event if it
+//! was resumed from an earlier one, and when it ends early. Calls whose
+//! wait ran out are taken out under the run table's lock and recorded
+//! after it.
 //!
 //! A GET event stream of the session with `Last-Event-ID`, answered while
 //! calls are parked in the session's run, is read for their answers: a
@@ -254,6 +256,12 @@ impl ParkedCall {
         draft.into_span(destination.run_id(), ending)
     }
 
+    /// A resumed stream continues the call: it waits until `deadline` at
+    /// least.
+    fn renew(&mut self, deadline: Instant) {
+        self.deadline = self.deadline.max(deadline);
+    }
+
     /// A resumed stream that continued the call ended before its answer:
     /// its progress counts, its end is now the call's, and the call waits
     /// `wait` from there, for a client resuming from its last event id.
@@ -311,7 +319,7 @@ impl ParkedCalls {
             .iter_mut()
             .filter_map(|call| {
                 if *call.left.last_event_id == *last_event_id {
-                    call.deadline = call.deadline.max(deadline);
+                    call.renew(deadline);
                 }
                 Some(Resumable {
                     id: call.request_id()?.clone(),
@@ -321,16 +329,10 @@ impl ParkedCalls {
             .collect()
     }
 
-    /// Notes that a resumed stream continued call `id` and ended before
-    /// its answer; the call waits `wait` more.
-    pub(crate) fn continued(&mut self, id: &Value, by: Continued, wait: Duration) {
-        let call = self
-            .0
-            .as_mut()
-            .and_then(|calls| calls.iter_mut().find(|c| c.request_id() == Some(id)));
-        if let Some(call) = call {
-            call.continued(by, wait);
-        }
+    /// The call whose request has JSON-RPC id `id`.
+    pub(crate) fn get_mut(&mut self, id: &Value) -> Option<&mut ParkedCall> {
+        let calls = self.0.as_mut()?;
+        calls.iter_mut().find(|c| c.request_id() == Some(id))
     }
 
     /// The calls whose wait ran out by `now`, taken out.
@@ -419,8 +421,9 @@ impl Place {
     }
 
     /// Notes that the stream reached event id `id`: past the last event
-    /// the layer saw of a call, it continues that call.
-    fn reach(&mut self, id: &[u8]) {
+    /// the layer saw of a call, it continues that call. Returns the call's
+    /// JSON-RPC id when the stream catches up with it here.
+    fn reach(&mut self, id: &[u8]) -> Option<&Value> {
         if let Self::Before(calls) = self
             && let Some(at) = calls.iter().position(|c| *c.last_event_id == *id)
         {
@@ -428,7 +431,9 @@ impl Place {
                 call: calls.swap_remove(at),
                 progress_events: 0,
             };
+            return self.continuing();
         }
+        None
     }
 
     /// Counts a progress event with (last) event id `id` for the call the
@@ -489,7 +494,7 @@ impl ResumedStream {
         key: &Arc<str>,
         last_event_id: &[u8],
     ) -> Option<Box<Self>> {
-        let deadline = instant_now() + shared.settings.idle_timeout;
+        let deadline = renewed_wait(shared);
         let (run_id, calls) = shared.sessions.resumable(key, last_event_id, deadline)?;
         Some(Box::new(Self {
             shared: Arc::clone(shared),
@@ -511,7 +516,9 @@ impl ResumedStream {
         } = self;
         let mut any_left = true;
         decoder.push(chunk, |event| {
-            place.reach(event.id);
+            if let Some(id) = place.reach(event.id) {
+                renew(shared, key, *run_id, id);
+            }
             match Found::from_event(event, None) {
                 EventMeaning::Progress => place.count_progress(event.id),
                 EventMeaning::Answer(found) => {
@@ -533,7 +540,9 @@ impl ResumedStream {
         });
         // An event without data (a server's priming event) is not reported;
         // its id may be the one the layer saw last of a call all the same.
-        place.reach(decoder.last_id());
+        if let Some(id) = place.reach(decoder.last_id()) {
+            renew(shared, key, *run_id, id);
+        }
         !any_left
     }
 
@@ -557,8 +566,24 @@ impl ResumedStream {
         let wait = how.resumption_wait(self.shared.settings.idle_timeout);
         self.shared
             .sessions
-            .continued(&self.key, self.run_id, &call.id, continued, wait);
+            .change_parked(&self.key, self.run_id, &call.id, |parked| {
+                parked.continued(continued, wait);
+            });
     }
+}
+
+/// When the wait of a call a resumed stream continues from now on ends.
+fn renewed_wait(shared: &Shared) -> Instant {
+    instant_now() + shared.settings.idle_timeout
+}
+
+/// A resumed stream caught up with call `id`, parked in run `run_id`
+/// under `key`: it continues the call from here, whose wait is renewed.
+fn renew(shared: &Shared, key: &str, run_id: Uuid, id: &Value) {
+    let deadline = renewed_wait(shared);
+    shared
+        .sessions
+        .change_parked(key, run_id, id, |call| call.renew(deadline));
 }
 
 #[cfg(test)]
@@ -711,7 +736,8 @@ mod tests {
             ended: later,
             last_event_id: Box::from(&b"4/1"[..]),
         };
-        parked.continued(&json!(1), by, Duration::from_secs(1));
+        let first = parked.get_mut(&json!(1)).unwrap();
+        first.continued(by, Duration::from_secs(1));
         assert!(
             parked
                 .take_expired(ended.instant + Duration::from_secs(2))
@@ -731,7 +757,8 @@ mod tests {
             ended: later,
             last_event_id: Box::default(),
         };
-        parked.continued(&json!(1), by, Duration::from_secs(1));
+        let again = parked.get_mut(&json!(1)).unwrap();
+        again.continued(by, Duration::from_secs(1));
         assert_eq!(&*parked.take(&json!(1)).unwrap().left.last_event_id, b"4/1");
     }
 
@@ -847,6 +874,37 @@ mod tests {
         let (call, _) = sessions.unpark("s-1", run.run_id, &json!(1));
         drop(call);
         assert!(!sessions.may_resume("s-1", 0));
+    }
+
+    /// A client that resumes from an event before the last one the layer
+    /// saw of a call (its connection lost the rest) continues the call
+    /// once the server's replay reaches that event: then its wait is
+    /// renewed, as for a stream resumed from there.
+    #[test]
+    fn a_stream_resumed_from_an_earlier_event_renews_the_wait_once_it_catches_up() {
+        let shared = Shared::switched_off();
+        let sessions = &shared.sessions;
+        let run = sessions.run_for("s-1", Moment::now(), || {
+            Run::new(Uuid::new_v4(), "agent".to_owned(), Timestamp::now())
+        });
+        let ended = Moment::now();
+        let parked = call_in(&shared, run.run_id, None, 1, ended, Duration::from_secs(1));
+        assert!(sessions.park("s-1", run.run_id, parked).is_none());
+        let past_its_wait = ended.instant + Duration::from_secs(2);
+
+        let mut stream = ResumedStream::open(&shared, &Arc::from("s-1"), b"9/1").unwrap();
+        let progress = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#;
+        assert!(!stream.on_data(format!("id: 0/1\ndata: {progress}\n\n").as_bytes()));
+        assert_eq!(
+            ParkedCall::give_up_expired(&shared, past_its_wait),
+            0,
+            "waits on"
+        );
+        let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+        assert!(
+            stream.on_data(format!("id: 1/1\ndata: {answer}\n\n").as_bytes()),
+            "answered"
+        );
     }
 
     fn resumable(id: i64, last_event_id: &str) -> Resumable {

@@ -24,7 +24,7 @@ use super::ClosedVia;
 use super::under_way::{UnderWay, UnderWayCount};
 use crate::export::{Exporter, IngestCall, SpanRecords};
 use crate::moment::{Moment, instant_now};
-use crate::resume::{Continued, MAX_PARKED_CALLS_IN_PROCESS, ParkedCall, ParkedCalls, Resumable};
+use crate::resume::{MAX_PARKED_CALLS_IN_PROCESS, ParkedCall, ParkedCalls, Resumable};
 use crate::store::{EndOp, NewRun, Resolved, StoreQueue};
 use crate::wire::{End, Run, RunStatus, Timestamp, Totals};
 
@@ -563,24 +563,24 @@ impl Sessions {
         (call, any_left)
     }
 
-    /// Notes that a resumed stream continued call `id`, parked in run
-    /// `run_id` under `key`, and ended before its answer; the call waits
-    /// `wait` from then.
-    pub(crate) fn continued(
+    /// Changes the call parked in run `run_id` under `key` whose request
+    /// has JSON-RPC id `id`, if it is parked there (a resumed stream
+    /// continues it).
+    pub(crate) fn change_parked(
         &self,
         key: &str,
         run_id: Uuid,
         id: &Value,
-        by: Continued,
-        wait: Duration,
+        change: impl FnOnce(&mut ParkedCall),
     ) {
         let mut table = self.lock();
-        if let Some(open) = table
+        let call = table
             .by_key
             .get_mut(key)
             .filter(|open| open.run_id == run_id)
-        {
-            open.parked.continued(id, by, wait);
+            .and_then(|open| open.parked.get_mut(id));
+        if let Some(call) = call {
+            change(call);
         }
     }
 
