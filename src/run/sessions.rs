@@ -758,9 +758,6 @@ impl Sessions {
                 continue;
             };
             if open.shared && open.sweepable {
-                // Parked calls wait in this process only.
-                let calls = open.parked.take_all();
-                settle(&mut open, calls, exporter, self.store.as_ref());
                 open.send_pending_start(exporter);
                 left += 1;
             } else {
@@ -784,10 +781,7 @@ impl Sessions {
         exporter: &Exporter,
     ) {
         let mut table = self.lock();
-        let mut totals = totals;
         if let Some(mut open) = table.remove_run(run_id) {
-            let calls = open.parked.take_all();
-            totals.add_totals(&settle(&mut open, calls, exporter, self.store.as_ref()));
             open.send_pending_start(exporter);
         } else {
             table.remember_end(run_id);
@@ -813,11 +807,6 @@ impl Sessions {
         let mut table = self.lock();
         if let Some(mut open) = table.remove_run(run_id) {
             open.send_pending_start(exporter);
-            // Their spans would come after the run's end.
-            let calls = open.parked.take_all();
-            if !calls.is_empty() {
-                exporter.drop_after_run_end(calls.len());
-            }
             tracing::debug!(%run_id, "trodo: run ended by another worker, forgotten here");
         }
     }
@@ -868,8 +857,6 @@ impl Sessions {
         let Some(store) = &self.store else {
             return end(open, at, ending, exporter);
         };
-        let calls = open.parked.take_all();
-        settle(&mut open, calls, exporter, Some(store));
         open.send_pending_start(exporter);
         let op = EndOp {
             run_id: open.run_id,
@@ -930,35 +917,28 @@ fn record(
 /// calls, then the `end` with the run's totals.
 fn end(mut open: OpenRun, at: Timestamp, ending: Ending, exporter: &Exporter) {
     open.send_pending_start(exporter);
-    let calls = open.parked.take_all();
-    settle(&mut open, calls, exporter, None);
+    settle(&mut open, exporter);
     send_end(open.run_id, at, ending, open.totals, exporter);
 }
 
-/// Records parked calls of a run that ends or leaves this process as
-/// their streams left them, counted in its totals, before its `end`;
-/// returns what they added. Their spans are written under the table's
-/// lock (a run ends once); calls whose wait ran out are recorded without
-/// it (see [`Sessions::take_expired_calls`]).
-fn settle(
-    open: &mut OpenRun,
-    calls: Vec<ParkedCall>,
-    exporter: &Exporter,
-    store: Option<&StoreQueue>,
-) -> Totals {
+/// Records the parked calls of a run that ends as their streams left
+/// them, counted in its totals, before its `end` (only a run without a
+/// session store parks calls: see [`Sessions::park`]). Their spans are
+/// written under the table's lock (a run ends once); calls whose wait ran
+/// out are recorded without it (see [`Sessions::take_expired_calls`]).
+fn settle(open: &mut OpenRun, exporter: &Exporter) {
+    let calls = open.parked.take_all();
     if calls.is_empty() {
-        return Totals::default();
+        return;
     }
     let spans = calls
         .into_iter()
         .map(ParkedCall::into_failed_span)
         .collect();
     let records = SpanRecords::new(open.run_id, spans);
-    let totals = records.totals();
     // The run leaves the table: no activity to note.
     let seen = open.last_seen;
-    record(open, records, seen, exporter, store);
-    totals
+    record(open, records, seen, exporter, None);
 }
 
 /// Queues the `end` of a run.
