@@ -166,10 +166,7 @@ impl ParkedCall {
     /// (`notifications/cancelled`): if that call is parked, it is recorded
     /// at once, `cancelled` at `at`.
     pub(crate) fn cancelled(shared: &Arc<Shared>, key: &str, id: &Value, at: Moment) {
-        let Some(run_id) = shared.sessions.run_id(key) else {
-            return;
-        };
-        if let (Some(mut call), _) = shared.sessions.unpark(key, run_id, id) {
+        if let (Some(mut call), _) = shared.sessions.unpark(key, None, id) {
             call.left.interruption = CANCELLED_BY_CLIENT;
             call.left.ended = at;
             call.give_up(shared);
@@ -529,7 +526,7 @@ impl ResumedStream {
                     let Some(id) = id.or_else(|| place.continuing()).cloned() else {
                         return;
                     };
-                    let (call, left) = shared.sessions.unpark(key, *run_id, &id);
+                    let (call, left) = shared.sessions.unpark(key, Some(*run_id), &id);
                     any_left = left;
                     if let Some(call) = call {
                         call.answer(shared, found, place.answered(&id), Moment::now());
@@ -640,6 +637,18 @@ mod tests {
             last_event_id: format!("0/{id}").into_bytes().into(),
         };
         ParkedCall::new(draft, destination, left, under_way, wait)
+    }
+
+    /// Opens the run of session `s-1` and parks [`call`] 1 there, under way
+    /// in it until it is parked. Returns the run's id.
+    fn park_in_a_session(shared: &Arc<Shared>, ended: Moment, wait: Duration) -> Uuid {
+        let sessions = &shared.sessions;
+        let run = sessions.run_for("s-1", Moment::now(), || {
+            Run::new(Uuid::new_v4(), "agent".to_owned(), Timestamp::now())
+        });
+        let parked = call_in(shared, run.run_id, Some(run.under_way), 1, ended, wait);
+        assert!(sessions.park("s-1", run.run_id, parked).is_none());
+        run.run_id
     }
 
     fn ids(calls: &[ParkedCall]) -> Vec<i64> {
@@ -788,18 +797,7 @@ mod tests {
             let config = TrodoConfig::new().with_enabled(false);
             let shared = Shared::of(&config.with_idle_timeout(secs(idle)).unwrap());
             let sessions = &shared.sessions;
-            let run = sessions.run_for("s-1", Moment::now(), || {
-                Run::new(Uuid::new_v4(), "agent".to_owned(), Timestamp::now())
-            });
-            let parked = call_in(
-                &shared,
-                run.run_id,
-                Some(run.under_way),
-                1,
-                Moment::now(),
-                secs(wait),
-            );
-            assert!(sessions.park("s-1", run.run_id, parked).is_none());
+            park_in_a_session(&shared, Moment::now(), secs(wait));
             assert_eq!(
                 time_to_a_runs_end(&shared).await,
                 secs(ends),
@@ -839,7 +837,7 @@ mod tests {
 
         // A call answered makes room for one.
         let (key, run_id) = &full[0];
-        assert!(sessions.unpark(key, *run_id, &json!(0)).0.is_some());
+        assert!(sessions.unpark(key, Some(*run_id), &json!(0)).0.is_some());
         assert!(park(&last, 1).is_none());
         assert!(park(&last, 2).is_some());
         // A run that ends makes room for its calls.
@@ -871,7 +869,7 @@ mod tests {
         );
         assert!(sessions.park("s-1", run.run_id, parked).is_none());
         assert!(sessions.may_resume("s-1", 1), "a call parked");
-        let (call, _) = sessions.unpark("s-1", run.run_id, &json!(1));
+        let (call, _) = sessions.unpark("s-1", Some(run.run_id), &json!(1));
         drop(call);
         assert!(!sessions.may_resume("s-1", 0));
     }
@@ -883,13 +881,8 @@ mod tests {
     #[test]
     fn a_stream_resumed_from_an_earlier_event_renews_the_wait_once_it_catches_up() {
         let shared = Shared::switched_off();
-        let sessions = &shared.sessions;
-        let run = sessions.run_for("s-1", Moment::now(), || {
-            Run::new(Uuid::new_v4(), "agent".to_owned(), Timestamp::now())
-        });
         let ended = Moment::now();
-        let parked = call_in(&shared, run.run_id, None, 1, ended, Duration::from_secs(1));
-        assert!(sessions.park("s-1", run.run_id, parked).is_none());
+        park_in_a_session(&shared, ended, Duration::from_secs(1));
         let past_its_wait = ended.instant + Duration::from_secs(2);
 
         let mut stream = ResumedStream::open(&shared, &Arc::from("s-1"), b"9/1").unwrap();
@@ -905,6 +898,26 @@ mod tests {
             stream.on_data(format!("id: 1/1\ndata: {answer}\n\n").as_bytes()),
             "answered"
         );
+    }
+
+    /// A waiting call the client cancels is taken out of its run in one
+    /// look at the run table.
+    #[test]
+    fn a_call_the_client_cancels_is_taken_out_under_one_lock() {
+        let shared = Shared::switched_off();
+        let sessions = &shared.sessions;
+        park_in_a_session(&shared, Moment::now(), Duration::from_secs(60));
+
+        let locks_to_cancel = |key: &str, id: i64| {
+            let before = sessions.locks();
+            ParkedCall::cancelled(&shared, key, &json!(id), Moment::now());
+            sessions.locks() - before
+        };
+        assert_eq!(locks_to_cancel("s-1", 2), 1, "no such call");
+        assert_eq!(locks_to_cancel("s-2", 1), 1, "no such run");
+        assert!(sessions.may_resume("s-1", 0), "still parked");
+        assert_eq!(locks_to_cancel("s-1", 1), 1);
+        assert!(!sessions.may_resume("s-1", 0), "taken out");
     }
 
     fn resumable(id: i64, last_event_id: &str) -> Resumable {

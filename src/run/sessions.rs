@@ -267,6 +267,9 @@ pub(crate) struct Sessions {
     table: Mutex<Table>,
     /// The session store's queue, when runs are shared with other workers.
     store: Option<StoreQueue>,
+    /// How many times the table was locked, for tests that count.
+    #[cfg(test)]
+    locks: std::sync::atomic::AtomicUsize,
 }
 
 impl Sessions {
@@ -275,10 +278,15 @@ impl Sessions {
         Self {
             table: Mutex::default(),
             store,
+            #[cfg(test)]
+            locks: Default::default(),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
+        #[cfg(test)]
+        self.locks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Every change is a few inserts/removes that keep the table
         // consistent, so a panic elsewhere while holding it is no reason to stop.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
@@ -543,14 +551,20 @@ impl Sessions {
             .is_some_and(|open| !open.parked.is_empty() || open.under_way.more_than(own))
     }
 
-    /// The call parked in run `run_id` under `key` whose request has
-    /// JSON-RPC id `id`, taken out, and whether calls are still parked there.
-    pub(crate) fn unpark(&self, key: &str, run_id: Uuid, id: &Value) -> (Option<ParkedCall>, bool) {
+    /// The call parked in run `run_id` under `key` (in the run open under
+    /// it, if `None`) whose request has JSON-RPC id `id`, taken out, and
+    /// whether calls are still parked there.
+    pub(crate) fn unpark(
+        &self,
+        key: &str,
+        run_id: Option<Uuid>,
+        id: &Value,
+    ) -> (Option<ParkedCall>, bool) {
         let mut table = self.lock();
         let Some(open) = table
             .by_key
             .get_mut(key)
-            .filter(|open| open.run_id == run_id)
+            .filter(|open| run_id.is_none_or(|run_id| open.run_id == run_id))
         else {
             return (None, false);
         };
@@ -837,6 +851,12 @@ impl Sessions {
         if let Some(open) = self.lock().get_run(run_id) {
             store.record(run_id, open.totals.into(), open.last_activity);
         }
+    }
+
+    /// How many times the table was locked.
+    #[cfg(test)]
+    pub(crate) fn locks(&self) -> usize {
+        self.locks.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many runs are open.
