@@ -49,6 +49,10 @@ pub(crate) const ERROR_TEXT_NOT_CAPTURED: &str = "the answer's error text is not
 pub(crate) const ERROR_TEXT_WITHHELD: &str =
     "the answer's error text is withheld (the redaction hook panicked)";
 
+/// The error text given to the manual API whose redaction hook panicked.
+pub(crate) const GIVEN_ERROR_TEXT_WITHHELD: &str =
+    "the error text is withheld (the redaction hook panicked)";
+
 /// How many capture limits of a JSON answer are read to understand it.
 const ANSWER_READ_LIMITS: usize = 4;
 
@@ -106,17 +110,37 @@ impl Settings {
         if !self.captures(Side::Output) {
             return ERROR_TEXT_NOT_CAPTURED.to_owned();
         }
+        self.redacted_text(text)
+            .unwrap_or_else(|| ERROR_TEXT_WITHHELD.to_owned())
+    }
+
+    /// An error text given to the manual API (a span's `error_message`, a
+    /// run's `error_summary`; an agent's error): it is what you chose to
+    /// send, so it does not follow the output switch, but the redaction
+    /// hook sees it as a JSON string (an error's text often quotes its
+    /// input). Cut to `max_chars` after the hook.
+    pub(crate) fn given_error_text(&self, text: &str, max_chars: usize) -> String {
+        let Some(text) = self.redacted_text(text.to_owned()) else {
+            return GIVEN_ERROR_TEXT_WITHHELD.to_owned();
+        };
+        truncate_chars(&text, max_chars).0.to_owned()
+    }
+
+    /// `text` through the redaction hook as a JSON string (a hook that
+    /// makes it another value gives that value's JSON); `None` if the hook
+    /// panicked.
+    fn redacted_text(&self, text: String) -> Option<String> {
         let Some(redactor) = &self.redactor else {
-            return text;
+            return Some(text);
         };
         let mut value = Value::String(text);
         if !redactor.redact(&mut value, &self.hook_panics) {
-            return ERROR_TEXT_WITHHELD.to_owned();
+            return None;
         }
-        match value {
+        Some(match value {
             Value::String(text) => text,
             other => other.to_string(),
-        }
+        })
     }
 
     /// A value given to the manual API as the span keeps it; `null` is

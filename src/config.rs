@@ -471,7 +471,15 @@ impl TrodoConfig {
     /// delivery thread, sometimes on a request's. Keep it quick, and free of
     /// locks your handlers hold. A panic in it (with `panic = "unwind"`,
     /// the default) never reaches a request: the value it was given is left
-    /// out of its span, and it is logged.
+    /// out of its span, and it is logged and counted
+    /// ([`DeliveryCounters::hook_panics`](crate::DeliveryCounters::hook_panics)).
+    ///
+    /// Error texts go through it too, as JSON strings: the message of a
+    /// JSON-RPC error or of an `isError` tool result in an answer, and the
+    /// texts given to the manual API as errors
+    /// ([`SpanGuard::set_error`](crate::SpanGuard::set_error),
+    /// [`EndRun::error`](crate::EndRun::error), a
+    /// [`wrap_agent`](crate::Trodo::wrap_agent) agent's `Err`).
     ///
     /// ```
     /// use serde_json::Value;

@@ -1125,3 +1125,75 @@ async fn children_of_a_request_the_client_abandoned_before_its_run_was_known_are
     assert!(trodo.flush(WAIT).await);
     assert!(ingest.received().is_empty(), "{:?}", ingest.received());
 }
+
+/// A redaction hook that masks one secret wherever a string holds it.
+fn masking_secret(config: trodo_tower::TrodoConfig) -> trodo_tower::TrodoConfig {
+    config.with_redaction(|value: &mut Value| {
+        if let Value::String(text) = value {
+            *text = text.replace("my password", "[redacted]");
+        }
+    })
+}
+
+#[tokio::test]
+async fn error_texts_given_to_the_manual_api_go_through_the_redaction_hook() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    // Output capture off: texts you give as errors are still sent (redacted).
+    let trodo = Trodo::new(&masking_secret(config(&ingest)).with_output_capture(false));
+    let run_id = trodo.start_run(StartRun::new("session"));
+    let mut span = trodo.join_run(run_id, SpanKind::Tool, "tool.login");
+    span.set_error("auth", "refused: my password is wrong");
+    span.finish();
+    trodo.end_run(run_id, EndRun::error("gave up after my password failed"));
+    let failed: Result<(), String> = trodo
+        .wrap_agent(StartRun::new("chat"), |_| async {
+            Err("the agent quoted my password".to_owned())
+        })
+        .await;
+    assert!(failed.is_err());
+    assert!(trodo.flush(WAIT).await);
+
+    let spans = ingest.spans();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].1["error_message"], "refused: [redacted] is wrong");
+    assert_eq!(
+        ingest.ends()[0].1["error_summary"],
+        "gave up after [redacted] failed"
+    );
+    let whole = ingest
+        .received()
+        .into_iter()
+        .find(|r| r.path == "/api/sdk/runs/ingest")
+        .unwrap();
+    assert_eq!(
+        whole.body["run"]["error_summary"],
+        "the agent quoted [redacted]"
+    );
+    let sent: String = ingest
+        .received()
+        .iter()
+        .map(|r| r.body.to_string())
+        .collect();
+    assert!(!sent.contains("my password"), "{sent}");
+}
+
+#[tokio::test]
+async fn an_error_text_whose_redaction_hook_panics_is_withheld() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let trodo = Trodo::new(&config(&ingest).with_redaction(|_: &mut Value| panic!("hook bug")));
+    let run_id = trodo.start_run(StartRun::new("session"));
+    let mut span = trodo.join_run(run_id, SpanKind::Tool, "tool.login");
+    span.set_error("auth", "refused: my password is wrong");
+    span.finish();
+    assert!(trodo.flush(WAIT).await);
+
+    let spans = ingest.spans();
+    assert_eq!(
+        (&spans[0].1["error_type"], &spans[0].1["error_message"]),
+        (
+            &json!("auth"),
+            &json!("the error text is withheld (the redaction hook panicked)")
+        )
+    );
+    assert_eq!(trodo.delivery_counters().hook_panics, 1);
+}

@@ -6,7 +6,6 @@ use uuid::Uuid;
 
 use super::options::StartRun;
 use super::span::{SpanGuard, SpanSink};
-use crate::capture::truncate_chars;
 use crate::capture_policy::Side;
 use crate::export::IngestCall;
 use crate::span_kind::SpanKind;
@@ -153,7 +152,7 @@ impl WholeRun {
                 u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             ),
             error_summary: error_summary
-                .map(|summary| truncate_chars(&summary, MAX_ERROR_CHARS).0.to_owned()),
+                .map(|summary| (self.shared.settings).given_error_text(&summary, MAX_ERROR_CHARS)),
             totals: Some(Totals::of(&spans)),
             ..run.into_run(self.run_id, self.started_at, &self.shared.settings)
         };

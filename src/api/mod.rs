@@ -21,7 +21,6 @@ use std::future::Future;
 use std::sync::Arc;
 use uuid::Uuid;
 
-use crate::capture::truncate_chars;
 use crate::capture_policy::Side;
 use crate::config::TrodoConfig;
 use crate::export::IngestCall;
@@ -115,7 +114,7 @@ impl Trodo {
                 .and_then(|v| shared.settings.captured_value(Side::Output, v)),
             error_summary: end
                 .error_summary
-                .map(|s| truncate_chars(&s, MAX_ERROR_CHARS).0.to_owned()),
+                .map(|s| shared.settings.given_error_text(&s, MAX_ERROR_CHARS)),
             metadata: end.metadata,
         };
         // The run's totals count every request answered before this call.

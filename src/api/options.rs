@@ -126,7 +126,8 @@ impl EndRun {
         }
     }
 
-    /// The run failed; `summary` says why (cut at 4,000 characters).
+    /// The run failed; `summary` says why (through the redaction hook, then
+    /// cut at 4,000 characters).
     pub fn error(summary: impl Into<String>) -> Self {
         Self {
             failed: true,

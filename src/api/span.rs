@@ -9,7 +9,6 @@ use uuid::Uuid;
 
 use super::agent::RunSpans;
 use super::request::{RequestSpan, record_in_run};
-use crate::capture::truncate_chars;
 use crate::capture_policy::Side;
 use crate::moment::instant_now;
 use crate::span_kind::SpanKind;
@@ -189,20 +188,21 @@ impl SpanGuard {
         self
     }
 
-    /// Marks the span failed, with a kind of error and a message (cut at 4,000 characters).
+    /// Marks the span failed, with a kind of error and a message (through
+    /// the redaction hook, then cut at 4,000 characters).
     pub fn set_error(
         &mut self,
         error_type: impl Into<String>,
         message: impl AsRef<str>,
     ) -> &mut Self {
+        let message = self
+            .shared
+            .settings
+            .given_error_text(message.as_ref(), MAX_ERROR_CHARS);
         let span = self.span();
         span.status = SpanStatus::Error;
         span.error_type = Some(error_type.into());
-        span.error_message = Some(
-            truncate_chars(message.as_ref(), MAX_ERROR_CHARS)
-                .0
-                .to_owned(),
-        );
+        span.error_message = Some(message);
         self
     }
 
