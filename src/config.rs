@@ -503,6 +503,11 @@ impl TrodoConfig {
     /// over the head of the request that opens the run, e.g. an auth
     /// subject or a header. Defaults to none.
     ///
+    /// It is called for requests that may open a run: every request but
+    /// those in a session whose run is open in this process (an
+    /// `initialize`, a call without a session, a session another worker
+    /// opened).
+    ///
     /// ```
     /// use trodo_tower::TrodoConfig;
     ///

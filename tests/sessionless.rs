@@ -639,3 +639,83 @@ async fn a_long_call_without_a_session_keeps_its_run_open() {
         "tool.wait_for_release"
     );
 }
+
+/// The distinct id hook is called for each request that may open a run:
+/// every call without a session, and a session's `initialize`, but not the
+/// later requests of a session whose run is open.
+#[tokio::test]
+async fn the_distinct_id_hook_is_asked_only_by_requests_that_may_open_a_run() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let ingest = RecordingIngest::start().await.unwrap();
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    let config = {
+        let asked = std::sync::Arc::clone(&asked);
+        config(&ingest).with_distinct_id(move |parts| {
+            asked.fetch_add(1, Ordering::Relaxed);
+            Some(parts.headers.get("x-user-id")?.to_str().ok()?.to_owned())
+        })
+    };
+    let layer = TrodoLayer::new(config);
+    let trodo = layer.trodo();
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .nest_service("/stateless", mcp_stateless_json(DemoTools::new()))
+        .layer(layer);
+    let addr = serve(app).await;
+    let with_user = |user: &str| {
+        reqwest::Client::builder()
+            .default_headers(
+                [("x-user-id".parse().unwrap(), user.parse().unwrap())]
+                    .into_iter()
+                    .collect(),
+            )
+            .build()
+            .unwrap()
+    };
+    let mut stateless = RawClient::new(addr);
+    stateless.url = format!("http://{addr}/stateless");
+    stateless.http = with_user("user-sessionless");
+    for id in 1..=2 {
+        let answer = stateless
+            .call_tool(id, "add", json!({"a": 1, "b": 2}))
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    assert_eq!(
+        asked.load(Ordering::Relaxed),
+        2,
+        "each call without a session"
+    );
+
+    let mut session = RawClient::new(addr);
+    session.http = with_user("user-session");
+    session.initialize("asker").await;
+    for id in 1..=3 {
+        session.call_tool(id, "add", json!({"a": 1, "b": 2})).await;
+    }
+    session.delete().await;
+    assert_eq!(
+        asked.load(Ordering::Relaxed),
+        2 + 1,
+        "the initialize only, of the session's 6 requests"
+    );
+
+    assert!(trodo.shutdown(WAIT).await);
+    // Calls without a key are runs of their own, sent whole.
+    let whole_runs = ingest
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/api/sdk/runs/ingest")
+        .map(|r| r.body["run"].clone());
+    let mut distinct_ids: Vec<String> = ingest
+        .starts()
+        .into_iter()
+        .chain(whole_runs)
+        .map(|run| run["distinct_id"].as_str().unwrap().to_owned())
+        .collect();
+    distinct_ids.sort_unstable();
+    assert_eq!(
+        distinct_ids,
+        ["user-session", "user-sessionless", "user-sessionless"]
+    );
+}

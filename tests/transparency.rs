@@ -339,7 +339,7 @@ async fn panicking_run_key_and_distinct_id_hooks_never_reach_the_client() {
     assert_eq!(starts.len(), 1);
     assert!(starts[0].get("distinct_id").is_none(), "{:?}", starts[0]);
     assert!(!ingest.spans().is_empty());
-    // The distinct id hook panicked for each of the conversation's 10
-    // requests; the run key hook for the one without a session (initialize).
-    assert_eq!(layer.trodo().delivery_counters().hook_panics, 10 + 1);
+    // Both hooks were called for the one request that opened a run, the
+    // initialize (the session's others could open none), and panicked.
+    assert_eq!(layer.trodo().delivery_counters().hook_panics, 2);
 }

@@ -164,10 +164,6 @@ impl Exchange {
             } else {
                 (None, None)
             };
-        let distinct_id = settings
-            .distinct_id
-            .as_ref()
-            .and_then(|extract| extract.call(parts, &settings.hook_panics));
         let wants_event_stream = parts.method == Method::GET && accepts_event_stream(headers);
         let mut prefetch = None;
         let mut known_run = None;
@@ -217,6 +213,13 @@ impl Exchange {
             }
             session_id = Some(id);
         }
+        // Only a run opened for this request takes its distinct id: a
+        // request in a session whose run is open here opens none.
+        let distinct_id = settings
+            .distinct_id
+            .as_ref()
+            .filter(|_| known_run.is_none())
+            .and_then(|extract| extract.call(parts, &settings.hook_panics));
         let joined = inbound_propagation(found.run_id, found.parent_span_id);
         // Without a session, a request with the caller's headers goes to the
         // caller's run whatever its answer: its handler can use the run
