@@ -475,8 +475,14 @@ impl Exchange {
         let encoding = self.encoding.take();
         let read_whole = !capture.is_truncated();
         let bytes = capture.total_bytes();
+        // A notification or a client's response makes no span: its text is
+        // not redacted for nothing.
+        let spanless = matches!(
+            message,
+            Some(ClientMessage::Notification { .. } | ClientMessage::Response)
+        );
         // Read past the capture limit to be understood; kept only up to it.
-        let (text, cut) = if bytes > 0 && encoding.is_none() {
+        let (text, cut) = if bytes > 0 && encoding.is_none() && !spanless {
             settings.captured_text(Side::Input, capture.into_text(), read_whole)
         } else {
             (None, !read_whole)
