@@ -152,6 +152,28 @@ async fn malformed_and_non_utf8_bodies_reach_the_inner_service_untouched() {
     assert!(spans.iter().all(|s| s["name"] == "http.POST /echo"));
 }
 
+/// A malformed body is read whole to be understood, however small the
+/// capture limit that cuts its input: it is an invalid message, not one
+/// too large to read (`mcp.request`, which is not an error).
+#[tokio::test]
+async fn a_malformed_body_longer_than_the_capture_limit_is_an_invalid_message() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config(&ingest).with_capture_limit(16).unwrap();
+    let mut client = RawClient::new(server(Some(TrodoLayer::new(config))).await);
+    client.initialize("long-malformed-test").await;
+    let body = "{not json, and longer than the capture limit";
+    assert!(client.send(body).await.status >= 400);
+    client.delete().await;
+    wait_for_ends(&ingest, 1).await;
+    let spans: Vec<_> = ingest.spans().into_iter().map(|(_, s)| s).collect();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0]["name"], "mcp.invalid_message");
+    assert_eq!(spans[0]["status"], "error");
+    assert_eq!(spans[0]["error_type"], "invalid_message");
+    assert_eq!(spans[0]["input"], &body[..16]);
+    assert_eq!(spans[0]["attributes"]["input_truncated"], true);
+}
+
 #[tokio::test]
 async fn a_10_mb_response_streams_whole_with_a_bounded_capture() {
     let ingest = RecordingIngest::start().await.unwrap();

@@ -147,7 +147,7 @@ impl Exchange {
                 // A POST to the MCP endpoint that is not one JSON-RPC message.
                 attributes.insert("http.route", Value::from(self.endpoint()));
                 let kind = route_kind.unwrap_or(SpanKind::Generic);
-                if input.truncated || input.encoding.is_some() {
+                if !input.read_whole || input.encoding.is_some() {
                     // Too large to read whole, or encoded: its method is
                     // unknown, not wrong.
                     ("mcp.request".to_owned(), kind, None, None)

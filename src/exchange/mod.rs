@@ -491,6 +491,7 @@ impl Exchange {
             text,
             // An encoded body's capture keeps nothing: it is not read, not cut.
             truncated: cut && encoding.is_none(),
+            read_whole,
             bytes,
             encoding,
         };
@@ -608,7 +609,12 @@ fn version_text(value: &HeaderValue) -> Option<Cow<'static, str>> {
 #[derive(Debug)]
 struct Input {
     text: Option<String>,
+    /// Whether the text was cut (at the capture limit, or as the body was
+    /// not read whole).
     truncated: bool,
+    /// Whether the body was read whole, to be understood (a body read
+    /// whole may still be cut to the capture limit).
+    read_whole: bool,
     bytes: u64,
     /// The body's `content-encoding`, if it is encoded (and so not read).
     encoding: Option<Box<str>>,
