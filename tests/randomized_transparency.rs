@@ -33,7 +33,7 @@ use trodo_tower::TrodoLayer;
 /// four limits a JSON answer is read to, are cheap to make.
 const LIMIT: usize = 96;
 const DEFAULT_SEED: u64 = 0x7_20D0_F022;
-const DEFAULT_CASES: usize = 400;
+const DEFAULT_CASES: usize = 600;
 
 /// splitmix64: tiny, seedable, and good enough to pick shapes.
 #[derive(Debug, Clone)]
@@ -326,13 +326,17 @@ fn field_value<'a>(line: &'a str, field: &str) -> Option<&'a str> {
     Some(rest.strip_prefix(' ').unwrap_or(rest))
 }
 
-/// An event stream answering `request`, and the answer event's data if
-/// the stream dispatches one.
-fn event_stream(rng: &mut Rng, request: Option<&Value>) -> (Vec<u8>, Option<Expected>) {
+/// An event stream answering `request`: its bytes, the answer event's
+/// data if the stream dispatches one, and the last event id it sets (not
+/// for a stream that ends inside an event).
+fn event_stream(
+    rng: &mut Rng,
+    request: Option<&Value>,
+) -> (Vec<u8>, Option<Expected>, Option<String>) {
     // Each event's lines and, for a response, whether it has the
     // request's id and whether it fails.
     let mut events: Vec<(Vec<String>, Option<(bool, bool)>)> = Vec::new();
-    if rng.chance(30) {
+    if rng.chance(40) {
         events.push((
             vec!["id: 0".into(), "retry: 3000".into(), "data:".into()],
             None,
@@ -364,7 +368,7 @@ fn event_stream(rng: &mut Rng, request: Option<&Value>) -> (Vec<u8>, Option<Expe
         };
         events.push((lines, None));
     }
-    if let Some(id) = request.filter(|_| rng.chance(85)) {
+    if let Some(id) = request.filter(|_| rng.chance(70)) {
         let (value, fails) = answer(rng, id);
         let mut value = value;
         if rng.chance(10) {
@@ -404,6 +408,7 @@ fn event_stream(rng: &mut Rng, request: Option<&Value>) -> (Vec<u8>, Option<Expe
     }
     let unterminated = rng.chance(8);
     let mut expected = None;
+    let mut last_id = String::new();
     let mut previous = "";
     let count = events.len();
     for (i, (lines, answers)) in events.into_iter().enumerate() {
@@ -418,6 +423,11 @@ fn event_stream(rng: &mut Rng, request: Option<&Value>) -> (Vec<u8>, Option<Expe
         }
         previous = line_end(rng, previous, true);
         stream.extend_from_slice(previous.as_bytes());
+        // An id with a NUL is ignored (WHATWG).
+        let mut ids = lines.iter().filter_map(|l| field_value(l, "id"));
+        if let Some(id) = ids.rfind(|id| !id.contains('\0')) {
+            id.clone_into(&mut last_id);
+        }
         let data: Vec<&str> = lines
             .iter()
             .filter_map(|l| field_value(l, "data"))
@@ -436,7 +446,8 @@ fn event_stream(rng: &mut Rng, request: Option<&Value>) -> (Vec<u8>, Option<Expe
             });
         }
     }
-    (stream, expected)
+    let last_id = (!unterminated).then_some(last_id);
+    (stream, expected, last_id)
 }
 
 /// What the response body is.
@@ -481,6 +492,17 @@ struct Case {
     /// The client drops the body after this many frames.
     reads: Option<usize>,
     expected: Option<Expected>,
+    /// The GET that resumes the stream, if the client resumes it.
+    resume: Option<Resume>,
+}
+
+/// A GET that resumes a call's event stream from `last_id` and brings
+/// its answer.
+#[derive(Debug, Clone)]
+struct Resume {
+    last_id: String,
+    body: Bytes,
+    expected: Expected,
 }
 
 /// Bodies as (lossy) text, chunk by chunk.
@@ -507,6 +529,7 @@ impl std::fmt::Debug for Case {
             .field("declared", &self.declared)
             .field("reads", &self.reads)
             .field("expected", &self.expected)
+            .field("resume", &self.resume)
             .finish_non_exhaustive()
     }
 }
@@ -527,6 +550,7 @@ impl Case {
             _ => None,
         };
         let mut headers = Vec::new();
+        let mut resume = None;
         let (kind, body, expected) = match rng.below(100) {
             _ if status == 202 && rng.chance(70) => (Kind::Empty, Vec::new(), None),
             0..=39 => {
@@ -547,8 +571,29 @@ impl Case {
                 (Kind::Json, body, expected)
             }
             40..=89 => {
-                let (body, expected) = event_stream(rng, request_id);
-                (Kind::EventStream, body, expected)
+                let (body, found, last_id) = event_stream(rng, request_id);
+                // A stream that ended without the answer, after an event
+                // id: the client resumes it with a GET, which brings the
+                // answer (README, "Resumed streams").
+                if let (Some(id), None, Some(last_id)) = (request_id, &found, last_id)
+                    && !last_id.is_empty()
+                    && session
+                {
+                    let (value, fails) = answer(rng, id);
+                    let text = value.to_string();
+                    let body = format!("id: {last_id}-1\ndata: {text}\n\n");
+                    let read_whole = text.len() <= 4 * LIMIT;
+                    resume = Some(Resume {
+                        last_id,
+                        body: Bytes::from(body),
+                        expected: Expected {
+                            text,
+                            fails: fails && read_whole,
+                            read_whole,
+                        },
+                    });
+                }
+                (Kind::EventStream, body, found)
             }
             _ => (Kind::Text, b"oops \xff".to_vec(), None),
         };
@@ -600,7 +645,7 @@ impl Case {
         } else {
             rng.chance(10).then(|| rng.below(response.len() + 1))
         };
-        Self {
+        let mut case = Self {
             number,
             session,
             known,
@@ -618,7 +663,21 @@ impl Case {
             declared,
             reads,
             expected,
-        }
+            resume,
+        };
+        // A client resumes from the last id it read; the layer, too, knows
+        // only the ids that went by.
+        case.resume = case
+            .resume
+            .take()
+            .filter(|_| case.is_success() && case.all_read());
+        case
+    }
+
+    /// Whether the client read the body to its end, or to the end of its
+    /// declared length.
+    fn all_read(&self) -> bool {
+        self.reads.is_none() || self.declared && self.reads == Some(self.response.len())
     }
 
     /// A ping in the session of case `number`, answered: it makes the
@@ -650,6 +709,7 @@ impl Case {
             declared: false,
             reads: None,
             expected: None,
+            resume: None,
         }
     }
 
@@ -741,6 +801,8 @@ struct Seen {
     trailers: Option<HeaderMap>,
     error: Option<String>,
     request: Vec<Bytes>,
+    /// The status and body of the GET that resumed the stream.
+    resumed: Option<(StatusCode, Bytes)>,
 }
 
 /// Runs `case` through `app`, as a client that reads the body frame by
@@ -785,7 +847,7 @@ async fn exchange(app: Router, case: &Case) -> Seen {
     let request = request
         .body(Body::new(StreamBody::new(futures::stream::iter(frames))))
         .unwrap();
-    let response = app.oneshot(request).await.unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
     let (parts, mut body) = response.into_parts();
     let hint = body.size_hint();
     let mut seen = Seen {
@@ -797,6 +859,7 @@ async fn exchange(app: Router, case: &Case) -> Seen {
         trailers: None,
         error: None,
         request: Vec::new(),
+        resumed: None,
     };
     let mut read = 0;
     loop {
@@ -824,7 +887,34 @@ async fn exchange(app: Router, case: &Case) -> Seen {
     }
     drop(body);
     seen.request = std::mem::take(&mut *locked(&script.seen));
+    if let Some(resume) = &case.resume {
+        seen.resumed = Some(resumed(app, case.number, resume).await);
+    }
     seen
+}
+
+/// The client resumes case `number`'s stream with a GET.
+async fn resumed(app: Router, number: usize, resume: &Resume) -> (StatusCode, Bytes) {
+    let script = Arc::new(Script {
+        status: 200,
+        headers: vec![("content-type", "text/event-stream".to_owned())],
+        body: Mutex::new(Some(Body::from(resume.body.clone()))),
+        seen: Mutex::new(Vec::new()),
+    });
+    let request = Request::get("/mcp")
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", format!("s-{number}"))
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("last-event-id", &resume.last_id)
+        .extension(script)
+        .body(Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
 }
 
 /// The first `chars` characters of `text`.
@@ -893,13 +983,14 @@ async fn drive(store: Option<Arc<trodo_tower::store::MemoryStore>>) {
         .with_capture_limit(LIMIT)
         .unwrap()
         .with_run_key(|parts| Some(parts.headers.get("x-case")?.to_str().ok()?.to_owned()));
+    let parks = store.is_none();
     let config = match store {
         Some(store) => config.with_session_store(store),
         None => config,
     };
     let layer = TrodoLayer::new(config);
     let trodo = layer.trodo();
-    let app = Router::new().route("/mcp", post(scripted));
+    let app = Router::new().route("/mcp", post(scripted).get(scripted));
     let layered = app.clone().layer(layer);
     // The layer learns its MCP endpoint from the first request it reads;
     // from then on a body that is not JSON-RPC is an invalid message.
@@ -966,14 +1057,16 @@ async fn drive(store: Option<Arc<trodo_tower::store::MemoryStore>>) {
             case.number
         );
         if let [span] = mine[..] {
-            check_span(case, span);
+            check_span(case, span, parks);
         }
     }
 }
 
 /// A case's span says what went by: its input, and the answer the model
 /// knows of.
-fn check_span(case: &Case, span: &Value) {
+/// `parks`: whether a call whose stream ended without its answer waits
+/// for the stream to be resumed (without a session store).
+fn check_span(case: &Case, span: &Value, parks: bool) {
     let context = || format!("case {}: {span:#} {case:#?}", case.number);
     let attributes = &span["attributes"];
     assert_eq!(
@@ -1004,9 +1097,20 @@ fn check_span(case: &Case, span: &Value) {
     if let Some(fails) = fails {
         assert_eq!(span["status"] == "error", fails, "{}", context());
     }
-    // Read to its end, or to the end of its declared length.
-    let all_read = case.reads.is_none() || case.declared && case.reads == Some(case.response.len());
-    let whole = all_read && !case.breaks;
+    let whole = case.all_read() && !case.breaks;
+    let answered = |expected: &Expected| {
+        assert_eq!(span["output"], cut(&expected.text, LIMIT), "{}", context());
+        let over = expected.text.chars().count() > LIMIT || !expected.read_whole;
+        assert_eq!(attributes["output_truncated"], over, "{}", context());
+        let status = if expected.fails { "error" } else { "ok" };
+        assert_eq!(span["status"], status, "{}", context());
+    };
+    if let Some(resume) = case.resume.as_ref().filter(|_| parks) {
+        // The call waited, and the GET that resumed its stream answered.
+        assert_eq!(attributes["mcp.stream_resumed"], true, "{}", context());
+        answered(&resume.expected);
+        return;
+    }
     let request = matches!(case.sent, Sent::Request { .. });
     if request && whole && case.is_success() && case.kind == Kind::EventStream {
         // The stream ended without the answer: broken off.
@@ -1021,9 +1125,5 @@ fn check_span(case: &Case, span: &Value) {
     else {
         return;
     };
-    assert_eq!(span["output"], cut(&expected.text, LIMIT), "{}", context());
-    let over = expected.text.chars().count() > LIMIT || !expected.read_whole;
-    assert_eq!(attributes["output_truncated"], over, "{}", context());
-    let status = if expected.fails { "error" } else { "ok" };
-    assert_eq!(span["status"], status, "{}", context());
+    answered(expected);
 }
