@@ -485,6 +485,8 @@ struct Case {
     status: u16,
     headers: Vec<(&'static str, String)>,
     kind: Kind,
+    /// Whether the answer says it is gzip.
+    answer_encoded: bool,
     answer_session: bool,
     response: Vec<Bytes>,
     delivery: Delivery,
@@ -525,6 +527,7 @@ impl std::fmt::Debug for Case {
             .field("status", &self.status)
             .field("headers", &self.headers)
             .field("kind", &self.kind)
+            .field("answer_encoded", &self.answer_encoded)
             .field("answer_session", &self.answer_session)
             .field("response", &texts(&self.response))
             .field("delivery", &self.delivery)
@@ -620,8 +623,18 @@ impl Case {
         if let Some(content_type) = content_type {
             headers.push(("content-type", content_type.to_owned()));
         }
-        if rng.chance(5) {
-            headers.push(("content-encoding", "identity".to_owned()));
+        // `identity` is no encoding; an answer that says gzip (and is
+        // not) is passed on unread.
+        let answer_encoded = match rng.below(100) {
+            0..=3 => true,
+            4..=8 => {
+                headers.push(("content-encoding", "identity".to_owned()));
+                false
+            }
+            _ => false,
+        };
+        if answer_encoded {
+            headers.push(("content-encoding", "gzip".to_owned()));
         }
         let answer_session = rng.chance(15);
         if answer_session {
@@ -661,6 +674,7 @@ impl Case {
             status,
             headers,
             kind,
+            answer_encoded,
             answer_session,
             response,
             delivery,
@@ -673,10 +687,9 @@ impl Case {
         };
         // A client resumes from the last id it read; the layer, too, knows
         // only the ids that went by.
-        case.resume = case
-            .resume
-            .take()
-            .filter(|_| case.is_success() && case.all_read() && !case.encoded);
+        case.resume = case.resume.take().filter(|_| {
+            case.is_success() && case.all_read() && !case.encoded && !case.answer_encoded
+        });
         case
     }
 
@@ -708,6 +721,7 @@ impl Case {
             status: 200,
             headers: vec![("content-type", "application/json".to_owned())],
             kind: Kind::Json,
+            answer_encoded: false,
             answer_session: false,
             response: vec![answer],
             delivery: Delivery::Full,
@@ -1130,6 +1144,13 @@ fn check_span(case: &Case, span: &Value, parks: bool) {
     assert_eq!(span["name"], name, "{}", context());
     if let Some(fails) = fails {
         assert_eq!(span["status"] == "error", fails, "{}", context());
+    }
+    if case.answer_encoded {
+        // Kept out of the span (README, "What is captured").
+        assert!(span.get("output").is_none(), "{}", context());
+        let encoding = &attributes["http.response.content_encoding"];
+        assert_eq!(encoding, "gzip", "{}", context());
+        return;
     }
     let whole = case.all_read() && !case.breaks;
     let answered = |expected: &Expected| {
