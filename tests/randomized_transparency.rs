@@ -1089,6 +1089,36 @@ async fn drive(store: Option<Arc<trodo_tower::store::MemoryStore>>) {
             check_span(case, span, parks);
         }
     }
+    reproduce.case = None;
+    // A worker with a session store leaves its sessions open at shutdown
+    // (README, "Shutdown and dead workers"): others may serve them.
+    check_ends(&ingest, &runs, parks);
+}
+
+/// Each run (`runs`: run id to conversation id) ends at most once, and
+/// once if `all_end`, with the true totals of the spans it sent (README,
+/// "What is recorded").
+fn check_ends(ingest: &RecordingIngest, runs: &HashMap<String, String>, all_end: bool) {
+    let ends = ingest.ends();
+    let mut ended: Vec<&str> = ends.iter().map(|(id, _)| id.as_str()).collect();
+    ended.sort_unstable();
+    ended.dedup();
+    assert_eq!(ended.len(), ends.len(), "a run ends at most once");
+    if all_end {
+        assert_eq!(ends.len(), runs.len(), "every run ends");
+    }
+    let spans = ingest.spans();
+    for (run_id, end) in &ends {
+        let conversation = runs.get(run_id).expect("an end of a run that started");
+        let sent: Vec<&Value> = spans
+            .iter()
+            .filter(|(id, _)| id == run_id)
+            .map(|(_, span)| span)
+            .collect();
+        let errors = sent.iter().filter(|span| span["status"] == "error").count();
+        assert_eq!(end["span_count"], sent.len(), "{conversation}: {end}");
+        assert_eq!(end["error_count"], errors, "{conversation}: {end}");
+    }
 }
 
 /// A case's span says what went by: its input, and the answer the model
