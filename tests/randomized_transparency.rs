@@ -499,6 +499,8 @@ struct Case {
     expected: Option<Expected>,
     /// The GET that resumes the stream, if the client resumes it.
     resume: Option<Resume>,
+    /// Whether the client then deletes the session.
+    deleted: bool,
 }
 
 /// A GET that resumes a call's event stream from `last_id` and brings
@@ -537,6 +539,7 @@ impl std::fmt::Debug for Case {
             .field("reads", &self.reads)
             .field("expected", &self.expected)
             .field("resume", &self.resume)
+            .field("deleted", &self.deleted)
             .finish_non_exhaustive()
     }
 }
@@ -684,6 +687,7 @@ impl Case {
             reads,
             expected,
             resume,
+            deleted: known && rng.chance(25),
         };
         // A client resumes from the last id it read; the layer, too, knows
         // only the ids that went by.
@@ -731,6 +735,7 @@ impl Case {
             reads: None,
             expected: None,
             resume: None,
+            deleted: false,
         }
     }
 
@@ -829,6 +834,8 @@ struct Seen {
     request: Vec<Bytes>,
     /// The status and body of the GET that resumed the stream.
     resumed: Option<(StatusCode, Bytes)>,
+    /// The status of the DELETE of the session.
+    deleted: Option<StatusCode>,
 }
 
 /// Runs `case` through `app`, as a client that reads the body frame by
@@ -889,6 +896,7 @@ async fn exchange(app: Router, case: &Case) -> Seen {
         error: None,
         request: Vec::new(),
         resumed: None,
+        deleted: None,
     };
     let mut read = 0;
     loop {
@@ -917,9 +925,29 @@ async fn exchange(app: Router, case: &Case) -> Seen {
     drop(body);
     seen.request = std::mem::take(&mut *locked(&script.seen));
     if let Some(resume) = &case.resume {
-        seen.resumed = Some(resumed(app, case.number, resume).await);
+        seen.resumed = Some(resumed(app.clone(), case.number, resume).await);
+    }
+    if case.deleted {
+        seen.deleted = Some(deleted(app, case.number).await);
     }
     seen
+}
+
+/// The client deletes case `number`'s session: its run ends, counting the
+/// spans answered before (some perhaps still waiting to be read).
+async fn deleted(app: Router, number: usize) -> StatusCode {
+    let script = Arc::new(Script {
+        status: 200,
+        headers: Vec::new(),
+        body: Mutex::new(Some(Body::empty())),
+        seen: Mutex::new(Vec::new()),
+    });
+    let request = Request::delete("/mcp")
+        .header("mcp-session-id", format!("s-{number}"))
+        .extension(script)
+        .body(Body::empty())
+        .unwrap();
+    app.oneshot(request).await.unwrap().status()
 }
 
 /// The client resumes case `number`'s stream with a GET.
@@ -1019,7 +1047,7 @@ async fn drive(store: Option<Arc<trodo_tower::store::MemoryStore>>) {
     };
     let layer = TrodoLayer::new(config);
     let trodo = layer.trodo();
-    let app = Router::new().route("/mcp", post(scripted).get(scripted));
+    let app = Router::new().route("/mcp", post(scripted).get(scripted).delete(scripted));
     let layered = app.clone().layer(layer);
     // The layer learns its MCP endpoint from the first request it reads;
     // from then on a body that is not JSON-RPC is an invalid message.
