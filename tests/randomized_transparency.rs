@@ -172,8 +172,9 @@ fn request_body(rng: &mut Rng) -> (Sent, Vec<u8>) {
             return (Sent::Other, body.as_bytes()[..cut].to_vec());
         }
         60..=65 => {
-            // Invalid UTF-8 inside the body's first string that follows
-            // a member name, or a surrogate's encoding.
+            // Invalid UTF-8 (a stray byte, a lead byte alone, a
+            // surrogate's encoding, a character cut short) next to a quote
+            // after a random point.
             let bad: &[u8] = rng.pick(&[&b"\xff"[..], b"\xc3", b"\xed\xa0\x80", b"\xf0\x9f\x98"]);
             let mut bytes = body.into_bytes();
             let at = rng.range(1, bytes.len() - 1);
@@ -307,7 +308,8 @@ struct Expected {
     read_whole: bool,
 }
 
-/// One line of an event stream, as written, and how it ends.
+/// How a line of an event stream ends, the line before having ended
+/// with `previous`; `blank`: the line is empty (it ends an event).
 fn line_end(rng: &mut Rng, previous: &str, blank: bool) -> &'static str {
     // A `\r` then a blank line's `\n` would be one `\r\n`, not two ends.
     if previous == "\r" && blank {
