@@ -21,7 +21,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::api::RequestSpan;
-use crate::capture::Capture;
+use crate::capture::{Capture, truncate_chars};
 use crate::capture_policy::Side;
 use crate::config::Settings;
 use crate::exchange::{ResponseHead, encoding_text};
@@ -35,7 +35,7 @@ use crate::resume::{ParkedCall, StreamLeft};
 use crate::run::{ClosedVia, RunEnding, UnderWay};
 use crate::span_draft::{Destination, Ending, SpanDraft, note_server};
 use crate::state::Shared;
-use crate::wire::RunStatus;
+use crate::wire::{MAX_ERROR_CHARS, RunStatus};
 
 /// What the recorder is for.
 #[derive(Debug)]
@@ -56,6 +56,9 @@ enum Purpose {
         request_id: Value,
         /// The initialize's span, whose children wait for the start.
         request_span: RequestSpan,
+        /// Whether this initialize opened the run (a session id already
+        /// open here keeps its run, which a refusal must not end).
+        opened: bool,
     },
 }
 
@@ -212,6 +215,7 @@ impl Recorder {
         run_id: Uuid,
         request_id: Value,
         request_span: RequestSpan,
+        opened: bool,
         head: &ResponseHead,
     ) -> Box<Self> {
         let reader = Reader::for_body(head, &shared.settings, true);
@@ -222,6 +226,7 @@ impl Recorder {
                 run_id,
                 request_id,
                 request_span,
+                opened,
             },
             reader,
             status: StatusCode::OK,
@@ -281,6 +286,7 @@ impl Recorder {
                 key,
                 run_id,
                 request_span,
+                opened,
                 ..
             } => {
                 let (_, _, response) = reader.into_output();
@@ -290,7 +296,9 @@ impl Recorder {
                         note_server(run, response.as_ref());
                     });
                 request_span.attach_initialize(key, run_id);
-                if let Some(Outcome::Error { message, .. }) = response.map(|r| r.outcome) {
+                if let (true, Some(Outcome::Error { message, .. })) =
+                    (opened, response.map(|r| r.outcome))
+                {
                     refused_session(&shared, run_id, message);
                 }
                 return;
@@ -376,23 +384,24 @@ pub(crate) fn span_ending(
     }
 }
 
-/// Why a span failed, if it did: the JSON-RPC response decides when there
-/// is one; else an HTTP 5xx; else a stream that broke or was dropped before
-/// the answer (a recorder that saw the answer is finished at once, so an
-/// interruption always came first).
 /// Ends at once the run of a session whose `initialize` the server answered
 /// with a JSON-RPC error: the client will not use the session, and an idle
 /// timeout would end it with a misleading `ok`.
 fn refused_session(shared: &Shared, run_id: Uuid, message: String) {
     let via = ClosedVia::InitializeFailed;
+    let summary = shared.settings.answered_error_text(message);
     let ending = RunEnding {
         status: RunStatus::Error,
-        error_summary: Some(shared.settings.answered_error_text(message)),
+        error_summary: Some(truncate_chars(&summary, MAX_ERROR_CHARS).0.to_owned()),
         ..RunEnding::from(via)
     };
     shared.sessions.close_run(run_id, ending, &shared.exporter);
 }
 
+/// Why a span failed, if it did: the JSON-RPC response decides when there
+/// is one; else an HTTP 5xx; else a stream that broke or was dropped before
+/// the answer (a recorder that saw the answer is finished at once, so an
+/// interruption always came first).
 fn classify(
     settings: &Settings,
     status: StatusCode,

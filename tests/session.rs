@@ -489,8 +489,9 @@ async fn child_spans_of_the_initialize_handler_go_into_the_session_run() {
     let layer = TrodoLayer::new(config(&ingest));
     let trodo = layer.trodo();
     let (escape, mut escaped) = tokio::sync::mpsc::unbounded_channel::<SpanGuard>();
+    let (keep, mut kept) = tokio::sync::mpsc::unbounded_channel::<RequestSpan>();
     let answer = move |Extension(span): Extension<RequestSpan>, body: axum::body::Bytes| {
-        let escape = escape.clone();
+        let (escape, keep) = (escape.clone(), keep.clone());
         async move {
             let message: Value = serde_json::from_slice(&body).unwrap();
             let json = [(header::CONTENT_TYPE, "application/json")];
@@ -498,6 +499,7 @@ async fn child_spans_of_the_initialize_handler_go_into_the_session_run() {
                 Some("initialize") => {
                     span.child(SpanKind::Retrieval, "auth.lookup").finish();
                     escape.send(span.child(SpanKind::Llm, "auth.late")).unwrap();
+                    keep.send(span.clone()).unwrap();
                     json!({"protocolVersion": "2025-11-25", "capabilities": {},
                            "serverInfo": {"name": "json-server", "version": "1"}})
                 }
@@ -536,6 +538,10 @@ async fn child_spans_of_the_initialize_handler_go_into_the_session_run() {
     }
     assert_eq!(ingest.ends()[0].1["span_count"], 3);
     assert_eq!(trodo.delivery_counters().dropped(), 0);
+    // Its span, never sent, is no one's parent.
+    let initialize = kept.recv().await.unwrap();
+    assert_eq!(initialize.run_id().unwrap().to_string(), run_id);
+    assert!(initialize.propagation_headers().is_empty());
 }
 
 /// An `initialize` the server refuses opens no session, even if its answer
@@ -586,10 +592,9 @@ impl rmcp::ServerHandler for Refusing {
         _request: rmcp::model::InitializeRequestParams,
         _context: rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<rmcp::model::InitializeResult, rmcp::ErrorData> {
-        Err(rmcp::ErrorData::invalid_params(
-            "unsupported protocol version",
-            None,
-        ))
+        // Longer than an error text is kept (4,000 characters).
+        let message = format!("unsupported protocol version {}", "x".repeat(5_000));
+        Err(rmcp::ErrorData::invalid_params(message, None))
     }
 }
 
@@ -635,15 +640,68 @@ async fn an_initialize_answered_with_an_error_ends_its_run_at_once() {
     assert_eq!(
         (
             &end["status"],
-            &end["error_summary"],
             &end["metadata"]["closed_via"],
             &end["span_count"]
         ),
-        (
-            &json!("error"),
-            &json!("unsupported protocol version"),
-            &json!("initialize_failed"),
-            &json!(0)
-        )
+        (&json!("error"), &json!("initialize_failed"), &json!(0))
     );
+    let summary = end["error_summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("unsupported protocol version x"),
+        "{summary}"
+    );
+    assert_eq!(summary.chars().count(), 4_000);
+}
+
+/// A session re-initialized in place (its server answering with an error
+/// and the same session id) keeps its run: only a run the refused
+/// `initialize` opened is ended for it.
+#[tokio::test]
+async fn a_refused_initialize_of_an_open_session_leaves_its_run_open() {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let initialized = Arc::new(AtomicBool::new(false));
+    let answer = move |request: String| {
+        let initialized = Arc::clone(&initialized);
+        async move {
+            let request: Value = serde_json::from_str(&request).unwrap();
+            let id = &request["id"];
+            if request.get("id").is_none() {
+                return StatusCode::ACCEPTED.into_response();
+            }
+            let body = match request["method"].as_str() {
+                Some("initialize") if initialized.swap(true, Ordering::Relaxed) => {
+                    json!({"jsonrpc": "2.0", "id": id,
+                           "error": {"code": -32600, "message": "already initialized"}})
+                }
+                Some("initialize") => json!({"jsonrpc": "2.0", "id": id, "result": {
+                    "protocolVersion": "2025-11-25", "capabilities": {},
+                    "serverInfo": {"name": "json-server", "version": "1"}}}),
+                _ => json!({"jsonrpc": "2.0", "id": id, "result": {"content": []}}),
+            };
+            (
+                [("mcp-session-id", "s-open")],
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
+        }
+    };
+    let app = Router::new().route("/mcp", post(answer)).layer(layer);
+    let mut client = RawClient::new(serve(app).await);
+    assert_eq!(client.initialize("again").await.status, 200);
+    assert_eq!(client.call_tool(1, "work", json!({})).await.status, 200);
+    let again = client.send(initialize_body("again")).await;
+    assert!(again.text().contains("already initialized"));
+    assert!(trodo.flush(WAIT).await);
+
+    assert_eq!(trodo.open_runs(), 1, "the session's run is still open");
+    assert!(ingest.ends().is_empty(), "{:?}", ingest.ends());
+    assert_eq!(ingest.starts().len(), 1);
 }

@@ -92,6 +92,18 @@ enum State {
     Detached,
 }
 
+impl State {
+    /// The run the request's spans go to, once known.
+    fn run_id(&self) -> Option<Uuid> {
+        match self {
+            Self::InRun { run_id, .. }
+            | Self::Collecting { run_id, .. }
+            | Self::Sent { run_id } => Some(*run_id),
+            Self::Waiting(_) | Self::Detached => None,
+        }
+    }
+}
+
 impl Drop for Inner {
     /// Children still waiting when the request is done never got a run.
     fn drop(&mut self) {
@@ -169,12 +181,7 @@ impl RequestSpan {
     /// requests in a session the process knows, and always after the answer).
     #[must_use]
     pub fn run_id(&self) -> Option<Uuid> {
-        match &*self.lock() {
-            State::InRun { run_id, .. }
-            | State::Collecting { run_id, .. }
-            | State::Sent { run_id } => Some(*run_id),
-            State::Waiting(_) | State::Detached => None,
-        }
+        self.lock().run_id()
     }
 
     /// A child span of the request's span.
@@ -195,12 +202,20 @@ impl RequestSpan {
     /// its span: `X-Trodo-Run-Id` and `X-Trodo-Parent-Span-Id`. Empty while
     /// the run is not known: a request in a session this process knows, or
     /// one without a session that came with its caller's propagation
-    /// headers, has its run from the start; a new session's `initialize`,
-    /// another sessionless call or a session another worker opened gets it
-    /// once the answer's head is decided, after the handler.
+    /// headers, has its run from the start; another sessionless call or a
+    /// session another worker opened gets it once the answer's head is
+    /// decided, after the handler. A new session's `initialize` gives none:
+    /// its span is never sent (it fills its run's `start`), so it can be no
+    /// one's parent.
     #[must_use]
     pub fn propagation_headers(&self) -> http::HeaderMap {
-        super::propagation::headers(self.run_id(), self.span_id())
+        let run_id = match &*self.lock() {
+            State::InRun {
+                own_span: false, ..
+            } => None,
+            state => state.run_id(),
+        };
+        super::propagation::headers(run_id, self.span_id())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -343,7 +343,8 @@ impl Exchange {
         }
         // The negotiated version comes from the result, not the request.
         metadata.remove("protocol_version");
-        let run = self.run(&key, Uuid::new_v4(), input.text, metadata);
+        let made = Uuid::new_v4();
+        let run = self.run(&key, made, input.text, metadata);
         let table_key = key.table_key();
         let run_id = self.shared.sessions.open_pending(&table_key, run);
         let publish = self.shared.mirror.as_ref().map(|mirror| {
@@ -356,6 +357,7 @@ impl Exchange {
             run_id,
             request.id.clone(),
             self.request_span(),
+            run_id == made,
             response,
         );
         match publish {

@@ -174,11 +174,13 @@ pub struct DeliveryCounters {
     /// Child spans of a request that went into no run, so had nowhere to
     /// go: a request the layer records no span for (a route outside the
     /// MCP endpoint without a session or the caller's propagation headers;
-    /// a DELETE or GET of a session; an answer 404 for a session; a failed
-    /// request in a session this process does not know; a request whose
-    /// session's run ended while it was served; a sessionless call under
-    /// `Sessionless::Ignore`). Those of a request passed through while the
-    /// layer is shut down count as `dropped_shutdown`.
+    /// a notification; a sessionless call under `Sessionless::Ignore`; a
+    /// failed request in a session this process does not know; a request
+    /// whose session's run ended while it was served; the children a
+    /// session's DELETE or GET finishes after its answer's head), or whose
+    /// client went away before the run was known. Those of a request
+    /// passed through while the layer is shut down count as
+    /// `dropped_shutdown`.
     pub dropped_no_run: u64,
     /// Panics caught in the layer's own work beside a request, in this
     /// process (a bug of the layer; each is also logged with `tracing`).
@@ -187,7 +189,7 @@ pub struct DeliveryCounters {
     /// [`dropped`](Self::dropped).
     pub panics_caught: u64,
     /// Panics of your hooks (`with_redaction`, `with_run_key`,
-    /// `with_distinct_id`) caught by this layer. Each is also logged with
+    /// `with_distinct_id`) caught by the layers of this config. Each is also logged with
     /// `tracing` (the first of each hook at `error`), and costs what the
     /// hook's docs say: a redacted value left out, a request grouped as if
     /// the hook gave no key or no distinct id. Not in
