@@ -592,10 +592,13 @@ impl TrodoConfig {
         Ok(self.edit(|s| s.max_concurrent_calls = calls))
     }
 
-    /// Sends to the ingest API through your `reqwest` client: its TLS
-    /// settings, proxies, default headers and connection pool apply. Each
-    /// call is still bounded by the layer's own 10 s timeout. Defaults to a
-    /// client of the layer's own (TLS through rustls).
+    /// Sends to the ingest API through your `reqwest` (0.13) client: its
+    /// TLS settings, proxies, default headers and connection pool apply.
+    /// Each call is still bounded by the layer's own 10 s timeout. A
+    /// redirect the client follows is taken as a refusal (a redirected POST
+    /// may have become a GET): build it with
+    /// `redirect(reqwest::redirect::Policy::none())`. Defaults to a client
+    /// of the layer's own (TLS through rustls, no redirects).
     #[must_use]
     pub fn with_http_client(self, client: reqwest::Client) -> Self {
         self.edit(|s| s.http_client = Some(client))

@@ -1,6 +1,7 @@
 //! Delivery against a real local ingest server that misbehaves on purpose:
 //! down for a while, bursts of 503, 429 with `Retry-After`, connection
-//! resets, slow or held answers, 413 for large bodies, down for good.
+//! resets, slow or held answers, answers whose body stalls, redirects, 413
+//! for large bodies, down for good.
 //!
 //! These run in real time (real sockets do not mix with paused time), so
 //! each keeps its failures to a few seconds of back-off (1 s, then 2 s, with
@@ -17,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use common::ingest::Attempt;
 use common::*;
 use serde_json::json;
-use trodo_tower::{DeliveryCounters, TrodoConfig, TrodoLayer};
+use trodo_tower::{DeliveryCounters, EndRun, StartRun, Trodo, TrodoConfig, TrodoLayer};
 
 /// The demo MCP server with sessions, behind `layer`.
 async fn server(layer: &TrodoLayer) -> SocketAddr {
@@ -412,4 +413,58 @@ fn delivery_outlives_the_server_runtime() {
     assert_delivered_once_in_order(&ingest, &texts);
     let c = layer.trodo().delivery_counters();
     assert_eq!((c.sent, c.dropped()), (records(3), 0));
+}
+
+/// The head of an answer says what it means: a `200` whose body then stalls
+/// is delivered, not a call to time out and send again (the body would take
+/// the whole 10 s call timeout, which the flush below does not wait).
+#[tokio::test]
+async fn an_answer_whose_body_stalls_after_its_head_is_delivered_once() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    ingest.stall_answer_bodies(true);
+    let trodo = Trodo::new(&config(&ingest));
+    let run_id = trodo.start_run(StartRun::new("session"));
+    trodo.end_run(run_id, EndRun::ok());
+    assert!(trodo.flush(Duration::from_secs(5)).await);
+
+    assert_eq!(summary(&trodo.delivery_counters()), (2, 0, 0));
+    assert_eq!(statuses(&ingest.attempts()), [Some(200), Some(200)]);
+    assert_eq!(ingest.received().len(), 2);
+}
+
+/// A redirect is refused, whoever made the client: a POST redirected may
+/// come back as a GET, whose `200` would count as delivered what no one
+/// received.
+#[tokio::test]
+async fn a_redirect_is_not_followed_and_its_call_is_rejected() {
+    let application_client = reqwest::Client::new(); // follows redirects
+    for client in [None, Some(application_client)] {
+        let ingest = RecordingIngest::start().await.unwrap();
+        ingest.redirect_next(1, "/landing");
+        let mut config = config(&ingest);
+        if let Some(client) = client.clone() {
+            config = config.with_http_client(client);
+        }
+        let trodo = Trodo::new(&config);
+        let run_id = trodo.start_run(StartRun::new("session"));
+        trodo.end_run(run_id, EndRun::ok());
+        assert!(trodo.flush(WAIT).await);
+
+        let counters = trodo.delivery_counters();
+        assert_eq!(
+            (counters.sent, counters.dropped_rejected, counters.retried),
+            (0, 2, 0),
+            "the start refused takes its run's end with it; own client: {}",
+            client.is_none()
+        );
+        let paths: Vec<String> = ingest.attempts().into_iter().map(|a| a.path).collect();
+        let followed = client.is_some();
+        let expected: &[&str] = if followed {
+            &["/api/sdk/runs/start", "/landing"]
+        } else {
+            &["/api/sdk/runs/start"]
+        };
+        assert_eq!(paths, expected);
+        assert!(ingest.received().is_empty());
+    }
 }

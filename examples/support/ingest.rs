@@ -4,8 +4,9 @@
 //! It can also misbehave on purpose, for the delivery tests: answer the next
 //! POSTs with an error status (and a `Retry-After`), answer slowly or hold
 //! every answer until released, refuse bodies above a size with 413, reset
-//! connections, or be down. Every POST and every reset connection is logged
-//! with its time as an [`Attempt`], accepted or not.
+//! connections, be down, stall the bodies of its answers, or redirect. Every
+//! POST (and any other request) and every reset connection is logged with
+//! its time as an [`Attempt`], accepted or not.
 //!
 //! Shared by the demo and the integration tests through
 //! `#[path = "../examples/support/ingest.rs"] mod ingest;`.
@@ -24,16 +25,17 @@ use std::{
 
 use axum::{
     Json, Router,
-    body::Bytes,
+    body::{Body, Bytes},
     extract::State,
     http::{
         HeaderMap, HeaderValue, StatusCode, Uri,
-        header::{CONTENT_TYPE, RETRY_AFTER, USER_AGENT},
+        header::{CONTENT_TYPE, LOCATION, RETRY_AFTER, USER_AGENT},
     },
     response::{IntoResponse, Response},
     routing::post,
     serve::Listener,
 };
+use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -124,6 +126,13 @@ struct Faults {
     resets: usize,
     /// Down: new connections are reset, requests on older ones get 503.
     down: bool,
+    /// Accepted POSTs get their answer's head and the first bytes of its
+    /// body, then nothing more.
+    stall_bodies: bool,
+    /// POSTs still to answer with a `302 Found` to this location, without
+    /// recording them.
+    redirects: usize,
+    redirect_to: String,
 }
 
 impl Inner {
@@ -191,6 +200,7 @@ impl RecordingIngest {
         });
         let app = Router::new()
             .route("/api/sdk/{*rest}", post(record))
+            .fallback(log_other)
             .with_state(inner.clone());
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
@@ -339,6 +349,23 @@ impl RecordingIngest {
     #[allow(dead_code)]
     pub fn set_down(&self, down: bool) {
         self.inner.faults().down = down;
+    }
+
+    /// Stalls the body of every accepted answer from now on (`false`: as
+    /// usual): its head and first bytes go out, the rest never does.
+    #[allow(dead_code)]
+    pub fn stall_answer_bodies(&self, stall: bool) {
+        self.inner.faults().stall_bodies = stall;
+    }
+
+    /// Answers the next `n` POSTs with `302 Found` to `location`, without
+    /// recording them. Requests that follow it are logged as attempts and
+    /// answered `200 {"ok":true}`, recorded as nothing.
+    #[allow(dead_code)]
+    pub fn redirect_next(&self, n: usize, location: &str) {
+        let mut faults = self.inner.faults();
+        faults.redirects = n;
+        faults.redirect_to = location.to_owned();
     }
 
     /// Every POST and reset connection so far, in arrival order.
@@ -533,10 +560,14 @@ async fn record(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let (status, retry_after) = {
+    let (status, retry_after, stall) = {
         let mut faults = inner.faults();
-        if faults.down {
+        let stall = faults.stall_bodies;
+        let (status, retry_after) = if faults.down {
             (503, None)
+        } else if faults.redirects > 0 {
+            faults.redirects -= 1;
+            (302, Some(faults.redirect_to.clone()))
         } else if faults.fail > 0 {
             faults.fail -= 1;
             (faults.status, faults.retry_after.clone())
@@ -544,7 +575,8 @@ async fn record(
             (413, None)
         } else {
             (200, None)
-        }
+        };
+        (status, retry_after, stall)
     };
     let body_json: Value = serde_json::from_slice(&body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
@@ -555,6 +587,10 @@ async fn record(
         bytes: body.len(),
         spans: body_json["spans"].as_array().map_or(0, Vec::len),
     });
+    if status == 302 {
+        let location = retry_after.unwrap_or_default();
+        return (StatusCode::FOUND, [(LOCATION, location)]).into_response();
+    }
     if status != 200 {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         let mut answer = (
@@ -581,6 +617,24 @@ async fn record(
             body,
             seq: got.len(),
         });
+    });
+    if stall {
+        let first = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from("{")) });
+        let body = Body::from_stream(first.chain(futures::stream::pending()));
+        return (StatusCode::OK, [(CONTENT_TYPE, "application/json")], body).into_response();
+    }
+    (StatusCode::OK, Json(json!({"ok": true}))).into_response()
+}
+
+/// Any request but a POST under `/api/sdk/` (a redirect followed, say):
+/// logged as an attempt and answered `200 {"ok":true}`, recorded as nothing.
+async fn log_other(State(inner): State<Arc<Inner>>, uri: Uri, body: Bytes) -> Response {
+    inner.log(Attempt {
+        path: uri.path().to_owned(),
+        status: Some(200),
+        at: Instant::now(),
+        bytes: body.len(),
+        spans: 0,
     });
     (StatusCode::OK, Json(json!({"ok": true}))).into_response()
 }

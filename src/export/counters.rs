@@ -159,7 +159,8 @@ pub struct DeliveryCounters {
     /// Records dropped as too large: a 413 for a single record, or a record
     /// larger than the queue's byte bound.
     pub dropped_too_large: u64,
-    /// Records the ingest API refused with a 4xx (other than 408, 413, 429).
+    /// Records the ingest API refused: any status but a 2xx, 408, 413, 429
+    /// or 5xx (a redirect is not followed).
     pub dropped_rejected: u64,
     /// Records made after shutdown, or still queued when its time ran out.
     pub dropped_shutdown: u64,
