@@ -59,6 +59,7 @@ async fn conversation(addr: SocketAddr) -> Vec<(u16, Option<String>, Bytes)> {
             .send(format!("{}{}", "[".repeat(20_000), "]".repeat(20_000)))
             .await,
     );
+    keep(client.send("").await);
     keep(client.delete().await);
     answers
 }
@@ -81,22 +82,23 @@ async fn responses_are_byte_identical_with_and_without_the_layer() {
         assert_eq!(b, l, "answer {i} differs");
     }
     // The malformed requests were answered by rmcp itself, with 4xx.
-    assert!(bare[5].0 >= 400 && bare[6].0 >= 400 && bare[7].0 >= 400);
+    assert!(bare[5..9].iter().all(|answer| answer.0 >= 400), "{bare:?}");
     ingest
         .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
         .await
         .unwrap();
     let end = &ingest.ends()[0].1;
     assert_eq!(
-        end["span_count"], 7,
-        "tools/list, three tool calls, three malformed bodies"
+        end["span_count"], 8,
+        "tools/list, three tool calls, three malformed bodies and an empty one"
     );
     assert_eq!(
-        end["error_count"], 4,
-        "the failing tool and the malformed bodies"
+        end["error_count"], 5,
+        "the failing tool and the malformed and empty bodies"
     );
     let spans: Vec<_> = ingest.spans().into_iter().map(|(_, s)| s).collect();
-    for (span, answer) in spans[4..].iter().zip(&bare[5..8]) {
+    assert_eq!(spans.len(), 8);
+    for (span, answer) in spans[4..].iter().zip(&bare[5..9]) {
         assert_eq!(span["name"], "mcp.invalid_message");
         assert_eq!(span["status"], "error");
         assert_eq!(span["error_type"], "invalid_message");
@@ -108,6 +110,8 @@ async fn responses_are_byte_identical_with_and_without_the_layer() {
         );
     }
     assert_eq!(spans[4]["input"], "{not json");
+    assert_eq!(spans[7]["error_message"], "the request body is empty");
+    assert!(spans[7].get("input").is_none(), "{:#}", spans[7]);
 }
 
 #[tokio::test]
@@ -331,13 +335,14 @@ async fn a_panicking_redaction_hook_never_reaches_the_client() {
                 "{span}"
             );
         }
-        // Each panic counted: the input and output of each of the 7 spans,
-        // the `initialize` (the run's input), and the failing tool's error
+        // Each panic counted: the input and output of each of the 7 spans
+        // with a body, the output of the empty POST's span, the
+        // `initialize` (the run's input), and the failing tool's error
         // text (the `initialized` notification makes no span: its text
         // is not redacted).
-        assert_eq!(spans.len(), 7);
+        assert_eq!(spans.len(), 8);
         let counters = layer.trodo().delivery_counters();
-        assert_eq!(counters.hook_panics, 7 * 2 + 1 + 1, "{counters:?}");
+        assert_eq!(counters.hook_panics, 7 * 2 + 1 + 1 + 1, "{counters:?}");
         assert_eq!(
             counters.panics_caught, 0,
             "the layer's own code did not panic"

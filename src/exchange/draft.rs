@@ -141,22 +141,26 @@ impl Exchange {
                 (name, kind, tool, id)
             }
             None if self.method == Method::POST
-                && input.bytes > 0
                 && self.shared.is_known_mcp_path(self.endpoint()) =>
             {
                 // A POST to the MCP endpoint that is not one JSON-RPC message.
                 attributes.insert("http.route", Value::from(self.endpoint()));
                 let kind = route_kind.unwrap_or(SpanKind::Generic);
-                if !input.read_whole || input.encoding.is_some() {
+                let wrong = if input.bytes == 0 {
+                    Some("the request body is empty")
+                } else if !input.read_whole || input.encoding.is_some() {
                     // Too large to read whole, or encoded: its method is
                     // unknown, not wrong.
-                    ("mcp.request".to_owned(), kind, None, None)
+                    None
                 } else {
-                    preset_error = Some((
-                        "invalid_message".to_owned(),
-                        "the request body is not one JSON-RPC 2.0 message".to_owned(),
-                    ));
-                    ("mcp.invalid_message".to_owned(), kind, None, None)
+                    Some("the request body is not one JSON-RPC 2.0 message")
+                };
+                match wrong {
+                    Some(why) => {
+                        preset_error = Some(("invalid_message".to_owned(), why.to_owned()));
+                        ("mcp.invalid_message".to_owned(), kind, None, None)
+                    }
+                    None => ("mcp.request".to_owned(), kind, None, None),
                 }
             }
             None => {

@@ -61,7 +61,7 @@ pub(super) fn check_span(case: &Case, span: &Value, parks: bool) {
             context()
         );
         let name = if case.request.is_empty() {
-            "http.POST /mcp"
+            "mcp.invalid_message"
         } else {
             "mcp.request"
         };
@@ -83,8 +83,7 @@ pub(super) fn check_span(case: &Case, span: &Value, parks: bool) {
         Sent::Request { method, .. } => (format!("mcp.{method}"), None),
         // Not read whole to be understood: of an unknown method.
         _ if input.chars().count() > 1 << 20 => ("mcp.request".to_owned(), None),
-        _ if !case.request.is_empty() => ("mcp.invalid_message".to_owned(), Some(true)),
-        _ => ("http.POST /mcp".to_owned(), None),
+        _ => ("mcp.invalid_message".to_owned(), Some(true)),
     };
     assert_eq!(span["name"], name, "{}", context());
     if let Some(fails) = fails {
