@@ -1197,3 +1197,34 @@ async fn an_error_text_whose_redaction_hook_panics_is_withheld() {
     );
     assert_eq!(trodo.delivery_counters().hook_panics, 1);
 }
+
+/// The layer's own words for a run an agent left (`cancelled`, `panicked`)
+/// are no text of the application's: the redaction hook does not see them.
+#[tokio::test]
+async fn the_summary_of_a_wrap_agent_cut_short_is_not_given_to_the_redaction_hook() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let hook_calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&hook_calls);
+    let trodo = Trodo::new(&config(&ingest).with_redaction(move |value: &mut Value| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *value = Value::from("[redacted]");
+    }));
+    let agent = trodo.wrap_agent(StartRun::new("chat"), |_| {
+        std::future::pending::<Result<(), String>>()
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1), agent)
+            .await
+            .is_err()
+    );
+    assert!(trodo.flush(WAIT).await);
+
+    let received = ingest.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].body["run"]["error_summary"], "cancelled");
+    assert_eq!(
+        hook_calls.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing of the application's was captured"
+    );
+}

@@ -133,12 +133,18 @@ impl WholeRun {
                     .and_then(|v| self.shared.settings.captured_value(Side::Output, v));
                 self.send(RunStatus::Ok, output, None);
             }
-            Err(error) => self.send(RunStatus::Error, None, Some(error.to_string())),
+            Err(error) => {
+                let summary =
+                    (self.shared.settings).given_error_text(&error.to_string(), MAX_ERROR_CHARS);
+                self.send(RunStatus::Error, None, Some(summary));
+            }
         }
     }
 
     /// Sends the run with its spans finished so far (later ones are
-    /// refused), unless it was sent already.
+    /// refused), unless it was sent already. `error_summary` is sent as it
+    /// is: the agent's error has been through the capture policy, the
+    /// layer's own words need not.
     fn send(&mut self, status: RunStatus, output: Option<String>, error_summary: Option<String>) {
         let Some(run) = self.run.take() else {
             return;
@@ -151,8 +157,7 @@ impl WholeRun {
             duration_ms: Some(
                 u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             ),
-            error_summary: error_summary
-                .map(|summary| (self.shared.settings).given_error_text(&summary, MAX_ERROR_CHARS)),
+            error_summary,
             totals: Some(Totals::of(&spans)),
             ..run.into_run(self.run_id, self.started_at, &self.shared.settings)
         };
