@@ -193,7 +193,10 @@ impl Exchange {
             // run for the session would outlive its end.
             match sessions.run_if_open(&table_key, self.arrived) {
                 Some(run_id) if run_id == known_run => (run_id, false),
-                _ => return Head::Ready(None),
+                _ => {
+                    exporter.drop_after_run_end(1);
+                    return Head::Ready(None);
+                }
             }
         } else {
             let run = self.run_of(&table_key, |run_id| {

@@ -168,16 +168,18 @@ pub struct DeliveryCounters {
     /// longer count in its totals: a child of a request's span, or a span
     /// of [`AgentRun`](crate::AgentRun) or of
     /// [`join_run`](crate::Trodo::join_run), still open when the run ended
-    /// (work spawned by a handler that outlives its request, say). The
-    /// `end` carries the totals the ingest API is told are final, so such
-    /// spans are not sent.
+    /// (work spawned by a handler that outlives its request, say), or the
+    /// span of a request whose session's run, held here, ended while it was
+    /// served. The `end` carries the totals the ingest API is told are
+    /// final, so such spans are not sent.
     pub dropped_after_run_end: u64,
     /// Child spans of a request that went into no run, so had nowhere to
     /// go: a request the layer records no span for (a route outside the
     /// MCP endpoint without a session or the caller's propagation headers;
     /// a notification; a sessionless call under `Sessionless::Ignore`; a
     /// failed request in a session this process does not know; a request
-    /// whose session's run ended while it was served; the children a
+    /// in a session this process did not hold whose run ended while it was
+    /// served; the children a
     /// session's DELETE or GET finishes after its answer's head), or whose
     /// client went away before the run was known. Those of a request
     /// passed through while the layer is shut down count as
