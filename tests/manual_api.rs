@@ -1030,11 +1030,20 @@ fn a_handle_made_outside_a_runtime_delivers_once_used_in_one() {
     assert_eq!(ingest.ends().len(), 1);
 }
 
-/// A route outside the MCP endpoint whose handler makes a child span that
-/// it finishes at once, and hands out another that it finishes later.
-fn plain_route_with_children(
-    layer: TrodoLayer,
-) -> (Router, tokio::sync::mpsc::UnboundedReceiver<SpanGuard>) {
+/// A served app whose route outside the MCP endpoint has a handler that
+/// makes a child span it finishes at once, and hands out another that it
+/// finishes later (through `escaped`).
+struct PlainRoute {
+    ingest: RecordingIngest,
+    trodo: Trodo,
+    base: String,
+    escaped: tokio::sync::mpsc::UnboundedReceiver<SpanGuard>,
+}
+
+async fn serve_plain_route_with_children() -> PlainRoute {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
     let (escape, escaped) = tokio::sync::mpsc::unbounded_channel::<SpanGuard>();
     let handler = move |Extension(span): Extension<RequestSpan>| async move {
         span.child(SpanKind::Retrieval, "retrieval.on_time")
@@ -1046,16 +1055,23 @@ fn plain_route_with_children(
         .route("/mcp", post(|| async { "mcp" }))
         .route("/health", axum::routing::get(handler))
         .layer(layer);
-    (app, escaped)
+    let base = format!("http://{}", serve(app).await);
+    PlainRoute {
+        ingest,
+        trodo,
+        base,
+        escaped,
+    }
 }
 
 #[tokio::test]
 async fn children_of_a_request_in_no_run_are_counted_as_dropped() {
-    let ingest = RecordingIngest::start().await.unwrap();
-    let layer = TrodoLayer::new(config(&ingest));
-    let trodo = layer.trodo();
-    let (app, mut escaped) = plain_route_with_children(layer);
-    let base = format!("http://{}", serve(app).await);
+    let PlainRoute {
+        ingest,
+        trodo,
+        base,
+        mut escaped,
+    } = serve_plain_route_with_children().await;
     // No session and no propagation headers: the request goes into no run.
     let answer = reqwest::get(format!("{base}/health")).await.unwrap();
     assert_eq!(answer.status(), 200);
@@ -1075,11 +1091,12 @@ async fn children_of_a_request_in_no_run_are_counted_as_dropped() {
 
 #[tokio::test]
 async fn children_of_a_request_after_shutdown_count_as_shutdown_drops() {
-    let ingest = RecordingIngest::start().await.unwrap();
-    let layer = TrodoLayer::new(config(&ingest));
-    let trodo = layer.trodo();
-    let (app, mut escaped) = plain_route_with_children(layer);
-    let base = format!("http://{}", serve(app).await);
+    let PlainRoute {
+        ingest: _ingest,
+        trodo,
+        base,
+        mut escaped,
+    } = serve_plain_route_with_children().await;
     assert!(trodo.shutdown(WAIT).await);
     let answer = reqwest::get(format!("{base}/health")).await.unwrap();
     assert_eq!(answer.text().await.unwrap(), "ok");
