@@ -468,7 +468,8 @@ impl TrodoConfig {
     /// answers should also look at strings.
     ///
     /// The hook runs where the exchange is read: mostly on the layer's
-    /// delivery thread, sometimes on a request's. Keep it quick, and free of
+    /// delivery thread, sometimes on a request's, and always on the
+    /// requests' threads with a session store. Keep it quick, and free of
     /// locks your handlers hold. A panic in it (with `panic = "unwind"`,
     /// the default) never reaches a request: the value it was given is left
     /// out of its span, and it is logged and counted

@@ -50,8 +50,9 @@
 //!   1,024 in the process, and every call with a session store.
 //! - The run ends once, with the totals of all its spans and
 //!   `metadata.closed_via`: `session_deleted` (DELETE answered 2xx),
-//!   `idle_timeout`, `session_expired` (the server answered 404) or
-//!   `server_shutdown` ([`Trodo::shutdown`]).
+//!   `idle_timeout`, `session_expired` (the server answered 404),
+//!   `initialize_failed` (the server answered `initialize` with a JSON-RPC
+//!   error) or `server_shutdown` ([`Trodo::shutdown`]).
 //! - A session this process does not know (after a restart, or on another
 //!   worker) opens its run on the fly with `metadata.resumed: true`, unless
 //!   a [session store](store) shared by the workers holds its run.

@@ -115,7 +115,7 @@ impl SpanDraft {
     /// every exchange that ended before it: through the layer's
     /// [backlog](crate::backlog), unless this thread is reading it now. With
     /// a session store nothing is taped, and spans are recorded at once:
-    /// other workers see their totals before the answer goes out.
+    /// their totals are queued for the store before the answer goes out.
     pub(crate) fn finish(self, shared: &Arc<Shared>, destination: Destination, ending: Ending) {
         if is_reading() || shared.mirror.is_some() {
             self.record(shared, destination, ending);

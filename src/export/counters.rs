@@ -144,9 +144,11 @@ pub struct DeliveryCounters {
     pub sent: u64,
     /// Calls tried again: after a 5xx, 408, 429, 413 (split) or network error.
     pub retried: u64,
-    /// Records given up on after they were queued: the sum of
+    /// Records given up on, mostly after they were queued: the sum of
     /// `dropped_gave_up`, `dropped_too_large`, `dropped_rejected` and
-    /// `dropped_shutdown`.
+    /// `dropped_shutdown` (`too_large` and `shutdown` also count records
+    /// refused when made). A dropped start takes its run's other records
+    /// with it, counted under the start's reason.
     pub failed: u64,
     /// Records dropped because the queue was at its item or byte bound (the
     /// oldest spans go first, see
