@@ -347,8 +347,9 @@ impl Queue {
         self.sync(batch.run_id);
     }
 
-    /// After a 429: no batch is taken before `until` (nor before the end of
-    /// a longer pause already on).
+    /// After a 429, or failures of every run's calls (see
+    /// [`Trouble`](super::trouble::Trouble)): no batch is taken before
+    /// `until` (nor before the end of a longer pause already on).
     pub(crate) fn pause(&mut self, until: Instant) {
         self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
     }

@@ -36,13 +36,13 @@ impl Default for Backoff {
 
 impl Backoff {
     /// The step before try `attempt + 2`, before jitter.
-    fn step(&self, attempt: u32) -> Duration {
+    pub(super) fn step(&self, attempt: u32) -> Duration {
         let factor = 1u32.checked_shl(attempt).unwrap_or(u32::MAX);
         self.base.saturating_mul(factor).min(self.max)
     }
 
     /// `step` shortened by up to a quarter at random.
-    fn jittered(&self, step: Duration) -> Duration {
+    pub(super) fn jittered(&self, step: Duration) -> Duration {
         if self.jitter {
             step.mul_f64(1.0 - unit_random() / 4.0)
         } else {
@@ -88,16 +88,18 @@ fn unit_random() -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// The default back-off without jitter, for exact times in tests.
+#[cfg(test)]
+pub(super) const EXACT: Backoff = Backoff {
+    base: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+    give_up_after: Duration::from_secs(600),
+    jitter: false,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const EXACT: Backoff = Backoff {
-        base: Duration::from_secs(1),
-        max: Duration::from_secs(60),
-        give_up_after: Duration::from_secs(600),
-        jitter: false,
-    };
 
     #[test]
     fn steps_double_from_one_second_to_sixty() {

@@ -226,9 +226,13 @@ async fn an_api_that_keeps_throttling_is_given_up_on_after_ten_minutes() {
     send_run(&exporter, 1, &["a"]);
     send_run(&exporter, 2, &["b"]);
     assert!(exporter.flush(HOUR).await);
-    // Both starts every 30 s (`Retry-After`, not the back-off steps); the
-    // tries at 600 s are the first after ten minutes, and their 429s give up.
-    let expected: Vec<u128> = (0..=600_000).step_by(30_000).flat_map(|t| [t, t]).collect();
+    // Both starts at once, then one call (the oldest run's start) every
+    // 30 s (`Retry-After`, not the back-off steps): a probe. The try at
+    // 600 s is the first after ten minutes: its 429 gives run 1 up, and
+    // run 2's start, failing as long, goes and is given up at once too.
+    let mut expected: Vec<u128> = vec![0];
+    expected.extend((0..=600_000).step_by(30_000));
+    expected.push(600_000);
     assert_eq!(script.times_ms(), expected);
     assert!(
         script.described().iter().all(|d| d.starts_with("start")),
@@ -237,7 +241,7 @@ async fn an_api_that_keeps_throttling_is_given_up_on_after_ten_minutes() {
     );
     let c = exporter.counters();
     assert_eq!(fates(&c), [0, 0, 0, 6, 0, 0, 0]);
-    assert_eq!(c.retried, 40);
+    assert_eq!(c.retried, 21);
 }
 
 #[tokio::test(start_paused = true)]
@@ -601,4 +605,32 @@ async fn an_orphaned_worker_gives_up_after_its_drain_time() {
     worker.await.unwrap();
     // Tries at 0, 1 and 3 s; the 5 s drain time ends before the next.
     assert_eq!(script.times_ms(), [0, 1000, 3000]);
+}
+
+/// An API that fails every call is down for every run: after three
+/// failures in a row every call pauses, 1 s, then 2 s, 4 s ... as each
+/// probe fails, so that a hundred runs call it 40 times in two minutes,
+/// not about 700 (each run's own back-off would try it 7 times).
+#[tokio::test(start_paused = true)]
+async fn an_api_that_fails_every_run_is_probed_not_stormed() {
+    let script = Script::new(|_| unavailable());
+    let (exporter, _worker) = spawn(&script, options());
+    for run in 0..100 {
+        exporter.send(start(run));
+    }
+    assert!(!exporter.flush(Duration::from_secs(120)).await);
+    // A full call's worth of records goes at once: the 32 calls allowed in
+    // flight, and one more after each of the first two failures, then the
+    // pause; then a probe at the end of each pause.
+    let mut expected = vec![0; 34];
+    expected.extend([1000, 3000, 7000, 15_000, 31_000, 63_000]);
+    assert_eq!(script.times_ms(), expected);
+
+    // Back: the next probe is answered, and every run goes at once.
+    script.answer(|_| Outcome::Delivered);
+    assert!(exporter.flush(HOUR).await);
+    let times = script.times_ms();
+    assert_eq!(times.len(), 40 + 100);
+    assert!(times[40..].iter().all(|&t| t == 123_000), "{times:?}");
+    assert_eq!(exporter.counters().sent, 100);
 }

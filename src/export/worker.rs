@@ -8,6 +8,7 @@ use super::core::Core;
 use super::counters::DropReason;
 use super::inflight::InFlight;
 use super::outcome::Outcome;
+use super::trouble::Trouble;
 use super::{DeliveryOptions, Sink};
 
 /// Takes due batches off the queue, delivers them (a few at a time, one per
@@ -18,6 +19,8 @@ pub(crate) struct Worker {
     sink: Arc<Sink>,
     options: DeliveryOptions,
     in_flight: InFlight,
+    /// Whether the API fails every run's calls.
+    trouble: Trouble,
     /// Once every handle is gone: the worker stops then at the latest.
     orphan_deadline: Option<Instant>,
 }
@@ -37,6 +40,7 @@ impl Worker {
             sink: Arc::new(sink),
             options,
             in_flight: InFlight::default(),
+            trouble: Trouble::default(),
             orphan_deadline: None,
         }
     }
@@ -77,8 +81,8 @@ impl Worker {
             }
         }
         let free = self
-            .options
-            .max_in_flight
+            .trouble
+            .max_in_flight(self.options.max_in_flight)
             .saturating_sub(self.in_flight.len());
         let busy = !self.in_flight.is_empty();
         let (batches, done, wake_at) = self.core.update(|queue| {
@@ -115,6 +119,17 @@ impl Worker {
     fn settle(&mut self, mut batch: Batch, outcome: Outcome, now: Instant) {
         let stats = &self.core.stats;
         let backoff = &self.options.backoff;
+        match &outcome {
+            Outcome::Delivered | Outcome::TooLarge | Outcome::Rejected { .. } => {
+                self.trouble.answered();
+            }
+            Outcome::Transient { .. } => {
+                if let Some(until) = self.trouble.failed(now, backoff) {
+                    self.core.update(|queue| queue.pause(until));
+                }
+            }
+            Outcome::Throttled { .. } => self.trouble.throttled(),
+        }
         match outcome {
             Outcome::Delivered => {
                 // Counted under the queue's lock, as it leaves the queue: a
