@@ -28,10 +28,10 @@ pub fn peek_response(body: &[u8]) -> bool {
 }
 
 /// Decodes an event stream fed in `chunks` with a decoder that keeps data
-/// and event ids (as the layer's recorder) and at most `max_event_bytes`
-/// data bytes of an event; returns the data bytes of the events.
-pub fn decode_sse<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, max_event_bytes: usize) -> usize {
-    let mut decoder = SseDecoder::data_and_id(max_event_bytes);
+/// and event ids (as the layer's recorder) and at most `max_event_chars`
+/// characters of an event's data; returns the data bytes of the events.
+pub fn decode_sse<'a>(chunks: impl IntoIterator<Item = &'a [u8]>, max_event_chars: usize) -> usize {
+    let mut decoder = SseDecoder::data_and_id(max_event_chars);
     let mut data = 0;
     for chunk in chunks {
         decoder.push(chunk, |event| data += event.data.len());

@@ -5,49 +5,34 @@
 //! characters are kept, so memory stays bounded (at most `4 * limit_chars`
 //! bytes) whatever the size of the stream; the rest is only counted.
 
+use crate::char_window::CharWindow;
+
 /// Collects the first `limit` characters of a byte stream as text, counting the rest.
 ///
-/// Characters are counted the way [`String::from_utf8_lossy`] decodes them:
-/// a valid UTF-8 sequence is one character and so is every maximal invalid
-/// subpart (which becomes one U+FFFD), so [`Capture::into_text`] holds exactly the
-/// characters counted here.
+/// Characters are counted by a [`CharWindow`] (as [`String::from_utf8_lossy`]
+/// decodes them), so [`Capture::into_text`] holds exactly the characters
+/// counted.
 #[derive(Debug, Clone)]
 pub(crate) struct Capture {
-    /// The most characters kept.
-    limit: usize,
+    /// Where the limit cuts the stream.
+    window: CharWindow,
     /// The kept bytes: a prefix of the stream.
     kept: Vec<u8>,
-    /// Characters started in `kept` but for its last `uncounted` bytes
-    /// (the last one may still be incomplete).
-    chars: usize,
     /// Bytes at the end of `kept` not counted yet: while the bytes seen fit
     /// in the limit, so do their characters, and nothing is counted.
     uncounted: usize,
-    /// Continuation bytes still expected by the last character in `kept`.
-    need: u8,
-    /// Lowest byte allowed as the next continuation byte.
-    lo: u8,
-    /// Highest byte allowed as the next continuation byte.
-    hi: u8,
     /// Total bytes seen.
     total: u64,
-    /// Whether bytes were dropped because of the limit.
-    truncated: bool,
 }
 
 impl Capture {
     /// A capture that keeps at most `limit_chars` characters.
     pub(crate) fn new(limit_chars: usize) -> Self {
         Self {
-            limit: limit_chars,
+            window: CharWindow::new(limit_chars),
             kept: Vec::new(),
-            chars: 0,
             uncounted: 0,
-            need: 0,
-            lo: 0,
-            hi: 0,
             total: 0,
-            truncated: false,
         }
     }
 
@@ -57,21 +42,33 @@ impl Capture {
     /// A character split across chunks is completed by the next chunk.
     pub(crate) fn push(&mut self, chunk: &[u8]) {
         self.total += chunk.len() as u64;
-        if self.truncated {
+        if self.window.is_passed() {
             return;
         }
         // The common case, a body shorter in bytes than the limit in
         // characters: kept as it is, counted only if more comes.
-        if self.kept.len() + chunk.len() <= self.limit {
+        if self.kept.len() + chunk.len() <= self.window.limit() {
             self.reserve(chunk.len());
             self.kept.extend_from_slice(chunk);
             self.uncounted += chunk.len();
             return;
         }
         self.count_kept();
-        let keep = self.count(chunk);
+        let keep = self.window.fit(chunk);
         self.reserve(keep);
         self.kept.extend_from_slice(&chunk[..keep]);
+    }
+
+    /// Empties the capture for another stream (with the same limit),
+    /// keeping its room for it unless that is more than `max_room` bytes.
+    pub(crate) fn restart(&mut self, max_room: usize) {
+        self.kept.clear();
+        if self.kept.capacity() > max_room {
+            self.kept = Vec::new();
+        }
+        self.window = CharWindow::new(self.window.limit());
+        self.uncounted = 0;
+        self.total = 0;
     }
 
     /// Counts the characters of the kept bytes not counted yet.
@@ -79,41 +76,15 @@ impl Capture {
         if self.uncounted == 0 {
             return;
         }
-        let kept = std::mem::take(&mut self.kept);
-        let keep = self.count(&kept[kept.len() - self.uncounted..]);
+        let uncounted = &self.kept[self.kept.len() - self.uncounted..];
+        let keep = self.window.fit(uncounted);
         debug_assert_eq!(keep, self.uncounted, "bytes within the limit are kept");
-        self.kept = kept;
         self.uncounted = 0;
     }
 
-    /// Counts the characters of `chunk`, which follows what was counted,
-    /// up to the limit; returns how many of its bytes to keep.
-    fn count(&mut self, chunk: &[u8]) -> usize {
-        // The common case, a chunk of valid UTF-8 after a complete
-        // character: counted and cut by the standard library's fast paths.
-        if self.need == 0
-            && let Ok(text) = std::str::from_utf8(chunk)
-        {
-            let room = self.limit - self.chars;
-            let (kept, cut) = truncate_chars(text, room);
-            self.chars += if cut { room } else { kept.chars().count() };
-            self.truncated = cut;
-            return kept.len();
-        }
-        for (i, &b) in chunk.iter().enumerate() {
-            if self.need > 0 && (self.lo..=self.hi).contains(&b) {
-                self.need -= 1;
-                (self.lo, self.hi) = (0x80, 0xBF);
-                continue;
-            }
-            if self.chars == self.limit {
-                self.truncated = true;
-                return i;
-            }
-            self.chars += 1;
-            (self.need, self.lo, self.hi) = lead(b);
-        }
-        chunk.len()
+    /// The most characters kept.
+    pub(crate) fn limit(&self) -> usize {
+        self.window.limit()
     }
 
     /// Total bytes seen (including those not kept).
@@ -123,7 +94,7 @@ impl Capture {
 
     /// True when bytes were dropped because of the limit.
     pub(crate) fn is_truncated(&self) -> bool {
-        self.truncated
+        self.window.is_passed()
     }
 
     /// The kept bytes (a prefix of the stream), for JSON parsing when not truncated.
@@ -152,6 +123,12 @@ impl Capture {
         String::from_utf8_lossy(&self.kept).into_owned()
     }
 
+    /// The room `kept` holds, for tests.
+    #[cfg(test)]
+    pub(crate) fn room(&self) -> usize {
+        self.kept.capacity()
+    }
+
     /// Grows `kept` for `additional` bytes, amortised but never past the
     /// most bytes `limit` characters can take.
     fn reserve(&mut self, additional: usize) {
@@ -160,7 +137,7 @@ impl Capture {
             return;
         }
         let target = (self.kept.capacity() * 2)
-            .min(self.limit.saturating_mul(4))
+            .min(self.window.limit().saturating_mul(4))
             .max(needed);
         self.kept.reserve_exact(target - self.kept.len());
     }
@@ -171,22 +148,6 @@ impl Capture {
 pub(crate) fn text_of(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes)
         .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
-}
-
-/// For the first byte of a character: how many continuation bytes it expects
-/// and the allowed range of the first of them (as in the UTF-8 table of
-/// well-formed byte sequences). ASCII and invalid bytes expect none.
-fn lead(b: u8) -> (u8, u8, u8) {
-    match b {
-        0xC2..=0xDF => (1, 0x80, 0xBF),
-        0xE0 => (2, 0xA0, 0xBF),
-        0xE1..=0xEC | 0xEE..=0xEF => (2, 0x80, 0xBF),
-        0xED => (2, 0x80, 0x9F),
-        0xF0 => (3, 0x90, 0xBF),
-        0xF1..=0xF3 => (3, 0x80, 0xBF),
-        0xF4 => (3, 0x80, 0x8F),
-        _ => (0, 0, 0),
-    }
 }
 
 /// Cuts `s` to at most `max_chars` characters on a char boundary; returns
@@ -372,45 +333,16 @@ mod tests {
     }
 
     #[test]
-    fn counts_match_lossy_decoding_on_arbitrary_bytes() {
-        const POOL: [u8; 16] = [
-            b'a', 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBF, 0xC0, 0xC2, 0xE0, 0xED, 0xEF, 0xF0, 0xF4,
-            0xF5, 0xFF,
-        ];
-        let mut seed: u32 = 0x1234_5678;
-        for _ in 0..2000 {
-            let mut bytes = Vec::new();
-            for _ in 0..12 {
-                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                bytes.push(POOL[(seed >> 28) as usize]);
-            }
-            let lossy = String::from_utf8_lossy(&bytes).into_owned();
-            let total = lossy.chars().count();
-            let mut c = Capture::new(usize::MAX);
-            c.push(&bytes);
-            c.count_kept();
-            assert_eq!(c.chars, total, "{bytes:x?}");
-            for limit in 0..total {
-                let mut c = Capture::new(limit);
-                c.push(&bytes);
-                let expected: String = lossy.chars().take(limit).collect();
-                assert_eq!(c.text(), expected, "{bytes:x?} limit {limit}");
-                assert!(c.is_truncated());
-            }
-        }
-    }
-
-    #[test]
     fn bytes_within_the_limit_are_counted_only_when_more_comes() {
         let mut c = Capture::new(4);
         c.push("é".as_bytes());
         c.push(&"😀".as_bytes()[..1]);
-        assert_eq!((c.chars, c.uncounted), (0, 3), "kept as they are");
+        assert_eq!((c.window.chars(), c.uncounted), (0, 3), "kept as they are");
         // Past 4 bytes: what was kept is counted first (é and the start
         // of 😀), then the rest of 😀 and two more characters fit.
         c.push(&"😀".as_bytes()[1..]);
         c.push(b"abc");
-        assert_eq!((c.chars, c.uncounted), (4, 0));
+        assert_eq!((c.window.chars(), c.uncounted), (4, 0));
         assert_eq!(c.text(), "é😀ab");
         assert!(c.is_truncated());
         assert_eq!(c.total_bytes(), 9);
@@ -424,7 +356,7 @@ mod tests {
         while fed < 10_000_000 {
             c.push(&chunk);
             fed += chunk.len() as u64;
-            assert!(c.kept.capacity() <= 4 * 64_000);
+            assert!(c.room() <= 4 * 64_000);
         }
         assert_eq!(c.bytes().len(), 64_000);
         assert_eq!(c.text().len(), 64_000);
@@ -440,7 +372,7 @@ mod tests {
             c.push(chunk.as_bytes());
         }
         assert_eq!(c.bytes().len(), 4000);
-        assert!(c.kept.capacity() <= 4000);
+        assert!(c.room() <= 4000);
         assert_eq!(c.text().chars().count(), 1000);
         assert_eq!(c.total_bytes(), 819_200);
     }

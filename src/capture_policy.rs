@@ -57,10 +57,10 @@ pub(crate) const GIVEN_ERROR_TEXT_WITHHELD: &str =
 const ANSWER_READ_LIMITS: usize = 4;
 
 impl Settings {
-    /// How much of a JSON answer of the MCP endpoint (an SSE event's data,
-    /// or a JSON body) is read to understand it (its error status) and to
-    /// redact it whole before it is cut to the capture limit: four capture
-    /// limits.
+    /// How many characters of a JSON answer of the MCP endpoint (an SSE
+    /// event's data, or a JSON body: both counted alike) are read to
+    /// understand it (its error status) and to redact it whole before it
+    /// is cut to the capture limit: four capture limits.
     pub(crate) fn answer_read_window(&self) -> usize {
         self.capture_limit.saturating_mul(ANSWER_READ_LIMITS)
     }

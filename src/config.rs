@@ -355,9 +355,10 @@ impl TrodoConfig {
     /// `input` or `output`; the rest is cut, and the span says so in its
     /// attributes. A POST to the MCP endpoint is still read up to 1 Mi
     /// characters to be understood (its method, id, tool and `_meta`),
-    /// whatever this limit, and its JSON answer up to four times this limit
-    /// (its error status); memory per exchange stays bounded whatever the
-    /// body size.
+    /// whatever this limit, and its JSON answer (a JSON body or an SSE
+    /// event) up to four times this limit in characters (its error status);
+    /// memory per exchange stays bounded whatever the body size (up to 4
+    /// bytes a character).
     /// Defaults to [`DEFAULT_CAPTURE_LIMIT`] (64,000, the most the ingest API keeps).
     ///
     /// # Errors
@@ -462,8 +463,8 @@ impl TrodoConfig {
     /// A JSON body is read whole up to a window past the capture limit: a
     /// POST to the MCP endpoint up to 1 Mi characters, its JSON answer (a
     /// JSON response body, or the SSE event that carries the answer) up to
-    /// four times the capture limit; a body of any other route up to the
-    /// capture limit. A longer one reaches the hook as the
+    /// four times the capture limit, in characters either way; a body of
+    /// any other route up to the capture limit. A longer one reaches the hook as the
     /// string of its first part, so a hook that masks secrets in large
     /// answers should also look at strings.
     ///

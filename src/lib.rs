@@ -105,6 +105,7 @@ mod backlog;
 mod body;
 mod capture;
 mod capture_policy;
+mod char_window;
 mod config;
 mod deferred;
 mod error;

@@ -7,8 +7,9 @@
 //! and read at its end.
 //!
 //! A JSON answer of the MCP endpoint (an SSE event's, or a JSON body) is
-//! read up to four times the capture limit, so that one somewhat over the limit is still parsed
-//! (its error status seen) and redacted as JSON before it is cut.
+//! read up to four times the capture limit, in characters either way, so
+//! that one somewhat over the limit is still parsed (its error status
+//! seen) and redacted as JSON before it is cut.
 //!
 //! An event stream that ends before the answer, having carried an event id
 //! a client can resume it from, parks its span in its session's run rather

@@ -64,9 +64,9 @@ pub(crate) const MAX_TAPED_BYTES: usize = 64 * 1024;
 /// The most chunks a tape keeps; a stream of more small ones is read live.
 pub(crate) const MAX_TAPED_CHUNKS: usize = 64;
 
-/// How much of an event the tape reads to tell the answer (as much as
-/// [`look`] looks at).
-const ANSWER_PREFIX_BYTES: usize = 512;
+/// How many characters of an event the tape reads to tell the answer: as
+/// many as the bytes [`look`] looks at, so at least those bytes.
+const ANSWER_PREFIX_CHARS: usize = 512;
 
 /// Chunks up to this size are copied onto the tape; larger ones are kept
 /// shared. A copy lets the server free or reuse its buffer at once, on its
@@ -137,7 +137,7 @@ impl Tape {
     pub(crate) fn new(exchange: Exchange, head: ResponseHead, request_bytes: usize) -> Box<Self> {
         let answer = head
             .is_event_stream()
-            .then(|| SseDecoder::data_only(ANSWER_PREFIX_BYTES));
+            .then(|| SseDecoder::data_only(ANSWER_PREFIX_CHARS));
         let shared = exchange.shared();
         let max_bytes = MAX_TAPED_BYTES.min(shared.settings.answer_read_window());
         let reused = shared.backlog.leftovers().reuse();

@@ -48,10 +48,42 @@ fn big_failure() -> String {
     )
 }
 
+/// The capture limit of [`wide_answer`]'s test: a read window of 4,000
+/// characters.
+const WIDE_CAPTURE_LIMIT: usize = 1_000;
+
+/// The text of a failure of 3,000 3-byte characters (9 KB): over a read
+/// window of 4,000 in bytes, within it in characters.
+fn wide_text() -> String {
+    "出错了".repeat(1_000)
+}
+
+/// A failed answer with [`wide_text`]: a JSON-RPC error (`"error"`), or a
+/// tool's `isError` result (`"tool_error"`).
+fn wide_answer(kind: &str) -> String {
+    let text = wide_text();
+    match kind {
+        "error" => {
+            format!(r#"{{"jsonrpc":"2.0","id":1,"error":{{"code":-32603,"message":"{text}"}}}}"#)
+        }
+        "tool_error" => format!(
+            r#"{{"jsonrpc":"2.0","id":1,"result":{{"content":[{{"type":"text","text":"{text}"}}],"isError":true}}}}"#
+        ),
+        _ => unreachable!(),
+    }
+}
+
 fn sse(body: Body) -> Response<Body> {
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(body)
+        .unwrap()
+}
+
+fn json_body(body: impl Into<Body>) -> Response<Body> {
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(body.into())
         .unwrap()
 }
 
@@ -98,10 +130,16 @@ async fn scripted_with(
                         sse(Body::from_stream(futures::stream::iter(chunks)))
                     }
                     "big_failure_sse" => sse(Body::from(format!("data: {}\n\n", big_failure()))),
-                    "big_failure_json" => Response::builder()
-                        .header("content-type", "application/json")
-                        .body(Body::from(big_failure()))
-                        .unwrap(),
+                    "big_failure_json" => json_body(big_failure()),
+                    "wide_error_sse" => {
+                        sse(Body::from(format!("data: {}\n\n", wide_answer("error"))))
+                    }
+                    "wide_error_json" => json_body(wide_answer("error")),
+                    "wide_tool_error_sse" => sse(Body::from(format!(
+                        "data: {}\n\n",
+                        wide_answer("tool_error")
+                    ))),
+                    "wide_tool_error_json" => json_body(wide_answer("tool_error")),
                     "null_result" => sse(Body::from(format!("data: {NULL_RESULT}\n\n"))),
                     "odd_error" => sse(Body::from(format!("data: {ODD_ERROR}\n\n"))),
                     "method_in_result" => sse(Body::from(format!("data: {METHOD_IN_RESULT}\n\n"))),
@@ -112,12 +150,7 @@ async fn scripted_with(
                             r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
                         ))
                         .unwrap(),
-                    "fine" => Response::builder()
-                        .header("content-type", "application/json")
-                        .body(Body::from(
-                            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
-                        ))
-                        .unwrap(),
+                    "fine" => json_body(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#),
                     "unavailable" => Response::builder()
                         .status(StatusCode::SERVICE_UNAVAILABLE)
                         .body(Body::from("try later"))
@@ -363,6 +396,38 @@ async fn an_answer_over_the_capture_limit_is_parsed_and_redacted_whole() {
             // serialised value's member order may put past the cut).
             assert!(!output.contains("SECRET-TOKEN"), "{tool}");
             assert!(output.starts_with('{'), "{tool}");
+        }
+    }
+}
+
+/// The read window is counted in characters for an SSE event as for a JSON
+/// body: a failed answer of multi-byte text, over the window in bytes but
+/// within it in characters, is read whole either way, so its failure is
+/// seen and its output is the same.
+#[tokio::test]
+async fn a_multi_byte_answer_is_read_to_the_same_window_as_sse_and_as_json() {
+    let cases = [
+        ("wide_error", "error", "server_error", json!(-32603)),
+        ("wide_tool_error", "tool_error", "tool_error", Value::Null),
+    ];
+    for (tool, kind, error_type, code) in cases {
+        let answer = wide_answer(kind);
+        assert!(answer.len() > 4 * WIDE_CAPTURE_LIMIT);
+        assert!(answer.chars().count() < 4 * WIDE_CAPTURE_LIMIT);
+        let output: String = answer.chars().take(WIDE_CAPTURE_LIMIT).collect();
+        for form in ["sse", "json"] {
+            let tool = format!("{tool}_{form}");
+            let (ingest, client) =
+                scripted_with(|config| config.with_capture_limit(WIDE_CAPTURE_LIMIT).unwrap())
+                    .await;
+            for span in live_and_taped(&ingest, &client, &tool).await {
+                assert_eq!(span["status"], "error", "{tool}");
+                assert_eq!(span["error_type"], error_type, "{tool}");
+                assert_eq!(span["error_message"], wide_text(), "{tool}");
+                assert_eq!(span["attributes"]["jsonrpc.error.code"], code, "{tool}");
+                assert_eq!(span["attributes"]["output_truncated"], true, "{tool}");
+                assert_eq!(span["output"], output.as_str(), "{tool}");
+            }
         }
     }
 }

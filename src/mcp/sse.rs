@@ -7,9 +7,13 @@
 //! Why hand-written: the SSE crates (`sse-stream`, `eventsource-stream`) are
 //! pull-style streams that own the body, and they hold a whole event in memory
 //! without bound. Here decoding is push-style (fed from the side of a body we
-//! do not own) and every buffer is bounded: one event keeps at most
-//! `max_event_bytes` data bytes, plus [`MAX_META_BYTES`] for each of its
-//! `event` and `id` values, however long the lines on the wire are.
+//! do not own) and every buffer is bounded: one event keeps the data of at
+//! most `max_event_chars` characters, counted as a JSON body's
+//! [`Capture`] counts them (so at most `4 * max_event_chars` bytes), plus
+//! [`MAX_META_BYTES`] for each of its `event` and `id` values, however long
+//! the lines on the wire are. Every decoder's data limit is in characters:
+//! the answer's read window (of the recorder, and of a resumed stream),
+//! like a JSON answer's, and the prefix a tape looks at.
 //!
 //! A whole event in one chunk (the common case: servers write an event at a
 //! time) is read in place, its data lent straight from the chunk; an event
@@ -23,9 +27,12 @@
 //! id; they carry no JSON-RPC message. Their id is kept all the same, by a
 //! decoder that keeps ids: it is what a client resumes the stream from.
 
-use crate::capture::text_of;
+use crate::capture::{Capture, text_of};
+use crate::char_window::prefix_len;
 
 /// The most bytes kept of an `event` or `id` value; longer values are cut.
+/// In bytes, unlike the data: these are no text the span keeps, only
+/// names compared byte for byte (the id a client resumes from).
 pub(crate) const MAX_META_BYTES: usize = 1024;
 
 /// The most room the data buffer keeps between events.
@@ -47,10 +54,10 @@ pub(crate) struct SseEvent<'a> {
     /// The last event id when dispatched (it persists across events, per the
     /// spec); empty while unset, and for a decoder that keeps no ids.
     pub(crate) id: &'a [u8],
-    /// The `data` lines joined with `\n` (never ending in half a UTF-8
-    /// character cut by the limit).
+    /// The `data` lines joined with `\n`, up to `max_event_chars`
+    /// characters (never cut in the middle of one).
     pub(crate) data: &'a [u8],
-    /// True when data bytes past `max_event_bytes` were dropped.
+    /// True when data past `max_event_chars` characters was dropped.
     pub(crate) data_truncated: bool,
 }
 
@@ -99,8 +106,6 @@ enum Phase {
 /// Decodes an event stream fed chunk by chunk, with bounded buffers.
 #[derive(Debug)]
 pub(crate) struct SseDecoder {
-    /// The most data bytes kept for one event.
-    max_event_bytes: usize,
     /// Bytes of the BOM matched at the start of the stream so far.
     bom_matched: usize,
     /// Whether the start of the stream (and so a BOM) is behind us.
@@ -119,12 +124,11 @@ pub(crate) struct SseDecoder {
     name_overflow: bool,
     /// The field of the current line, once its name is complete.
     field: Field,
-    /// The data buffer (lines joined with `\n`), at most `max_event_bytes`.
-    data: Vec<u8>,
+    /// The data (lines joined with `\n`), up to `max_event_chars`
+    /// characters; says whether more was dropped.
+    data: Capture,
     /// Whether the event has had a `data` line.
     has_data: bool,
-    /// Whether data bytes were dropped for this event.
-    data_truncated: bool,
     /// The event type buffer.
     event: Vec<u8>,
     /// Whether `event` types are read.
@@ -141,13 +145,13 @@ pub(crate) struct SseDecoder {
 }
 
 impl SseDecoder {
-    /// `max_event_bytes`: the most data bytes kept for one event; more is dropped
-    /// and the event is marked `data_truncated`.
-    pub(crate) fn new(max_event_bytes: usize) -> Self {
+    /// `max_event_chars`: the most characters of data kept for one event
+    /// (counted as [`Capture`] counts them); more is dropped and the event
+    /// is marked `data_truncated`.
+    pub(crate) fn new(max_event_chars: usize) -> Self {
         Self {
             keeps_event: true,
             keeps_id: true,
-            max_event_bytes,
             bom_matched: 0,
             started: false,
             after_cr: false,
@@ -157,9 +161,8 @@ impl SseDecoder {
             name_len: 0,
             name_overflow: false,
             field: Field::Ignored,
-            data: Vec::new(),
+            data: Capture::new(max_event_chars),
             has_data: false,
-            data_truncated: false,
             event: Vec::new(),
             last_id: Vec::new(),
             id_line: Vec::new(),
@@ -251,7 +254,7 @@ impl SseDecoder {
         !self.after_cr
             && !self.line_started
             && !self.has_data
-            && self.data.is_empty()
+            && self.data.bytes().is_empty()
             && self.event.is_empty()
     }
 
@@ -286,13 +289,12 @@ impl SseDecoder {
                     push_bounded(&mut self.last_id, id, MAX_META_BYTES);
                 }
                 if let Some(data) = data.filter(|data| !data.is_empty()) {
-                    let data_truncated = data.len() > self.max_event_bytes;
-                    let kept = &data[..data.len().min(self.max_event_bytes)];
+                    let kept = &data[..prefix_len(data, self.data.limit())];
                     on_event(SseEvent {
                         event: b"",
                         id: &self.last_id,
-                        data: kept_data(kept, data_truncated),
-                        data_truncated,
+                        data: kept,
+                        data_truncated: kept.len() < data.len(),
                     });
                 }
                 return Whole::Read(used);
@@ -340,7 +342,7 @@ impl SseDecoder {
             self.phase = Phase::Value;
         }
         match self.field {
-            Field::Data => self.push_data(bytes),
+            Field::Data => self.data.push(bytes),
             Field::Event => push_bounded(&mut self.event, bytes, MAX_META_BYTES),
             Field::Id => push_bounded(&mut self.id_line, bytes, MAX_META_BYTES),
             Field::Ignored => {}
@@ -349,21 +351,21 @@ impl SseDecoder {
 
     /// A decoder that reads only `data` lines: its events have no `event`
     /// type or `id`, and it allocates nothing for them.
-    pub(crate) fn data_only(max_event_bytes: usize) -> Self {
+    pub(crate) fn data_only(max_event_chars: usize) -> Self {
         Self {
             keeps_event: false,
             keeps_id: false,
-            ..Self::new(max_event_bytes)
+            ..Self::new(max_event_chars)
         }
     }
 
     /// A decoder that reads `data` and `id` lines: its events have no
     /// `event` type, and [`last_id`](Self::last_id) says where a client
     /// would resume the stream from.
-    pub(crate) fn data_and_id(max_event_bytes: usize) -> Self {
+    pub(crate) fn data_and_id(max_event_chars: usize) -> Self {
         Self {
             keeps_event: false,
-            ..Self::new(max_event_bytes)
+            ..Self::new(max_event_chars)
         }
     }
 
@@ -396,7 +398,7 @@ impl SseDecoder {
         match self.field {
             Field::Data => {
                 if self.has_data {
-                    self.push_data(b"\n");
+                    self.data.push(b"\n");
                 }
                 self.has_data = true;
             }
@@ -404,15 +406,6 @@ impl SseDecoder {
             Field::Id => self.id_line.clear(),
             Field::Ignored => {}
         }
-    }
-
-    /// Appends to the data buffer, dropping (and flagging) what passes the limit.
-    fn push_data(&mut self, bytes: &[u8]) {
-        let room = self.max_event_bytes - self.data.len();
-        if bytes.len() > room {
-            self.data_truncated = true;
-        }
-        push_bounded(&mut self.data, bytes, self.max_event_bytes);
     }
 
     /// A line end: finishes the line's field, or dispatches on a blank line.
@@ -437,29 +430,26 @@ impl SseDecoder {
 
     /// A blank line: reports the event when it has data, and resets it.
     fn dispatch(&mut self, on_event: &mut impl FnMut(SseEvent<'_>)) {
-        let data_truncated = std::mem::replace(&mut self.data_truncated, false);
+        let data_truncated = self.data.is_truncated();
         self.has_data = false;
-        if !self.data.is_empty() || data_truncated {
+        if !self.data.bytes().is_empty() || data_truncated {
             on_event(SseEvent {
                 event: &self.event,
                 id: &self.last_id,
-                data: kept_data(&self.data, data_truncated),
+                data: self.data.bytes(),
                 data_truncated,
             });
         }
-        self.data.clear();
+        // A large event's room goes back; a long stream keeps little.
+        self.data.restart(KEPT_DATA_BYTES);
         self.event.clear();
-        if self.data.capacity() > KEPT_DATA_BYTES {
-            // A large event's room goes back; a long stream keeps little.
-            self.data = Vec::new();
-        }
     }
 
     /// Bytes held in the decoder's buffers (their capacities), for tests.
     #[cfg(test)]
     fn buffered_bytes(&self) -> usize {
         self.name.len()
-            + self.data.capacity()
+            + self.data.room()
             + self.event.capacity()
             + self.last_id.capacity()
             + self.id_line.capacity()
@@ -476,36 +466,6 @@ fn push_bounded(buf: &mut Vec<u8>, bytes: &[u8], max: usize) {
         buf.reserve_exact(target - buf.len());
     }
     buf.extend_from_slice(&bytes[..take]);
-}
-
-/// The data bytes an event reports of what was `kept`: a cut (when
-/// `truncated`) does not end in half a UTF-8 character.
-fn kept_data(kept: &[u8], truncated: bool) -> &[u8] {
-    if truncated {
-        &kept[..complete_prefix(kept)]
-    } else {
-        kept
-    }
-}
-
-/// The length of `bytes` without an incomplete UTF-8 sequence at its end
-/// (left by a cut).
-fn complete_prefix(bytes: &[u8]) -> usize {
-    let len = bytes.len();
-    for back in 1..=len.min(4) {
-        let b = bytes[len - back];
-        if b & 0xC0 == 0x80 {
-            continue;
-        }
-        let width = match b {
-            0xC0..=0xDF => 2,
-            0xE0..=0xEF => 3,
-            0xF0..=0xF7 => 4,
-            _ => 1,
-        };
-        return if width > back { len - back } else { len };
-    }
-    len
 }
 
 #[cfg(test)]
@@ -554,7 +514,7 @@ mod tests {
         ]
     }
 
-    /// Decodes `chunks` in order with a decoder keeping `max` data bytes.
+    /// Decodes `chunks` in order with a decoder keeping `max` characters of data.
     /// A data-only decoder and one that keeps ids (which take the fast
     /// path for more events) must find the same events, without their type
     /// (and id), and the latter the same last id.
@@ -829,31 +789,103 @@ mod tests {
     }
 
     #[test]
-    fn truncation_does_not_leave_half_a_character() {
-        // "é" is 2 bytes: a cut after 3 bytes keeps "ab" only.
-        let events = decode_chunks(3, &["data: abé\n\n".as_bytes()]);
+    fn the_data_limit_counts_characters_not_bytes() {
+        // Four 3-byte characters: exactly at a limit of 4, whole or split
+        // (the general path), on one data line or two.
+        for chunks in [
+            &["data: 中文字符\n\n".as_bytes()][..],
+            &["data: 中文".as_bytes(), "字符\n\n".as_bytes()],
+        ] {
+            assert_eq!(decode_chunks(4, chunks), vec![data_event("中文字符")]);
+        }
         assert_eq!(
-            events,
-            vec![SseEvent {
-                data_truncated: true,
-                ..data_event("ab")
-            }]
+            decode_chunks(4, &["data: 中文\ndata: 字\n\n".as_bytes()]),
+            vec![data_event("中文\n字")]
         );
-        let events = decode_chunks(4, &["data: a😀\n\n".as_bytes()]);
-        assert_eq!(events[0].data, "a");
-        let events = decode_chunks(5, &["data: a😀b\n\n".as_bytes()]);
-        assert_eq!(events[0].data, "a😀");
+        // One character over: cut after the fourth.
+        for chunks in [
+            &["data: 中文字符号\n\n".as_bytes()][..],
+            &["data: 中文".as_bytes(), "字符号\n\n".as_bytes()],
+        ] {
+            let cut = SseEvent {
+                data_truncated: true,
+                ..data_event("中文字符")
+            };
+            assert_eq!(decode_chunks(4, chunks), vec![cut]);
+        }
+        let cut = SseEvent {
+            data_truncated: true,
+            ..data_event("中文\n字")
+        };
+        let two_lines = "data: 中文\ndata: 字符\n\n".as_bytes();
+        assert_eq!(decode_chunks(4, &[two_lines]), vec![cut]);
     }
 
     #[test]
-    fn complete_prefix_drops_only_an_incomplete_tail() {
-        assert_eq!(complete_prefix(b""), 0);
-        assert_eq!(complete_prefix(b"abc"), 3);
-        assert_eq!(complete_prefix("é".as_bytes()), 2);
-        assert_eq!(complete_prefix(&"é".as_bytes()[..1]), 0);
-        assert_eq!(complete_prefix(&"a😀".as_bytes()[..4]), 1);
-        assert_eq!(complete_prefix("a😀".as_bytes()), 5);
-        assert_eq!(complete_prefix(b"a\x80\x80\x80\x80"), 5);
+    fn a_character_split_across_pushes_is_counted_once() {
+        let event = "data: a中b\n\n".as_bytes();
+        // Every split, the 3-byte character's among them.
+        for at in 0..=event.len() {
+            let chunks = [&event[..at], &event[at..]];
+            assert_eq!(decode_chunks(3, &chunks), vec![data_event("a中b")], "{at}");
+            let cut = SseEvent {
+                data_truncated: true,
+                ..data_event("a中")
+            };
+            assert_eq!(decode_chunks(2, &chunks), vec![cut], "split at {at}");
+        }
+        let zhong = "中".as_bytes();
+        let chunks = [b"data: a", &zhong[..1], &zhong[1..], b"b\n\n"];
+        assert_eq!(decode_chunks(3, &chunks), vec![data_event("a中b")]);
+    }
+
+    #[test]
+    fn a_character_cut_by_a_line_end_counts_as_lossy_decoding_makes_it() {
+        // A lead byte, a line end, then its continuation bytes on the next
+        // data line: each is a U+FFFD, and the `\n` between a character.
+        let event = [&b"data: "[..], "中".as_bytes(), b"\xE4\ndata: \xB8\xAD\n\n"].concat();
+        assert_eq!(
+            decode_chunks(5, &[&event]),
+            vec![data_event("中\u{FFFD}\n\u{FFFD}\u{FFFD}")]
+        );
+        let cut = SseEvent {
+            data_truncated: true,
+            ..data_event("中\u{FFFD}\n\u{FFFD}")
+        };
+        assert_eq!(decode_chunks(4, &[&event]), vec![cut]);
+    }
+
+    #[test]
+    fn truncation_does_not_leave_half_a_character() {
+        let cut = SseEvent {
+            data_truncated: true,
+            ..data_event("abé")
+        };
+        assert_eq!(decode_chunks(3, &["data: abé😀\n\n".as_bytes()]), vec![cut]);
+        let events = decode_chunks(4, &["data: abé😀\n\n".as_bytes()]);
+        assert_eq!(events, vec![data_event("abé😀")]);
+        let events = decode_chunks(1, &["data: 😀b\n\n".as_bytes()]);
+        assert_eq!(events[0].data, "😀");
+    }
+
+    #[test]
+    fn one_huge_multi_byte_data_line_keeps_max_chars_in_bounded_memory() {
+        const MAX: usize = 1000;
+        let mut decoder = SseDecoder::data_and_id(MAX);
+        let mut events = Vec::new();
+        decoder.push(b"data: ", |e| events.push(owned(&e)));
+        let chunk = "中".repeat(1000);
+        for _ in 0..100 {
+            decoder.push(chunk.as_bytes(), |e| events.push(owned(&e)));
+            // 3 bytes a character, with the room of the id buffers.
+            assert!(decoder.buffered_bytes() <= 3 * MAX + 64);
+        }
+        decoder.push(b"\n\n", |e| events.push(owned(&e)));
+        let cut = SseEvent {
+            data_truncated: true,
+            ..data_event(&"中".repeat(MAX))
+        };
+        assert_eq!(events, vec![cut]);
     }
 
     #[test]
@@ -940,7 +972,7 @@ mod tests {
         }
         assert_eq!(events, rmcp_events());
         assert_eq!(decoder.whole_tries, 3, "each event by the fast path");
-        assert_eq!(decoder.data.capacity(), 0, "no data was copied");
+        assert_eq!(decoder.data.room(), 0, "no data was copied");
         assert_eq!(decoder.last_id(), b"2/0");
 
         // A priming event alone sets the id a client resumes from.
