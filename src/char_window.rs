@@ -8,8 +8,6 @@
 //! read to the same window whatever their encoding. The bytes of `limit`
 //! characters are at most `4 * limit`.
 
-use crate::capture::truncate_chars;
-
 /// Counts the characters of a byte stream fed in pieces against a limit,
 /// and says where the first one past it starts.
 ///
@@ -85,24 +83,32 @@ impl CharWindow {
         let end = at
             .saturating_add(room.saturating_mul(4).saturating_add(1))
             .min(bytes.len());
-        for part in bytes[at..end].utf8_chunks() {
-            let valid = part.valid();
-            if !valid.is_empty() {
-                // Counted and cut by the standard library's fast paths
-                // (counting leading bytes; no decoding).
-                let room = self.limit - self.chars;
-                let count = valid.chars().count();
-                if count > room {
-                    self.chars = self.limit;
-                    self.passed = true;
-                    return at + truncate_chars(valid, room).0.len();
+        while at < end {
+            // The longest valid run, found by the standard library's fast
+            // validation, then the invalid subpart after it (or an
+            // incomplete character at the end).
+            let rest = &bytes[at..end];
+            let (valid, invalid) = match std::str::from_utf8(rest) {
+                Ok(_) => (rest.len(), 0),
+                Err(e) => (
+                    e.valid_up_to(),
+                    e.error_len().unwrap_or(rest.len() - e.valid_up_to()),
+                ),
+            };
+            if valid > 0 {
+                match nth_char_start(&rest[..valid], self.limit - self.chars) {
+                    Ok(cut) => {
+                        self.chars = self.limit;
+                        self.passed = true;
+                        return at + cut;
+                    }
+                    Err(count) => self.chars += count,
                 }
-                self.chars += count;
                 // Whatever an invalid subpart before began is over.
                 self.need = 0;
-                at += valid.len();
+                at += valid;
             }
-            for &b in part.invalid() {
+            for &b in &rest[valid..valid + invalid] {
                 if !self.step(b) {
                     return at;
                 }
@@ -139,6 +145,29 @@ pub(crate) fn prefix_len(bytes: &[u8], limit: usize) -> usize {
         return bytes.len();
     }
     CharWindow::new(limit).fit(bytes)
+}
+
+/// In valid UTF-8 `text`: `Ok` with where its character `n` (counting
+/// from 0) starts, if it has more than `n`; else `Err` with how many it
+/// has. Counts leading bytes (all but continuation bytes) a block at a
+/// time, which compiles to vector code; nothing is decoded.
+fn nth_char_start(text: &[u8], n: usize) -> Result<usize, usize> {
+    // At most 255, so that a block is counted in byte lanes.
+    const BLOCK: usize = 128;
+    let is_leading = |b: &u8| (*b as i8) >= -0x40;
+    let mut seen = 0;
+    for (i, block) in text.chunks(BLOCK).enumerate() {
+        let count = usize::from(block.iter().fold(0u8, |n, b| n + u8::from(is_leading(b))));
+        if seen + count > n {
+            let (at, _) = (block.iter().enumerate())
+                .filter(|(_, b)| is_leading(b))
+                .nth(n - seen)
+                .expect("the block holds character n");
+            return Ok(i * BLOCK + at);
+        }
+        seen += count;
+    }
+    Err(seen)
 }
 
 /// For the first byte of a character: how many continuation bytes it expects
@@ -199,6 +228,22 @@ mod tests {
         assert_eq!(window.fit(text.as_bytes()), 57);
         assert!(window.is_passed());
         assert_eq!(window.fit(b"x"), 0, "a passed window takes nothing more");
+    }
+
+    #[test]
+    fn characters_are_counted_across_blocks() {
+        let text = "aé中😀".repeat(200);
+        for n in [0, 1, 255, 256, 257, 511, 799] {
+            let expected: String = text.chars().take(n).collect();
+            assert_eq!(
+                nth_char_start(text.as_bytes(), n),
+                Ok(expected.len()),
+                "{n}"
+            );
+            assert_eq!(prefix_len(text.as_bytes(), n), expected.len(), "{n}");
+        }
+        assert_eq!(nth_char_start(text.as_bytes(), 800), Err(800));
+        assert_eq!(prefix_len(text.as_bytes(), 800), text.len());
     }
 
     #[test]
