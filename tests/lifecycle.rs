@@ -46,10 +46,7 @@ async fn idle_session_ends_at_its_last_activity() {
 /// or a notification (which has no span of its own).
 #[tokio::test]
 async fn server_404_for_the_session_ends_the_run_as_expired() {
-    let cancelled =
-        json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}});
-    let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"y"}}});
-    for message in [call, cancelled] {
+    for message in messages_in_a_forgotten_session(2) {
         let ingest = RecordingIngest::start().await.unwrap();
         let manager = session_manager(Some(Duration::from_millis(200)));
         let app = Router::new()
@@ -81,6 +78,15 @@ async fn server_404_for_the_session_ends_the_run_as_expired() {
         assert_eq!(ends[0].1["span_count"], 1, "the 404 message is not a span");
         assert_eq!(ingest.spans().len(), 1);
     }
+}
+
+/// What a client may send in a session the server forgot: a call (with
+/// JSON-RPC id `id`), or a notification.
+fn messages_in_a_forgotten_session(id: i64) -> [serde_json::Value; 2] {
+    let call = tool_call_body(id, "echo", json!({"text": "late"}));
+    let cancelled =
+        json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}});
+    [serde_json::from_str(&call).unwrap(), cancelled]
 }
 
 #[tokio::test]
@@ -240,6 +246,106 @@ async fn a_delete_counts_the_calls_before_it_while_delivery_is_held() {
     );
     assert_eq!(end["tool_count"], 3);
     assert_eq!(ingest.starts().len(), 1);
+}
+
+/// A DELETE ends the run with every call answered before it, though the
+/// backlog has read none of them: its reader (the delivery thread) is held
+/// from before the calls until the DELETE was answered, so only the
+/// DELETE's own catching up can count them.
+#[tokio::test]
+async fn a_delete_counts_the_calls_the_backlog_has_not_read() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let (layer, mut delivery) = HeldDelivery::layer(&ingest);
+    let mut client = RawClient::new(serve_demo(DemoTools::new(), layer).await);
+    client.initialize("unread-delete").await;
+    delivery.until_held().await;
+    for id in 1..=3 {
+        let answer = client.call_tool(id, "add", json!({"a": id, "b": 1})).await;
+        assert_eq!(
+            answer.response()["result"]["content"][0]["text"],
+            (id + 1).to_string()
+        );
+    }
+    assert_eq!(client.delete().await.status, 202);
+    delivery.release();
+
+    wait_for_ends(&ingest, 1).await;
+    let (run_id, end) = ingest.ends().pop().unwrap();
+    assert_eq!(end["metadata"]["closed_via"], "session_deleted");
+    assert_eq!(
+        totals(&end),
+        (3, 3, 0),
+        "every call answered before the DELETE: {end}"
+    );
+    let spans = spans_of(&ingest, &run_id);
+    let ids: Vec<_> = spans
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                &s["attributes"]["jsonrpc.request.id"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("tool.add", &json!("1")),
+            ("tool.add", &json!("2")),
+            ("tool.add", &json!("3"))
+        ]
+    );
+}
+
+/// The message that meets the server's 404 ends the run with every call
+/// answered before it, though the backlog has read none of them (its
+/// reader is held, as for a DELETE above), be the message a request or a
+/// notification.
+#[tokio::test]
+async fn a_404_counts_the_calls_the_backlog_has_not_read() {
+    for message in messages_in_a_forgotten_session(4) {
+        let ingest = RecordingIngest::start().await.unwrap();
+        let (layer, mut delivery) = HeldDelivery::layer(&ingest);
+        let manager = session_manager(None);
+        let app = Router::new()
+            .nest_service("/mcp", mcp(DemoTools::new(), manager.clone()))
+            .layer(layer);
+        let mut client = RawClient::new(serve(app).await);
+        client.initialize("unread-expiry").await;
+        delivery.until_held().await;
+        for id in 1..=3 {
+            let answer = client
+                .call_tool(id, "echo", json!({"text": format!("call {id}")}))
+                .await;
+            assert_eq!(answer.status, 200, "{}", answer.text());
+        }
+        // The server forgets the session, as when it expires.
+        let session = client.session.clone().unwrap().into();
+        manager.close_session(&session).await.unwrap();
+        assert_eq!(
+            client.send(message.to_string()).await.status,
+            404,
+            "{message}"
+        );
+        delivery.release();
+
+        wait_for_ends(&ingest, 1).await;
+        let (run_id, end) = ingest.ends().pop().unwrap();
+        assert_eq!(
+            end["metadata"]["closed_via"], "session_expired",
+            "{message}"
+        );
+        assert_eq!(
+            totals(&end),
+            (3, 3, 0),
+            "every call answered before the 404, which is no span: {message} {end}"
+        );
+        let names: Vec<_> = spans_of(&ingest, &run_id)
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["tool.echo"; 3], "{message}");
+    }
 }
 
 /// A server other than rmcp may take an `initialize` whose identities have

@@ -35,11 +35,17 @@ impl Polling {
     /// The server, its layer's config changed by `edit`.
     async fn start(edit: impl FnOnce(TrodoConfig) -> TrodoConfig) -> Self {
         let ingest = RecordingIngest::start().await.unwrap();
+        let layer = TrodoLayer::new(edit(config(&ingest)));
+        Self::serve(ingest, layer).await
+    }
+
+    /// The server behind `layer`, which delivers to `ingest`.
+    async fn serve(ingest: RecordingIngest, layer: TrodoLayer) -> Self {
         let tools = DemoTools::new();
         let manager = session_manager(None);
         let app = Router::new()
             .nest_service("/mcp", mcp(tools.clone(), Arc::clone(&manager)))
-            .layer(TrodoLayer::new(edit(config(&ingest))));
+            .layer(layer);
         let mut client = RawClient::new(serve(app).await);
         client.initialize("polling-test").await;
         Self {
@@ -156,38 +162,65 @@ async fn a_call_answered_on_a_resumed_stream_carries_the_answer() {
     let answer = answer_data(&got, 2);
 
     let (spans, end) = polling.spans_and_end().await;
-    assert_eq!(spans.len(), 1, "{spans:?}");
-    let span = &spans[0];
-    assert_eq!(span["name"], "tool.wait_for_release");
-    assert_eq!(span["status"], "ok", "{span}");
-    assert!(span.get("error_type").is_none(), "{span}");
-    assert!(span.get("error_message").is_none(), "{span}");
-    assert_eq!(span["output"], answer.as_str());
-    assert_eq!(
-        json_of(&span["output"])["result"]["content"][0]["text"],
-        "released"
-    );
-    let attributes = &span["attributes"];
-    assert_eq!(attributes["mcp.stream_resumed"], true);
-    assert_eq!(attributes["mcp.progress_events"], 1, "started, on the POST");
-    assert_eq!(attributes["jsonrpc.request.id"], "2");
-    assert_eq!(attributes["output_truncated"], false);
-    assert_eq!(attributes["http.response.status_code"], 200);
+    let span = the_span_of_the_answered_call(&spans, &end, &answer);
     // It lasts until the answer, which came after the release.
     assert!(time_of(&span["ended_at"]) >= released_at, "{span}");
     let lasted = time_of(&span["ended_at"])
         .duration_since(time_of(&span["started_at"]))
         .unwrap();
     assert_eq!(span["duration_ms"], lasted.as_millis() as u64);
+}
+
+/// The span of the `wait_for_release` call 2, the only one of its run,
+/// which a resumed stream answered with `answer`; checks it, and that the
+/// run's end (the session deleted) counts it.
+fn the_span_of_the_answered_call<'a>(spans: &'a [Value], end: &Value, answer: &str) -> &'a Value {
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    let span = &spans[0];
+    assert_eq!(span["name"], "tool.wait_for_release");
+    assert_eq!(span["status"], "ok", "{span}");
+    assert!(span.get("error_type").is_none(), "{span}");
+    assert!(span.get("error_message").is_none(), "{span}");
+    assert_eq!(span["output"], answer);
     assert_eq!(
-        (
-            end["span_count"].as_u64(),
-            end["tool_count"].as_u64(),
-            end["error_count"].as_u64()
-        ),
-        (Some(1), Some(1), Some(0)),
-        "{end}"
+        json_of(&span["output"])["result"]["content"][0]["text"],
+        "released"
     );
+    let attributes = &span["attributes"];
+    assert_eq!(attributes["mcp.stream_resumed"], true, "{span}");
+    assert_eq!(attributes["mcp.progress_events"], 1, "started, on the POST");
+    assert_eq!(attributes["jsonrpc.request.id"], "2");
+    assert_eq!(attributes["output_truncated"], false);
+    assert_eq!(attributes["http.response.status_code"], 200);
+    assert_eq!(end["metadata"]["closed_via"], "session_deleted");
+    assert_eq!(totals(end), (1, 1, 0), "{end}");
+    span
+}
+
+/// A call whose stream ended early is parked only once the backlog has
+/// read it: a resumed stream that comes before that (its reader, the
+/// delivery thread, is held until the stream's head came) still carries
+/// the call's answer, as the GET catches up first.
+#[tokio::test]
+async fn a_stream_resumed_before_the_backlog_read_the_call_carries_the_answer() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let (layer, mut delivery) = HeldDelivery::layer(&ingest);
+    let polling = Polling::serve(ingest, layer).await;
+    delivery.until_held().await;
+    let (mut post, mut seen) = polling.call(2, json!({})).await;
+    let first = seen.clone();
+    let last_event_id = polling.close(&first, &mut post, &mut seen).await;
+    assert!(!seen.contains("released"), "no answer on the POST: {seen}");
+
+    let mut resumed = polling.resume(&last_event_id).await;
+    delivery.release();
+    polling.tools.release();
+    let mut got = String::new();
+    read_to_end(&mut resumed, &mut got).await;
+    let answer = answer_data(&got, 2);
+
+    let (spans, end) = polling.spans_and_end().await;
+    the_span_of_the_answered_call(&spans, &end, &answer);
 }
 
 /// With a session store, another worker may end the session's run, so a

@@ -351,6 +351,20 @@ pub fn spans_of(ingest: &RecordingIngest, run_id: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A run end's totals: `span_count`, `tool_count`, `error_count`.
+pub fn totals(end: &Value) -> (u64, u64, u64) {
+    let count = |field: &str| {
+        end[field]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {field}: {end}"))
+    };
+    (
+        count("span_count"),
+        count("tool_count"),
+        count("error_count"),
+    )
+}
+
 /// The keys of a JSON object, sorted.
 pub fn keys(v: &Value) -> Vec<String> {
     let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
@@ -361,4 +375,118 @@ pub fn keys(v: &Value) -> Vec<String> {
 /// A span's input or output parsed as JSON.
 pub fn json_of(field: &Value) -> Value {
     serde_json::from_str(field.as_str().unwrap()).unwrap()
+}
+
+/// A hold on a layer's delivery thread, which also reads the backlog of
+/// exchanges taped on the request path (`src/backlog.rs`): it is held
+/// where it first connects to the ingest, in the DNS resolver of the HTTP
+/// client the layer is given, so outside any turn of the backlog. While
+/// it is held, nothing reads the backlog but a request that catches up
+/// (on its own thread, at once): a call answered then is counted in its
+/// run's end only if the request that ends the run catches up first.
+/// The layer's idle sweep, which catches up every few seconds as well, is
+/// left on a runtime that never runs, so that it cannot count them by
+/// chance.
+pub struct HeldDelivery {
+    held: Option<tokio::sync::oneshot::Receiver<String>>,
+    release: Option<std::sync::mpsc::Sender<()>>,
+    /// Where the idle sweep was spawned: never driven.
+    sweep: Option<tokio::runtime::Runtime>,
+}
+
+impl HeldDelivery {
+    /// A layer that delivers to `ingest` once released, and the hold on it.
+    pub fn layer(ingest: &RecordingIngest) -> (trodo_tower::TrodoLayer, Self) {
+        let ingest_addr: SocketAddr = ingest
+            .base_url()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
+        let (held, held_on) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel();
+        let resolver = HoldingResolver {
+            ingest: ingest_addr,
+            gate: std::sync::Mutex::new(Some((held, released))),
+        };
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .dns_resolver(resolver)
+            .build()
+            .unwrap();
+        // A name, not the address: a client connects to an address as is.
+        let config = TrodoConfig::new()
+            .with_site_id("test-site")
+            .unwrap()
+            .with_api_base(&format!("http://localhost:{}", ingest_addr.port()))
+            .unwrap()
+            .with_http_client(client);
+        let sweep = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The layer spawns its idle sweep on the runtime at hand.
+        let layer = {
+            let _sweep = sweep.enter();
+            trodo_tower::TrodoLayer::new(config)
+        };
+        let hold = Self {
+            held: Some(held_on),
+            release: Some(release),
+            sweep: Some(sweep),
+        };
+        (layer, hold)
+    }
+
+    /// Waits until the delivery thread is held: when it first delivers (a
+    /// run's `start`, within the one-second batching interval).
+    pub async fn until_held(&mut self) {
+        let held = self.held.take().expect("held once");
+        let thread = tokio::time::timeout(WAIT, held)
+            .await
+            .expect("delivery connects to the ingest")
+            .unwrap();
+        assert_eq!(thread, "trodo-export", "the delivery thread is held");
+    }
+
+    /// Lets delivery (and the backlog's reader) go on.
+    pub fn release(&mut self) {
+        if let Some(release) = self.release.take() {
+            release.send(()).unwrap();
+        }
+    }
+}
+
+impl Drop for HeldDelivery {
+    fn drop(&mut self) {
+        // A failed test releases delivery too (its sender is gone).
+        self.release.take();
+        if let Some(sweep) = self.sweep.take() {
+            sweep.shutdown_background();
+        }
+    }
+}
+
+/// Resolves every name to the ingest; the first time, waits for the test
+/// to release it, having told it so (with the name of its thread).
+struct HoldingResolver {
+    ingest: SocketAddr,
+    gate: std::sync::Mutex<
+        Option<(
+            tokio::sync::oneshot::Sender<String>,
+            std::sync::mpsc::Receiver<()>,
+        )>,
+    >,
+}
+
+impl reqwest::dns::Resolve for HoldingResolver {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let gate = self.gate.lock().unwrap().take();
+        if let Some((held, released)) = gate {
+            let thread = std::thread::current().name().unwrap_or("").to_owned();
+            let _ = held.send(thread);
+            let _ = released.recv();
+        }
+        let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(self.ingest));
+        Box::pin(std::future::ready(Ok(addrs)))
+    }
 }
