@@ -259,3 +259,37 @@ async fn another_routes_json_is_read_only_up_to_the_capture_limit() {
     assert_eq!(span["attributes"]["output_truncated"], true);
     assert_eq!(span["output"].as_str().unwrap().chars().count(), 64_000);
 }
+
+/// JSON-RPC sent to paths that read it and refuse it (a gateway's
+/// wildcard route answering a client that tries URLs, or a scanner) does
+/// not fill the endpoints the layer remembers: the real endpoint, answered
+/// later, is still learnt, and its DELETE ends the run.
+#[tokio::test]
+async fn refused_json_rpc_on_other_paths_does_not_hide_the_endpoint() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let refuse = |body: String| async move { (axum::http::StatusCode::NOT_FOUND, body) };
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .route("/{*rest}", post(refuse))
+        .layer(TrodoLayer::new(config(&ingest)));
+    let mut client = RawClient::new(serve(app).await);
+    let base = client.url.trim_end_matches("/mcp").to_owned();
+    for probe in 0..20 {
+        let answer = client
+            .http
+            .post(format!("{base}/probe{probe}"))
+            .header("content-type", "application/json")
+            .body(request_body(1, "tools/list", json!({})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 404);
+    }
+    client.initialize("probing-client").await;
+    client.call_tool(2, "echo", json!({"text": "t"})).await;
+    assert_eq!(client.delete().await.status, 202);
+    wait_for_ends(&ingest, 1).await;
+    let ends = ingest.ends();
+    assert_eq!(ends[0].1["metadata"]["closed_via"], "session_deleted");
+    assert_eq!(ends[0].1["span_count"], 1);
+}

@@ -42,7 +42,13 @@ impl Exchange {
         let (message, input) = self.read_request();
         let request = match message {
             Some(ClientMessage::Request(request)) => {
-                self.shared.learn_mcp_path(self.endpoint());
+                // Only an endpoint that answered it: JSON-RPC sent to a
+                // wrong path (a client's probe, a scanner) teaches nothing.
+                if response.status.is_success()
+                    && (response.is_json() || response.is_event_stream())
+                {
+                    self.shared.learn_mcp_path(self.endpoint());
+                }
                 Some(request)
             }
             Some(message @ (ClientMessage::Notification { .. } | ClientMessage::Response)) => {
