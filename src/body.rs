@@ -88,10 +88,11 @@ pin_project! {
         // Boxed inside: the body stays small (axum boxes it, hyper moves
         // it), and so does a pass-through layer's.
         watch: Option<Watch>,
-        // The bytes the head promised and the body has not passed yet.
-        // A consumer stops polling once none are left (hyper, by
-        // `content-length`; nothing at all for a HEAD request or a 204),
-        // so a drop then is the body's end, not the client going away.
+        // The bytes the head (or an exact size hint) promised and the body
+        // has not passed yet. A consumer stops polling once none are left
+        // (hyper, by `content-length`; nothing at all for a HEAD request or
+        // a 204), so a drop then is the body's end, not the client going
+        // away.
         unsent: Option<u64>,
     }
 
@@ -117,10 +118,13 @@ impl<B: Body> ResponseBody<B> {
             }
             other => other,
         };
+        // Without a `content-length`, hyper takes the length from an exact
+        // size hint, and stops there as well.
+        let unsent = declared_len.or_else(|| inner.size_hint().exact());
         Self {
             inner,
             watch,
-            unsent: declared_len,
+            unsent,
         }
     }
 }
@@ -156,8 +160,9 @@ where
                         *this.watch = fenced(Stage::ResponseBody, || watch.on_data(data)).flatten();
                     }
                 }
-                // The consumer may not poll again once the length is reached.
-                if this.inner.is_end_stream()
+                // The consumer may not poll again once the length is
+                // reached, nor after trailers (which end a body).
+                if (this.inner.is_end_stream() || frame.is_trailers())
                     && let Some(watch) = this.watch.take()
                 {
                     end(watch, BodyEnd::Complete);

@@ -137,9 +137,48 @@ async fn an_mcp_route_with_a_parameter_is_one_endpoint_for_every_tenant() {
     assert_eq!(names, vec!["tool.echo".to_owned(); tenants]);
 }
 
+/// A body that yields its frames but never says it is over: hyper stops
+/// polling it once it sent the exact length it gave, or after trailers.
+struct NeverOver {
+    frames: std::collections::VecDeque<http_body::Frame<bytes::Bytes>>,
+    exact_len: Option<u64>,
+}
+
+impl http_body::Body for NeverOver {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        match self.frames.pop_front() {
+            Some(frame) => std::task::Poll::Ready(Some(Ok(frame))),
+            None => std::task::Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.exact_len.map_or_else(
+            http_body::SizeHint::default,
+            http_body::SizeHint::with_exact,
+        )
+    }
+}
+
+/// A response whose body is `frames`, of `exact_len` if given, never over.
+fn never_over(
+    frames: Vec<http_body::Frame<bytes::Bytes>>,
+    exact_len: Option<u64>,
+) -> Response<Body> {
+    let frames = frames.into();
+    Response::new(Body::new(NeverOver { frames, exact_len }))
+}
+
 /// Bodies a server drops once it sent what the head promised are complete,
-/// not cancelled: the answer to a HEAD request (never sent), a 204, and a
-/// streamed body with a `content-length` (hyper stops polling at that length).
+/// not cancelled: the answer to a HEAD request (never sent), a 204, a
+/// streamed body with a `content-length` or an exact size hint (hyper stops
+/// polling at that length), and one that ends with trailers.
 #[tokio::test]
 async fn bodies_dropped_once_their_declared_length_went_out_are_complete() {
     let ingest = RecordingIngest::start().await.unwrap();
@@ -160,6 +199,25 @@ async fn bodies_dropped_once_their_declared_length_went_out_are_complete() {
                     .unwrap()
             }),
         )
+        .route(
+            "/api/sized",
+            get(|| async {
+                let frame = http_body::Frame::data(bytes::Bytes::from("sized"));
+                never_over(vec![frame], Some(5))
+            }),
+        )
+        .route(
+            "/api/trailers",
+            get(|| async {
+                let mut trailers = axum::http::HeaderMap::new();
+                trailers.insert("x-checksum", "1".parse().unwrap());
+                let frames = vec![
+                    http_body::Frame::data(bytes::Bytes::from("with trailers")),
+                    http_body::Frame::trailers(trailers),
+                ];
+                never_over(frames, None)
+            }),
+        )
         .layer(TrodoLayer::new(config(&ingest)));
     let mut client = RawClient::new(serve(app).await);
     client.initialize("lengths-test").await;
@@ -170,6 +228,8 @@ async fn bodies_dropped_once_their_declared_length_went_out_are_complete() {
         http.head(format!("{base}/api/plain")),
         http.post(format!("{base}/api/empty")),
         http.get(format!("{base}/api/file")),
+        http.get(format!("{base}/api/sized")),
+        http.get(format!("{base}/api/trailers")),
     ];
     let mut bodies = Vec::new();
     for request in requests {
@@ -180,7 +240,7 @@ async fn bodies_dropped_once_their_declared_length_went_out_are_complete() {
             .unwrap();
         bodies.push(answer.text().await.unwrap());
     }
-    assert_eq!(bodies, ["", "", "hello world"]);
+    assert_eq!(bodies, ["", "", "hello world", "sized", "with trailers"]);
     client.delete().await;
     ingest
         .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
@@ -191,6 +251,8 @@ async fn bodies_dropped_once_their_declared_length_went_out_are_complete() {
         "http.HEAD /api/plain",
         "http.POST /api/empty",
         "http.GET /api/file",
+        "http.GET /api/sized",
+        "http.GET /api/trailers",
     ] {
         let span = &spans.iter().find(|(_, s)| s["name"] == name).unwrap().1;
         assert_eq!(span["status"], "ok", "{span}");
