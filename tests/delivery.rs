@@ -468,3 +468,23 @@ async fn a_redirect_is_not_followed_and_its_call_is_rejected() {
         assert!(ingest.received().is_empty());
     }
 }
+
+/// A base URL with credentials (a proxy's, say): reqwest sends them as an
+/// `authorization` header, not in the URL, and the answer still counts.
+#[tokio::test]
+async fn a_base_url_with_credentials_is_delivered_to() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let base = ingest.base_url().replace("http://", "http://user:secret@");
+    let config = TrodoConfig::new()
+        .with_site_id("test-site")
+        .unwrap()
+        .with_api_base(&base)
+        .unwrap();
+    let trodo = Trodo::new(&config);
+    let run_id = trodo.start_run(StartRun::new("session"));
+    trodo.end_run(run_id, EndRun::ok());
+    assert!(trodo.flush(WAIT).await);
+
+    assert_eq!(summary(&trodo.delivery_counters()), (2, 0, 0));
+    assert_eq!(ingest.received().len(), 2);
+}

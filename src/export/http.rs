@@ -94,7 +94,7 @@ impl HttpSink {
             }
             Err(err) => return Outcome::network_error(err.to_string()),
         };
-        if *response.url() != url {
+        if !same_target(response.url(), &url) {
             // An application's client that follows redirects: a POST
             // redirected may have become a GET, whose answer says nothing
             // of the call.
@@ -111,6 +111,17 @@ impl HttpSink {
         tokio::spawn(drain(response));
         Outcome::of_status(status, retry_after.as_deref(), SystemTime::now())
     }
+}
+
+/// Whether an answer came from the URL a call was sent to: reqwest takes
+/// the credentials out of the URL it sends (as an `authorization` header),
+/// and a fragment is never sent, so those do not count.
+fn same_target(answered: &Url, sent: &Url) -> bool {
+    answered.scheme() == sent.scheme()
+        && answered.host_str() == sent.host_str()
+        && answered.port_or_known_default() == sent.port_or_known_default()
+        && answered.path() == sent.path()
+        && answered.query() == sent.query()
 }
 
 /// Reads an answer's body, so that its connection can serve the next call:
