@@ -85,8 +85,9 @@ where
         self.shared.start_background();
         let (mut parts, body) = request.into_parts();
         let shared = &self.shared;
+        let empty_body = body.is_end_stream();
         let Some(exchange) = fenced(Stage::RequestHead, || {
-            Exchange::new(Arc::clone(shared), &mut parts)
+            Exchange::new(Arc::clone(shared), &mut parts, empty_body)
         }) else {
             return self.pass_through(Request::from_parts(parts, body));
         };

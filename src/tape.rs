@@ -321,7 +321,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let exchange = Exchange::new(Arc::clone(shared), &mut parts);
+        let exchange = Exchange::new(Arc::clone(shared), &mut parts, false);
         let response = http::Response::builder()
             .header("content-type", content_type)
             .body(())

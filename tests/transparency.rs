@@ -371,3 +371,51 @@ async fn panicking_run_key_and_distinct_id_hooks_never_reach_the_client() {
     // initialize (the session's others could open none), and panicked.
     assert_eq!(layer.trodo().delivery_counters().hook_panics, 2);
 }
+
+/// A POST refused before anyone read its body (an auth layer's 401, say)
+/// is no empty message: only a body said to be empty (`content-length: 0`)
+/// is one.
+#[tokio::test]
+async fn a_post_refused_unread_is_not_an_empty_message() {
+    use axum::http::{Request, StatusCode};
+    use axum::middleware::{Next, from_fn};
+    use axum::response::IntoResponse;
+    let ingest = RecordingIngest::start().await.unwrap();
+    let deny_tagged = |request: Request<axum::body::Body>, next: Next| async move {
+        if request.headers().contains_key("x-deny") {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        next.run(request).await
+    };
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .layer(from_fn(deny_tagged))
+        .layer(TrodoLayer::new(config(&ingest)));
+    let mut client = RawClient::new(serve(app).await);
+    client.initialize("refused-client").await;
+    let refused = client
+        .post(tool_call_body(2, "echo", json!({"text": "t"})))
+        .header("x-deny", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(
+        client.send("").await.status,
+        415,
+        "rmcp refuses an empty body"
+    );
+    client.delete().await;
+    wait_for_ends(&ingest, 1).await;
+
+    let spans: Vec<_> = ingest.spans().into_iter().map(|(_, s)| s).collect();
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    assert_eq!(spans[0]["name"], "http.POST /mcp", "{:#}", spans[0]);
+    assert_eq!(
+        spans[0]["status"], "ok",
+        "a 4xx is the caller's: {:#}",
+        spans[0]
+    );
+    assert_eq!(spans[1]["name"], "mcp.invalid_message");
+    assert_eq!(spans[1]["error_message"], "the request body is empty");
+}

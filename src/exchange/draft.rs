@@ -141,6 +141,7 @@ impl Exchange {
                 (name, kind, tool, id)
             }
             None if self.method == Method::POST
+                && (input.bytes > 0 || self.empty_body)
                 && self.shared.is_known_mcp_path(self.endpoint()) =>
             {
                 // A POST to the MCP endpoint that is not one JSON-RPC message.

@@ -66,6 +66,10 @@ pub(crate) struct Exchange {
     /// The request body's `content-encoding`, if it is encoded: the layer
     /// neither reads nor keeps it.
     encoding: Option<Box<str>>,
+    /// Whether the body is empty, as it says before anyone reads it: a
+    /// body no one read (refused by an auth layer, say) reads as empty too,
+    /// and may not be.
+    empty_body: bool,
     wants_event_stream: bool,
     /// The `Last-Event-ID` of a GET event stream: a resumed stream (on a
     /// POST it means nothing, and is not kept).
@@ -128,9 +132,10 @@ pub(crate) enum Failure {
 }
 
 impl Exchange {
-    /// Notes what the request head says, makes the capture its body will
-    /// fill, and puts the request's [`RequestSpan`] in its extensions.
-    pub(crate) fn new(shared: Arc<Shared>, parts: &mut Parts) -> Self {
+    /// Notes what the request head says (and whether the body is empty,
+    /// `empty_body`), makes the capture its body will fill, and puts the
+    /// request's [`RequestSpan`] in its extensions.
+    pub(crate) fn new(shared: Arc<Shared>, parts: &mut Parts, empty_body: bool) -> Self {
         let settings = &shared.settings;
         let found = RequestHeaders::of(&parts.headers, &settings.session_header);
         // An encoded body is not read: its capture only counts its bytes.
@@ -240,6 +245,7 @@ impl Exchange {
             method_header: found.method.and_then(owned_text),
             name_header: found.name.and_then(owned_text),
             encoding,
+            empty_body,
             wants_event_stream,
             last_event_id: found
                 .last_event_id
@@ -645,7 +651,7 @@ mod tests {
         let (mut parts, ()) = request.into_parts();
         drop(buffer);
 
-        let exchange = Exchange::new(Shared::switched_off(), &mut parts);
+        let exchange = Exchange::new(Shared::switched_off(), &mut parts, false);
         drop(parts);
         assert!(freed.is_freed(), "no share is kept");
         assert_eq!(exchange.path(), "/mcp");
@@ -666,7 +672,7 @@ mod tests {
         let app = app.layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
                 let (mut parts, body) = request.into_parts();
-                made.send(Exchange::new(Shared::switched_off(), &mut parts))
+                made.send(Exchange::new(Shared::switched_off(), &mut parts, false))
                     .unwrap();
                 next.run(axum::extract::Request::from_parts(parts, body))
             },
@@ -697,7 +703,7 @@ mod tests {
         let read_whole = |method: Method, path: &str| {
             let request = http::Request::builder().method(method).uri(path);
             let (mut parts, ()) = request.body(()).unwrap().into_parts();
-            let exchange = Exchange::new(Arc::clone(&shared), &mut parts);
+            let exchange = Exchange::new(Arc::clone(&shared), &mut parts, false);
             let mut input = exchange.request_span.input();
             input.push(&[b'x'; 100_000]);
             !input.is_truncated()
@@ -728,7 +734,7 @@ mod tests {
 
         // Outside any route (the layer around the router): copied.
         let (mut parts, ()) = http::Request::post("/mcp").body(()).unwrap().into_parts();
-        let exchange = Exchange::new(Shared::switched_off(), &mut parts);
+        let exchange = Exchange::new(Shared::switched_off(), &mut parts, false);
         assert!(matches!(&exchange.target, Target::Path(path, None) if &**path == "/mcp"));
         assert!(exchange.route().is_none());
     }
@@ -741,7 +747,7 @@ mod tests {
         // (what `tapes` returns, whether it marked the exchange taped outside any run)
         let tapes = |body: &[u8], status: u16, answer_session: Option<&str>| {
             let (mut parts, ()) = http::Request::post("/mcp").body(()).unwrap().into_parts();
-            let mut exchange = Exchange::new(Shared::switched_off(), &mut parts);
+            let mut exchange = Exchange::new(Shared::switched_off(), &mut parts, false);
             exchange.request_span.input().push(body);
             let mut response = http::Response::builder()
                 .status(status)
@@ -777,7 +783,7 @@ mod tests {
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add"}}"#;
         let exchange = || {
             let (mut parts, ()) = http::Request::post("/mcp").body(()).unwrap().into_parts();
-            let exchange = Exchange::new(Shared::switched_off(), &mut parts);
+            let exchange = Exchange::new(Shared::switched_off(), &mut parts, false);
             exchange.request_span.input().push(BODY);
             exchange
         };
