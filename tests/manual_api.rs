@@ -1247,42 +1247,46 @@ async fn the_summary_of_a_wrap_agent_cut_short_is_not_given_to_the_redaction_hoo
 }
 
 /// A request in a session whose run its own handler ended: its span comes
-/// after the run's `end`, so it is not sent, and it is counted.
+/// after the run's `end`, so it is not sent, and it is counted, whether it
+/// succeeded or failed.
 #[tokio::test]
 async fn the_span_of_a_request_whose_run_ended_while_it_was_served_is_counted_as_dropped() {
-    let ingest = RecordingIngest::start().await.unwrap();
-    let layer = TrodoLayer::new(config(&ingest));
-    let trodo = layer.trodo();
-    let ending = trodo.clone();
-    let end_own_run = move |Extension(span): Extension<RequestSpan>| async move {
-        // A session this process knows: the run is known in the handler.
-        ending.end_run(span.run_id().unwrap(), EndRun::ok());
-        "ended"
-    };
-    let app = Router::new()
-        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
-        .route("/finish", axum::routing::get(end_own_run))
-        .layer(layer);
-    let addr = serve(app).await;
-    let mut client = RawClient::new(addr);
-    client.initialize("ending-client").await;
-    let answer = client
-        .http
-        .get(format!("http://{addr}/finish"))
-        .header("mcp-session-id", client.session.as_deref().unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.text().await.unwrap(), "ended");
-    assert!(trodo.flush(WAIT).await);
+    use axum::http::StatusCode;
+    for status in [StatusCode::OK, StatusCode::INTERNAL_SERVER_ERROR] {
+        let ingest = RecordingIngest::start().await.unwrap();
+        let layer = TrodoLayer::new(config(&ingest));
+        let trodo = layer.trodo();
+        let ending = trodo.clone();
+        let end_own_run = move |Extension(span): Extension<RequestSpan>| async move {
+            // A session this process knows: the run is known in the handler.
+            ending.end_run(span.run_id().unwrap(), EndRun::ok());
+            (status, "ended")
+        };
+        let app = Router::new()
+            .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+            .route("/finish", axum::routing::get(end_own_run))
+            .layer(layer);
+        let addr = serve(app).await;
+        let mut client = RawClient::new(addr);
+        client.initialize("ending-client").await;
+        let answer = client
+            .http
+            .get(format!("http://{addr}/finish"))
+            .header("mcp-session-id", client.session.as_deref().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status);
+        assert!(trodo.flush(WAIT).await);
 
-    assert_eq!(ingest.ends().len(), 1);
-    assert_eq!(ingest.ends()[0].1["span_count"], 0);
-    assert!(ingest.spans().is_empty(), "{:?}", ingest.spans());
-    let counters = trodo.delivery_counters();
-    assert_eq!(
-        (counters.dropped_after_run_end, counters.dropped_no_run),
-        (1, 0),
-        "{counters:?}"
-    );
+        assert_eq!(ingest.ends().len(), 1);
+        assert_eq!(ingest.ends()[0].1["span_count"], 0);
+        assert!(ingest.spans().is_empty(), "{:?}", ingest.spans());
+        let counters = trodo.delivery_counters();
+        assert_eq!(
+            (counters.dropped_after_run_end, counters.dropped_no_run),
+            (1, 0),
+            "{status}: {counters:?}"
+        );
+    }
 }

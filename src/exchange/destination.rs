@@ -179,6 +179,10 @@ impl Exchange {
             return Head::Ready(None);
         }
         if !status.is_success() && !sessions.contains(&session_id) {
+            if self.known_run.is_some() {
+                // Its run ended while it was served.
+                exporter.drop_after_run_end(1);
+            }
             return Head::Ready(None);
         }
         let key = RunKey::Session(session_id);
