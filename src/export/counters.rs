@@ -180,10 +180,10 @@ pub struct DeliveryCounters {
     /// MCP endpoint without a session or the caller's propagation headers;
     /// a notification; a sessionless call under `Sessionless::Ignore`; a
     /// failed request in a session this process does not know; a request
-    /// in a session this process did not hold whose run ended while it was
-    /// served; the children a
-    /// session's DELETE or GET finishes after its answer's head), or whose
-    /// client went away before the run was known. Those of a request
+    /// whose session's run ended while it was served, for the children it
+    /// finishes after its answer's head; the children a session's DELETE
+    /// or GET finishes after its answer's head), or whose client went away
+    /// before the run was known. Those of a request
     /// passed through while the layer is shut down count as
     /// `dropped_shutdown`.
     pub dropped_no_run: u64,

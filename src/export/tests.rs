@@ -634,3 +634,38 @@ async fn an_api_that_fails_every_run_is_probed_not_stormed() {
     assert!(times[40..].iter().all(|&t| t == 123_000), "{times:?}");
     assert_eq!(exporter.counters().sent, 100);
 }
+
+/// Once shutdown began, failures in a row pause no run: the last chance
+/// of a run that never failed does not wait on others' back-off.
+#[tokio::test(start_paused = true)]
+async fn after_shutdown_began_failures_pause_no_other_run() {
+    let answered = AtomicUsize::new(0);
+    let script = Script::new(move |_| {
+        if answered.fetch_add(1, Ordering::Relaxed) < 3 {
+            unavailable()
+        } else {
+            Outcome::Delivered
+        }
+    });
+    let options = DeliveryOptions {
+        max_in_flight: 3,
+        ..options()
+    };
+    let (exporter, worker) = spawn(&script, options);
+    for run in 1..=6 {
+        exporter.send(start(run));
+    }
+    assert!(exporter.shutdown(Duration::from_secs(5)).await);
+    worker.await.unwrap();
+    // The first three fail, each freeing a place for the next run: the
+    // sixth goes after the third failure at once, not after a pause; the
+    // three go again after their own back-off.
+    let starts = |runs: &[u32]| {
+        runs.iter()
+            .map(|r| format!("start {r}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(script.described(), starts(&[1, 2, 3, 4, 5, 6, 1, 2, 3]));
+    assert_eq!(script.times_ms(), [0, 0, 0, 0, 0, 0, 1000, 1000, 1000]);
+    assert_eq!(fates(&exporter.counters())[0], 6);
+}

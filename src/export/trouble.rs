@@ -14,12 +14,13 @@ const FAILURES_BEFORE_PAUSE: u32 = 3;
 /// Each run backs off on its own, so that one run's failing calls do not
 /// hold up the others. But an API that fails every call is down for all,
 /// and thousands of runs each backing off on their own would still call it
-/// many times a second, then all at once when it is back. So after a few
-/// failures in a row every call pauses, for a step that grows with each
-/// pause of the spell (as a run's back-off does: 1 s doubling to 60 s);
-/// and after such a pause, or a 429's, one call goes alone, as a probe,
-/// until the API answers one. Any answer (a success, or a refusal of that
-/// call alone) ends the spell.
+/// many times a second, and send a burst of calls at the end of every
+/// pause. So after a few failures in a row every call pauses, for a step
+/// that grows with each pause of the spell (as a run's back-off does: 1 s
+/// doubling to 60 s); and after such a pause, or a 429's, one call goes
+/// alone, as a probe, until the API answers one (then the others go, up to
+/// the calls allowed in flight). Any answer (a success, or a refusal of
+/// that call alone) ends the spell.
 #[derive(Debug, Default)]
 pub(crate) struct Trouble {
     /// Transient failures in a row, of any runs.

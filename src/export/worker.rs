@@ -124,8 +124,13 @@ impl Worker {
                 self.trouble.answered();
             }
             Outcome::Transient { .. } => {
+                // Not after shutdown began: it is every run's last chance.
                 if let Some(until) = self.trouble.failed(now, backoff) {
-                    self.core.update(|queue| queue.pause(until));
+                    self.core.update(|queue| {
+                        if !queue.is_closed() {
+                            queue.pause(until);
+                        }
+                    });
                 }
             }
             Outcome::Throttled { .. } => self.trouble.throttled(),
