@@ -57,10 +57,19 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if let (Some(Ok(frame)), Some(span)) = (&frame, this.span.as_ref())
-            && let Some(data) = frame.data_ref()
-            && fenced(Stage::RequestBody, || span.input().push(data)).is_none()
-        {
+        let Some(span) = this.span.as_ref() else {
+            return Poll::Ready(frame);
+        };
+        let kept = match &frame {
+            Some(Ok(frame)) => match frame.data_ref() {
+                Some(data) => fenced(Stage::RequestBody, || span.input().push(data)),
+                None => Some(()),
+            },
+            // Seen to its end: an empty body is known to be, not merely unread.
+            None => fenced(Stage::RequestBody, || span.input().end()),
+            Some(Err(_)) => Some(()),
+        };
+        if kept.is_none() {
             *this.span = None;
         }
         Poll::Ready(frame)

@@ -23,6 +23,8 @@ pub(crate) struct Capture {
     uncounted: usize,
     /// Total bytes seen.
     total: u64,
+    /// Whether the stream was seen to its end.
+    ended: bool,
 }
 
 impl Capture {
@@ -33,6 +35,7 @@ impl Capture {
             kept: Vec::new(),
             uncounted: 0,
             total: 0,
+            ended: false,
         }
     }
 
@@ -69,6 +72,7 @@ impl Capture {
         self.window = CharWindow::new(self.window.limit());
         self.uncounted = 0;
         self.total = 0;
+        self.ended = false;
     }
 
     /// Counts the characters of the kept bytes not counted yet.
@@ -90,6 +94,16 @@ impl Capture {
     /// Total bytes seen (including those not kept).
     pub(crate) fn total_bytes(&self) -> u64 {
         self.total
+    }
+
+    /// The stream is over: nothing more comes.
+    pub(crate) fn end(&mut self) {
+        self.ended = true;
+    }
+
+    /// Whether the stream was seen to its end.
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended
     }
 
     /// True when bytes were dropped because of the limit.

@@ -141,13 +141,13 @@ impl Exchange {
                 (name, kind, tool, id)
             }
             None if self.method == Method::POST
-                && (input.bytes > 0 || self.empty_body)
+                && (input.bytes > 0 || input.empty)
                 && self.shared.is_known_mcp_path(self.endpoint()) =>
             {
                 // A POST to the MCP endpoint that is not one JSON-RPC message.
                 attributes.insert("http.route", Value::from(self.endpoint()));
                 let kind = route_kind.unwrap_or(SpanKind::Generic);
-                let wrong = if input.bytes == 0 {
+                let wrong = if input.empty {
                     Some("the request body is empty")
                 } else if !input.read_whole || input.encoding.is_some() {
                     // Too large to read whole, or encoded: its method is

@@ -481,6 +481,7 @@ impl Exchange {
         let encoding = self.encoding.take();
         let read_whole = !capture.is_truncated();
         let bytes = capture.total_bytes();
+        let empty = bytes == 0 && (self.empty_body || capture.is_ended());
         // A notification or a client's response makes no span: its text is
         // not redacted for nothing.
         let spanless = matches!(
@@ -499,6 +500,7 @@ impl Exchange {
             truncated: cut && encoding.is_none(),
             read_whole,
             bytes,
+            empty,
             encoding,
         };
         (message, input)
@@ -622,6 +624,10 @@ struct Input {
     /// whole may still be cut to the capture limit).
     read_whole: bool,
     bytes: u64,
+    /// Whether the body is known to be empty: it said so before anyone read
+    /// it, or was read to its end without a byte (one refused unread reads
+    /// as no bytes too).
+    empty: bool,
     /// The body's `content-encoding`, if it is encoded (and so not read).
     encoding: Option<Box<str>>,
 }
