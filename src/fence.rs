@@ -11,7 +11,9 @@
 //! service's own panic unwinds.
 //!
 //! The application's hooks are called under the same [`caught`] (see
-//! [`crate::hook`]).
+//! [`crate::hook`]), and so are the delivery thread's calls to the ingest
+//! API (see `export::inflight`): the HTTP client may run the application's
+//! code, and a panic there must not end delivery.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,16 +41,21 @@ pub(crate) enum Stage {
     BodyEnd,
     /// Reading a finished exchange off the request path (see [`crate::backlog`]).
     Backlog,
+    /// Making a call to the ingest API, on the delivery thread: the HTTP
+    /// client may run the application's code (a DNS resolver or connector
+    /// given through `with_http_client`).
+    Delivery,
 }
 
 impl Stage {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::RequestHead,
         Self::RequestBody,
         Self::ResponseHead,
         Self::ResponseBody,
         Self::BodyEnd,
         Self::Backlog,
+        Self::Delivery,
     ];
 
     /// What the layer was doing and what its panic cost, for the log.
@@ -66,6 +73,10 @@ impl Stage {
             Self::Backlog => (
                 "the layer, reading a finished exchange,",
                 "its span is lost",
+            ),
+            Self::Delivery => (
+                "a call to the ingest API (in the HTTP client)",
+                "the call counts as a network error and is tried again",
             ),
         }
     }

@@ -488,3 +488,51 @@ async fn a_base_url_with_credentials_is_delivered_to() {
     assert_eq!(summary(&trodo.delivery_counters()), (2, 0, 0));
     assert_eq!(ingest.received().len(), 2);
 }
+
+/// Resolves every name to the ingest, but panics the first time: a bug in
+/// an application's resolver.
+struct PanickingOnceResolver {
+    ingest: SocketAddr,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+impl reqwest::dns::Resolve for PanickingOnceResolver {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        if !self
+            .panicked
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            panic!("a resolver's bug");
+        }
+        let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(self.ingest));
+        Box::pin(std::future::ready(Ok(addrs)))
+    }
+}
+
+/// The HTTP client runs the application's code on the delivery thread: its
+/// panic fails that call, which is tried again, and delivery goes on.
+#[tokio::test]
+async fn a_panic_in_the_http_client_fails_one_call_not_delivery() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config_resolving_through(&ingest, |ingest| PanickingOnceResolver {
+        ingest,
+        panicked: false.into(),
+    });
+    let trodo = Trodo::new(&config);
+    let panics_before = trodo.delivery_counters().panics_caught;
+    let run_id = trodo.start_run(StartRun::new("session"));
+    trodo.end_run(run_id, EndRun::ok());
+    assert!(trodo.flush(WAIT).await, "delivered after the panic");
+
+    let counters = trodo.delivery_counters();
+    assert_eq!(summary(&counters), (2, 1, 0), "the start, tried twice");
+    assert_eq!(counters.panics_caught - panics_before, 1);
+    let paths: Vec<String> = ingest.received().into_iter().map(|r| r.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/sdk/runs/start",
+            &format!("/api/sdk/runs/{run_id}/end")
+        ]
+    );
+}

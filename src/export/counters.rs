@@ -190,7 +190,10 @@ pub struct DeliveryCounters {
     /// Panics caught in the layer's own work beside a request, in this
     /// process (a bug of the layer; each is also logged with `tracing`).
     /// Each cost the recording of one exchange, which passed through
-    /// untouched. They count events, not records, so they are not in
+    /// untouched. Panics in a call to the ingest API (in the HTTP client,
+    /// which runs the DNS resolver or connector of a client you gave) are
+    /// counted here too: such a call counts as a network error and is tried
+    /// again. They count events, not records, so they are not in
     /// [`dropped`](Self::dropped).
     pub panics_caught: u64,
     /// Panics of your hooks (`with_redaction`, `with_run_key`,

@@ -10,6 +10,10 @@ use std::time::Duration;
 use super::Sink;
 use super::batch::Batch;
 use super::outcome::Outcome;
+use crate::fence::{Stage, fenced};
+
+/// The failure of a call that panicked.
+const PANICKED: &str = "the HTTP client panicked";
 
 /// A call to the sink, bounded by the request timeout.
 type Call = Pin<Box<dyn Future<Output = Outcome> + Send>>;
@@ -50,20 +54,34 @@ impl InFlight {
                 .await
                 .unwrap_or_else(|_| Outcome::network_error(format!("no answer in {timeout:?}")))
         });
+        self.push(batch, call);
+    }
+
+    fn push(&mut self, batch: Batch, call: Call) {
         self.calls.push((batch, call));
     }
 
     /// The next call to finish, with its batch. Pending forever when none is
     /// in flight. Cancel-safe: a call not finished stays in flight.
+    ///
+    /// A call that panics (the HTTP client runs the application's DNS
+    /// resolver or connector, if it gave one) is over: it counts as a
+    /// network error, logged and counted as the layer's caught panics, and
+    /// delivery goes on. Unwinding through here would end the delivery
+    /// thread, and every record after it would wait in the queue for good.
     pub(crate) async fn next(&mut self) -> (Batch, Outcome) {
         poll_fn(|cx| {
             for i in 0..self.calls.len() {
-                if let Poll::Ready(outcome) = self.calls[i].1.as_mut().poll(cx) {
-                    // `remove` keeps the others in start order: answers that
-                    // arrive together are acted on in that order.
-                    let (batch, _) = self.calls.remove(i);
-                    return Poll::Ready((batch, outcome));
-                }
+                let polled = fenced(Stage::Delivery, || self.calls[i].1.as_mut().poll(cx));
+                let outcome = match polled {
+                    Some(Poll::Pending) => continue,
+                    Some(Poll::Ready(outcome)) => outcome,
+                    None => Outcome::network_error(PANICKED),
+                };
+                // `remove` keeps the others in start order: answers that
+                // arrive together are acted on in that order.
+                let (batch, _) = self.calls.remove(i);
+                return Poll::Ready((batch, outcome));
             }
             Poll::Pending
         })
@@ -73,5 +91,47 @@ impl InFlight {
     /// Cancels every call and hands back their batches.
     pub(crate) fn abandon(&mut self) -> Vec<Batch> {
         self.calls.drain(..).map(|(batch, _)| batch).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::item::ItemKind;
+    use crate::export::retry::RetryState;
+    use crate::fence::{faults, panics_caught};
+    use uuid::Uuid;
+
+    fn batch(run: u128) -> Batch {
+        Batch {
+            run_id: Uuid::from_u128(run),
+            kind: ItemKind::Start,
+            items: Vec::new(),
+            retry: RetryState::default(),
+            max_items: 1,
+        }
+    }
+
+    #[test]
+    fn a_call_that_panics_is_a_network_error_and_the_others_go_on() {
+        let _turn = faults::counting();
+        let before = panics_caught();
+        let mut in_flight = InFlight::default();
+        in_flight.push(batch(1), Box::pin(async { panic!("a resolver's bug") }));
+        in_flight.push(batch(2), Box::pin(async { Outcome::Delivered }));
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (failed, outcome) = runtime.block_on(in_flight.next());
+        assert_eq!(failed.run_id, Uuid::from_u128(1));
+        assert_eq!(outcome, Outcome::network_error(PANICKED));
+        assert_eq!(panics_caught() - before, 1);
+        let (delivered, outcome) = runtime.block_on(in_flight.next());
+        assert_eq!(
+            (delivered.run_id, outcome),
+            (Uuid::from_u128(2), Outcome::Delivered)
+        );
+        assert!(in_flight.is_empty());
     }
 }

@@ -397,29 +397,12 @@ pub struct HeldDelivery {
 impl HeldDelivery {
     /// A layer that delivers to `ingest` once released, and the hold on it.
     pub fn layer(ingest: &RecordingIngest) -> (trodo_tower::TrodoLayer, Self) {
-        let ingest_addr: SocketAddr = ingest
-            .base_url()
-            .trim_start_matches("http://")
-            .parse()
-            .unwrap();
         let (held, held_on) = tokio::sync::oneshot::channel();
         let (release, released) = std::sync::mpsc::channel();
-        let resolver = HoldingResolver {
-            ingest: ingest_addr,
+        let config = config_resolving_through(ingest, |ingest| HoldingResolver {
+            ingest,
             gate: std::sync::Mutex::new(Some((held, released))),
-        };
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .dns_resolver(resolver)
-            .build()
-            .unwrap();
-        // A name, not the address: a client connects to an address as is.
-        let config = TrodoConfig::new()
-            .with_site_id("test-site")
-            .unwrap()
-            .with_api_base(&format!("http://localhost:{}", ingest_addr.port()))
-            .unwrap()
-            .with_http_client(client);
+        });
         let sweep = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -464,6 +447,32 @@ impl Drop for HeldDelivery {
             sweep.shutdown_background();
         }
     }
+}
+
+/// A config delivering to `ingest` by a name, with a client whose DNS
+/// resolver `resolver` makes (given the ingest's address): the delivery
+/// thread runs it before each new connection.
+pub fn config_resolving_through<R: reqwest::dns::Resolve + 'static>(
+    ingest: &RecordingIngest,
+    resolver: impl FnOnce(SocketAddr) -> R,
+) -> TrodoConfig {
+    let ingest_addr: SocketAddr = ingest
+        .base_url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .dns_resolver(resolver(ingest_addr))
+        .build()
+        .unwrap();
+    // A name, not the address: a client connects to an address as is.
+    TrodoConfig::new()
+        .with_site_id("test-site")
+        .unwrap()
+        .with_api_base(&format!("http://localhost:{}", ingest_addr.port()))
+        .unwrap()
+        .with_http_client(client)
 }
 
 /// Resolves every name to the ingest; the first time, waits for the test
