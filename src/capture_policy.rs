@@ -42,6 +42,45 @@ impl fmt::Debug for Redactor {
     }
 }
 
+/// A captured body as its span will keep it. The application's redaction
+/// hook may be slow, so a body waits for it where its span is recorded:
+/// after the response head, and, for most spans, on the delivery thread
+/// rather than the request's.
+#[derive(Debug)]
+pub(crate) enum Kept {
+    /// As the span keeps it (if at all), and whether the span says it was cut.
+    Final(Option<String>, bool),
+    /// As read, for the redaction hook, then cut to the capture limit;
+    /// `whole`: whether it was read whole (a JSON text read whole is
+    /// redacted as JSON).
+    Unredacted {
+        side: Side,
+        text: String,
+        whole: bool,
+    },
+}
+
+impl Kept {
+    /// Bytes of text it holds.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Final(text, _) => text.as_ref().map_or(0, String::len),
+            Self::Unredacted { text, .. } => text.len(),
+        }
+    }
+}
+
+/// A span's error text, which the redaction hook sees only if it came from
+/// the answer: where the span is recorded, as a body is (see [`Kept`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ErrorText {
+    /// The layer's own text, sent as it is.
+    Own(String),
+    /// The text of an error the answer carried (see
+    /// [`Settings::answered_error_text`]).
+    Answered(String),
+}
+
 /// The `error_message` of an error answer while output capture is off.
 pub(crate) const ERROR_TEXT_NOT_CAPTURED: &str = "the answer's error text is not captured";
 
@@ -77,18 +116,40 @@ impl Settings {
     /// whether the span says it was cut (it was, or it was not `whole`: read
     /// only in part). A JSON body read whole is redacted as JSON (before it
     /// is cut); any other text is redacted as a JSON string.
+    #[cfg(test)]
     pub(crate) fn captured_text(
         &self,
         side: Side,
-        mut text: String,
+        text: String,
         whole: bool,
     ) -> (Option<String>, bool) {
+        self.kept_text(self.keep(side, text, whole))
+    }
+
+    /// A captured body, kept for its span: final at once without a
+    /// redaction hook (cut to the capture limit), else kept as read for
+    /// [`kept_text`](Self::kept_text) to redact where the span is recorded.
+    pub(crate) fn keep(&self, side: Side, mut text: String, whole: bool) -> Kept {
         if !self.captures(side) {
-            return (None, !whole || truncate_chars(&text, self.capture_limit).1);
+            return Kept::Final(None, !whole || truncate_chars(&text, self.capture_limit).1);
         }
-        let Some(redactor) = &self.redactor else {
+        if self.redactor.is_none() {
             let cut = cut_to_chars(&mut text, self.capture_limit);
-            return (Some(text), cut || !whole);
+            return Kept::Final(Some(text), cut || !whole);
+        }
+        Kept::Unredacted { side, text, whole }
+    }
+
+    /// A kept body as the span keeps it, and whether the span says it was
+    /// cut: through the redaction hook, if it waits for it.
+    pub(crate) fn kept_text(&self, kept: Kept) -> (Option<String>, bool) {
+        let (side, text, whole) = match kept {
+            Kept::Final(text, cut) => return (text, cut),
+            Kept::Unredacted { side, text, whole } => (side, text, whole),
+        };
+        let Some(redactor) = &self.redactor else {
+            // Kept by settings with a hook: cut as these settings keep it.
+            return self.kept_text(self.keep(side, text, whole));
         };
         let over_limit = truncate_chars(&text, self.capture_limit).1;
         let mut value = whole
@@ -112,6 +173,15 @@ impl Settings {
         }
         self.redacted_text(text)
             .unwrap_or_else(|| ERROR_TEXT_WITHHELD.to_owned())
+    }
+
+    /// The text of a span's error as the span keeps it: an answered one
+    /// through the redaction hook (see [`answered_error_text`](Self::answered_error_text)).
+    pub(crate) fn error_text(&self, text: ErrorText) -> String {
+        match text {
+            ErrorText::Own(text) => text,
+            ErrorText::Answered(text) => self.answered_error_text(text),
+        }
     }
 
     /// An error text given to the manual API (a span's `error_message`, a
@@ -200,6 +270,35 @@ mod tests {
             TrodoConfig::new().settings.answered_error_text(text()),
             text()
         );
+    }
+
+    #[test]
+    fn a_kept_body_meets_the_hook_only_where_its_span_is_recorded() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&calls);
+        let settings = TrodoConfig::new()
+            .with_capture_limit(4)
+            .unwrap()
+            .with_redaction(move |value: &mut Value| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                *value = Value::from(value.to_string().to_uppercase());
+            })
+            .settings;
+        let kept = settings.keep(Side::Output, r#"{"a":"b"}"#.to_owned(), true);
+        assert_eq!(kept.len(), 9, "held as read");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(settings.kept_text(kept), (Some(r#"{"A""#.to_owned()), true));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+        let plain = TrodoConfig::new().with_capture_limit(4).unwrap().settings;
+        let kept = plain.keep(Side::Output, r#"{"a":"b"}"#.to_owned(), true);
+        assert!(
+            matches!(&kept, Kept::Final(Some(text), true) if text == r#"{"a""#),
+            "without a hook, cut at once: {kept:?}"
+        );
+        let off = TrodoConfig::new().with_output_capture(false).settings;
+        let kept = off.keep(Side::Output, "abc".to_owned(), false);
+        assert!(matches!(kept, Kept::Final(None, true)), "{kept:?}");
     }
 
     #[test]

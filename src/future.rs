@@ -147,6 +147,7 @@ fn look_at_head<B>(mut exchange: Box<Exchange>, response: &Response<B>) -> Looke
     }
     let declared_len = head.declared_len;
     if let Some(request_bytes) = exchange.tapes(&head, response) {
+        tracing::trace!("trodo: the exchange is taped, to be read on the delivery thread");
         let tape = Tape::new(*exchange, head, request_bytes);
         return Looked::Watch(Some(Watch::Taped(tape)), declared_len);
     }

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::api::RequestSpan;
 use crate::capture::{Capture, truncate_chars};
-use crate::capture_policy::Side;
+use crate::capture_policy::{ErrorText, Kept, Side};
 use crate::config::Settings;
 use crate::exchange::{ResponseHead, encoding_text};
 use crate::mcp::envelope::{
@@ -346,39 +346,33 @@ impl Recorder {
 }
 
 /// How a request's span ends, from what its response said, seen at
-/// `ended`: its output as the span keeps it (cut to the capture limit,
-/// redacted), its progress, and its error if it failed.
+/// `ended`: its output as the span keeps it (redacted and cut to the
+/// capture limit where the span is recorded), its progress, and its error
+/// if it failed.
 pub(crate) fn span_ending(
     settings: &Settings,
     draft: &mut SpanDraft,
     said: Said,
     ended: Moment,
 ) -> Ending {
-    let (output, output_truncated) = match said.output {
-        Some(text) => settings.captured_text(Side::Output, text, said.read_whole),
-        None => (None, false),
+    let output = match said.output {
+        Some(text) => settings.keep(Side::Output, text, said.read_whole),
+        None => Kept::Final(None, false),
     };
     if said.progress_events > 0 {
         draft
             .attributes
             .insert("mcp.progress_events", said.progress_events);
     }
-    let error = classify(
-        settings,
-        said.status,
-        said.response.as_ref(),
-        said.interruption,
-    )
-    .or_else(|| {
+    let error = classify(said.status, said.response.as_ref(), said.interruption).or_else(|| {
         draft
             .preset_error
             .take()
-            .map(|(kind, message)| (kind, message, None))
+            .map(|(kind, message)| (kind, ErrorText::Own(message), None))
     });
     Ending {
         ended,
         output,
-        output_truncated,
         bytes_out: said.bytes_out,
         error,
         response: said.response,
@@ -404,29 +398,29 @@ fn refused_session(shared: &Shared, run_id: Uuid, message: String) {
 /// the answer (a recorder that saw the answer is finished at once, so an
 /// interruption always came first).
 fn classify(
-    settings: &Settings,
     status: StatusCode,
     response: Option<&Response>,
     interruption: Option<Interruption>,
-) -> Option<(String, String, Option<i64>)> {
+) -> Option<(String, ErrorText, Option<i64>)> {
     // A text the answer carried is output; the layer's own texts are not.
     match response.map(|r| &r.outcome) {
         Some(Outcome::Error { code, message }) => {
             let error_type = code.map_or(SERVER_ERROR, error_type);
-            let message = settings.answered_error_text(message.clone());
+            let message = ErrorText::Answered(message.clone());
             return Some((error_type.to_owned(), message, *code));
         }
         Some(Outcome::ToolError { message }) => {
-            let message = settings.answered_error_text(message.clone());
+            let message = ErrorText::Answered(message.clone());
             return Some(("tool_error".to_owned(), message, None));
         }
         Some(Outcome::Success) => return None,
         None => {}
     }
     if status.is_server_error() {
-        return Some(("http_error".to_owned(), format!("HTTP {status}"), None));
+        let message = ErrorText::Own(format!("HTTP {status}"));
+        return Some(("http_error".to_owned(), message, None));
     }
-    interruption.map(|(kind, message)| (kind.to_owned(), message.to_owned(), None))
+    interruption.map(|(kind, message)| (kind.to_owned(), ErrorText::Own(message.to_owned()), None))
 }
 
 impl Reader {

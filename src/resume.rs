@@ -157,7 +157,11 @@ impl ParkedCall {
             return self.give_up(shared);
         };
         let key = Arc::clone(key);
-        if let Some(call) = shared.sessions.park(&key, run_id, self) {
+        // A parked call may be recorded under the run table's lock, where
+        // no hook may run (see `into_failed_span`).
+        let mut call = self;
+        call.draft.redact_input(&shared.settings);
+        if let Some(call) = shared.sessions.park(&key, run_id, call) {
             call.give_up(shared);
         }
     }
@@ -250,7 +254,7 @@ impl ParkedCall {
         } = self;
         let shared = Arc::clone(draft.request_span.shared());
         let ending = span_ending(&shared.settings, &mut draft, left.said(), left.ended);
-        draft.into_span(destination.run_id(), ending)
+        draft.into_span(&shared.settings, destination.run_id(), ending)
     }
 
     /// A resumed stream continues the call: it waits until `deadline` at
@@ -589,6 +593,7 @@ mod tests {
     use crate::TrodoConfig;
     use crate::api::RequestSpan;
     use crate::attributes::Attributes;
+    use crate::capture_policy::Kept;
     use crate::run::ClosedVia;
     use crate::span_kind::SpanKind;
     use crate::state::sweep_interval;
@@ -619,7 +624,7 @@ mod tests {
             request_id: Some(json!(id)),
             started_at: Timestamp::now(),
             started: Instant::now(),
-            input: None,
+            input: Kept::Final(None, false),
             attributes: Attributes::for_request(),
             preset_error: None,
         };

@@ -10,6 +10,8 @@ use uuid::Uuid;
 use crate::api::{RequestSpan, record_in_run};
 use crate::backlog::is_reading;
 use crate::capture::truncate_chars;
+use crate::capture_policy::{ErrorText, Kept};
+use crate::config::Settings;
 use crate::deferred::Deferred;
 use crate::export::IngestCall;
 use crate::mcp::envelope::Response;
@@ -70,7 +72,9 @@ pub(crate) struct SpanDraft {
     pub(crate) request_id: Option<Value>,
     pub(crate) started_at: Timestamp,
     pub(crate) started: Instant,
-    pub(crate) input: Option<String>,
+    /// The request body, redacted and cut where the span is recorded
+    /// (its `input_truncated` attribute is set then).
+    pub(crate) input: Kept,
     pub(crate) attributes: Attributes,
     /// `(error_type, error_message)` known from the request alone, used when
     /// the response gives no JSON-RPC outcome.
@@ -82,11 +86,11 @@ pub(crate) struct SpanDraft {
 pub(crate) struct Ending {
     /// When the response (or its failure) was seen.
     pub(crate) ended: Moment,
-    pub(crate) output: Option<String>,
-    pub(crate) output_truncated: bool,
+    /// The response body, redacted and cut where the span is recorded.
+    pub(crate) output: Kept,
     pub(crate) bytes_out: u64,
     /// `(error_type, error_message, JSON-RPC code)`.
-    pub(crate) error: Option<(String, String, Option<i64>)>,
+    pub(crate) error: Option<(String, ErrorText, Option<i64>)>,
     /// The JSON-RPC response, for the server identity it may carry.
     pub(crate) response: Option<Response>,
 }
@@ -102,10 +106,13 @@ impl SpanDraft {
     ) {
         let ending = Ending {
             ended: Moment::now(),
-            output: None,
-            output_truncated: false,
+            output: Kept::Final(None, false),
             bytes_out: 0,
-            error: Some((error_type.to_owned(), message.to_owned(), None)),
+            error: Some((
+                error_type.to_owned(),
+                ErrorText::Own(message.to_owned()),
+                None,
+            )),
             response: None,
         };
         self.finish(shared, destination, ending);
@@ -113,7 +120,8 @@ impl SpanDraft {
 
     /// Finishes the span and hands it on to its run, after the spans of
     /// every exchange that ended before it: through the layer's
-    /// [backlog](crate::backlog), unless this thread is reading it now. With
+    /// [backlog](crate::backlog), unless this thread is reading it now (so
+    /// the redaction hook runs on the delivery thread, mostly). With
     /// a session store nothing is taped, and spans are recorded at once:
     /// their totals are queued for the store before the answer goes out.
     pub(crate) fn finish(self, shared: &Arc<Shared>, destination: Destination, ending: Ending) {
@@ -140,7 +148,7 @@ impl SpanDraft {
                 run_id,
                 opened,
             } => {
-                let span = self.into_span(run_id, ending);
+                let span = self.into_span(&shared.settings, run_id, ending);
                 if opened {
                     shared
                         .sessions
@@ -151,31 +159,47 @@ impl SpanDraft {
                 record_in_run(shared, Some(&key), run_id, vec![span], seen);
             }
             Destination::Joined { run_id } => {
-                let span = self.into_span(run_id, ending);
+                let span = self.into_span(&shared.settings, run_id, ending);
                 record_in_run(shared, None, run_id, vec![span], seen);
             }
             Destination::OwnRun(mut run) => {
                 note_server(&mut run, response.as_ref());
                 let mut spans = self.request_span.take_collected();
-                spans.push(self.into_span(run.run_id, ending));
+                spans.push(self.into_span(&shared.settings, run.run_id, ending));
                 send_own_run(shared, *run, spans);
             }
         }
     }
 
+    /// Runs the redaction hook on the request body now, if it waits for
+    /// it: for a span that may be recorded where no hook may run (under
+    /// the run table's lock).
+    pub(crate) fn redact_input(&mut self, settings: &Settings) {
+        if let Kept::Unredacted { .. } = self.input {
+            let input = std::mem::replace(&mut self.input, Kept::Final(None, false));
+            let (text, cut) = settings.kept_text(input);
+            self.input = Kept::Final(text, cut);
+        }
+    }
+
     /// The span's record in run `run_id`, ended as `ending` says (its
-    /// response, if any, is left unread).
-    pub(crate) fn into_span(mut self, run_id: Uuid, ending: Ending) -> Span {
+    /// response, if any, is left unread): its input, output and answered
+    /// error text go through the redaction hook here, if they wait for it.
+    pub(crate) fn into_span(mut self, settings: &Settings, run_id: Uuid, ending: Ending) -> Span {
         let ended = ending.ended;
+        let (input, input_truncated) = settings.kept_text(self.input);
+        let (output, output_truncated) = settings.kept_text(ending.output);
+        // In the place `draft` kept for it.
+        self.attributes.insert("input_truncated", input_truncated);
         self.attributes
             .insert("http.response.body.size", ending.bytes_out);
-        self.attributes
-            .insert("output_truncated", ending.output_truncated);
+        self.attributes.insert("output_truncated", output_truncated);
         let (status, error_type, error_message) = match ending.error {
             Some((kind, message, code)) => {
                 if let Some(code) = code {
                     self.attributes.insert("jsonrpc.error.code", code);
                 }
+                let message = settings.error_text(message);
                 let message = truncate_chars(&message, MAX_ERROR_CHARS).0.to_owned();
                 (SpanStatus::Error, Some(kind), Some(message))
             }
@@ -208,8 +232,8 @@ impl SpanDraft {
                     .as_millis(),
             )
             .unwrap_or(u64::MAX),
-            input: self.input,
-            output: ending.output,
+            input,
+            output,
             error_type,
             error_message,
             tool_name: self.tool_name,
@@ -238,8 +262,7 @@ pub(crate) struct FinishedSpan {
 impl FinishedSpan {
     /// Bytes of text it holds, for the backlog's bound.
     pub(crate) fn weight(&self) -> usize {
-        let text = |t: &Option<String>| t.as_ref().map_or(0, String::len);
-        text(&self.draft.input) + text(&self.ending.output)
+        self.draft.input.len() + self.ending.output.len()
     }
 
     /// Records the span in its run.

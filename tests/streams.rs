@@ -11,6 +11,7 @@ use axum::http::{Response, StatusCode};
 use axum::routing::post;
 use common::*;
 use serde_json::{Value, json};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use trodo_tower::TrodoLayer;
 
@@ -294,27 +295,109 @@ async fn an_answer_only_parsing_can_tell_is_found() {
     }
 }
 
+/// Notes, on this thread (the test's, where its server runs), how many
+/// exchanges the layer tapes.
+struct TapedExchanges {
+    log: Arc<Mutex<Vec<u8>>>,
+    _noting: tracing::subscriber::DefaultGuard,
+}
+
+impl TapedExchanges {
+    fn noted() -> Self {
+        let log = Arc::<Mutex<Vec<u8>>>::default();
+        let writer = Arc::clone(&log);
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || LogWriter(Arc::clone(&writer)))
+            .finish();
+        let noting = tracing::subscriber::set_default(subscriber);
+        Self {
+            log,
+            _noting: noting,
+        }
+    }
+
+    fn count(&self) -> usize {
+        let log = String::from_utf8(self.log.lock().unwrap().clone()).unwrap();
+        log.matches("the exchange is taped").count()
+    }
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The redaction hook runs where a span is recorded: on the delivery
+/// thread, whether the exchange was read as it streamed or from its tape.
 #[tokio::test]
-async fn a_known_sessions_exchange_is_read_on_the_delivery_thread() {
+async fn a_known_sessions_exchange_is_taped_and_every_span_redacted_off_the_request_path() {
     let (ingest, client, readers) = scripted_noting_readers().await;
-    let [live, taped] = live_and_taped(&ingest, &client, "fine").await;
+    let taped = TapedExchanges::noted();
+    let [live, from_tape] = live_and_taped(&ingest, &client, "fine").await;
     assert_eq!(live["status"], "ok");
-    assert_eq!(taped["output"], live["output"]);
+    assert_eq!(from_tape["output"], live["output"]);
+    assert_eq!(taped.count(), 1, "the session's second request");
     let readers = readers.lock().unwrap().clone();
-    assert_eq!(readers.len(), 4, "input and output of each: {readers:?}");
-    assert!(
-        readers[..2]
-            .iter()
-            .all(|t| t.as_deref() != Some("trodo-export")),
-        "the session's first request is read as it is answered: {readers:?}"
+    assert_eq!(
+        readers,
+        vec![Some("trodo-export".to_owned()); 4],
+        "input and output of each"
+    );
+}
+
+/// A slow redaction hook holds back no answer: an exchange read as it
+/// streams (the session's first here) is answered whole while the hook
+/// still runs on its input, on the delivery thread.
+#[tokio::test]
+async fn a_slow_redaction_hook_holds_back_no_answer() {
+    let answered = Arc::new(AtomicBool::new(false));
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = Mutex::new(Some(released));
+    let answered_when_redacted = Arc::new(Mutex::new(Vec::new()));
+    let (seen, noted) = (Arc::clone(&answered), Arc::clone(&answered_when_redacted));
+    let (ingest, client) = scripted_with(move |config| {
+        config.with_redaction(move |value: &mut Value| {
+            // The first call (the request's input) waits for the test; if
+            // it ran on the request's thread (the test's), it would wait
+            // out the timeout with no answer sent.
+            if let Some(released) = released.lock().unwrap().take() {
+                let _ = released.recv_timeout(WAIT);
+            }
+            noted.lock().unwrap().push(seen.load(Ordering::SeqCst));
+            *value = Value::from("redacted");
+        })
+    })
+    .await;
+    let request = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"fine"}});
+    let response = client.post(request.to_string()).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.unwrap().ends_with(b"}"));
+    answered.store(true, Ordering::SeqCst);
+    // Gone if the hook waited out its timeout.
+    let _ = release.send(());
+
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.body["spans"].is_array()))
+        .await
+        .unwrap();
+    let (_, span) = ingest.spans().pop().unwrap();
+    assert_eq!(
+        (&span["input"], &span["output"]),
+        (&json!("redacted"), &json!("redacted"))
     );
     assert_eq!(
-        readers[2..],
-        [
-            Some("trodo-export".to_owned()),
-            Some("trodo-export".to_owned())
-        ],
-        "the next one is read off the request path"
+        *answered_when_redacted.lock().unwrap(),
+        [true, true],
+        "input and output were redacted after the answer was whole"
     );
 }
 
@@ -323,15 +406,17 @@ async fn a_known_sessions_exchange_is_read_on_the_delivery_thread() {
 #[tokio::test]
 async fn an_answer_naming_another_session_is_read_live() {
     let (ingest, client, readers) = scripted_noting_readers().await;
+    let taped = TapedExchanges::noted();
     // The session becomes known here with its first answer.
     assert_eq!(span_of(&ingest, &client, "fine").await["status"], "ok");
     let span = span_of(&ingest, &client, "other_session").await;
     assert_eq!(span["status"], "ok");
+    assert_eq!(taped.count(), 0);
     let readers = readers.lock().unwrap().clone();
-    assert_eq!(readers.len(), 4, "input and output of each: {readers:?}");
-    assert!(
-        readers.iter().all(|t| t.as_deref() != Some("trodo-export")),
-        "both are read as they are answered: {readers:?}"
+    assert_eq!(
+        readers,
+        vec![Some("trodo-export".to_owned()); 4],
+        "input and output of each, off the request path"
     );
 }
 

@@ -357,7 +357,10 @@ impl Exchange {
         // The negotiated version comes from the result, not the request.
         metadata.remove("protocol_version");
         let made = Uuid::new_v4();
-        let run = self.run(&key, made, input.text, metadata);
+        // The run's input waits in its `start`, which the table holds
+        // from now on: redacted now.
+        let (text, _) = self.shared.settings.kept_text(input.text);
+        let run = self.run(&key, made, text, metadata);
         let table_key = key.table_key();
         let run_id = self.shared.sessions.open_pending(&table_key, run);
         let publish = self.shared.mirror.as_ref().map(|mirror| {

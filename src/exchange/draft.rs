@@ -182,7 +182,9 @@ impl Exchange {
                 Value::from(String::from(encoding)),
             );
         }
-        attributes.insert("input_truncated", Value::Bool(input.truncated));
+        // Known where the input is redacted (see `SpanDraft::into_span`):
+        // its place is kept.
+        attributes.insert("input_truncated", Value::Bool(false));
         SpanDraft {
             request_span: self.request_span.clone(),
             caller: self.joined,

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::api::{RequestSpan, inbound_propagation};
 use crate::capture::Capture;
-use crate::capture_policy::Side;
+use crate::capture_policy::{Kept, Side};
 use crate::config::Sessionless;
 use crate::mcp::envelope::{
     ClientMessage, Request as McpRequest, mentions_initialize, parse_client_message,
@@ -488,16 +488,16 @@ impl Exchange {
             message,
             Some(ClientMessage::Notification { .. } | ClientMessage::Response)
         );
-        // Read past the capture limit to be understood; kept only up to it.
-        let (text, cut) = if bytes > 0 && encoding.is_none() && !spanless {
-            settings.captured_text(Side::Input, capture.into_text(), read_whole)
+        // Read past the capture limit to be understood; kept only up to it,
+        // and redacted where its span is recorded.
+        let text = if bytes > 0 && encoding.is_none() && !spanless {
+            settings.keep(Side::Input, capture.into_text(), read_whole)
         } else {
-            (None, !read_whole)
+            // An encoded body's capture keeps nothing: it is not read, not cut.
+            Kept::Final(None, !read_whole && encoding.is_none())
         };
         let input = Input {
             text,
-            // An encoded body's capture keeps nothing: it is not read, not cut.
-            truncated: cut && encoding.is_none(),
             read_whole,
             bytes,
             empty,
@@ -616,10 +616,9 @@ fn version_text(value: &HeaderValue) -> Option<Cow<'static, str>> {
 /// The request body as the span's input.
 #[derive(Debug)]
 struct Input {
-    text: Option<String>,
-    /// Whether the text was cut (at the capture limit, or as the body was
-    /// not read whole).
-    truncated: bool,
+    /// The text, and whether the span says it was cut (at the capture
+    /// limit, or as the body was not read whole).
+    text: Kept,
     /// Whether the body was read whole, to be understood (a body read
     /// whole may still be cut to the capture limit).
     read_whole: bool,
@@ -798,12 +797,12 @@ mod tests {
         taped.reading = Reading::Taped { run: None };
         let (message, input) = taped.read_request();
         assert!(matches!(message, Some(ClientMessage::Request(_))));
-        assert_eq!(input.text.as_deref().map(str::as_bytes), Some(BODY));
+        assert!(matches!(input.text, Kept::Final(Some(text), false) if text.as_bytes() == BODY));
         assert_eq!(taped.request_span.input().bytes(), BODY, "left to the span");
 
         let mut live = exchange();
         let (_, input) = live.read_request();
-        assert_eq!(input.text.as_deref().map(str::as_bytes), Some(BODY));
+        assert!(matches!(input.text, Kept::Final(Some(text), false) if text.as_bytes() == BODY));
         assert_eq!(live.request_span.input().bytes(), b"", "taken");
     }
 }
