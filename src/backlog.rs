@@ -8,9 +8,11 @@
 //! or has grown to [`WAKE_AT`]. Under load, requests make no system call
 //! for it at all.
 //!
-//! Whatever must see every span before it (closing a run on a DELETE, a
-//! 404, the idle sweep, `end_run`, flush) first catches up: it reads what
-//! is waiting on its own thread; the reader reads a turn of at most 256
+//! Closing a run on a DELETE or a 404 joins the backlog as work of its
+//! own (see [`Shared::close_session`](crate::state::Shared::close_session)),
+//! so that its answer waits for nothing. Whatever else must see every span
+//! before it (a resumed stream, the idle sweep, `end_run`, flush) first
+//! catches up: it reads what is waiting on its own thread; the reader reads a turn of at most 256
 //! pieces at a time and leaves the next turn to such a waiter. Should the
 //! reader fall far behind, each request that adds work past [`HELP_AT`]
 //! pieces or [`HELP_AT_BYTES`] bytes first reads [`HELP_READS`] of the

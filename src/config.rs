@@ -469,15 +469,15 @@ impl TrodoConfig {
     /// answers should also look at strings.
     ///
     /// The hook runs where a span is recorded, not as the answer passes.
-    /// Without a session store that is the layer's delivery thread, with
-    /// three exceptions on a request's thread: an `initialize`'s body (it
-    /// goes into its run's `start`) is redacted before that answer's head
-    /// goes out; a call whose event stream ends before its answer has its
-    /// input redacted there, as it waits for a resumed stream; and a
-    /// DELETE, a 404 or a resumed stream first catches up what waits for
-    /// the delivery thread. With a session store it runs on
-    /// the requests' threads, after each answer's head and before its last
-    /// part. Keep it quick, and free of locks your handlers hold. A panic in it (with `panic = "unwind"`,
+    /// Without a session store that is the layer's delivery thread, with a
+    /// few exceptions on other threads: an `initialize`'s body (it goes
+    /// into its run's `start`) is redacted before that answer's head goes
+    /// out; a call whose event stream ends before its answer has its input
+    /// redacted there, as it waits for a resumed stream; and a resumed
+    /// stream, the idle sweep, `end_run`, `flush` and `shutdown` first
+    /// catch up what waits for the delivery thread. With a session store it
+    /// runs on the requests' threads, after each answer's head and before
+    /// its last part. Keep it quick, and free of locks your handlers hold. A panic in it (with `panic = "unwind"`,
     /// the default) never reaches a request: the value it was given is left
     /// out of its span, and it is logged and counted
     /// ([`DeliveryCounters::hook_panics`](crate::DeliveryCounters::hook_panics)).

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use crate::backlog::{self, Backlog};
 use crate::config::{Settings, TrodoConfig};
-use crate::deferred::Deferred;
+use crate::deferred::{Closing, Deferred};
 use crate::export::{self, ConsoleSink, DeliveryOptions, Exporter, HttpSink, Sink, Worker};
 use crate::moment::instant_now;
 use crate::resume::ParkedCall;
 use crate::run::{ClosedVia, Sessions};
 use crate::store::{Mirror, StoreCounters};
+use crate::wire::Timestamp;
 
 /// Most distinct MCP endpoints remembered (a scanner must not grow the
 /// list): axum routes, so one route with parameters counts once.
@@ -159,6 +160,27 @@ impl Shared {
                 mirror.spawn(Arc::downgrade(self), &runtime);
             }
         });
+    }
+
+    /// Ends the run of session `key`, which an answer closed `via` a
+    /// DELETE or a 404, after the spans of every exchange that ended
+    /// before it. Without a session store those may wait in the backlog:
+    /// the close joins them there, so the answer waits for none of them
+    /// (the run stays open here until the backlog reads it, within
+    /// milliseconds). With a store, nothing waits there, and the run ends
+    /// at once, so that other workers see it.
+    pub(crate) fn close_session(self: &Arc<Self>, key: &Arc<str>, via: ClosedVia) {
+        if self.mirror.is_some() {
+            self.backlog.catch_up();
+            self.sessions.close(key, via, &self.exporter);
+        } else if self.sessions.contains(key) {
+            self.backlog.push(Deferred::Close(Box::new(Closing {
+                shared: Arc::clone(self),
+                key: Arc::clone(key),
+                via,
+                at: Timestamp::now(),
+            })));
+        }
     }
 
     /// One idle sweep: calls whose wait for a resumed stream ran out are
@@ -374,7 +396,10 @@ impl Trodo {
         counters
     }
 
-    /// How many runs (sessions) are open in this process.
+    /// How many runs (sessions) are open in this process. A run that a
+    /// DELETE (or a 404) closed counts until the layer has read the
+    /// exchanges answered before it, within milliseconds (see the README's
+    /// "Delivery guarantees").
     #[must_use]
     pub fn open_runs(&self) -> usize {
         self.shared.sessions.len()

@@ -3,6 +3,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -187,10 +188,10 @@ async fn json_responses_are_captured_whole() {
 }
 
 /// The delivery thread reads finished exchanges a little later; a DELETE
-/// must still end the run with every call answered before it. Here the
-/// delivery thread is held in the redaction hook while the calls are
-/// answered and the DELETE comes, so only the DELETE's own catching up can
-/// count them.
+/// must still end the run with every call answered before it, and its
+/// answer must not wait for that. Here the delivery thread is held in the
+/// redaction hook, in the middle of its turn, while the calls are answered
+/// and the DELETE is: the run's end waits behind the calls in the backlog.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_counts_the_calls_before_it_while_delivery_is_held() {
     use std::sync::{Mutex, mpsc};
@@ -198,6 +199,10 @@ async fn a_delete_counts_the_calls_before_it_while_delivery_is_held() {
     let (release, released) = mpsc::channel::<()>();
     let (held, holding) = mpsc::channel::<()>();
     let gate = Mutex::new(Some((released, held)));
+    // Should the DELETE wait for the delivery thread, the hook lets go
+    // after a while rather than never, and says so.
+    let waited_out = Arc::new(AtomicBool::new(false));
+    let waiting = Arc::clone(&waited_out);
     let config = config(&ingest).with_redaction(move |_: &mut serde_json::Value| {
         if std::thread::current().name() != Some("trodo-export") {
             return;
@@ -206,7 +211,9 @@ async fn a_delete_counts_the_calls_before_it_while_delivery_is_held() {
             return;
         };
         held.send(()).unwrap();
-        released.recv().unwrap();
+        if released.recv_timeout(WAIT).is_err() {
+            waiting.store(true, Ordering::SeqCst);
+        }
     });
     let manager = session_manager(None);
     let app = Router::new()
@@ -224,15 +231,17 @@ async fn a_delete_counts_the_calls_before_it_while_delivery_is_held() {
         let answer = client.call_tool(id, "add", json!({"a": id, "b": 1})).await;
         assert_eq!(answer.status, 200);
     }
-    let session = client.session.clone().unwrap().into();
-    let delete = tokio::spawn(async move { client.delete().await.status });
-    // rmcp has ended the session: its answer is in the layer, which waits
-    // for the delivery thread's turn before it ends the run.
-    while manager.has_session(&session).await.unwrap() {
-        tokio::task::yield_now().await;
-    }
+    assert_eq!(client.delete().await.status, 202);
+    assert!(
+        !waited_out.load(Ordering::SeqCst),
+        "the DELETE is answered while delivery is held"
+    );
     release.send(()).unwrap();
-    assert_eq!(delete.await.unwrap(), 202);
+    let session = client.session.clone().unwrap().into();
+    assert!(
+        !manager.has_session(&session).await.unwrap(),
+        "rmcp ended it"
+    );
 
     ingest
         .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/end")))
@@ -250,8 +259,8 @@ async fn a_delete_counts_the_calls_before_it_while_delivery_is_held() {
 
 /// A DELETE ends the run with every call answered before it, though the
 /// backlog has read none of them: its reader (the delivery thread) is held
-/// from before the calls until the DELETE was answered, so only the
-/// DELETE's own catching up can count them.
+/// from before the calls until the DELETE was answered, and the run's end
+/// waits behind them.
 #[tokio::test]
 async fn a_delete_counts_the_calls_the_backlog_has_not_read() {
     let ingest = RecordingIngest::start().await.unwrap();

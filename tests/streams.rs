@@ -295,57 +295,59 @@ async fn an_answer_only_parsing_can_tell_is_found() {
     }
 }
 
-/// Notes, on this thread (the test's, where its server runs), how many
-/// exchanges the layer tapes.
-struct TapedExchanges {
-    log: Arc<Mutex<Vec<u8>>>,
-    _noting: tracing::subscriber::DefaultGuard,
-}
+/// The layer's own log lines, by the thread that wrote them: a test's
+/// server runs on the test's thread, which is named after the test. One
+/// subscriber for the whole binary, set once (a subscriber set per test
+/// races the others' in what tracing caches of each log line).
+fn log_of_this_thread() -> String {
+    static LOG: Mutex<Vec<(Option<String>, Vec<u8>)>> = Mutex::new(Vec::new());
+    static SUBSCRIBED: std::sync::Once = std::sync::Once::new();
+    struct LogWriter(Option<String>);
+    impl std::io::Write for LogWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            LOG.lock().unwrap().push((self.0.clone(), bytes.to_vec()));
+            Ok(bytes.len())
+        }
 
-impl TapedExchanges {
-    fn noted() -> Self {
-        let log = Arc::<Mutex<Vec<u8>>>::default();
-        let writer = Arc::clone(&log);
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || LogWriter(Arc::clone(&writer)))
-            .finish();
-        let noting = tracing::subscriber::set_default(subscriber);
-        Self {
-            log,
-            _noting: noting,
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
-
-    fn count(&self) -> usize {
-        let log = String::from_utf8(self.log.lock().unwrap().clone()).unwrap();
-        log.matches("the exchange is taped").count()
-    }
+    SUBSCRIBED.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_env_filter("trodo_tower=trace")
+            .with_writer(|| LogWriter(std::thread::current().name().map(str::to_owned)))
+            .init();
+    });
+    let thread = std::thread::current().name().map(str::to_owned);
+    let log = LOG.lock().unwrap();
+    let lines = log.iter().filter(|(t, _)| *t == thread);
+    lines
+        .map(|(_, line)| String::from_utf8_lossy(line))
+        .collect()
 }
 
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// How many exchanges the layer taped on this thread.
+fn taped_here() -> usize {
+    log_of_this_thread()
+        .matches("the exchange is taped")
+        .count()
 }
 
 /// The redaction hook runs where a span is recorded: on the delivery
 /// thread, whether the exchange was read as it streamed or from its tape.
 #[tokio::test]
 async fn a_known_sessions_exchange_is_taped_and_every_span_redacted_off_the_request_path() {
+    let taped_before = taped_here();
     let (ingest, client, readers) = scripted_noting_readers().await;
-    let taped = TapedExchanges::noted();
     let [live, from_tape] = live_and_taped(&ingest, &client, "fine").await;
     assert_eq!(live["status"], "ok");
     assert_eq!(from_tape["output"], live["output"]);
-    assert_eq!(taped.count(), 1, "the session's second request");
+    assert_eq!(
+        taped_here() - taped_before,
+        1,
+        "the session's second request"
+    );
     let readers = readers.lock().unwrap().clone();
     assert_eq!(
         readers,
@@ -405,13 +407,13 @@ async fn a_slow_redaction_hook_holds_back_no_answer() {
 /// from a tape.
 #[tokio::test]
 async fn an_answer_naming_another_session_is_read_live() {
+    let taped_before = taped_here();
     let (ingest, client, readers) = scripted_noting_readers().await;
-    let taped = TapedExchanges::noted();
     // The session becomes known here with its first answer.
     assert_eq!(span_of(&ingest, &client, "fine").await["status"], "ok");
     let span = span_of(&ingest, &client, "other_session").await;
     assert_eq!(span["status"], "ok");
-    assert_eq!(taped.count(), 0);
+    assert_eq!(taped_here() - taped_before, 0);
     let readers = readers.lock().unwrap().clone();
     assert_eq!(
         readers,

@@ -140,16 +140,13 @@ impl Exchange {
 
     /// A 404 from the MCP endpoint to any message in a session: the server
     /// forgot the session, whose run ends (`true` then).
-    fn closed_as_expired(&self, session_id: &str, response: &ResponseHead) -> bool {
+    fn closed_as_expired(&self, session_id: &Arc<str>, response: &ResponseHead) -> bool {
         if response.status != StatusCode::NOT_FOUND || !self.shared.is_mcp_path(self.endpoint()) {
             return false;
         }
-        let sessions = &self.shared.sessions;
         // The end's totals count every request answered before it.
-        if sessions.contains(session_id) {
-            self.shared.backlog.catch_up();
-        }
-        sessions.close(session_id, ClosedVia::SessionExpired, &self.shared.exporter);
+        self.shared
+            .close_session(session_id, ClosedVia::SessionExpired);
         true
     }
 
@@ -169,10 +166,8 @@ impl Exchange {
         }
         if request.is_none() && self.is_session_control() {
             if self.method == Method::DELETE && status.is_success() {
-                if sessions.contains(&session_id) {
-                    self.shared.backlog.catch_up();
-                }
-                sessions.close(&session_id, ClosedVia::SessionDeleted, exporter);
+                self.shared
+                    .close_session(&session_id, ClosedVia::SessionDeleted);
             } else if let Some(resumed) = self.resumed_stream(&session_id, response) {
                 return Head::Resumed(resumed);
             }

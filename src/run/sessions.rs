@@ -656,10 +656,22 @@ impl Sessions {
     /// here; with a session store, the store's run of the key (another
     /// worker's) is ended then, if it has one.
     pub(crate) fn close(&self, key: &str, via: ClosedVia, exporter: &Exporter) -> bool {
+        self.close_at(key, via, Timestamp::now(), exporter)
+    }
+
+    /// [`close`](Self::close), ended `at` (when the answer that closed it
+    /// was seen).
+    pub(crate) fn close_at(
+        &self,
+        key: &str,
+        via: ClosedVia,
+        at: Timestamp,
+        exporter: &Exporter,
+    ) -> bool {
         let open = self.lock().remove(key);
         match (open, &self.store) {
             (Some(open), _) => {
-                self.retire(open, Timestamp::now(), via.into(), None, exporter);
+                self.retire(open, at, via.into(), None, exporter);
                 true
             }
             (None, Some(store)) => {
