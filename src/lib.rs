@@ -153,3 +153,8 @@ pub use service::TrodoService;
 pub use span_kind::{SpanKind, UnknownSpanKind};
 pub use state::Trodo;
 pub use wire::{MAX_ERROR_CHARS, MAX_IO_CHARS};
+
+/// The README's Rust examples, compiled and run as doctests: users copy them.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
