@@ -3,6 +3,7 @@
 //! closes of runs that must come after it).
 
 use std::sync::Arc;
+use uuid::Uuid;
 
 use crate::backlog::Later;
 use crate::run::ClosedVia;
@@ -29,6 +30,9 @@ pub(crate) enum Deferred {
 pub(crate) struct Closing {
     pub(crate) shared: Arc<Shared>,
     pub(crate) key: Arc<str>,
+    /// The run open under `key` when the answer closed it: a later run of
+    /// the key is not this close's.
+    pub(crate) run_id: Uuid,
     pub(crate) via: ClosedVia,
     /// When the answer that closed it was seen: the run's end.
     pub(crate) at: Timestamp,
@@ -57,12 +61,59 @@ impl Later for Deferred {
                 let Closing {
                     shared,
                     key,
+                    run_id,
                     via,
                     at,
                 } = *closing;
-                shared.sessions.close_at(&key, via, at, &shared.exporter);
+                let exporter = &shared.exporter;
+                shared.sessions.close_at(&key, run_id, via, at, exporter);
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::moment::Moment;
+    use crate::wire::Run;
+
+    /// Opens a run under `key`; its id.
+    fn open(shared: &Shared, key: &str) -> Uuid {
+        let run = shared.sessions.run_for(key, Moment::now(), || {
+            Run::new(Uuid::new_v4(), "agent".to_owned(), Timestamp::now())
+        });
+        run.run_id
+    }
+
+    #[test]
+    fn a_close_ends_the_run_its_answer_closed_and_no_later_one() {
+        let shared = Shared::switched_off();
+        let key: Arc<str> = Arc::from("s-1");
+        let first = open(&shared, &key);
+        shared.close_session(&key, ClosedVia::SessionDeleted);
+        assert_eq!(
+            shared.sessions.run_id(&key),
+            Some(first),
+            "open until the backlog reads the close"
+        );
+        // Meanwhile the run ends otherwise, and another opens under the key.
+        assert!(
+            shared
+                .sessions
+                .close(&key, ClosedVia::SessionExpired, &shared.exporter)
+        );
+        let second = open(&shared, &key);
+        assert_eq!(shared.backlog.catch_up(), 1);
+        assert_eq!(
+            shared.sessions.run_id(&key),
+            Some(second),
+            "not this close's"
+        );
+
+        shared.close_session(&key, ClosedVia::SessionDeleted);
+        assert_eq!(shared.backlog.catch_up(), 1);
+        assert_eq!(shared.sessions.run_id(&key), None);
     }
 }

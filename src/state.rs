@@ -166,17 +166,18 @@ impl Shared {
     /// DELETE or a 404, after the spans of every exchange that ended
     /// before it. Without a session store those may wait in the backlog:
     /// the close joins them there, so the answer waits for none of them
-    /// (the run stays open here until the backlog reads it, within
-    /// milliseconds). With a store, nothing waits there, and the run ends
+    /// (but for the two a request past the backlog's bounds reads); the
+    /// run stays open here until the backlog reads the close. With a store, nothing waits there, and the run ends
     /// at once, so that other workers see it.
     pub(crate) fn close_session(self: &Arc<Self>, key: &Arc<str>, via: ClosedVia) {
         if self.mirror.is_some() {
             self.backlog.catch_up();
             self.sessions.close(key, via, &self.exporter);
-        } else if self.sessions.contains(key) {
+        } else if let Some(run_id) = self.sessions.run_id(key) {
             self.backlog.push(Deferred::Close(Box::new(Closing {
                 shared: Arc::clone(self),
                 key: Arc::clone(key),
+                run_id,
                 via,
                 at: Timestamp::now(),
             })));
@@ -188,6 +189,10 @@ impl Shared {
     /// activity: they are read before the sweep. Returns how many runs
     /// left the table.
     pub(crate) fn sweep(self: &Arc<Self>) -> usize {
+        // A run closed by a DELETE may wait in the backlog: closed first, it
+        // settles its own parked calls into its end (given up after it,
+        // their spans would find it gone).
+        self.backlog.catch_up();
         ParkedCall::give_up_expired(self, instant_now());
         self.backlog.catch_up();
         self.sessions
@@ -398,8 +403,9 @@ impl Trodo {
 
     /// How many runs (sessions) are open in this process. A run that a
     /// DELETE (or a 404) closed counts until the layer has read the
-    /// exchanges answered before it, within milliseconds (see the README's
-    /// "Delivery guarantees").
+    /// exchanges answered before it: within milliseconds while its delivery
+    /// thread keeps up, else at the next idle sweep, `flush` or `end_run`
+    /// (see the README's "Delivery guarantees").
     #[must_use]
     pub fn open_runs(&self) -> usize {
         self.shared.sessions.len()

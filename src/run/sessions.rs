@@ -656,19 +656,36 @@ impl Sessions {
     /// here; with a session store, the store's run of the key (another
     /// worker's) is ended then, if it has one.
     pub(crate) fn close(&self, key: &str, via: ClosedVia, exporter: &Exporter) -> bool {
-        self.close_at(key, via, Timestamp::now(), exporter)
+        let open = self.lock().remove(key);
+        self.close_removed(open, key, via, Timestamp::now(), exporter)
     }
 
-    /// [`close`](Self::close), ended `at` (when the answer that closed it
-    /// was seen).
+    /// Ends run `run_id` under `key`, if it is still the one open there,
+    /// as closed `via` an answer seen `at` (see [`close`](Self::close)).
     pub(crate) fn close_at(
         &self,
+        key: &str,
+        run_id: Uuid,
+        via: ClosedVia,
+        at: Timestamp,
+        exporter: &Exporter,
+    ) -> bool {
+        let open = {
+            let mut table = self.lock();
+            let still_open = table.by_key.get(key).is_some_and(|o| o.run_id == run_id);
+            still_open.then(|| table.remove(key)).flatten()
+        };
+        self.close_removed(open, key, via, at, exporter)
+    }
+
+    fn close_removed(
+        &self,
+        open: Option<OpenRun>,
         key: &str,
         via: ClosedVia,
         at: Timestamp,
         exporter: &Exporter,
     ) -> bool {
-        let open = self.lock().remove(key);
         match (open, &self.store) {
             (Some(open), _) => {
                 self.retire(open, at, via.into(), None, exporter);
