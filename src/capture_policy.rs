@@ -129,6 +129,9 @@ impl Settings {
     /// A captured body, kept for its span: final at once without a
     /// redaction hook (cut to the capture limit), else kept as read for
     /// [`kept_text`](Self::kept_text) to redact where the span is recorded.
+    /// A body of more bytes than an answer's read window (a large request)
+    /// is redacted at once, so that no exchange holds more than that while
+    /// it is answered.
     pub(crate) fn keep(&self, side: Side, mut text: String, whole: bool) -> Kept {
         if !self.captures(side) {
             return Kept::Final(None, !whole || truncate_chars(&text, self.capture_limit).1);
@@ -137,7 +140,12 @@ impl Settings {
             let cut = cut_to_chars(&mut text, self.capture_limit);
             return Kept::Final(Some(text), cut || !whole);
         }
-        Kept::Unredacted { side, text, whole }
+        let kept = Kept::Unredacted { side, text, whole };
+        if kept.len() > self.answer_read_window() {
+            let (text, cut) = self.kept_text(kept);
+            return Kept::Final(text, cut);
+        }
+        kept
     }
 
     /// A kept body as the span keeps it, and whether the span says it was
@@ -296,6 +304,14 @@ mod tests {
             matches!(&kept, Kept::Final(Some(text), true) if text == r#"{"a""#),
             "without a hook, cut at once: {kept:?}"
         );
+        // More than four capture limits: redacted at once.
+        let kept = settings.keep(Side::Input, r#"{"a":"0123456789"}"#.to_owned(), true);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert!(
+            matches!(&kept, Kept::Final(Some(text), true) if text == r#"{"A""#),
+            "{kept:?}"
+        );
+
         let off = TrodoConfig::new().with_output_capture(false).settings;
         let kept = off.keep(Side::Output, "abc".to_owned(), false);
         assert!(matches!(kept, Kept::Final(None, true)), "{kept:?}");
