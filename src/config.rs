@@ -473,9 +473,12 @@ impl TrodoConfig {
     /// few exceptions on other threads: an `initialize`'s body (it goes
     /// into its run's `start`) is redacted before that answer's head goes
     /// out; a call whose event stream ends before its answer has its input
-    /// redacted there, as it waits for a resumed stream; and a resumed
-    /// stream, the idle sweep, `end_run`, `flush` and `shutdown` first
-    /// catch up what waits for the delivery thread. With a session store it
+    /// redacted there, as it waits for a resumed stream; a resumed stream,
+    /// the idle sweep, `end_run`, `flush` and `shutdown` first catch up
+    /// what waits for the delivery thread, as does a request that finds
+    /// the backlog past its bounds; after shutdown, spans are read as they
+    /// finish. A body of more than four capture limits is redacted at once,
+    /// where it is read. With a session store it
     /// runs on the requests' threads, after each answer's head and before
     /// its last part. Keep it quick, and free of locks your handlers hold. A panic in it (with `panic = "unwind"`,
     /// the default) never reaches a request: the value it was given is left

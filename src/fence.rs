@@ -76,7 +76,7 @@ impl Stage {
             ),
             Self::Delivery => (
                 "a call to the ingest API (in the HTTP client)",
-                "the call counts as a network error and is tried again",
+                "the call counts as a network error (tried again like one)",
             ),
         }
     }

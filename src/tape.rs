@@ -18,7 +18,10 @@
 //! would have.
 //!
 //! Only what changes nothing the next request can see is put off: an
-//! `initialize` (it opens a run), a DELETE or a 404 (they close one), a
+//! `initialize` (it opens a run), a DELETE or a 404 (they close one: the
+//! head decides it, though the close itself then waits in the backlog
+//! behind the exchanges before it, the run open meanwhile; see
+//! [`Shared::close_session`](crate::state::Shared::close_session)), a
 //! session this process does not know (the head may wait for the store),
 //! an answer that names a session, anything but a 2xx, a batch, an
 //! encoded request or answer, and every exchange of a layer with a
