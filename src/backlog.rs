@@ -10,10 +10,11 @@
 //!
 //! Closing a run on a DELETE or a 404 joins the backlog as work of its
 //! own (see [`Shared::close_session`](crate::state::Shared::close_session)),
-//! so that its answer does not wait for the backlog. Whatever else must see every span
-//! before it (a resumed stream, the idle sweep, `end_run`, flush) first
-//! catches up: it reads what is waiting on its own thread; the reader reads a turn of at most 256
-//! pieces at a time and leaves the next turn to such a waiter. Should the
+//! so that its answer does not wait for the backlog. Whatever else must
+//! see every span before it (a resumed stream, the idle sweep, `end_run`,
+//! flush) first catches up: it reads what is waiting on its own thread;
+//! the reader reads a turn of at most 256 pieces at a time and leaves the
+//! next turn to such a waiter. Should the
 //! reader fall far behind, each request that adds work past [`HELP_AT`]
 //! pieces or [`HELP_AT_BYTES`] bytes first reads [`HELP_READS`] of the
 //! oldest (unless another thread is reading right then; only at twice the

@@ -142,10 +142,20 @@ impl Settings {
         }
         let kept = Kept::Unredacted { side, text, whole };
         if kept.len() > self.answer_read_window() {
-            let (text, cut) = self.kept_text(kept);
-            return Kept::Final(text, cut);
+            return self.redacted_now(kept);
         }
         kept
+    }
+
+    /// A kept body through the redaction hook now, if it waits for it.
+    pub(crate) fn redacted_now(&self, kept: Kept) -> Kept {
+        match kept {
+            Kept::Unredacted { .. } => {
+                let (text, cut) = self.kept_text(kept);
+                Kept::Final(text, cut)
+            }
+            done @ Kept::Final(..) => done,
+        }
     }
 
     /// A kept body as the span keeps it, and whether the span says it was

@@ -477,12 +477,13 @@ impl TrodoConfig {
     /// the idle sweep, `end_run`, `flush` and `shutdown` first catch up
     /// what waits for the delivery thread, as does a request that finds
     /// the backlog past its bounds; after shutdown, spans are read as they
-    /// finish. A body of more than four capture limits is redacted at once,
-    /// where it is read. With a session store it
-    /// runs on the requests' threads, after each answer's head and before
-    /// its last part. Keep it quick, and free of locks your handlers hold. A panic in it (with `panic = "unwind"`,
-    /// the default) never reaches a request: the value it was given is left
-    /// out of its span, and it is logged and counted
+    /// finish. A body of more than four capture limits is redacted at
+    /// once, where it is read. With a session store it runs on the
+    /// requests' threads, after each answer's head and before its last
+    /// part. Keep it quick, and free of locks your handlers hold. A panic
+    /// in it (with `panic = "unwind"`, the default) never reaches a
+    /// request: the value it was given is left out of its span, and it is
+    /// logged and counted
     /// ([`DeliveryCounters::hook_panics`](crate::DeliveryCounters::hook_panics)).
     ///
     /// Error texts go through it too, as JSON strings: the message of a

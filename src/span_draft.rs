@@ -175,11 +175,8 @@ impl SpanDraft {
     /// it: for a span that may be recorded where no hook may run (under
     /// the run table's lock).
     pub(crate) fn redact_input(&mut self, settings: &Settings) {
-        if let Kept::Unredacted { .. } = self.input {
-            let input = std::mem::replace(&mut self.input, Kept::Final(None, false));
-            let (text, cut) = settings.kept_text(input);
-            self.input = Kept::Final(text, cut);
-        }
+        let input = std::mem::replace(&mut self.input, Kept::Final(None, false));
+        self.input = settings.redacted_now(input);
     }
 
     /// The span's record in run `run_id`, ended as `ending` says (its

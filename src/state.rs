@@ -167,8 +167,9 @@ impl Shared {
     /// before it. Without a session store those may wait in the backlog:
     /// the close joins them there, so the answer waits for none of them
     /// (but for the two a request past the backlog's bounds reads); the
-    /// run stays open here until the backlog reads the close. With a store, nothing waits there, and the run ends
-    /// at once, so that other workers see it.
+    /// run stays open here until the backlog reads the close. With a
+    /// store, nothing waits there, and the run ends at once, so that other
+    /// workers see it.
     pub(crate) fn close_session(self: &Arc<Self>, key: &Arc<str>, via: ClosedVia) {
         if self.mirror.is_some() {
             self.backlog.catch_up();
@@ -184,9 +185,10 @@ impl Shared {
         }
     }
 
-    /// One idle sweep: calls whose wait for a resumed stream ran out are
-    /// recorded (or deferred) first; requests read later count as
-    /// activity: they are read before the sweep. Returns how many runs
+    /// One idle sweep: the backlog is read first (a run a DELETE closed
+    /// ends there, with its parked calls), then calls whose wait for a
+    /// resumed stream ran out are recorded (or deferred); requests read
+    /// later count as activity: they are read before the sweep. Returns how many runs
     /// left the table.
     pub(crate) fn sweep(self: &Arc<Self>) -> usize {
         // A run closed by a DELETE may wait in the backlog: closed first, it
