@@ -16,7 +16,9 @@
 //! code, and a panic there must not end delivery.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::log_pace::LogPace;
 
 /// Panics of the layer's own work caught in this process.
 static PANICS_CAUGHT: AtomicU64 = AtomicU64::new(0);
@@ -81,11 +83,10 @@ impl Stage {
         }
     }
 
-    /// Whether a panic at this stage was logged at `error` already.
-    fn logged(self) -> &'static AtomicBool {
-        static LOGGED: [AtomicBool; Stage::ALL.len()] =
-            [const { AtomicBool::new(false) }; Stage::ALL.len()];
-        &LOGGED[self as usize]
+    /// When a panic at this stage is next logged at `error`.
+    fn pace(self) -> &'static LogPace {
+        static PACES: [LogPace; Stage::ALL.len()] = [const { LogPace::new() }; Stage::ALL.len()];
+        &PACES[self as usize]
     }
 }
 
@@ -100,7 +101,7 @@ pub(crate) fn fenced<R>(stage: Stage, work: impl FnOnce() -> R) -> Option<R> {
             faults::trip(stage);
             work()
         },
-        stage.logged(),
+        stage.pace(),
         subject,
         cost,
     );
@@ -111,21 +112,24 @@ pub(crate) fn fenced<R>(stage: Stage, work: impl FnOnce() -> R) -> Option<R> {
 }
 
 /// Runs `work`: its answer, or `None` if it panicked. The panic of
-/// `subject` is logged with its `cost` at `error` the first time `logged`
-/// is unset, at `debug` after.
+/// `subject` is logged with its `cost` at `error` as `pace` allows (with
+/// the panics since the last such line), else at `debug`.
 pub(crate) fn caught<R>(
     work: impl FnOnce() -> R,
-    logged: &AtomicBool,
+    pace: &LogPace,
     subject: &str,
     cost: &str,
 ) -> Option<R> {
     if let Ok(answer) = catch_unwind(AssertUnwindSafe(work)) {
         return Some(answer);
     }
-    if logged.swap(true, Ordering::Relaxed) {
-        tracing::debug!("trodo: {subject} panicked; {cost}");
-    } else {
-        tracing::error!("trodo: {subject} panicked; {cost} (later panics are logged at debug)");
+    match pace.note(1) {
+        Some(times) => tracing::error!(
+            times,
+            "trodo: {subject} panicked; {cost} (logged at error at most once a minute, \
+             with the times since the last such line; every panic at debug)"
+        ),
+        None => tracing::debug!("trodo: {subject} panicked; {cost}"),
     }
     None
 }

@@ -2,9 +2,10 @@
 //! a panic in one never reaches the request being served: it is caught,
 //! logged, counted, and the hook's answer is left out.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::fence::caught;
+use crate::log_pace::LogPace;
 
 /// Which of the application's hooks is called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,18 +37,18 @@ impl Hook {
         }
     }
 
-    /// Whether a panic of this hook was logged at `error` already.
-    fn logged(self) -> &'static AtomicBool {
-        static LOGGED: [AtomicBool; 3] = [const { AtomicBool::new(false) }; 3];
-        &LOGGED[self as usize]
+    /// When a panic of this hook is next logged at `error`.
+    fn pace(self) -> &'static LogPace {
+        static PACES: [LogPace; 3] = [const { LogPace::new() }; 3];
+        &PACES[self as usize]
     }
 
     /// Calls `hook`: its answer, or `None` if it panicked (counted in
-    /// `panics`; logged at `error` the first time for this hook, at `debug`
-    /// after).
+    /// `panics`; logged at `error` at most once a minute for this hook, at
+    /// `debug` between).
     pub(crate) fn call<R>(self, panics: &AtomicU64, hook: impl FnOnce() -> R) -> Option<R> {
         let (subject, cost) = self.describe();
-        let answer = caught(hook, self.logged(), subject, cost);
+        let answer = caught(hook, self.pace(), subject, cost);
         if answer.is_none() {
             panics.fetch_add(1, Ordering::Relaxed);
         }
@@ -68,6 +69,10 @@ mod tests {
         assert_eq!(Hook::DistinctId.call(&panics, bug), None);
         assert_eq!(Hook::DistinctId.call(&panics, bug), None);
         assert_eq!(panics.load(Ordering::Relaxed), 2);
-        assert!(Hook::DistinctId.logged().load(Ordering::Relaxed));
+        assert_eq!(
+            Hook::DistinctId.pace().note(0),
+            None,
+            "the first panic took this minute's line"
+        );
     }
 }

@@ -117,6 +117,7 @@ mod hook;
 mod json_writer;
 mod layer;
 mod leftovers;
+mod log_pace;
 mod mcp;
 mod moment;
 mod recorder;

@@ -7,12 +7,12 @@
 use http::{Method, StatusCode};
 use serde_json::Value;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 use uuid::Uuid;
 
 use super::{Exchange, Head, Input, Pending, Reading, Resolving, ResponseHead};
 use crate::config::Sessionless;
+use crate::log_pace::LogPace;
 use crate::mcp::INITIALIZE;
 use crate::mcp::envelope::{ClientMessage, Request as McpRequest};
 use crate::recorder::Recorder;
@@ -312,7 +312,7 @@ impl Exchange {
         if let Some(key) = &self.app_key {
             match RunKey::resolved(key.clone(), KeySource::App) {
                 Some(key) => return Some(key),
-                None => warn_once_of_a_long_app_key(),
+                None => warn_of_a_long_app_key(),
             }
         }
         let meta_keys = &self.shared.settings.conversation_meta_keys;
@@ -379,14 +379,16 @@ impl Exchange {
 }
 
 /// An application's run key longer than the cap is passed over (the
-/// request is grouped by the next link of the chain): said once, at `warn`.
-fn warn_once_of_a_long_app_key() {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    if !WARNED.swap(true, Ordering::Relaxed) {
+/// request is grouped by the next link of the chain): said at `warn` at
+/// most once a minute.
+fn warn_of_a_long_app_key() {
+    static PACE: LogPace = LogPace::new();
+    if let Some(times) = PACE.note(1) {
         tracing::warn!(
+            times,
             "trodo: a run key from with_run_key is longer than {MAX_RUN_KEY_LEN} bytes and is \
              passed over; such requests are grouped by the next link of the key chain \
-             (said once)"
+             (said at most once a minute, with the times since the last such line)"
         );
     }
 }

@@ -1,7 +1,9 @@
 //! Counters of delivery: what was sent, retried and dropped, and why.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::log_pace::LogPace;
 
 /// Why records were dropped instead of delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +67,8 @@ pub(crate) struct Stats {
     sent: AtomicU64,
     retried: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
-    warned: [AtomicBool; DropReason::ALL.len()],
+    /// When a drop of each reason is next logged at `warn`.
+    paces: [LogPace; DropReason::ALL.len()],
 }
 
 impl Stats {
@@ -79,21 +82,24 @@ impl Stats {
         self.retried.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts `records` dropped for `reason`; the first drop for each reason
-    /// is logged (with `detail`), later ones only counted.
+    /// Counts `records` dropped for `reason`, and logs them (with
+    /// `detail`): at `warn` the first time for each reason, then at most
+    /// once a minute with the records dropped since; at `debug` between.
     pub(crate) fn dropped(&self, reason: DropReason, records: usize, detail: &str) {
         if records == 0 {
             return;
         }
         self.dropped[reason.index()].fetch_add(records as u64, Ordering::Relaxed);
-        if !self.warned[reason.index()].swap(true, Ordering::Relaxed) {
-            tracing::warn!(
+        match self.paces[reason.index()].note(records as u64) {
+            Some(records) => tracing::warn!(
                 %reason,
                 records,
                 detail,
-                "trodo: telemetry dropped; later drops for this reason are only counted \
+                "trodo: telemetry dropped; logged at warn at most once a minute for each \
+                 reason, with the records dropped since the last such line \
                  (see Trodo::delivery_counters)"
-            );
+            ),
+            None => tracing::debug!(%reason, records, detail, "trodo: telemetry dropped"),
         }
     }
 
@@ -136,7 +142,8 @@ impl Stats {
 /// record made is, at any moment, exactly one of: sent,
 /// queued (`queued_items`, including calls in flight), or dropped for one
 /// reason. Export them as metrics: a rising `dropped_*` means records did not
-/// reach Trodo; the first drop of each reason is also logged with `tracing`.
+/// reach Trodo. Drops are also logged with `tracing` at `warn`: the first
+/// of each reason, then at most once a minute for it, with the count since.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DeliveryCounters {
@@ -254,16 +261,17 @@ mod tests {
     }
 
     #[test]
-    fn each_reason_warns_once() {
+    fn each_reason_keeps_its_own_pace() {
         let stats = Stats::default();
         stats.dropped(DropReason::Rejected, 1, "HTTP 400");
         stats.dropped(DropReason::Rejected, 1, "HTTP 400");
         stats.dropped(DropReason::QueueFull, 0, "");
-        let warned: Vec<bool> = stats
-            .warned
+        // Within the minute, only the reason already logged has no line due.
+        let due: Vec<bool> = stats
+            .paces
             .iter()
-            .map(|w| w.load(Ordering::Relaxed))
+            .map(|pace| pace.note(0).is_some())
             .collect();
-        assert_eq!(warned, [false, false, false, true, false, false, false]);
+        assert_eq!(due, [true, true, true, false, true, true, true]);
     }
 }

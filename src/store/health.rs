@@ -7,6 +7,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::log_pace::LogPace;
+
 /// How long the store is left alone after it failed or was too slow.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -18,8 +20,8 @@ pub(crate) struct Health {
     skip_until: AtomicU64,
     /// Until when requests do not wait for the store (it was too slow).
     request_skip_until: AtomicU64,
-    /// Whether a request ever gave up waiting (logged once).
-    slow_logged: AtomicBool,
+    /// When a request that gave up waiting is next logged at `warn`.
+    slow_pace: LogPace,
     /// Whether the last outage was logged and not yet recovered from.
     down: AtomicBool,
     ok: AtomicU64,
@@ -38,7 +40,7 @@ impl Default for Health {
             epoch: Instant::now(),
             skip_until: AtomicU64::new(0),
             request_skip_until: AtomicU64::new(0),
-            slow_logged: AtomicBool::new(false),
+            slow_pace: LogPace::new(),
             down: AtomicBool::new(false),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -103,14 +105,15 @@ impl Health {
         self.request_timeouts.fetch_add(1, Ordering::Relaxed);
         self.request_skip_until
             .store(self.retry_at(), Ordering::Relaxed);
-        if self.slow_logged.swap(true, Ordering::Relaxed) {
-            tracing::debug!("trodo: a request stopped waiting for the session store");
-        } else {
-            tracing::warn!(
+        match self.slow_pace.note(1) {
+            Some(times) => tracing::warn!(
+                times,
                 "trodo: a request stopped waiting for the session store at the store timeout; \
                  requests do not wait for it for a second after each such time \
-                 (see Trodo::store_counters, TrodoConfig::with_store_timeout)"
-            );
+                 (logged at warn at most once a minute, with the times since the last such \
+                 line; see Trodo::store_counters, TrodoConfig::with_store_timeout)"
+            ),
+            None => tracing::debug!("trodo: a request stopped waiting for the session store"),
         }
     }
 
