@@ -257,6 +257,78 @@ async fn a_delete_counts_the_calls_before_it_while_delivery_is_held() {
     assert_eq!(ingest.starts().len(), 1);
 }
 
+/// A run ends no sooner than its last span. A handler's child span that
+/// ends after the DELETE was answered, while the run's close still waits
+/// for the backlog's reader, goes into the run: the run then ends when
+/// that span does, not at the DELETE's answer before it.
+#[tokio::test]
+async fn a_run_closed_by_a_delete_ends_no_sooner_than_its_last_span() {
+    use axum::Extension;
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    use trodo_tower::{RequestSpan, SpanGuard, SpanKind};
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let (layer, mut delivery) = HeldDelivery::layer(&ingest);
+    let trodo = layer.trodo();
+    let (escape, mut escaped) = tokio::sync::mpsc::unbounded_channel::<SpanGuard>();
+    let answer = move |Extension(span): Extension<RequestSpan>, body: axum::body::Bytes| {
+        let escape = escape.clone();
+        async move {
+            let message: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let result = match message["method"].as_str() {
+                Some("initialize") => {
+                    json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                           "serverInfo": {"name": "json-server", "version": "1"}})
+                }
+                Some("tools/call") => {
+                    escape.send(span.child(SpanKind::Llm, "llm.late")).unwrap();
+                    json!({"content": [], "isError": false})
+                }
+                _ => return StatusCode::ACCEPTED.into_response(),
+            };
+            let body = json!({"jsonrpc": "2.0", "id": message["id"], "result": result});
+            let json = [(header::CONTENT_TYPE, "application/json")];
+            ([("mcp-session-id", "s-late")], json, body.to_string()).into_response()
+        }
+    };
+    let app = Router::new()
+        .route("/mcp", post(answer).delete(|| async { StatusCode::OK }))
+        .layer(layer);
+    let mut client = RawClient::new(serve(app).await);
+    assert_eq!(client.initialize("late-child").await.status, 200);
+    delivery.until_held().await;
+    assert_eq!(client.call_tool(1, "work", json!({})).await.status, 200);
+    let late = escaped.recv().await.unwrap();
+    assert_eq!(client.delete().await.status, 200);
+    // The DELETE's close waits for the backlog's reader, which is held:
+    // the run is still open, so the late span goes into it.
+    late.finish();
+    delivery.release();
+
+    wait_for_ends(&ingest, 1).await;
+    let (run_id, end) = ingest.ends().pop().unwrap();
+    assert_eq!(end["metadata"]["closed_via"], "session_deleted");
+    assert_eq!(end["span_count"], 2, "{end}");
+    let spans = spans_of(&ingest, &run_id);
+    let ended = |name: &str| {
+        let span = spans.iter().find(|s| s["name"] == name).unwrap();
+        span["ended_at"].as_str().unwrap().to_owned()
+    };
+    let (call, late) = (ended("tool.work"), ended("llm.late"));
+    assert!(
+        call < late,
+        "the late span ended after the call: {call}, {late}"
+    );
+    assert_eq!(
+        end["ended_at"].as_str().unwrap(),
+        late,
+        "the run ended with its last span, after the DELETE's answer"
+    );
+    assert_eq!(trodo.delivery_counters().dropped(), 0);
+}
+
 /// A DELETE ends the run with every call answered before it, though the
 /// backlog has read none of them: its reader (the delivery thread) is held
 /// from before the calls until the DELETE was answered, and the run's end

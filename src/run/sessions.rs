@@ -104,6 +104,13 @@ impl OpenRun {
         }
     }
 
+    /// When a run ending `at` ends: no sooner than its last activity. A
+    /// span recorded before a deferred close is read (a handler's child
+    /// span, say) may end after the answer that closed the run.
+    fn ended_at(&self, at: Timestamp) -> Timestamp {
+        at.max(self.last_activity)
+    }
+
     /// Notes activity seen at `at` (which may be read after later activity).
     fn mark_active(&mut self, at: Moment) {
         self.last_seen = self.last_seen.max(at.instant);
@@ -910,7 +917,7 @@ impl Sessions {
         let op = EndOp {
             run_id: open.run_id,
             ending,
-            at,
+            at: open.ended_at(at),
             idle_before,
             local: open.totals.into(),
             local_in_store: open.shared,
@@ -963,10 +970,12 @@ fn record(
 }
 
 /// Queues the `start` if it is still pending, then the spans of its parked
-/// calls, then the `end` with the run's totals.
+/// calls, then the `end` with the run's totals, ended `at` or at its last
+/// span's end if later.
 fn end(mut open: OpenRun, at: Timestamp, ending: Ending, exporter: &Exporter) {
     open.send_pending_start(exporter);
     settle(&mut open, exporter);
+    let at = open.ended_at(at);
     send_end(open.run_id, at, ending, open.totals, exporter);
 }
 
