@@ -1,7 +1,6 @@
 //! What the layer reads off a request head: the session id, the MCP
 //! headers, the caller.
 
-use http::header::AsHeaderName;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use std::net::SocketAddr;
@@ -11,6 +10,11 @@ use super::encoding::is_encoded;
 use crate::api::{PARENT_SPAN_ID_HEADER, RUN_ID_HEADER};
 
 const FORWARDED_FOR_HEADER: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Longest text taken from a header that names something (`Mcp-Method`,
+/// `Mcp-Name`, the caller's first `X-Forwarded-For` hop or user agent);
+/// a longer one is bogus and passed over, rather than copied into the
+/// span or the run key. MCP names a tool in at most 128 characters.
+pub(super) const MAX_NAMING_TEXT_LEN: usize = 256;
 /// Longest session id taken from a header; longer ones are ignored as
 /// bogus. MCP sets no bound, and servers may issue signed tokens (a JWT
 /// is often 1 to 2 KB); a header much past this is refused by most proxies.
@@ -62,19 +66,34 @@ impl<'a> RequestHeaders<'a> {
 }
 
 /// The caller for the client identity key: the first `X-Forwarded-For` hop,
-/// else the peer address (axum's `ConnectInfo`), else the user agent.
+/// else the peer address (axum's `ConnectInfo`), else the user agent. A hop
+/// or user agent longer than [`MAX_NAMING_TEXT_LEN`] is passed over.
 pub(super) fn caller(parts: &Parts) -> Option<String> {
-    let forwarded = header_text(&parts.headers, FORWARDED_FOR_HEADER)
-        .and_then(|v| v.split(',').next().map(|hop| hop.trim().to_owned()))
-        .filter(|hop| !hop.is_empty());
+    let headers = &parts.headers;
+    let forwarded = headers
+        .get(FORWARDED_FOR_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|hops| hops.split(',').next())
+        .map(str::trim)
+        .filter(|hop| !hop.is_empty() && hop.len() <= MAX_NAMING_TEXT_LEN);
+    let peer = || {
+        parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip().to_string())
+    };
+    let user_agent = || headers.get(header::USER_AGENT).and_then(naming_text);
     forwarded
-        .or_else(|| {
-            parts
-                .extensions
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map(|info| info.0.ip().to_string())
-        })
-        .or_else(|| header_text(&parts.headers, header::USER_AGENT))
+        .map(str::to_owned)
+        .or_else(peer)
+        .or_else(|| user_agent().map(str::to_owned))
+}
+
+/// A header's text if it is visible ASCII of at most
+/// [`MAX_NAMING_TEXT_LEN`] bytes.
+pub(super) fn naming_text(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    (text.len() <= MAX_NAMING_TEXT_LEN).then_some(text)
 }
 
 /// The session id in a header value, if it is one MCP allows: 1 to 256
@@ -95,10 +114,6 @@ pub(super) fn session_id_text(value: &HeaderValue) -> Option<&str> {
             .fold(true, |visible, b| visible & (0x21..=0x7e).contains(b));
     // Visible ASCII is valid UTF-8.
     valid.then(|| std::str::from_utf8(bytes).ok()).flatten()
-}
-
-fn header_text(headers: &HeaderMap, name: impl AsHeaderName) -> Option<String> {
-    headers.get(name)?.to_str().ok().map(str::to_owned)
 }
 
 /// Whether an `Accept` header names `text/event-stream` (media types are
@@ -156,6 +171,44 @@ mod tests {
         ] {
             assert_eq!(text_of(&wrong), None, "{wrong:?}");
         }
+    }
+
+    #[test]
+    fn the_caller_is_the_first_forwarded_hop_then_the_user_agent_within_bounds() {
+        let caller_of = |forwarded: Option<&str>, user_agent: Option<&str>| {
+            let mut request = http::Request::post("/mcp");
+            if let Some(hops) = forwarded {
+                request = request.header("x-forwarded-for", hops);
+            }
+            if let Some(agent) = user_agent {
+                request = request.header("user-agent", agent);
+            }
+            caller(&request.body(()).unwrap().into_parts().0)
+        };
+        let longest = "a".repeat(MAX_NAMING_TEXT_LEN);
+        let too_long = "a".repeat(MAX_NAMING_TEXT_LEN + 1);
+        let many_hops = format!("10.0.0.1, {}", ["10.0.0.2"; 100].join(", "));
+        assert_eq!(
+            caller_of(Some(&many_hops), Some("agent")).as_deref(),
+            Some("10.0.0.1"),
+            "however many hops follow"
+        );
+        assert_eq!(
+            caller_of(Some(" 10.0.0.1 ,x"), None).as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(caller_of(Some(&longest), None).as_deref(), Some(&*longest));
+        assert_eq!(
+            caller_of(Some(&too_long), Some("agent")).as_deref(),
+            Some("agent"),
+            "a bogus hop is passed over"
+        );
+        assert_eq!(
+            caller_of(Some(" ,10.0.0.1"), Some("agent")).as_deref(),
+            Some("agent")
+        );
+        assert_eq!(caller_of(None, Some(&too_long)), None);
+        assert_eq!(caller_of(None, None), None);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::mcp::envelope::{
     ClientMessage, Request as McpRequest, mentions_initialize, parse_client_message,
 };
 use crate::mcp::published_version;
+use crate::mcp::sse::MAX_META_BYTES;
 use crate::moment::Moment;
 use crate::recorder::Recorder;
 use crate::run::UnderWay;
@@ -42,7 +43,7 @@ mod pending;
 mod response_head;
 
 pub(crate) use encoding::encoding_text;
-use head::{RequestHeaders, accepts_event_stream, caller, session_id_text};
+use head::{RequestHeaders, accepts_event_stream, caller, naming_text, session_id_text};
 pub(crate) use pending::{Head, Pending, Resolving};
 pub(crate) use response_head::ResponseHead;
 
@@ -250,7 +251,7 @@ impl Exchange {
             last_event_id: found
                 .last_event_id
                 .filter(|_| wants_event_stream)
-                .map(|value| value.as_bytes().into()),
+                .map(|value| event_id_of(value).into()),
             target: Target::of(parts),
             method: parts.method.clone(),
             arrived: Moment::now(),
@@ -601,8 +602,16 @@ impl Target {
 /// lock while the server allocates. The copies are small blocks, which
 /// glibc mostly frees from another thread without that lock (its
 /// per-thread cache, and its lock-free bins up to 128 bytes).
+/// A naming header (see [`naming_text`]) is copied only within its bound.
 fn owned_text(value: &HeaderValue) -> Option<Box<str>> {
-    value.to_str().ok().map(Box::from)
+    naming_text(value).map(Box::from)
+}
+
+/// The event id in a `Last-Event-ID` header, cut as the layer's SSE
+/// decoder cuts the ids it keeps, so that a long one still matches.
+fn event_id_of(value: &HeaderValue) -> &[u8] {
+    let id = value.as_bytes();
+    &id[..id.len().min(MAX_META_BYTES)]
 }
 
 /// The text of an `Mcp-Protocol-Version` header, lent when it is a
@@ -668,6 +677,36 @@ mod tests {
         assert_eq!(exchange.method_header.as_deref(), Some("tools/call"));
         assert_eq!(exchange.name_header.as_deref(), Some("add"));
         assert_eq!(exchange.session_id.as_deref(), Some("s-1"));
+    }
+
+    #[test]
+    fn naming_headers_are_taken_within_their_bound_and_event_ids_cut_as_kept() {
+        let longest = "n".repeat(head::MAX_NAMING_TEXT_LEN);
+        let too_long = "n".repeat(head::MAX_NAMING_TEXT_LEN + 1);
+        let long_id = "7".repeat(MAX_META_BYTES + 10);
+        let exchange_of = |method: &str, name: &str| {
+            let request = http::Request::get("/mcp")
+                .header("mcp-method", method)
+                .header("mcp-name", name)
+                .header("accept", "text/event-stream")
+                .header("mcp-session-id", "s-1")
+                .header("last-event-id", &long_id)
+                .body(())
+                .unwrap();
+            let (mut parts, ()) = request.into_parts();
+            Exchange::new(Shared::switched_off(), &mut parts, false)
+        };
+        let exchange = exchange_of("tools/call", &longest);
+        assert_eq!(exchange.method_header.as_deref(), Some("tools/call"));
+        assert_eq!(exchange.name_header.as_deref(), Some(&*longest));
+        assert_eq!(
+            exchange.last_event_id.as_deref(),
+            Some(&long_id.as_bytes()[..MAX_META_BYTES]),
+            "cut where the SSE decoder cuts the ids it keeps"
+        );
+        let bogus = exchange_of(&too_long, &too_long);
+        assert_eq!(bogus.method_header, None);
+        assert_eq!(bogus.name_header, None);
     }
 
     /// `path` served by `app`, whose routes hand the exchange their
