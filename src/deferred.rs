@@ -34,7 +34,8 @@ pub(crate) struct Closing {
     /// the key is not this close's.
     pub(crate) run_id: Uuid,
     pub(crate) via: ClosedVia,
-    /// When the answer that closed it was seen: the run's end.
+    /// When the answer that closed it was seen: the run's end, unless a
+    /// span counted in the run ended later.
     pub(crate) at: Timestamp,
 }
 

@@ -3,15 +3,16 @@
 //!
 //! The first time, then at most once per [`LogPace::INTERVAL`] while it
 //! goes on, each line saying how many times it happened since the last
-//! one. Logged once and never again, an outage a week after the first
-//! would leave no line in the logs; logged every time, a dead ingest API
-//! would write a line per request.
+//! one (so the occurrences of a trouble's last minute are told by the line
+//! of its next occurrence, however much later). Logged once and never
+//! again, an outage a week after the first would leave no line in the
+//! logs; logged every time, a dead ingest API would write a line per
+//! request. The pace is of real time (std's clock, not Tokio's, which a
+//! test may pause): it is about the volume of the logs.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-use crate::moment::instant_now;
 
 /// When a line at its level is due for one kind of trouble.
 #[derive(Debug, Default)]
@@ -38,7 +39,7 @@ impl LogPace {
     /// how many occurrences it stands for (these and the ones since the
     /// last line); else `None`: the caller logs at `debug` at most.
     pub(crate) fn note(&self, times: u64) -> Option<u64> {
-        let now = instant_now().saturating_duration_since(epoch());
+        let now = Instant::now().saturating_duration_since(epoch());
         self.note_at(times, now)
     }
 
@@ -63,7 +64,7 @@ impl LogPace {
 /// The instant the pace of every trouble counts from (the first use).
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(instant_now)
+    *EPOCH.get_or_init(Instant::now)
 }
 
 #[cfg(test)]

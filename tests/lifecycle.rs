@@ -260,7 +260,9 @@ async fn a_delete_counts_the_calls_before_it_while_delivery_is_held() {
 /// A run ends no sooner than its last span. A handler's child span that
 /// ends after the DELETE was answered, while the run's close still waits
 /// for the backlog's reader, goes into the run: the run then ends when
-/// that span does, not at the DELETE's answer before it.
+/// that span does, not at the DELETE's answer before it. A call answered
+/// later still, whose span is read after the close, moves the end no
+/// further.
 #[tokio::test]
 async fn a_run_closed_by_a_delete_ends_no_sooner_than_its_last_span() {
     use axum::Extension;
@@ -283,7 +285,9 @@ async fn a_run_closed_by_a_delete_ends_no_sooner_than_its_last_span() {
                            "serverInfo": {"name": "json-server", "version": "1"}})
                 }
                 Some("tools/call") => {
-                    escape.send(span.child(SpanKind::Llm, "llm.late")).unwrap();
+                    if message["id"] == 1 {
+                        escape.send(span.child(SpanKind::Llm, "llm.late")).unwrap();
+                    }
                     json!({"content": [], "isError": false})
                 }
                 _ => return StatusCode::ACCEPTED.into_response(),
@@ -305,6 +309,8 @@ async fn a_run_closed_by_a_delete_ends_no_sooner_than_its_last_span() {
     // The DELETE's close waits for the backlog's reader, which is held:
     // the run is still open, so the late span goes into it.
     late.finish();
+    // A call the server still answers: the layer reads it after the close.
+    assert_eq!(client.call_tool(2, "work", json!({})).await.status, 200);
     delivery.release();
 
     wait_for_ends(&ingest, 1).await;
@@ -324,9 +330,13 @@ async fn a_run_closed_by_a_delete_ends_no_sooner_than_its_last_span() {
     assert_eq!(
         end["ended_at"].as_str().unwrap(),
         late,
-        "the run ended with its last span, after the DELETE's answer"
+        "the run ended with its last span, after the DELETE's answer, \
+         before the call that came after it"
     );
-    assert_eq!(trodo.delivery_counters().dropped(), 0);
+    trodo.flush(WAIT).await;
+    let counters = trodo.delivery_counters();
+    assert_eq!(counters.dropped_after_run_end, 1, "the later call");
+    assert_eq!(counters.dropped(), 1);
 }
 
 /// A DELETE ends the run with every call answered before it, though the

@@ -13,8 +13,9 @@ const FORWARDED_FOR_HEADER: HeaderName = HeaderName::from_static("x-forwarded-fo
 /// Longest text taken from a header that names something (`Mcp-Method`,
 /// `Mcp-Name`, the caller's first `X-Forwarded-For` hop or user agent);
 /// a longer one is bogus and passed over, rather than copied into the
-/// span or the run key. MCP names a tool in at most 128 characters.
-pub(super) const MAX_NAMING_TEXT_LEN: usize = 256;
+/// span or the run key. Room for a resource's URI in `Mcp-Name`, or a
+/// long user agent; a run key holds no more anyway.
+pub(super) const MAX_NAMING_TEXT_LEN: usize = crate::run::MAX_RUN_KEY_LEN;
 /// Longest session id taken from a header; longer ones are ignored as
 /// bogus. MCP sets no bound, and servers may issue signed tokens (a JWT
 /// is often 1 to 2 KB); a header much past this is refused by most proxies.
@@ -75,24 +76,27 @@ pub(super) fn caller(parts: &Parts) -> Option<String> {
         .and_then(|value| value.to_str().ok())
         .and_then(|hops| hops.split(',').next())
         .map(str::trim)
-        .filter(|hop| !hop.is_empty() && hop.len() <= MAX_NAMING_TEXT_LEN);
+        .filter(|hop| !hop.is_empty())
+        .and_then(within_naming_bound);
     let peer = || {
         parts
             .extensions
             .get::<axum::extract::ConnectInfo<SocketAddr>>()
             .map(|info| info.0.ip().to_string())
     };
-    let user_agent = || headers.get(header::USER_AGENT).and_then(naming_text);
-    forwarded
-        .map(str::to_owned)
-        .or_else(peer)
-        .or_else(|| user_agent().map(str::to_owned))
+    forwarded.map(str::to_owned).or_else(peer).or_else(|| {
+        let user_agent = headers.get(header::USER_AGENT)?;
+        naming_text(user_agent).map(str::to_owned)
+    })
 }
 
-/// A header's text if it is visible ASCII of at most
-/// [`MAX_NAMING_TEXT_LEN`] bytes.
+/// A header's text (ASCII without control characters but tab) if it is
+/// at most [`MAX_NAMING_TEXT_LEN`] bytes long.
 pub(super) fn naming_text(value: &HeaderValue) -> Option<&str> {
-    let text = value.to_str().ok()?;
+    within_naming_bound(value.to_str().ok()?)
+}
+
+fn within_naming_bound(text: &str) -> Option<&str> {
     (text.len() <= MAX_NAMING_TEXT_LEN).then_some(text)
 }
 

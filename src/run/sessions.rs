@@ -39,6 +39,8 @@ struct OpenRun {
     last_activity: Timestamp,
     /// Monotonic time of the last activity, for the idle sweep.
     last_seen: Instant,
+    /// When the last span counted in it ended: its end is no sooner.
+    last_span_end: Option<Timestamp>,
     totals: Totals,
     /// Whether the idle sweep may end it (runs of `start_run` end by `end_run`).
     sweepable: bool,
@@ -61,6 +63,7 @@ impl OpenRun {
             pending_start,
             last_activity,
             last_seen: instant_now(),
+            last_span_end: None,
             totals: Totals::default(),
             sweepable: true,
             shared: false,
@@ -104,11 +107,13 @@ impl OpenRun {
         }
     }
 
-    /// When a run ending `at` ends: no sooner than its last activity. A
-    /// span recorded before a deferred close is read (a handler's child
-    /// span, say) may end after the answer that closed the run.
+    /// When a run ending `at` ends: no sooner than the last span counted
+    /// in it. A span recorded before a deferred close is read (a handler's
+    /// child span, say) may end after the answer that closed the run.
+    /// Other activity (a request that came meanwhile, whose span is read
+    /// after the close and so not counted) does not move it.
     fn ended_at(&self, at: Timestamp) -> Timestamp {
-        at.max(self.last_activity)
+        self.last_span_end.map_or(at, |end| at.max(end))
     }
 
     /// Notes activity seen at `at` (which may be read after later activity).
@@ -962,6 +967,7 @@ fn record(
     };
     open.last_seen = open.last_seen.max(seen);
     open.last_activity = open.last_activity.max(last_ended_at);
+    open.last_span_end = open.last_span_end.max(Some(last_ended_at));
     open.totals.add_totals(&spans.totals());
     if let Some(store) = store.filter(|_| open.shared) {
         store.record(open.run_id, spans.totals().into(), open.last_activity);

@@ -79,8 +79,10 @@ enum Late {
 pub(crate) struct EndOp {
     pub(crate) run_id: Uuid,
     pub(crate) ending: RunEnding,
-    /// When it ended: now for DELETE, 404, shutdown and `end_run`; the
-    /// last activity this process saw for an idle end.
+    /// When it ended: for DELETE, 404, shutdown and `end_run`, when the
+    /// answer was seen or now, or the end of the last span this process
+    /// counted in it if later; the last activity this process saw for an
+    /// idle end.
     pub(crate) at: Timestamp,
     /// For an idle end: only if the store saw no activity after this.
     pub(crate) idle_before: Option<SystemTime>,
