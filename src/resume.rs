@@ -230,16 +230,11 @@ impl ParkedCall {
     }
 
     /// Records the calls whose wait ran out by `now` as their streams left
-    /// them, through the same path as any span, outside the run table's
-    /// lock; each stays under way until its span is recorded or deferred.
+    /// them, in their runs (see
+    /// [`Sessions::record_expired_calls`](crate::run::Sessions::record_expired_calls)).
     /// Returns how many.
-    pub(crate) fn give_up_expired(shared: &Arc<Shared>, now: Instant) -> usize {
-        let expired = shared.sessions.take_expired_calls(now);
-        let count = expired.len();
-        for call in expired {
-            call.give_up(shared);
-        }
-        count
+    pub(crate) fn give_up_expired(shared: &Shared, now: Instant) -> usize {
+        shared.sessions.record_expired_calls(now, &shared.exporter)
     }
 
     /// The span's record as its stream left it, with no answer, for the
@@ -877,6 +872,23 @@ mod tests {
         let (call, _) = sessions.unpark("s-1", Some(run.run_id), &json!(1));
         drop(call);
         assert!(!sessions.may_resume("s-1", 0));
+    }
+
+    /// A call whose wait ran out goes into its run in the same look at the
+    /// run table that takes it out of it: a DELETE's close cannot come in
+    /// between and end the run without it, as nothing waits in the
+    /// backlog for it.
+    #[test]
+    fn an_expired_call_goes_into_its_run_as_it_leaves_its_wait() {
+        let shared = Shared::switched_off();
+        let ended = Moment::now();
+        park_in_a_session(&shared, ended, Duration::from_secs(1));
+        let locks = shared.sessions.locks();
+        let past_its_wait = ended.instant + Duration::from_secs(2);
+        assert_eq!(ParkedCall::give_up_expired(&shared, past_its_wait), 1);
+        assert_eq!(shared.sessions.locks() - locks, 1, "one look");
+        assert_eq!(shared.backlog.catch_up(), 0, "nothing deferred");
+        assert_eq!(ParkedCall::give_up_expired(&shared, past_its_wait), 0);
     }
 
     /// A client that resumes from an event before the last one the layer

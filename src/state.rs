@@ -185,16 +185,13 @@ impl Shared {
         }
     }
 
-    /// One idle sweep: the backlog is read first (a run a DELETE closed
-    /// ends there, with its parked calls), then calls whose wait for a
-    /// resumed stream ran out are recorded (or deferred); requests read
-    /// later count as activity: they are read before the sweep. Returns how many runs
-    /// left the table.
+    /// One idle sweep: calls whose wait for a resumed stream ran out are
+    /// recorded in their runs (in the look at the run table that takes
+    /// them out, so a run a DELETE closed, whose close waits in the
+    /// backlog, ends with them either way); then the backlog is read, as
+    /// requests read later count as activity; then idle runs end. Returns
+    /// how many runs left the table.
     pub(crate) fn sweep(self: &Arc<Self>) -> usize {
-        // A run closed by a DELETE may wait in the backlog: closed first, it
-        // settles its own parked calls into its end (given up after it,
-        // their spans would find it gone).
-        self.backlog.catch_up();
         ParkedCall::give_up_expired(self, instant_now());
         self.backlog.catch_up();
         self.sessions

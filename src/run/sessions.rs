@@ -521,19 +521,22 @@ impl Sessions {
         refused
     }
 
-    /// The parked calls whose wait ran out by `now`, taken out of their
-    /// runs (under way there until each is recorded): they are
-    /// recorded after the lock is released, so every request does not
-    /// wait for their spans to be written.
-    pub(crate) fn take_expired_calls(&self, now: Instant) -> Vec<ParkedCall> {
+    /// Records the parked calls whose wait ran out by `now` in their runs,
+    /// as their streams left them, under the table's lock: no close can
+    /// come between a call's leaving its run and its span's going in (as
+    /// for the calls of a run that ends: see [`settle`]). Expiries are
+    /// rare, so requests seldom wait for these spans to be written.
+    /// Returns how many.
+    pub(crate) fn record_expired_calls(&self, now: Instant, exporter: &Exporter) -> usize {
         let mut table = self.lock();
-        let mut expired = Vec::new();
+        let mut count = 0;
         for open in table.by_key.values_mut() {
-            let calls = open.parked.take_expired(now).into_iter();
-            expired.extend(calls.map(|call| call.taken_out(open.under_way.start())));
+            let calls = open.parked.take_expired(now);
+            count += calls.len();
+            record_failed_calls(open, calls, exporter);
         }
-        table.parked -= expired.len();
-        expired
+        table.parked -= count;
+        count
     }
 
     /// For a stream of session `key` resumed now from `last_event_id`:
@@ -987,11 +990,16 @@ fn end(mut open: OpenRun, at: Timestamp, ending: Ending, exporter: &Exporter) {
 
 /// Records the parked calls of a run that ends as their streams left
 /// them, counted in its totals, before its `end` (only a run without a
-/// session store parks calls: see [`Sessions::park`]). Their spans are
-/// written under the table's lock (a run ends once); calls whose wait ran
-/// out are recorded without it (see [`Sessions::take_expired_calls`]).
+/// session store parks calls: see [`Sessions::park`]).
 fn settle(open: &mut OpenRun, exporter: &Exporter) {
     let calls = open.parked.take_all();
+    record_failed_calls(open, calls, exporter);
+}
+
+/// Records `calls` taken out of `open` as their streams left them, under
+/// the table's lock (a call's input was redacted as it was parked, and
+/// it has no output, so no hook runs here). They are no activity.
+fn record_failed_calls(open: &mut OpenRun, calls: Vec<ParkedCall>, exporter: &Exporter) {
     if calls.is_empty() {
         return;
     }
@@ -1000,7 +1008,6 @@ fn settle(open: &mut OpenRun, exporter: &Exporter) {
         .map(ParkedCall::into_failed_span)
         .collect();
     let records = SpanRecords::new(open.run_id, spans);
-    // The run leaves the table: no activity to note.
     let seen = open.last_seen;
     record(open, records, seen, exporter, None);
 }
