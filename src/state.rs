@@ -258,7 +258,7 @@ impl Shared {
     /// can continue), then delivers what is queued, within `timeout`.
     async fn shut_down_now(&self, timeout: Duration) -> bool {
         let _ = self.shut_down.set(());
-        let deadline = tokio::time::Instant::now() + timeout;
+        let start = tokio::time::Instant::now();
         self.backlog.close();
         let store_drained = match &self.mirror {
             None => {
@@ -282,22 +282,26 @@ impl Shared {
                 drained
             }
         };
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.exporter.shutdown(remaining).await && store_drained
+        self.exporter.shutdown(left_of(timeout, start)).await && store_drained
     }
 
     /// Works off the store queue (in at most half the time), then delivers
     /// what is queued, within `timeout`.
     async fn flush(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let start = tokio::time::Instant::now();
         self.backlog.catch_up();
         let store_drained = match &self.mirror {
             Some(mirror) => mirror.drain(timeout / 2).await,
             None => true,
         };
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.exporter.flush(remaining).await && store_drained
+        self.exporter.flush(left_of(timeout, start)).await && store_drained
     }
+}
+
+/// What is left of `timeout`, begun at `start`. No deadline is added up:
+/// any timeout is taken, `Duration::MAX` for no bound.
+fn left_of(timeout: Duration, start: tokio::time::Instant) -> Duration {
+    timeout.saturating_sub(start.elapsed())
 }
 
 /// How often an idle sweep looks: a quarter of the idle timeout, within 10 ms..5 s.
@@ -364,15 +368,15 @@ impl Trodo {
     /// queued for the store (aggregates, activity, end claims) is worked off
     /// first, in at most half of `timeout` (the same holds for
     /// [`shutdown`](Self::shutdown)), so that a slow store leaves delivery
-    /// the rest.
+    /// the rest. `Duration::MAX` waits without bound.
     pub async fn flush(&self, timeout: Duration) -> bool {
         self.shared.flush(timeout).await
     }
 
     /// Graceful shutdown: ends every run this process holds open with
     /// `closed_via: "server_shutdown"`, then delivers what is queued, at most
-    /// `timeout` (plus up to 100 ms to abandon calls in flight), and stops
-    /// the delivery thread.
+    /// `timeout` (plus up to 100 ms to abandon calls in flight;
+    /// `Duration::MAX` waits without bound), and stops the delivery thread.
     ///
     /// With a session store, runs of sessions (and resolved keys) the store
     /// holds are not ended: clients keep their sessions on other workers, so

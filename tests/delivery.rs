@@ -187,6 +187,29 @@ async fn a_429_holds_every_call_until_retry_after_as_an_http_date() {
     assert_eq!(summary(&layer.trodo().delivery_counters()), (2, 1, 0));
 }
 
+/// `Duration::MAX` is a timeout like any other (no bound): flush and
+/// shutdown deliver and end the runs rather than overflow the clock.
+#[tokio::test]
+async fn flush_and_shutdown_take_duration_max_as_no_bound() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let mut client = RawClient::new(server(&layer).await);
+    client.initialize("no-bound").await;
+    for id in 1..=2 {
+        let answer = client.call_tool(id, "echo", json!({ "text": "x" })).await;
+        assert_eq!(answer.status, 200);
+    }
+    assert!(trodo.flush(Duration::MAX).await);
+    assert_eq!(ingest.spans().len(), 2);
+    assert!(trodo.shutdown(Duration::MAX).await);
+    let ends = ingest.ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].1["metadata"]["closed_via"], "server_shutdown");
+    assert_eq!(ends[0].1["span_count"], 2);
+    assert_eq!(summary(&trodo.delivery_counters()), (records(2), 0, 0));
+}
+
 #[tokio::test]
 async fn shutdown_lifts_a_429_pause_and_delivers_to_an_api_that_is_back() {
     let ingest = RecordingIngest::start().await.unwrap();
