@@ -36,7 +36,8 @@
 //! # Waits
 //! A run whose call failed waits out its back-off; a 429 pauses every run
 //! until its `Retry-After`. Shutdown ends both at once: it is the records'
-//! last chance, and the API may be back. A failure after that waits again.
+//! last chance, and the API may be back. A failure after that (a 429 too)
+//! makes only its own run wait again.
 //!
 //! [`flush_interval`]: super::DeliveryOptions::flush_interval
 //! [`flush_items`]: super::DeliveryOptions::flush_items

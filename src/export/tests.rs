@@ -42,6 +42,27 @@ fn send_run(exporter: &Exporter, run: u128, spans: &[&str]) {
     exporter.send(end(run));
 }
 
+/// Sends the starts of runs `1..=runs` to `script`, `max_in_flight` calls
+/// at a time, and shuts down (which must deliver them within 5 s); the
+/// exporter, its worker stopped.
+async fn starts_through_shutdown(
+    script: &Arc<Script>,
+    max_in_flight: usize,
+    runs: u128,
+) -> Exporter {
+    let options = DeliveryOptions {
+        max_in_flight,
+        ..options()
+    };
+    let (exporter, worker) = spawn(script, options);
+    for run in 1..=runs {
+        exporter.send(start(run));
+    }
+    assert!(exporter.shutdown(Duration::from_secs(5)).await);
+    worker.await.unwrap();
+    exporter
+}
+
 /// A script that answers the first call with a 429 and `Retry-After:
 /// retry_after`, every later one with success.
 fn throttled_once(retry_after: Duration) -> Arc<Script> {
@@ -635,6 +656,51 @@ async fn an_api_that_fails_every_run_is_probed_not_stormed() {
     assert_eq!(exporter.counters().sent, 100);
 }
 
+/// Once shutdown began, a 429 makes only its own run wait out the
+/// `Retry-After`: the other runs' last chance is not spent on its pause.
+#[tokio::test(start_paused = true)]
+async fn after_shutdown_began_a_429_pauses_no_other_run() {
+    let script = throttled_once(Duration::from_secs(2));
+    let exporter = starts_through_shutdown(&script, 1, 3).await;
+    assert_eq!(
+        script.described(),
+        ["start 1", "start 2", "start 3", "start 1"]
+    );
+    assert_eq!(script.times_ms(), [0, 0, 0, 2000]);
+    assert_eq!(fates(&exporter.counters())[0], 3);
+}
+
+/// A 429 before shutdown leaves calls going one at a time until one is
+/// answered; shutdown lifts that too: every run goes at once.
+#[tokio::test(start_paused = true)]
+async fn shutdown_sends_every_run_at_once_after_a_429() {
+    let answered = AtomicUsize::new(0);
+    let script = Script::timed(move |_| {
+        if answered.fetch_add(1, Ordering::Relaxed) == 0 {
+            let throttled = Outcome::Throttled {
+                retry_after: Some(Duration::from_secs(60)),
+            };
+            (Duration::ZERO, throttled)
+        } else {
+            (Duration::from_millis(100), Outcome::Delivered)
+        }
+    });
+    let (exporter, worker) = spawn(&script, options());
+    exporter.send(start(1));
+    assert!(!exporter.flush(Duration::from_millis(10)).await, "paused");
+    for run in 2..=4 {
+        exporter.send(start(run));
+    }
+    assert!(exporter.shutdown(Duration::from_secs(5)).await);
+    worker.await.unwrap();
+    assert_eq!(
+        script.described(),
+        ["start 1", "start 1", "start 2", "start 3", "start 4"]
+    );
+    assert_eq!(script.times_ms(), [0, 10, 10, 10, 10]);
+    assert_eq!(fates(&exporter.counters())[0], 4);
+}
+
 /// Once shutdown began, failures in a row pause no run: the last chance
 /// of a run that never failed does not wait on others' back-off.
 #[tokio::test(start_paused = true)]
@@ -647,16 +713,7 @@ async fn after_shutdown_began_failures_pause_no_other_run() {
             Outcome::Delivered
         }
     });
-    let options = DeliveryOptions {
-        max_in_flight: 3,
-        ..options()
-    };
-    let (exporter, worker) = spawn(&script, options);
-    for run in 1..=6 {
-        exporter.send(start(run));
-    }
-    assert!(exporter.shutdown(Duration::from_secs(5)).await);
-    worker.await.unwrap();
+    let exporter = starts_through_shutdown(&script, 3, 6).await;
     // The first three fail, each freeing a place for the next run: the
     // sixth goes after the third failure at once, not after a pause; the
     // three go again after their own back-off.

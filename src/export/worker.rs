@@ -80,12 +80,19 @@ impl Worker {
                 return Next::Stop;
             }
         }
-        let free = self
-            .trouble
-            .max_in_flight(self.options.max_in_flight)
-            .saturating_sub(self.in_flight.len());
-        let busy = !self.in_flight.is_empty();
+        let max_in_flight = self.options.max_in_flight;
+        let allowed = self.trouble.max_in_flight(max_in_flight);
+        let in_flight = self.in_flight.len();
+        let busy = in_flight > 0;
         let (batches, done, wake_at) = self.core.update(|queue| {
+            // Once shutdown began, no probe holds the other runs back: it
+            // is their last chance.
+            let allowed = if queue.is_closed() {
+                max_in_flight
+            } else {
+                allowed
+            };
+            let free = allowed.saturating_sub(in_flight);
             if queue.next_due().is_some_and(|at| at <= now) {
                 queue.make_due();
             }
@@ -162,8 +169,16 @@ impl Worker {
                     let wait = retry_after.map_or(step, |wait| {
                         wait.max(backoff.base).min(self.options.max_throttle)
                     });
-                    self.core.update(|queue| queue.pause(now + wait));
-                    self.retry(batch, None);
+                    // Once shutdown began, only this run waits: the others'
+                    // last chance is not spent on its pause.
+                    let closed = self.core.update(|queue| {
+                        let closed = queue.is_closed();
+                        if !closed {
+                            queue.pause(now + wait);
+                        }
+                        closed
+                    });
+                    self.retry(batch, closed.then_some(now + wait));
                 }
                 None => self.drop_batch(&batch, DropReason::GaveUp, "HTTP 429"),
             },
