@@ -189,6 +189,11 @@ impl ParkedCall {
         self
     }
 
+    /// When its stream ended (or was last continued): activity of its run.
+    pub(crate) fn stream_ended(&self) -> Instant {
+        self.left.ended.instant
+    }
+
     /// Whether its wait ran out by `now`.
     pub(crate) fn expired(&self, now: Instant) -> bool {
         self.deadline <= now
@@ -808,6 +813,27 @@ mod tests {
         }
     }
 
+    /// A call whose wait ran out is activity of its run when its stream
+    /// ended, as any span is when it ended: the run idles from there.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_whose_wait_ran_out_is_activity_when_its_stream_ended() {
+        let secs = Duration::from_secs;
+        let config = TrodoConfig::new().with_enabled(false);
+        let shared = Shared::of(&config.with_idle_timeout(secs(10)).unwrap());
+        // Its stream ends 4 s after the run's last activity; it waits 1 s.
+        let ended = Moment {
+            at: Timestamp::now(),
+            instant: instant_now() + secs(4),
+        };
+        park_in_a_session(&shared, ended, secs(1));
+        // 10 s idle from the stream's end, at the first sweep (every 2.5 s)
+        // after it; from the run's last activity before, it would be 10 s.
+        assert_eq!(
+            time_to_a_runs_end(&shared).await,
+            Duration::from_millis(15_000)
+        );
+    }
+
     #[test]
     fn a_process_parks_a_bounded_number_of_calls_over_all_its_runs() {
         let shared = Shared::switched_off();
@@ -875,20 +901,32 @@ mod tests {
     }
 
     /// A call whose wait ran out goes into its run in the same look at the
-    /// run table that takes it out of it: a DELETE's close cannot come in
-    /// between and end the run without it, as nothing waits in the
-    /// backlog for it.
+    /// run table that takes it out of it, as activity when its stream
+    /// ended: a DELETE's close waiting in the backlog then ends the run
+    /// with it, as nothing waits in the backlog for it.
     #[test]
     fn an_expired_call_goes_into_its_run_as_it_leaves_its_wait() {
+        use crate::export::{ConsoleSink, DeliveryOptions, Exporter, Sink};
         let shared = Shared::switched_off();
+        let sessions = &shared.sessions;
+        // An exporter whose queue the test reads (no worker takes from it).
+        let (exporter, _worker) =
+            Exporter::new(Sink::Console(ConsoleSink), DeliveryOptions::default());
         let ended = Moment::now();
         park_in_a_session(&shared, ended, Duration::from_secs(1));
-        let locks = shared.sessions.locks();
+        shared.close_session(&Arc::from("s-1"), ClosedVia::SessionDeleted);
+        let locks = sessions.locks();
         let past_its_wait = ended.instant + Duration::from_secs(2);
-        assert_eq!(ParkedCall::give_up_expired(&shared, past_its_wait), 1);
-        assert_eq!(shared.sessions.locks() - locks, 1, "one look");
-        assert_eq!(shared.backlog.catch_up(), 0, "nothing deferred");
-        assert_eq!(ParkedCall::give_up_expired(&shared, past_its_wait), 0);
+        assert_eq!(sessions.record_expired_calls(past_its_wait, &exporter), 1);
+        assert_eq!(sessions.locks() - locks, 1, "one look");
+        let counters = exporter.counters();
+        assert_eq!(counters.queued_items, 2, "the run's start, the call's span");
+        // The close, read now, ends the run after the span.
+        assert!(sessions.close("s-1", ClosedVia::SessionDeleted, &exporter));
+        let counters = exporter.counters();
+        assert_eq!((counters.queued_items, counters.dropped()), (3, 0));
+        assert_eq!(sessions.record_expired_calls(past_its_wait, &exporter), 0);
+        assert_eq!(shared.backlog.catch_up(), 1, "the close, for no run now");
     }
 
     /// A client that resumes from an event before the last one the layer

@@ -185,13 +185,15 @@ impl Shared {
         }
     }
 
-    /// One idle sweep: calls whose wait for a resumed stream ran out are
-    /// recorded in their runs (in the look at the run table that takes
-    /// them out, so a run a DELETE closed, whose close waits in the
-    /// backlog, ends with them either way); then the backlog is read, as
-    /// requests read later count as activity; then idle runs end. Returns
-    /// how many runs left the table.
+    /// One idle sweep: the backlog is read (its exchanges may park calls),
+    /// then calls whose wait for a resumed stream ran out are recorded in
+    /// their runs (in the look at the run table that takes them out, so a
+    /// run a DELETE closed, whose close waits in the backlog, ends with
+    /// them either way), then the backlog is read again (requests read
+    /// later count as activity), then idle runs end. Returns how many
+    /// runs left the table.
     pub(crate) fn sweep(self: &Arc<Self>) -> usize {
+        self.backlog.catch_up();
         ParkedCall::give_up_expired(self, instant_now());
         self.backlog.catch_up();
         self.sessions

@@ -14,7 +14,7 @@
 //! |---|---|
 //! | 2xx | delivered, counted in `sent` |
 //! | 5xx, 408, network error, timeout | the run backs off 1 s, 2 s, 4 s ... 60 s (with jitter, at least `Retry-After`), other runs go on; after 10 minutes of failures the batch is dropped as `gave_up`; three such failures in a row, of any runs, pause every call and make the next go alone (see [`trouble`]) |
-//! | 429 | every call pauses until `Retry-After` (seconds or HTTP date, at most 60 s; without it, a back-off step), then one goes alone until one is answered; counts toward the 10 minutes like a 5xx |
+//! | 429 | every call pauses until `Retry-After` (seconds or HTTP date, at most 60 s; without it, a back-off step), then one goes alone until one is answered (once shutdown began, only that run waits); counts toward the 10 minutes like a 5xx |
 //! | 413 | the batch is split in halves; a single record is dropped as `too_large` |
 //! | any other status | dropped as `rejected` |
 //!

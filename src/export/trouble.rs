@@ -20,7 +20,8 @@ const FAILURES_BEFORE_PAUSE: u32 = 3;
 /// doubling to 60 s); and after such a pause, or a 429's, one call goes
 /// alone, as a probe, until the API answers one (then the others go, up to
 /// the calls allowed in flight). Any answer (a success, or a refusal of
-/// that call alone) ends the spell.
+/// that call alone) ends the spell. Once shutdown began, the worker neither
+/// pauses nor probes: it is every run's last chance.
 #[derive(Debug, Default)]
 pub(crate) struct Trouble {
     /// Transient failures in a row, of any runs.

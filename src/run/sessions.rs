@@ -533,7 +533,10 @@ impl Sessions {
         for open in table.by_key.values_mut() {
             let calls = open.parked.take_expired(now);
             count += calls.len();
-            record_failed_calls(open, calls, exporter);
+            // Activity when their streams ended, as for any span.
+            let seen = calls.iter().map(ParkedCall::stream_ended).max();
+            let seen = seen.map_or(open.last_seen, |ended| open.last_seen.max(ended));
+            record_failed_calls(open, calls, seen, exporter);
         }
         table.parked -= count;
         count
@@ -993,13 +996,20 @@ fn end(mut open: OpenRun, at: Timestamp, ending: Ending, exporter: &Exporter) {
 /// session store parks calls: see [`Sessions::park`]).
 fn settle(open: &mut OpenRun, exporter: &Exporter) {
     let calls = open.parked.take_all();
-    record_failed_calls(open, calls, exporter);
+    // The run leaves the table: no activity to note.
+    let seen = open.last_seen;
+    record_failed_calls(open, calls, seen, exporter);
 }
 
-/// Records `calls` taken out of `open` as their streams left them, under
-/// the table's lock (a call's input was redacted as it was parked, and
-/// it has no output, so no hook runs here). They are no activity.
-fn record_failed_calls(open: &mut OpenRun, calls: Vec<ParkedCall>, exporter: &Exporter) {
+/// Records `calls` taken out of `open` as their streams left them, as
+/// activity `seen` then, under the table's lock (a call's input was
+/// redacted as it was parked, and it has no output, so no hook runs here).
+fn record_failed_calls(
+    open: &mut OpenRun,
+    calls: Vec<ParkedCall>,
+    seen: Instant,
+    exporter: &Exporter,
+) {
     if calls.is_empty() {
         return;
     }
@@ -1008,7 +1018,6 @@ fn record_failed_calls(open: &mut OpenRun, calls: Vec<ParkedCall>, exporter: &Ex
         .map(ParkedCall::into_failed_span)
         .collect();
     let records = SpanRecords::new(open.run_id, spans);
-    let seen = open.last_seen;
     record(open, records, seen, exporter, None);
 }
 
