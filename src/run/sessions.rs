@@ -533,10 +533,10 @@ impl Sessions {
         for open in table.by_key.values_mut() {
             let calls = open.parked.take_expired(now);
             count += calls.len();
-            // Activity when their streams ended, as for any span.
+            // Activity when their streams ended, as for any span (`record`
+            // keeps the later of that and the run's own).
             let seen = calls.iter().map(ParkedCall::stream_ended).max();
-            let seen = seen.map_or(open.last_seen, |ended| open.last_seen.max(ended));
-            record_failed_calls(open, calls, seen, exporter);
+            record_failed_calls(open, calls, seen.unwrap_or(open.last_seen), exporter);
         }
         table.parked -= count;
         count
