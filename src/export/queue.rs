@@ -97,7 +97,8 @@ pub(crate) struct Queue {
     in_flight: BTreeSet<Seq>,
     /// Runs whose start was dropped, with why: their later records follow it.
     dead: HashMap<Uuid, DropReason>,
-    /// `dead` in insertion order, to bound it.
+    /// `dead` in insertion order, to bound it (with the ids of runs whose
+    /// end came since: at most as many as those still dead).
     dead_order: VecDeque<Uuid>,
     /// Records queued or in flight.
     items: usize,
@@ -439,7 +440,14 @@ impl Queue {
         }
         self.dead.insert(run_id, reason);
         self.dead_order.push_back(run_id);
-        while self.dead_order.len() > self.options.max_queue_items {
+        // Runs whose end came are gone from `dead` but not from the order:
+        // sweep them out once they are half of it, so that they neither
+        // count toward the bound nor pile up.
+        if self.dead_order.len() > 2 * self.dead.len() {
+            let dead = &self.dead;
+            self.dead_order.retain(|id| dead.contains_key(id));
+        }
+        while self.dead.len() > self.options.max_queue_items {
             if let Some(old) = self.dead_order.pop_front() {
                 self.dead.remove(&old);
             }
@@ -839,6 +847,36 @@ mod tests {
         q.push(span(1, "b"), Instant::now(), &stats);
         assert_eq!(contents(&q), [(2, "{}".into())]);
         assert_eq!(dropped(&stats), (0, 0, 3, 0));
+    }
+
+    #[test]
+    fn a_dead_run_whose_end_came_does_not_count_toward_the_bound() {
+        let stats = Stats::default();
+        let mut q = Queue::new(options(2, 1_000));
+        let now = Instant::now();
+        let kill = |q: &mut Queue, run: u128| {
+            q.push(start(run), now, &stats);
+            q.make_due();
+            let batch = q.take_batch().unwrap();
+            q.drop_batch(&batch, DropReason::Rejected, "HTTP 400", &stats);
+        };
+        kill(&mut q, 1);
+        kill(&mut q, 2);
+        q.push(end(2), now, &stats);
+        kill(&mut q, 3);
+        // Runs 1 and 3 are the two dead runs the bound allows: run 1's
+        // later records still follow its start.
+        q.push(span(1, "late"), now, &stats);
+        assert!(contents(&q).is_empty());
+        assert_eq!(q.dead.len(), 2);
+        assert_eq!(dropped(&stats), (0, 0, 5, 0));
+        // Nor do such runs pile up in the order.
+        for run in 10..110 {
+            kill(&mut q, run);
+            q.push(end(run), now, &stats);
+        }
+        assert_eq!(q.dead.keys().collect::<Vec<_>>(), [&Uuid::from_u128(3)]);
+        assert!(q.dead_order.len() <= 2 * 2 + 1, "{}", q.dead_order.len());
     }
 
     #[test]
