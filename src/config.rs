@@ -284,11 +284,13 @@ impl TrodoConfig {
     /// `TRODO_SITE_ID`, else none.
     ///
     /// # Errors
-    /// A [`ConfigError`] for `site_id` when it is empty or cannot be sent
-    /// as a header value (a control character, say).
+    /// A [`ConfigError`] for `site_id` when it is empty or holds anything
+    /// but visible ASCII inside: a space, a control character or a
+    /// non-ASCII letter (an env file's `site_123 # prod`, say, which the
+    /// API would refuse on every call).
     pub fn with_site_id(self, site_id: &str) -> Result<Self, ConfigError> {
         let id = site_id.trim();
-        if id.is_empty() || http::HeaderValue::from_str(id).is_err() {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ConfigError::new("site_id", site_id, EXPECTED_SITE_ID));
         }
         Ok(self.edit(|s| s.site_id = Some(id.to_owned())))
@@ -789,6 +791,7 @@ mod tests {
             ("TRODO_API_BASE", "ftp://x"),
             ("TRODO_ENABLED", "maybe"),
             ("TRODO_SITE_ID", "site\u{1}1"),
+            ("TRODO_SITE_ID", "site_123 # prod"),
         ] {
             let err = env(&[(var, value)]).unwrap_err();
             assert_eq!(err.setting(), var);
@@ -876,7 +879,15 @@ mod tests {
                 .setting(),
             "session_header"
         );
-        for site_id in ["", "  ", "site\n123", "site\u{7f}"] {
+        for site_id in [
+            "",
+            "  ",
+            "site\n123",
+            "site\u{7f}",
+            "site_123 # prod",
+            "site\t123",
+            "sité",
+        ] {
             let err = TrodoConfig::new().with_site_id(site_id).unwrap_err();
             assert_eq!((err.setting(), err.value()), ("site_id", site_id));
         }
