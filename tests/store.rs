@@ -396,3 +396,99 @@ async fn a_run_the_store_lost_whose_key_was_taken_is_ended_by_its_worker() {
         .expect("the old run ends");
     assert_eq!(end["span_count"], 1, "with the first worker's totals");
 }
+
+/// With a session store, a client that goes away while its answer waits
+/// for the store to open its key's run: the store still opens the run, so
+/// this process starts it and records the cancelled call there. Before, no
+/// one started it, and every later request of the key, on any worker,
+/// found a run in the store whose `start` was never sent. `session`: the
+/// key is a session this worker and the store do not know (another
+/// worker's without the store), else a client's name without a session.
+async fn a_client_gone_while_the_store_opens_its_run_leaves_a_started_run(session: bool) {
+    use common::*;
+    use serde_json::json;
+    use std::time::Duration;
+    use trodo_tower::TrodoLayer;
+    use workers::stores::SlowToOpen;
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = Arc::new(SlowToOpen::new());
+    let layer = TrodoLayer::new(
+        config(&ingest)
+            .with_session_store(store.clone())
+            .with_store_timeout(Duration::from_secs(10))
+            .unwrap(),
+    );
+    let service = if session {
+        mcp(DemoTools::new(), session_manager(None))
+    } else {
+        mcp_stateless_json(DemoTools::new())
+    };
+    let mut client = RawClient::new(workers::serve_worker(&service, &layer).await);
+    let mut runs_before = 0;
+    if session {
+        let without_store = TrodoLayer::new(config(&ingest));
+        let mut elsewhere = RawClient::new(workers::serve_worker(&service, &without_store).await);
+        elsewhere.initialize("elsewhere").await;
+        assert!(without_store.trodo().flush(WAIT).await);
+        client.session = elsewhere.session.clone();
+        runs_before = 1;
+    }
+    let call = |id| {
+        client
+            .post(tool_call_body(id, "add", json!({"a": 1, "b": 2})))
+            .header("user-agent", "agent/1")
+            .send()
+    };
+    let spans_before = span_count(&ingest.received());
+    let first = tokio::spawn(call(1));
+    store.asked.notified().await;
+    first.abort(); // the client goes away while the answer waits
+    let _ = first.await;
+    ingest
+        .wait_until(WAIT, |r| span_count(r) == spans_before + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        ingest.starts().len(),
+        runs_before + 1,
+        "the cancelled call's run"
+    );
+    store.let_through.add_permits(1);
+    let answer = call(2).await.unwrap().text().await.unwrap();
+    assert!(answer.contains(r#""text":"3""#), "{answer}");
+    assert!(layer.trodo().flush(WAIT).await);
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), runs_before + 1, "{:?}", ingest.received());
+    let run = &starts[runs_before];
+    assert_eq!(
+        run["metadata"]["resumed"].as_bool(),
+        session.then_some(true)
+    );
+    let spans = spans_of(&ingest, run["run_id"].as_str().unwrap());
+    let calls: Vec<_> = spans
+        .iter()
+        .map(|s| {
+            (
+                s["attributes"]["jsonrpc.request.id"].clone(),
+                s["status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [(json!("1"), json!("error")), (json!("2"), json!("ok"))]
+    );
+    assert_eq!(spans[0]["error_type"], "cancelled");
+}
+
+#[tokio::test]
+async fn a_client_gone_while_the_store_opens_its_sessions_run_leaves_a_started_run() {
+    a_client_gone_while_the_store_opens_its_run_leaves_a_started_run(true).await;
+}
+
+#[tokio::test]
+async fn a_client_gone_while_the_store_opens_its_keys_run_leaves_a_started_run() {
+    a_client_gone_while_the_store_opens_its_run_leaves_a_started_run(false).await;
+}

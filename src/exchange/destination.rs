@@ -112,6 +112,22 @@ impl Exchange {
         }
     }
 
+    /// The run of a session this process does not know (restarted, or
+    /// another worker's that the store does not hold): as for any key,
+    /// with `resumed` in its metadata if this process opens it.
+    pub(super) fn unknown_session_run(
+        &self,
+        key: &RunKey,
+        table_key: &str,
+        request: Option<&McpRequest>,
+    ) -> Option<RunFor> {
+        self.run_of(table_key, |run_id| {
+            let mut metadata = self.metadata(key, request);
+            metadata.insert("resumed".to_owned(), Value::Bool(true));
+            self.run(key, run_id, None, metadata)
+        })
+    }
+
     /// Asks the session store for the run of `table_key` (using the lookup
     /// started with the request, if it is of this key); the head decides
     /// again with the answer.
@@ -204,14 +220,7 @@ impl Exchange {
                 }
             }
         } else {
-            let run = self.run_of(&table_key, |run_id| {
-                // A session this process does not know: restarted, or another
-                // worker's that the store does not hold.
-                let mut metadata = self.metadata(&key, request.as_ref());
-                metadata.insert("resumed".to_owned(), Value::Bool(true));
-                self.run(&key, run_id, None, metadata)
-            });
-            let Some(run) = run else {
+            let Some(run) = self.unknown_session_run(&key, &table_key, request.as_ref()) else {
                 return self.resolve(table_key, request, input);
             };
             self.under_way = Some(run.under_way);

@@ -29,7 +29,7 @@ use crate::mcp::published_version;
 use crate::mcp::sse::MAX_META_BYTES;
 use crate::moment::Moment;
 use crate::recorder::Recorder;
-use crate::run::UnderWay;
+use crate::run::{RunKey, UnderWay};
 use crate::span_draft::{Destination, SpanDraft};
 use crate::state::Shared;
 use crate::store::{Prefetch, Resolved};
@@ -273,6 +273,14 @@ impl Exchange {
         self.store.get_or_insert_default().resolved = Some((key, resolved));
     }
 
+    /// Whether the session store's answer for `key` is noted.
+    fn resolved_for(&self, key: &str) -> bool {
+        self.store
+            .as_ref()
+            .and_then(|store| store.resolved.as_ref())
+            .is_some_and(|(resolved, _)| **resolved == *key)
+    }
+
     /// The request's span, whose input the request body fills as the inner
     /// service reads it.
     pub(crate) fn request_span(&self) -> RequestSpan {
@@ -406,15 +414,16 @@ impl Exchange {
     /// Records a span for an exchange that ended without a response head:
     /// in its session's run, the run a request without a session goes to
     /// (unless that is for the session store to say: there is no waiting
-    /// for it now), or its caller's run.
+    /// for it now), or its caller's run. A head that waited for the store
+    /// to open its key's run, and was cancelled, settles that run here
+    /// (see [`Pending::cancel`]): the store may still open it.
     pub(crate) fn on_failure(mut self: Box<Self>, failure: Failure) {
-        let in_session = match self.session_id.clone() {
-            Some(key) => match self.shared.sessions.run_id(&key) {
-                Some(run_id) => Some(Destination::Run {
-                    key,
-                    run_id,
-                    opened: false,
-                }),
+        let known_run = match &self.session_id {
+            Some(key) => match self.shared.sessions.run_id(key) {
+                Some(run_id) => Some(Some(run_id)),
+                // The store was asked for the session's run, and may open
+                // it: the run is settled here, so that its start is sent.
+                None if self.resolved_for(key) => Some(None),
                 None => return,
             },
             None => None,
@@ -425,6 +434,26 @@ impl Exchange {
             Some(_) => return,
             None if self.is_session_control() => return,
             None => None,
+        };
+        let in_session = match (self.session_id.clone(), known_run) {
+            (Some(key), Some(Some(run_id))) => Some(Destination::Run {
+                key,
+                run_id,
+                opened: false,
+            }),
+            (Some(session_id), Some(None)) => {
+                let key = RunKey::Session(session_id);
+                let table_key = key.table_key();
+                let Some(run) = self.unknown_session_run(&key, &table_key, request.as_ref()) else {
+                    return;
+                };
+                Some(Destination::Run {
+                    key: table_key,
+                    run_id: run.run_id,
+                    opened: run.opened,
+                })
+            }
+            _ => None,
         };
         let destination = match (in_session, &request, self.joined) {
             (Some(destination), _, _) => destination,

@@ -84,7 +84,13 @@ impl Pending {
     pub(crate) fn cancel(self) {
         match self {
             Self::Resolve(mut resolving) => {
-                if let Some(exchange) = resolving.exchange.take() {
+                if let Some(mut exchange) = resolving.exchange.take() {
+                    // The store may yet open the run it was asked to: the
+                    // run is this process's from now on, as after the store
+                    // timeout, so that its start is sent before a later
+                    // request (on any worker) finds it in the store.
+                    let resolved = Resolved::Local(resolving.run_id);
+                    exchange.note_resolved(resolving.key.clone(), resolved);
                     exchange.on_failure(Failure::Cancelled);
                 }
             }

@@ -1,5 +1,5 @@
-//! Session stores for tests: one that never answers, and one that can
-//! lose everything it holds.
+//! Session stores for tests: one that never answers, one slow to open
+//! runs, and one that can lose everything it holds.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -99,5 +99,64 @@ impl SessionStore for Forgetful {
     ) -> StoreFuture<'_, Vec<ClaimedRun>> {
         let inner = self.inner();
         Box::pin(async move { inner.claim_idle(idle_before, limit, ttl).await })
+    }
+}
+
+/// A memory store whose `open` waits to be let through, and says when a
+/// request asked for it.
+#[derive(Debug)]
+pub struct SlowToOpen {
+    inner: MemoryStore,
+    /// Notified as `open` is called.
+    pub asked: tokio::sync::Notify,
+    /// A permit lets one `open` through.
+    pub let_through: tokio::sync::Semaphore,
+}
+
+impl SlowToOpen {
+    pub fn new() -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            asked: tokio::sync::Notify::new(),
+            let_through: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl SessionStore for SlowToOpen {
+    fn find<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Uuid>> {
+        self.inner.find(key)
+    }
+    fn open<'a>(&'a self, run: &'a NewRun, ttl: Duration) -> StoreFuture<'a, Opened> {
+        Box::pin(async move {
+            self.asked.notify_one();
+            self.let_through.acquire().await.unwrap().forget();
+            self.inner.open(run, ttl).await
+        })
+    }
+    fn record(
+        &self,
+        run_id: Uuid,
+        delta: RunTotals,
+        last: SystemTime,
+        ttl: Duration,
+    ) -> StoreFuture<'_, bool> {
+        self.inner.record(run_id, delta, last, ttl)
+    }
+    fn claim(
+        &self,
+        run_id: Uuid,
+        idle_before: Option<SystemTime>,
+        ttl: Duration,
+    ) -> StoreFuture<'_, Claim> {
+        self.inner.claim(run_id, idle_before, ttl)
+    }
+    fn claim_idle(
+        &self,
+        idle_before: SystemTime,
+        limit: usize,
+        ttl: Duration,
+    ) -> StoreFuture<'_, Vec<ClaimedRun>> {
+        self.inner.claim_idle(idle_before, limit, ttl)
     }
 }
