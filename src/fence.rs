@@ -13,7 +13,9 @@
 //! The application's hooks are called under the same [`caught`] (see
 //! [`crate::hook`]), and so are the delivery thread's calls to the ingest
 //! API (see `export::inflight`): the HTTP client may run the application's
-//! code, and a panic there must not end delivery.
+//! code, and a panic there must not end delivery. The delivery loop
+//! itself runs behind it too: its panic halts delivery for good, counted,
+//! instead of ending the thread unseen (see `export::Worker::run`).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,10 +49,12 @@ pub(crate) enum Stage {
     /// client may run the application's code (a DNS resolver or connector
     /// given through `with_http_client`).
     Delivery,
+    /// The delivery loop itself, between calls: queue, schedule, settle.
+    DeliveryLoop,
 }
 
 impl Stage {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::RequestHead,
         Self::RequestBody,
         Self::ResponseHead,
@@ -58,6 +62,7 @@ impl Stage {
         Self::BodyEnd,
         Self::Backlog,
         Self::Delivery,
+        Self::DeliveryLoop,
     ];
 
     /// What the layer was doing and what its panic cost, for the log.
@@ -79,6 +84,11 @@ impl Stage {
             Self::Delivery => (
                 "a call to the ingest API (in the HTTP client)",
                 "the call counts as a network error (tried again like one)",
+            ),
+            Self::DeliveryLoop => (
+                "the layer's delivery loop",
+                "delivery stops: what is queued or in flight is dropped (counted as \
+                 shutdown), and the layer passes requests through unrecorded from now on",
             ),
         }
     }

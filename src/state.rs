@@ -200,9 +200,11 @@ impl Shared {
             .sweep_idle(instant_now(), self.settings.idle_timeout, &self.exporter)
     }
 
-    /// Whether [`Trodo::shutdown`] was called.
+    /// Whether the layer records nothing more: [`Trodo::shutdown`] was
+    /// called, or delivery stopped for good (its loop panicked, a bug of
+    /// the layer; see [`crate::fence`]).
     pub(crate) fn is_shut_down(&self) -> bool {
-        self.shut_down.get().is_some()
+        self.shut_down.get().is_some() || self.exporter.has_halted()
     }
 
     /// Remembers a path that serves JSON-RPC.

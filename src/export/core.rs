@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use tokio::sync::{Notify, watch};
 
-use super::counters::Stats;
+use super::counters::{DropReason, Stats};
 use super::item::Seq;
 use super::queue::Queue;
 
@@ -23,6 +23,8 @@ pub(crate) struct Core {
     stop: AtomicBool,
     /// Every handle is gone: the worker drains for a bounded time, then stops.
     orphaned: AtomicBool,
+    /// The worker's loop panicked: delivery stopped for good.
+    halted: AtomicBool,
 }
 
 impl Core {
@@ -35,6 +37,7 @@ impl Core {
             progress: watch::Sender::new(0),
             stop: AtomicBool::new(false),
             orphaned: AtomicBool::new(false),
+            halted: AtomicBool::new(false),
         }
     }
 
@@ -86,6 +89,22 @@ impl Core {
         self.orphaned.store(true, Ordering::Relaxed);
         self.update(Queue::close);
         self.wake.notify_one();
+    }
+
+    /// Stops delivery for good (the worker's loop panicked): every record
+    /// queued or in flight is dropped as `shutdown`, and so is every record
+    /// made later; flush and shutdown wait for nothing.
+    pub(crate) fn halt(&self) {
+        self.halted.store(true, Ordering::Relaxed);
+        let stats = &self.stats;
+        self.update(|queue| {
+            queue.abandon_all(DropReason::Shutdown, "the delivery loop panicked", stats);
+        });
+    }
+
+    /// Whether delivery stopped for good.
+    pub(crate) fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::Relaxed)
     }
 
     /// Whether every handle is gone.

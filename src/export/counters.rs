@@ -171,7 +171,9 @@ pub struct DeliveryCounters {
     /// Records the ingest API refused: any status but a 2xx, 408, 413, 429
     /// or 5xx (a redirect is not followed).
     pub dropped_rejected: u64,
-    /// Records made after shutdown, or still queued when its time ran out.
+    /// Records made after shutdown, or still queued when its time ran out
+    /// (or when delivery halted after a panic of its loop, a bug of the
+    /// layer).
     pub dropped_shutdown: u64,
     /// Spans that finished after their run's `end` was queued, so could no
     /// longer count in its totals: a child of a request's span, or a span
@@ -200,8 +202,10 @@ pub struct DeliveryCounters {
     /// untouched. Panics in a call to the ingest API (in the HTTP client,
     /// which runs the DNS resolver or connector of a client you gave) are
     /// counted here too: such a call counts as a network error and is tried
-    /// again. They count events, not records, so they are not in
-    /// [`dropped`](Self::dropped).
+    /// again. So is a panic of the delivery loop itself, which halts
+    /// delivery (what is left counts in `dropped_shutdown`, and the layer
+    /// passes requests through unrecorded from then on). They count
+    /// events, not records, so they are not in [`dropped`](Self::dropped).
     pub panics_caught: u64,
     /// Panics of your hooks (`with_redaction`, `with_run_key`,
     /// `with_distinct_id`) caught by the layers of this config. Each is also logged with

@@ -100,6 +100,18 @@ impl Exporter {
         }
     }
 
+    /// Whether delivery stopped for good, its loop having panicked (a bug
+    /// of the layer): nothing recorded from now on would be sent.
+    pub(crate) fn has_halted(&self) -> bool {
+        self.core.is_halted()
+    }
+
+    /// Halts delivery as a panic of its loop does (see [`Core::halt`]).
+    #[cfg(test)]
+    pub(crate) fn halt(&self) {
+        self.core.halt();
+    }
+
     /// Puts records on the queue, in order, and wakes the worker if one is due.
     fn queue(&self, records: Vec<Encoded>) {
         if self.switched_off {

@@ -399,6 +399,19 @@ impl Queue {
         }
     }
 
+    /// Delivery stopped for good: every record queued or in flight is
+    /// dropped for `reason`, and the queue refuses records from now on.
+    pub(crate) fn abandon_all(&mut self, reason: DropReason, detail: &str, stats: &Stats) {
+        stats.dropped(reason, self.items, detail);
+        let next_seq = self.next_seq;
+        *self = Self {
+            next_seq,
+            due: next_seq,
+            closed: true,
+            ..Self::new(self.options.clone())
+        };
+    }
+
     /// Drops a record that never got into the queue.
     fn refuse(&mut self, record: Encoded, reason: DropReason, detail: &str, stats: &Stats) {
         stats.dropped(reason, 1, detail);

@@ -726,3 +726,40 @@ async fn after_shutdown_began_failures_pause_no_other_run() {
     assert_eq!(script.times_ms(), [0, 0, 0, 0, 0, 0, 1000, 1000, 1000]);
     assert_eq!(fates(&exporter.counters())[0], 6);
 }
+
+/// A panic of the delivery loop itself (a bug of the layer) is caught: it
+/// is counted, every record queued or in flight is dropped as shutdown and
+/// so is every later one, and a flush has nothing to wait for. Before, the
+/// loop's panic ended the delivery thread, unlogged, and records piled up
+/// in the queue for no one.
+#[tokio::test(start_paused = true)]
+// The turn to count caught panics is held across awaits: it orders tests
+// on different threads, and nothing on this test's runtime takes it.
+#[allow(clippy::await_holding_lock)]
+async fn a_panic_of_the_delivery_loop_halts_delivery_and_drops_what_is_left() {
+    use crate::fence::{Stage, faults, panics_caught};
+
+    let _turn = faults::counting();
+    let before = panics_caught();
+    let script = Script::timed(|_| (HOUR, Outcome::Delivered));
+    let (exporter, worker) = spawn(&script, options());
+    exporter.send(start(1));
+    exporter.send(start(2));
+    script.wait_calls(2).await;
+    exporter.send(span(1, "queued"));
+    assert!(!exporter.has_halted());
+    // The worker runs on this thread: its next turn panics.
+    faults::arm(Stage::DeliveryLoop);
+    assert!(
+        exporter.flush(Duration::from_secs(1)).await,
+        "nothing left to wait for"
+    );
+    worker.await.unwrap();
+
+    assert!(exporter.has_halted());
+    assert_eq!(panics_caught() - before, 1);
+    assert_eq!(fates(&exporter.counters()), [0, 0, 0, 0, 0, 0, 3]);
+    exporter.send(span(2, "later"));
+    assert_eq!(fates(&exporter.counters()), [0, 0, 0, 0, 0, 0, 4]);
+    assert_eq!(script.described(), ["start 1", "start 2"]);
+}

@@ -1,6 +1,8 @@
 //! The background delivery loop.
 
+use std::future::{Future, poll_fn};
 use std::sync::Arc;
+use std::task::Poll;
 use tokio::time::Instant;
 
 use super::batch::Batch;
@@ -10,6 +12,7 @@ use super::inflight::InFlight;
 use super::outcome::Outcome;
 use super::trouble::Trouble;
 use super::{DeliveryOptions, Sink};
+use crate::fence::{Stage, fenced};
 
 /// Takes due batches off the queue, delivers them (a few at a time, one per
 /// run) and acts on each answer: done, back off, pause, split or drop.
@@ -47,7 +50,33 @@ impl Worker {
 
     /// Runs until shutdown has drained the queue (or ran out of time), or
     /// for a bounded time once every [`Exporter`](super::Exporter) is gone.
-    pub(crate) async fn run(mut self) {
+    ///
+    /// The loop runs behind the layer's panic fence: a panic of its own (a
+    /// bug of the layer) is logged and counted, and halts delivery for good
+    /// (see [`Core::halt`]) rather than leave records to pile up for a
+    /// thread that is gone.
+    pub(crate) async fn run(self) {
+        let core = Arc::clone(&self.core);
+        let mut delivering = Box::pin(self.deliver());
+        let finished =
+            poll_fn(
+                |cx| match fenced(Stage::DeliveryLoop, || delivering.as_mut().poll(cx)) {
+                    Some(Poll::Pending) => Poll::Pending,
+                    Some(Poll::Ready(())) => Poll::Ready(true),
+                    None => Poll::Ready(false),
+                },
+            )
+            .await;
+        if !finished {
+            // Dropping the loop drops its calls in flight, which may run
+            // the HTTP client's code.
+            fenced(Stage::Delivery, || drop(delivering));
+            core.halt();
+        }
+    }
+
+    /// The loop [`run`](Self::run) fences.
+    async fn deliver(mut self) {
         while let Next::Wait(deadline) = self.dispatch(Instant::now()) {
             let timer = async {
                 match deadline {

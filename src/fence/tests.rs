@@ -125,3 +125,30 @@ async fn a_panic_while_a_cancelled_exchange_ends_stays_in_the_layer() {
     drop(future); // the client went away: the layer ends the exchange
     assert_eq!(panics_caught(), caught + 1);
 }
+
+/// Once delivery halted (its loop panicked: see `export::Worker::run`),
+/// the layer passes requests through unrecorded, as after a shutdown:
+/// nothing is read, queued or dropped for a delivery that is gone.
+#[tokio::test]
+async fn after_delivery_halted_requests_pass_through_unrecorded() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config(&ingest);
+    let layer = TrodoLayer::new(config.clone());
+    let trodo = layer.trodo();
+    let app = endpoint().layer(layer);
+    assert_eq!(answer(&app).await.0, StatusCode::OK);
+    assert!(trodo.flush(WAIT).await);
+    assert_eq!(trodo.open_runs(), 1);
+
+    Shared::of(&config).exporter.halt();
+    let halted = trodo.delivery_counters();
+    assert_eq!(halted.dropped_shutdown, 0, "everything was delivered");
+    let (status, body) = answer(&app).await;
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["result"]["content"][0]["text"], "3");
+    assert!(trodo.flush(WAIT).await);
+    let after = trodo.delivery_counters();
+    assert_eq!(after.dropped_shutdown, 0, "nothing was made to drop");
+    assert_eq!(after.sent, halted.sent);
+}
