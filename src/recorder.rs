@@ -27,7 +27,7 @@ use crate::capture_policy::{ErrorText, Kept, Side};
 use crate::config::Settings;
 use crate::exchange::{ResponseHead, encoding_text};
 use crate::mcp::envelope::{
-    Outcome, Response, ServerMessage, looks_like_response, parse_response, parse_server_message,
+    Look, Outcome, Response, ServerMessage, answers, parse_response, parse_server_message,
 };
 use crate::mcp::sse::{SseDecoder, SseEvent};
 use crate::mcp::{SERVER_ERROR, error_type};
@@ -516,11 +516,12 @@ pub(crate) enum EventMeaning {
 impl Found {
     /// Reads one event: the response to `request_id` (any response when the
     /// id is unknown), a progress notification, or something else. An event
-    /// cut by the read window is taken as the answer when its start reads
-    /// like a response.
+    /// cut by the read window is taken as the answer when its first
+    /// top-level members say it is a response to `request_id` (see
+    /// [`answers`]), or a response whose id the window cut off.
     pub(crate) fn from_event(event: SseEvent<'_>, request_id: Option<&Value>) -> EventMeaning {
         if event.data_truncated {
-            if !looks_like_response(event.data) {
+            if answers(event.data, request_id) == Look::Other {
                 return EventMeaning::Other;
             }
             return EventMeaning::Answer(Self {
@@ -550,6 +551,42 @@ impl Found {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// What an event whose data the read window cut after `data` means to
+    /// the request with id 1.
+    fn cut_event(data: &str) -> EventMeaning {
+        let event = SseEvent {
+            event: b"",
+            id: b"",
+            data: data.as_bytes(),
+            data_truncated: true,
+        };
+        Found::from_event(event, Some(&json!(1)))
+    }
+
+    #[test]
+    fn an_event_cut_by_the_read_window_is_the_answer_only_if_it_answers_the_request() {
+        let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"xx"#;
+        assert!(matches!(
+            cut_event(answer),
+            EventMeaning::Answer(Found {
+                read_whole: false,
+                response: None,
+                ..
+            })
+        ));
+        let other = r#"{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"xx"#;
+        assert!(matches!(cut_event(other), EventMeaning::Other));
+        let notification = format!(
+            r#"{{"jsonrpc":"2.0","params":{{"level":"error","data":"{}"#,
+            "x".repeat(600)
+        );
+        assert!(matches!(cut_event(&notification), EventMeaning::Other));
+        // An id the window cut off: a response all the same, as it cannot be told.
+        let late_id = r#"{"result":{"content":[{"type":"text","text":"xx"#;
+        assert!(matches!(cut_event(late_id), EventMeaning::Answer(_)));
+    }
 
     #[test]
     fn a_call_dropped_by_its_client_waits_less_for_a_resumption() {

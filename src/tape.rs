@@ -42,11 +42,15 @@
 //! that its box and its copy's room are neither allocated nor freed (see
 //! [`crate::leftovers`]).
 //!
-//! The tape tells the answer by a look at each event's first bytes (a
-//! `result` or `error` member and no `method`). What a look cannot tell
-//! (both), a stream of more than [`MAX_TAPED_CHUNKS`] chunks or
-//! [`MAX_TAPED_BYTES`] bytes (or the answer's read window, if less)
-//! before the answer, is decided at once and read live from there on.
+//! The tape tells the answer by a look at each event's first bytes: one
+//! that mentions a `result` or an `error` has its first top-level members
+//! read (see [`answers`]), and is the answer only if they say it is a
+//! response to the request's id (read from the request's first members).
+//! What they cannot tell (an `id` past the event's first
+//! [`ANSWER_PREFIX_CHARS`] characters), a stream of more than
+//! [`MAX_TAPED_CHUNKS`] chunks or [`MAX_TAPED_BYTES`] bytes (or the
+//! answer's read window, if less) before the answer, is decided at once
+//! and read live from there on.
 
 use bytes::Bytes;
 use std::sync::Arc;
@@ -55,7 +59,7 @@ use crate::api::RequestSpan;
 use crate::deferred::Deferred;
 use crate::exchange::{Exchange, Head, ResponseHead};
 use crate::leftovers::Leftover;
-use crate::mcp::envelope::{Look, look, mentions_outcome};
+use crate::mcp::envelope::{Look, answers, look, mentions_outcome, top_level_id};
 use crate::mcp::sse::SseDecoder;
 use crate::moment::Moment;
 use crate::recorder::{BodyEnd, Recorder};
@@ -205,12 +209,17 @@ impl Tape {
             return Step::Going;
         }
         let mut step = Step::Going;
+        let request_span = &self.request_span;
         decoder.push(data, |event| {
-            if step != Step::Going {
+            if step != Step::Going || look(event.data) == Look::Other {
                 return;
             }
-            // A look, not a parse; what a look cannot tell is read live.
-            step = match look(event.data) {
+            // It may be the answer: its first members tell whether it is
+            // this request's (a notification may mention a result or an
+            // error early, its method late; a response may answer another
+            // id). What they cannot tell is read live.
+            let request_id = top_level_id(request_span.input().bytes());
+            step = match answers(event.data, request_id.as_ref()) {
                 Look::Response => Step::Answered,
                 Look::Unsure => Step::Live,
                 Look::Other => Step::Going,
@@ -334,8 +343,14 @@ mod tests {
 
     /// The steps of an event stream's tape fed `chunks`.
     fn steps(chunks: &[&[u8]]) -> Vec<Step> {
+        steps_after(b"", chunks)
+    }
+
+    /// The steps of the tape of `request`'s event stream fed `chunks`.
+    fn steps_after(request: &[u8], chunks: &[&[u8]]) -> Vec<Step> {
         let shared = Shared::switched_off();
         let mut tape = tape_of(&shared, "text/event-stream");
+        tape.request_span.input().push(request);
         chunks
             .iter()
             .map(|chunk| tape.on_data(&Bytes::copy_from_slice(chunk)))
@@ -356,9 +371,35 @@ mod tests {
         let first = [b"\xEF\xBB\xBF", PRIMING].concat();
         let both = [PROGRESS, ANSWER].concat();
         assert_eq!(steps(&[&first, &both]), [Step::Going, Step::Answered]);
-        // A look cannot tell an event with a method and a result.
-        let unsure = b"data: {\"id\":1,\"result\":{\"method\":\"x\"}}\n\n";
-        assert_eq!(steps(&[PRIMING, unsure]), [Step::Going, Step::Live]);
+        // A method in the result is no request's.
+        let nested = b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"method\":\"x\"}}\n\n";
+        assert_eq!(steps(&[PRIMING, nested]), [Step::Going, Step::Answered]);
+        // An id the event's first characters do not hold: read live.
+        let late_id = format!(
+            "data: {{\"result\":{{\"text\":\"{}\"}},\"jsonrpc\":\"2.0\",\"id\":1}}\n\n",
+            "x".repeat(600)
+        );
+        assert_eq!(steps(&[late_id.as_bytes()]), [Step::Live]);
+    }
+
+    #[tokio::test]
+    async fn an_event_is_the_answer_only_if_it_answers_the_request() {
+        const REQUEST: &[u8] = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\"}";
+        // A notification that mentions an error early and its method late.
+        let late_method = format!(
+            "data: {{\"jsonrpc\":\"2.0\",\"params\":{{\"level\":\"error\",\"data\":\"{}\"}},\"method\":\"notifications/message\"}}\n\n",
+            "x".repeat(600)
+        );
+        assert_eq!(
+            steps_after(REQUEST, &[late_method.as_bytes(), ANSWER]),
+            [Step::Going, Step::Answered]
+        );
+        // Another request's answer.
+        let other = b"data: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{}}\n\n";
+        assert_eq!(
+            steps_after(REQUEST, &[other, ANSWER]),
+            [Step::Going, Step::Answered]
+        );
     }
 
     #[tokio::test]

@@ -26,6 +26,29 @@ const LONG_ANSWER: &str =
 const METHOD_IN_RESULT: &str =
     r#"{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"method":"GET"},"content":[]}}"#;
 
+/// The answer after a first event that is not it, in chunks of their own.
+const FINE: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+
+/// A log notification whose first bytes mention an error (and its method
+/// only after 512 bytes), which is no answer.
+fn late_method_notification() -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","params":{{"level":"error","data":"{}"}},"method":"notifications/message"}}"#,
+        "x".repeat(600)
+    )
+}
+
+/// The answer to another request, which is not this one's.
+const OTHER_ID: &str = r#"{"jsonrpc":"2.0","id":2,"result":{"content":[]}}"#;
+
+/// An event stream of `first`, then [`FINE`], each in a chunk of its own.
+fn two_events(first: String) -> Response<Body> {
+    let chunks = [format!("data: {first}\n\n"), format!("data: {FINE}\n\n")];
+    sse(Body::from_stream(futures::stream::iter(
+        chunks.map(Ok::<_, std::io::Error>),
+    )))
+}
+
 /// Answers of shapes MCP does not use: a `null` result, and an error whose
 /// code and message are not a number and a string.
 const NULL_RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":null}"#;
@@ -151,6 +174,8 @@ async fn scripted_with(
                             r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
                         ))
                         .unwrap(),
+                    "late_method" => two_events(late_method_notification()),
+                    "other_id" => two_events(OTHER_ID.to_owned()),
                     "fine" => json_body(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#),
                     "unavailable" => Response::builder()
                         .status(StatusCode::SERVICE_UNAVAILABLE)
@@ -292,6 +317,21 @@ async fn an_answer_only_parsing_can_tell_is_found() {
     for span in live_and_taped(&ingest, &client, "method_in_result").await {
         assert_eq!(span["status"], "ok");
         assert_eq!(span["output"], METHOD_IN_RESULT);
+    }
+}
+
+/// An event that only looks like the answer in its first bytes (a log
+/// notification mentioning an error, its method later; another request's
+/// answer) does not end the watch: the answer after it is found.
+#[tokio::test]
+async fn an_event_that_looks_like_an_answer_but_is_not_this_one_is_passed_over() {
+    for tool in ["late_method", "other_id"] {
+        let (ingest, client) = scripted().await;
+        for span in live_and_taped(&ingest, &client, tool).await {
+            assert_eq!(span["status"], "ok", "{tool}: {span:#}");
+            assert_eq!(span["output"], FINE, "{tool}");
+            assert!(span.get("error_type").is_none(), "{tool}");
+        }
     }
 }
 

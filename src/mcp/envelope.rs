@@ -8,7 +8,7 @@
 
 use memchr::memmem::Finder;
 use serde::Deserialize;
-use serde::de::{Deserializer, SeqAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
@@ -376,10 +376,140 @@ pub(crate) fn mentions_outcome(bytes: &[u8]) -> bool {
     RESULT.find(bytes).is_some() || ERROR.find(bytes).is_some()
 }
 
-/// Whether the start of a message too large to parse reads like a response
-/// (a `result` or `error` member and no `method` in its first bytes).
-pub(crate) fn looks_like_response(prefix: &[u8]) -> bool {
-    look(prefix) == Look::Response
+/// Whether `message` (whole, or only its first bytes) is the JSON-RPC
+/// response to the request with id `request_id` (to any request if
+/// `None`), as far as its top-level members up to the first that tell say:
+/// `jsonrpc` `"2.0"`, an `id`, and a `result` or a non-null `error` before
+/// any `method`. Nested members do not count, nor does what follows once
+/// these are read. [`Look::Unsure`]: the bytes end before they tell (an
+/// `id` or `jsonrpc` after a `result` cut off); [`Look::Other`] for
+/// anything that is no response, or answers another request.
+///
+/// Costs a few members' parse: rmcp, the Python SDK and most servers
+/// write `jsonrpc`, `id`, `result` first, and the result is not read.
+pub(crate) fn answers(message: &[u8], request_id: Option<&Value>) -> Look {
+    let mut members = TopMembers {
+        stop_at_id: false,
+        ..TopMembers::default()
+    };
+    members.read(message);
+    if members.method || !members.outcome || members.jsonrpc == Some(false) {
+        return Look::Other;
+    }
+    let id = match members.id {
+        Some(id) => id,
+        None if members.whole => Value::Null,
+        None => return Look::Unsure,
+    };
+    match members.jsonrpc {
+        Some(_) => {}
+        None if members.whole => return Look::Other,
+        None => return Look::Unsure,
+    }
+    if request_id.is_some_and(|request_id| *request_id != id) {
+        return Look::Other;
+    }
+    Look::Response
+}
+
+/// The top-level `id` of a message, if it has one, read no further than
+/// that member (or, in a message that is not a JSON object, none).
+pub(crate) fn top_level_id(message: &[u8]) -> Option<Value> {
+    let mut members = TopMembers {
+        stop_at_id: true,
+        ..TopMembers::default()
+    };
+    members.read(message);
+    members.id
+}
+
+/// What the top-level members of a message read so far said (see [`answers`]).
+#[derive(Default)]
+struct TopMembers {
+    /// Stop at the `id` (else at whatever tells an answer).
+    stop_at_id: bool,
+    /// Whether `jsonrpc` was `"2.0"`, if it was read.
+    jsonrpc: Option<bool>,
+    id: Option<Value>,
+    /// A `result`, or an `error` that is not `null`.
+    outcome: bool,
+    method: bool,
+    /// Whether every member was read (the message was not cut short).
+    whole: bool,
+}
+
+/// A top-level member's name, as [`TopMembers`] reads it.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum TopKey {
+    Jsonrpc,
+    Id,
+    Method,
+    Result,
+    Error,
+    #[serde(other)]
+    Other,
+}
+
+impl TopMembers {
+    /// Reads `message`'s members until they tell, or until it is cut off
+    /// or unreadable (whatever was read by then stays).
+    fn read(&mut self, message: &[u8]) {
+        let mut reader = serde_json::Deserializer::from_slice(message);
+        let _ = reader.deserialize_map(&mut *self);
+    }
+
+    /// Whether the members read tell all [`answers`] asks.
+    fn told(&self) -> bool {
+        if self.stop_at_id {
+            return self.id.is_some();
+        }
+        self.outcome && self.id.is_some() && self.jsonrpc.is_some()
+    }
+}
+
+impl<'de> Visitor<'de> for &mut TopMembers {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC message")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<TopKey>()? {
+            match key {
+                TopKey::Jsonrpc => {
+                    let text = map.next_value::<member::Member<'de>>()?.text();
+                    self.jsonrpc = Some(text.as_deref() == Some("2.0"));
+                }
+                TopKey::Id => self.id = Some(map.next_value()?),
+                TopKey::Method if !self.stop_at_id => {
+                    // A request or a notification: nothing more to read.
+                    self.method = true;
+                    return Ok(());
+                }
+                TopKey::Result if !self.stop_at_id => {
+                    self.outcome = true;
+                    // The result itself is not read, unless needed to go on.
+                    if self.told() {
+                        return Ok(());
+                    }
+                    map.next_value::<IgnoredAny>()?;
+                }
+                TopKey::Error if !self.stop_at_id => {
+                    self.outcome |= map.next_value::<Option<IgnoredAny>>()?.is_some();
+                }
+                TopKey::Method | TopKey::Result | TopKey::Error | TopKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            if self.told() {
+                return Ok(());
+            }
+        }
+        self.whole = true;
+        Ok(())
+    }
 }
 
 /// Whether `message` mentions `"initialize"` anywhere (a cheap, cautious
@@ -595,12 +725,14 @@ mod tests {
 
     #[test]
     fn prefix_of_a_large_response() {
-        assert!(looks_like_response(
-            br#"{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"xxxx"#
-        ));
-        assert!(!looks_like_response(
-            br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"xxx"#
-        ));
+        assert_eq!(
+            look(br#"{"jsonrpc":"2.0","id":2,"result":{"content":[{"type":"text","text":"xxxx"#),
+            Look::Response
+        );
+        assert_eq!(
+            look(br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"xxx"#),
+            Look::Other
+        );
         assert_eq!(
             look(br#"{"jsonrpc":"2.0","id":2,"result":{"structuredContent":{"method":"GET"}}}"#),
             Look::Unsure
@@ -614,7 +746,85 @@ mod tests {
             r#"{{"jsonrpc":"2.0","id":2,"x":"{}","result":1}}"#,
             "é".repeat(300)
         );
-        assert!(!looks_like_response(late.as_bytes()));
+        assert_eq!(look(late.as_bytes()), Look::Other);
+    }
+
+    #[test]
+    fn an_answer_is_told_by_its_top_level_members() {
+        let one = json!(1);
+        let answers_one = |message: &str| answers(message.as_bytes(), Some(&one));
+        // The result is not read: a cut one is still an answer.
+        let cut = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"xx"#;
+        assert_eq!(answers_one(cut), Look::Response);
+        assert_eq!(
+            answers_one(r#"{"jsonrpc":"2.0","id":1,"error":{}}"#),
+            Look::Response
+        );
+        assert_eq!(
+            answers_one(r#"{"result":{},"jsonrpc":"2.0","id":1}"#),
+            Look::Response
+        );
+        // Nested members do not count.
+        let nested = r#"{"jsonrpc":"2.0","id":1,"result":{"method":"GET","id":2}}"#;
+        assert_eq!(answers_one(nested), Look::Response);
+        // Another request's answer, or one to none.
+        assert_eq!(
+            answers_one(r#"{"jsonrpc":"2.0","id":2,"result":{}}"#),
+            Look::Other
+        );
+        assert_eq!(answers_one(r#"{"jsonrpc":"2.0","result":{}}"#), Look::Other);
+        assert_eq!(
+            answers(br#"{"jsonrpc":"2.0","id":2,"result":{}}"#, None),
+            Look::Response
+        );
+        // A notification with an error early and its method late, whole or cut.
+        let late_method = format!(
+            r#"{{"jsonrpc":"2.0","params":{{"level":"error","data":"{}"}},"method":"notifications/message"}}"#,
+            "x".repeat(600)
+        );
+        assert_eq!(answers_one(&late_method), Look::Other);
+        assert_eq!(answers_one(&late_method[..512]), Look::Other);
+        // No response: a null error, another jsonrpc, a method first.
+        assert_eq!(
+            answers_one(r#"{"jsonrpc":"2.0","id":1,"error":null}"#),
+            Look::Other
+        );
+        assert_eq!(
+            answers_one(r#"{"jsonrpc":"1.0","id":1,"result":{}}"#),
+            Look::Other
+        );
+        assert_eq!(
+            answers_one(r#"{"jsonrpc":"2.0","id":1,"method":"x","result":{}}"#),
+            Look::Other
+        );
+        assert_eq!(
+            answers_one(r#"{"jsonrpc":"2.0","id":1,"result":{}"#),
+            Look::Response
+        );
+        // Cut before the id (or jsonrpc) that follows the result.
+        assert_eq!(
+            answers_one(r#"{"result":{"content":[]},"jsonrpc":"2.0","i"#),
+            Look::Unsure
+        );
+        assert_eq!(
+            answers_one(r#"{"result":{"content":[]},"id":1,"js"#),
+            Look::Unsure
+        );
+        assert_eq!(answers_one(r#"{"result":{},"id":1}"#), Look::Other);
+    }
+
+    #[test]
+    fn a_request_id_is_read_from_the_top_level() {
+        assert_eq!(
+            top_level_id(br#"{"method":"tools/call","params":{"id":2},"jsonrpc":"2.0","id":"a"}"#),
+            Some(json!("a"))
+        );
+        assert_eq!(
+            top_level_id(br#"{"jsonrpc":"2.0","id":7,"method":"x""#),
+            Some(json!(7))
+        );
+        assert_eq!(top_level_id(br#"{"jsonrpc":"2.0","method":"x"}"#), None);
+        assert_eq!(top_level_id(br#"[{"id":1}]"#), None);
     }
 
     #[test]
