@@ -283,8 +283,7 @@ impl SseDecoder {
             let line = &rest[..end];
             used += end + 1;
             if line.is_empty() {
-                // An id with a NUL is ignored, as the general path does.
-                if let Some(id) = id.filter(|id| !id.contains(&0)) {
+                if let Some(id) = id {
                     self.last_id.clear();
                     push_bounded(&mut self.last_id, id, MAX_META_BYTES);
                 }
@@ -310,7 +309,9 @@ impl SseDecoder {
                 b"data" if data.is_some() => return Whole::Unusual,
                 b"data" => data = Some(value),
                 b"event" if self.keeps_event => return Whole::Unusual,
-                b"id" if self.keeps_id => id = Some(value),
+                // An id line with a NUL is ignored (an earlier one stands),
+                // as the general path does.
+                b"id" if self.keeps_id && !value.contains(&0) => id = Some(value),
                 _ => {}
             }
         }
@@ -344,6 +345,8 @@ impl SseDecoder {
         match self.field {
             Field::Data => self.data.push(bytes),
             Field::Event => push_bounded(&mut self.event, bytes, MAX_META_BYTES),
+            // A NUL anywhere in the value, kept or not, makes the line ignored.
+            Field::Id if bytes.contains(&0) => self.field = Field::Ignored,
             Field::Id => push_bounded(&mut self.id_line, bytes, MAX_META_BYTES),
             Field::Ignored => {}
         }
@@ -418,7 +421,7 @@ impl SseDecoder {
             // A field name without a colon: the value is empty.
             self.begin_value();
         }
-        if self.field == Field::Id && !self.id_line.contains(&0) {
+        if self.field == Field::Id {
             std::mem::swap(&mut self.last_id, &mut self.id_line);
         }
         self.line_started = false;
@@ -715,6 +718,29 @@ mod tests {
     fn id_with_nul_is_ignored() {
         let events = decode("id: 1\ndata: x\n\nid: 2\0\ndata: y\n\n");
         assert_eq!(events[1].id.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn an_id_line_with_a_nul_anywhere_is_ignored_alone() {
+        // A later id line of the event with a NUL leaves the one before it;
+        // a NUL past the bytes an id keeps counts too. Whole (the fast
+        // path) and byte by byte (the general path).
+        let long = format!("id: 7\ndata: x\n\nid: {}\0\ndata: y\n\n", "a".repeat(2_000));
+        for (case, input, ids) in [
+            (
+                "a later id",
+                "id: 5\nid: a\0\ndata: x\n\n",
+                ["5"].as_slice(),
+            ),
+            ("a long id", long.as_str(), ["7", "7"].as_slice()),
+        ] {
+            let bytes = input.as_bytes();
+            let byte_by_byte: Vec<&[u8]> = bytes.chunks(1).collect();
+            for events in [decode(input), decode_chunks(1 << 20, &byte_by_byte)] {
+                let read: Vec<_> = events.iter().map(|e| e.id.as_deref().unwrap()).collect();
+                assert_eq!(read, ids, "{case}");
+            }
+        }
     }
 
     #[test]
