@@ -2,7 +2,8 @@
 //! for an initialize, into the metadata of the run's `start`).
 //!
 //! A `text/event-stream` body is decoded event by event: the span ends at the
-//! event that carries the JSON-RPC response to the request (earlier events are
+//! event that carries the JSON-RPC response to the request, its id the
+//! request's (numbers compared by value: see [`same_id`]; earlier events are
 //! progress, logging or server-to-client requests). Any other body is captured
 //! and read at its end.
 //!
@@ -27,7 +28,7 @@ use crate::capture_policy::{ErrorText, Kept, Side};
 use crate::config::Settings;
 use crate::exchange::{ResponseHead, encoding_text};
 use crate::mcp::envelope::{
-    Look, Outcome, Response, ServerMessage, answers, parse_response, parse_server_message,
+    Look, Outcome, Response, ServerMessage, answers, parse_response, parse_server_message, same_id,
 };
 use crate::mcp::sse::{SseDecoder, SseEvent};
 use crate::mcp::{SERVER_ERROR, error_type};
@@ -537,7 +538,7 @@ impl Found {
             }
             _ => return EventMeaning::Other,
         };
-        if request_id.is_some_and(|id| *id != response.id) {
+        if request_id.is_some_and(|id| !same_id(id, &response.id)) {
             return EventMeaning::Other;
         }
         EventMeaning::Answer(Self {
@@ -563,6 +564,21 @@ mod tests {
             data_truncated: true,
         };
         Found::from_event(event, Some(&json!(1)))
+    }
+
+    #[test]
+    fn an_answer_whose_id_is_the_same_number_written_otherwise_is_the_answer() {
+        for request_id in ["1", "1.0", "1e0"] {
+            let request_id: Value = serde_json::from_str(request_id).unwrap();
+            let event = SseEvent {
+                event: b"",
+                id: b"",
+                data: br#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+                data_truncated: false,
+            };
+            let meaning = Found::from_event(event, Some(&request_id));
+            assert!(matches!(meaning, EventMeaning::Answer(_)), "{request_id}");
+        }
     }
 
     #[test]

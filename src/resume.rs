@@ -62,6 +62,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+use crate::mcp::envelope::same_id;
 use crate::mcp::sse::SseDecoder;
 use crate::moment::{Moment, instant_now};
 use crate::recorder::{
@@ -301,7 +302,9 @@ impl ParkedCalls {
     /// The call whose request has JSON-RPC id `id`, taken out.
     pub(crate) fn take(&mut self, id: &Value) -> Option<ParkedCall> {
         let calls = self.0.as_mut()?;
-        let at = calls.iter().position(|c| c.request_id() == Some(id))?;
+        let at = calls
+            .iter()
+            .position(|c| c.request_id().is_some_and(|c| same_id(c, id)))?;
         let call = calls.swap_remove(at);
         self.free_if_empty();
         Some(call)
@@ -333,7 +336,9 @@ impl ParkedCalls {
     /// The call whose request has JSON-RPC id `id`.
     pub(crate) fn get_mut(&mut self, id: &Value) -> Option<&mut ParkedCall> {
         let calls = self.0.as_mut()?;
-        calls.iter_mut().find(|c| c.request_id() == Some(id))
+        calls
+            .iter_mut()
+            .find(|c| c.request_id().is_some_and(|c| same_id(c, id)))
     }
 
     /// The calls whose wait ran out by `now`, taken out.
@@ -465,7 +470,7 @@ impl Place {
             Self::Continuing {
                 call,
                 progress_events,
-            } if call.id == *id => {
+            } if same_id(&call.id, id) => {
                 let counted = *progress_events;
                 *self = Self::Before(Vec::new());
                 counted
@@ -682,7 +687,10 @@ mod tests {
             parked.take(&json!("3")).is_none(),
             "ids are compared as JSON"
         );
-        assert_eq!(parked.take_all().len(), MAX_PARKED_CALLS - 1);
+        // A number by its value, however it is written.
+        assert!(parked.get_mut(&json!(4.0)).is_some());
+        assert_eq!(ids(&[parked.take(&json!(4.0)).unwrap()]), [4]);
+        assert_eq!(parked.take_all().len(), MAX_PARKED_CALLS - 2);
         assert!(parked.is_empty());
 
         // The last call taken out leaves no room behind.
@@ -1015,7 +1023,7 @@ mod tests {
         let mut place = Place::start(vec![resumable(1, "1/1")], b"1/1");
         place.count_progress(b"2/1");
         assert_eq!(place.answered(&json!(2)), 0, "not the call it continues");
-        assert_eq!(place.answered(&json!(1)), 1);
+        assert_eq!(place.answered(&json!(1.0)), 1, "the same number");
         place.reach(b"1/1");
         place.count_progress(b"3/1");
         assert_eq!(place.answered(&json!(1)), 0);

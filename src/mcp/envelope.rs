@@ -376,6 +376,19 @@ pub(crate) fn mentions_outcome(bytes: &[u8]) -> bool {
     RESULT.find(bytes).is_some() || ERROR.find(bytes).is_some()
 }
 
+/// Whether two JSON-RPC ids name the same request. Numbers compare by
+/// value, as a server in JavaScript reads them: `1.0`, `1e0` and `1` are
+/// one id, and so are integers above 2^53 that round to the same double.
+/// Anything else compares as JSON (a string is never a number).
+pub(crate) fn same_id(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(a), Value::Number(b)) => {
+            a == b || a.as_f64().is_some_and(|a| b.as_f64() == Some(a))
+        }
+        _ => a == b,
+    }
+}
+
 /// Whether `message` (whole, or only its first bytes) is the JSON-RPC
 /// response to the request with id `request_id` (to any request if
 /// `None`), as far as its top-level members up to the first that tell say:
@@ -406,7 +419,7 @@ pub(crate) fn answers(message: &[u8], request_id: Option<&Value>) -> Look {
         None if members.whole => return Look::Other,
         None => return Look::Unsure,
     }
-    if request_id.is_some_and(|request_id| *request_id != id) {
+    if request_id.is_some_and(|request_id| !same_id(request_id, &id)) {
         return Look::Other;
     }
     Look::Response
@@ -811,6 +824,27 @@ mod tests {
             Look::Unsure
         );
         assert_eq!(answers_one(r#"{"result":{},"id":1}"#), Look::Other);
+    }
+
+    #[test]
+    fn numeric_ids_are_the_same_by_value() {
+        let one = json!(1);
+        for echoed in ["1", "1.0", "1e0", "10e-1"] {
+            let echoed: Value = serde_json::from_str(echoed).unwrap();
+            assert!(same_id(&one, &echoed), "{echoed}");
+            assert!(same_id(&echoed, &one), "{echoed}");
+        }
+        // A JavaScript server echoes an integer past 2^53 as its double.
+        let big: Value = serde_json::from_str("9007199254740993").unwrap();
+        let echoed: Value = serde_json::from_str("9007199254740992").unwrap();
+        assert!(same_id(&big, &echoed));
+        assert!(same_id(&json!(-3), &json!(-3.0)));
+        assert!(!same_id(&one, &json!(2)));
+        assert!(!same_id(&one, &json!("1")));
+        assert!(!same_id(&json!(null), &json!(0)));
+        assert!(same_id(&json!("a"), &json!("a")));
+        let answer = br#"{"jsonrpc":"2.0","id":1.0,"result":{}}"#;
+        assert_eq!(answers(answer, Some(&one)), Look::Response);
     }
 
     #[test]
