@@ -59,7 +59,7 @@ use crate::api::RequestSpan;
 use crate::deferred::Deferred;
 use crate::exchange::{Exchange, Head, ResponseHead};
 use crate::leftovers::Leftover;
-use crate::mcp::envelope::{Look, answers, look, mentions_outcome, top_level_id};
+use crate::mcp::envelope::{Look, answers, look, mentions_outcome, plainly_answers, top_level_id};
 use crate::mcp::sse::SseDecoder;
 use crate::moment::Moment;
 use crate::recorder::{BodyEnd, Recorder};
@@ -217,8 +217,14 @@ impl Tape {
             // It may be the answer: its first members tell whether it is
             // this request's (a notification may mention a result or an
             // error early, its method late; a response may answer another
-            // id). What they cannot tell is read live.
-            let request_id = top_level_id(request_span.input().bytes());
+            // id). What they cannot tell is read live. Most answers say it
+            // in their first bytes, as their request does.
+            let input = request_span.input();
+            if plainly_answers(event.data, input.bytes()) {
+                step = Step::Answered;
+                return;
+            }
+            let request_id = top_level_id(input.bytes());
             step = match answers(event.data, request_id.as_ref()) {
                 Look::Response => Step::Answered,
                 Look::Unsure => Step::Live,

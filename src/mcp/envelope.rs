@@ -425,6 +425,43 @@ pub(crate) fn answers(message: &[u8], request_id: Option<&Value>) -> Look {
     Look::Response
 }
 
+/// How a message written the common way starts: rmcp, the Python SDK and
+/// most clients write `jsonrpc`, then `id`, compactly.
+const PLAIN_START: &[u8] = br#"{"jsonrpc":"2.0","id":"#;
+
+/// Whether `event` is, plainly, the answer to `request`: both start
+/// [`PLAIN_START`] with the same id, as written (a number, or a string
+/// without escapes), and the event's next member is a `result` or an
+/// `error` object. A byte comparison, no parse: `false` says only that
+/// [`answers`] must tell.
+pub(crate) fn plainly_answers(event: &[u8], request: &[u8]) -> bool {
+    let (Some((id, rest)), Some((request_id, _))) = (plain_id(event), plain_id(request)) else {
+        return false;
+    };
+    id == request_id && (rest.starts_with(br#""result":"#) || rest.starts_with(br#""error":{"#))
+}
+
+/// The id of a message that starts [`PLAIN_START`], as written, and what
+/// follows its comma.
+fn plain_id(message: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = message.strip_prefix(PLAIN_START)?;
+    let len = match rest.first()? {
+        b'"' => {
+            let text_len = memchr::memchr(b'"', &rest[1..])?;
+            if rest[1..=text_len].contains(&b'\\') {
+                return None;
+            }
+            text_len + 2
+        }
+        _ => rest
+            .iter()
+            .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+            .filter(|&len| len > 0)?,
+    };
+    let (id, after) = rest.split_at(len);
+    Some((id, after.strip_prefix(b",")?))
+}
+
 /// The top-level `id` of a message, if it has one, read no further than
 /// that member (or, in a message that is not a JSON object, none).
 pub(crate) fn top_level_id(message: &[u8]) -> Option<Value> {
@@ -845,6 +882,66 @@ mod tests {
         assert!(same_id(&json!("a"), &json!("a")));
         let answer = br#"{"jsonrpc":"2.0","id":1.0,"result":{}}"#;
         assert_eq!(answers(answer, Some(&one)), Look::Response);
+    }
+
+    #[test]
+    fn a_plain_answer_is_told_by_its_bytes() {
+        let request = br#"{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{}}"#;
+        let text = br#"{"jsonrpc":"2.0","id":"a,b","method":"tools/call"}"#;
+        for (event, request, plain) in [
+            (
+                &br#"{"jsonrpc":"2.0","id":12,"result":{"content":[]}}"#[..],
+                &request[..],
+                true,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":12,"error":{"code":-1}}"#,
+                request,
+                true,
+            ),
+            (br#"{"jsonrpc":"2.0","id":"a,b","result":{}}"#, text, true),
+            // Another id, one that only starts the same, another member.
+            (br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, request, false),
+            (br#"{"jsonrpc":"2.0","id":123,"result":{}}"#, request, false),
+            (
+                br#"{"jsonrpc":"2.0","id":12,"method":"x","result":{}}"#,
+                request,
+                false,
+            ),
+            (br#"{"jsonrpc":"2.0","id":12,"error":null}"#, request, false),
+            // Not written plainly: for the parse to tell.
+            (br#"{"result":{},"jsonrpc":"2.0","id":12}"#, request, false),
+            (
+                br#"{"jsonrpc":"2.0","id":12.0,"result":{}}"#,
+                request,
+                false,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":"a\"b","result":{}}"#,
+                br#"{"jsonrpc":"2.0","id":"a\"b","method":"x"}"#,
+                false,
+            ),
+            (
+                br#"{"jsonrpc":"2.0","id":null,"result":{}}"#,
+                br#"{"jsonrpc":"2.0","id":null,"method":"x"}"#,
+                false,
+            ),
+        ] {
+            assert_eq!(
+                plainly_answers(event, request),
+                plain,
+                "{}",
+                String::from_utf8_lossy(event)
+            );
+            if plain {
+                let id = top_level_id(request);
+                assert_eq!(
+                    answers(event, id.as_ref()),
+                    Look::Response,
+                    "the parse agrees"
+                );
+            }
+        }
     }
 
     #[test]
