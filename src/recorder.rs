@@ -602,6 +602,8 @@ mod tests {
         // An id the window cut off: a response all the same, as it cannot be told.
         let late_id = r#"{"result":{"content":[{"type":"text","text":"xx"#;
         assert!(matches!(cut_event(late_id), EventMeaning::Answer(_)));
+        let error_first = r#"{"error":{"code":-32601,"message":"no such method: xx"#;
+        assert!(matches!(cut_event(error_first), EventMeaning::Answer(_)));
     }
 
     #[test]

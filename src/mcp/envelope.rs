@@ -547,7 +547,10 @@ impl<'de> Visitor<'de> for &mut TopMembers {
                     map.next_value::<IgnoredAny>()?;
                 }
                 TopKey::Error if !self.stop_at_id => {
-                    self.outcome |= map.next_value::<Option<IgnoredAny>>()?.is_some();
+                    // An error cut short is no `null`: an outcome all the same.
+                    let before = self.outcome;
+                    self.outcome = true;
+                    self.outcome = map.next_value::<Option<IgnoredAny>>()?.is_some() || before;
                 }
                 TopKey::Method | TopKey::Result | TopKey::Error | TopKey::Other => {
                     map.next_value::<IgnoredAny>()?;
@@ -851,9 +854,15 @@ mod tests {
             answers_one(r#"{"jsonrpc":"2.0","id":1,"result":{}"#),
             Look::Response
         );
-        // Cut before the id (or jsonrpc) that follows the result.
+        // Cut before the id (or jsonrpc) that follows the result, or in
+        // the result or the error that comes first.
         assert_eq!(
             answers_one(r#"{"result":{"content":[]},"jsonrpc":"2.0","i"#),
+            Look::Unsure
+        );
+        assert_eq!(answers_one(r#"{"result":{"content":[{"te"#), Look::Unsure);
+        assert_eq!(
+            answers_one(r#"{"error":{"code":-32601,"message":"no such"#),
             Look::Unsure
         );
         assert_eq!(

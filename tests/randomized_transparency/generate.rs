@@ -308,8 +308,9 @@ pub(super) fn event_stream(
     request: Option<&Value>,
 ) -> (Vec<u8>, Option<Expected>, Option<String>) {
     // Each event's lines and, for a response, whether it has the
-    // request's id and whether it fails.
-    let mut events: Vec<(Vec<String>, Option<(bool, bool)>)> = Vec::new();
+    // request's id, whether it fails, and whether its id comes after a
+    // member that a cut would fall in.
+    let mut events: Vec<(Vec<String>, Option<(bool, bool, bool)>)> = Vec::new();
     if rng.chance(40) {
         events.push((
             vec!["id: 0".into(), "retry: 3000".into(), "data:".into()],
@@ -349,6 +350,9 @@ pub(super) fn event_stream(
             value["id"] = json!(999_999);
         }
         let answers = value["id"] == *request.unwrap();
+        // Members go in name order: an error's before the id (a cut falls
+        // in it: it makes the data long), a result's after.
+        let id_late = value.get("error").is_some();
         let json = if rng.chance(30) {
             serde_json::to_string_pretty(&value).unwrap()
         } else {
@@ -371,7 +375,7 @@ pub(super) fn event_stream(
         if rng.chance(20) {
             lines.push(": comment inside".into());
         }
-        events.push((lines, Some((answers, fails))));
+        events.push((lines, Some((answers, fails, id_late))));
         for _ in 0..rng.below(2) {
             events.push((vec![format!(": after {}", small(rng))], None));
         }
@@ -408,10 +412,11 @@ pub(super) fn event_stream(
             .collect();
         let data = data.join("\n");
         // An event cut by the read window is the answer if it starts as
-        // a response, whatever its id (README, "Resumed streams").
+        // a response whose id the cut hides, or is the request's (README,
+        // "Resumed streams").
         let read_whole = data.len() <= 4 * LIMIT;
-        if let (Some((answers, fails)), None) = (answers, &expected)
-            && (answers || !read_whole)
+        if let (Some((answers, fails, id_late)), None) = (answers, &expected)
+            && (answers || (!read_whole && id_late))
         {
             expected = Some(Expected {
                 text: data,
