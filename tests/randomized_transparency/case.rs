@@ -338,7 +338,9 @@ impl Case {
         let initialize = matches!(sent, Sent::Request { method, .. } if method == "initialize");
         match sent {
             Sent::Notification | Sent::Response => 0,
-            Sent::Request { .. } if initialize && self.answer_session => 0,
+            // Into the new session's run, not this case's; a failed one
+            // opens none, and goes where any request of the case would.
+            Sent::Request { .. } if initialize && self.answer_session && self.is_success() => 0,
             _ if self.known => usize::from(self.status != 404),
             _ if self.session => usize::from(self.is_success()),
             Sent::Request { .. } => 1,
