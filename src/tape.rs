@@ -267,7 +267,7 @@ impl Tape {
             // A POST: never a resumed stream.
             Head::Resumed(_) => return None,
             Head::Wait(pending) => {
-                pending.cancel();
+                pending.abandon();
                 return None;
             }
         };

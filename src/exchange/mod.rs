@@ -414,9 +414,9 @@ impl Exchange {
     /// Records a span for an exchange that ended without a response head:
     /// in its session's run, the run a request without a session goes to
     /// (unless that is for the session store to say: there is no waiting
-    /// for it now), or its caller's run. A head that waited for the store
-    /// to open its key's run, and was cancelled, settles that run here
-    /// (see [`Pending::cancel`]): the store may still open it.
+    /// for it now), or its caller's run. A head that waited for the
+    /// store's answer on its key's run, and was cancelled, settles that run
+    /// here with the answer (see [`Pending::cancel`]).
     pub(crate) fn on_failure(mut self: Box<Self>, failure: Failure) {
         let known_run = match &self.session_id {
             Some(key) => match self.shared.sessions.run_id(key) {

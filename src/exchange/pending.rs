@@ -1,10 +1,12 @@
 //! A response head waiting for the session store.
 
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use uuid::Uuid;
 
 use super::{Exchange, Failure, ResponseHead};
+use crate::fence::{Stage, fenced};
 use crate::moment::Moment;
 use crate::recorder::{BodyEnd, Recorder};
 use crate::resume::ResumedStream;
@@ -80,17 +82,41 @@ impl Pending {
         }
     }
 
-    /// The client went away while the response head waited.
+    /// The client went away while the response head waited. A call that
+    /// waited for the store's answer on its key's run still goes into the
+    /// run the store names, once it names it (at most the store timeout
+    /// later, in a task of its own): the store may open the run it was
+    /// asked to, whose start must then be this process's, or name another
+    /// worker's, which must not be split.
     pub(crate) fn cancel(self) {
+        let Self::Resolve(mut resolving) = self else {
+            return self.abandon();
+        };
+        let Some(exchange) = resolving.exchange.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return exchange.on_failure(Failure::Cancelled);
+        };
+        runtime.spawn(async move {
+            let resolved = poll_fn(|cx| resolving.wait.poll_wait(cx))
+                .await
+                .unwrap_or(Resolved::Local(resolving.run_id));
+            let mut exchange = exchange;
+            exchange.note_resolved(resolving.key.clone(), resolved);
+            fenced(Stage::ResponseHead, || {
+                exchange.on_failure(Failure::Cancelled)
+            });
+        });
+    }
+
+    /// Gives up the wait: the exchange ends as cancelled, without the
+    /// store's answer (so a call whose key's run was not known here goes
+    /// unrecorded).
+    pub(crate) fn abandon(self) {
         match self {
             Self::Resolve(mut resolving) => {
-                if let Some(mut exchange) = resolving.exchange.take() {
-                    // The store may yet open the run it was asked to: the
-                    // run is this process's from now on, as after the store
-                    // timeout, so that its start is sent before a later
-                    // request (on any worker) finds it in the store.
-                    let resolved = Resolved::Local(resolving.run_id);
-                    exchange.note_resolved(resolving.key.clone(), resolved);
+                if let Some(exchange) = resolving.exchange.take() {
                     exchange.on_failure(Failure::Cancelled);
                 }
             }
