@@ -14,6 +14,8 @@ pub(crate) const THREAD_NAME: &str = "trodo-export";
 /// Returns the thread's runtime, on which other background work of the
 /// layer may run while delivery does; or the worker back if the thread or
 /// its runtime cannot be made (the caller then runs it on its own runtime).
+/// A worker whose loop panicked (see [`Worker::run`]) keeps the thread
+/// until shutdown or until every handle is gone, for that other work.
 pub(crate) fn spawn(worker: Worker) -> Result<tokio::runtime::Handle, Box<Worker>> {
     // The runtime is made on the new thread and stays there: dropped on
     // the caller's (inside `#[tokio::main]`, say), a runtime panics.

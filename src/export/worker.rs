@@ -67,11 +67,19 @@ impl Worker {
                 },
             )
             .await;
-        if !finished {
-            // Dropping the loop drops its calls in flight, which may run
-            // the HTTP client's code.
-            fenced(Stage::Delivery, || drop(delivering));
-            core.halt();
+        if finished {
+            return;
+        }
+        // Dropping the loop drops its calls in flight, which may run the
+        // HTTP client's code.
+        fenced(Stage::Delivery, || drop(delivering));
+        core.halt();
+        // The runtime this runs on also reads the backlog (see
+        // `export::thread`): it stays until shutdown or until every handle
+        // is gone, so that exchanges under way at the halt are still read,
+        // and their records counted as dropped.
+        while !core.must_stop() && !core.is_orphaned() {
+            core.wake.notified().await;
         }
     }
 
