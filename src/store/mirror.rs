@@ -118,7 +118,8 @@ impl Mirror {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let (store, health) = (Arc::clone(&self.store), Arc::clone(&self.health));
         let owned = key.to_owned();
-        let found = runtime.spawn(async move { call(&health, "find", store.find(&owned)).await });
+        let found =
+            runtime.spawn(async move { call(&health, "find", || store.find(&owned)).await });
         Some(Prefetch {
             key: key.to_owned(),
             found,
@@ -146,7 +147,7 @@ impl Mirror {
                     Ok(None) | Err(_) => return Resolved::Local(run_id),
                 }
             }
-            match call(&health, "open", store.open(&run, ttl)).await {
+            match call(&health, "open", || store.open(&run, ttl)).await {
                 Some(Opened::Existing(found)) if found != run_id => Resolved::Found(found),
                 opened if is_opened(opened, run_id) => Resolved::Opened(run_id),
                 _ => Resolved::Local(run_id),
@@ -172,7 +173,7 @@ impl Mirror {
         let (store, health, ttl) = (Arc::clone(&self.store), Arc::clone(&self.health), self.ttl);
         let shared = Arc::downgrade(shared);
         let work = async move {
-            let opened = call(&health, "open", store.open(&run, ttl)).await;
+            let opened = call(&health, "open", || store.open(&run, ttl)).await;
             if is_opened(opened, run.run_id) {
                 if let Some(shared) = shared.upgrade() {
                     shared.sessions.mark_shared(run.run_id);

@@ -224,8 +224,12 @@ impl StoreTask {
     }
 
     /// Runs a store operation if the store is not being skipped, within
-    /// [`OPERATION_TIMEOUT`], and notes how it went.
-    async fn call<T>(&self, operation: &'static str, work: StoreFuture<'_, T>) -> Option<T> {
+    /// [`OPERATION_TIMEOUT`], and notes how it went (see [`call`]).
+    async fn call<'a, T>(
+        &self,
+        operation: &'static str,
+        work: impl FnOnce() -> StoreFuture<'a, T>,
+    ) -> Option<T> {
         call(&self.health, operation, work).await
     }
 
@@ -249,7 +253,9 @@ impl StoreTask {
         all(opens.iter().map(|run| self.register(shared, run))).await;
         let records = records.take();
         let recorded = all(records.iter().map(|&(run_id, delta, last)| {
-            self.call("record", self.store.record(run_id, delta, last.0, self.ttl))
+            self.call("record", move || {
+                self.store.record(run_id, delta, last.0, self.ttl)
+            })
         }))
         .await;
         for ((run_id, ..), recorded) in records.iter().zip(&recorded) {
@@ -269,7 +275,7 @@ impl StoreTask {
 
     /// Opens a run of `start_run` in the store; then it is shared here.
     async fn register(&self, shared: &Shared, run: &NewRun) {
-        let opened = self.call("open", self.store.open(run, self.ttl)).await;
+        let opened = self.call("open", || self.store.open(run, self.ttl)).await;
         if is_opened(opened, run.run_id) {
             shared.sessions.mark_shared(run.run_id);
         }
@@ -279,11 +285,12 @@ impl StoreTask {
     async fn run_late(&self, shared: &Shared, late: Late) {
         match late {
             Late::TouchKey { key, at } => {
-                let touched = match self.call("find", self.store.find(&key)).await {
+                let touched = match self.call("find", || self.store.find(&key)).await {
                     Some(Some(run_id)) => {
-                        let touch = self
-                            .store
-                            .record(run_id, RunTotals::default(), at.0, self.ttl);
+                        let touch = || {
+                            self.store
+                                .record(run_id, RunTotals::default(), at.0, self.ttl)
+                        };
                         self.call("record", touch).await.is_some()
                     }
                     // The store holds no run under the key: nothing to touch.
@@ -303,17 +310,19 @@ impl StoreTask {
                 if !shared.sessions.holds(run.run_id) {
                     return;
                 }
-                match self.call("open", self.store.open(&run, self.ttl)).await {
+                match self.call("open", || self.store.open(&run, self.ttl)).await {
                     Some(Opened::Opened) => shared.sessions.restored_in_store(run.run_id),
                     Some(Opened::Existing(run_id)) if run_id == run.run_id => {
                         // Still open: renewed, so that a run held here
                         // never expires in the store while it idles.
-                        let renew = self.store.record(
-                            run_id,
-                            RunTotals::default(),
-                            run.last_activity,
-                            self.ttl,
-                        );
+                        let renew = || {
+                            self.store.record(
+                                run_id,
+                                RunTotals::default(),
+                                run.last_activity,
+                                self.ttl,
+                            )
+                        };
                         if self.call("record", renew).await.is_none() {
                             self.health.dropped();
                         }
@@ -334,10 +343,10 @@ impl StoreTask {
                 }
             }
             Late::EndKey { key, via, at } => {
-                let Some(Some(run_id)) = self.call("find", self.store.find(&key)).await else {
+                let Some(Some(run_id)) = self.call("find", || self.store.find(&key)).await else {
                     return;
                 };
-                let claim = self.call("claim", self.store.claim(run_id, None, self.ttl));
+                let claim = self.call("claim", || self.store.claim(run_id, None, self.ttl));
                 if let Some(Claim::Won(run)) = claim.await {
                     self.health.ended();
                     let totals = run.totals.into();
@@ -356,10 +365,9 @@ impl StoreTask {
     /// Claims a run's end: the winner sends it with the store's totals; a
     /// store that cannot say leaves it to this process's totals.
     async fn end(&self, shared: &Shared, op: EndOp) {
-        let claim = self.call(
-            "claim",
-            self.store.claim(op.run_id, op.idle_before, self.ttl),
-        );
+        let claim = self.call("claim", || {
+            self.store.claim(op.run_id, op.idle_before, self.ttl)
+        });
         match claim.await {
             Some(Claim::Won(run)) => {
                 self.health.ended();
@@ -390,10 +398,9 @@ impl StoreTask {
     async fn sweep(&self, shared: &Shared) {
         let idle_before = SystemTime::now() - self.idle_timeout;
         loop {
-            let claimed = self.call(
-                "claim_idle",
-                self.store.claim_idle(idle_before, SWEEP_BATCH, self.ttl),
-            );
+            let claimed = self.call("claim_idle", || {
+                self.store.claim_idle(idle_before, SWEEP_BATCH, self.ttl)
+            });
             let Some(runs) = claimed.await else { return };
             let count = runs.len();
             for run in runs {
@@ -416,15 +423,19 @@ impl StoreTask {
 
 /// Runs a store operation unless the store is being skipped, within
 /// [`OPERATION_TIMEOUT`], and notes how it went in `health`.
-pub(super) async fn call<T>(
+///
+/// `work` makes the operation's future, and is called only when the store
+/// is not skipped: a store may do its work as its method is called (the
+/// memory store does), and a claim done while skipped would be lost.
+pub(super) async fn call<'a, T>(
     health: &Health,
     operation: &'static str,
-    work: StoreFuture<'_, T>,
+    work: impl FnOnce() -> StoreFuture<'a, T>,
 ) -> Option<T> {
     if !health.available() {
         return None;
     }
-    match tokio::time::timeout(OPERATION_TIMEOUT, work).await {
+    match tokio::time::timeout(OPERATION_TIMEOUT, work()).await {
         Ok(Ok(value)) => {
             health.succeeded();
             Some(value)
@@ -504,6 +515,34 @@ impl Records {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryStore;
+
+    /// The memory store claims as `claim` is called, not as its future is
+    /// polled: while the store is skipped, no claim may be made and lost.
+    #[tokio::test]
+    async fn a_skipped_store_is_not_asked_at_all() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_secs(60);
+        let run = NewRun::new("key", Uuid::new_v4(), SystemTime::now());
+        assert_eq!(store.open(&run, ttl).await.unwrap(), Opened::Opened);
+        let health = Health::default();
+        health.failed("record", &"connection refused");
+
+        let skipped = call(&health, "claim", || store.claim(run.run_id, None, ttl)).await;
+        assert_eq!(skipped, None);
+        let skipped = call(&health, "claim_idle", || {
+            store.claim_idle(SystemTime::now(), SWEEP_BATCH, ttl)
+        })
+        .await;
+        assert_eq!(skipped, None);
+        assert_eq!(health.snapshot().ok, 0);
+
+        let later = store.claim(run.run_id, None, ttl).await.unwrap();
+        assert!(
+            matches!(&later, Claim::Won(claimed) if claimed.run_id == run.run_id),
+            "the run is still the store's to claim: {later:?}"
+        );
+    }
 
     #[test]
     fn records_of_one_run_add_up_in_first_seen_order() {
