@@ -565,3 +565,56 @@ async fn a_client_gone_while_the_store_opens_its_sessions_run_leaves_a_started_r
 async fn a_client_gone_while_the_store_finds_another_workers_run_joins_it() {
     a_client_gone_while_the_store_decides_its_run(SeenBefore::KeyOnAnotherWorker).await;
 }
+
+/// A DELETE while the store fails: the run ends with the worker's totals.
+/// The store still holds it; once the store answers again, the worker
+/// claims it there before its sweep could end it a second time.
+#[tokio::test]
+async fn a_run_ended_while_the_store_failed_is_claimed_there_once_it_answers() {
+    use common::*;
+    use serde_json::json;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    use trodo_tower::TrodoLayer;
+    use trodo_tower::store::Claim;
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = Arc::new(workers::stores::Flaky::default());
+    let layer = TrodoLayer::new(
+        config(&ingest)
+            .with_session_store(store.clone())
+            .with_idle_timeout(Duration::from_millis(400))
+            .unwrap(),
+    );
+    let trodo = layer.trodo();
+    let mut client = RawClient::new(serve_demo(DemoTools::new(), layer).await);
+    client.initialize("blip").await;
+    client.call_tool(1, "echo", json!({"text": "x"})).await;
+    assert!(trodo.flush(WAIT).await, "the store holds the run");
+
+    store.down.store(true, Ordering::SeqCst);
+    assert_eq!(client.delete().await.status, 202);
+    assert!(trodo.flush(WAIT).await);
+    let ends = ingest.ends();
+    assert_eq!(ends.len(), 1);
+    assert_eq!(ends[0].1["metadata"]["closed_via"], "session_deleted");
+    assert_eq!(ends[0].1["span_count"], 1, "the worker's own totals");
+    let counters = trodo.store_counters().unwrap();
+    assert_eq!((counters.ended, counters.local_ends), (0, 1));
+    let sweeps = counters.sweeps;
+
+    // The run is idle in the store by the time the store is asked again:
+    // the sweep after that claims it, unless the worker did first.
+    store.down.store(false, Ordering::SeqCst);
+    wait_for("no sweep once the store answered", || {
+        trodo.store_counters().unwrap().sweeps > sweeps
+    })
+    .await;
+    assert!(trodo.flush(WAIT).await);
+    assert_eq!(ingest.ends().len(), 1, "no second end");
+    let counters = trodo.store_counters().unwrap();
+    assert_eq!((counters.ended, counters.local_ends), (0, 1));
+    let run_id = ends[0].0.parse().unwrap();
+    let claim = store.inner.claim(run_id, None, Duration::from_secs(60));
+    assert_eq!(claim.await.unwrap(), Claim::AlreadyEnded);
+}

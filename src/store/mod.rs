@@ -56,8 +56,10 @@
 //! A store that fails is left alone for a second at a time, and one too
 //! slow for a request is left alone by requests for as long: requests are
 //! served as without a store, runs end with this process's totals when the
-//! store cannot be asked, and the layer logs, counts
-//! ([`Trodo::store_counters`](crate::Trodo::store_counters)) and recovers.
+//! store cannot be asked (and are claimed in the store, sending nothing,
+//! once it answers, so that no sweep ends them again), and the layer logs,
+//! counts ([`Trodo::store_counters`](crate::Trodo::store_counters)) and
+//! recovers.
 //! A worker's shutdown leaves the sessions it holds to the shared idle
 //! sweep (see [`Trodo::shutdown`](crate::Trodo::shutdown)).
 //!

@@ -10,14 +10,16 @@
 //! run's end. Each operation is bounded by a timeout; while the store
 //! is failing, operations are not tried (for [`RETRY_AFTER`]): aggregates and
 //! activity are dropped and counted, and ends fall back to this process's
-//! totals.
+//! totals. A run ended so may still be held by the store, where a sweep
+//! would end it a second time: its end is claimed in the store once it
+//! answers again, and the claim sends nothing.
 //!
 //! [`RETRY_AFTER`]: super::health::RETRY_AFTER
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
@@ -38,6 +40,8 @@ const BATCH: usize = 256;
 const SWEEP_BATCH: usize = 500;
 /// The most a background store operation may take.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most runs ended here without the store whose claims wait for it.
+const UNCLAIMED_CAPACITY: usize = QUEUE_CAPACITY;
 
 /// One thing to tell the store.
 #[derive(Debug)]
@@ -99,13 +103,25 @@ pub(crate) struct EndOp {
 pub(crate) struct StoreQueue {
     tx: mpsc::Sender<Op>,
     health: Arc<Health>,
+    /// Runs this process ended with its own totals, the store unable to
+    /// say, that the store may still hold: claimed there (sending nothing)
+    /// once it answers, so that no sweep ends them again.
+    unclaimed: Arc<Mutex<Vec<Uuid>>>,
 }
 
 impl StoreQueue {
     /// A queue and its receiving end.
     pub(super) fn new(health: Arc<Health>) -> (Self, Receiver) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        (Self { tx, health }, Receiver(rx))
+        let unclaimed = Arc::default();
+        (
+            Self {
+                tx,
+                health,
+                unclaimed,
+            },
+            Receiver(rx),
+        )
     }
 
     /// Queues an operation that may be lost (aggregates, activity); a
@@ -159,7 +175,7 @@ impl StoreQueue {
         if let Err(refused) = self.tx.try_send(Op::Late(Late::End(Box::new(op)))) {
             self.health.dropped();
             if let Op::Late(Late::End(op)) = refused.into_inner() {
-                self.end_locally(*op, exporter);
+                self.end_unclaimed(*op, exporter);
             }
         }
     }
@@ -168,6 +184,38 @@ impl StoreQueue {
     fn end_locally(&self, op: EndOp, exporter: &Exporter) {
         self.health.ended_locally();
         send_end(op.run_id, op.at, op.ending, op.local.into(), exporter);
+    }
+
+    /// Ends a run with this process's totals without the store's claim,
+    /// which is made later, once the store answers.
+    fn end_unclaimed(&self, op: EndOp, exporter: &Exporter) {
+        self.claim_later(op.run_id);
+        self.end_locally(op, exporter);
+    }
+
+    /// Keeps the claim of a run that ended here for when the store
+    /// answers; past [`UNCLAIMED_CAPACITY`] it is dropped and counted.
+    fn claim_later(&self, run_id: Uuid) {
+        let mut unclaimed = self
+            .unclaimed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if unclaimed.len() < UNCLAIMED_CAPACITY {
+            unclaimed.push(run_id);
+        } else {
+            drop(unclaimed);
+            self.health.dropped();
+        }
+    }
+
+    /// Takes the claims kept for later.
+    fn take_unclaimed(&self) -> Vec<Uuid> {
+        std::mem::take(
+            &mut *self
+                .unclaimed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// Waits until every operation queued so far is done, at most `timeout`.
@@ -235,7 +283,9 @@ impl StoreTask {
 
     /// Applies a batch: runs opened, then aggregates (added up per run),
     /// then the rest, each kind concurrently; drains are answered last.
+    /// Claims kept for later go first.
     async fn apply(&self, shared: &Shared, ops: Vec<Op>) {
+        self.claim_unclaimed().await;
         let (mut opens, mut records, mut rest, mut drained) =
             (Vec::new(), Records::default(), Vec::new(), Vec::new());
         for op in ops {
@@ -389,13 +439,47 @@ impl StoreTask {
                 );
             }
             Some(Claim::Active | Claim::AlreadyEnded) => {}
-            Some(Claim::Unknown) | None => self.queue.end_locally(op, &shared.exporter),
+            // The claim is remembered: no sweep can end the run now.
+            Some(Claim::Unknown) => self.queue.end_locally(op, &shared.exporter),
+            None => self.queue.end_unclaimed(op, &shared.exporter),
+        }
+    }
+
+    /// Claims, if the store may be asked, the runs that ended here while it
+    /// could not be: their `end` is out, so a claim won sends nothing, and
+    /// no sweep (this process's or another's) ends them again. A claim the
+    /// store does not answer is kept for the next time.
+    async fn claim_unclaimed(&self) {
+        if !self.health.available() {
+            return;
+        }
+        let runs = self.queue.take_unclaimed();
+        // As many at once as a sweep claims; once the store fails, the
+        // rest are kept without asking it.
+        for runs in runs.chunks(SWEEP_BATCH) {
+            let claims = all(runs.iter().map(|&run_id| {
+                self.call("claim", move || self.store.claim(run_id, None, self.ttl))
+            }))
+            .await;
+            for (&run_id, claim) in runs.iter().zip(claims) {
+                match claim {
+                    Some(Claim::Won(_)) => tracing::debug!(
+                        %run_id,
+                        "trodo: run ended here without the store claimed there; no second end"
+                    ),
+                    Some(_) => {}
+                    None => self.queue.claim_later(run_id),
+                }
+            }
         }
     }
 
     /// Ends every run the store holds that is idle for the idle timeout,
     /// whichever worker it was opened on: one claim per batch.
     async fn sweep(&self, shared: &Shared) {
+        // Before the store's idle runs are claimed: a run that ended here
+        // without the store is one of them, perhaps.
+        self.claim_unclaimed().await;
         let idle_before = SystemTime::now() - self.idle_timeout;
         loop {
             let claimed = self.call("claim_idle", || {

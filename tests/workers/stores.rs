@@ -1,7 +1,8 @@
 //! Session stores for tests: one that never answers, one slow to open
-//! runs, and one that can lose everything it holds.
+//! runs, one that can lose everything it holds, and one that fails while
+//! told to.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -158,5 +159,58 @@ impl SessionStore for SlowToOpen {
         ttl: Duration,
     ) -> StoreFuture<'_, Vec<ClaimedRun>> {
         self.inner.claim_idle(idle_before, limit, ttl)
+    }
+}
+
+/// A memory store that fails every call while `down` (a Redis
+/// unreachable for a while).
+#[derive(Debug, Default)]
+pub struct Flaky {
+    pub inner: MemoryStore,
+    pub down: AtomicBool,
+}
+
+impl Flaky {
+    /// The error of a call while down; `None` while up.
+    fn failure<'a, T: Send + 'a>(&self) -> Option<StoreFuture<'a, T>> {
+        let down = self.down.load(Ordering::SeqCst);
+        down.then(|| Box::pin(async { Err("connection refused".into()) }) as StoreFuture<'a, T>)
+    }
+}
+
+impl SessionStore for Flaky {
+    fn find<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Uuid>> {
+        self.failure().unwrap_or_else(|| self.inner.find(key))
+    }
+    fn open<'a>(&'a self, run: &'a NewRun, ttl: Duration) -> StoreFuture<'a, Opened> {
+        self.failure().unwrap_or_else(|| self.inner.open(run, ttl))
+    }
+    fn record(
+        &self,
+        run_id: Uuid,
+        delta: RunTotals,
+        last: SystemTime,
+        ttl: Duration,
+    ) -> StoreFuture<'_, bool> {
+        self.failure()
+            .unwrap_or_else(|| self.inner.record(run_id, delta, last, ttl))
+    }
+    fn claim(
+        &self,
+        run_id: Uuid,
+        idle_before: Option<SystemTime>,
+        ttl: Duration,
+    ) -> StoreFuture<'_, Claim> {
+        self.failure()
+            .unwrap_or_else(|| self.inner.claim(run_id, idle_before, ttl))
+    }
+    fn claim_idle(
+        &self,
+        idle_before: SystemTime,
+        limit: usize,
+        ttl: Duration,
+    ) -> StoreFuture<'_, Vec<ClaimedRun>> {
+        self.failure()
+            .unwrap_or_else(|| self.inner.claim_idle(idle_before, limit, ttl))
     }
 }
