@@ -618,3 +618,84 @@ async fn a_run_ended_while_the_store_failed_is_claimed_there_once_it_answers() {
     let claim = store.inner.claim(run_id, None, Duration::from_secs(60));
     assert_eq!(claim.await.unwrap(), Claim::AlreadyEnded);
 }
+
+/// Runs of `start_run` started while the store fails (the first open
+/// fails, the next is skipped for a second after it): once the store
+/// answers again, the worker opens them there, with what it counted
+/// meanwhile, so that another worker's `end_run` ends them with their
+/// totals (and the first worker sends no second end).
+#[tokio::test]
+async fn runs_started_while_the_store_failed_are_opened_there_once_it_answers() {
+    use common::*;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    use trodo_tower::{EndRun, SpanKind, StartRun, Trodo};
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = Arc::new(workers::stores::Flaky::default());
+    let worker = || {
+        let config = config(&ingest)
+            .with_idle_timeout(Duration::from_millis(400))
+            .unwrap()
+            .with_session_store(store.clone());
+        Trodo::new(&config)
+    };
+    let (a, b) = (worker(), worker());
+    store.down.store(true, Ordering::SeqCst);
+    let runs = [
+        a.start_run(StartRun::new("first")),
+        a.start_run(StartRun::new("second")),
+    ];
+    for (i, &run_id) in runs.iter().enumerate() {
+        for _ in 0..=i {
+            let mut llm = a.join_run(run_id, SpanKind::Llm, "llm.call");
+            llm.set_tokens(5, 10);
+            llm.finish();
+        }
+    }
+    assert!(a.flush(WAIT).await);
+    assert!(!a.store_counters().unwrap().available);
+    store.down.store(false, Ordering::SeqCst);
+
+    // With nothing queued, the worker's next sweep opens them.
+    let deadline = std::time::Instant::now() + WAIT;
+    for run_id in runs {
+        // The store key of a run of `start_run`.
+        let key = format!("\t{run_id}");
+        while store.inner.find(&key).await.unwrap() != Some(run_id) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{run_id} is not opened"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    assert!(a.flush(WAIT).await, "their totals followed");
+    for run_id in runs {
+        b.end_run(run_id, EndRun::ok());
+    }
+    assert!(b.flush(WAIT).await);
+    let ends = ingest.ends();
+    assert_eq!(ends.len(), 2);
+    for (i, run_id) in runs.into_iter().enumerate() {
+        let (_, end) = ends
+            .iter()
+            .find(|(id, _)| *id == run_id.to_string())
+            .unwrap();
+        let spans = i as u64 + 1;
+        assert_eq!(
+            (
+                end["span_count"].as_u64(),
+                end["total_tokens_in"].as_u64(),
+                end["total_tokens_out"].as_u64()
+            ),
+            (Some(spans), Some(5 * spans), Some(10 * spans)),
+            "the end counts the first worker's spans"
+        );
+    }
+    let counters = b.store_counters().unwrap();
+    assert_eq!((counters.ended, counters.local_ends), (2, 0));
+
+    assert!(a.shutdown(WAIT).await);
+    assert_eq!(ingest.ends().len(), 2, "no second end");
+}

@@ -181,9 +181,10 @@ pub struct StoreCounters {
     /// or been too slow.
     pub bypassed: u64,
     /// Background operations (aggregates, activity) dropped: the store queue
-    /// was full, or the store had just failed. Also the later claims of runs
-    /// ended without the store, past 10,000 waiting (a sweep may then end
-    /// such a run a second time).
+    /// was full, or the store had just failed. Also what waits for the
+    /// store to answer again past 10,000 of a kind: claims of runs ended
+    /// without it (a sweep may then end such a run a second time), and
+    /// openings of runs of `start_run` (they stay this process's).
     pub dropped: u64,
     /// Runs whose end claim this process won, and whose end it sent.
     pub ended: u64,

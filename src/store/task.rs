@@ -12,7 +12,9 @@
 //! activity are dropped and counted, and ends fall back to this process's
 //! totals. A run ended so may still be held by the store, where a sweep
 //! would end it a second time: its end is claimed in the store once it
-//! answers again, and the claim sends nothing.
+//! answers again, and the claim sends nothing. A run of `start_run` the
+//! store could not open is opened once it answers again (if this process
+//! still holds it), so that other workers can end it with its totals.
 //!
 //! [`RETRY_AFTER`]: super::health::RETRY_AFTER
 
@@ -40,8 +42,9 @@ const BATCH: usize = 256;
 const SWEEP_BATCH: usize = 500;
 /// The most a background store operation may take.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
-/// Most runs ended here without the store whose claims wait for it.
-const UNCLAIMED_CAPACITY: usize = QUEUE_CAPACITY;
+/// Most runs whose claim (ended here without the store) or opening (of
+/// `start_run`) waits for the store, of each.
+const LATER_CAPACITY: usize = QUEUE_CAPACITY;
 
 /// One thing to tell the store.
 #[derive(Debug)]
@@ -107,18 +110,21 @@ pub(crate) struct StoreQueue {
     /// say, that the store may still hold: claimed there (sending nothing)
     /// once it answers, so that no sweep ends them again.
     unclaimed: Arc<Mutex<Vec<Uuid>>>,
+    /// Runs of `start_run` the store could not open: opened once it answers.
+    unregistered: Arc<Mutex<Vec<NewRun>>>,
 }
 
 impl StoreQueue {
     /// A queue and its receiving end.
     pub(super) fn new(health: Arc<Health>) -> (Self, Receiver) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        let unclaimed = Arc::default();
+        let (unclaimed, unregistered) = (Arc::default(), Arc::default());
         (
             Self {
                 tx,
                 health,
                 unclaimed,
+                unregistered,
             },
             Receiver(rx),
         )
@@ -132,9 +138,14 @@ impl StoreQueue {
         }
     }
 
-    /// Opens a run of `start_run` in the store.
+    /// Opens a run of `start_run` in the store: later, if the queue
+    /// refuses it now.
     pub(crate) fn register(&self, run: NewRun) {
-        self.send_or_drop(Op::Register(run));
+        if let Err(refused) = self.tx.try_send(Op::Register(run))
+            && let Op::Register(run) = refused.into_inner()
+        {
+            self.register_later(run);
+        }
     }
 
     /// Adds to a run's aggregates and activity.
@@ -194,28 +205,25 @@ impl StoreQueue {
     }
 
     /// Keeps the claim of a run that ended here for when the store
-    /// answers; past [`UNCLAIMED_CAPACITY`] it is dropped and counted.
+    /// answers; past [`LATER_CAPACITY`] it is dropped and counted.
     fn claim_later(&self, run_id: Uuid) {
-        let mut unclaimed = self
-            .unclaimed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if unclaimed.len() < UNCLAIMED_CAPACITY {
-            unclaimed.push(run_id);
-        } else {
-            drop(unclaimed);
-            self.health.dropped();
-        }
+        self.keep(&self.unclaimed, run_id);
     }
 
-    /// Takes the claims kept for later.
-    fn take_unclaimed(&self) -> Vec<Uuid> {
-        std::mem::take(
-            &mut *self
-                .unclaimed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        )
+    /// Keeps the opening of a run of `start_run` for when the store
+    /// answers; past [`LATER_CAPACITY`] it is dropped and counted.
+    fn register_later(&self, run: NewRun) {
+        self.keep(&self.unregistered, run);
+    }
+
+    fn keep<T>(&self, later: &Mutex<Vec<T>>, item: T) {
+        let mut later = later.lock().unwrap_or_else(PoisonError::into_inner);
+        if later.len() < LATER_CAPACITY {
+            later.push(item);
+        } else {
+            drop(later);
+            self.health.dropped();
+        }
     }
 
     /// Waits until every operation queued so far is done, at most `timeout`.
@@ -283,11 +291,16 @@ impl StoreTask {
 
     /// Applies a batch: runs opened, then aggregates (added up per run),
     /// then the rest, each kind concurrently; drains are answered last.
-    /// Claims kept for later go first.
+    /// Claims kept for later go first, and openings kept for later with
+    /// the batch's.
     async fn apply(&self, shared: &Shared, ops: Vec<Op>) {
         self.claim_unclaimed().await;
-        let (mut opens, mut records, mut rest, mut drained) =
-            (Vec::new(), Records::default(), Vec::new(), Vec::new());
+        let (mut opens, mut records, mut rest, mut drained) = (
+            self.unregistered(shared),
+            Records::default(),
+            Vec::new(),
+            Vec::new(),
+        );
         for op in ops {
             match op {
                 Op::Register(run) => opens.push(run),
@@ -324,11 +337,27 @@ impl StoreTask {
     }
 
     /// Opens a run of `start_run` in the store; then it is shared here.
+    /// If the store cannot say, it is opened later.
     async fn register(&self, shared: &Shared, run: &NewRun) {
         let opened = self.call("open", || self.store.open(run, self.ttl)).await;
         if is_opened(opened, run.run_id) {
             shared.sessions.mark_shared(run.run_id);
+        } else if opened.is_none() {
+            self.queue.register_later(run.clone());
         }
+    }
+
+    /// The runs of `start_run` the store could not open, if it may be
+    /// asked now: those this process still holds (one that ended here
+    /// meanwhile ended with this process's totals, through a claim that
+    /// the store now remembers).
+    fn unregistered(&self, shared: &Shared) -> Vec<NewRun> {
+        if !self.health.available() {
+            return Vec::new();
+        }
+        let mut runs = take(&self.queue.unregistered);
+        runs.retain(|run| shared.sessions.holds(run.run_id));
+        runs
     }
 
     /// Activity of a key's run, and end claims.
@@ -453,7 +482,7 @@ impl StoreTask {
         if !self.health.available() {
             return;
         }
-        let runs = self.queue.take_unclaimed();
+        let runs = take(&self.queue.unclaimed);
         // As many at once as a sweep claims; once the store fails, the
         // rest are kept without asking it.
         for runs in runs.chunks(SWEEP_BATCH) {
@@ -480,6 +509,9 @@ impl StoreTask {
         // Before the store's idle runs are claimed: a run that ended here
         // without the store is one of them, perhaps.
         self.claim_unclaimed().await;
+        // With no batch, the openings kept for later wait for the sweep.
+        let opens = self.unregistered(shared);
+        all(opens.iter().map(|run| self.register(shared, run))).await;
         let idle_before = SystemTime::now() - self.idle_timeout;
         loop {
             let claimed = self.call("claim_idle", || {
@@ -533,6 +565,11 @@ pub(super) async fn call<'a, T>(
             None
         }
     }
+}
+
+/// Takes what is kept for later.
+fn take<T>(later: &Mutex<Vec<T>>) -> Vec<T> {
+    std::mem::take(&mut *later.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
 /// Runs every future of `work` at once and waits for all of them.
