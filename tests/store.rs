@@ -633,13 +633,8 @@ async fn runs_started_while_the_store_failed_are_opened_there_once_it_answers() 
 
     let ingest = RecordingIngest::start().await.unwrap();
     let store = Arc::new(workers::stores::Flaky::default());
-    let worker = || {
-        let config = config(&ingest)
-            .with_idle_timeout(Duration::from_millis(400))
-            .unwrap()
-            .with_session_store(store.clone());
-        Trodo::new(&config)
-    };
+    // The default idle timeout: a sweep every 5 s.
+    let worker = || Trodo::new(&config(&ingest).with_session_store(store.clone()));
     let (a, b) = (worker(), worker());
     store.down.store(true, Ordering::SeqCst);
     let runs = [
@@ -657,8 +652,13 @@ async fn runs_started_while_the_store_failed_are_opened_there_once_it_answers() 
     assert!(!a.store_counters().unwrap().available);
     store.down.store(false, Ordering::SeqCst);
 
-    // With nothing queued, the worker's next sweep opens them.
-    let deadline = std::time::Instant::now() + WAIT;
+    wait_for("the store is still skipped", || {
+        a.store_counters().unwrap().available
+    })
+    .await;
+    // With nothing queued, they are opened as the store may be asked again,
+    // not at the next sweep.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
     for run_id in runs {
         // The store key of a run of `start_run`.
         let key = format!("\t{run_id}");

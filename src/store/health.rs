@@ -64,6 +64,12 @@ impl Health {
         self.skip_until.load(Ordering::Relaxed) <= self.now()
     }
 
+    /// How long the store is still left alone: zero when it may be asked.
+    pub(crate) fn skipped_for(&self) -> Duration {
+        let until = self.skip_until.load(Ordering::Relaxed);
+        Duration::from_micros(until.saturating_sub(self.now()))
+    }
+
     /// Whether a request may wait for the store now: it is available, and
     /// no request gave up waiting within [`RETRY_AFTER`].
     pub(crate) fn request_path_open(&self) -> bool {

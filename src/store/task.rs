@@ -15,6 +15,7 @@
 //! answers again, and the claim sends nothing. A run of `start_run` the
 //! store could not open is opened once it answers again (if this process
 //! still holds it), so that other workers can end it with its totals.
+//! Both are tried as soon as the store may be asked again.
 //!
 //! [`RETRY_AFTER`]: super::health::RETRY_AFTER
 
@@ -45,6 +46,8 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
 /// Most runs whose claim (ended here without the store) or opening (of
 /// `start_run`) waits for the store, of each.
 const LATER_CAPACITY: usize = QUEUE_CAPACITY;
+/// The least time between two tries of what waits for the store.
+const LATER_PAUSE: Duration = Duration::from_millis(10);
 
 /// One thing to tell the store.
 #[derive(Debug)]
@@ -216,6 +219,11 @@ impl StoreQueue {
         self.keep(&self.unregistered, run);
     }
 
+    /// Whether any claim or opening waits for the store.
+    fn keeps_any(&self) -> bool {
+        !is_empty(&self.unclaimed) || !is_empty(&self.unregistered)
+    }
+
     fn keep<T>(&self, later: &Mutex<Vec<T>>, item: T) {
         let mut later = later.lock().unwrap_or_else(PoisonError::into_inner);
         if later.len() < LATER_CAPACITY {
@@ -274,6 +282,14 @@ impl StoreTask {
                     if !shared.is_shut_down() {
                         self.sweep(&shared).await;
                     }
+                }
+                // What waits for the store is tried as soon as it may be
+                // asked again, not at the next batch or sweep only.
+                () = tokio::time::sleep(self.health.skipped_for().max(LATER_PAUSE)),
+                    if self.queue.keeps_any() =>
+                {
+                    let Some(shared) = shared.upgrade() else { return };
+                    self.retry_kept(&shared).await;
                 }
             }
         }
@@ -345,6 +361,14 @@ impl StoreTask {
         } else if opened.is_none() {
             self.queue.register_later(run.clone());
         }
+    }
+
+    /// Tries what waits for the store (claims, then openings), if it may
+    /// be asked now.
+    async fn retry_kept(&self, shared: &Shared) {
+        self.claim_unclaimed().await;
+        let opens = self.unregistered(shared);
+        all(opens.iter().map(|run| self.register(shared, run))).await;
     }
 
     /// The runs of `start_run` the store could not open, if it may be
@@ -508,10 +532,7 @@ impl StoreTask {
     async fn sweep(&self, shared: &Shared) {
         // Before the store's idle runs are claimed: a run that ended here
         // without the store is one of them, perhaps.
-        self.claim_unclaimed().await;
-        // With no batch, the openings kept for later wait for the sweep.
-        let opens = self.unregistered(shared);
-        all(opens.iter().map(|run| self.register(shared, run))).await;
+        self.retry_kept(shared).await;
         let idle_before = SystemTime::now() - self.idle_timeout;
         loop {
             let claimed = self.call("claim_idle", || {
@@ -565,6 +586,14 @@ pub(super) async fn call<'a, T>(
             None
         }
     }
+}
+
+/// Whether nothing is kept for later.
+fn is_empty<T>(later: &Mutex<Vec<T>>) -> bool {
+    later
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_empty()
 }
 
 /// Takes what is kept for later.
