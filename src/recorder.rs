@@ -27,8 +27,9 @@ use crate::capture::{Capture, truncate_chars};
 use crate::capture_policy::{ErrorText, Kept, Side};
 use crate::config::Settings;
 use crate::exchange::{ResponseHead, encoding_text};
+use crate::mcp::answer::{Look, answers, same_id};
 use crate::mcp::envelope::{
-    Look, Outcome, Response, ServerMessage, answers, parse_response, parse_server_message, same_id,
+    Outcome, Response, ServerMessage, parse_response, parse_server_message,
 };
 use crate::mcp::sse::{SseDecoder, SseEvent};
 use crate::mcp::{SERVER_ERROR, error_type};

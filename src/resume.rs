@@ -62,7 +62,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-use crate::mcp::envelope::same_id;
+use crate::mcp::answer::same_id;
 use crate::mcp::sse::SseDecoder;
 use crate::moment::{Moment, instant_now};
 use crate::recorder::{

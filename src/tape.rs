@@ -59,7 +59,7 @@ use crate::api::RequestSpan;
 use crate::deferred::Deferred;
 use crate::exchange::{Exchange, Head, ResponseHead};
 use crate::leftovers::Leftover;
-use crate::mcp::envelope::{Look, answers, look, mentions_outcome, plainly_answers, top_level_id};
+use crate::mcp::answer::{Look, answers, look, mentions_outcome, plainly_answers, top_level_id};
 use crate::mcp::sse::SseDecoder;
 use crate::moment::Moment;
 use crate::recorder::{BodyEnd, Recorder};

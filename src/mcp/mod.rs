@@ -1,6 +1,7 @@
 //! MCP knowledge: the JSON-RPC envelope, SSE decoding, span names and kinds.
 //! Pure functions, no I/O.
 
+pub(crate) mod answer;
 pub(crate) mod envelope;
 pub(crate) mod member;
 pub(crate) mod meta;
