@@ -100,16 +100,24 @@ pub(crate) fn answers(message: &[u8], request_id: Option<&Value>) -> Look {
 /// most clients write `jsonrpc`, then `id`, compactly.
 const PLAIN_START: &[u8] = br#"{"jsonrpc":"2.0","id":"#;
 
-/// Whether `event` is, plainly, the answer to `request`: both start
-/// [`PLAIN_START`] with the same id, as written (a number, or a string
-/// without escapes), and the event's next member is a `result` or an
-/// `error` object. A byte comparison, no parse: `false` says only that
-/// [`answers`] must tell.
+/// How the TypeScript SDK ends a request (`{...request, jsonrpc, id}`):
+/// `jsonrpc`, then `id`, last.
+const PLAIN_END: &[u8] = br#","jsonrpc":"2.0","id":"#;
+
+/// Whether `event` is, plainly, the answer to `request`: the event starts
+/// [`PLAIN_START`], the request starts so too or ends [`PLAIN_END`], with
+/// the same id as written (a number, or a string without escapes), and
+/// the event's next member is a `result` or an `error` object. A byte
+/// comparison, no parse: `false` says only that [`answers`] must tell.
 pub(crate) fn plainly_answers(event: &[u8], request: &[u8]) -> bool {
-    let (Some((id, rest)), Some((request_id, _))) = (plain_id(event), plain_id(request)) else {
+    let Some((id, rest)) = plain_id(event) else {
         return false;
     };
-    id == request_id && (rest.starts_with(br#""result":"#) || rest.starts_with(br#""error":{"#))
+    let request_id = plain_id(request)
+        .map(|(id, _)| id)
+        .or_else(|| trailing_id(request));
+    request_id == Some(id)
+        && (rest.starts_with(br#""result":"#) || rest.starts_with(br#""error":{"#))
 }
 
 /// The id of a message that starts [`PLAIN_START`], as written, and what
@@ -124,13 +132,34 @@ fn plain_id(message: &[u8]) -> Option<(&[u8], &[u8])> {
             }
             text_len + 2
         }
-        _ => rest
-            .iter()
-            .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
-            .filter(|&len| len > 0)?,
+        _ => rest.iter().position(|&b| !in_number(b))?,
     };
     let (id, after) = rest.split_at(len);
-    Some((id, after.strip_prefix(b",")?))
+    Some((id, after.strip_prefix(b",")?)).filter(|(id, _)| !id.is_empty())
+}
+
+/// The id of a message that ends [`PLAIN_END`], an id and `}`, as
+/// written: the top-level object's last member, as nothing follows it.
+fn trailing_id(message: &[u8]) -> Option<&[u8]> {
+    let body = message.trim_ascii_end().strip_suffix(b"}")?;
+    let start = match body.last()? {
+        b'"' => {
+            let text = &body[..body.len() - 1];
+            let open = memchr::memrchr(b'"', text)?;
+            if text[open + 1..].contains(&b'\\') {
+                return None;
+            }
+            open
+        }
+        _ => body.iter().rposition(|&b| !in_number(b))? + 1,
+    };
+    let (before, id) = body.split_at(start);
+    (!id.is_empty() && before.ends_with(PLAIN_END)).then_some(id)
+}
+
+/// Whether a byte may be part of a JSON number.
+fn in_number(byte: u8) -> bool {
+    matches!(byte, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
 }
 
 /// The top-level `id` of a message, if it has one, read no further than
@@ -358,6 +387,20 @@ mod tests {
         assert_eq!(answers(answer, Some(&one)), Look::Response);
     }
 
+    /// Asserts whether `event` plainly answers `request`; if it does, the
+    /// parse of their first members must agree.
+    fn assert_plain(event: &[u8], request: &[u8], plain: bool) {
+        let both = || {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            format!("{} to {}", text(event), text(request))
+        };
+        assert_eq!(plainly_answers(event, request), plain, "{}", both());
+        if plain {
+            let id = top_level_id(request);
+            assert_eq!(answers(event, id.as_ref()), Look::Response, "{}", both());
+        }
+    }
+
     #[test]
     fn a_plain_answer_is_told_by_its_bytes() {
         let request = br#"{"jsonrpc":"2.0","id":12,"method":"tools/call","params":{}}"#;
@@ -401,20 +444,46 @@ mod tests {
                 false,
             ),
         ] {
-            assert_eq!(
-                plainly_answers(event, request),
-                plain,
-                "{}",
-                String::from_utf8_lossy(event)
-            );
-            if plain {
-                let id = top_level_id(request);
-                assert_eq!(
-                    answers(event, id.as_ref()),
-                    Look::Response,
-                    "the parse agrees"
-                );
-            }
+            assert_plain(event, request, plain);
+        }
+    }
+
+    #[test]
+    fn a_request_written_as_the_typescript_sdk_writes_it_is_plain_too() {
+        let answer = br#"{"jsonrpc":"2.0","id":3,"result":{"content":[]}}"#;
+        let text_answer = br#"{"jsonrpc":"2.0","id":"r-1","result":{}}"#;
+        for (event, request, plain) in [
+            (
+                &answer[..],
+                &br#"{"method":"tools/call","params":{"name":"add"},"jsonrpc":"2.0","id":3}"#[..],
+                true,
+            ),
+            (
+                answer,
+                b"{\"method\":\"x\",\"params\":{},\"jsonrpc\":\"2.0\",\"id\":3}\n",
+                true,
+            ),
+            (
+                text_answer,
+                br#"{"method":"x","jsonrpc":"2.0","id":"r-1"}"#,
+                true,
+            ),
+            // Another id, one that only ends the same, a nested one.
+            (answer, br#"{"method":"x","jsonrpc":"2.0","id":13}"#, false),
+            (answer, br#"{"method":"x","jsonrpc":"2.0","id":4}"#, false),
+            (
+                answer,
+                br#"{"method":"x","params":{"jsonrpc":"2.0","id":3}}"#,
+                false,
+            ),
+            (
+                text_answer,
+                br#"{"method":"x","jsonrpc":"2.0","id":"r-\"1"}"#,
+                false,
+            ),
+            (answer, br#"{"method":"x","params":{"id":3}}"#, false),
+        ] {
+            assert_plain(event, request, plain);
         }
     }
 
