@@ -153,7 +153,7 @@ impl Case {
                     let (value, fails) = answer(rng, id);
                     let text = value.to_string();
                     let body = format!("id: {last_id}-1\ndata: {text}\n\n");
-                    let read_whole = text.len() <= 4 * LIMIT;
+                    let read_whole = text.chars().count() <= 4 * LIMIT;
                     resume = Some(Resume {
                         last_id,
                         body: Bytes::from(body),

@@ -75,8 +75,42 @@ pub(super) enum Sent {
     Other,
 }
 
-fn envelope(id: &Value, method: &str, params: Value) -> String {
-    format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#)
+/// A request as clients write it: `jsonrpc` and `id` first (rmcp, the
+/// Python SDK), or last (the TypeScript SDK).
+fn envelope(rng: &mut Rng, id: &Value, method: &str, params: Value) -> String {
+    if rng.chance(40) {
+        format!(r#"{{"method":"{method}","params":{params},"jsonrpc":"2.0","id":{id}}}"#)
+    } else {
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#)
+    }
+}
+
+/// A response as servers write it: members by name (serde_json without
+/// `preserve_order`; pretty or not), `jsonrpc` and `id` first (rmcp, the
+/// Python SDK), or the outcome first (the TypeScript SDK). With whether
+/// its id comes after its outcome, where a cut of a long outcome hides it.
+fn response_text(rng: &mut Rng, value: &Value) -> (String, bool) {
+    let outcome = if value.get("error").is_some() {
+        "error"
+    } else {
+        "result"
+    };
+    let (id, body) = (&value["id"], &value[outcome]);
+    match rng.below(4) {
+        0 => (
+            serde_json::to_string_pretty(value).unwrap(),
+            outcome == "error",
+        ),
+        1 => (value.to_string(), outcome == "error"),
+        2 => (
+            format!(r#"{{"jsonrpc":"2.0","id":{id},"{outcome}":{body}}}"#),
+            false,
+        ),
+        _ => (
+            format!(r#"{{"{outcome}":{body},"jsonrpc":"2.0","id":{id}}}"#),
+            true,
+        ),
+    }
 }
 
 /// A valid request: a tool call (most), another method, or an initialize.
@@ -102,7 +136,7 @@ fn valid_request(rng: &mut Rng) -> (Sent, String) {
             ("initialize", None, params)
         }
     };
-    let body = envelope(&id, method, params);
+    let body = envelope(rng, &id, method, params);
     let sent = Sent::Request {
         id,
         method: method.to_owned(),
@@ -274,9 +308,9 @@ pub(super) fn answer(rng: &mut Rng, id: &Value) -> (Value, bool) {
 pub(super) struct Expected {
     pub(super) text: String,
     pub(super) fails: bool,
-    /// Whether the layer reads it whole (within four capture limits:
-    /// characters of a JSON body, bytes of an event's data); one it does
-    /// not takes its status from HTTP.
+    /// Whether the layer reads it whole (within four capture limits, in
+    /// characters, of a JSON body or an event's data); one it does not
+    /// takes its status from HTTP.
     pub(super) read_whole: bool,
 }
 
@@ -322,7 +356,7 @@ pub(super) fn event_stream(
         text(rng, n)
     };
     for _ in 0..rng.below(4) {
-        let lines = match rng.below(7) {
+        let lines = match rng.below(8) {
             0 => vec![format!(": keep-alive {}", small(rng))],
             1 => vec![],
             2 => vec![format!("retry: {}", rng.below(9999))],
@@ -335,6 +369,8 @@ pub(super) fn event_stream(
                 ),
             ],
             5 => vec!["data".into(), "foo: bar".into()],
+            // Another request's answer, written as rmcp writes one.
+            6 => vec![r#"data: {"jsonrpc":"2.0","id":999998,"result":{"content":[]}}"#.into()],
             _ => vec![format!(
                 "data: {}",
                 json!({"jsonrpc": "2.0", "method": "notifications/progress",
@@ -350,14 +386,8 @@ pub(super) fn event_stream(
             value["id"] = json!(999_999);
         }
         let answers = value["id"] == *request.unwrap();
-        // Members go in name order: an error's before the id (a cut falls
-        // in it: it makes the data long), a result's after.
-        let id_late = value.get("error").is_some();
-        let json = if rng.chance(30) {
-            serde_json::to_string_pretty(&value).unwrap()
-        } else {
-            value.to_string()
-        };
+        // A long answer is long for its outcome: a cut falls in it.
+        let (json, id_late) = response_text(rng, &value);
         let mut lines: Vec<String> = Vec::new();
         if rng.chance(30) {
             lines.push("event: message".into());
@@ -414,7 +444,7 @@ pub(super) fn event_stream(
         // An event cut by the read window is the answer if it starts as
         // a response whose id the cut hides, or is the request's (README,
         // "Resumed streams").
-        let read_whole = data.len() <= 4 * LIMIT;
+        let read_whole = data.chars().count() <= 4 * LIMIT;
         if let (Some((answers, fails, id_late)), None) = (answers, &expected)
             && (answers || (!read_whole && id_late))
         {
