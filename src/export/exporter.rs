@@ -172,6 +172,9 @@ impl Exporter {
                 let _ = tokio::time::timeout(STOP_GRACE, self.core.reached(target)).await;
             }
         }
+        // A worker that drained stops by itself; one whose loop halted
+        // waits to be told (see `Worker::run`).
+        self.core.stop();
         let counters = self.counters();
         tracing::debug!(
             drained,

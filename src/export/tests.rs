@@ -761,10 +761,11 @@ async fn a_panic_of_the_delivery_loop_halts_delivery_and_drops_what_is_left() {
     exporter.send(span(2, "later"));
     assert_eq!(fates(&exporter.counters()), [0, 0, 0, 0, 0, 0, 4]);
     assert_eq!(script.described(), ["start 1", "start 2"]);
-    // The worker's runtime (which reads the backlog too) stays until every
-    // handle is gone.
+    // The worker's runtime (which reads the backlog too) stays until
+    // shutdown (or until every handle is gone).
     tokio::time::sleep(HOUR).await;
     assert!(!worker.is_finished());
-    drop(exporter);
-    worker.await.unwrap();
+    assert!(exporter.shutdown(Duration::from_secs(1)).await);
+    let stopped = tokio::time::timeout(HOUR, worker).await;
+    assert!(stopped.is_ok(), "shutdown stops a halted worker");
 }
