@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::health::Health;
-use super::task::{Receiver, StoreTask, call, is_opened};
+use super::task::{LaterPause, Receiver, StoreTask, call, is_opened};
 use super::{HeadWait, NewRun, Opened, SessionStore, StoreCounters, StoreQueue};
 use crate::state::Shared;
 
@@ -105,6 +105,7 @@ impl Mirror {
             queue: self.queue.clone(),
             ttl: self.ttl,
             idle_timeout: self.idle_timeout,
+            later_pause: LaterPause::default(),
         };
         runtime.spawn(task.run(receiver, shared));
     }

@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
@@ -48,6 +49,8 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
 const LATER_CAPACITY: usize = QUEUE_CAPACITY;
 /// The least time between two tries of what waits for the store.
 const LATER_PAUSE: Duration = Duration::from_millis(10);
+/// The most time between two tries of what the store keeps failing.
+const LATER_PAUSE_MAX: Duration = Duration::from_secs(30);
 
 /// One thing to tell the store.
 #[derive(Debug)]
@@ -112,7 +115,8 @@ pub(crate) struct StoreQueue {
     /// Runs this process ended with its own totals, the store unable to
     /// say, that the store may still hold: claimed there (sending nothing)
     /// once it answers, so that no sweep ends them again.
-    unclaimed: Arc<Mutex<Vec<Uuid>>>,
+    /// With the end's `idle_before`: an idle end claims only an idle run.
+    unclaimed: Arc<Mutex<Vec<(Uuid, Option<SystemTime>)>>>,
     /// Runs of `start_run` the store could not open: opened once it answers.
     unregistered: Arc<Mutex<Vec<NewRun>>>,
 }
@@ -203,14 +207,15 @@ impl StoreQueue {
     /// Ends a run with this process's totals without the store's claim,
     /// which is made later, once the store answers.
     fn end_unclaimed(&self, op: EndOp, exporter: &Exporter) {
-        self.claim_later(op.run_id);
+        self.claim_later(op.run_id, op.idle_before);
         self.end_locally(op, exporter);
     }
 
     /// Keeps the claim of a run that ended here for when the store
-    /// answers; past [`LATER_CAPACITY`] it is dropped and counted.
-    fn claim_later(&self, run_id: Uuid) {
-        self.keep(&self.unclaimed, run_id);
+    /// answers (only if idle before `idle_before`, for an idle end); past
+    /// [`LATER_CAPACITY`] it is dropped and counted.
+    fn claim_later(&self, run_id: Uuid, idle_before: Option<SystemTime>) {
+        self.keep(&self.unclaimed, (run_id, idle_before));
     }
 
     /// Keeps the opening of a run of `start_run` for when the store
@@ -257,6 +262,47 @@ pub(super) struct StoreTask {
     pub(super) queue: StoreQueue,
     pub(super) ttl: Duration,
     pub(super) idle_timeout: Duration,
+    pub(super) later_pause: LaterPause,
+}
+
+/// How long what waits for the store waits between tries: [`LATER_PAUSE`]
+/// while the store answers them, twice as long after each round it failed
+/// one, up to [`LATER_PAUSE_MAX`]. A failed call makes the store skipped
+/// for a second, but any call that succeeds meanwhile lifts that: a claim
+/// the store always fails is not tried every few milliseconds for good.
+#[derive(Debug)]
+pub(super) struct LaterPause(AtomicU64);
+
+impl Default for LaterPause {
+    fn default() -> Self {
+        Self(AtomicU64::new(micros_of(LATER_PAUSE)))
+    }
+}
+
+impl LaterPause {
+    /// The pause before the next round.
+    fn get(&self) -> Duration {
+        Duration::from_micros(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Whether the last round of tries failed none.
+    fn is_shortest(&self) -> bool {
+        self.get() == LATER_PAUSE
+    }
+
+    /// A round ended: back to the shortest pause, or twice as long.
+    fn after_round(&self, failed: bool) {
+        let next = if failed {
+            (self.get() * 2).min(LATER_PAUSE_MAX)
+        } else {
+            LATER_PAUSE
+        };
+        self.0.store(micros_of(next), Ordering::Relaxed);
+    }
+}
+
+fn micros_of(pause: Duration) -> u64 {
+    u64::try_from(pause.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl StoreTask {
@@ -285,7 +331,7 @@ impl StoreTask {
                 }
                 // What waits for the store is tried as soon as it may be
                 // asked again, not at the next batch or sweep only.
-                () = tokio::time::sleep(self.health.skipped_for().max(LATER_PAUSE)),
+                () = tokio::time::sleep(self.health.skipped_for().max(self.later_pause.get())),
                     if self.queue.keeps_any() =>
                 {
                     let Some(shared) = shared.upgrade() else { return };
@@ -308,15 +354,18 @@ impl StoreTask {
     /// Applies a batch: runs opened, then aggregates (added up per run),
     /// then the rest, each kind concurrently; drains are answered last.
     /// Claims kept for later go first, and openings kept for later with
-    /// the batch's.
+    /// the batch's, unless they wait out a longer pause.
     async fn apply(&self, shared: &Shared, ops: Vec<Op>) {
-        self.claim_unclaimed().await;
-        let (mut opens, mut records, mut rest, mut drained) = (
-            self.unregistered(shared),
-            Records::default(),
-            Vec::new(),
-            Vec::new(),
-        );
+        // Not while the store keeps failing them: then they wait their
+        // pause (requests bring batches all the time).
+        let kept = if self.later_pause.is_shortest() {
+            self.claim_unclaimed().await;
+            self.unregistered(shared)
+        } else {
+            Vec::new()
+        };
+        let (mut opens, mut records, mut rest, mut drained) =
+            (kept, Records::default(), Vec::new(), Vec::new());
         for op in ops {
             match op {
                 Op::Register(run) => opens.push(run),
@@ -354,21 +403,30 @@ impl StoreTask {
 
     /// Opens a run of `start_run` in the store; then it is shared here.
     /// If the store cannot say, it is opened later.
-    async fn register(&self, shared: &Shared, run: &NewRun) {
+    /// Returns whether the store answered.
+    async fn register(&self, shared: &Shared, run: &NewRun) -> bool {
         let opened = self.call("open", || self.store.open(run, self.ttl)).await;
         if is_opened(opened, run.run_id) {
             shared.sessions.mark_shared(run.run_id);
         } else if opened.is_none() {
             self.queue.register_later(run.clone());
         }
+        opened.is_some()
     }
 
     /// Tries what waits for the store (claims, then openings), if it may
     /// be asked now.
+    /// What the store fails again waits longer for its next try (see
+    /// [`LaterPause`]).
     async fn retry_kept(&self, shared: &Shared) {
-        self.claim_unclaimed().await;
+        if !self.health.available() {
+            return;
+        }
+        let mut failed = self.claim_unclaimed().await;
         let opens = self.unregistered(shared);
-        all(opens.iter().map(|run| self.register(shared, run))).await;
+        let answered = all(opens.iter().map(|run| self.register(shared, run))).await;
+        failed += answered.iter().filter(|answered| !**answered).count();
+        self.later_pause.after_round(failed > 0);
     }
 
     /// The runs of `start_run` the store could not open, if it may be
@@ -502,29 +560,37 @@ impl StoreTask {
     /// could not be: their `end` is out, so a claim won sends nothing, and
     /// no sweep (this process's or another's) ends them again. A claim the
     /// store does not answer is kept for the next time.
-    async fn claim_unclaimed(&self) {
+    /// Returns how many the store did not answer.
+    async fn claim_unclaimed(&self) -> usize {
         if !self.health.available() {
-            return;
+            return 0;
         }
         let runs = take(&self.queue.unclaimed);
+        let mut failed = 0;
         // As many at once as a sweep claims; once the store fails, the
         // rest are kept without asking it.
         for runs in runs.chunks(SWEEP_BATCH) {
-            let claims = all(runs.iter().map(|&run_id| {
-                self.call("claim", move || self.store.claim(run_id, None, self.ttl))
+            let claims = all(runs.iter().map(|&(run_id, idle_before)| {
+                self.call("claim", move || {
+                    self.store.claim(run_id, idle_before, self.ttl)
+                })
             }))
             .await;
-            for (&run_id, claim) in runs.iter().zip(claims) {
+            for (&(run_id, idle_before), claim) in runs.iter().zip(claims) {
                 match claim {
                     Some(Claim::Won(_)) => tracing::debug!(
                         %run_id,
                         "trodo: run ended here without the store claimed there; no second end"
                     ),
                     Some(_) => {}
-                    None => self.queue.claim_later(run_id),
+                    None => {
+                        failed += 1;
+                        self.queue.claim_later(run_id, idle_before);
+                    }
                 }
             }
         }
+        failed
     }
 
     /// Ends every run the store holds that is idle for the idle timeout,
@@ -692,6 +758,56 @@ mod tests {
             matches!(&later, Claim::Won(claimed) if claimed.run_id == run.run_id),
             "the run is still the store's to claim: {later:?}"
         );
+    }
+
+    #[test]
+    fn what_the_store_keeps_failing_waits_longer_each_round() {
+        let pause = LaterPause::default();
+        assert_eq!(pause.get(), LATER_PAUSE);
+        for expected in [20, 40, 80] {
+            pause.after_round(true);
+            assert_eq!(pause.get(), Duration::from_millis(expected));
+            assert!(!pause.is_shortest());
+        }
+        for _ in 0..20 {
+            pause.after_round(true);
+        }
+        assert_eq!(pause.get(), LATER_PAUSE_MAX);
+        pause.after_round(false);
+        assert!(pause.is_shortest());
+    }
+
+    /// A run ended here on its idle timeout while the store failed is
+    /// claimed later as an idle run: not if another worker kept it busy.
+    #[tokio::test]
+    async fn a_kept_idle_claim_claims_only_an_idle_run() {
+        let store = Arc::new(MemoryStore::new());
+        let health = Arc::new(Health::default());
+        let (queue, _receiver) = StoreQueue::new(Arc::clone(&health));
+        let task = StoreTask {
+            store: store.clone(),
+            health,
+            queue,
+            ttl: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(60),
+            later_pause: LaterPause::default(),
+        };
+        let now = SystemTime::now();
+        let busy = NewRun::new("busy", Uuid::new_v4(), now);
+        let idle = NewRun::new("idle", Uuid::new_v4(), now - Duration::from_secs(120));
+        for run in [&busy, &idle] {
+            assert_eq!(store.open(run, task.ttl).await.unwrap(), Opened::Opened);
+        }
+        let idle_before = Some(now - Duration::from_secs(60));
+        task.queue.claim_later(busy.run_id, idle_before);
+        task.queue.claim_later(idle.run_id, idle_before);
+        assert_eq!(task.claim_unclaimed().await, 0);
+
+        let ttl = task.ttl;
+        let busy_claim = store.claim(busy.run_id, None, ttl).await.unwrap();
+        assert!(matches!(busy_claim, Claim::Won(_)), "{busy_claim:?}");
+        let idle_claim = store.claim(idle.run_id, None, ttl).await.unwrap();
+        assert!(matches!(idle_claim, Claim::AlreadyEnded), "{idle_claim:?}");
     }
 
     #[test]
