@@ -43,9 +43,11 @@
 //! [`crate::leftovers`]).
 //!
 //! The tape tells the answer by a look at each event's first bytes: one
-//! that mentions a `result` or an `error` has its first top-level members
-//! read (see [`answers`]), and is the answer only if they say it is a
-//! response to the request's id (read from the request's first members).
+//! that mentions a `result` or an `error` is the answer only if it is a
+//! response to the request's id. Most say so in their first bytes, as
+//! their request does (see [`plainly_answers`]: a byte comparison); the
+//! others have their first top-level members read (see [`answers`]), and
+//! the request's id with them.
 //! What they cannot tell (an `id` past the event's first
 //! [`ANSWER_PREFIX_CHARS`] characters), a stream of more than
 //! [`MAX_TAPED_CHUNKS`] chunks or [`MAX_TAPED_BYTES`] bytes (or the
