@@ -14,7 +14,10 @@ use super::{
 /// processes need a store they can all reach, such as `RedisStore`.
 ///
 /// Every method takes one short lock; entries expire after their time to
-/// live and are purged as the store is used.
+/// live. An expired entry is removed when it is next looked up, and all
+/// of them at most one time to live after they expire, by the next
+/// `open` or `claim_idle`: runs nobody touches again (a `start_run` run
+/// never ended, say) do not stay in memory.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -37,6 +40,8 @@ struct State {
     idle: BTreeSet<(u64, Uuid)>,
     /// Claimed runs, until when they are remembered.
     ended: HashMap<Uuid, Instant>,
+    /// When every expired entry is next removed (see `purge_expired`).
+    next_purge: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -105,6 +110,26 @@ impl State {
     fn purge_ended(&mut self, now: Instant) {
         self.ended.retain(|_, until| *until > now);
     }
+
+    /// Removes every expired run, at most once per time to live: runs
+    /// nobody looks up again would otherwise stay for good. Scanning all
+    /// runs once per time to live costs little next to the calls between.
+    fn purge_expired(&mut self, now: Instant, ttl: Duration) {
+        if self.next_purge.is_some_and(|next| now < next) {
+            return;
+        }
+        self.next_purge = Some(now + ttl);
+        let expired: Vec<Uuid> = self
+            .runs
+            .iter()
+            .filter(|(_, entry)| entry.expires <= now)
+            .map(|(run_id, _)| *run_id)
+            .collect();
+        for run_id in expired {
+            self.remove(run_id);
+        }
+        self.purge_ended(now);
+    }
 }
 
 /// A future that is ready at once.
@@ -123,6 +148,7 @@ impl SessionStore for MemoryStore {
     fn open<'a>(&'a self, run: &'a NewRun, ttl: Duration) -> StoreFuture<'a, Opened> {
         let now = Instant::now();
         let mut state = self.lock();
+        state.purge_expired(now, ttl);
         if let Some(current) = state.by_key.get(&run.key).copied()
             && state.live(current, now).is_some()
         {
@@ -206,6 +232,7 @@ impl SessionStore for MemoryStore {
         let before = micros(idle_before);
         let mut state = self.lock();
         state.purge_ended(now);
+        state.purge_expired(now, ttl);
         let idle: Vec<(u64, Uuid)> = state
             .idle
             .iter()
@@ -247,5 +274,30 @@ mod tests {
         );
         let state = store.lock();
         assert!(state.runs.is_empty() && state.idle.is_empty() && state.by_key.is_empty());
+    }
+
+    #[tokio::test]
+    async fn expired_runs_nobody_looks_up_are_purged() {
+        let store = MemoryStore::new();
+        let started = NewRun::new("started", Uuid::new_v4(), SystemTime::now()).sweepable(false);
+        let swept = NewRun::new("swept", Uuid::new_v4(), SystemTime::now());
+        store.open(&started, Duration::ZERO).await.unwrap();
+        store.open(&swept, Duration::ZERO).await.unwrap();
+        let kept = NewRun::new("kept", Uuid::new_v4(), SystemTime::now());
+        store.open(&kept, Duration::from_secs(3600)).await.unwrap();
+        {
+            let state = store.lock();
+            assert_eq!(state.runs.keys().collect::<Vec<_>>(), [&kept.run_id]);
+            assert_eq!(state.by_key.len(), 1);
+            assert_eq!(state.idle.len(), 1);
+        }
+        // Within the time to live of the last purge nothing is scanned.
+        let late = NewRun::new("late", Uuid::new_v4(), SystemTime::now()).sweepable(false);
+        store.open(&late, Duration::ZERO).await.unwrap();
+        store
+            .claim_idle(SystemTime::UNIX_EPOCH, 10, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        assert_eq!(store.lock().runs.len(), 2, "purged at most once per ttl");
     }
 }
