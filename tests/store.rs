@@ -421,6 +421,24 @@ impl<F> Drop for Watched<F> {
     }
 }
 
+/// Serves `service` at `/mcp` behind `layer`; the returned signal says
+/// when the response future of a request is dropped.
+async fn serve_watched(
+    service: &workers::StreamableService,
+    layer: &trodo_tower::TrodoLayer,
+) -> (std::net::SocketAddr, Arc<tokio::sync::Notify>) {
+    let dropped = Arc::new(tokio::sync::Notify::new());
+    let watched = dropped.clone();
+    let app = axum::Router::new()
+        .nest_service("/mcp", service.clone())
+        .layer(layer.clone())
+        .layer(tower::util::MapFutureLayer::new(move |inner| Watched {
+            inner: Some(Box::pin(inner)),
+            dropped: watched.clone(),
+        }));
+    (common::serve(app).await, dropped)
+}
+
 /// Where the key of the call that goes away was seen before.
 #[derive(Clone, Copy, PartialEq)]
 enum SeenBefore {
@@ -463,16 +481,8 @@ async fn a_client_gone_while_the_store_decides_its_run(seen: SeenBefore) {
         mcp_stateless_json(DemoTools::new())
     };
     let layer = worker();
-    let dropped = Arc::new(tokio::sync::Notify::new());
-    let watched = dropped.clone();
-    let app = axum::Router::new()
-        .nest_service("/mcp", service.clone())
-        .layer(layer.clone())
-        .layer(tower::util::MapFutureLayer::new(move |inner| Watched {
-            inner: Some(Box::pin(inner)),
-            dropped: watched.clone(),
-        }));
-    let mut client = RawClient::new(serve(app).await);
+    let (addr, dropped) = serve_watched(&service, &layer).await;
+    let mut client = RawClient::new(addr);
     let call = |client: &RawClient, id| {
         client
             .post(tool_call_body(id, "add", json!({"a": 1, "b": 2})))
@@ -564,6 +574,47 @@ async fn a_client_gone_while_the_store_opens_its_sessions_run_leaves_a_started_r
 #[tokio::test]
 async fn a_client_gone_while_the_store_finds_another_workers_run_joins_it() {
     a_client_gone_while_the_store_decides_its_run(SeenBefore::KeyOnAnotherWorker).await;
+}
+
+/// A client gone while the store is slower than its timeout: its call
+/// gives up on the store at the timeout and is recorded, but nobody
+/// waited, so this is no request timeout and requests still wait on the
+/// store.
+#[tokio::test]
+async fn a_store_slow_for_a_client_gone_is_no_request_timeout() {
+    use common::*;
+    use serde_json::json;
+    use std::time::Duration;
+    use trodo_tower::TrodoLayer;
+    use workers::stores::SlowToOpen;
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = Arc::new(SlowToOpen::new());
+    let layer = TrodoLayer::new(
+        config(&ingest)
+            .with_session_store(store.clone())
+            .with_store_timeout(Duration::from_millis(50))
+            .unwrap(),
+    );
+    let (addr, dropped) = serve_watched(&mcp_stateless_json(DemoTools::new()), &layer).await;
+    let client = RawClient::new(addr);
+    let http = client.http.clone();
+    let request = client
+        .post(tool_call_body(1, "add", json!({"a": 1, "b": 2})))
+        .header("user-agent", "agent/1");
+    let gone = tokio::spawn(async move { (request.send().await, http) });
+    store.asked.notified().await;
+    gone.abort(); // the client goes away while the answer waits
+    let _ = gone.await;
+    dropped.notified().await;
+    // Past the store timeout the call goes into a run of this worker's own.
+    ingest
+        .wait_until(WAIT, |r| r.iter().any(|r| r.path.ends_with("/spans")))
+        .await
+        .unwrap();
+    let counters = layer.trodo().store_counters().unwrap();
+    assert_eq!(counters.request_timeouts, 0);
+    store.let_through.add_permits(1);
 }
 
 /// A DELETE while the store fails: the run ends with the worker's totals.

@@ -87,7 +87,8 @@ impl Pending {
     /// run the store names, once it names it (at most the store timeout
     /// later, in a task of its own): the store may open the run it was
     /// asked to, whose start must then be this process's, or name another
-    /// worker's, which must not be split.
+    /// worker's, which must not be split. A store slower than its timeout
+    /// here is not counted as a request timeout: nobody waited on it.
     pub(crate) fn cancel(self) {
         let Self::Resolve(mut resolving) = self else {
             return self.abandon();
@@ -98,6 +99,7 @@ impl Pending {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return exchange.on_failure(Failure::Cancelled);
         };
+        resolving.wait.unwatched();
         runtime.spawn(async move {
             let resolved = poll_fn(|cx| resolving.wait.poll_wait(cx))
                 .await

@@ -181,7 +181,8 @@ pub struct StoreCounters {
     /// Store operations that failed or ran out of time (1 s).
     pub failed: u64,
     /// Requests whose response stopped waiting for the store at the store
-    /// timeout (the store's answer is still applied when it comes).
+    /// timeout (the store's answer is still applied when it comes). Not
+    /// those whose client had gone away.
     pub request_timeouts: u64,
     /// Requests that did not wait for the store because it had just failed
     /// or been too slow.

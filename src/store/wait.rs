@@ -21,6 +21,9 @@ pub(crate) struct HeadWait<T: Send + 'static> {
     timeout: Option<Duration>,
     late: Option<Box<dyn FnOnce(T) + Send>>,
     health: Arc<Health>,
+    /// Whether reaching the timeout tells of a slow store (not when nobody
+    /// waits on the answer any more, see [`Self::unwatched`]).
+    counts_timeout: bool,
 }
 
 impl<T: Send + 'static> fmt::Debug for HeadWait<T> {
@@ -45,7 +48,16 @@ impl<T: Send + 'static> HeadWait<T> {
             timeout,
             late: Some(Box::new(late)),
             health,
+            counts_timeout: true,
         }
+    }
+
+    /// The same wait, for a request nobody waits on any more (its client
+    /// went away): reaching the timeout is then not counted as a request
+    /// timeout, and so does not make requests skip the store; the store
+    /// was not slow for anyone.
+    pub(crate) fn unwatched(&mut self) {
+        self.counts_timeout = false;
     }
 
     /// The work's value when it finished in time; `None` at the timeout
@@ -66,7 +78,9 @@ impl<T: Send + 'static> HeadWait<T> {
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         ready!(timer.as_mut().poll(cx));
-        self.health.request_timed_out();
+        if self.counts_timeout {
+            self.health.request_timed_out();
+        }
         self.detach();
         Poll::Ready(None)
     }
@@ -158,5 +172,23 @@ mod tests {
         tx.send(9).unwrap();
         settle_background().await;
         assert_eq!(*late.lock().unwrap(), Some(9), "the value still arrives");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unwatched_wait_reaching_its_timeout_is_not_counted() {
+        let health = Arc::new(Health::default());
+        let (mut wait, tx, late) = wait_on_sender(Some(Duration::from_millis(50)), &health);
+        wait.unwatched();
+        let value = std::future::poll_fn(|cx| wait.poll_wait(cx)).await;
+        assert_eq!(value, None, "gave up at the timeout");
+        let counters = health.snapshot();
+        assert_eq!(counters.request_timeouts, 0);
+        assert!(
+            health.request_path_open(),
+            "requests still wait on the store"
+        );
+        tx.send(4).unwrap();
+        settle_background().await;
+        assert_eq!(*late.lock().unwrap(), Some(4), "the value still arrives");
     }
 }
