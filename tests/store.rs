@@ -439,6 +439,28 @@ async fn serve_watched(
     (common::serve(app).await, dropped)
 }
 
+/// A worker on `store`, whose requests wait for it up to 10 s.
+fn on_slow_store(
+    ingest: &common::RecordingIngest,
+    store: &Arc<workers::stores::SlowToOpen>,
+) -> trodo_tower::TrodoConfig {
+    common::config(ingest)
+        .with_session_store(store.clone())
+        .with_store_timeout(std::time::Duration::from_secs(10))
+        .unwrap()
+}
+
+/// `tools/call add` from a client without sessions, known by its user agent.
+fn add_call(client: &common::RawClient, id: i64) -> reqwest::RequestBuilder {
+    client
+        .post(common::tool_call_body(
+            id,
+            "add",
+            serde_json::json!({"a": 1, "b": 2}),
+        ))
+        .header("user-agent", "agent/1")
+}
+
 /// Where the key of the call that goes away was seen before.
 #[derive(Clone, Copy, PartialEq)]
 enum SeenBefore {
@@ -460,20 +482,12 @@ enum SeenBefore {
 async fn a_client_gone_while_the_store_decides_its_run(seen: SeenBefore) {
     use common::*;
     use serde_json::json;
-    use std::time::Duration;
     use trodo_tower::TrodoLayer;
     use workers::stores::SlowToOpen;
 
     let ingest = RecordingIngest::start().await.unwrap();
     let store = Arc::new(SlowToOpen::new());
-    let worker = || {
-        TrodoLayer::new(
-            config(&ingest)
-                .with_session_store(store.clone())
-                .with_store_timeout(Duration::from_secs(10))
-                .unwrap(),
-        )
-    };
+    let worker = || TrodoLayer::new(on_slow_store(&ingest, &store));
     let session = seen == SeenBefore::SessionElsewhere;
     let service = if session {
         mcp(DemoTools::new(), session_manager(None))
@@ -483,12 +497,7 @@ async fn a_client_gone_while_the_store_decides_its_run(seen: SeenBefore) {
     let layer = worker();
     let (addr, dropped) = serve_watched(&service, &layer).await;
     let mut client = RawClient::new(addr);
-    let call = |client: &RawClient, id| {
-        client
-            .post(tool_call_body(id, "add", json!({"a": 1, "b": 2})))
-            .header("user-agent", "agent/1")
-            .send()
-    };
+    let call = |client: &RawClient, id| add_call(client, id).send();
     let mut runs_before = 0;
     let mut elsewhere = None;
     match seen {
@@ -583,7 +592,6 @@ async fn a_client_gone_while_the_store_finds_another_workers_run_joins_it() {
 #[tokio::test]
 async fn a_store_slow_for_a_client_gone_is_no_request_timeout() {
     use common::*;
-    use serde_json::json;
     use std::time::Duration;
     use trodo_tower::TrodoLayer;
     use workers::stores::SlowToOpen;
@@ -599,9 +607,7 @@ async fn a_store_slow_for_a_client_gone_is_no_request_timeout() {
     let (addr, dropped) = serve_watched(&mcp_stateless_json(DemoTools::new()), &layer).await;
     let client = RawClient::new(addr);
     let http = client.http.clone();
-    let request = client
-        .post(tool_call_body(1, "add", json!({"a": 1, "b": 2})))
-        .header("user-agent", "agent/1");
+    let request = add_call(&client, 1);
     let gone = tokio::spawn(async move { (request.send().await, http) });
     store.asked.notified().await;
     gone.abort(); // the client goes away while the answer waits
@@ -615,6 +621,65 @@ async fn a_store_slow_for_a_client_gone_is_no_request_timeout() {
     let counters = layer.trodo().store_counters().unwrap();
     assert_eq!(counters.request_timeouts, 0);
     store.let_through.add_permits(1);
+}
+
+/// Two first requests of a key on one worker: the first waits for the
+/// store to open its run; the second settles without the store (its open
+/// fails). Both ask with one run id, so the run the store opens is the one
+/// this worker started, and another worker joins it.
+#[tokio::test]
+async fn two_first_requests_of_a_key_settle_into_the_run_the_store_opens() {
+    use common::*;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    use trodo_tower::TrodoLayer;
+    use workers::stores::SlowToOpen;
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = Arc::new(SlowToOpen::new());
+    let worker = || {
+        let config = on_slow_store(&ingest, &store);
+        TrodoLayer::new(config.with_idle_timeout(Duration::from_secs(1)).unwrap())
+    };
+    let service = mcp_stateless_json(DemoTools::new());
+    let (one, other) = (worker(), worker());
+    let on_one = RawClient::new(workers::serve_worker(&service, &one).await);
+    let on_other = RawClient::new(workers::serve_worker(&service, &other).await);
+    let call = |client: &RawClient, id| add_call(client, id).send();
+    let first = tokio::spawn(call(&on_one, 1));
+    store.asked.notified().await;
+    store.failing_opens.store(true, Ordering::SeqCst);
+    let second = call(&on_one, 2).await.unwrap().text().await.unwrap();
+    assert!(second.contains(r#""text":"3""#), "{second}");
+    store.failing_opens.store(false, Ordering::SeqCst);
+    store.let_through.add_permits(2); // the first request's open, and the other worker's
+    let first = first.await.unwrap().unwrap().text().await.unwrap();
+    assert!(first.contains(r#""text":"3""#), "{first}");
+    let third = call(&on_other, 3).await.unwrap().text().await.unwrap();
+    assert!(third.contains(r#""text":"3""#), "{third}");
+    assert!(one.trodo().flush(WAIT).await && other.trodo().flush(WAIT).await);
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1, "{:?}", ingest.received());
+    let run_id = starts[0]["run_id"].as_str().unwrap();
+    let mut ids: Vec<_> = ingest
+        .spans()
+        .iter()
+        .map(|(run, span)| {
+            assert_eq!(run, run_id, "every span in the one run");
+            span["attributes"]["jsonrpc.request.id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["1", "2", "3"]);
+    // Both workers counted into the store's run: its end has all three.
+    wait_for_ends(&ingest, 1).await;
+    let ends = ingest.ends();
+    assert_eq!(ends[0].0, run_id);
+    assert_eq!(ends[0].1["span_count"], 3, "{:?}", ends[0].1);
 }
 
 /// A DELETE while the store fails: the run ends with the worker's totals.

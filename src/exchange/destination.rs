@@ -143,7 +143,7 @@ impl Exchange {
         let store = self.store.get_or_insert_default();
         store.read = Some((request.map(ClientMessage::Request), input));
         let prefetch = store.prefetch.take().filter(|p| p.is_for(&table_key));
-        let run_id = Uuid::new_v4();
+        let run_id = self.shared.sessions.run_id_to_resolve(&table_key);
         let run = NewRun::new(&*table_key, run_id, SystemTime::now());
         let wait = mirror.resolve(&self.shared, prefetch, run);
         Head::Wait(Pending::Resolve(Box::new(Resolving {

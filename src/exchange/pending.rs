@@ -97,6 +97,8 @@ impl Pending {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let sessions = &exchange.shared.sessions;
+            sessions.forget_resolving(&resolving.key, resolving.run_id);
             return exchange.on_failure(Failure::Cancelled);
         };
         resolving.wait.unwatched();
@@ -119,6 +121,8 @@ impl Pending {
         match self {
             Self::Resolve(mut resolving) => {
                 if let Some(exchange) = resolving.exchange.take() {
+                    let sessions = &exchange.shared.sessions;
+                    sessions.forget_resolving(&resolving.key, resolving.run_id);
                     exchange.on_failure(Failure::Cancelled);
                 }
             }

@@ -210,6 +210,10 @@ struct Table {
     ended_set: HashSet<Uuid>,
     /// How many calls are parked in the open runs.
     parked: usize,
+    /// Keys not known here whose run the store is being asked about, with
+    /// the run id asked to be opened: every first request of such a key
+    /// asks with the same id (see [`Sessions::run_id_to_resolve`]).
+    resolving: HashMap<Arc<str>, Uuid, Hasher>,
 }
 
 impl Table {
@@ -386,9 +390,33 @@ impl Sessions {
         Some(known.run_id)
     }
 
+    /// The run id to ask the store to open for `key`, which this process
+    /// does not know: the one another request of the key is asking with,
+    /// if any. With an id each, two first requests of a key could leave the
+    /// store holding one run and this process the other, the store's never
+    /// started (when one of them settles without the store: it failed, or
+    /// was skipped).
+    pub(crate) fn run_id_to_resolve(&self, key: &Arc<str>) -> Uuid {
+        let mut table = self.lock();
+        *table
+            .resolving
+            .entry(Arc::clone(key))
+            .or_insert_with(Uuid::new_v4)
+    }
+
+    /// Gives up asking the store about `key` with `run_id`, without settling.
+    pub(crate) fn forget_resolving(&self, key: &str, run_id: Uuid) {
+        let mut table = self.lock();
+        if table.resolving.get(key) == Some(&run_id) {
+            table.resolving.remove(key);
+        }
+    }
+
     /// Takes the store's answer for a key this process did not know (see
     /// [`Resolved`]) into the table. `open` makes the run's `start` when this
-    /// process starts it. A key that became known meanwhile keeps its run.
+    /// process starts it. A key that became known meanwhile keeps its run
+    /// (shared now, if the store opened it). A run of this process's that
+    /// ended here meanwhile is not opened again: the key gets a new one.
     /// Returns the run id and whether its `start` is this process's (still pending).
     pub(crate) fn settle(
         &self,
@@ -398,22 +426,37 @@ impl Sessions {
         open: impl FnOnce(Uuid) -> Run,
     ) -> RunFor {
         let mut table = self.lock();
+        let table = &mut *table;
         if let Some(known) = table.by_key.get_mut(key) {
             known.mark_active(at);
-            if let Resolved::Opened(run_id) = resolved
-                && known.run_id == run_id
-                && known.adopted
-            {
-                // A request that found the run in the store settled first;
-                // the start is this process's all the same.
-                known.adopted = false;
-                known.pending_start = Some(Box::new(open(run_id)));
-                return RunFor::of(known, true);
+            let Resolved::Opened(run_id) = resolved else {
+                return RunFor::of(known, false);
+            };
+            if table.resolving.get(key) == Some(&run_id) {
+                table.resolving.remove(key);
             }
-            return RunFor::of(known, false);
+            if known.run_id != run_id {
+                return RunFor::of(known, false);
+            }
+            // Another request of the key settled first: without the store,
+            // or finding the run there before this one's start was queued.
+            share(known, self.store.as_ref());
+            if !known.adopted {
+                return RunFor::of(known, false);
+            }
+            known.adopted = false;
+            known.pending_start = Some(Box::new(open(run_id)));
+            return RunFor::of(known, true);
         }
+        table.resolving.remove(key);
         let (run_id, start, shared) = match resolved {
             Resolved::Found(run_id) => (run_id, None, true),
+            Resolved::Opened(run_id) | Resolved::Local(run_id)
+                if table.ended_set.contains(&run_id) =>
+            {
+                let run_id = Uuid::new_v4();
+                (run_id, Some(Box::new(open(run_id))), false)
+            }
             Resolved::Opened(run_id) => (run_id, Some(Box::new(open(run_id))), true),
             Resolved::Local(run_id) => (run_id, Some(Box::new(open(run_id))), false),
         };
@@ -427,11 +470,9 @@ impl Sessions {
     /// Marks a run as held by the session store, and sends the store what
     /// this process counted before.
     pub(crate) fn mark_shared(&self, run_id: Uuid) {
-        let Some(store) = &self.store else { return };
         let mut table = self.lock();
-        if let Some(open) = table.get_run(run_id).filter(|open| !open.shared) {
-            open.shared = true;
-            store.record(run_id, open.totals.into(), open.last_activity);
+        if let Some(open) = table.get_run(run_id) {
+            share(open, self.store.as_ref());
         }
     }
 
@@ -950,6 +991,16 @@ impl Sessions {
 /// holds, by opening it again: a run claimed before is not opened again
 /// (then this process forgets it), a run the store lost is held again,
 /// one it holds is renewed.
+/// Marks a run as held by the session store, if it was not, and sends the
+/// store what this process counted before.
+fn share(open: &mut OpenRun, store: Option<&StoreQueue>) {
+    let Some(store) = store.filter(|_| !open.shared) else {
+        return;
+    };
+    open.shared = true;
+    store.record(open.run_id, open.totals.into(), open.last_activity);
+}
+
 fn ask_store_about(store: Option<&StoreQueue>, key: &str, open: &OpenRun) {
     if let Some(store) = store {
         let run = NewRun::new(key, open.run_id, open.last_activity.0);
@@ -1040,4 +1091,41 @@ pub(crate) fn send_end(
             totals,
         }),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::{ConsoleSink, DeliveryOptions, Sink};
+
+    fn start(run_id: Uuid) -> Run {
+        Run::new(run_id, "test".to_owned(), Timestamp::now())
+    }
+
+    #[test]
+    fn first_requests_of_a_key_resolve_with_one_run_id_until_it_settles() {
+        let sessions = Sessions::new(None);
+        let key: Arc<str> = " client:agent".into();
+        let asked = sessions.run_id_to_resolve(&key);
+        assert_eq!(sessions.run_id_to_resolve(&key), asked);
+        let run = sessions.settle(&key, Resolved::Local(asked), Moment::now(), start);
+        assert_eq!((run.run_id, run.opened), (asked, true));
+        assert_ne!(sessions.run_id_to_resolve(&key), asked, "settled: a new id");
+    }
+
+    #[test]
+    fn a_run_that_ended_while_another_request_resolved_it_is_not_opened_again() {
+        let (exporter, _worker) =
+            Exporter::new(Sink::Console(ConsoleSink), DeliveryOptions::default());
+        let sessions = Sessions::new(None);
+        let key: Arc<str> = " client:agent".into();
+        let asked = sessions.run_id_to_resolve(&key);
+        let first = sessions.settle(&key, Resolved::Local(asked), Moment::now(), start);
+        drop(first);
+        assert!(sessions.close(&key, ClosedVia::SessionDeleted, &exporter));
+        // The second request of the key settles after the run ended.
+        let second = sessions.settle(&key, Resolved::Local(asked), Moment::now(), start);
+        assert!(second.opened);
+        assert_ne!(second.run_id, asked, "a new run, not the ended one again");
+    }
 }

@@ -112,6 +112,8 @@ pub struct SlowToOpen {
     pub asked: tokio::sync::Notify,
     /// A permit lets one `open` through.
     pub let_through: tokio::sync::Semaphore,
+    /// While set, `open` fails at once.
+    pub failing_opens: AtomicBool,
 }
 
 impl SlowToOpen {
@@ -120,6 +122,7 @@ impl SlowToOpen {
             inner: MemoryStore::new(),
             asked: tokio::sync::Notify::new(),
             let_through: tokio::sync::Semaphore::new(0),
+            failing_opens: AtomicBool::new(false),
         }
     }
 }
@@ -129,6 +132,9 @@ impl SessionStore for SlowToOpen {
         self.inner.find(key)
     }
     fn open<'a>(&'a self, run: &'a NewRun, ttl: Duration) -> StoreFuture<'a, Opened> {
+        if self.failing_opens.load(Ordering::SeqCst) {
+            return Box::pin(async { Err("connection reset".into()) });
+        }
         Box::pin(async move {
             self.asked.notify_one();
             self.let_through.acquire().await.unwrap().forget();
