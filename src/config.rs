@@ -125,7 +125,8 @@ pub enum Sessionless {
     Group,
     /// Send each request as a run of its own (one `runs/ingest` call).
     RunPerRequest,
-    /// Record nothing for them.
+    /// Record nothing for them, except requests that carry a Trodo
+    /// caller's propagation headers: those still join the caller's run.
     Ignore,
 }
 
@@ -280,8 +281,8 @@ impl TrodoConfig {
 
     /// Sets the Trodo site id sent as `X-Trodo-Site-Id`; with it, runs go to
     /// the ingest API instead of the console. Blanks around it are dropped (a
-    /// value read from a file often ends in a newline). Defaults to
-    /// `TRODO_SITE_ID`, else none.
+    /// value read from a file often ends in a newline). Unset by default;
+    /// [`TrodoConfig::from_env`] sets it from `TRODO_SITE_ID`.
     ///
     /// # Errors
     /// A [`ConfigError`] for `site_id` when it is empty or holds anything
@@ -297,7 +298,8 @@ impl TrodoConfig {
     }
 
     /// Sets the base URL of the ingest API (`http` or `https`).
-    /// Defaults to `TRODO_API_BASE`, else [`DEFAULT_API_BASE`].
+    /// Defaults to [`DEFAULT_API_BASE`]; [`TrodoConfig::from_env`] sets it
+    /// from `TRODO_API_BASE`. A trailing `/` is dropped.
     ///
     /// # Errors
     /// A [`ConfigError`] for `api_base` when the URL does not parse or is not HTTP.
@@ -311,7 +313,8 @@ impl TrodoConfig {
     }
 
     /// Sets the `agent_name` of every run.
-    /// Defaults to `TRODO_AGENT_NAME`, else [`DEFAULT_AGENT_NAME`].
+    /// Defaults to [`DEFAULT_AGENT_NAME`]; [`TrodoConfig::from_env`] sets it
+    /// from `TRODO_AGENT_NAME`.
     ///
     /// # Errors
     /// A [`ConfigError`] for `agent_name` when the name is empty.
@@ -327,7 +330,8 @@ impl TrodoConfig {
     /// ended with `closed_via: "idle_timeout"`; a request still being
     /// answered (a long tool call) keeps its run open. Keep it at least as
     /// long as your MCP server's own session keep-alive.
-    /// Defaults to `TRODO_IDLE_TIMEOUT_SECS`, else [`DEFAULT_IDLE_TIMEOUT`].
+    /// Defaults to [`DEFAULT_IDLE_TIMEOUT`]; [`TrodoConfig::from_env`] sets
+    /// it from `TRODO_IDLE_TIMEOUT_SECS`.
     ///
     /// # Errors
     /// A [`ConfigError`] for `idle_timeout` when it is zero or longer than
@@ -541,7 +545,8 @@ impl TrodoConfig {
     /// untouched, records and sends nothing and starts no thread (a kill
     /// switch, and a way to measure its overhead). Handlers still find a
     /// [`RequestSpan`](crate::RequestSpan) in the request's extensions, one
-    /// that is part of no run. Defaults to `TRODO_ENABLED`, else on.
+    /// that is part of no run. On by default; [`TrodoConfig::from_env`]
+    /// sets it from `TRODO_ENABLED`.
     #[must_use]
     pub fn with_enabled(self, enabled: bool) -> Self {
         self.edit(|s| s.enabled = enabled)
@@ -639,7 +644,8 @@ impl TrodoConfig {
     /// Shares sessions with other workers through the Redis server at
     /// `url` (a [`RedisStore`](crate::store::RedisStore) with the default
     /// key prefix). Connects lazily, in the background: no runtime is needed
-    /// here. Defaults to `TRODO_REDIS_URL`, else none.
+    /// here. Unset by default; [`TrodoConfig::from_env`] sets it from
+    /// `TRODO_REDIS_URL`.
     ///
     /// ```
     /// use trodo_tower::TrodoConfig;

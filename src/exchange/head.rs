@@ -100,8 +100,9 @@ fn within_naming_bound(text: &str) -> Option<&str> {
     (text.len() <= MAX_NAMING_TEXT_LEN).then_some(text)
 }
 
-/// The session id in a header value, if it is one MCP allows: 1 to 256
-/// visible ASCII characters.
+/// The session id in a header value, if it is one the layer takes: 1 to
+/// [`MAX_SESSION_ID_LEN`] visible ASCII characters (MCP asks for visible
+/// ASCII; the bound keeps a client's header from growing the run table).
 pub(super) fn session_id_of(value: &HeaderValue) -> Option<Arc<str>> {
     session_id_text(value).map(Arc::from)
 }
