@@ -14,6 +14,12 @@ pub(crate) const MAX_CONCURRENT_CALLS: usize = 256;
 pub(crate) const DEFAULT_MAX_QUEUE_ITEMS: usize = 10_000;
 /// Most JSON bytes of records held for delivery: 64 MiB.
 pub(crate) const DEFAULT_MAX_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+/// Most runs whose start was dropped that are remembered, so that their
+/// later records are dropped too rather than sent for a run that does not
+/// exist. A run is forgotten when its end comes; this bounds what an
+/// outage of many long sessions leaves (about 50 bytes a run), apart from
+/// the queue's bound, which a user may set low.
+pub(crate) const DEFAULT_MAX_DEAD_RUNS: usize = 100_000;
 /// Most spans in one call, and how many records of one run make a full
 /// call that goes at once: OpenTelemetry's batch size. Each call costs the
 /// delivery thread about as much as reading a few spans (reqwest, hyper,
@@ -27,6 +33,9 @@ pub(crate) const DEFAULT_MAX_BATCH_ITEMS: usize = 512;
 pub(crate) struct DeliveryOptions {
     /// Most records queued or in flight; past it the oldest are dropped.
     pub(crate) max_queue_items: usize,
+    /// Most runs remembered as dropped with their start; past it the oldest
+    /// are forgotten.
+    pub(crate) max_dead_runs: usize,
     /// Most bytes queued or in flight (JSON, or a span's estimate); past it the oldest are dropped.
     pub(crate) max_queue_bytes: usize,
     /// Most spans in one `runs/{id}/spans` call.
@@ -54,6 +63,7 @@ impl Default for DeliveryOptions {
     fn default() -> Self {
         Self {
             max_queue_items: DEFAULT_MAX_QUEUE_ITEMS,
+            max_dead_runs: DEFAULT_MAX_DEAD_RUNS,
             max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
             max_batch_items: DEFAULT_MAX_BATCH_ITEMS,
             max_batch_bytes: 1024 * 1024,

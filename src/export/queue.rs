@@ -460,7 +460,7 @@ impl Queue {
             let dead = &self.dead;
             self.dead_order.retain(|id| dead.contains_key(id));
         }
-        while self.dead.len() > self.options.max_queue_items {
+        while self.dead.len() > self.options.max_dead_runs {
             if let Some(old) = self.dead_order.pop_front() {
                 self.dead.remove(&old);
             }
@@ -488,11 +488,19 @@ impl Queue {
         true
     }
 
-    /// Takes a queued (not in flight) record out of the queue.
+    /// Takes a queued (not in flight) record out of the queue. A run
+    /// backing off with nothing left forgets its failures: they were its
+    /// records', and its next record (its end, say) starts afresh rather
+    /// than waiting out their back-off and giving up on their clock.
     fn remove_queued(&mut self, run_id: Uuid, seq: Seq) -> Option<Item> {
         let run = self.runs.get_mut(&run_id)?;
         let at = run.items.binary_search_by_key(&seq, |item| item.seq).ok()?;
         let item = run.items.remove(at)?;
+        if let (RunState::Waiting(until), true) = (run.state, run.items.is_empty()) {
+            self.waiting.remove(&(until, run_id));
+            run.state = RunState::Ready;
+            run.retry = RetryState::default();
+        }
         self.unindex(&item);
         self.items -= 1;
         self.bytes -= item.bytes();
@@ -818,6 +826,62 @@ mod tests {
     }
 
     #[test]
+    fn a_run_whose_failing_records_were_evicted_sends_its_next_afresh() {
+        use crate::export::retry::{EXACT, RetryState};
+        let stats = Stats::default();
+        let mut q = queue(options(3, 1_000), vec![start(1)], &stats);
+        q.make_due();
+        let started = q.take_batch().unwrap();
+        q.delivered(&started);
+        let t0 = Instant::now();
+        q.push(span(1, "a"), t0, &stats);
+        q.make_due();
+        // Run 1's span has failed for almost ten minutes, and backs off.
+        let mut failing = q.take_batch().unwrap();
+        let late = t0 + Duration::from_secs(599);
+        failing.retry.failed(t0, &EXACT, None).unwrap();
+        failing.retry.failed(late, &EXACT, None).unwrap();
+        q.retry(failing, Some(late + Duration::from_secs(60)));
+        // Other runs fill the queue: run 1's span, the oldest, is evicted.
+        for record in [start(2), span(2, "b"), span(2, "c")] {
+            q.push(record, late, &stats);
+        }
+        assert_eq!(
+            contents(&q),
+            [(2, "{}".into()), (2, "b".into()), (2, "c".into())]
+        );
+        q.push(end(1), late, &stats);
+        q.make_due();
+        let other = q.take_batch().unwrap();
+        assert_eq!(other.run_id.as_u128(), 2);
+        // The end goes now, not after the span's back-off, with a clock of its own.
+        let mut ending = q.take_batch().expect("the end is not held back");
+        assert_eq!((ending.run_id.as_u128(), ending.kind), (1, ItemKind::End));
+        assert_eq!(ending.retry, RetryState::default());
+        let soon = late + Duration::from_secs(2);
+        assert!(ending.retry.failed(soon, &EXACT, None).is_some());
+    }
+
+    #[test]
+    fn a_run_dropped_with_its_start_is_remembered_past_the_queue_bound() {
+        let stats = Stats::default();
+        let mut q = Queue::new(options(2, 1_000));
+        let now = Instant::now();
+        for run in 1..=3 {
+            q.push(start(run), now, &stats);
+            q.make_due();
+            let batch = q.take_batch().unwrap();
+            q.drop_batch(&batch, DropReason::GaveUp, "HTTP 503", &stats);
+        }
+        // Three dead runs in a queue of two records: run 1's span still
+        // follows its start, counted as given up.
+        q.push(span(1, "late"), now, &stats);
+        assert!(contents(&q).is_empty());
+        assert_eq!(q.dead.len(), 3);
+        assert_eq!(stats.snapshot(0, 0).dropped_gave_up, 4);
+    }
+
+    #[test]
     fn a_pause_holds_every_run_until_it_ends_or_the_queue_closes() {
         let stats = Stats::default();
         let mut q = queue(options(100, 1_000), vec![start(1), start(2)], &stats);
@@ -865,7 +929,10 @@ mod tests {
     #[test]
     fn a_dead_run_whose_end_came_does_not_count_toward_the_bound() {
         let stats = Stats::default();
-        let mut q = Queue::new(options(2, 1_000));
+        let mut q = Queue::new(DeliveryOptions {
+            max_dead_runs: 2,
+            ..options(100, 1_000)
+        });
         let now = Instant::now();
         let kill = |q: &mut Queue, run: u128| {
             q.push(start(run), now, &stats);
