@@ -29,6 +29,7 @@ pub(crate) struct Health {
     request_timeouts: AtomicU64,
     bypassed: AtomicU64,
     dropped: AtomicU64,
+    deferred_lost: AtomicU64,
     ended: AtomicU64,
     local_ends: AtomicU64,
     sweeps: AtomicU64,
@@ -47,6 +48,7 @@ impl Default for Health {
             request_timeouts: AtomicU64::new(0),
             bypassed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            deferred_lost: AtomicU64::new(0),
             ended: AtomicU64::new(0),
             local_ends: AtomicU64::new(0),
             sweeps: AtomicU64::new(0),
@@ -134,6 +136,11 @@ impl Health {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `count` claims or openings that waited for the store were lost.
+    pub(crate) fn deferred_lost(&self, count: u64) {
+        self.deferred_lost.fetch_add(count, Ordering::Relaxed);
+    }
+
     /// This process won a run's end claim and sent its end.
     pub(crate) fn ended(&self) {
         self.ended.fetch_add(1, Ordering::Relaxed);
@@ -158,6 +165,7 @@ impl Health {
             request_timeouts: load(&self.request_timeouts),
             bypassed: load(&self.bypassed),
             dropped: load(&self.dropped),
+            deferred_lost: load(&self.deferred_lost),
             ended: load(&self.ended),
             local_ends: load(&self.local_ends),
             sweeps: load(&self.sweeps),
@@ -188,11 +196,13 @@ pub struct StoreCounters {
     /// or been too slow.
     pub bypassed: u64,
     /// Background operations (aggregates, activity) dropped: the store queue
-    /// was full, or the store had just failed. Also what waits for the
-    /// store to answer again past 10,000 of a kind: claims of runs ended
-    /// without it (a sweep may then end such a run a second time), and
-    /// openings of runs of `start_run` (they stay this process's).
+    /// was full, or the store had just failed.
     pub dropped: u64,
+    /// What waited for the store to answer again, lost: claims of runs
+    /// ended here without it (a sweep may then end such a run a second
+    /// time), and openings of runs of `start_run` started while it failed
+    /// (they stay this process's). Lost past the 10,000 of a kind that wait.
+    pub deferred_lost: u64,
     /// Runs whose end claim this process won, and whose end it sent.
     pub ended: u64,
     /// Runs this process ended with its own totals because the store could

@@ -213,13 +213,13 @@ impl StoreQueue {
 
     /// Keeps the claim of a run that ended here for when the store
     /// answers (only if idle before `idle_before`, for an idle end); past
-    /// [`LATER_CAPACITY`] it is dropped and counted.
+    /// [`LATER_CAPACITY`] it is lost, and counted.
     fn claim_later(&self, run_id: Uuid, idle_before: Option<SystemTime>) {
         self.keep(&self.unclaimed, (run_id, idle_before));
     }
 
     /// Keeps the opening of a run of `start_run` for when the store
-    /// answers; past [`LATER_CAPACITY`] it is dropped and counted.
+    /// answers; past [`LATER_CAPACITY`] it is lost, and counted.
     fn register_later(&self, run: NewRun) {
         self.keep(&self.unregistered, run);
     }
@@ -235,7 +235,7 @@ impl StoreQueue {
             later.push(item);
         } else {
             drop(later);
-            self.health.dropped();
+            self.health.deferred_lost(1);
         }
     }
 
@@ -733,6 +733,41 @@ mod tests {
     use super::*;
     use crate::store::MemoryStore;
 
+    /// A store task on `store`, not running yet, and its queue's receiver.
+    fn task(store: Arc<dyn SessionStore>) -> (StoreTask, Receiver) {
+        let health = Arc::new(Health::default());
+        let (queue, receiver) = StoreQueue::new(Arc::clone(&health));
+        let task = StoreTask {
+            store,
+            health,
+            queue,
+            ttl: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(60),
+            later_pause: LaterPause::default(),
+        };
+        (task, receiver)
+    }
+
+    /// Past the claims (and, apart, the openings) that may wait for the
+    /// store, one more is lost: counted as such, not as an operation the
+    /// queue or the store dropped.
+    #[test]
+    fn what_waits_past_its_bound_is_counted_lost() {
+        let (task, _receiver) = task(Arc::new(MemoryStore::new()));
+        let queue = &task.queue;
+        let opening = || NewRun::new("key", Uuid::new_v4(), SystemTime::now());
+        for _ in 0..LATER_CAPACITY {
+            queue.claim_later(Uuid::new_v4(), None);
+            queue.register_later(opening());
+        }
+        assert_eq!(task.health.snapshot().deferred_lost, 0);
+
+        queue.claim_later(Uuid::new_v4(), None);
+        queue.register_later(opening());
+        let counters = task.health.snapshot();
+        assert_eq!((counters.deferred_lost, counters.dropped), (2, 0));
+    }
+
     /// The memory store claims as `claim` is called, not as its future is
     /// polled: while the store is skipped, no claim may be made and lost.
     #[tokio::test]
@@ -782,16 +817,7 @@ mod tests {
     #[tokio::test]
     async fn a_kept_idle_claim_claims_only_an_idle_run() {
         let store = Arc::new(MemoryStore::new());
-        let health = Arc::new(Health::default());
-        let (queue, _receiver) = StoreQueue::new(Arc::clone(&health));
-        let task = StoreTask {
-            store: store.clone(),
-            health,
-            queue,
-            ttl: Duration::from_secs(600),
-            idle_timeout: Duration::from_secs(60),
-            later_pause: LaterPause::default(),
-        };
+        let (task, _receiver) = task(store.clone());
         let now = SystemTime::now();
         let busy = NewRun::new("busy", Uuid::new_v4(), now);
         let idle = NewRun::new("idle", Uuid::new_v4(), now - Duration::from_secs(120));
