@@ -201,7 +201,11 @@ pub struct StoreCounters {
     /// What waited for the store to answer again, lost: claims of runs
     /// ended here without it (a sweep may then end such a run a second
     /// time), and openings of runs of `start_run` started while it failed
-    /// (they stay this process's). Lost past the 10,000 of a kind that wait.
+    /// (they stay this process's). Lost past the 10,000 of a kind that
+    /// wait, and still waiting when the store task ends (its runtime shut
+    /// down, as a process exits after shutdown while the store is down, or
+    /// every layer and `Trodo` handle of its config dropped), which is
+    /// logged with `tracing` (`warn`) with how many.
     pub deferred_lost: u64,
     /// Runs whose end claim this process won, and whose end it sent.
     pub ended: u64,

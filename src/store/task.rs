@@ -15,7 +15,8 @@
 //! answers again, and the claim sends nothing. A run of `start_run` the
 //! store could not open is opened once it answers again (if this process
 //! still holds it), so that other workers can end it with its totals.
-//! Both are tried as soon as the store may be asked again.
+//! Both are tried as soon as the store may be asked again; what still
+//! waits when the task ends is lost, counted and logged.
 //!
 //! [`RETRY_AFTER`]: super::health::RETRY_AFTER
 
@@ -229,6 +230,25 @@ impl StoreQueue {
         !is_empty(&self.unclaimed) || !is_empty(&self.unregistered)
     }
 
+    /// Drops what waits for the store, its task ended: counted, and
+    /// logged once with how many.
+    fn lose_kept(&self) {
+        let claims = take(&self.unclaimed).len();
+        let openings = take(&self.unregistered).len();
+        if claims + openings == 0 {
+            return;
+        }
+        self.health
+            .deferred_lost(u64::try_from(claims + openings).unwrap_or(u64::MAX));
+        tracing::warn!(
+            claims,
+            openings,
+            "trodo: the session store task ended with claims of runs ended without the store, \
+             or openings of runs of start_run, still waiting for it: they are lost (a sweep \
+             may end such a run a second time; see StoreCounters::deferred_lost)"
+        );
+    }
+
     fn keep<T>(&self, later: &Mutex<Vec<T>>, item: T) {
         let mut later = later.lock().unwrap_or_else(PoisonError::into_inner);
         if later.len() < LATER_CAPACITY {
@@ -263,6 +283,15 @@ pub(super) struct StoreTask {
     pub(super) ttl: Duration,
     pub(super) idle_timeout: Duration,
     pub(super) later_pause: LaterPause,
+}
+
+/// The task ends: its layer's state was dropped, or its runtime shut down
+/// (a process that exits after [`Trodo::shutdown`](crate::Trodo::shutdown)).
+/// What still waits for the store is lost then, and counted.
+impl Drop for StoreTask {
+    fn drop(&mut self) {
+        self.queue.lose_kept();
+    }
 }
 
 /// How long what waits for the store waits between tries: [`LATER_PAUSE`]
@@ -766,6 +795,36 @@ mod tests {
         queue.register_later(opening());
         let counters = task.health.snapshot();
         assert_eq!((counters.deferred_lost, counters.dropped), (2, 0));
+    }
+
+    /// Claims and openings still waiting for the store as its task ends
+    /// (the layer's state dropped, or the runtime shut down, while the
+    /// store is skipped) are lost: counted.
+    #[tokio::test(start_paused = true)]
+    async fn what_still_waits_as_the_task_ends_is_counted_lost() {
+        for runtime_shut_down in [false, true] {
+            let (task, receiver) = task(Arc::new(MemoryStore::new()));
+            let health = Arc::clone(&task.health);
+            health.failed("claim", &"connection refused");
+            task.queue.claim_later(Uuid::new_v4(), None);
+            task.queue.claim_later(Uuid::new_v4(), None);
+            let opening = NewRun::new("key", Uuid::new_v4(), SystemTime::now());
+            task.queue.register_later(opening);
+            let shared = Shared::switched_off();
+            let running = tokio::spawn(task.run(receiver, Arc::downgrade(&shared)));
+            tokio::task::yield_now().await;
+            assert_eq!(health.snapshot().deferred_lost, 0, "the task waits");
+
+            if runtime_shut_down {
+                running.abort();
+                assert!(running.await.unwrap_err().is_cancelled());
+            } else {
+                drop(shared);
+                running.await.unwrap();
+            }
+            let counters = health.snapshot();
+            assert_eq!((counters.deferred_lost, counters.dropped), (3, 0));
+        }
     }
 
     /// The memory store claims as `claim` is called, not as its future is
