@@ -131,7 +131,7 @@ impl Health {
     }
 
     /// A background operation did not fit in the store queue, or was
-    /// skipped while the store was failing.
+    /// skipped while the store was failing, or failed.
     pub(crate) fn dropped(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
@@ -195,8 +195,13 @@ pub struct StoreCounters {
     /// Requests that did not wait for the store because it had just failed
     /// or been too slow.
     pub bypassed: u64,
-    /// Background operations (aggregates, activity) dropped: the store queue
-    /// was full, or the store had just failed.
+    /// Background operations dropped: the store queue was full, or the
+    /// store had just failed (or failed them). Aggregates and activity
+    /// (and, with a full queue, questions whether another worker ended a
+    /// run this process holds); ends of runs of sessions this process does not hold (a DELETE or a
+    /// 404 of another worker's session), which a sweep then ends as
+    /// `idle_timeout`; and end claims of runs it holds that the full
+    /// queue refused (those end with its totals, in `local_ends`).
     pub dropped: u64,
     /// What waited for the store to answer again, lost: claims of runs
     /// ended here without it (a sweep may then end such a run a second

@@ -8,14 +8,15 @@
 //! kind: runs opened, then aggregates, then activity and end claims. So a
 //! worker's aggregates of a run reach the store before its own claim of the
 //! run's end. Each operation is bounded by a timeout; while the store
-//! is failing, operations are not tried (for [`RETRY_AFTER`]): aggregates and
-//! activity are dropped and counted, and ends fall back to this process's
-//! totals. A run ended so may still be held by the store, where a sweep
-//! would end it a second time: its end is claimed in the store once it
-//! answers again, and the claim sends nothing. A run of `start_run` the
-//! store could not open is opened once it answers again (if this process
-//! still holds it), so that other workers can end it with its totals.
-//! Both are tried as soon as the store may be asked again; what still
+//! is failing, operations are not tried (for [`RETRY_AFTER`]): aggregates,
+//! activity and ends of runs this process does not hold (which a sweep
+//! then ends, as idle) are dropped and counted, and ends of runs it holds
+//! fall back to this process's totals. A run ended so may still be held
+//! by the store, where a sweep would end it a second time: its end is
+//! claimed in the store once it answers again, and the claim sends
+//! nothing. A run of `start_run` the store could not open is opened once
+//! it answers again (if this process still holds it), so that other
+//! workers can end it with its totals. Both are tried as soon as the store may be asked again; what still
 //! waits when the task ends is lost, counted and logged.
 //!
 //! [`RETRY_AFTER`]: super::health::RETRY_AFTER
@@ -532,21 +533,31 @@ impl StoreTask {
                     None => {}
                 }
             }
+            // Dropped if the store is skipped or fails: the run it holds
+            // for the key is then ended by a sweep, as idle.
             Late::EndKey { key, via, at } => {
-                let Some(Some(run_id)) = self.call("find", || self.store.find(&key)).await else {
-                    return;
+                let claim = match self.call("find", || self.store.find(&key)).await {
+                    Some(Some(run_id)) => {
+                        let claim = || self.store.claim(run_id, None, self.ttl);
+                        self.call("claim", claim).await
+                    }
+                    // The store holds no run under the key: nothing to end.
+                    Some(None) => return,
+                    None => None,
                 };
-                let claim = self.call("claim", || self.store.claim(run_id, None, self.ttl));
-                if let Some(Claim::Won(run)) = claim.await {
-                    self.health.ended();
-                    let totals = run.totals.into();
-                    shared.sessions.finish_claimed(
-                        run_id,
-                        at,
-                        via.into(),
-                        totals,
-                        &shared.exporter,
-                    );
+                match claim {
+                    Some(Claim::Won(run)) => {
+                        self.health.ended();
+                        shared.sessions.finish_claimed(
+                            run.run_id,
+                            at,
+                            via.into(),
+                            run.totals.into(),
+                            &shared.exporter,
+                        );
+                    }
+                    Some(Claim::Active | Claim::AlreadyEnded | Claim::Unknown) => {}
+                    None => self.health.dropped(),
                 }
             }
         }
@@ -760,7 +771,7 @@ impl Records {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::{ClaimedRun, MemoryStore};
 
     /// A store task on `store`, not running yet, and its queue's receiver.
     fn task(store: Arc<dyn SessionStore>) -> (StoreTask, Receiver) {
@@ -775,6 +786,59 @@ mod tests {
             later_pause: LaterPause::default(),
         };
         (task, receiver)
+    }
+
+    /// A memory store whose claims fail while told to, and which notes
+    /// when each claim was asked.
+    #[derive(Debug, Default)]
+    struct FailingClaims {
+        inner: MemoryStore,
+        fail: std::sync::atomic::AtomicBool,
+        asked: Mutex<Vec<tokio::time::Instant>>,
+    }
+
+    impl FailingClaims {
+        fn fail(&self, fail: bool) {
+            self.fail.store(fail, Ordering::SeqCst);
+        }
+    }
+
+    impl SessionStore for FailingClaims {
+        fn find<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Uuid>> {
+            self.inner.find(key)
+        }
+        fn open<'a>(&'a self, run: &'a NewRun, ttl: Duration) -> StoreFuture<'a, Opened> {
+            self.inner.open(run, ttl)
+        }
+        fn record(
+            &self,
+            run_id: Uuid,
+            delta: RunTotals,
+            last_activity: SystemTime,
+            ttl: Duration,
+        ) -> StoreFuture<'_, bool> {
+            self.inner.record(run_id, delta, last_activity, ttl)
+        }
+        fn claim(
+            &self,
+            run_id: Uuid,
+            idle_before: Option<SystemTime>,
+            ttl: Duration,
+        ) -> StoreFuture<'_, Claim> {
+            self.asked.lock().unwrap().push(tokio::time::Instant::now());
+            if self.fail.load(Ordering::SeqCst) {
+                return Box::pin(async { Err("connection refused".into()) });
+            }
+            self.inner.claim(run_id, idle_before, ttl)
+        }
+        fn claim_idle(
+            &self,
+            idle_before: SystemTime,
+            limit: usize,
+            ttl: Duration,
+        ) -> StoreFuture<'_, Vec<ClaimedRun>> {
+            self.inner.claim_idle(idle_before, limit, ttl)
+        }
     }
 
     /// Past the claims (and, apart, the openings) that may wait for the
@@ -893,6 +957,42 @@ mod tests {
         assert!(matches!(busy_claim, Claim::Won(_)), "{busy_claim:?}");
         let idle_claim = store.claim(idle.run_id, None, ttl).await.unwrap();
         assert!(matches!(idle_claim, Claim::AlreadyEnded), "{idle_claim:?}");
+    }
+
+    /// The end of a run of a key this process does not hold (a DELETE of
+    /// another worker's session) that the store fails, or that is not
+    /// tried while the store is skipped, is dropped, and counted: the
+    /// store's sweep ends that run later, as idle.
+    #[tokio::test]
+    async fn an_end_of_a_key_the_store_does_not_claim_is_counted_dropped() {
+        let store = Arc::new(FailingClaims::default());
+        let (task, _receiver) = task(store.clone());
+        let shared = Shared::switched_off();
+        let run = NewRun::new("elsewhere", Uuid::new_v4(), SystemTime::now());
+        assert_eq!(
+            store.inner.open(&run, task.ttl).await.unwrap(),
+            Opened::Opened
+        );
+        let end_key = || Late::EndKey {
+            key: run.key.clone(),
+            via: ClosedVia::SessionDeleted,
+            at: Timestamp::now(),
+        };
+        store.fail(true);
+        task.run_late(&shared, end_key()).await;
+        assert_eq!(task.health.snapshot().dropped, 1, "the claim failed");
+        assert!(!task.health.available());
+        task.run_late(&shared, end_key()).await;
+        let counters = task.health.snapshot();
+        assert_eq!(
+            (counters.dropped, counters.failed, counters.ended),
+            (2, 1, 0),
+            "skipped: not asked"
+        );
+        assert_eq!(store.asked.lock().unwrap().len(), 1);
+
+        let claim = store.inner.claim(run.run_id, None, task.ttl).await.unwrap();
+        assert!(matches!(claim, Claim::Won(_)), "still open: {claim:?}");
     }
 
     #[test]
