@@ -5,7 +5,8 @@
 //! while the background task goes on using it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use crate::log_pace::LogPace;
 
@@ -15,6 +16,7 @@ pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// The live counters and the breaker of one process's store link.
 #[derive(Debug)]
 pub(crate) struct Health {
+    /// On Tokio's clock, like the store task's timers (paused in tests).
     epoch: Instant,
     /// Until when (microseconds after `epoch`) the store is skipped; 0: never.
     skip_until: AtomicU64,
