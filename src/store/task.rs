@@ -16,19 +16,21 @@
 //! claimed in the store once it answers again, and the claim sends
 //! nothing. A run of `start_run` the store could not open is opened once
 //! it answers again (if this process still holds it), so that other
-//! workers can end it with its totals. Both are tried as soon as the store may be asked again; what still
-//! waits when the task ends is lost, counted and logged.
+//! workers can end it with its totals. Both are tried as soon as the
+//! store may be asked again, less and less often while it fails them (see
+//! [`LaterPause`]), and before each sweep; what still waits when the task
+//! ends is lost, counted and logged.
 //!
 //! [`RETRY_AFTER`]: super::health::RETRY_AFTER
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::health::Health;
@@ -295,24 +297,42 @@ impl Drop for StoreTask {
     }
 }
 
-/// How long what waits for the store waits between tries: [`LATER_PAUSE`]
-/// while the store answers them, twice as long after each round it failed
-/// one, up to [`LATER_PAUSE_MAX`]. A failed call makes the store skipped
-/// for a second, but any call that succeeds meanwhile lifts that: a claim
-/// the store always fails is not tried every few milliseconds for good.
-#[derive(Debug)]
-pub(super) struct LaterPause(AtomicU64);
+/// When what waits for the store is tried next: [`LATER_PAUSE`] after a
+/// round of tries the store answered, twice the last pause after a round
+/// it failed any of, up to [`LATER_PAUSE_MAX`]. A failed call makes the
+/// store skipped for a second, but any call that succeeds meanwhile lifts
+/// that: a claim the store always fails is not tried every few
+/// milliseconds for good. The pause runs from the end of the last round,
+/// whatever wakes the task meanwhile (batches, ticks of its sweep); a
+/// sweep does not wait for it (see [`StoreTask::sweep`]).
+#[derive(Debug, Default)]
+pub(super) struct LaterPause(Mutex<Pause>);
 
-impl Default for LaterPause {
+#[derive(Debug, Clone, Copy)]
+struct Pause {
+    /// How long after the last round the next one waits.
+    length: Duration,
+    /// When the last round ended; `None` before the first.
+    last_round: Option<Instant>,
+}
+
+impl Default for Pause {
     fn default() -> Self {
-        Self(AtomicU64::new(micros_of(LATER_PAUSE)))
+        Self {
+            length: LATER_PAUSE,
+            last_round: None,
+        }
     }
 }
 
 impl LaterPause {
+    fn pause(&self) -> Pause {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The pause before the next round.
     fn get(&self) -> Duration {
-        Duration::from_micros(self.0.load(Ordering::Relaxed))
+        self.pause().length
     }
 
     /// Whether the last round of tries failed none.
@@ -320,19 +340,30 @@ impl LaterPause {
         self.get() == LATER_PAUSE
     }
 
+    /// When the next round may be: now, before the first.
+    fn due(&self) -> Instant {
+        let pause = self.pause();
+        pause
+            .last_round
+            .map_or_else(Instant::now, |at| at + pause.length)
+    }
+
+    /// Whether a round may be now: the last one failed none, or its pause
+    /// has passed.
+    fn may_try(&self) -> bool {
+        self.is_shortest() || self.due() <= Instant::now()
+    }
+
     /// A round ended: back to the shortest pause, or twice as long.
     fn after_round(&self, failed: bool) {
-        let next = if failed {
-            (self.get() * 2).min(LATER_PAUSE_MAX)
+        let mut pause = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        pause.length = if failed {
+            (pause.length * 2).min(LATER_PAUSE_MAX)
         } else {
             LATER_PAUSE
         };
-        self.0.store(micros_of(next), Ordering::Relaxed);
+        pause.last_round = Some(Instant::now());
     }
-}
-
-fn micros_of(pause: Duration) -> u64 {
-    u64::try_from(pause.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl StoreTask {
@@ -359,16 +390,23 @@ impl StoreTask {
                         self.sweep(&shared).await;
                     }
                 }
-                // What waits for the store is tried as soon as it may be
-                // asked again, not at the next batch or sweep only.
-                () = tokio::time::sleep(self.health.skipped_for().max(self.later_pause.get())),
-                    if self.queue.keeps_any() =>
-                {
+                // What waits for the store is tried as soon as its pause
+                // has passed and the store may be asked again, not at the
+                // next batch or sweep only. At a time, not after a sleep:
+                // whatever wakes the task meanwhile does not put it off.
+                () = tokio::time::sleep_until(self.next_try()), if self.queue.keeps_any() => {
                     let Some(shared) = shared.upgrade() else { return };
                     self.retry_kept(&shared).await;
                 }
             }
         }
+    }
+
+    /// When what waits for the store is tried next: once its pause has
+    /// passed and the store may be asked.
+    fn next_try(&self) -> Instant {
+        let asked = Instant::now() + self.health.skipped_for();
+        self.later_pause.due().max(asked)
     }
 
     /// Runs a store operation if the store is not being skipped, within
@@ -383,19 +421,16 @@ impl StoreTask {
 
     /// Applies a batch: runs opened, then aggregates (added up per run),
     /// then the rest, each kind concurrently; drains are answered last.
-    /// Claims kept for later go first, and openings kept for later with
-    /// the batch's, unless they wait out a longer pause.
+    /// Claims and openings kept for later go first, unless they wait out
+    /// a longer pause.
     async fn apply(&self, shared: &Shared, ops: Vec<Op>) {
         // Not while the store keeps failing them: then they wait their
         // pause (requests bring batches all the time).
-        let kept = if self.later_pause.is_shortest() {
-            self.claim_unclaimed().await;
-            self.unregistered(shared)
-        } else {
-            Vec::new()
-        };
+        if self.later_pause.may_try() {
+            self.retry_kept(shared).await;
+        }
         let (mut opens, mut records, mut rest, mut drained) =
-            (kept, Records::default(), Vec::new(), Vec::new());
+            (Vec::new(), Records::default(), Vec::new(), Vec::new());
         for op in ops {
             match op {
                 Op::Register(run) => opens.push(run),
@@ -445,9 +480,8 @@ impl StoreTask {
     }
 
     /// Tries what waits for the store (claims, then openings), if it may
-    /// be asked now.
-    /// What the store fails again waits longer for its next try (see
-    /// [`LaterPause`]).
+    /// be asked now: a round, after which what the store failed waits
+    /// longer for its next (see [`LaterPause`]).
     async fn retry_kept(&self, shared: &Shared) {
         if !self.health.available() {
             return;
@@ -772,6 +806,9 @@ impl Records {
 mod tests {
     use super::*;
     use crate::store::{ClaimedRun, MemoryStore};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const WAIT: Duration = Duration::from_secs(5);
 
     /// A store task on `store`, not running yet, and its queue's receiver.
     fn task(store: Arc<dyn SessionStore>) -> (StoreTask, Receiver) {
@@ -793,13 +830,19 @@ mod tests {
     #[derive(Debug, Default)]
     struct FailingClaims {
         inner: MemoryStore,
-        fail: std::sync::atomic::AtomicBool,
-        asked: Mutex<Vec<tokio::time::Instant>>,
+        fail: AtomicBool,
+        asked: Mutex<Vec<Instant>>,
     }
 
     impl FailingClaims {
         fn fail(&self, fail: bool) {
             self.fail.store(fail, Ordering::SeqCst);
+        }
+
+        /// When each claim was asked, from `start`.
+        fn asked_since(&self, start: Instant) -> Vec<Duration> {
+            let asked = self.asked.lock().unwrap();
+            asked.iter().map(|&at| at - start).collect()
         }
     }
 
@@ -825,7 +868,7 @@ mod tests {
             idle_before: Option<SystemTime>,
             ttl: Duration,
         ) -> StoreFuture<'_, Claim> {
-            self.asked.lock().unwrap().push(tokio::time::Instant::now());
+            self.asked.lock().unwrap().push(Instant::now());
             if self.fail.load(Ordering::SeqCst) {
                 return Box::pin(async { Err("connection refused".into()) });
             }
@@ -993,6 +1036,63 @@ mod tests {
 
         let claim = store.inner.claim(run.run_id, None, task.ttl).await.unwrap();
         assert!(matches!(claim, Claim::Won(_)), "still open: {claim:?}");
+    }
+
+    /// A claim kept for the store, which the store keeps failing, is
+    /// tried less and less often: neither batches nor the ticks of the
+    /// sweep (which, before shutdown, tries it first) try it sooner or
+    /// put its try off. Once the store answers, its next try claims it.
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_claim_the_store_keeps_failing_is_tried_less_and_less_often() {
+        let store = Arc::new(FailingClaims::default());
+        let (task, receiver) = task(store.clone());
+        let (health, queue, ttl) = (Arc::clone(&task.health), task.queue.clone(), task.ttl);
+        let shared = Shared::switched_off();
+        let trodo = crate::Trodo {
+            shared: Arc::clone(&shared),
+        };
+        assert!(trodo.shutdown(WAIT).await, "no sweep tries it");
+        let run = NewRun::new("ended here", Uuid::new_v4(), SystemTime::now());
+        let other = NewRun::new("busy", Uuid::new_v4(), SystemTime::now());
+        for run in [&run, &other] {
+            assert_eq!(store.inner.open(run, ttl).await.unwrap(), Opened::Opened);
+        }
+        store.fail(true);
+        queue.claim_later(run.run_id, None);
+        let start = Instant::now();
+        let running = tokio::spawn(task.run(receiver, Arc::downgrade(&shared)));
+
+        // A second at least between tries while each failure skips the
+        // store for a second, then twice the last pause, up to 30 s.
+        let ms = Duration::from_millis;
+        let mut expected = vec![Duration::ZERO];
+        for pause in [
+            1000, 1000, 1000, 1000, 1000, 1000, 1280, 2560, 5120, 10_240, 20_480,
+        ] {
+            expected.push(*expected.last().unwrap() + ms(pause));
+        }
+        tokio::time::sleep_until(start + ms(50_000)).await;
+        assert_eq!(store.asked_since(start), expected);
+
+        // A batch while the claim waits out its pause neither tries it nor
+        // puts its try off; the store answers at that try.
+        queue.record(other.run_id, RunTotals::default(), Timestamp::now());
+        assert!(queue.drain(WAIT).await);
+        store.fail(false);
+        tokio::time::sleep_until(start + ms(200_000)).await;
+        expected.push(*expected.last().unwrap() + ms(30_000));
+        assert_eq!(store.asked_since(start), expected, "tried once more");
+        let claim = store.inner.claim(run.run_id, None, ttl).await.unwrap();
+        assert_eq!(claim, Claim::AlreadyEnded, "claimed there");
+        let counters = health.snapshot();
+        assert_eq!(
+            (counters.failed, counters.ok),
+            (12, 2),
+            "the tries that failed; the record and the claim that did not"
+        );
+
+        drop((trodo, shared));
+        running.await.unwrap();
     }
 
     #[test]
