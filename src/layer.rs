@@ -84,7 +84,9 @@ impl TrodoLayer {
     /// A layer with the given settings. Delivery starts now, on a thread of
     /// its own (`trodo-export`); the idle sweep runs as a background task on
     /// the Tokio runtime, started now if one is running, else on the first
-    /// request.
+    /// request, and again on a later request if that runtime was dropped.
+    /// With a session store, the store's task runs on the runtime of the
+    /// first sweep for good: build such a layer on the runtime that serves.
     pub fn new(config: TrodoConfig) -> Self {
         Self {
             shared: Shared::of(&config),

@@ -1,7 +1,7 @@
 //! The state every layer built from one config shares, and the [`Trodo`] handle on it.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -31,7 +31,12 @@ pub(crate) struct Shared {
     pub(crate) mirror: Option<Mirror>,
     /// The delivery worker, if it has no thread, until it runs on the runtime.
     worker: std::sync::Mutex<Option<Worker>>,
+    /// Set once delivery (without its thread) and the store link were
+    /// spawned on a runtime.
     background: OnceLock<()>,
+    /// Whether the idle sweep runs: cleared when its task ends, dropped
+    /// with the runtime it ran on, so that the next request starts it again.
+    sweeping: Arc<AtomicBool>,
     /// Endpoints (axum's route, else the path) where JSON-RPC requests were
     /// seen: a DELETE or GET there is about the MCP session, elsewhere it
     /// is an ordinary route.
@@ -129,23 +134,37 @@ impl Shared {
             backlog,
             worker: std::sync::Mutex::new(worker),
             background: OnceLock::new(),
+            sweeping: Arc::default(),
             mcp_paths: RwLock::new(Vec::new()),
             shut_down: OnceLock::new(),
             shutdown_outcome: tokio::sync::OnceCell::new(),
         }
     }
 
-    /// Spawns the idle sweep (and the store link, and delivery if it has
-    /// no thread), once, when a Tokio runtime is at hand: at construction,
-    /// else on the first request.
+    /// Spawns the idle sweep when a Tokio runtime is at hand: at
+    /// construction, else on the first request, and again on a later
+    /// request if the runtime it ran on was dropped (a layer built in a
+    /// setup runtime, a config shared by tests' runtimes). The store link,
+    /// and delivery if it has no thread, are spawned with the first sweep.
     pub(crate) fn start_background(self: &Arc<Self>) {
-        if self.background.get().is_some() || !self.settings.enabled {
+        if self.sweeping.load(Ordering::Acquire) || !self.settings.enabled {
+            return;
+        }
+        self.start_sweep();
+    }
+
+    #[cold]
+    fn start_sweep(self: &Arc<Self>) {
+        if self.is_shut_down() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        self.background.get_or_init(|| {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
+            return; // another request started it just now
+        }
+        if self.background.set(()).is_ok() {
             let worker = self
                 .worker
                 .lock()
@@ -155,10 +174,15 @@ impl Shared {
                 runtime.spawn(worker.run());
                 runtime.spawn(backlog::read(Arc::clone(&self.backlog)));
             }
-            runtime.spawn(sweep_idle_sessions(Arc::downgrade(self)));
             if let Some(mirror) = &self.mirror {
                 mirror.spawn(Arc::downgrade(self), &runtime);
             }
+        }
+        let running = Sweeping(Arc::clone(&self.sweeping));
+        let shared = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let _running = running;
+            sweep_idle_sessions(shared).await;
         });
     }
 
@@ -314,6 +338,16 @@ pub(crate) fn sweep_interval(idle_timeout: Duration) -> Duration {
 }
 
 /// Ends idle runs until the state is dropped.
+/// Clears the flag that the idle sweep runs when its task ends or is
+/// dropped (with its runtime).
+struct Sweeping(Arc<AtomicBool>);
+
+impl Drop for Sweeping {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 async fn sweep_idle_sessions(shared: std::sync::Weak<Shared>) {
     let Some(interval) = shared
         .upgrade()

@@ -572,3 +572,28 @@ async fn after_shutdown_requests_are_served_unrecorded_and_open_no_run() {
     assert_eq!(ingest.received().len(), sent, "nothing more was sent");
     assert_eq!(trodo.delivery_counters().dropped_shutdown, 0, "nor made");
 }
+
+/// A layer built on a runtime that is gone by the time it serves (a setup
+/// runtime, or a config shared by tests' runtimes) still ends idle runs:
+/// its idle sweep starts again on the runtime that serves.
+#[test]
+fn a_layer_built_on_a_runtime_since_dropped_still_ends_idle_runs() {
+    let serving = tokio::runtime::Runtime::new().unwrap();
+    let ingest = serving.block_on(RecordingIngest::start()).unwrap();
+    let config = config(&ingest)
+        .with_idle_timeout(Duration::from_millis(300))
+        .unwrap();
+    let setup = tokio::runtime::Runtime::new().unwrap();
+    let layer = setup.block_on(async { TrodoLayer::new(config) });
+    drop(setup);
+    serving.block_on(async {
+        let mut client = RawClient::new(serve_demo(DemoTools::new(), layer.clone()).await);
+        client.initialize("built-elsewhere").await;
+        client.call_tool(1, "add", json!({"a": 1, "b": 2})).await;
+        wait_for_ends(&ingest, 1).await;
+        let (_, end) = &ingest.ends()[0];
+        assert_eq!(end["metadata"]["closed_via"], "idle_timeout");
+        assert_eq!(end["span_count"], 1);
+        assert_eq!(layer.trodo().open_runs(), 0);
+    });
+}
