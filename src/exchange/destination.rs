@@ -146,11 +146,13 @@ impl Exchange {
         let run_id = self.shared.sessions.run_id_to_resolve(&table_key);
         let run = NewRun::new(&*table_key, run_id, SystemTime::now());
         let wait = mirror.resolve(&self.shared, prefetch, run);
+        let shared = Arc::clone(&self.shared);
         Head::Wait(Pending::Resolve(Box::new(Resolving {
             exchange: Some(self),
             key: table_key,
             run_id,
             wait,
+            shared,
         })))
     }
 

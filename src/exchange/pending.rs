@@ -10,6 +10,7 @@ use crate::fence::{Stage, fenced};
 use crate::moment::Moment;
 use crate::recorder::{BodyEnd, Recorder};
 use crate::resume::ResumedStream;
+use crate::state::Shared;
 use crate::store::{HeadWait, Resolved};
 use crate::watch::Watch;
 
@@ -54,6 +55,21 @@ pub(crate) struct Resolving {
     /// The run this process opens if the store has none (or cannot say).
     pub(super) run_id: Uuid,
     pub(super) wait: HeadWait<Resolved>,
+    pub(super) shared: Arc<Shared>,
+}
+
+impl Drop for Resolving {
+    /// However the wait ends (settled, cancelled, given up, or a panic
+    /// fenced while it was polled), the key is no longer being resolved
+    /// with this run id (see [`Sessions::run_id_to_resolve`]); settling
+    /// already said so, and then this does nothing.
+    ///
+    /// [`Sessions::run_id_to_resolve`]: crate::run::Sessions::run_id_to_resolve
+    fn drop(&mut self) {
+        self.shared
+            .sessions
+            .forget_resolving(&self.key, self.run_id);
+    }
 }
 
 impl Pending {
@@ -97,8 +113,6 @@ impl Pending {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            let sessions = &exchange.shared.sessions;
-            sessions.forget_resolving(&resolving.key, resolving.run_id);
             return exchange.on_failure(Failure::Cancelled);
         };
         resolving.wait.unwatched();
@@ -121,8 +135,6 @@ impl Pending {
         match self {
             Self::Resolve(mut resolving) => {
                 if let Some(exchange) = resolving.exchange.take() {
-                    let sessions = &exchange.shared.sessions;
-                    sessions.forget_resolving(&resolving.key, resolving.run_id);
                     exchange.on_failure(Failure::Cancelled);
                 }
             }
@@ -132,5 +144,39 @@ impl Pending {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TrodoConfig;
+    use crate::store::{MemoryStore, NewRun};
+    use std::time::SystemTime;
+
+    #[tokio::test]
+    async fn a_wait_given_up_unsettled_lets_its_key_be_resolved_afresh() {
+        let config = TrodoConfig::new().with_session_store(Arc::new(MemoryStore::new()));
+        let shared = Shared::of(&config);
+        let key: Arc<str> = " client:agent".into();
+        let run_id = shared.sessions.run_id_to_resolve(&key);
+        let run = NewRun::new(&*key, run_id, SystemTime::now());
+        let wait = shared.mirror.as_ref().unwrap().resolve(&shared, None, run);
+        let (mut parts, ()) = http::Request::post("/mcp").body(()).unwrap().into_parts();
+        let exchange = Exchange::new(Arc::clone(&shared), &mut parts, false);
+        let pending = Pending::Resolve(Box::new(Resolving {
+            exchange: Some(Box::new(exchange)),
+            key: Arc::clone(&key),
+            run_id,
+            wait,
+            shared: Arc::clone(&shared),
+        }));
+        assert_eq!(
+            shared.sessions.run_id_to_resolve(&key),
+            run_id,
+            "still resolving"
+        );
+        pending.abandon();
+        assert_ne!(shared.sessions.run_id_to_resolve(&key), run_id);
     }
 }
