@@ -337,7 +337,6 @@ pub(crate) fn sweep_interval(idle_timeout: Duration) -> Duration {
     (idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(5))
 }
 
-/// Ends idle runs until the state is dropped.
 /// Clears the flag that the idle sweep runs when its task ends or is
 /// dropped (with its runtime).
 struct Sweeping(Arc<AtomicBool>);
@@ -348,6 +347,7 @@ impl Drop for Sweeping {
     }
 }
 
+/// Ends idle runs until the state is dropped (or shut down).
 async fn sweep_idle_sessions(shared: std::sync::Weak<Shared>) {
     let Some(interval) = shared
         .upgrade()

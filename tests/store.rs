@@ -601,7 +601,9 @@ async fn a_store_slow_for_a_client_gone_is_no_request_timeout() {
     let layer = TrodoLayer::new(
         config(&ingest)
             .with_session_store(store.clone())
-            .with_store_timeout(Duration::from_millis(50))
+            // Long enough not to pass before the client goes away, even
+            // on a busy machine.
+            .with_store_timeout(Duration::from_secs(1))
             .unwrap(),
     );
     let (addr, dropped) = serve_watched(&mcp_stateless_json(DemoTools::new()), &layer).await;
@@ -680,6 +682,71 @@ async fn two_first_requests_of_a_key_settle_into_the_run_the_store_opens() {
     let ends = ingest.ends();
     assert_eq!(ends[0].0, run_id);
     assert_eq!(ends[0].1["span_count"], 3, "{:?}", ends[0].1);
+}
+
+/// A session this worker does not know: its first request's open takes
+/// effect in the store, but the answer is late, and a second request of
+/// the session finds the run there first. The run is this worker's own
+/// all the same, started once, even when the first request's client goes
+/// away before the store answers.
+#[tokio::test]
+async fn a_run_asked_for_here_and_found_by_another_request_first_is_started_once() {
+    use common::*;
+    use trodo_tower::TrodoLayer;
+    use workers::stores::SlowToOpen;
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = Arc::new(SlowToOpen::answering_late());
+    let layer = TrodoLayer::new(on_slow_store(&ingest, &store));
+    let service = mcp(DemoTools::new(), session_manager(None));
+    let elsewhere = TrodoLayer::new(config(&ingest));
+    let mut there = RawClient::new(workers::serve_worker(&service, &elsewhere).await);
+    there.initialize("restarted").await;
+    assert!(elsewhere.trodo().flush(WAIT).await);
+    let (addr, dropped) = serve_watched(&service, &layer).await;
+    let mut client = RawClient::new(addr);
+    client.session = there.session.clone();
+
+    let request = client.post(tool_call_body(
+        1,
+        "add",
+        serde_json::json!({"a": 1, "b": 2}),
+    ));
+    let first = tokio::spawn(async move { request.send().await });
+    store.asked.notified().await;
+    let second = client
+        .call_tool(2, "add", serde_json::json!({"a": 2, "b": 2}))
+        .await;
+    assert_eq!(second.response()["result"]["content"][0]["text"], "4");
+    first.abort(); // the first client goes away before the store answers
+    let _ = first.await;
+    dropped.notified().await;
+    store.let_through.add_permits(1);
+    assert!(client.delete().await.status < 300);
+    wait_for_ends(&ingest, 1).await;
+    assert!(layer.trodo().flush(WAIT).await);
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 2, "{:?}", ingest.received());
+    let run_id = starts[1]["run_id"].as_str().unwrap();
+    assert_eq!(starts[1]["metadata"]["resumed"], true);
+    let mut calls: Vec<_> = spans_of(&ingest, run_id)
+        .iter()
+        .map(|s| {
+            let id = s["attributes"]["jsonrpc.request.id"].as_str().unwrap();
+            (id.to_owned(), s["status"].clone())
+        })
+        .collect();
+    calls.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        calls,
+        [
+            ("1".to_owned(), "error".into()),
+            ("2".to_owned(), "ok".into())
+        ]
+    );
+    let ends = ingest.ends();
+    assert_eq!(ends.iter().filter(|(id, _)| id == run_id).count(), 1);
 }
 
 /// A DELETE while the store fails: the run ends with the worker's totals.

@@ -419,11 +419,12 @@ impl Exchange {
     /// here with the answer (see [`Pending::cancel`]).
     pub(crate) fn on_failure(mut self: Box<Self>, failure: Failure) {
         let known_run = match &self.session_id {
+            // The store was asked for the session's run, and may have
+            // opened it: the run is settled here, so that its start is
+            // sent, even if another request of the session settled first.
+            Some(key) if self.resolved_for(key) => Some(None),
             Some(key) => match self.shared.sessions.run_id(key) {
                 Some(run_id) => Some(Some(run_id)),
-                // The store was asked for the session's run, and may open
-                // it: the run is settled here, so that its start is sent.
-                None if self.resolved_for(key) => Some(None),
                 None => return,
             },
             None => None,

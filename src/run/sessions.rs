@@ -211,9 +211,10 @@ struct Table {
     /// How many calls are parked in the open runs.
     parked: usize,
     /// Keys not known here whose run the store is being asked about, with
-    /// the run id asked to be opened: every first request of such a key
-    /// asks with the same id (see [`Sessions::run_id_to_resolve`]).
-    resolving: HashMap<Arc<str>, Uuid, Hasher>,
+    /// the run id asked to be opened and how many requests ask with it:
+    /// every first request of such a key asks with the same id (see
+    /// [`Sessions::run_id_to_resolve`]).
+    resolving: HashMap<Arc<str>, (Uuid, usize), Hasher>,
 }
 
 impl Table {
@@ -391,32 +392,51 @@ impl Sessions {
     }
 
     /// The run id to ask the store to open for `key`, which this process
-    /// does not know: the one another request of the key is asking with,
-    /// if any. With an id each, two first requests of a key could leave the
-    /// store holding one run and this process the other, the store's never
-    /// started (when one of them settles without the store: it failed, or
-    /// was skipped).
+    /// did not know: the one another request of the key is asking with, if
+    /// any, else the key's run here if it became known meanwhile (and is
+    /// not another worker's), else a new one. With an id each, two first requests of a key could leave
+    /// the store holding one run and this process the other, the store's
+    /// never started (when one of them settles without the store: it
+    /// failed, or was skipped). Every call is matched by one
+    /// [`Self::forget_resolving`] once its request settled or gave up.
     pub(crate) fn run_id_to_resolve(&self, key: &Arc<str>) -> Uuid {
         let mut table = self.lock();
-        *table
+        let table = &mut *table;
+        // Not another worker's: the store would call it this one's own.
+        let known = table
+            .by_key
+            .get(key)
+            .filter(|open| !open.adopted)
+            .map(|open| open.run_id);
+        let asking = table
             .resolving
             .entry(Arc::clone(key))
-            .or_insert_with(Uuid::new_v4)
+            .or_insert_with(|| (known.unwrap_or_else(Uuid::new_v4), 0));
+        asking.1 += 1;
+        asking.0
     }
 
-    /// Gives up asking the store about `key` with `run_id`, without settling.
+    /// A request that asked the store about `key` with `run_id` settled or
+    /// gave up: once none asks with it, the key's next first request gets
+    /// an id of its own.
     pub(crate) fn forget_resolving(&self, key: &str, run_id: Uuid) {
         let mut table = self.lock();
-        if table.resolving.get(key) == Some(&run_id) {
+        let Some(asking) = table.resolving.get_mut(key).filter(|a| a.0 == run_id) else {
+            return;
+        };
+        asking.1 -= 1;
+        if asking.1 == 0 {
             table.resolving.remove(key);
         }
     }
 
     /// Takes the store's answer for a key this process did not know (see
     /// [`Resolved`]) into the table. `open` makes the run's `start` when this
-    /// process starts it. A key that became known meanwhile keeps its run
-    /// (shared now, if the store opened it). A run of this process's that
-    /// ended here meanwhile is not opened again: the key gets a new one.
+    /// process starts it. A key that became known meanwhile keeps its run:
+    /// shared now, if the store opened it, and started by this process if
+    /// it is the run this process asked for, which another request of the
+    /// key found in the store first. A run that ended here meanwhile is
+    /// not opened (nor joined) again: the key gets a new one.
     /// Returns the run id and whether its `start` is this process's (still pending).
     pub(crate) fn settle(
         &self,
@@ -429,41 +449,38 @@ impl Sessions {
         let table = &mut *table;
         if let Some(known) = table.by_key.get_mut(key) {
             known.mark_active(at);
-            let Resolved::Opened(run_id) = resolved else {
+            let (Resolved::Opened(run_id) | Resolved::Local(run_id)) = resolved else {
                 return RunFor::of(known, false);
             };
-            if table.resolving.get(key) == Some(&run_id) {
-                table.resolving.remove(key);
-            }
             if known.run_id != run_id {
                 return RunFor::of(known, false);
             }
-            // Another request of the key settled first: without the store,
-            // or finding the run there before this one's start was queued.
-            share(known, self.store.as_ref());
+            if matches!(resolved, Resolved::Opened(_)) {
+                share(known, self.store.as_ref());
+            }
             if !known.adopted {
                 return RunFor::of(known, false);
             }
+            // The id this process asked with: nobody else starts it.
             known.adopted = false;
             known.pending_start = Some(Box::new(open(run_id)));
             return RunFor::of(known, true);
         }
-        table.resolving.remove(key);
         let (run_id, start, shared) = match resolved {
-            Resolved::Found(run_id) => (run_id, None, true),
-            Resolved::Opened(run_id) | Resolved::Local(run_id)
+            Resolved::Found(run_id) | Resolved::Opened(run_id) | Resolved::Local(run_id)
                 if table.ended_set.contains(&run_id) =>
             {
                 let run_id = Uuid::new_v4();
                 (run_id, Some(Box::new(open(run_id))), false)
             }
+            Resolved::Found(run_id) => (run_id, None, true),
             Resolved::Opened(run_id) => (run_id, Some(Box::new(open(run_id))), true),
             Resolved::Local(run_id) => (run_id, Some(Box::new(open(run_id))), false),
         };
         let mut entry = OpenRun::new(run_id, start, Timestamp::now());
         entry.shared = shared;
-        entry.adopted = matches!(resolved, Resolved::Found(_));
         let opened = entry.pending_start.is_some();
+        entry.adopted = !opened;
         RunFor::of(table.insert(key, entry), opened)
     }
 
@@ -887,8 +904,24 @@ impl Sessions {
             open.send_pending_start(exporter);
         } else {
             table.remember_end(run_id);
+            // The run a request of its key still settling here asked the
+            // store for: never started, so no end either (the request
+            // finds it ended, and opens a new one).
+            if table.resolving.values().any(|(asked, _)| *asked == run_id) {
+                return;
+            }
         }
         send_end(run_id, at, ending, totals, exporter);
+    }
+
+    /// Remembers that this process sent the end of a run it no longer
+    /// holds, without the store's claim (it could not say): a request
+    /// still settling into the run opens a new one instead.
+    pub(crate) fn ended_here(&self, run_id: Uuid) {
+        let mut table = self.lock();
+        if !table.by_run.contains_key(&run_id) {
+            table.remember_end(run_id);
+        }
     }
 
     /// Asks the session store about a run it says is not open (a record
@@ -987,10 +1020,6 @@ impl Sessions {
     }
 }
 
-/// Asks the session store whether another worker ended a run this process
-/// holds, by opening it again: a run claimed before is not opened again
-/// (then this process forgets it), a run the store lost is held again,
-/// one it holds is renewed.
 /// Marks a run as held by the session store, if it was not, and sends the
 /// store what this process counted before.
 fn share(open: &mut OpenRun, store: Option<&StoreQueue>) {
@@ -1001,6 +1030,10 @@ fn share(open: &mut OpenRun, store: Option<&StoreQueue>) {
     store.record(open.run_id, open.totals.into(), open.last_activity);
 }
 
+/// Asks the session store whether another worker ended a run this process
+/// holds, by opening it again: a run claimed before is not opened again
+/// (then this process forgets it), a run the store lost is held again,
+/// one it holds is renewed.
 fn ask_store_about(store: Option<&StoreQueue>, key: &str, open: &OpenRun) {
     if let Some(store) = store {
         let run = NewRun::new(key, open.run_id, open.last_activity.0);
@@ -1102,29 +1135,116 @@ mod tests {
         Run::new(run_id, "test".to_owned(), Timestamp::now())
     }
 
+    fn settle(sessions: &Sessions, key: &str, resolved: Resolved) -> RunFor {
+        sessions.settle(key, resolved, Moment::now(), start)
+    }
+
+    /// An exporter whose worker never runs: what it is given stays queued.
+    fn exporter() -> (Exporter, crate::export::Worker) {
+        Exporter::new(Sink::Console(ConsoleSink), DeliveryOptions::default())
+    }
+
     #[test]
     fn first_requests_of_a_key_resolve_with_one_run_id_until_it_settles() {
         let sessions = Sessions::new(None);
         let key: Arc<str> = " client:agent".into();
         let asked = sessions.run_id_to_resolve(&key);
         assert_eq!(sessions.run_id_to_resolve(&key), asked);
-        let run = sessions.settle(&key, Resolved::Local(asked), Moment::now(), start);
+        let run = settle(&sessions, &key, Resolved::Local(asked));
         assert_eq!((run.run_id, run.opened), (asked, true));
-        assert_ne!(sessions.run_id_to_resolve(&key), asked, "settled: a new id");
+    }
+
+    #[test]
+    fn a_run_found_in_the_store_that_ended_here_is_not_joined_again() {
+        let (exporter, _worker) = exporter();
+        let sessions = Sessions::new(None);
+        let key: Arc<str> = " client:agent".into();
+        let run_id = Uuid::new_v4();
+        drop(settle(&sessions, &key, Resolved::Local(run_id)));
+        assert!(sessions.close(&key, ClosedVia::SessionDeleted, &exporter));
+        let again = settle(&sessions, &key, Resolved::Found(run_id));
+        assert!(again.opened);
+        assert_ne!(again.run_id, run_id);
+    }
+
+    #[test]
+    fn a_run_asked_for_and_settled_by_another_request_as_found_is_started_here() {
+        let sessions = Sessions::new(None);
+        let key: Arc<str> = " session:s".into();
+        let asked = sessions.run_id_to_resolve(&key);
+        let found = settle(&sessions, &key, Resolved::Found(asked));
+        assert!(!found.opened);
+        let local = settle(&sessions, &key, Resolved::Local(asked));
+        assert_eq!((local.run_id, local.opened), (asked, true));
+    }
+
+    #[test]
+    fn the_store_claim_of_a_run_still_being_asked_for_sends_no_end() {
+        let (exporter, _worker) = exporter();
+        let sessions = Sessions::new(None);
+        let key: Arc<str> = " session:s".into();
+        let asked = sessions.run_id_to_resolve(&key);
+        let ending = ClosedVia::SessionDeleted.into();
+        sessions.finish_claimed(
+            asked,
+            Timestamp::now(),
+            ending,
+            Totals::default(),
+            &exporter,
+        );
+        assert_eq!(exporter.counters().queued_items, 0, "no end");
+        let settled = settle(&sessions, &key, Resolved::Opened(asked));
+        assert_ne!(settled.run_id, asked, "ended: a new run");
+        // Once nobody asks with it, a claimed run's end goes as before.
+        sessions.forget_resolving(&key, asked);
+        let other = Uuid::new_v4();
+        let ending = ClosedVia::SessionDeleted.into();
+        sessions.finish_claimed(
+            other,
+            Timestamp::now(),
+            ending,
+            Totals::default(),
+            &exporter,
+        );
+        assert_eq!(exporter.counters().queued_items, 1, "its end");
+    }
+
+    #[test]
+    fn requests_ask_with_the_id_of_a_run_that_became_known_unless_another_workers() {
+        let sessions = Sessions::new(None);
+        let (own, theirs): (Arc<str>, Arc<str>) = (" a:own".into(), " a:theirs".into());
+        let mine = Uuid::new_v4();
+        drop(settle(&sessions, &own, Resolved::Local(mine)));
+        assert_eq!(sessions.run_id_to_resolve(&own), mine);
+        let adopted = Uuid::new_v4();
+        drop(settle(&sessions, &theirs, Resolved::Found(adopted)));
+        assert_ne!(sessions.run_id_to_resolve(&theirs), adopted);
+    }
+
+    #[test]
+    fn the_id_is_kept_while_any_request_still_asks_with_it() {
+        let sessions = Sessions::new(None);
+        let key: Arc<str> = " client:agent".into();
+        let asked = sessions.run_id_to_resolve(&key);
+        assert_eq!(sessions.run_id_to_resolve(&key), asked);
+        sessions.forget_resolving(&key, asked);
+        assert_eq!(sessions.run_id_to_resolve(&key), asked, "one still asks");
+        sessions.forget_resolving(&key, asked);
+        sessions.forget_resolving(&key, asked);
+        assert_ne!(sessions.run_id_to_resolve(&key), asked);
     }
 
     #[test]
     fn a_run_that_ended_while_another_request_resolved_it_is_not_opened_again() {
-        let (exporter, _worker) =
-            Exporter::new(Sink::Console(ConsoleSink), DeliveryOptions::default());
+        let (exporter, _worker) = exporter();
         let sessions = Sessions::new(None);
         let key: Arc<str> = " client:agent".into();
         let asked = sessions.run_id_to_resolve(&key);
-        let first = sessions.settle(&key, Resolved::Local(asked), Moment::now(), start);
+        let first = settle(&sessions, &key, Resolved::Local(asked));
         drop(first);
         assert!(sessions.close(&key, ClosedVia::SessionDeleted, &exporter));
         // The second request of the key settles after the run ended.
-        let second = sessions.settle(&key, Resolved::Local(asked), Moment::now(), start);
+        let second = settle(&sessions, &key, Resolved::Local(asked));
         assert!(second.opened);
         assert_ne!(second.run_id, asked, "a new run, not the ended one again");
     }

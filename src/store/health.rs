@@ -197,22 +197,24 @@ pub struct StoreCounters {
     /// Requests that did not wait for the store because it had just failed
     /// or been too slow.
     pub bypassed: u64,
-    /// Background operations dropped: the store queue was full, or the
-    /// store had just failed (or failed them). Aggregates and activity
-    /// (and, with a full queue, questions whether another worker ended a
-    /// run this process holds); ends of runs of sessions this process does not hold (a DELETE or a
-    /// 404 of another worker's session), which a sweep then ends as
-    /// `idle_timeout`; and end claims of runs it holds that the full
-    /// queue refused (those end with its totals, in `local_ends`).
+    /// Background operations dropped: the store queue was full (or its
+    /// task gone with its runtime), or the store had just failed (or
+    /// failed them). Aggregates and activity (and, with the queue
+    /// refusing, questions whether another worker ended a run this
+    /// process holds); ends of runs of sessions this process does not hold
+    /// (a DELETE or a 404 of another worker's session), which a sweep then ends as
+    /// `idle_timeout`; and end claims of runs it holds that the queue
+    /// refused, full or its task gone (those end with its totals, in
+    /// `local_ends`).
     pub dropped: u64,
     /// What waited for the store to answer again, lost: claims of runs
     /// ended here without it (a sweep may then end such a run a second
     /// time), and openings of runs of `start_run` started while it failed
     /// (they stay this process's). Lost past the 10,000 of a kind that
-    /// wait, and still waiting when the store task ends (its runtime shut
+    /// wait, still waiting when the store task ends (its runtime shut
     /// down, as a process exits after shutdown while the store is down, or
     /// every layer and `Trodo` handle of its config dropped), which is
-    /// logged with `tracing` (`warn`) with how many.
+    /// logged with `tracing` (`warn`) with how many, or kept after that.
     pub deferred_lost: u64,
     /// Runs whose end claim this process won, and whose end it sent.
     pub ended: u64,

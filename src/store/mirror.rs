@@ -21,6 +21,7 @@ const MIN_TTL: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Resolved {
     /// Another worker's run (or one this process opened and forgot): continue it.
+    /// Never the run asked for (that one is `Opened`).
     Found(Uuid),
     /// The store took this process's new run for the key: start it here.
     Opened(Uuid),
@@ -142,6 +143,9 @@ impl Mirror {
         let work = async move {
             if let Some(prefetch) = prefetch {
                 match prefetch.found.await {
+                    // The run asked for, opened by another request of
+                    // the key here: this process's to start.
+                    Ok(Some(Some(found))) if found == run_id => return Resolved::Opened(run_id),
                     Ok(Some(Some(found))) => return Resolved::Found(found),
                     Ok(Some(None)) => {}
                     // The lookup failed: no second try on this request.
@@ -208,5 +212,29 @@ impl Mirror {
     /// A snapshot of the store counters.
     pub(crate) fn counters(&self) -> StoreCounters {
         self.health.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TrodoConfig;
+    use crate::store::MemoryStore;
+    use std::time::SystemTime;
+
+    /// Another request of the key opened the run asked for, and the
+    /// lookup finds it: the run is this process's to start, not another
+    /// worker's to join.
+    #[tokio::test]
+    async fn a_lookup_that_finds_the_run_asked_for_says_it_is_opened_here() {
+        let store = Arc::new(MemoryStore::new());
+        let shared = Shared::of(&TrodoConfig::new().with_session_store(store.clone()));
+        let run = NewRun::new("s", Uuid::new_v4(), SystemTime::now());
+        store.open(&run, Duration::from_secs(60)).await.unwrap();
+        let mirror = shared.mirror.as_ref().unwrap();
+        let prefetch = mirror.prefetch("s");
+        let mut wait = mirror.resolve(&shared, prefetch, run.clone());
+        let resolved = std::future::poll_fn(|cx| wait.poll_wait(cx)).await;
+        assert_eq!(resolved, Some(Resolved::Opened(run.run_id)));
     }
 }

@@ -252,9 +252,11 @@ impl StoreQueue {
         );
     }
 
+    /// Keeps `item` for the store task to try later: lost at once, and
+    /// counted, if that task is gone (its runtime dropped) or past the bound.
     fn keep<T>(&self, later: &Mutex<Vec<T>>, item: T) {
         let mut later = later.lock().unwrap_or_else(PoisonError::into_inner);
-        if later.len() < LATER_CAPACITY {
+        if later.len() < LATER_CAPACITY && !self.tx.is_closed() {
             later.push(item);
         } else {
             drop(later);
@@ -625,8 +627,14 @@ impl StoreTask {
             }
             Some(Claim::Active | Claim::AlreadyEnded) => {}
             // The claim is remembered: no sweep can end the run now.
-            Some(Claim::Unknown) => self.queue.end_locally(op, &shared.exporter),
-            None => self.queue.end_unclaimed(op, &shared.exporter),
+            Some(Claim::Unknown) => {
+                shared.sessions.ended_here(op.run_id);
+                self.queue.end_locally(op, &shared.exporter);
+            }
+            None => {
+                shared.sessions.ended_here(op.run_id);
+                self.queue.end_unclaimed(op, &shared.exporter);
+            }
         }
     }
 
@@ -918,6 +926,7 @@ mod tests {
             let opening = NewRun::new("key", Uuid::new_v4(), SystemTime::now());
             task.queue.register_later(opening);
             let shared = Shared::switched_off();
+            let queue = task.queue.clone();
             let running = tokio::spawn(task.run(receiver, Arc::downgrade(&shared)));
             tokio::task::yield_now().await;
             assert_eq!(health.snapshot().deferred_lost, 0, "the task waits");
@@ -931,6 +940,9 @@ mod tests {
             }
             let counters = health.snapshot();
             assert_eq!((counters.deferred_lost, counters.dropped), (3, 0));
+            // What would wait for the task from now on is lost at once.
+            queue.claim_later(Uuid::new_v4(), None);
+            assert_eq!(health.snapshot().deferred_lost, 4);
         }
     }
 

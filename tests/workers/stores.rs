@@ -114,6 +114,8 @@ pub struct SlowToOpen {
     pub let_through: tokio::sync::Semaphore,
     /// While set, `open` fails at once.
     pub failing_opens: AtomicBool,
+    /// Whether `open` takes effect at once and only its answer waits.
+    writes_first: bool,
 }
 
 impl SlowToOpen {
@@ -123,6 +125,16 @@ impl SlowToOpen {
             asked: tokio::sync::Notify::new(),
             let_through: tokio::sync::Semaphore::new(0),
             failing_opens: AtomicBool::new(false),
+            writes_first: false,
+        }
+    }
+
+    /// A store whose `open` takes effect at once, its answer held back
+    /// until a permit lets it through (a reply lost in a slow network).
+    pub fn answering_late() -> Self {
+        Self {
+            writes_first: true,
+            ..Self::new()
         }
     }
 }
@@ -136,9 +148,16 @@ impl SessionStore for SlowToOpen {
             return Box::pin(async { Err("connection reset".into()) });
         }
         Box::pin(async move {
+            let written = match self.writes_first {
+                true => Some(self.inner.open(run, ttl).await),
+                false => None,
+            };
             self.asked.notify_one();
             self.let_through.acquire().await.unwrap().forget();
-            self.inner.open(run, ttl).await
+            match written {
+                Some(opened) => opened,
+                None => self.inner.open(run, ttl).await,
+            }
         })
     }
     fn record(
