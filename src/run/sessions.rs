@@ -214,7 +214,20 @@ struct Table {
     /// the run id asked to be opened and how many requests ask with it:
     /// every first request of such a key asks with the same id (see
     /// [`Sessions::run_id_to_resolve`]).
-    resolving: HashMap<Arc<str>, (Uuid, usize), Hasher>,
+    resolving: HashMap<Arc<str>, Asking, Hasher>,
+}
+
+/// The run id the first requests of a key not known here ask the store
+/// for (see [`Sessions::run_id_to_resolve`]).
+#[derive(Debug)]
+struct Asking {
+    run_id: Uuid,
+    /// How many requests ask with it and have not settled or given up.
+    requests: usize,
+    /// Whether a run of this id was in the table and left it (ended, or
+    /// evicted idle): its start went out, so it is not started again, and
+    /// its end is not held back.
+    left: bool,
 }
 
 impl Table {
@@ -241,11 +254,19 @@ impl Table {
     fn evict(&mut self, key: &str) -> Option<OpenRun> {
         let open = self.by_key.remove(key)?;
         self.by_run.remove(&open.run_id);
+        if let Some(asking) = self.resolving.get_mut(key)
+            && asking.run_id == open.run_id
+        {
+            asking.left = true;
+        }
         self.parked -= open.parked.len();
         Some(open)
     }
 
     fn remember_end(&mut self, run_id: Uuid) {
+        if self.ended_set.contains(&run_id) {
+            return;
+        }
         if self.ended.len() == REMEMBERED_ENDS
             && let Some(oldest) = self.ended.pop_front()
         {
@@ -411,9 +432,13 @@ impl Sessions {
         let asking = table
             .resolving
             .entry(Arc::clone(key))
-            .or_insert_with(|| (known.unwrap_or_else(Uuid::new_v4), 0));
-        asking.1 += 1;
-        asking.0
+            .or_insert_with(|| Asking {
+                run_id: known.unwrap_or_else(Uuid::new_v4),
+                requests: 0,
+                left: false,
+            });
+        asking.requests += 1;
+        asking.run_id
     }
 
     /// A request that asked the store about `key` with `run_id` settled or
@@ -421,11 +446,15 @@ impl Sessions {
     /// an id of its own.
     pub(crate) fn forget_resolving(&self, key: &str, run_id: Uuid) {
         let mut table = self.lock();
-        let Some(asking) = table.resolving.get_mut(key).filter(|a| a.0 == run_id) else {
+        let Some(asking) = table
+            .resolving
+            .get_mut(key)
+            .filter(|asking| asking.run_id == run_id)
+        else {
             return;
         };
-        asking.1 -= 1;
-        if asking.1 == 0 {
+        asking.requests -= 1;
+        if asking.requests == 0 {
             table.resolving.remove(key);
         }
     }
@@ -436,7 +465,9 @@ impl Sessions {
     /// shared now, if the store opened it, and started by this process if
     /// it is the run this process asked for, which another request of the
     /// key found in the store first. A run that ended here meanwhile is
-    /// not opened (nor joined) again: the key gets a new one.
+    /// not opened (nor joined) again: the key gets a new one. A run asked
+    /// for that was here and left the table (evicted idle) is not started
+    /// again: the store's answer joins it, a local one opens a new run.
     /// Returns the run id and whether its `start` is this process's (still pending).
     pub(crate) fn settle(
         &self,
@@ -447,6 +478,13 @@ impl Sessions {
     ) -> RunFor {
         let mut table = self.lock();
         let table = &mut *table;
+        let left = match resolved {
+            Resolved::Opened(run_id) | Resolved::Local(run_id) => table
+                .resolving
+                .get(key)
+                .is_some_and(|asking| asking.run_id == run_id && asking.left),
+            Resolved::Found(_) => false,
+        };
         if let Some(known) = table.by_key.get_mut(key) {
             known.mark_active(at);
             let (Resolved::Opened(run_id) | Resolved::Local(run_id)) = resolved else {
@@ -458,21 +496,24 @@ impl Sessions {
             if matches!(resolved, Resolved::Opened(_)) {
                 share(known, self.store.as_ref());
             }
-            if !known.adopted {
+            if !known.adopted || left {
                 return RunFor::of(known, false);
             }
-            // The id this process asked with: nobody else starts it.
+            // The id this process asked with, never started: nobody else starts it.
             known.adopted = false;
             known.pending_start = Some(Box::new(open(run_id)));
             return RunFor::of(known, true);
         }
         let (run_id, start, shared) = match resolved {
             Resolved::Found(run_id) | Resolved::Opened(run_id) | Resolved::Local(run_id)
-                if table.ended_set.contains(&run_id) =>
+                if table.ended_set.contains(&run_id)
+                    || (left && matches!(resolved, Resolved::Local(_))) =>
             {
                 let run_id = Uuid::new_v4();
                 (run_id, Some(Box::new(open(run_id))), false)
             }
+            // Started here before: the store holds it still.
+            Resolved::Opened(run_id) if left => (run_id, None, true),
             Resolved::Found(run_id) => (run_id, None, true),
             Resolved::Opened(run_id) => (run_id, Some(Box::new(open(run_id))), true),
             Resolved::Local(run_id) => (run_id, Some(Box::new(open(run_id))), false),
@@ -907,7 +948,8 @@ impl Sessions {
             // The run a request of its key still settling here asked the
             // store for: never started, so no end either (the request
             // finds it ended, and opens a new one).
-            if table.resolving.values().any(|(asked, _)| *asked == run_id) {
+            let asked = |asking: &Asking| asking.run_id == run_id && !asking.left;
+            if table.resolving.values().any(asked) {
                 return;
             }
         }
@@ -1139,6 +1181,18 @@ mod tests {
         sessions.settle(key, resolved, Moment::now(), start)
     }
 
+    /// The store's claim of `run_id` won by this process.
+    fn claimed_in_store(sessions: &Sessions, run_id: Uuid, exporter: &Exporter) {
+        let ending = ClosedVia::SessionDeleted.into();
+        sessions.finish_claimed(
+            run_id,
+            Timestamp::now(),
+            ending,
+            Totals::default(),
+            exporter,
+        );
+    }
+
     /// An exporter whose worker never runs: what it is given stays queued.
     fn exporter() -> (Exporter, crate::export::Worker) {
         Exporter::new(Sink::Console(ConsoleSink), DeliveryOptions::default())
@@ -1184,29 +1238,50 @@ mod tests {
         let sessions = Sessions::new(None);
         let key: Arc<str> = " session:s".into();
         let asked = sessions.run_id_to_resolve(&key);
-        let ending = ClosedVia::SessionDeleted.into();
-        sessions.finish_claimed(
-            asked,
-            Timestamp::now(),
-            ending,
-            Totals::default(),
-            &exporter,
-        );
+        claimed_in_store(&sessions, asked, &exporter);
         assert_eq!(exporter.counters().queued_items, 0, "no end");
         let settled = settle(&sessions, &key, Resolved::Opened(asked));
         assert_ne!(settled.run_id, asked, "ended: a new run");
         // Once nobody asks with it, a claimed run's end goes as before.
         sessions.forget_resolving(&key, asked);
         let other = Uuid::new_v4();
-        let ending = ClosedVia::SessionDeleted.into();
-        sessions.finish_claimed(
-            other,
-            Timestamp::now(),
-            ending,
-            Totals::default(),
-            &exporter,
-        );
+        claimed_in_store(&sessions, other, &exporter);
         assert_eq!(exporter.counters().queued_items, 1, "its end");
+    }
+
+    #[test]
+    fn a_run_started_here_and_gone_while_still_asked_for_ends_and_is_not_started_again() {
+        let (exporter, _worker) = exporter();
+        let sessions = Sessions::new(None);
+        let key: Arc<str> = " session:s".into();
+        let asked = sessions.run_id_to_resolve(&key);
+        assert_eq!(sessions.run_id_to_resolve(&key), asked);
+        assert!(settle(&sessions, &key, Resolved::Local(asked)).opened);
+        // Idle here (another worker may go on with it), the second
+        // request still asking: the store's answer joins it, unstarted.
+        assert!(sessions.lock().evict(&key).is_some());
+        let joined = settle(&sessions, &key, Resolved::Opened(asked));
+        assert_eq!((joined.run_id, joined.opened), (asked, false));
+        let again = settle(&sessions, &key, Resolved::Opened(asked));
+        assert_eq!((again.run_id, again.opened), (asked, false));
+        // Gone again, and a local answer: a new run.
+        assert!(sessions.lock().evict(&key).is_some());
+        assert_ne!(
+            settle(&sessions, &key, Resolved::Local(asked)).run_id,
+            asked
+        );
+        // The store's claim of the run that went out ends it.
+        claimed_in_store(&sessions, asked, &exporter);
+        assert_eq!(exporter.counters().queued_items, 1, "its end");
+    }
+
+    #[test]
+    fn an_end_is_remembered_once() {
+        let sessions = Sessions::new(None);
+        let run_id = Uuid::new_v4();
+        sessions.ended_here(run_id);
+        sessions.ended_here(run_id);
+        assert_eq!(sessions.lock().ended.len(), 1);
     }
 
     #[test]
