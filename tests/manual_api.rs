@@ -207,6 +207,25 @@ async fn a_joined_span_that_finishes_after_its_run_ended_here_is_not_sent() {
     assert_eq!(trodo.delivery_counters().dropped_after_run_end, 1);
 }
 
+/// A run this process does not hold (opened by another, or before a
+/// restart), ended here twice: one end goes, and a span of it finished
+/// after that is not sent.
+#[tokio::test]
+async fn a_run_opened_elsewhere_is_ended_once_from_here() {
+    let (ingest, trodo) = trodo().await;
+    let run_id = Uuid::new_v4();
+    trodo.end_run(run_id, EndRun::error("timed out"));
+    trodo.end_run(run_id, EndRun::ok());
+    trodo.join_run(run_id, SpanKind::Llm, "llm.late").finish();
+    assert!(trodo.flush(WAIT).await);
+
+    let ends = ingest.ends();
+    assert_eq!(ends.len(), 1, "{:?}", ingest.received());
+    assert_eq!(ends[0].1["status"], "error");
+    assert!(ingest.spans().is_empty());
+    assert_eq!(trodo.delivery_counters().dropped_after_run_end, 1);
+}
+
 #[tokio::test]
 async fn switched_off_the_manual_api_records_nothing_and_flush_has_nothing_to_wait_for() {
     let ingest = RecordingIngest::start().await.unwrap();

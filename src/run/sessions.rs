@@ -295,7 +295,8 @@ pub(crate) enum CloseRun {
     Closed,
     /// The run already ended here; nothing is sent.
     AlreadyEnded,
-    /// The run is not known here (another process's).
+    /// The run is not known here (another process's): the caller sends its
+    /// end, which is remembered from now on.
     Unknown,
 }
 
@@ -823,6 +824,10 @@ impl Sessions {
             return CloseRun::AlreadyEnded;
         }
         let open = table.remove_run(run_id);
+        if open.is_none() && self.store.is_none() {
+            // Its end goes from here (`CloseRun::Unknown`): once.
+            table.remember_end(run_id);
+        }
         drop(table);
         match (open, &self.store) {
             (Some(open), _) => {
