@@ -1309,3 +1309,54 @@ async fn the_span_of_a_request_whose_run_ended_while_it_was_served_is_counted_as
         );
     }
 }
+
+/// A request whose handler ended its run, then hung until the client went
+/// away: its span is counted as dropped after the run's end, not lost
+/// uncounted, nor put in the newer run the session's next call opened.
+#[tokio::test]
+async fn a_cancelled_request_whose_run_ended_while_it_was_served_is_counted_as_dropped() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let (ending, ended) = (trodo.clone(), Arc::new(Notify::new()));
+    let told = ended.clone();
+    let end_own_run_and_hang = move |Extension(span): Extension<RequestSpan>| async move {
+        ending.end_run(span.run_id().unwrap(), EndRun::ok());
+        told.notify_one();
+        std::future::pending::<()>().await
+    };
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .route("/hang", axum::routing::get(end_own_run_and_hang))
+        .layer(layer);
+    let addr = serve(app).await;
+    let mut client = RawClient::new(addr);
+    client.initialize("hanging-client").await;
+    let hanging = client
+        .http
+        .get(format!("http://{addr}/hang"))
+        .header("mcp-session-id", client.session.as_deref().unwrap())
+        .send();
+    let gone = tokio::spawn(hanging);
+    ended.notified().await;
+    // The session's next call opens a newer run.
+    client.call_tool(5, "add", json!({"a": 1, "b": 1})).await;
+    gone.abort();
+    let _ = gone.await;
+    wait_for("the hung request's span is counted", || {
+        trodo.delivery_counters().dropped_after_run_end == 1
+    })
+    .await;
+    assert!(trodo.flush(WAIT).await);
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 2, "the first run and the newer one");
+    let newer = starts[1]["run_id"].as_str().unwrap();
+    let ids: Vec<Value> = spans_of(&ingest, newer)
+        .iter()
+        .map(|s| s["attributes"]["jsonrpc.request.id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("5")]);
+    assert_eq!(ingest.spans().len(), 1);
+    assert_eq!(trodo.delivery_counters().dropped_no_run, 0);
+}

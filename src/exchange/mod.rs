@@ -423,7 +423,10 @@ impl Exchange {
             // opened it: the run is settled here, so that its start is
             // sent, even if another request of the session settled first.
             Some(key) if self.resolved_for(key) => Some(None),
-            Some(key) => match self.shared.sessions.run_id(key) {
+            // The run open when the request came (recording finds out if it
+            // ended meanwhile: then the span is dropped, counted, rather
+            // than put in a newer run of the session), else the one open now.
+            Some(key) => match self.known_run.or_else(|| self.shared.sessions.run_id(key)) {
                 Some(run_id) => Some(Some(run_id)),
                 None => return,
             },
