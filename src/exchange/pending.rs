@@ -60,9 +60,9 @@ pub(crate) struct Resolving {
 
 impl Drop for Resolving {
     /// However the wait ends (settled, cancelled, given up, or a panic
-    /// fenced while it was polled), the key is no longer being resolved
-    /// with this run id (see [`Sessions::run_id_to_resolve`]); settling
-    /// already said so, and then this does nothing.
+    /// fenced while it was polled), this request no longer asks the store
+    /// for its key's run with this id: one fewer does (see
+    /// [`Sessions::run_id_to_resolve`]).
     ///
     /// [`Sessions::run_id_to_resolve`]: crate::run::Sessions::run_id_to_resolve
     fn drop(&mut self) {

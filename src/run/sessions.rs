@@ -416,11 +416,12 @@ impl Sessions {
     /// The run id to ask the store to open for `key`, which this process
     /// did not know: the one another request of the key is asking with, if
     /// any, else the key's run here if it became known meanwhile (and is
-    /// not another worker's), else a new one. With an id each, two first requests of a key could leave
-    /// the store holding one run and this process the other, the store's
-    /// never started (when one of them settles without the store: it
-    /// failed, or was skipped). Every call is matched by one
-    /// [`Self::forget_resolving`] once its request settled or gave up.
+    /// not another worker's), else a new one. With an id each, two first
+    /// requests of a key could leave the store holding one run and this
+    /// process the other, the store's never started (when one of them
+    /// settles without the store: it failed, or was skipped). Every call
+    /// is matched by one [`Self::forget_resolving`] once its request
+    /// settled or gave up.
     pub(crate) fn run_id_to_resolve(&self, key: &Arc<str>) -> Uuid {
         let mut table = self.lock();
         let table = &mut *table;
@@ -1204,7 +1205,7 @@ mod tests {
     }
 
     #[test]
-    fn first_requests_of_a_key_resolve_with_one_run_id_until_it_settles() {
+    fn first_requests_of_a_key_resolve_with_one_run_id() {
         let sessions = Sessions::new(None);
         let key: Arc<str> = " client:agent".into();
         let asked = sessions.run_id_to_resolve(&key);
