@@ -4,13 +4,18 @@
 
 mod common;
 
+use axum::extract::State;
 use axum::routing::post;
 use axum::{Extension, Router};
 use common::*;
+use futures::FutureExt;
 use serde_json::{Value, json};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+use tower::ServiceExt;
+use tower_http::catch_panic::CatchPanicLayer;
 use trodo_tower::{
     EndRun, Feedback, RequestSpan, SpanGuard, SpanKind, StartRun, Trodo, TrodoLayer,
 };
@@ -651,6 +656,100 @@ async fn a_wrap_agent_whose_agent_panics_still_sends_its_run_as_panicked() {
     assert_eq!(spans[0]["status"], "ok");
     assert_eq!(spans[1]["name"], "tool.crash");
     assert_eq!(spans[1]["error_type"], "panic");
+}
+
+/// An agent behind tower-http's `CatchPanicLayer`, which catches the panic
+/// in the handler's `poll` and drops the handler's future afterwards. The
+/// async blocks between the panic and the catch drop what they hold (the
+/// run's guard, the open span) as the panic unwinds through them.
+async fn crashing_agent(State(trodo): State<Trodo>) -> &'static str {
+    let _ = trodo
+        .wrap_agent(StartRun::new("chat").input("hello"), |run| async move {
+            run.span(SpanKind::Llm, "llm.reply").finish();
+            let _open = run.span(SpanKind::Tool, "tool.crash");
+            tokio::task::yield_now().await;
+            crash().await
+        })
+        .await;
+    "never answered"
+}
+
+#[tokio::test]
+async fn a_wrap_agent_whose_panic_a_catch_panic_layer_catches_is_sent_as_panicked() {
+    let (ingest, trodo) = trodo().await;
+    let app = Router::new()
+        .route("/agent", post(crashing_agent))
+        .with_state(trodo.clone())
+        .layer(CatchPanicLayer::new());
+    let request = http::Request::post("/agent")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(trodo.flush(WAIT).await);
+
+    let received = ingest.received();
+    assert_eq!(received.len(), 1, "{received:?}");
+    assert_eq!(received[0].path, "/api/sdk/runs/ingest");
+    let run = &received[0].body["run"];
+    assert_eq!(
+        (&run["status"], &run["error_summary"]),
+        (&json!("error"), &json!("panicked")),
+        "not cancelled: the agent panicked"
+    );
+    assert_eq!(
+        (run["span_count"].as_u64(), run["error_count"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let spans = received[0].body["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    assert_eq!(
+        (&spans[0]["name"], &spans[0]["status"]),
+        (&json!("llm.reply"), &json!("ok"))
+    );
+    assert_eq!(spans[1]["name"], "tool.crash");
+    assert_eq!(
+        (&spans[1]["error_type"], &spans[1]["error_message"]),
+        (&json!("panic"), &json!("the span's work panicked")),
+        "the span held across the panic is a panic, not a span that ended well"
+    );
+}
+
+#[tokio::test]
+async fn a_span_run_whose_work_panics_under_catch_unwind_is_a_panic_and_a_cut_one_is_cancelled() {
+    let (ingest, trodo) = trodo().await;
+    let run_id = trodo.start_run(StartRun::new("session"));
+    let crashed = AssertUnwindSafe(
+        trodo
+            .join_run(run_id, SpanKind::Llm, "llm.crash")
+            .run(crash()),
+    )
+    .catch_unwind()
+    .await;
+    assert!(crashed.is_err());
+    // Dropped unfinished without a panic, under the same `catch_unwind`:
+    // still a cancellation.
+    let cut = AssertUnwindSafe(
+        trodo
+            .join_run(run_id, SpanKind::Tool, "tool.cut")
+            .run(std::future::pending::<Result<(), String>>()),
+    )
+    .catch_unwind()
+    .now_or_never();
+    assert!(cut.is_none(), "polled once, then dropped");
+    trodo.end_run(run_id, EndRun::ok());
+    assert!(trodo.flush(WAIT).await);
+
+    let spans = spans_of(&ingest, &run_id.to_string());
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let named = |name: &str| spans.iter().find(|s| s["name"] == name).unwrap();
+    assert_eq!(named("llm.crash")["error_type"], "panic");
+    assert_eq!(named("tool.cut")["error_type"], "cancelled");
+    let end = &ingest.ends()[0].1;
+    assert_eq!(
+        (end["span_count"].as_u64(), end["error_count"].as_u64()),
+        (Some(2), Some(2))
+    );
 }
 
 #[tokio::test]

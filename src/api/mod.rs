@@ -157,7 +157,8 @@ impl Trodo {
     /// completes (a timeout, a client that went away, an aborted task), the
     /// run is still sent, with the spans finished by then, as a failed run
     /// whose `error_summary` is `cancelled`; if the agent panics,
-    /// `panicked`. Spans still open in the agent's future finish as it is
+    /// `panicked` (under tower-http's `CatchPanicLayer` too, which catches
+    /// the panic and answers 500). Spans still open in the agent's future finish as it is
     /// dropped, so they go with it (a [`SpanGuard::run`] cut short as
     /// `cancelled`, a span dropped by the panic as `panic`). A future never
     /// polled ran no agent and sends nothing.
