@@ -1409,6 +1409,62 @@ async fn the_span_of_a_request_whose_run_ended_while_it_was_served_is_counted_as
     }
 }
 
+/// A request in its session's run from the start that is no span of its
+/// own (here a notification): a child it records after its answer goes
+/// into the run without a parent (a span never sent can be no one's), and
+/// one after the run's end counts as dropped after the end, not as a span
+/// of no run.
+#[tokio::test]
+async fn children_of_a_request_that_is_no_span_go_to_its_run_until_the_run_ends() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let (kept, mut keeping) = tokio::sync::mpsc::unbounded_channel::<RequestSpan>();
+    // Reads the body, as an MCP server does: the layer reads it as it goes.
+    let keep_span = move |Extension(span): Extension<RequestSpan>, _body: String| async move {
+        kept.send(span).unwrap();
+        axum::http::StatusCode::ACCEPTED
+    };
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .route("/note", post(keep_span))
+        .layer(layer);
+    let addr = serve(app).await;
+    let mut client = RawClient::new(addr);
+    client.initialize("noting-client").await;
+    let answer = client
+        .http
+        .post(format!("http://{addr}/note"))
+        .header("mcp-session-id", client.session.as_deref().unwrap())
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let span = keeping.recv().await.unwrap();
+    let run_id = span.run_id().expect("a session known here: its run");
+    // The exchange is read off the request path: once it is, the layer
+    // knows the request is no span.
+    assert!(trodo.flush(WAIT).await);
+    span.child(SpanKind::Tool, "tool.after_answer").finish();
+    trodo.end_run(run_id, EndRun::ok());
+    span.child(SpanKind::Tool, "tool.after_end").finish();
+    assert!(trodo.flush(WAIT).await);
+
+    let spans = spans_of(&ingest, &run_id.to_string());
+    assert_eq!(spans.len(), 1, "{spans:?}");
+    assert_eq!(spans[0]["name"], "tool.after_answer");
+    assert!(spans[0].get("parent_span_id").is_none(), "{}", spans[0]);
+    assert_eq!(ingest.ends()[0].1["span_count"], 1);
+    let counters = trodo.delivery_counters();
+    assert_eq!(
+        (counters.dropped_after_run_end, counters.dropped_no_run),
+        (1, 0),
+        "{counters:?}"
+    );
+}
+
 /// A request whose handler ended its run, then hung until the client went
 /// away: its span is counted as dropped after the run's end, not lost
 /// uncounted, nor put in the newer run the session's next call opened.

@@ -27,7 +27,9 @@ const MAX_WAITING_CHILDREN: usize = 1_000;
 /// (`ctx.extensions.get::<http::request::Parts>()`, then [`RequestSpan::of`]).
 /// Its children (LLM calls, retrievals, ...) have the request's span as
 /// parent and count in the run's totals (an `initialize`, which is no span
-/// of its own, puts its children in the session's run without a parent).
+/// of its own, puts its children in the session's run without a parent;
+/// so does a notification or a GET or DELETE of a session, for children
+/// it finishes once the layer has read the exchange).
 /// A layer switched off
 /// ([`TrodoConfig::with_enabled`](crate::TrodoConfig::with_enabled), `TRODO_ENABLED=false`)
 /// puts a span there too, one that is part of no run: its id is nil, it
@@ -325,13 +327,24 @@ impl RequestSpan {
         (!own_span).then_some(self.inner.span_id)
     }
 
-    /// The request is part of no run: the children that waited for one are
-    /// dropped, as are later ones.
+    /// The request is no span of its own (a notification, a GET or DELETE
+    /// of its session, a call whose run ended while it was served, an
+    /// exchange of no run). One whose run was not known is part of none:
+    /// the children that waited for one are dropped, as are later ones.
+    /// One in its session's run from the start stays there: later children
+    /// go into the run without a parent, or count as dropped after its end.
     pub(crate) fn detach(&self) {
-        let waiting = match std::mem::replace(&mut *self.lock(), State::Detached) {
+        let mut state = self.lock();
+        let waiting = match &mut *state {
             State::Waiting(spans) => spans.len(),
-            _ => 0,
+            State::InRun { own_span, .. } => {
+                *own_span = false;
+                return;
+            }
+            _ => return,
         };
+        *state = State::Detached;
+        drop(state);
         self.inner.shared.exporter.drop_without_run(waiting);
     }
 
