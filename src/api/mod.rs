@@ -158,10 +158,10 @@ impl Trodo {
     /// run is still sent, with the spans finished by then, as a failed run
     /// whose `error_summary` is `cancelled`; if the agent panics,
     /// `panicked` (under tower-http's `CatchPanicLayer` too, which catches
-    /// the panic and answers 500). Spans still open in the agent's future finish as it is
-    /// dropped, so they go with it (a [`SpanGuard::run`] cut short as
-    /// `cancelled`, a span dropped by the panic as `panic`). A future never
-    /// polled ran no agent and sends nothing.
+    /// the panic and answers 500). Spans still open in the agent's future
+    /// finish as it is dropped, so they go with it (a [`SpanGuard::run`]
+    /// cut short as `cancelled`, a span dropped by the panic as `panic`). A
+    /// future never polled ran no agent and sends nothing.
     ///
     /// ```
     /// use trodo_tower::{SpanKind, StartRun, Trodo, TrodoConfig};
