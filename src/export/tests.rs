@@ -1,6 +1,7 @@
 //! The exporter and its worker against a scripted sink, in paused time:
 //! every time below is exact.
 
+use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -373,6 +374,11 @@ async fn a_call_without_an_answer_times_out_and_is_retried() {
     // The 10 s request timeout, then 1 s of back-off.
     assert_eq!(script.times_ms(), [0, 11_000]);
     assert_eq!(exporter.counters().retried, 1);
+    // The API got the first try too: the same start arrives twice (the
+    // README's "delivery is at least once").
+    assert_eq!(script.described(), ["start 1", "start 1"]);
+    let bodies: Vec<Value> = script.calls().into_iter().map(|call| call.body).collect();
+    assert_eq!(bodies[0], bodies[1]);
 }
 
 #[tokio::test(start_paused = true)]
