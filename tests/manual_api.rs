@@ -1465,6 +1465,45 @@ async fn children_of_a_request_that_is_no_span_go_to_its_run_until_the_run_ends(
     );
 }
 
+/// A DELETE of a session is no span of its own, which the layer knows
+/// from its head: a child its handler finishes before answering goes into
+/// the run without a parent, not under a span that is never sent.
+#[tokio::test]
+async fn a_child_of_a_session_delete_goes_into_the_run_without_a_parent() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let note_delete = |request: axum::extract::Request, next: axum::middleware::Next| async move {
+        if request.method() == axum::http::Method::DELETE {
+            let span = request.extensions().get::<RequestSpan>().unwrap();
+            assert_eq!(span.propagation_headers().len(), 0);
+            span.child(SpanKind::Tool, "tool.on_delete").finish();
+        }
+        next.run(request).await
+    };
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .layer(axum::middleware::from_fn(note_delete))
+        .layer(layer);
+    let addr = serve(app).await;
+    let mut client = RawClient::new(addr);
+    client.initialize("deleting-client").await;
+    client.call_tool(2, "add", json!({"a": 1, "b": 2})).await;
+    client.delete().await;
+    assert!(trodo.flush(WAIT).await);
+
+    let (run_id, end) = &ingest.ends()[0];
+    let spans = spans_of(&ingest, run_id);
+    // The call's exchange is read off the request path: it may come second.
+    let mut names: Vec<_> = spans.iter().map(|span| span["name"].clone()).collect();
+    names.sort_by_key(ToString::to_string);
+    assert_eq!(names, ["tool.add", "tool.on_delete"], "{spans:?}");
+    let on_delete = spans.iter().find(|span| span["name"] == "tool.on_delete");
+    let on_delete = on_delete.unwrap();
+    assert!(on_delete.get("parent_span_id").is_none(), "{on_delete}");
+    assert_eq!(end["span_count"], 2);
+}
+
 /// A request whose handler ended its run, then hung until the client went
 /// away: its span is counted as dropped after the run's end, not lost
 /// uncounted, nor put in the newer run the session's next call opened.

@@ -28,7 +28,7 @@ const MAX_WAITING_CHILDREN: usize = 1_000;
 /// Its children (LLM calls, retrievals, ...) have the request's span as
 /// parent and count in the run's totals (an `initialize`, which is no span
 /// of its own, puts its children in the session's run without a parent;
-/// so does a notification or a GET or DELETE of a session, for children
+/// so does a GET or DELETE of a session, and a notification for children
 /// it finishes once the layer has read the exchange).
 /// A layer switched off
 /// ([`TrodoConfig::with_enabled`](crate::TrodoConfig::with_enabled), `TRODO_ENABLED=false`)
@@ -270,17 +270,22 @@ impl RequestSpan {
         self.attach_with(destination, true);
     }
 
+    /// Binds a request that is no span of its own (a GET or DELETE of its
+    /// session) to its run: its children go into the run without a parent.
+    pub(crate) fn attach_without_own_span(&self, destination: &Destination) {
+        self.attach_with(destination, false);
+    }
+
     /// Binds an `initialize` to the run it opened, once the run's `start`
     /// is complete (a child recorded sooner would send the start without
     /// what the answer says). Its own span is never sent, so its children
     /// go into the run without a parent.
     pub(crate) fn attach_initialize(&self, key: Arc<str>, run_id: Uuid) {
-        let destination = Destination::Run {
+        self.attach_without_own_span(&Destination::Run {
             key,
             run_id,
             opened: true,
-        };
-        self.attach_with(&destination, false);
+        });
     }
 
     fn attach_with(&self, destination: &Destination, own_span: bool) {

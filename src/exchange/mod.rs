@@ -171,6 +171,12 @@ impl Exchange {
                 (None, None)
             };
         let wants_event_stream = parts.method == Method::GET && accepts_event_stream(headers);
+        let control = is_session_control(
+            &parts.method,
+            wants_event_stream,
+            &shared,
+            endpoint(parts.extensions.get(), parts.uri.path()),
+        );
         let mut prefetch = None;
         let mut known_run = None;
         let mut under_way = None;
@@ -189,12 +195,6 @@ impl Exchange {
                         settings.idle_timeout,
                         &shared.exporter,
                     );
-                    let control = is_session_control(
-                        &parts.method,
-                        wants_event_stream,
-                        &shared,
-                        endpoint(parts.extensions.get(), parts.uri.path()),
-                    );
                     if known.is_none() && !control {
                         // Another worker may hold the session: ask the store
                         // now, while the inner service works.
@@ -209,13 +209,20 @@ impl Exchange {
             });
             known_run = known;
             // A session known here already has its run: handlers can use it
-            // (child spans, propagation headers) before the answer.
+            // (child spans, propagation headers) before the answer. A GET
+            // or DELETE of the session is no span of its own: its children
+            // go into the run without a parent.
             if let Some(run_id) = known {
-                request_span.attach(&Destination::Run {
+                let destination = Destination::Run {
                     key: Arc::clone(&id),
                     run_id,
                     opened: false,
-                });
+                };
+                if control {
+                    request_span.attach_without_own_span(&destination);
+                } else {
+                    request_span.attach(&destination);
+                }
             }
             session_id = Some(id);
         }
