@@ -148,6 +148,7 @@ impl SpanDraft {
                 run_id,
                 opened,
             } => {
+                let request_span = opened.then(|| self.request_span.clone());
                 let span = self.into_span(&shared.settings, run_id, ending);
                 if opened {
                     shared
@@ -157,6 +158,10 @@ impl SpanDraft {
                         });
                 }
                 record_in_run(shared, Some(&key), run_id, vec![span], seen);
+                // The children that waited for the start follow their parent.
+                if let Some(request_span) = request_span {
+                    request_span.run_started();
+                }
             }
             Destination::Joined { run_id } => {
                 let span = self.into_span(&shared.settings, run_id, ending);

@@ -380,6 +380,132 @@ async fn the_application_key_comes_first_then_the_vendor_conversation_id() {
     );
 }
 
+/// A conversation's first call opens its run; the LLM span its handler
+/// records while it works waits for the answer, so the run's `start`
+/// carries the server's identity from the answer's `_meta` (which a
+/// 2026-07-28 server puts in every result, unlike rmcp's stateless
+/// server today), and the child follows its parent.
+#[tokio::test]
+async fn a_child_of_the_call_that_opens_a_run_waits_for_the_server_identity() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config(&ingest).with_idle_timeout(SHORT_IDLE).unwrap();
+    let answer_with_identity = |Extension(span): Extension<RequestSpan>,
+                                Json(request): Json<Value>| async move {
+        span.child(SpanKind::Llm, "llm.answer").finish();
+        Json(json!({"jsonrpc": "2.0", "id": request["id"], "result": {
+                "resultType": "complete",
+                "content": [{"type": "text", "text": "42"}],
+                "_meta": {"io.modelcontextprotocol/serverInfo":
+                    {"name": "spec-server", "version": "3.1.0"}}}}))
+    };
+    let app = Router::new()
+        .route("/mcp", post(answer_with_identity))
+        .layer(TrodoLayer::new(config));
+    let client = RawClient::new(serve(app).await);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "ask", "arguments": {},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "claude", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "openai/session": "c-llm"}}});
+    let answer = client
+        .post(body.to_string())
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "ask")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    wait_for_ends(&ingest, 1).await;
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1);
+    assert_eq!(starts[0]["conversation_id"], "c-llm");
+    assert_eq!(starts[0]["metadata"]["server_name"], "spec-server");
+    assert_eq!(starts[0]["metadata"]["server_version"], "3.1.0");
+    let run_id = starts[0]["run_id"].as_str().unwrap();
+    let spans = spans_of(&ingest, run_id);
+    let names: Vec<&str> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["tool.ask", "llm.answer"]);
+    assert_eq!(spans[1]["parent_span_id"], spans[0]["span_id"]);
+    assert_eq!(ingest.ends()[0].1["span_count"], 2);
+}
+
+/// With a session store an exchange is read as it streams: the run of a
+/// call without a session is decided on its SSE answer's head, before the
+/// handler's stream records `children` spans and then answers.
+async fn children_of_a_streaming_call_that_opens_a_run(children: usize) -> (Value, Vec<Value>) {
+    use axum::response::sse::{Event, Sse};
+    use futures::StreamExt;
+    use std::convert::Infallible;
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = std::sync::Arc::new(trodo_tower::store::MemoryStore::new());
+    let config = config(&ingest).with_idle_timeout(SHORT_IDLE).unwrap();
+    let layer = TrodoLayer::new(config.with_session_store(store));
+    let stream_answer = move |Extension(span): Extension<RequestSpan>,
+                              Json(request): Json<Value>| async move {
+        let answer = json!({"jsonrpc": "2.0", "id": request["id"], "result": {
+            "resultType": "complete", "content": [],
+            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "spec-server"}}}});
+        let events = futures::stream::iter(0..2).map(move |step| {
+            if step == 0 {
+                return Ok::<_, Infallible>(Event::default().comment("working"));
+            }
+            for _ in 0..children {
+                span.child(SpanKind::Llm, "llm.step").finish();
+            }
+            Ok(Event::default().data(answer.to_string()))
+        });
+        Sse::new(events)
+    };
+    let app = Router::new()
+        .route("/mcp", post(stream_answer))
+        .layer(layer);
+    let client = RawClient::new(serve(app).await);
+    let answer = client
+        .post(request_body(1, "tools/call", json!({"name": "ask"})))
+        .header("user-agent", "streamer/1")
+        .send()
+        .await
+        .unwrap();
+    assert!(read(answer).await.text().contains("spec-server"));
+    wait_for_ends(&ingest, 1).await;
+    let start = ingest.starts()[0].clone();
+    let spans = spans_of(&ingest, start["run_id"].as_str().unwrap());
+    assert_eq!(ingest.ends()[0].1["span_count"], children + 1);
+    let parent = spans
+        .iter()
+        .find(|span| span["name"] == "tool.ask")
+        .unwrap();
+    let under_it = spans
+        .iter()
+        .filter(|span| span["parent_span_id"] == parent["span_id"]);
+    assert_eq!(under_it.count(), children);
+    (start, spans)
+}
+
+#[tokio::test]
+async fn children_of_a_streaming_call_that_opens_a_run_follow_its_span() {
+    let (start, spans) = children_of_a_streaming_call_that_opens_a_run(2).await;
+    assert_eq!(start["metadata"]["server_name"], "spec-server");
+    let names: Vec<&str> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["tool.ask", "llm.step", "llm.step"]);
+}
+
+/// Past the bound on children kept waiting, the run's `start` goes
+/// without the server's identity rather than a child being dropped.
+#[tokio::test]
+async fn children_past_the_waiting_bound_send_the_start_of_the_run_at_once() {
+    let (start, spans) = children_of_a_streaming_call_that_opens_a_run(1_001).await;
+    assert!(start["metadata"].get("server_name").is_none(), "{start}");
+    assert_eq!(spans.len(), 1_002);
+    assert_eq!(
+        spans[0]["name"], "llm.step",
+        "the first sent is the one past the bound"
+    );
+}
+
 #[tokio::test]
 async fn per_call_sessions_are_grouped_when_configured() {
     let ingest = RecordingIngest::start().await.unwrap();

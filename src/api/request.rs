@@ -29,7 +29,10 @@ const MAX_WAITING_CHILDREN: usize = 1_000;
 /// parent and count in the run's totals (an `initialize`, which is no span
 /// of its own, puts its children in the session's run without a parent;
 /// so does a GET or DELETE of a session, and a notification for children
-/// it finishes once the layer has read the exchange).
+/// it finishes once the layer has read the exchange). The children of a
+/// call that opens its run (the first of a conversation without a
+/// session) are sent once its answer is read, after the run's `start`,
+/// which then carries the server's identity the answer gives.
 /// A layer switched off
 /// ([`TrodoConfig::with_enabled`](crate::TrodoConfig::with_enabled), `TRODO_ENABLED=false`)
 /// puts a span there too, one that is part of no run: its id is nil, it
@@ -75,6 +78,14 @@ struct Inner {
 enum State {
     /// The run is not known yet (it is decided on the response head).
     Waiting(Vec<Span>),
+    /// Into the run the request opened under `key`, whose `start` waits
+    /// for what the answer says of the server: children wait with it, and
+    /// follow the request's own span (see [`RequestSpan::run_started`]).
+    Opening {
+        key: Arc<str>,
+        run_id: Uuid,
+        spans: Vec<Span>,
+    },
     /// Into an open run: under `key` in the run table, or by id (a joined run).
     InRun {
         key: Option<Arc<str>>,
@@ -99,6 +110,7 @@ impl State {
     fn run_id(&self) -> Option<Uuid> {
         match self {
             Self::InRun { run_id, .. }
+            | Self::Opening { run_id, .. }
             | Self::Collecting { run_id, .. }
             | Self::Sent { run_id } => Some(*run_id),
             Self::Waiting(_) | Self::Detached => None,
@@ -107,10 +119,13 @@ impl State {
 }
 
 impl Drop for Inner {
-    /// Children still waiting when the request is done never got a run.
+    /// Children still waiting when the request is done never got a run, or
+    /// waited for the request's span, whose recording was lost (a panic of
+    /// the layer's, fenced). Nothing here takes the run table's lock, which
+    /// the thread dropping the last clone may hold.
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        if let State::Waiting(spans) = state {
+        if let State::Waiting(spans) | State::Opening { spans, .. } = state {
             self.shared.exporter.drop_without_run(spans.len());
         }
     }
@@ -239,6 +254,17 @@ impl RequestSpan {
                     shared.exporter.drop_waiting_child();
                 }
             }
+            State::Opening { run_id, spans, .. } if spans.len() < MAX_WAITING_CHILDREN => {
+                span.run_id = *run_id;
+                spans.push(span);
+            }
+            // Too many to wait: the run's `start` goes now.
+            State::Opening { key, run_id, .. } => {
+                span.run_id = *run_id;
+                let (key, run_id) = (key.clone(), *run_id);
+                drop(state);
+                record_in_run(shared, Some(&key), run_id, vec![span], instant_now());
+            }
             State::InRun {
                 key,
                 run_id,
@@ -298,6 +324,19 @@ impl RequestSpan {
             }
         };
         let (key, run_id) = match destination {
+            // A run this request opened: its `start` waits for the answer.
+            Destination::Run {
+                key,
+                run_id,
+                opened: true,
+            } if own_span => {
+                *state = State::Opening {
+                    key: key.clone(),
+                    run_id: *run_id,
+                    spans: placed(waiting, *run_id, None),
+                };
+                return;
+            }
             Destination::Run { key, run_id, .. } => (Some(key.clone()), *run_id),
             Destination::Joined { run_id, .. } => (None, *run_id),
             Destination::OwnRun(run) => {
@@ -324,6 +363,26 @@ impl RequestSpan {
                 waiting,
                 instant_now(),
             );
+        }
+    }
+
+    /// The run the request opened has its `start` complete and the
+    /// request's span: the children that waited go into the run, and later
+    /// ones as they finish.
+    pub(crate) fn run_started(&self) {
+        let mut state = self.lock();
+        let State::Opening { key, run_id, spans } = &mut *state else {
+            return;
+        };
+        let (key, run_id, spans) = (key.clone(), *run_id, std::mem::take(spans));
+        *state = State::InRun {
+            key: Some(key.clone()),
+            run_id,
+            own_span: true,
+        };
+        drop(state);
+        if !spans.is_empty() {
+            record_in_run(&self.inner.shared, Some(&key), run_id, spans, instant_now());
         }
     }
 

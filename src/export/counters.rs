@@ -187,12 +187,12 @@ pub struct DeliveryCounters {
     /// Child spans of a request that went into no run, so had nowhere to
     /// go: a request the layer records no span for (a route outside the
     /// MCP endpoint without a session or the caller's propagation headers;
-    /// a notification; a sessionless call under `Sessionless::Ignore`; a
-    /// failed request in a session this process does not know; a request
-    /// whose session's run ended while it was served, for the children it
-    /// finishes after its answer's head; the children a session's DELETE
-    /// or GET finishes after its answer's head), or whose client went away
-    /// before the run was known. Those of a request
+    /// a notification outside a session this process knows; a sessionless
+    /// call under `Sessionless::Ignore`; a failed request in a session this
+    /// process does not know; the children a DELETE or GET of such a
+    /// session finishes after its answer's head), whose client went away
+    /// before the run was known, or whose own span was lost to a panic of
+    /// the layer's before the children could follow it. Those of a request
     /// passed through while the layer is shut down count as
     /// `dropped_shutdown`.
     pub dropped_no_run: u64,
