@@ -441,7 +441,10 @@ impl TrodoConfig {
 
     /// Groups requests that carry a session id by the sessionless key chain
     /// instead of by session: for clients that open a new session for every
-    /// call and never delete it. Off by default.
+    /// call and never delete it. Off by default. Their session ids are then
+    /// passed over, so [`Sessionless`] decides for them as for requests
+    /// without a session: under [`Sessionless::RunPerRequest`] each is a
+    /// run of its own, and under [`Sessionless::Ignore`] none is recorded.
     #[must_use]
     pub fn with_session_grouping(self, group: bool) -> Self {
         self.edit(|s| s.group_sessions = group)

@@ -561,6 +561,33 @@ async fn per_call_sessions_are_grouped_when_configured() {
     assert_eq!(ingest.ends()[0].1["metadata"]["closed_via"], "idle_timeout");
 }
 
+/// Grouped requests are treated as requests without a session, so
+/// `Sessionless` decides for them too: under `Ignore` nothing is recorded.
+#[tokio::test]
+async fn grouped_sessions_are_ignored_under_sessionless_ignore() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(
+        config(&ingest)
+            .with_session_grouping(true)
+            .with_sessionless(Sessionless::Ignore),
+    );
+    let trodo = layer.trodo();
+    let addr = serve(
+        Router::new()
+            .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+            .layer(layer),
+    )
+    .await;
+    let mut client = RawClient::new(addr);
+    client.initialize("per-call").await;
+    let sum = client.call_tool(1, "add", json!({"a": 1, "b": 2})).await;
+    assert_eq!(sum.response()["result"]["content"][0]["text"], "3");
+    client.delete().await;
+    assert!(trodo.flush(WAIT).await);
+    assert_eq!(ingest.received().len(), 0, "{:?}", ingest.received());
+    assert_eq!(trodo.delivery_counters().sent, 0);
+}
+
 /// A request past the capture limit is still read whole to be understood
 /// (up to 1 Mi characters): a large `tools/call` stays in its
 /// conversation's run and is named from its body; its input is cut.
