@@ -36,6 +36,9 @@ pub const DEFAULT_SESSION_HEADER: &str = "mcp-session-id";
 pub const DEFAULT_CAPTURE_LIMIT: usize = MAX_IO_CHARS;
 /// The `params._meta` keys read as a vendor's conversation id by default.
 pub const DEFAULT_CONVERSATION_META_KEYS: &[&str] = &["openai/session"];
+/// The most runs open in one process before a call without a session that
+/// would open one more becomes a run of its own.
+pub const DEFAULT_MAX_OPEN_RUNS: usize = 100_000;
 /// The most a response head waits for the session store: 50 ms.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
 
@@ -93,6 +96,8 @@ pub(crate) struct Settings {
     pub(crate) capture_output: bool,
     pub(crate) redactor: Option<Redactor>,
     pub(crate) distinct_id: Option<HeadFn>,
+    /// Most runs open here before a new key's call is a run of its own.
+    pub(crate) max_open_runs: usize,
     /// Most records the delivery queue holds.
     pub(crate) max_queue_items: usize,
     /// Most JSON bytes the delivery queue holds (spans counted by estimate).
@@ -154,6 +159,7 @@ impl Default for TrodoConfig {
                 capture_output: true,
                 redactor: None,
                 distinct_id: None,
+                max_open_runs: DEFAULT_MAX_OPEN_RUNS,
                 max_queue_items: DEFAULT_MAX_QUEUE_ITEMS,
                 max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
                 max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
@@ -555,6 +561,34 @@ impl TrodoConfig {
         self.edit(|s| s.enabled = enabled)
     }
 
+    /// Sets the most runs open in this process (sessions' and those of
+    /// calls without a session). The keys of calls without a session come
+    /// from clients (a conversation id in `params._meta`, say), and each new
+    /// one opens a run that lives until the idle timeout: past this many open
+    /// runs, a call whose key has no open run here becomes a run of its own,
+    /// sent whole, with `run_table_full: true` in its metadata (and a
+    /// warning logged at most once a minute), so memory stays bounded under
+    /// a flood of new keys. Calls whose key has its run, and sessions'
+    /// `initialize`, are not affected. Defaults to
+    /// [`DEFAULT_MAX_OPEN_RUNS`]; each open run takes a few hundred bytes
+    /// and its key.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] for `max_open_runs` when it is zero.
+    ///
+    /// ```
+    /// use trodo_tower::TrodoConfig;
+    ///
+    /// let config = TrodoConfig::new().with_max_open_runs(20_000)?;
+    /// # Ok::<(), trodo_tower::ConfigError>(())
+    /// ```
+    pub fn with_max_open_runs(self, runs: usize) -> Result<Self, ConfigError> {
+        if runs == 0 {
+            return Err(ConfigError::new("max_open_runs", "0", EXPECTED_COUNT));
+        }
+        Ok(self.edit(|s| s.max_open_runs = runs))
+    }
+
     /// Sets the most records (run starts, spans, run ends) waiting for
     /// delivery or in flight. When a new record does not fit, the oldest
     /// queued spans are dropped and counted in
@@ -852,6 +886,15 @@ mod tests {
         assert_eq!((items.setting(), items.value()), ("max_queue_items", "0"));
         let bytes = TrodoConfig::new().with_max_queue_bytes(0).unwrap_err();
         assert_eq!((bytes.setting(), bytes.value()), ("max_queue_bytes", "0"));
+    }
+
+    #[test]
+    fn open_runs_are_bounded_by_default_and_not_by_zero() {
+        assert_eq!(TrodoConfig::new().settings.max_open_runs, 100_000);
+        let c = TrodoConfig::new().with_max_open_runs(7).unwrap().settings;
+        assert_eq!(c.max_open_runs, 7);
+        let zero = TrodoConfig::new().with_max_open_runs(0).unwrap_err();
+        assert_eq!((zero.setting(), zero.value()), ("max_open_runs", "0"));
     }
 
     #[test]

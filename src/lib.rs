@@ -142,8 +142,8 @@ pub use api::{
 pub use body::{RequestBody, ResponseBody};
 pub use config::{
     DEFAULT_AGENT_NAME, DEFAULT_API_BASE, DEFAULT_CAPTURE_LIMIT, DEFAULT_CONVERSATION_META_KEYS,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_SESSION_HEADER, DEFAULT_STORE_TIMEOUT, MAX_IDLE_TIMEOUT,
-    Sessionless, TrodoConfig,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_OPEN_RUNS, DEFAULT_SESSION_HEADER, DEFAULT_STORE_TIMEOUT,
+    MAX_IDLE_TIMEOUT, Sessionless, TrodoConfig,
 };
 pub use error::ConfigError;
 pub use export::DeliveryCounters;

@@ -561,6 +561,54 @@ async fn per_call_sessions_are_grouped_when_configured() {
     assert_eq!(ingest.ends()[0].1["metadata"]["closed_via"], "idle_timeout");
 }
 
+/// Past `max_open_runs`, a call whose key has no open run is a run of its
+/// own, sent whole and marked; a key whose run is open keeps using it.
+#[tokio::test]
+async fn past_the_most_open_runs_a_new_keys_call_is_a_run_of_its_own() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let config = config(&ingest).with_max_open_runs(1).unwrap();
+    let layer = TrodoLayer::new(config);
+    let trodo = layer.trodo();
+    let addr = serve(
+        Router::new()
+            .nest_service("/mcp", mcp_stateless_json(DemoTools::new()))
+            .layer(layer),
+    )
+    .await;
+    let client = RawClient::new(addr);
+    for (id, agent) in [(1, "first/1"), (2, "second/1"), (3, "first/1")] {
+        let answer = client
+            .post(tool_call_body(id, "echo", json!({"text": agent})))
+            .header("user-agent", agent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let _ = answer.bytes().await;
+    }
+    assert!(trodo.flush(WAIT).await);
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert_eq!(starts[0]["conversation_id"], "@first/1");
+    let kept = spans_of(&ingest, starts[0]["run_id"].as_str().unwrap());
+    let ids: Vec<Value> = kept
+        .iter()
+        .map(|s| json_of(&s["input"])["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!(1), json!(3)]);
+    let whole: Vec<Value> = ingest
+        .received()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/runs/ingest"))
+        .map(|r| r.body["run"].clone())
+        .collect();
+    assert_eq!(whole.len(), 1, "{whole:?}");
+    assert_eq!(whole[0]["metadata"]["run_table_full"], true);
+    assert_eq!(whole[0]["metadata"]["run_key_source"], "request");
+    assert_eq!(json_of(&whole[0]["input"])["id"], 2);
+}
+
 /// Grouped requests are treated as requests without a session, so
 /// `Sessionless` decides for them too: under `Ignore` nothing is recorded.
 #[tokio::test]

@@ -293,13 +293,24 @@ impl Exchange {
             Sessionless::RunPerRequest => None,
             Sessionless::Group => self.resolve_key(request),
         };
-        let Some(key) = key else {
+        let own_run = |table_full: bool| {
             let mut metadata = self.metadata_without_key(false, Some(request));
             metadata.insert("run_key_source".to_owned(), Value::from("request"));
+            if table_full {
+                metadata.insert("run_table_full".to_owned(), Value::Bool(true));
+            }
             let run = self.run_without_key(metadata);
-            return SessionlessRun::To(Destination::OwnRun(Box::new(run)), None);
+            SessionlessRun::To(Destination::OwnRun(Box::new(run)), None)
+        };
+        let Some(key) = key else {
+            return own_run(false);
         };
         let table_key = key.table_key();
+        let max_open_runs = self.shared.settings.max_open_runs;
+        if !self.shared.sessions.has_room_for(&table_key, max_open_runs) {
+            warn_of_a_full_run_table(max_open_runs);
+            return own_run(true);
+        }
         let run = self.run_of(&table_key, |run_id| {
             let metadata = self.metadata(&key, Some(request));
             self.run(&key, run_id, None, metadata)
@@ -386,6 +397,21 @@ impl Exchange {
             Some(wait) => Head::Wait(Pending::Publish(Some(recorder), wait)),
             None => Head::Ready(Some(recorder)),
         }
+    }
+}
+
+/// A call whose key would open a run past `max_open_runs` is a run of its
+/// own: said at `warn` at most once a minute.
+fn warn_of_a_full_run_table(max_open_runs: usize) {
+    static PACE: LogPace = LogPace::new();
+    if let Some(times) = PACE.note(1) {
+        tracing::warn!(
+            times,
+            max_open_runs,
+            "trodo: {max_open_runs} runs are open (with_max_open_runs); a call without a \
+             session whose key has no open run is sent as a run of its own \
+             (said at most once a minute, with the times since the last such line)"
+        );
     }
 }
 

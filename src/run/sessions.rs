@@ -380,6 +380,14 @@ impl Sessions {
         }
     }
 
+    /// Whether a run may open under `key`: it has one here already, or
+    /// fewer than `max` runs are open. A bound on memory, not exact: two
+    /// requests may both find room for the last place.
+    pub(crate) fn has_room_for(&self, key: &str, max: usize) -> bool {
+        let table = self.lock();
+        table.by_key.len() < max || table.by_key.contains_key(key)
+    }
+
     /// The run of a known key, marked active; or, for a key this process
     /// does not know, a new run made by `open`, whose `start` waits like
     /// [`open_pending`](Self::open_pending)'s.
