@@ -566,8 +566,9 @@ impl TrodoConfig {
     /// from clients (a conversation id in `params._meta`, say), and each new
     /// one opens a run that lives until the idle timeout: past this many open
     /// runs, a call whose key has no open run here becomes a run of its own,
-    /// sent whole, with `run_table_full: true` in its metadata (and a
-    /// warning logged at most once a minute), so memory stays bounded under
+    /// sent whole, with `run_table_full: true` in its metadata (counted in
+    /// [`DeliveryCounters::own_runs_past_max_open_runs`](crate::DeliveryCounters::own_runs_past_max_open_runs),
+    /// and a warning logged at most once a minute), so memory stays bounded under
     /// a flood of new keys. Calls whose key has its run, and sessions'
     /// `initialize`, are not affected. Defaults to
     /// [`DEFAULT_MAX_OPEN_RUNS`]; each open run takes a few hundred bytes

@@ -439,6 +439,7 @@ impl Trodo {
     pub fn delivery_counters(&self) -> crate::DeliveryCounters {
         let mut counters = self.shared.exporter.counters();
         counters.hook_panics = self.shared.settings.hook_panics.load(Ordering::Relaxed);
+        counters.own_runs_past_max_open_runs = self.shared.sessions.refused_for_room();
         counters
     }
 

@@ -607,6 +607,7 @@ async fn past_the_most_open_runs_a_new_keys_call_is_a_run_of_its_own() {
     assert_eq!(whole[0]["metadata"]["run_table_full"], true);
     assert_eq!(whole[0]["metadata"]["run_key_source"], "request");
     assert_eq!(json_of(&whole[0]["input"])["id"], 2);
+    assert_eq!(trodo.delivery_counters().own_runs_past_max_open_runs, 1);
 }
 
 /// Grouped requests are treated as requests without a session, so

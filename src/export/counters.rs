@@ -128,6 +128,7 @@ impl Stats {
             dropped_no_run: no_run,
             panics_caught: crate::fence::panics_caught(),
             hook_panics: 0,
+            own_runs_past_max_open_runs: 0,
             queued_items: queued_items as u64,
             queued_bytes: queued_bytes as u64,
         }
@@ -214,6 +215,13 @@ pub struct DeliveryCounters {
     /// the hook gave no key or no distinct id. Not in
     /// [`dropped`](Self::dropped).
     pub hook_panics: u64,
+    /// Calls without a session sent as runs of their own, with
+    /// `run_table_full: true` in their metadata, because
+    /// [`max_open_runs`](crate::TrodoConfig::with_max_open_runs) runs were
+    /// open and their key had none of them. Nothing is lost; a rising count
+    /// means many conversations at once (or a flood of new keys) split into
+    /// one run a call. Not in [`dropped`](Self::dropped).
+    pub own_runs_past_max_open_runs: u64,
     /// Records waiting for delivery or in flight now.
     pub queued_items: u64,
     /// Bytes of the records waiting for delivery or in flight now: their

@@ -16,6 +16,7 @@
 
 use serde_json::Value;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 use uuid::Uuid;
@@ -306,6 +307,8 @@ pub(crate) struct Sessions {
     table: Mutex<Table>,
     /// The session store's queue, when runs are shared with other workers.
     store: Option<StoreQueue>,
+    /// Calls refused a place by [`has_room_for`](Self::has_room_for).
+    refused_for_room: AtomicU64,
     /// How many times the table was locked, for tests that count.
     #[cfg(test)]
     locks: std::sync::atomic::AtomicUsize,
@@ -317,6 +320,7 @@ impl Sessions {
         Self {
             table: Mutex::default(),
             store,
+            refused_for_room: AtomicU64::new(0),
             #[cfg(test)]
             locks: Default::default(),
         }
@@ -382,10 +386,20 @@ impl Sessions {
 
     /// Whether a run may open under `key`: it has one here already, or
     /// fewer than `max` runs are open. A bound on memory, not exact: two
-    /// requests may both find room for the last place.
+    /// requests may both find room for the last place. Each refusal is
+    /// counted ([`refused_for_room`](Self::refused_for_room)).
     pub(crate) fn has_room_for(&self, key: &str, max: usize) -> bool {
         let table = self.lock();
-        table.by_key.len() < max || table.by_key.contains_key(key)
+        let room = table.by_key.len() < max || table.by_key.contains_key(key);
+        if !room {
+            self.refused_for_room.fetch_add(1, Ordering::Relaxed);
+        }
+        room
+    }
+
+    /// How many times [`has_room_for`](Self::has_room_for) found no room.
+    pub(crate) fn refused_for_room(&self) -> u64 {
+        self.refused_for_room.load(Ordering::Relaxed)
     }
 
     /// The run of a known key, marked active; or, for a key this process
