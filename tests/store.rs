@@ -306,6 +306,39 @@ async fn an_idle_start_run_run_is_renewed_in_the_store() {
     assert_eq!(trodo.open_runs(), 1);
 }
 
+/// A question about an idle run of `start_run` that the store cannot
+/// answer (it fails) is counted as dropped, and the run stays held: the
+/// next sweep asks again.
+#[tokio::test]
+async fn a_question_about_a_held_run_while_the_store_fails_is_counted() {
+    use common::*;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    use trodo_tower::{StartRun, Trodo};
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = Arc::new(workers::stores::Flaky::default());
+    let config = config(&ingest)
+        .with_idle_timeout(Duration::from_millis(300))
+        .unwrap()
+        .with_session_store(store.clone());
+    let trodo = Trodo::new(&config);
+    trodo.start_run(StartRun::new("session"));
+    assert!(trodo.flush(WAIT).await, "the store holds the run");
+    assert_eq!(trodo.store_counters().unwrap().dropped, 0);
+
+    // Nothing is recorded meanwhile: only the sweep's questions about the
+    // run reach the store queue.
+    store.down.store(true, Ordering::SeqCst);
+    wait_for("no question about the run was dropped", || {
+        trodo.store_counters().unwrap().dropped >= 1
+    })
+    .await;
+    assert!(trodo.store_counters().unwrap().failed >= 1);
+    assert_eq!(trodo.open_runs(), 1, "the run is still held");
+    assert!(ingest.ends().is_empty());
+}
+
 /// A session's run that another worker ended (its sweep, say) while this
 /// worker still held it: the store refuses this worker's next aggregates,
 /// the worker asks about the run and forgets it, and the session's next

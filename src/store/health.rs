@@ -199,9 +199,9 @@ pub struct StoreCounters {
     pub bypassed: u64,
     /// Background operations dropped: the store queue was full (or its
     /// task gone with its runtime), or the store had just failed (or
-    /// failed them). Aggregates and activity (and, with the queue
-    /// refusing, questions whether another worker ended a run this
-    /// process holds); ends of runs of sessions this process does not hold
+    /// failed them). Aggregates and activity; questions whether another
+    /// worker ended a run this process holds (asked again at the next
+    /// sweep); ends of runs of sessions this process does not hold
     /// (a DELETE or a 404 of another worker's session), which a sweep then ends as
     /// `idle_timeout`; and end claims of runs it holds that the queue
     /// refused, full or its task gone (those end with its totals, in

@@ -566,7 +566,9 @@ impl StoreTask {
                             .sessions
                             .replaced_in_store(run.run_id, &shared.exporter);
                     }
-                    None => {}
+                    // Failed or skipped: the run stays held, and the next
+                    // sweep asks again.
+                    None => self.health.dropped(),
                 }
             }
             // Dropped if the store is skipped or fails: the run it holds
