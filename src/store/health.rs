@@ -211,7 +211,7 @@ pub struct StoreCounters {
     /// ended here without it (a sweep may then end such a run a second
     /// time), and openings of runs of `start_run` started while it failed
     /// (they stay this process's). Lost past the 10,000 of a kind that
-    /// wait, still waiting when the store task ends (its runtime shut
+    /// wait, still waiting (or being tried again) when the store task ends (its runtime shut
     /// down, as a process exits after shutdown while the store is down, or
     /// every layer and `Trodo` handle of its config dropped), which is
     /// logged with `tracing` (`warn`) with how many, or kept after that.

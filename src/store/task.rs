@@ -26,6 +26,7 @@
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
@@ -238,18 +239,7 @@ impl StoreQueue {
     fn lose_kept(&self) {
         let claims = take(&self.unclaimed).len();
         let openings = take(&self.unregistered).len();
-        if claims + openings == 0 {
-            return;
-        }
-        self.health
-            .deferred_lost(u64::try_from(claims + openings).unwrap_or(u64::MAX));
-        tracing::warn!(
-            claims,
-            openings,
-            "trodo: the session store task ended with claims of runs ended without the store, \
-             or openings of runs of start_run, still waiting for it: they are lost (a sweep \
-             may end such a run a second time; see StoreCounters::deferred_lost)"
-        );
+        lose_waiting(&self.health, claims, openings);
     }
 
     /// Keeps `item` for the store task to try later: lost at once, and
@@ -490,7 +480,13 @@ impl StoreTask {
         }
         let mut failed = self.claim_unclaimed().await;
         let opens = self.unregistered(shared);
-        let answered = all(opens.iter().map(|run| self.register(shared, run))).await;
+        let retrying = &Retrying::new(&self.health, 0, opens.len());
+        let register = |run| async move {
+            let answered = self.register(shared, run).await;
+            retrying.settled(0, 1);
+            answered
+        };
+        let answered = all(opens.iter().map(register)).await;
         failed += answered.iter().filter(|answered| !**answered).count();
         self.later_pause.after_round(failed > 0);
     }
@@ -650,6 +646,7 @@ impl StoreTask {
             return 0;
         }
         let runs = take(&self.queue.unclaimed);
+        let retrying = Retrying::new(&self.health, runs.len(), 0);
         let mut failed = 0;
         // As many at once as a sweep claims; once the store fails, the
         // rest are kept without asking it.
@@ -673,6 +670,7 @@ impl StoreTask {
                     }
                 }
             }
+            retrying.settled(runs.len(), 0);
         }
         failed
     }
@@ -747,6 +745,55 @@ fn is_empty<T>(later: &Mutex<Vec<T>>) -> bool {
 }
 
 /// Takes what is kept for later.
+/// Counts and logs claims and openings that waited for the store and
+/// are lost: its task ended, or a retry of them was cut short.
+fn lose_waiting(health: &Health, claims: usize, openings: usize) {
+    if claims + openings == 0 {
+        return;
+    }
+    health.deferred_lost(u64::try_from(claims + openings).unwrap_or(u64::MAX));
+    tracing::warn!(
+        claims,
+        openings,
+        "trodo: the session store task ended with claims of runs ended without the store, \
+         or openings of runs of start_run, still waiting for it: they are lost (a sweep \
+         may end such a run a second time; see StoreCounters::deferred_lost)"
+    );
+}
+
+/// Claims and openings a retry took out of what waits for the store and
+/// has not settled yet (done, or kept again). If the retry is cut short
+/// (its runtime shut down while the store was being asked), they are
+/// counted lost as it is dropped, like those still waiting.
+struct Retrying<'a> {
+    health: &'a Health,
+    claims: AtomicUsize,
+    openings: AtomicUsize,
+}
+
+impl<'a> Retrying<'a> {
+    fn new(health: &'a Health, claims: usize, openings: usize) -> Self {
+        Self {
+            health,
+            claims: AtomicUsize::new(claims),
+            openings: AtomicUsize::new(openings),
+        }
+    }
+
+    /// `claims` and `openings` settled.
+    fn settled(&self, claims: usize, openings: usize) {
+        self.claims.fetch_sub(claims, Ordering::Relaxed);
+        self.openings.fetch_sub(openings, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Retrying<'_> {
+    fn drop(&mut self) {
+        let (claims, openings) = (self.claims.get_mut(), self.openings.get_mut());
+        lose_waiting(self.health, *claims, *openings);
+    }
+}
+
 fn take<T>(later: &Mutex<Vec<T>>) -> Vec<T> {
     std::mem::take(&mut *later.lock().unwrap_or_else(PoisonError::into_inner))
 }
@@ -816,7 +863,7 @@ impl Records {
 mod tests {
     use super::*;
     use crate::store::{ClaimedRun, MemoryStore};
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
 
     const WAIT: Duration = Duration::from_secs(5);
 
@@ -836,17 +883,30 @@ mod tests {
     }
 
     /// A memory store whose claims fail while told to, and which notes
-    /// when each claim was asked.
+    /// when each claim was asked; its claims or openings never answer
+    /// while told to hang.
     #[derive(Debug, Default)]
     struct FailingClaims {
         inner: MemoryStore,
         fail: AtomicBool,
         asked: Mutex<Vec<Instant>>,
+        hang_claims: AtomicBool,
+        hang_opens: AtomicBool,
+        /// Calls left hanging so far.
+        hanging: AtomicUsize,
     }
 
     impl FailingClaims {
         fn fail(&self, fail: bool) {
             self.fail.store(fail, Ordering::SeqCst);
+        }
+
+        /// A call that never answers, if `hang` is set.
+        fn hang<'a, T: Send + 'a>(&self, hang: &AtomicBool) -> Option<StoreFuture<'a, T>> {
+            hang.load(Ordering::SeqCst).then(|| {
+                self.hanging.fetch_add(1, Ordering::SeqCst);
+                Box::pin(std::future::pending()) as StoreFuture<'a, T>
+            })
         }
 
         /// When each claim was asked, from `start`.
@@ -861,7 +921,8 @@ mod tests {
             self.inner.find(key)
         }
         fn open<'a>(&'a self, run: &'a NewRun, ttl: Duration) -> StoreFuture<'a, Opened> {
-            self.inner.open(run, ttl)
+            self.hang(&self.hang_opens)
+                .unwrap_or_else(|| self.inner.open(run, ttl))
         }
         fn record(
             &self,
@@ -879,6 +940,9 @@ mod tests {
             ttl: Duration,
         ) -> StoreFuture<'_, Claim> {
             self.asked.lock().unwrap().push(Instant::now());
+            if let Some(hanging) = self.hang(&self.hang_claims) {
+                return hanging;
+            }
             if self.fail.load(Ordering::SeqCst) {
                 return Box::pin(async { Err("connection refused".into()) });
             }
@@ -945,6 +1009,58 @@ mod tests {
             // What would wait for the task from now on is lost at once.
             queue.claim_later(Uuid::new_v4(), None);
             assert_eq!(health.snapshot().deferred_lost, 4);
+        }
+    }
+
+    /// Claims and openings a retry took out, and was asking the store
+    /// about when its runtime shut down, are counted lost, with those
+    /// still waiting; those it settled are not. Claims are asked first:
+    /// while they hang, the openings still wait.
+    #[tokio::test(start_paused = true)]
+    async fn what_a_retry_cut_short_took_out_is_counted_lost() {
+        // What hangs, the calls asked before the shutdown, and the lost.
+        for (hang, asked, lost) in [("claims", 2, 2 + 3), ("opens", 3, 3), ("nothing", 5, 0)] {
+            let store = Arc::new(FailingClaims::default());
+            let (task, receiver) = task(store.clone());
+            let health = Arc::clone(&task.health);
+            let shared = Shared::switched_off();
+            task.queue.claim_later(Uuid::new_v4(), None);
+            task.queue.claim_later(Uuid::new_v4(), None);
+            // Openings are retried only for runs this process holds.
+            for key in ["a", "b", "c"] {
+                let run_id = Uuid::new_v4();
+                let run = crate::wire::Run::new(run_id, "test".to_owned(), Timestamp::now());
+                shared.sessions.open_pending(key, run);
+                task.queue
+                    .register_later(NewRun::new(key, run_id, SystemTime::now()));
+            }
+            match hang {
+                "claims" => store.hang_claims.store(true, Ordering::SeqCst),
+                "opens" => store.hang_opens.store(true, Ordering::SeqCst),
+                _ => {}
+            }
+            let asked_so_far = || {
+                let hanging = store.hanging.load(Ordering::SeqCst);
+                hanging as u64 + health.snapshot().ok
+            };
+            let running = tokio::spawn(task.run(receiver, Arc::downgrade(&shared)));
+            while asked_so_far() < asked {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(
+                health.snapshot().deferred_lost,
+                0,
+                "{hang}: the retry waits"
+            );
+
+            running.abort();
+            assert!(running.await.unwrap_err().is_cancelled());
+            let counters = health.snapshot();
+            assert_eq!(
+                (counters.deferred_lost, counters.dropped),
+                (lost, 0),
+                "{hang}"
+            );
         }
     }
 
