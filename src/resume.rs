@@ -50,7 +50,8 @@
 //! had before streams could be resumed (`stream_error`, or `cancelled`),
 //! before the run's `end`. A parked call the client cancels
 //! (`notifications/cancelled` naming its request id) is recorded then,
-//! `cancelled`.
+//! `cancelled`; one cancelled while its stream still ran is recorded
+//! `cancelled` as that stream ends, instead of parking.
 //!
 //! Parking is for one process without a session store: rmcp's
 //! `LocalSessionManager` resumes a stream only on the process that holds
@@ -58,6 +59,7 @@
 
 use http::StatusCode;
 use serde_json::Value;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -159,7 +161,7 @@ impl ParkedCall {
         };
         let key = Arc::clone(key);
         // A parked call may be recorded under the run table's lock, where
-        // no hook may run (see `into_failed_span`).
+        // no hook may run (see `into_failed_spans`).
         let mut call = self;
         call.draft.redact_input(&shared.settings);
         if let Some(call) = shared.sessions.park(&key, run_id, call) {
@@ -169,9 +171,10 @@ impl ParkedCall {
 
     /// The client cancelled request `id` of session `key`
     /// (`notifications/cancelled`): if that call is parked, it is recorded
-    /// at once, `cancelled` at `at`.
+    /// at once, `cancelled` at `at`; if it is still streaming, it is
+    /// recorded `cancelled` when its stream ends, instead of parking.
     pub(crate) fn cancelled(shared: &Arc<Shared>, key: &str, id: &Value, at: Moment) {
-        if let (Some(mut call), _) = shared.sessions.unpark(key, None, id) {
+        if let Some(mut call) = shared.sessions.cancel_parked(key, id) {
             call.left.interruption = CANCELLED_BY_CLIENT;
             call.left.ended = at;
             call.give_up(shared);
@@ -243,10 +246,11 @@ impl ParkedCall {
         shared.sessions.record_expired_calls(now, &shared.exporter)
     }
 
-    /// The span's record as its stream left it, with no answer, for the
-    /// run table to record while it holds the run (no output is captured,
-    /// so no redaction hook runs).
-    pub(crate) fn into_failed_span(self) -> Span {
+    /// The span's record as its stream left it, with no answer, then the
+    /// child spans that waited for it (of a call that opened its run), for
+    /// the run table to record while it holds the run (no output is
+    /// captured, so no redaction hook runs).
+    pub(crate) fn into_failed_spans(self) -> Vec<Span> {
         let Self {
             mut draft,
             destination,
@@ -254,8 +258,13 @@ impl ParkedCall {
             ..
         } = self;
         let shared = Arc::clone(draft.request_span.shared());
+        let children = draft.request_span.take_waiting_children();
         let ending = span_ending(&shared.settings, &mut draft, left.said(), left.ended);
-        draft.into_span(&shared.settings, destination.run_id(), ending)
+        let span = draft.into_span(&shared.settings, destination.run_id(), ending);
+        let mut spans = Vec::with_capacity(1 + children.len());
+        spans.push(span);
+        spans.extend(children);
+        spans
     }
 
     /// A resumed stream continues the call: it waits until `deadline` at
@@ -278,20 +287,36 @@ impl ParkedCall {
     }
 }
 
-/// The calls parked in one run.
+/// The calls parked in one run, and the requests its client cancelled
+/// before their calls could park. A run's entry in the run table grows by
+/// a pointer: most runs park no call and cancel nothing.
 #[derive(Debug, Default)]
-#[expect(
-    clippy::box_collection,
-    reason = "a run's entry in the run table grows by a pointer, not a Vec: most runs park no call"
-)]
-pub(crate) struct ParkedCalls(Option<Box<Vec<ParkedCall>>>);
+pub(crate) struct ParkedCalls(Option<Box<Parked>>);
+
+#[derive(Debug, Default)]
+struct Parked {
+    calls: Vec<ParkedCall>,
+    /// The JSON-RPC ids of requests cancelled while no call of theirs was
+    /// parked, the latest [`MAX_CANCELLED_NOTED`].
+    cancelled: VecDeque<Value>,
+}
+
+/// The most cancellations one run remembers for calls yet to park. A
+/// cancelled call's stream ends within moments of its cancellation, so
+/// only the latest few can still come to park.
+const MAX_CANCELLED_NOTED: usize = 8;
 
 impl ParkedCalls {
     /// Parks a call, no longer under way, unless [`MAX_PARKED_CALLS`] are
-    /// parked already: then it is given back.
+    /// parked already, or its client cancelled it: then it is given back
+    /// (a cancelled one marked so).
     pub(crate) fn park(&mut self, mut call: ParkedCall) -> Option<ParkedCall> {
-        let calls = self.0.get_or_insert_default();
+        if self.was_cancelled(&mut call) {
+            return Some(call);
+        }
+        let calls = &mut self.0.get_or_insert_default().calls;
         if calls.len() >= MAX_PARKED_CALLS {
+            self.free_if_empty();
             return Some(call);
         }
         call.under_way = None;
@@ -299,9 +324,30 @@ impl ParkedCalls {
         None
     }
 
+    /// Whether the client cancelled `call`'s request before the call came
+    /// to park (its cancellation read first): then the call is marked
+    /// cancelled, and the note forgotten.
+    pub(crate) fn was_cancelled(&mut self, call: &mut ParkedCall) -> bool {
+        let Some(parked) = self.0.as_mut() else {
+            return false;
+        };
+        let Some(at) = call.request_id().and_then(|id| {
+            parked
+                .cancelled
+                .iter()
+                .position(|cancelled| same_id(cancelled, id))
+        }) else {
+            return false;
+        };
+        parked.cancelled.remove(at);
+        self.free_if_empty();
+        call.left.interruption = CANCELLED_BY_CLIENT;
+        true
+    }
+
     /// The call whose request has JSON-RPC id `id`, taken out.
     pub(crate) fn take(&mut self, id: &Value) -> Option<ParkedCall> {
-        let calls = self.0.as_mut()?;
+        let calls = &mut self.0.as_mut()?.calls;
         let at = calls
             .iter()
             .position(|c| c.request_id().is_some_and(|c| same_id(c, id)))?;
@@ -310,16 +356,33 @@ impl ParkedCalls {
         Some(call)
     }
 
+    /// The client cancelled request `id`: its call, if parked, taken out;
+    /// else the cancellation is noted, so that the call is recorded
+    /// `cancelled` if it comes to park (its stream ending after the
+    /// cancellation was read).
+    pub(crate) fn cancel(&mut self, id: &Value) -> Option<ParkedCall> {
+        if let Some(call) = self.take(id) {
+            return Some(call);
+        }
+        let cancelled = &mut self.0.get_or_insert_default().cancelled;
+        if cancelled.len() == MAX_CANCELLED_NOTED {
+            cancelled.pop_front();
+        }
+        cancelled.push_back(id.clone());
+        None
+    }
+
     /// What a stream resumed from `last_event_id` may continue: each
     /// call's JSON-RPC id and last event id. Only the call whose stream
     /// the layer saw end at `last_event_id` (the one the stream continues)
     /// has its wait renewed to `deadline`: a resumption does not keep the
     /// other calls waiting.
     pub(crate) fn resumable(&mut self, last_event_id: &[u8], deadline: Instant) -> Vec<Resumable> {
-        let Some(calls) = self.0.as_mut() else {
+        let Some(parked) = self.0.as_mut() else {
             return Vec::new();
         };
-        calls
+        parked
+            .calls
             .iter_mut()
             .filter_map(|call| {
                 if *call.left.last_event_id == *last_event_id {
@@ -335,42 +398,45 @@ impl ParkedCalls {
 
     /// The call whose request has JSON-RPC id `id`.
     pub(crate) fn get_mut(&mut self, id: &Value) -> Option<&mut ParkedCall> {
-        let calls = self.0.as_mut()?;
-        calls
+        self.0
+            .as_mut()?
+            .calls
             .iter_mut()
             .find(|c| c.request_id().is_some_and(|c| same_id(c, id)))
     }
 
     /// The calls whose wait ran out by `now`, taken out.
     pub(crate) fn take_expired(&mut self, now: Instant) -> Vec<ParkedCall> {
-        let Some(calls) = self.0.as_mut() else {
+        let Some(parked) = self.0.as_mut() else {
             return Vec::new();
         };
-        let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut **calls)
+        let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut parked.calls)
             .into_iter()
             .partition(|call| call.expired(now));
-        **calls = waiting;
+        parked.calls = waiting;
         self.free_if_empty();
         expired
     }
 
-    /// Every call, taken out.
+    /// Every call, taken out (and the cancellations noted, forgotten: the
+    /// run ends).
     pub(crate) fn take_all(&mut self) -> Vec<ParkedCall> {
-        self.0.take().map(|calls| *calls).unwrap_or_default()
+        self.0.take().map(|parked| parked.calls).unwrap_or_default()
     }
 
     /// Whether no call is parked.
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_none()
+        self.len() == 0
     }
 
     /// How many calls are parked.
     pub(crate) fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |calls| calls.len())
+        self.0.as_ref().map_or(0, |parked| parked.calls.len())
     }
 
     fn free_if_empty(&mut self) {
-        if self.0.as_ref().is_some_and(|calls| calls.is_empty()) {
+        let empty = |parked: &Parked| parked.calls.is_empty() && parked.cancelled.is_empty();
+        if self.0.as_deref().is_some_and(empty) {
             self.0 = None;
         }
     }

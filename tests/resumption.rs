@@ -462,3 +462,138 @@ async fn a_call_whose_wait_runs_out_is_sent_failed() {
     );
     polling.tools.release();
 }
+
+/// A server whose `tools/call` answers with an event stream that starts
+/// with a resumable event (`id: 0/1`, no data, as rmcp's priming event)
+/// and ends without the answer when the test says, after its handler
+/// recorded an `llm.think` child; notifications and DELETE get 202.
+/// Served behind a layer with `config`, with a client in a session this
+/// process has not seen (its first call opens the session's run).
+struct ClosingServer {
+    ingest: RecordingIngest,
+    trodo: trodo_tower::Trodo,
+    client: RawClient,
+    end_stream: Arc<tokio::sync::Notify>,
+}
+
+impl ClosingServer {
+    async fn start() -> Self {
+        use axum::http::{StatusCode, header};
+        use axum::response::IntoResponse;
+        use axum::routing::post;
+        use axum::{Extension, Json};
+        use futures::StreamExt;
+        use trodo_tower::{RequestSpan, SpanKind};
+
+        let ingest = RecordingIngest::start().await.unwrap();
+        let layer = TrodoLayer::new(config(&ingest));
+        let trodo = layer.trodo();
+        let end_stream = Arc::new(tokio::sync::Notify::new());
+        let ends = Arc::clone(&end_stream);
+        let answer = move |Extension(span): Extension<RequestSpan>, Json(message): Json<Value>| {
+            let ends = Arc::clone(&ends);
+            async move {
+                if message["method"] != "tools/call" {
+                    return StatusCode::ACCEPTED.into_response();
+                }
+                span.child(SpanKind::Llm, "llm.think").finish();
+                let priming = futures::stream::once(async {
+                    Ok::<_, std::convert::Infallible>(Bytes::from_static(b"id: 0/1\ndata: \n\n"))
+                });
+                let end = futures::stream::once(async move {
+                    ends.notified().await;
+                    Ok(Bytes::new())
+                });
+                let body = axum::body::Body::from_stream(priming.chain(end));
+                ([(header::CONTENT_TYPE, "text/event-stream")], body).into_response()
+            }
+        };
+        let app = Router::new()
+            .route(
+                "/mcp",
+                post(answer).delete(|| async { StatusCode::ACCEPTED }),
+            )
+            .layer(layer);
+        let mut client = RawClient::new(serve(app).await);
+        client.session = Some("a-session-seen-elsewhere".to_owned());
+        Self {
+            ingest,
+            trodo,
+            client,
+            end_stream,
+        }
+    }
+
+    /// POSTs call `id` and reads its stream's first event.
+    async fn call(&self, id: i64) -> Events {
+        let response = self
+            .client
+            .post(tool_call_body(id, "think", json!({})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let mut stream: Events = Box::pin(response.bytes_stream());
+        let mut seen = String::new();
+        read_until(&mut stream, &mut seen, "id: 0/1").await;
+        stream
+    }
+
+    /// The server ends the call's stream, without its answer; the client
+    /// reads it to its end.
+    async fn end_stream(&self, stream: &mut Events) {
+        self.end_stream.notify_one();
+        read_to_end(stream, &mut String::new()).await;
+    }
+}
+
+/// A call its client cancels while its stream still runs (the
+/// cancellation read before the stream ends, as when the server answers
+/// `notifications/cancelled` before it closes the call's stream) is
+/// recorded `cancelled` as its stream ends, rather than parked to wait
+/// for an answer that will not come.
+#[tokio::test]
+async fn a_call_cancelled_while_its_stream_runs_is_sent_cancelled_as_it_ends() {
+    let server = ClosingServer::start().await;
+    let mut stream = server.call(4).await;
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": 4}});
+    assert_eq!(server.client.send(cancel.to_string()).await.status, 202);
+    // The cancellation is read before the stream ends.
+    assert!(server.trodo.flush(WAIT).await);
+    server.end_stream(&mut stream).await;
+
+    server
+        .ingest
+        .wait_until(WAIT, |r| span_count(r) == 2)
+        .await
+        .expect("the call is sent as its stream ends");
+    assert!(server.ingest.ends().is_empty(), "the session is open");
+    let spans: Vec<Value> = server.ingest.spans().into_iter().map(|(_, s)| s).collect();
+    let call = spans.iter().find(|s| s["name"] == "tool.think").unwrap();
+    assert_eq!(call["error_type"], "cancelled", "{call}");
+    assert_eq!(call["error_message"], "the client cancelled the request");
+}
+
+/// The children of a parked call that opened its session's run wait for
+/// its span; when the call is given up (here, as the session ends) they
+/// follow it into the run rather than being dropped.
+#[tokio::test]
+async fn children_of_a_parked_call_that_opened_its_run_follow_it_when_it_is_given_up() {
+    let server = ClosingServer::start().await;
+    let mut stream = server.call(1).await;
+    server.end_stream(&mut stream).await;
+    assert!(server.trodo.flush(WAIT).await, "the call is parked");
+    assert_eq!(span_count(&server.ingest.received()), 0, "it waits");
+
+    assert_eq!(server.client.delete().await.status, 202);
+    wait_for_ends(&server.ingest, 1).await;
+    let (run_id, end) = server.ingest.ends().pop().unwrap();
+    let spans = spans_of(&server.ingest, &run_id);
+    let names: Vec<&str> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["tool.think", "llm.think"]);
+    assert_eq!(spans[1]["parent_span_id"], spans[0]["span_id"]);
+    assert_eq!(spans[0]["error_type"], "stream_error");
+    assert_eq!(end["span_count"], 2);
+    assert_eq!(server.trodo.delivery_counters().dropped_no_run, 0);
+}

@@ -370,9 +370,31 @@ impl RequestSpan {
     /// request's span: the children that waited go into the run, and later
     /// ones as they finish.
     pub(crate) fn run_started(&self) {
+        let Some((key, run_id, spans)) = self.leave_opening() else {
+            return;
+        };
+        if !spans.is_empty() {
+            record_in_run(&self.inner.shared, Some(&key), run_id, spans, instant_now());
+        }
+    }
+
+    /// [`run_started`](Self::run_started) for a caller that records the
+    /// request's span itself under the run table's lock (a parked call
+    /// given up): the children that waited, taken out for it to record
+    /// after that span. Later ones go into the run as they finish.
+    pub(crate) fn take_waiting_children(&self) -> Vec<Span> {
+        self.leave_opening()
+            .map(|(_, _, spans)| spans)
+            .unwrap_or_default()
+    }
+
+    /// From `Opening` to the run: its key and id, and the children that
+    /// waited. Takes no lock but the request's own, so that it may be
+    /// called under the run table's.
+    fn leave_opening(&self) -> Option<(Arc<str>, Uuid, Vec<Span>)> {
         let mut state = self.lock();
         let State::Opening { key, run_id, spans } = &mut *state else {
-            return;
+            return None;
         };
         let (key, run_id, spans) = (key.clone(), *run_id, std::mem::take(spans));
         *state = State::InRun {
@@ -380,10 +402,7 @@ impl RequestSpan {
             run_id,
             own_span: true,
         };
-        drop(state);
-        if !spans.is_empty() {
-            record_in_run(&self.inner.shared, Some(&key), run_id, spans, instant_now());
-        }
+        Some((key, run_id, spans))
     }
 
     /// The request's span id if its span is not sent (`own_span` unset).

@@ -621,15 +621,12 @@ impl Sessions {
     /// holds as many parked calls as it may, or this process does
     /// ([`MAX_PARKED_CALLS_IN_PROCESS`]); and always with a session store:
     /// another worker may end the run, and its parked spans would come
-    /// after the run's end.
-    pub(crate) fn park(&self, key: &str, run_id: Uuid, call: ParkedCall) -> Option<ParkedCall> {
-        if self.store.is_some() {
-            return Some(call);
-        }
+    /// after the run's end. A call its client cancelled before it came to
+    /// park (see [`cancel_parked`](Self::cancel_parked)) is given back
+    /// marked `cancelled`.
+    pub(crate) fn park(&self, key: &str, run_id: Uuid, mut call: ParkedCall) -> Option<ParkedCall> {
         let mut table = self.lock();
-        if table.parked >= MAX_PARKED_CALLS_IN_PROCESS {
-            return Some(call);
-        }
+        let table = &mut *table;
         let open = table
             .by_key
             .get_mut(key)
@@ -637,6 +634,10 @@ impl Sessions {
         let Some(open) = open else {
             return Some(call);
         };
+        if self.store.is_some() || table.parked >= MAX_PARKED_CALLS_IN_PROCESS {
+            open.parked.was_cancelled(&mut call);
+            return Some(call);
+        }
         let refused = open.parked.park(call);
         if refused.is_none() {
             table.parked += 1;
@@ -716,6 +717,19 @@ impl Sessions {
         let any_left = !open.parked.is_empty();
         table.parked -= usize::from(call.is_some());
         (call, any_left)
+    }
+
+    /// The client of session `key` cancelled request `id`: its call, if
+    /// parked in the session's run, taken out; else the cancellation is
+    /// noted there, for the call to be recorded `cancelled` if it comes
+    /// to park (see [`ParkedCalls::cancel`](crate::resume::ParkedCalls::cancel)).
+    pub(crate) fn cancel_parked(&self, key: &str, id: &Value) -> Option<ParkedCall> {
+        let mut table = self.lock();
+        let open = table.by_key.get_mut(key)?;
+        let call = open.parked.cancel(id)?;
+        let call = call.taken_out(open.under_way.start());
+        table.parked -= 1;
+        Some(call)
     }
 
     /// Changes the call parked in run `run_id` under `key` whose request
@@ -1169,7 +1183,7 @@ fn record_failed_calls(
     }
     let spans = calls
         .into_iter()
-        .map(ParkedCall::into_failed_span)
+        .flat_map(ParkedCall::into_failed_spans)
         .collect();
     let records = SpanRecords::new(open.run_id, spans);
     record(open, records, seen, exporter, None);
