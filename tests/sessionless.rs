@@ -723,6 +723,61 @@ async fn a_request_too_large_to_parse_is_named_by_its_headers() {
     assert_eq!(span["input"].as_str().unwrap().chars().count(), 64_000);
 }
 
+/// A call without a session whose body the layer cannot read (over the
+/// 1 Mi characters read to understand it, or gzip-encoded for a
+/// decompression layer inside) and whose method no header names is an
+/// `mcp.request` span in its key's run, as it is in a session.
+#[tokio::test]
+async fn a_call_without_a_session_too_large_to_read_or_encoded_is_an_mcp_request() {
+    use std::io::Write;
+    use tower_http::decompression::RequestDecompressionLayer;
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let app = Router::new()
+        .nest_service("/mcp", mcp_stateless_json(DemoTools::new()))
+        .layer(RequestDecompressionLayer::new())
+        .layer(layer);
+    let client = RawClient::new(serve(app).await);
+    let mut packed = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let packed_call = tool_call_body(3, "echo", json!({"text": "packed"}));
+    packed.write_all(packed_call.as_bytes()).unwrap();
+    let calls = [
+        (
+            tool_call_body(1, "echo", json!({"text": "small"})).into_bytes(),
+            None,
+        ),
+        (
+            tool_call_body(2, "echo", json!({"text": "x".repeat(1_100_000)})).into_bytes(),
+            None,
+        ),
+        (packed.finish().unwrap(), Some("gzip")),
+    ];
+    for (body, encoding) in calls {
+        let mut request = client.post(body).header("user-agent", "legacy/1");
+        if let Some(encoding) = encoding {
+            request = request.header("content-encoding", encoding);
+        }
+        let answer = read(request.send().await.unwrap()).await;
+        assert_eq!(answer.status, 200);
+        assert!(answer.text().contains("echo: "), "{}", answer.text());
+    }
+    assert!(trodo.flush(WAIT).await);
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert_eq!(starts[0]["conversation_id"], "@legacy/1");
+    let spans = spans_of(&ingest, starts[0]["run_id"].as_str().unwrap());
+    let names: Vec<&str> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["tool.echo", "mcp.request", "mcp.request"]);
+    assert_eq!(spans[1]["attributes"]["input_truncated"], true);
+    assert_eq!(
+        spans[2]["attributes"]["http.request.content_encoding"],
+        "gzip"
+    );
+    assert!(spans.iter().all(|s| s["status"] == "ok"), "{spans:?}");
+}
+
 /// A request without a session whose client goes away before the answer
 /// (a JSON server answers only when the tool is done): a cancelled span,
 /// in the run its key chain names: a run of its own for a client that says

@@ -86,8 +86,10 @@ impl Exchange {
                 let destination = Destination::Joined { run_id };
                 Head::Ready(Some(self.recorder(draft, destination, response)))
             }
-            (None, Some(request), None) => self.sessionless(request, input, response),
-            (None, None, None) => Head::Ready(None),
+            (None, request, None) if request.is_some() || self.is_unread_mcp_post(&input) => {
+                self.sessionless(request, input, response)
+            }
+            (None, _, None) => Head::Ready(None),
         }
     }
 
@@ -259,42 +261,38 @@ impl Exchange {
         ResumedStream::open(&self.shared, session_id, &last_event_id)
     }
 
-    /// A JSON-RPC request without a session: grouped by the key chain, or a
-    /// run of its own.
+    /// A JSON-RPC request without a session (`None`: one too large to read
+    /// or encoded): grouped by the key chain, or a run of its own.
     fn sessionless(
         mut self: Box<Self>,
-        request: McpRequest,
+        request: Option<McpRequest>,
         input: Input,
         response: &ResponseHead,
     ) -> Head {
-        let destination = match self.sessionless_run(&request) {
+        let destination = match self.sessionless_run(request.as_ref()) {
             SessionlessRun::Nowhere => return Head::Ready(None),
             SessionlessRun::AskStore(table_key) => {
-                return self.resolve(table_key, Some(request), input);
+                return self.resolve(table_key, request, input);
             }
             SessionlessRun::To(destination, under_way) => {
                 self.under_way = under_way;
                 destination
             }
         };
-        let draft = self.draft(
-            Some(request),
-            input,
-            response.route_kind,
-            Some(response.status),
-        );
+        let draft = self.draft(request, input, response.route_kind, Some(response.status));
         Head::Ready(Some(self.recorder(draft, destination, response)))
     }
 
-    /// Where a JSON-RPC request without a session goes.
-    pub(super) fn sessionless_run(&self, request: &McpRequest) -> SessionlessRun {
+    /// Where a JSON-RPC request without a session goes (`None`: one too
+    /// large to read or encoded, grouped by what its head says).
+    pub(super) fn sessionless_run(&self, request: Option<&McpRequest>) -> SessionlessRun {
         let key = match self.shared.settings.sessionless {
             Sessionless::Ignore => return SessionlessRun::Nowhere,
             Sessionless::RunPerRequest => None,
             Sessionless::Group => self.resolve_key(request),
         };
         let own_run = |table_full: bool| {
-            let mut metadata = self.metadata_without_key(false, Some(request));
+            let mut metadata = self.metadata_without_key(false, request);
             metadata.insert("run_key_source".to_owned(), Value::from("request"));
             if table_full {
                 metadata.insert("run_table_full".to_owned(), Value::Bool(true));
@@ -312,7 +310,7 @@ impl Exchange {
             return own_run(true);
         }
         let run = self.run_of(&table_key, |run_id| {
-            let metadata = self.metadata(&key, Some(request));
+            let metadata = self.metadata(&key, request);
             self.run(&key, run_id, None, metadata)
         });
         match run {
@@ -330,7 +328,7 @@ impl Exchange {
 
     /// The first key of the chain: the application's, a conversation id in
     /// `_meta`, the client's identity.
-    fn resolve_key(&self, request: &McpRequest) -> Option<RunKey> {
+    fn resolve_key(&self, request: Option<&McpRequest>) -> Option<RunKey> {
         if let Some(key) = &self.app_key {
             match RunKey::resolved(key.clone(), KeySource::App) {
                 Some(key) => return Some(key),
@@ -338,7 +336,8 @@ impl Exchange {
             }
         }
         let meta_keys = &self.shared.settings.conversation_meta_keys;
-        if let Some(key) = meta_conversation(request.meta.as_deref(), meta_keys)
+        let meta = request.and_then(|request| request.meta.as_deref());
+        if let Some(key) = meta_conversation(meta, meta_keys)
             .and_then(|(meta_key, id)| RunKey::resolved(id, KeySource::Meta(meta_key)))
         {
             return Some(key);
@@ -347,9 +346,8 @@ impl Exchange {
         // client names itself in initialize alone, and its later requests
         // must land in the same run.
         let client = request
-            .client
-            .as_ref()
-            .filter(|_| request.is_self_contained())
+            .filter(|request| request.is_self_contained())
+            .and_then(|request| request.client.as_ref())
             .map(|c| (c.name.as_str(), c.version.as_deref()));
         client_identity(client, self.caller.as_deref())
             .and_then(|key| RunKey::resolved(key, KeySource::Client))

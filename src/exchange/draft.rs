@@ -149,7 +149,7 @@ impl Exchange {
                 let kind = route_kind.unwrap_or(SpanKind::Generic);
                 let wrong = if input.empty {
                     Some("the request body is empty")
-                } else if !input.read_whole || input.encoding.is_some() {
+                } else if input.unread() {
                     // Too large to read whole, or encoded: its method is
                     // unknown, not wrong.
                     None

@@ -469,11 +469,13 @@ impl Exchange {
         let destination = match (in_session, &request, self.joined) {
             (Some(destination), _, _) => destination,
             (None, _, Some((run_id, _))) => Destination::Joined { run_id },
-            (None, Some(request), None) => match self.sessionless_run(request) {
-                SessionlessRun::To(destination, _) => destination,
-                SessionlessRun::Nowhere | SessionlessRun::AskStore(_) => return,
-            },
-            (None, None, None) => return,
+            (None, request, None) if request.is_some() || self.is_unread_mcp_post(&input) => {
+                match self.sessionless_run(request.as_ref()) {
+                    SessionlessRun::To(destination, _) => destination,
+                    SessionlessRun::Nowhere | SessionlessRun::AskStore(_) => return,
+                }
+            }
+            (None, _, None) => return,
         };
         let draft = self.draft(request, input, None, None);
         let (error_type, message) = match failure {
@@ -550,6 +552,15 @@ impl Exchange {
     /// The `Mcp-Protocol-Version` header, if it is text.
     fn protocol_header(&self) -> Option<&str> {
         self.protocol_header.as_deref()
+    }
+
+    /// A POST to the MCP endpoint whose body the layer could not read
+    /// (too large, or encoded) and whose method no header named: a
+    /// request of an unknown method (an `mcp.request` span).
+    fn is_unread_mcp_post(&self, input: &Input) -> bool {
+        self.method == Method::POST
+            && input.unread()
+            && self.shared.is_known_mcp_path(self.endpoint())
     }
 
     /// A DELETE or a GET event stream on the MCP endpoint: about the session itself.
@@ -678,6 +689,14 @@ struct Input {
     empty: bool,
     /// The body's `content-encoding`, if it is encoded (and so not read).
     encoding: Option<Box<str>>,
+}
+
+impl Input {
+    /// Whether the body has bytes the layer could not understand: too
+    /// large to read whole, or encoded.
+    fn unread(&self) -> bool {
+        self.bytes > 0 && (!self.read_whole || self.encoding.is_some())
+    }
 }
 
 #[cfg(test)]
