@@ -1504,6 +1504,64 @@ async fn a_child_of_a_session_delete_goes_into_the_run_without_a_parent() {
     assert_eq!(end["span_count"], 2);
 }
 
+/// A notification is no span of its own, which the layer knows once it
+/// has its body: a child its handler finishes after reading the body
+/// whole, before the answer, goes into the run without a parent; a
+/// call's child in the same place names the call's span.
+#[tokio::test]
+async fn a_child_of_a_notification_read_whole_goes_into_the_run_without_a_parent() {
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let note_post = |request: axum::extract::Request, next: axum::middleware::Next| async move {
+        if request.method() != axum::http::Method::POST {
+            return next.run(request).await;
+        }
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        let message: Value = serde_json::from_slice(&body).unwrap();
+        let span = parts.extensions.get::<RequestSpan>().unwrap();
+        let name = format!("on.{}", message["method"].as_str().unwrap());
+        span.child(SpanKind::Tool, name).finish();
+        let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(body));
+        next.run(request).await
+    };
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .layer(axum::middleware::from_fn(note_post))
+        .layer(layer);
+    let mut client = RawClient::new(serve(app).await);
+    client.initialize("notifying-client").await;
+    let progress = json!({"jsonrpc": "2.0", "method": "notifications/roots/list_changed"});
+    assert_eq!(client.send(progress.to_string()).await.status, 202);
+    client.call_tool(2, "add", json!({"a": 1, "b": 2})).await;
+    client.delete().await;
+    assert!(trodo.flush(WAIT).await);
+
+    let (run_id, end) = &ingest.ends()[0];
+    let spans = spans_of(&ingest, run_id);
+    let span = |name: &str| {
+        let found = spans.iter().find(|span| span["name"] == name);
+        found
+            .unwrap_or_else(|| panic!("no {name} in {spans:?}"))
+            .clone()
+    };
+    for notification in [
+        "on.notifications/initialized",
+        "on.notifications/roots/list_changed",
+    ] {
+        let child = span(notification);
+        assert!(child.get("parent_span_id").is_none(), "{child}");
+    }
+    assert_eq!(
+        span("on.tools/call")["parent_span_id"],
+        span("tool.add")["span_id"]
+    );
+    assert!(span("on.initialize").get("parent_span_id").is_none());
+    assert_eq!(spans.len(), 5, "{spans:?}");
+    assert_eq!(end["span_count"], 5);
+}
+
 /// A request whose handler ended its run, then hung until the client went
 /// away: its span is counted as dropped after the run's end, not lost
 /// uncounted, nor put in the newer run the session's next call opened.

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::span::{SpanGuard, SpanSink};
 use crate::capture::Capture;
 use crate::export::SpanRecords;
+use crate::mcp::envelope::{ClientMessage, parse_client_message};
 use crate::moment::instant_now;
 use crate::run::NotOpenHere;
 use crate::span_draft::Destination;
@@ -28,8 +29,8 @@ const MAX_WAITING_CHILDREN: usize = 1_000;
 /// Its children (LLM calls, retrievals, ...) have the request's span as
 /// parent and count in the run's totals (an `initialize`, which is no span
 /// of its own, puts its children in the session's run without a parent;
-/// so does a GET or DELETE of a session, and a notification for children
-/// it finishes once the layer has read the exchange). The children of a
+/// so does a GET or DELETE of a session, and a notification or a client's
+/// answer for children it finishes once its body was read whole). The children of a
 /// call that opens its run (the first of a conversation without a
 /// session) are sent once its answer is read, after the run's `start`,
 /// which then carries the server's identity the answer gives.
@@ -94,6 +95,10 @@ enum State {
         /// (the exchange goes into its run's `start`): its children go into
         /// the run without a parent.
         own_span: bool,
+        /// Whether the request was bound to its run before the layer read
+        /// it: then it may yet be no span (a notification, a client's
+        /// answer), which its body tells once read whole.
+        unread: bool,
     },
     /// Into the span list of the request's own run, sent whole at its end.
     Collecting { run_id: Uuid, spans: Vec<Span> },
@@ -269,7 +274,11 @@ impl RequestSpan {
                 key,
                 run_id,
                 own_span,
+                unread,
             } => {
+                if *unread && let Some(is_request) = self.body_is_request() {
+                    (*own_span, *unread) = (*own_span && is_request, false);
+                }
                 place(&mut span, *run_id, self.unsent_parent(*own_span));
                 let (key, run_id) = (key.clone(), *run_id);
                 drop(state);
@@ -293,13 +302,22 @@ impl RequestSpan {
     /// Binds the request to its run once the response head decided it, and
     /// sends the children that waited for it.
     pub(crate) fn attach(&self, destination: &Destination) {
-        self.attach_with(destination, true);
+        self.attach_with(destination, true, false);
+    }
+
+    /// Binds a request to its run from its head on, before the layer read
+    /// it (a request in a session known here, or with its caller's
+    /// propagation headers). It may yet be no span: a child finished once
+    /// its body is read whole, and holds a notification or a client's
+    /// answer, goes into the run without a parent.
+    pub(crate) fn attach_unread(&self, destination: &Destination) {
+        self.attach_with(destination, true, true);
     }
 
     /// Binds a request that is no span of its own (a GET or DELETE of its
     /// session) to its run: its children go into the run without a parent.
     pub(crate) fn attach_without_own_span(&self, destination: &Destination) {
-        self.attach_with(destination, false);
+        self.attach_with(destination, false, false);
     }
 
     /// Binds an `initialize` to the run it opened, once the run's `start`
@@ -314,7 +332,7 @@ impl RequestSpan {
         });
     }
 
-    fn attach_with(&self, destination: &Destination, own_span: bool) {
+    fn attach_with(&self, destination: &Destination, own_span: bool, unread: bool) {
         let mut state = self.lock();
         let waiting = match std::mem::replace(&mut *state, State::Detached) {
             State::Waiting(spans) => spans,
@@ -352,6 +370,7 @@ impl RequestSpan {
             key: key.clone(),
             run_id,
             own_span,
+            unread,
         };
         drop(state);
         if !waiting.is_empty() {
@@ -401,6 +420,7 @@ impl RequestSpan {
             key: Some(key.clone()),
             run_id,
             own_span: true,
+            unread: false,
         };
         Some((key, run_id, spans))
     }
@@ -408,6 +428,24 @@ impl RequestSpan {
     /// The request's span id if its span is not sent (`own_span` unset).
     fn unsent_parent(&self, own_span: bool) -> Option<Uuid> {
         (!own_span).then_some(self.inner.span_id)
+    }
+
+    /// Whether the request body, once read whole, is a JSON-RPC request
+    /// (one that is not JSON-RPC, or too large or encoded to tell, counts
+    /// as one: its span is sent); `None` while it is being read. Reads
+    /// the body as the layer keeps it for the exchange, whose own reading
+    /// may take it first (then the request has been decided).
+    fn body_is_request(&self) -> Option<bool> {
+        let input = self.input();
+        if !input.is_ended() {
+            return None;
+        }
+        let message = parse_client_message(input.bytes());
+        let no_span = matches!(
+            message,
+            Some(ClientMessage::Notification { .. } | ClientMessage::Response)
+        );
+        Some(!no_span)
     }
 
     /// The request is no span of its own (a notification, a GET or DELETE
@@ -420,8 +458,10 @@ impl RequestSpan {
         let mut state = self.lock();
         let waiting = match &mut *state {
             State::Waiting(spans) => spans.len(),
-            State::InRun { own_span, .. } => {
-                *own_span = false;
+            State::InRun {
+                own_span, unread, ..
+            } => {
+                (*own_span, *unread) = (false, false);
                 return;
             }
             _ => return,

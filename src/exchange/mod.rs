@@ -221,7 +221,7 @@ impl Exchange {
                 if control {
                     request_span.attach_without_own_span(&destination);
                 } else {
-                    request_span.attach(&destination);
+                    request_span.attach_unread(&destination);
                 }
             }
             session_id = Some(id);
@@ -240,7 +240,7 @@ impl Exchange {
         if session_id.is_none()
             && let Some((run_id, _)) = joined
         {
-            request_span.attach(&Destination::Joined { run_id });
+            request_span.attach_unread(&Destination::Joined { run_id });
         }
         Self {
             session_id,
