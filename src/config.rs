@@ -569,8 +569,13 @@ impl TrodoConfig {
     /// sent whole, with `run_table_full: true` in its metadata (counted in
     /// [`DeliveryCounters::own_runs_past_max_open_runs`](crate::DeliveryCounters::own_runs_past_max_open_runs),
     /// and a warning logged at most once a minute), so memory stays bounded under
-    /// a flood of new keys. Calls whose key has its run, and sessions'
-    /// `initialize`, are not affected. Defaults to
+    /// a flood of new keys. A call in a session this process has not seen
+    /// (after a restart, on another worker, or a made-up id that a
+    /// stateless server accepts) is a new key too; calls whose key has its
+    /// run here, and sessions' `initialize`, are not affected. With a
+    /// session store, a call whose key's run another worker holds is a run
+    /// of its own too while the table here is full; one whose store lookup
+    /// was under way when it filled joins the run the store names. Defaults to
     /// [`DEFAULT_MAX_OPEN_RUNS`]; each open run takes a few hundred bytes
     /// and its key.
     ///

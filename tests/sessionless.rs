@@ -561,13 +561,12 @@ async fn per_call_sessions_are_grouped_when_configured() {
     assert_eq!(ingest.ends()[0].1["metadata"]["closed_via"], "idle_timeout");
 }
 
-/// Past `max_open_runs`, a call whose key has no open run is a run of its
-/// own, sent whole and marked; a key whose run is open keeps using it.
-#[tokio::test]
-async fn past_the_most_open_runs_a_new_keys_call_is_a_run_of_its_own() {
+/// Serves the stateless JSON demo server behind a layer that keeps at
+/// most one run open, and posts an `echo` call of each id with its header
+/// `name: value`; returns the ingest, once the layer flushed.
+async fn calls_past_one_open_run(name: &str, calls: &[(i64, &str)]) -> RecordingIngest {
     let ingest = RecordingIngest::start().await.unwrap();
-    let config = config(&ingest).with_max_open_runs(1).unwrap();
-    let layer = TrodoLayer::new(config);
+    let layer = TrodoLayer::new(config(&ingest).with_max_open_runs(1).unwrap());
     let trodo = layer.trodo();
     let addr = serve(
         Router::new()
@@ -576,10 +575,10 @@ async fn past_the_most_open_runs_a_new_keys_call_is_a_run_of_its_own() {
     )
     .await;
     let client = RawClient::new(addr);
-    for (id, agent) in [(1, "first/1"), (2, "second/1"), (3, "first/1")] {
+    for &(id, value) in calls {
         let answer = client
-            .post(tool_call_body(id, "echo", json!({"text": agent})))
-            .header("user-agent", agent)
+            .post(tool_call_body(id, "echo", json!({"text": value})))
+            .header(name, value)
             .send()
             .await
             .unwrap();
@@ -587,27 +586,65 @@ async fn past_the_most_open_runs_a_new_keys_call_is_a_run_of_its_own() {
         let _ = answer.bytes().await;
     }
     assert!(trodo.flush(WAIT).await);
+    let counters = trodo.delivery_counters();
+    let whole = whole_runs(&ingest);
+    assert_eq!(counters.own_runs_past_max_open_runs, whole.len() as u64);
+    assert!(
+        whole
+            .iter()
+            .all(|run| run["metadata"]["run_table_full"] == true)
+    );
+    ingest
+}
+
+/// The runs sent whole (`POST /runs/ingest`).
+fn whole_runs(ingest: &RecordingIngest) -> Vec<Value> {
+    ingest
+        .received()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/runs/ingest"))
+        .map(|r| r.body["run"].clone())
+        .collect()
+}
+
+/// The JSON-RPC ids of `spans`' requests.
+fn request_ids(spans: &[Value]) -> Vec<Value> {
+    spans
+        .iter()
+        .map(|s| json_of(&s["input"])["id"].clone())
+        .collect()
+}
+
+/// Past `max_open_runs`, a call whose key has no open run is a run of its
+/// own, sent whole and marked; a key whose run is open keeps using it.
+#[tokio::test]
+async fn past_the_most_open_runs_a_new_keys_call_is_a_run_of_its_own() {
+    let calls = [(1, "first/1"), (2, "second/1"), (3, "first/1")];
+    let ingest = calls_past_one_open_run("user-agent", &calls).await;
 
     let starts = ingest.starts();
     assert_eq!(starts.len(), 1, "{starts:?}");
     assert_eq!(starts[0]["conversation_id"], "@first/1");
     let kept = spans_of(&ingest, starts[0]["run_id"].as_str().unwrap());
-    let ids: Vec<Value> = kept
-        .iter()
-        .map(|s| json_of(&s["input"])["id"].clone())
-        .collect();
-    assert_eq!(ids, [json!(1), json!(3)]);
-    let whole: Vec<Value> = ingest
-        .received()
-        .into_iter()
-        .filter(|r| r.path.ends_with("/runs/ingest"))
-        .map(|r| r.body["run"].clone())
-        .collect();
+    assert_eq!(request_ids(&kept), [json!(1), json!(3)]);
+    let whole = whole_runs(&ingest);
     assert_eq!(whole.len(), 1, "{whole:?}");
-    assert_eq!(whole[0]["metadata"]["run_table_full"], true);
     assert_eq!(whole[0]["metadata"]["run_key_source"], "request");
-    assert_eq!(json_of(&whole[0]["input"])["id"], 2);
-    assert_eq!(trodo.delivery_counters().own_runs_past_max_open_runs, 1);
+    assert_eq!(request_ids(&whole), [json!(2)]);
+}
+
+/// Session ids are the client's text: on a server that answers whatever
+/// session id a request carries (a stateless one), each new id would open
+/// a run here. Past `max_open_runs` such a call is a run of its own too.
+#[tokio::test]
+async fn past_the_most_open_runs_a_new_session_ids_call_is_a_run_of_its_own() {
+    let calls = [(1, "made-up-1"), (2, "made-up-2"), (3, "made-up-3")];
+    let ingest = calls_past_one_open_run("mcp-session-id", &calls).await;
+
+    let starts = ingest.starts();
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert_eq!(starts[0]["conversation_id"], "made-up-1");
+    assert_eq!(request_ids(&whole_runs(&ingest)), [json!(2), json!(3)]);
 }
 
 /// Grouped requests are treated as requests without a session, so

@@ -483,15 +483,27 @@ fn on_slow_store(
         .unwrap()
 }
 
-/// `tools/call add` from a client without sessions, known by its user agent.
+/// `tools/call add` from a client without sessions, known by its user
+/// agent `agent/1`.
 fn add_call(client: &common::RawClient, id: i64) -> reqwest::RequestBuilder {
+    add_call_as(client, id, "agent/1")
+}
+
+/// [`add_call`] from the client whose user agent is `agent`.
+fn add_call_as(client: &common::RawClient, id: i64, agent: &str) -> reqwest::RequestBuilder {
     client
         .post(common::tool_call_body(
             id,
             "add",
             serde_json::json!({"a": 1, "b": 2}),
         ))
-        .header("user-agent", "agent/1")
+        .header("user-agent", agent)
+}
+
+/// Checks that `response` answers an [`add_call`]: 3.
+async fn summed(response: reqwest::Response) {
+    let text = response.text().await.unwrap();
+    assert!(text.contains(r#""text":"3""#), "{text}");
 }
 
 /// Where the key of the call that goes away was seen before.
@@ -914,4 +926,59 @@ async fn runs_started_while_the_store_failed_are_opened_there_once_it_answers() 
 
     assert!(a.shutdown(WAIT).await);
     assert_eq!(ingest.ends().len(), 2, "no second end");
+}
+
+/// The store opens this worker's run for a key while the run table fills
+/// up: the call still starts the run the store now holds (every later
+/// request of the key, on any worker, joins that run), rather than being
+/// a run of its own and leaving the store's run never started.
+#[tokio::test]
+async fn a_run_the_store_opened_is_started_even_if_the_table_filled_meanwhile() {
+    use common::*;
+    use std::collections::HashSet;
+    use std::sync::atomic::Ordering;
+    use trodo_tower::TrodoLayer;
+    use workers::stores::SlowToOpen;
+
+    let ingest = RecordingIngest::start().await.unwrap();
+    let store = Arc::new(SlowToOpen::new());
+    let one = TrodoLayer::new(
+        on_slow_store(&ingest, &store)
+            .with_max_open_runs(1)
+            .unwrap(),
+    );
+    let other = TrodoLayer::new(on_slow_store(&ingest, &store));
+    let service = mcp_stateless_json(DemoTools::new());
+    let on_one = RawClient::new(workers::serve_worker(&service, &one).await);
+    let on_other = RawClient::new(workers::serve_worker(&service, &other).await);
+    // agent/1's first call finds room, and waits for the store's open.
+    let first = tokio::spawn(add_call(&on_one, 1).send());
+    store.asked.notified().await;
+    // agent/2's first call takes the last place (its open fails: a local run).
+    store.failing_opens.store(true, Ordering::SeqCst);
+    summed(add_call_as(&on_one, 2, "agent/2").send().await.unwrap()).await;
+    store.failing_opens.store(false, Ordering::SeqCst);
+    store.let_through.add_permits(2); // agent/1's open, then the other worker's
+    summed(first.await.unwrap().unwrap()).await;
+    // agent/1 again, on the other worker: it joins the run the store holds.
+    summed(add_call(&on_other, 3).send().await.unwrap()).await;
+    assert!(one.trodo().flush(WAIT).await && other.trodo().flush(WAIT).await);
+
+    let started: HashSet<String> = ingest
+        .starts()
+        .iter()
+        .map(|s| s["run_id"].as_str().unwrap().to_owned())
+        .collect();
+    for (run, span) in ingest.spans() {
+        assert!(
+            started.contains(&run),
+            "span {} in run {run}, never started: {:?}",
+            span["name"],
+            ingest.received()
+        );
+    }
+    // agent/2's run, and agent/1's, which both workers' calls went into.
+    assert_eq!((started.len(), ingest.spans().len()), (2, 3));
+    let counters = one.trodo().delivery_counters();
+    assert_eq!(counters.own_runs_past_max_open_runs, 0);
 }

@@ -32,8 +32,10 @@ const MAX_WAITING_CHILDREN: usize = 1_000;
 /// so does a GET or DELETE of a session, and a notification or a client's
 /// answer for children it finishes once its body was read whole). The children of a
 /// call that opens its run (the first of a conversation without a
-/// session) are sent once its answer is read, after the run's `start`,
-/// which then carries the server's identity the answer gives.
+/// session, or of a session this process had not seen) are sent once its
+/// answer is read, after the run's `start`, which then carries the
+/// server's identity the answer gives (unless the run started sooner,
+/// see the README's "Child spans from tool handlers").
 /// A layer switched off
 /// ([`TrodoConfig::with_enabled`](crate::TrodoConfig::with_enabled), `TRODO_ENABLED=false`)
 /// puts a span there too, one that is part of no run: its id is nil, it

@@ -223,6 +223,9 @@ impl Exchange {
                     return Head::Ready(None);
                 }
             }
+        } else if let Some(own_run) = self.own_run_if_full(&table_key, request.as_ref()) {
+            let draft = self.draft(request, input, response.route_kind, Some(status));
+            return Head::Ready(Some(self.recorder(draft, own_run, response)));
         } else {
             let Some(run) = self.unknown_session_run(&key, &table_key, request.as_ref()) else {
                 return self.resolve(table_key, request, input);
@@ -291,23 +294,12 @@ impl Exchange {
             Sessionless::RunPerRequest => None,
             Sessionless::Group => self.resolve_key(request),
         };
-        let own_run = |table_full: bool| {
-            let mut metadata = self.metadata_without_key(false, request);
-            metadata.insert("run_key_source".to_owned(), Value::from("request"));
-            if table_full {
-                metadata.insert("run_table_full".to_owned(), Value::Bool(true));
-            }
-            let run = self.run_without_key(metadata);
-            SessionlessRun::To(Destination::OwnRun(Box::new(run)), None)
-        };
         let Some(key) = key else {
-            return own_run(false);
+            return SessionlessRun::To(self.own_run(request, false), None);
         };
         let table_key = key.table_key();
-        let max_open_runs = self.shared.settings.max_open_runs;
-        if !self.shared.sessions.has_room_for(&table_key, max_open_runs) {
-            warn_of_a_full_run_table(max_open_runs);
-            return own_run(true);
+        if let Some(own_run) = self.own_run_if_full(&table_key, request) {
+            return SessionlessRun::To(own_run, None);
         }
         let run = self.run_of(&table_key, |run_id| {
             let metadata = self.metadata(&key, request);
@@ -351,6 +343,39 @@ impl Exchange {
             .map(|c| (c.name.as_str(), c.version.as_deref()));
         client_identity(client, self.caller.as_deref())
             .and_then(|key| RunKey::resolved(key, KeySource::Client))
+    }
+
+    /// A run of its own for a call whose key (a new session id, or the
+    /// key of a call without a session) has no open run here while
+    /// [`max_open_runs`](crate::TrodoConfig::with_max_open_runs) are open:
+    /// `None` when it may open or join its key's run. Once the session
+    /// store answered for the key, its answer is taken whatever the room:
+    /// it may have opened this process's run for the key, to be started
+    /// here.
+    pub(super) fn own_run_if_full(
+        &self,
+        table_key: &str,
+        request: Option<&McpRequest>,
+    ) -> Option<Destination> {
+        let max_open_runs = self.shared.settings.max_open_runs;
+        if self.resolved_for(table_key)
+            || self.shared.sessions.has_room_for(table_key, max_open_runs)
+        {
+            return None;
+        }
+        warn_of_a_full_run_table(max_open_runs);
+        Some(self.own_run(request, true))
+    }
+
+    /// A run of the call alone, sent whole (marked `run_table_full` when
+    /// it is one because the run table is full).
+    fn own_run(&self, request: Option<&McpRequest>, table_full: bool) -> Destination {
+        let mut metadata = self.metadata_without_key(false, request);
+        metadata.insert("run_key_source".to_owned(), Value::from("request"));
+        if table_full {
+            metadata.insert("run_table_full".to_owned(), Value::Bool(true));
+        }
+        Destination::OwnRun(Box::new(self.run_without_key(metadata)))
     }
 
     /// Opens the run of the session an initialize response creates.
@@ -406,8 +431,9 @@ fn warn_of_a_full_run_table(max_open_runs: usize) {
         tracing::warn!(
             times,
             max_open_runs,
-            "trodo: {max_open_runs} runs are open (with_max_open_runs); a call without a \
-             session whose key has no open run is sent as a run of its own \
+            "trodo: {max_open_runs} runs are open (with_max_open_runs); a call whose key (a \
+             session id, or the key of a call without a session) has no open run here is \
+             sent as a run of its own \
              (said at most once a minute, with the times since the last such line)"
         );
     }

@@ -455,14 +455,19 @@ impl Exchange {
             (Some(session_id), Some(None)) => {
                 let key = RunKey::Session(session_id);
                 let table_key = key.table_key();
-                let Some(run) = self.unknown_session_run(&key, &table_key, request.as_ref()) else {
-                    return;
-                };
-                Some(Destination::Run {
-                    key: table_key,
-                    run_id: run.run_id,
-                    opened: run.opened,
-                })
+                if let Some(own_run) = self.own_run_if_full(&table_key, request.as_ref()) {
+                    Some(own_run)
+                } else {
+                    let run = self.unknown_session_run(&key, &table_key, request.as_ref());
+                    let Some(run) = run else {
+                        return;
+                    };
+                    Some(Destination::Run {
+                        key: table_key,
+                        run_id: run.run_id,
+                        opened: run.opened,
+                    })
+                }
             }
             _ => None,
         };

@@ -215,10 +215,11 @@ pub struct DeliveryCounters {
     /// the hook gave no key or no distinct id. Not in
     /// [`dropped`](Self::dropped).
     pub hook_panics: u64,
-    /// Calls without a session sent as runs of their own, with
-    /// `run_table_full: true` in their metadata, because
+    /// Calls sent as runs of their own, with `run_table_full: true` in
+    /// their metadata, because
     /// [`max_open_runs`](crate::TrodoConfig::with_max_open_runs) runs were
-    /// open and their key had none of them. Nothing is lost; a rising count
+    /// open and their key (of a call without a session, or a session id
+    /// this process had not seen) had none of them. Nothing is lost; a rising count
     /// means many conversations at once (or a flood of new keys) split into
     /// one run a call. Not in [`dropped`](Self::dropped).
     pub own_runs_past_max_open_runs: u64,
