@@ -344,8 +344,22 @@ impl Case {
             _ if self.known => usize::from(self.status != 404),
             _ if self.session => usize::from(self.is_success()),
             Sent::Request { .. } => 1,
+            // Not understood: a request of an unknown method.
+            Sent::Other if self.unread() => 1,
             Sent::Other => 0,
         }
+    }
+
+    /// Whether the layer has bytes of the request it cannot read to
+    /// understand: it is encoded, or over the 1 Mi characters it reads.
+    pub(super) fn unread(&self) -> bool {
+        (self.encoded && !self.request.is_empty()) || self.too_large()
+    }
+
+    /// Whether the request is over the 1 Mi characters the layer reads to
+    /// understand it.
+    pub(super) fn too_large(&self) -> bool {
+        String::from_utf8_lossy(&self.request).chars().count() > 1 << 20
     }
 
     /// The conversation ids of this case's runs.

@@ -82,7 +82,7 @@ pub(super) fn check_span(case: &Case, span: &Value, parks: bool) {
         } => (format!("tool.{tool}"), None),
         Sent::Request { method, .. } => (format!("mcp.{method}"), None),
         // Not read whole to be understood: of an unknown method.
-        _ if input.chars().count() > 1 << 20 => ("mcp.request".to_owned(), None),
+        _ if case.too_large() => ("mcp.request".to_owned(), None),
         _ => ("mcp.invalid_message".to_owned(), Some(true)),
     };
     assert_eq!(span["name"], name, "{}", context());
