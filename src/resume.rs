@@ -306,6 +306,10 @@ struct Parked {
 /// only the latest few can still come to park.
 const MAX_CANCELLED_NOTED: usize = 8;
 
+/// The longest string id of a cancelled request a run notes: ids are a
+/// client's counters or UUIDs, and a note must not hold a client's megabyte.
+const MAX_NOTED_ID_LEN: usize = 128;
+
 impl ParkedCalls {
     /// Parks a call, no longer under way, unless [`MAX_PARKED_CALLS`] are
     /// parked already, or its client cancelled it: then it is given back
@@ -363,6 +367,16 @@ impl ParkedCalls {
     pub(crate) fn cancel(&mut self, id: &Value) -> Option<ParkedCall> {
         if let Some(call) = self.take(id) {
             return Some(call);
+        }
+        // Only an id a request may have: a number or a short string (the
+        // client chooses what it names).
+        let notable = match id {
+            Value::Number(_) => true,
+            Value::String(id) => id.len() <= MAX_NOTED_ID_LEN,
+            _ => false,
+        };
+        if !notable {
+            return None;
         }
         let cancelled = &mut self.0.get_or_insert_default().cancelled;
         if cancelled.len() == MAX_CANCELLED_NOTED {
@@ -732,6 +746,38 @@ mod tests {
             .iter()
             .map(|c| c.request_id().unwrap().as_i64().unwrap())
             .collect()
+    }
+
+    /// A cancellation read before its call parks marks the call, once;
+    /// the notes are bounded in number and in the size of an id, and an
+    /// id no request may have is not noted.
+    #[test]
+    fn cancellations_noted_before_a_call_parks_are_bounded() {
+        let shared = Shared::switched_off();
+        let (now, wait) = (Moment::now(), Duration::from_secs(60));
+        let mut parked = ParkedCalls::default();
+        assert!(parked.cancel(&json!(4)).is_none());
+        let back = parked.park(call(&shared, 4, now, wait)).expect("cancelled");
+        assert_eq!(back.left.interruption, CANCELLED_BY_CLIENT);
+        assert!(
+            parked.is_empty() && parked.0.is_none(),
+            "the note is used up"
+        );
+
+        for id in [
+            json!("x".repeat(MAX_NOTED_ID_LEN + 1)),
+            json!({"id": 1}),
+            json!(null),
+        ] {
+            assert!(parked.cancel(&id).is_none());
+            assert!(parked.0.is_none(), "{id} is not noted");
+        }
+        for id in 0..=MAX_CANCELLED_NOTED as i64 {
+            parked.cancel(&json!(id));
+        }
+        let notes = &parked.0.as_ref().unwrap().cancelled;
+        assert_eq!(notes.len(), MAX_CANCELLED_NOTED);
+        assert_eq!(notes[0], json!(1), "the oldest went first");
     }
 
     #[test]

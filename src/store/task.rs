@@ -744,7 +744,6 @@ fn is_empty<T>(later: &Mutex<Vec<T>>) -> bool {
         .is_empty()
 }
 
-/// Takes what is kept for later.
 /// Counts and logs claims and openings that waited for the store and
 /// are lost: its task ended, or a retry of them was cut short.
 fn lose_waiting(health: &Health, claims: usize, openings: usize) {
@@ -794,6 +793,7 @@ impl Drop for Retrying<'_> {
     }
 }
 
+/// Takes what is kept for later.
 fn take<T>(later: &Mutex<Vec<T>>) -> Vec<T> {
     std::mem::take(&mut *later.lock().unwrap_or_else(PoisonError::into_inner))
 }
