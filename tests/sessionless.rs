@@ -815,6 +815,48 @@ async fn a_call_without_a_session_too_large_to_read_or_encoded_is_an_mcp_request
     assert!(spans.iter().all(|s| s["status"] == "ok"), "{spans:?}");
 }
 
+/// An encoded `initialize` (a client that compresses every request) is
+/// unread too, but its answer opens a session: it is no call without a
+/// session, and opens no run of its own.
+#[tokio::test]
+async fn an_encoded_initialize_opens_no_run_without_a_session() {
+    use std::io::Write;
+    use tower_http::decompression::RequestDecompressionLayer;
+    let ingest = RecordingIngest::start().await.unwrap();
+    let layer = TrodoLayer::new(config(&ingest));
+    let trodo = layer.trodo();
+    let app = Router::new()
+        .nest_service("/mcp", mcp(DemoTools::new(), session_manager(None)))
+        .layer(RequestDecompressionLayer::new())
+        .layer(layer);
+    let addr = serve(app).await;
+    let mut client = RawClient::new(addr);
+    client.initialize("learns-the-path").await;
+    let mut packed = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    packed
+        .write_all(initialize_body("packed").as_bytes())
+        .unwrap();
+    let mut packed_client = RawClient::new(addr);
+    let answer = read(
+        packed_client
+            .post(packed.finish().unwrap())
+            .header("content-encoding", "gzip")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    packed_client.session = answer
+        .headers
+        .get("mcp-session-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert!(packed_client.session.is_some());
+    assert!(trodo.flush(WAIT).await);
+    assert!(whole_runs(&ingest).is_empty(), "{:?}", whole_runs(&ingest));
+    assert_eq!(ingest.starts().len(), 1, "the first session's run only");
+}
+
 /// A request without a session whose client goes away before the answer
 /// (a JSON server answers only when the tool is done): a cancelled span,
 /// in the run its key chain names: a run of its own for a client that says

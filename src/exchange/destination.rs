@@ -86,7 +86,12 @@ impl Exchange {
                 let destination = Destination::Joined { run_id };
                 Head::Ready(Some(self.recorder(draft, destination, response)))
             }
-            (None, request, None) if request.is_some() || self.is_unread_mcp_post(&input) => {
+            // An unread POST whose answer opens a session (an encoded
+            // `initialize`) belongs to that session, not to a run here.
+            (None, request, None)
+                if request.is_some()
+                    || (self.is_unread_mcp_post(&input) && response.session_id().is_none()) =>
+            {
                 self.sessionless(request, input, response)
             }
             (None, _, None) => Head::Ready(None),

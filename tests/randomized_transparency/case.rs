@@ -344,8 +344,9 @@ impl Case {
             _ if self.known => usize::from(self.status != 404),
             _ if self.session => usize::from(self.is_success()),
             Sent::Request { .. } => 1,
-            // Not understood: a request of an unknown method.
-            Sent::Other if self.unread() => 1,
+            // Not understood: a request of an unknown method, unless its
+            // answer opens a session (it may be an `initialize`).
+            Sent::Other if self.unread() && !self.answer_session => 1,
             Sent::Other => 0,
         }
     }
